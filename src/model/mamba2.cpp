@@ -1,0 +1,245 @@
+#include "model/mamba2.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "model/ssd.h"
+
+namespace dfssm {
+
+namespace {
+// Depthwise conv with no padding (the caller prepends the causal left context).
+at::Tensor conv1d_valid(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t groups) {
+  const int64_t one = 1, zero = 0;
+  return at::conv1d(x, w, b, at::IntArrayRef(one), at::IntArrayRef(zero), at::IntArrayRef(one), groups);
+}
+}  // namespace
+
+at::Tensor DenseLinear::forward(const at::Tensor& x) const { return at::linear(x, weight); }
+
+Mamba2Model::Mamba2Model(const Mamba2Config& cfg, at::TensorOptions opts) : cfg_(cfg), opts_(opts) {
+  cfg_.validate("model config");
+  const auto f32 = opts.dtype(at::kFloat);
+  const int64_t d = cfg.d_model, di = cfg.d_inner(), h = cfg.nheads();
+  embedding = at::empty({cfg.padded_vocab(), d}, opts);
+  if (!cfg.tie_embeddings) lm_head = at::empty({cfg.padded_vocab(), d}, opts);
+  norm_f = at::empty({d}, opts);
+  layers.resize(size_t(cfg.n_layer));
+  for (auto& blk : layers) {
+    blk.norm_w = at::empty({d}, opts);
+    auto& m = blk.mixer;
+    m.in_proj = std::make_shared<DenseLinear>(at::empty({cfg.d_in_proj(), d}, opts));
+    m.conv_w = at::empty({cfg.conv_dim(), 1, cfg.d_conv}, opts);
+    if (cfg.conv_bias) m.conv_b = at::empty({cfg.conv_dim()}, opts);
+    m.dt_bias = at::empty({h}, f32);
+    m.A_log = at::empty({h}, f32);
+    m.D = at::empty({h}, f32);
+    m.norm_w = at::empty({di}, opts);
+    m.out_proj = std::make_shared<DenseLinear>(at::empty({d, di}, opts));
+  }
+}
+
+NamedTensors Mamba2Model::named_parameters() const {
+  NamedTensors out;
+  out.emplace_back("backbone.embedding.weight", embedding);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const std::string p = "backbone.layers." + std::to_string(i) + ".";
+    const auto& m = layers[i].mixer;
+    out.emplace_back(p + "norm.weight", layers[i].norm_w);
+    for (auto& [k, v] : m.in_proj->named_parameters()) out.emplace_back(p + "mixer.in_proj." + k, v);
+    out.emplace_back(p + "mixer.conv1d.weight", m.conv_w);
+    if (m.conv_b.defined()) out.emplace_back(p + "mixer.conv1d.bias", m.conv_b);
+    out.emplace_back(p + "mixer.dt_bias", m.dt_bias);
+    out.emplace_back(p + "mixer.A_log", m.A_log);
+    out.emplace_back(p + "mixer.D", m.D);
+    out.emplace_back(p + "mixer.norm.weight", m.norm_w);
+    for (auto& [k, v] : m.out_proj->named_parameters()) out.emplace_back(p + "mixer.out_proj." + k, v);
+  }
+  out.emplace_back("backbone.norm_f.weight", norm_f);
+  if (lm_head.defined()) out.emplace_back("lm_head.weight", lm_head);
+  return out;
+}
+
+void Mamba2Model::init_random(uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const auto cpu = at::TensorOptions().dtype(at::kFloat);
+  auto uniform = [&](at::IntArrayRef shape, double bound) { return at::empty(shape, cpu).uniform_(-bound, bound, gen); };
+  auto set = [&](at::Tensor& dst, const at::Tensor& src) {
+    at::NoGradGuard ng;
+    dst.copy_(src);
+  };
+  const auto& c = cfg_;
+  set(embedding, at::empty(embedding.sizes(), cpu).normal_(0.0, 0.02, gen));
+  if (lm_head.defined()) set(lm_head, at::empty(lm_head.sizes(), cpu).normal_(0.0, 0.02, gen));
+  set(norm_f, at::ones(norm_f.sizes(), cpu));
+  const int64_t h = c.nheads();
+  for (auto& blk : layers) {
+    auto& m = blk.mixer;
+    set(blk.norm_w, at::ones(blk.norm_w.sizes(), cpu));
+    // nn.Linear's default kaiming_uniform(a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    auto* in = dynamic_cast<DenseLinear*>(m.in_proj.get());
+    auto* out = dynamic_cast<DenseLinear*>(m.out_proj.get());
+    DFSSM_ASSERT(in && out, "init_random needs dense projections");
+    set(in->weight, uniform(in->weight.sizes(), 1.0 / std::sqrt(double(c.d_model))));
+    // Conv1d default init, fan_in = d_conv (depthwise).
+    set(m.conv_w, uniform(m.conv_w.sizes(), 1.0 / std::sqrt(double(c.d_conv))));
+    if (m.conv_b.defined()) set(m.conv_b, uniform(m.conv_b.sizes(), 1.0 / std::sqrt(double(c.d_conv))));
+    // dt log-uniform in [dt_min, dt_max], floored; dt_bias = softplus^-1(dt).
+    auto dt = at::exp(at::rand({h}, gen, cpu) *
+                          (std::log(c.dt_max) - std::log(c.dt_min)) +
+                      std::log(c.dt_min))
+                  .clamp_min(c.dt_init_floor);
+    set(m.dt_bias, dt + at::log(-at::expm1(-dt)));
+    set(m.A_log, at::log(at::empty({h}, cpu).uniform_(c.A_init_min, c.A_init_max, gen)));
+    set(m.D, at::ones({h}, cpu));
+    set(m.norm_w, at::ones(m.norm_w.sizes(), cpu));
+    // mamba_ssm rescales out_proj by 1/sqrt(n_layer) (rescale_prenorm_residual, one residual per layer).
+    set(out->weight, uniform(out->weight.sizes(), 1.0 / std::sqrt(double(c.d_inner()))) /
+                         std::sqrt(double(c.n_layer)));
+  }
+}
+
+InferenceState Mamba2Model::new_state(int64_t batch) const {
+  InferenceState s;
+  for (int64_t i = 0; i < cfg_.n_layer; ++i) {
+    s.layers.push_back({at::zeros({batch, cfg_.conv_dim(), cfg_.d_conv}, opts_),
+                        at::zeros({batch, cfg_.nheads(), cfg_.headdim, cfg_.d_state}, opts_.dtype(at::kFloat))});
+  }
+  return s;
+}
+
+at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w) const {
+  const auto xf = x.to(at::kFloat);
+  const auto rstd = at::rsqrt(xf.pow(2).mean(-1, true) + cfg_.norm_eps);
+  return (xf * rstd * w.to(at::kFloat)).to(dtype());
+}
+
+// mamba_ssm's RMSNormGated(norm_before_gate=False): RMSNorm(y * silu(z)) with one RMS per
+// group of d_inner/ngroups channels, fp32 math.
+at::Tensor Mamba2Model::gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w) const {
+  const auto x = y.to(at::kFloat) * at::silu(z.to(at::kFloat));
+  auto sizes = x.sizes().vec();
+  auto gsizes = sizes;
+  gsizes.back() = cfg_.ngroups;
+  gsizes.push_back(cfg_.d_inner() / cfg_.ngroups);
+  const auto xg = x.view(gsizes);
+  const auto out = (xg * at::rsqrt(xg.pow(2).mean(-1, true) + cfg_.norm_eps)).view(sizes);
+  return (out * w.to(at::kFloat)).to(dtype());
+}
+
+at::Tensor Mamba2Model::discretize_dt(const at::Tensor& dt_raw, const at::Tensor& dt_bias) const {
+  // softplus with PyTorch's threshold (identity above 20), in fp32.
+  auto dt = at::softplus(dt_raw.to(at::kFloat) + dt_bias, 1.0, 20.0);
+  if (cfg_.has_dt_limit()) dt = dt.clamp(cfg_.dt_limit_min, cfg_.dt_limit_max);
+  return dt;
+}
+
+at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st) const {
+  const auto& c = cfg_;
+  const int64_t b = u.size(0), l = u.size(1), di = c.d_inner(), gn = c.ngroups * c.d_state, h = c.nheads();
+  const auto zxbcdt = m.in_proj->forward(u);  // (b,l,d_in_proj)
+  const auto z = zxbcdt.narrow(-1, 0, di);
+  const auto xBC_raw = zxbcdt.narrow(-1, di, c.conv_dim()).transpose(1, 2);  // (b,conv_dim,l)
+  const auto dt_raw = zxbcdt.narrow(-1, di + c.conv_dim(), h);
+
+  // Causal depthwise conv: the left context is d_conv-1 zeros for a fresh sequence, or the
+  // cached raw columns when continuing; either way one padded tensor and a valid convolution.
+  const auto left = st ? st->conv.narrow(-1, 1, c.d_conv - 1).to(xBC_raw.scalar_type())
+                       : at::zeros({b, c.conv_dim(), c.d_conv - 1}, xBC_raw.options());
+  const auto xpad = at::cat({left, xBC_raw}, -1);
+  if (st) {
+    at::NoGradGuard ng;
+    st->conv = xpad.narrow(-1, xpad.size(-1) - c.d_conv, c.d_conv).detach().contiguous();
+  }
+  const auto xBC = at::silu(conv1d_valid(xpad, m.conv_w, m.conv_b, c.conv_dim())).transpose(1, 2);
+  const auto x = xBC.narrow(-1, 0, di).to(at::kFloat).view({b, l, h, c.headdim});
+  const auto B = xBC.narrow(-1, di, gn).to(at::kFloat).view({b, l, c.ngroups, c.d_state});
+  const auto C = xBC.narrow(-1, di + gn, gn).to(at::kFloat).view({b, l, c.ngroups, c.d_state});
+
+  const auto dt = discretize_dt(dt_raw, m.dt_bias);  // (b,l,h)
+  const auto A = -at::exp(m.A_log.to(at::kFloat));
+  auto [y, final_state] = ssd_chunked(x, dt, A, B, C, c.chunk_size, st ? st->ssm : at::Tensor());
+  if (st) st->ssm = final_state.detach();
+  y = y + x * m.D.to(at::kFloat).view({1, 1, h, 1});  // D skip, before the gate
+  const auto yn = gated_rmsnorm(y.reshape({b, l, di}), z, m.norm_w);
+  return m.out_proj->forward(yn);
+}
+
+at::Tensor Mamba2Model::mixer_step(const Mamba2Mixer& m, const at::Tensor& u, LayerState& st) const {
+  const auto& c = cfg_;
+  const int64_t b = u.size(0), di = c.d_inner(), gn = c.ngroups * c.d_state, h = c.nheads();
+  const auto zxbcdt = m.in_proj->forward(u);  // (b,d_in_proj)
+  const auto z = zxbcdt.narrow(-1, 0, di);
+  const auto xBC_raw = zxbcdt.narrow(-1, di, c.conv_dim());
+  const auto dt_raw = zxbcdt.narrow(-1, di + c.conv_dim(), h);
+
+  // Shift the raw column into the conv cache, then one dot product per channel.
+  st.conv = at::cat({st.conv.narrow(-1, 1, c.d_conv - 1), xBC_raw.unsqueeze(-1).to(st.conv.scalar_type())}, -1);
+  auto conv = (st.conv.to(at::kFloat) * m.conv_w.squeeze(1).to(at::kFloat)).sum(-1);
+  if (m.conv_b.defined()) conv = conv + m.conv_b.to(at::kFloat);
+  const auto xBC = at::silu(conv);
+  const auto x = xBC.narrow(-1, 0, di).view({b, h, c.headdim});
+  auto B = xBC.narrow(-1, di, gn).view({b, c.ngroups, c.d_state});
+  auto C = xBC.narrow(-1, di + gn, gn).view({b, c.ngroups, c.d_state});
+  if (c.ngroups != h) {
+    B = B.repeat_interleave(h / c.ngroups, 1);
+    C = C.repeat_interleave(h / c.ngroups, 1);
+  }
+
+  const auto dt = discretize_dt(dt_raw, m.dt_bias);                  // (b,h)
+  const auto dA = at::exp(dt * -at::exp(m.A_log.to(at::kFloat)));     // (b,h)
+  st.ssm = st.ssm * dA.view({b, h, 1, 1}) + (x * dt.unsqueeze(-1)).unsqueeze(-1) * B.unsqueeze(2);
+  auto y = (st.ssm * C.unsqueeze(2)).sum(-1) + x * m.D.to(at::kFloat).view({1, h, 1});  // (b,h,p)
+  const auto yn = gated_rmsnorm(y.reshape({b, di}), z, m.norm_w);
+  return m.out_proj->forward(yn);
+}
+
+at::Tensor Mamba2Model::embed(const at::Tensor& ids) const {
+  DFSSM_CHECK(ids.scalar_type() == at::kLong, "token ids must be int64");
+  if (ids.numel() > 0) {
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    DFSSM_CHECK(lo >= 0 && hi < cfg_.padded_vocab(), "token id ", (lo < 0 ? lo : hi), " is outside the vocabulary [0, ",
+                cfg_.padded_vocab(), ")");
+  }
+  return at::embedding(embedding, ids.to(device()));
+}
+
+at::Tensor Mamba2Model::logits(const at::Tensor& hidden) const {
+  return at::linear(hidden, lm_head.defined() ? lm_head : embedding);
+}
+
+at::Tensor Mamba2Model::forward(const at::Tensor& ids, InferenceState* state) const {
+  DFSSM_CHECK(ids.dim() == 2, "forward expects token ids of shape (batch, length), got rank ", ids.dim());
+  DFSSM_CHECK(!state || int64_t(state->layers.size()) == cfg_.n_layer, "inference state has ",
+              state ? state->layers.size() : 0, " layers, model has ", cfg_.n_layer);
+  const auto res_dtype = cfg_.residual_in_fp32 ? at::kFloat : dtype();
+  auto hidden = embed(ids);
+  at::Tensor residual;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    residual = residual.defined() ? residual + hidden.to(res_dtype) : hidden.to(res_dtype);
+    hidden = mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w), state ? &state->layers[i] : nullptr);
+  }
+  residual = residual + hidden.to(res_dtype);
+  if (state) state->seqlen += ids.size(1);
+  return logits(rmsnorm(residual, norm_f));
+}
+
+at::Tensor Mamba2Model::step(const at::Tensor& ids, InferenceState& state) const {
+  DFSSM_CHECK(ids.dim() == 1, "step expects token ids of shape (batch), got rank ", ids.dim());
+  DFSSM_CHECK(int64_t(state.layers.size()) == cfg_.n_layer && state.layers[0].conv.size(0) == ids.size(0),
+              "inference state does not match this model/batch");
+  const auto res_dtype = cfg_.residual_in_fp32 ? at::kFloat : dtype();
+  auto hidden = embed(ids);
+  at::Tensor residual;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    residual = residual.defined() ? residual + hidden.to(res_dtype) : hidden.to(res_dtype);
+    hidden = mixer_step(layers[i].mixer, rmsnorm(residual, layers[i].norm_w), state.layers[i]);
+  }
+  residual = residual + hidden.to(res_dtype);
+  state.seqlen += 1;
+  return logits(rmsnorm(residual, norm_f));
+}
+
+}  // namespace dfssm

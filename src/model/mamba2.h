@@ -1,0 +1,112 @@
+// The Mamba-2 language model in LibTorch (ATen ops, autograd-capable), exactly as mamba_ssm
+// computes it (../docs/architecture.md; facts in shared/reference/mamba2-facts.md).
+//
+// Parameters are plain tensors named with mamba_ssm's state-dict keys. The two large
+// projections of each mixer go through the LinearLayer interface, so the quantized student
+// (src/quant) swaps them without touching the rest of the model.
+//
+// Precision: weights and activations in the model dtype (fp32/fp16/bf16); A_log, D and dt_bias
+// are kept in fp32; dt, the SSD scan, the norms and the decode states run in fp32; the residual
+// stream is fp32 when residual_in_fp32.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/config.h"
+
+namespace dfssm {
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+// y = x · Wᵀ (no bias), for in_proj and out_proj.
+class LinearLayer {
+ public:
+  virtual ~LinearLayer() = default;
+  virtual at::Tensor forward(const at::Tensor& x) const = 0;
+  // Trainable/stored tensors, named relative to the layer (e.g. "weight").
+  virtual NamedTensors named_parameters() const = 0;
+};
+
+class DenseLinear : public LinearLayer {
+ public:
+  explicit DenseLinear(at::Tensor weight) : weight(std::move(weight)) {}
+  at::Tensor forward(const at::Tensor& x) const override;
+  NamedTensors named_parameters() const override { return {{"weight", weight}}; }
+  at::Tensor weight;  // (out, in)
+};
+
+struct Mamba2Mixer {
+  std::shared_ptr<LinearLayer> in_proj;   // d_model -> [z, x, B, C, dt]
+  at::Tensor conv_w;                      // (conv_dim, 1, d_conv)
+  at::Tensor conv_b;                      // (conv_dim) or undefined
+  at::Tensor dt_bias, A_log, D;           // (nheads), fp32
+  at::Tensor norm_w;                      // (d_inner), gated RMSNorm
+  std::shared_ptr<LinearLayer> out_proj;  // d_inner -> d_model
+};
+
+struct Mamba2Block {
+  at::Tensor norm_w;  // (d_model)
+  Mamba2Mixer mixer;
+};
+
+// Decode caches for one layer: the last d_conv raw (pre-conv) xBC columns and the SSM state.
+struct LayerState {
+  at::Tensor conv;  // (batch, conv_dim, d_conv), model dtype
+  at::Tensor ssm;   // (batch, nheads, headdim, d_state), fp32
+};
+
+struct InferenceState {
+  std::vector<LayerState> layers;
+  int64_t seqlen = 0;  // tokens consumed so far
+};
+
+class Mamba2Model {
+ public:
+  // Allocates (uninitialised) parameters of `cfg` with `opts` (dtype + device).
+  Mamba2Model(const Mamba2Config& cfg, at::TensorOptions opts);
+
+  const Mamba2Config& config() const { return cfg_; }
+  at::ScalarType dtype() const { return opts_.dtype().toScalarType(); }
+  at::Device device() const { return opts_.device(); }
+
+  // mamba_ssm's initialisation, drawn on the CPU from `seed` (same values on any device).
+  void init_random(uint64_t seed);
+
+  // Full-sequence forward with the chunked SSD. ids: (b, l) int64. Returns logits (b, l, vocab)
+  // in the model dtype. With `state`, continues from it and leaves the final caches in it
+  // (a prefill); pass new_state() for a fresh sequence.
+  at::Tensor forward(const at::Tensor& ids, InferenceState* state = nullptr) const;
+
+  // One token per sequence with the recurrent form. ids: (b) int64. Returns logits (b, vocab).
+  at::Tensor step(const at::Tensor& ids, InferenceState& state) const;
+
+  InferenceState new_state(int64_t batch) const;
+
+  // All parameters with mamba_ssm state-dict keys (lm_head.weight only when untied).
+  NamedTensors named_parameters() const;
+
+  at::Tensor embedding;  // (padded_vocab, d_model)
+  at::Tensor lm_head;    // undefined when tied
+  at::Tensor norm_f;     // (d_model)
+  std::vector<Mamba2Block> layers;
+
+ private:
+  at::Tensor mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st) const;
+  at::Tensor mixer_step(const Mamba2Mixer& m, const at::Tensor& u, LayerState& st) const;
+  at::Tensor embed(const at::Tensor& ids) const;
+  at::Tensor logits(const at::Tensor& hidden) const;
+  at::Tensor rmsnorm(const at::Tensor& x, const at::Tensor& w) const;
+  at::Tensor gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w) const;
+  at::Tensor discretize_dt(const at::Tensor& dt_raw, const at::Tensor& dt_bias) const;
+
+  Mamba2Config cfg_;
+  at::TensorOptions opts_;
+};
+
+}  // namespace dfssm

@@ -1,0 +1,32 @@
+// Small helpers shared by the tests.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "core/error.h"
+
+namespace dfssm::test {
+
+// Runs f and returns the message of the dfssm::Error it throws ("" if it throws nothing).
+// Any other exception type propagates and fails the test: bad input must give dfssm::Error.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const dfssm::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
+
+inline std::string source_dir() {
+#ifdef DFSSM_SOURCE_DIR
+  return DFSSM_SOURCE_DIR;
+#else
+  return ".";
+#endif
+}
+
+}  // namespace dfssm::test
