@@ -1,6 +1,7 @@
 // Decoding token by token (recurrent step) equals the full chunked forward; prefill then
 // step equals it too; a prefill split in two pieces equals one prefill.
 #include "catch_compat.h"
+#include "core/error.h"
 #include "model_test_util.h"
 
 using namespace dfssm;

@@ -19,5 +19,9 @@ extern const char* const kInitUsage;
 int cmd_bench(int argc, char** argv);
 extern const char* const kBenchUsage;
 #endif
+#ifdef DFSSM_WITH_DATA
+int cmd_data(int argc, char** argv);
+extern const char* const kDataUsage;
+#endif
 
 }  // namespace dfssm::cli

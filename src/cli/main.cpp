@@ -18,6 +18,9 @@ const std::vector<Command>& commands() {
       {"init", "write a randomly initialised Mamba-2 checkpoint (mamba_ssm init)", kInitUsage, cmd_init},
       {"bench", "time prefill and decode of the LibTorch model", kBenchUsage, cmd_bench},
 #endif
+#ifdef DFSSM_WITH_DATA
+      {"data", "prepare, inspect and benchmark tokenized training data (HDF5 shards)", kDataUsage, cmd_data},
+#endif
   };
   return cmds;
 }

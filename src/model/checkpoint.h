@@ -8,9 +8,11 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
 #include <string>
 
+#include "core/dtype.h"
 #include "model/mamba2.h"
 
 namespace dfssm {
