@@ -6,3 +6,7 @@
 #else
 #include <catch2/catch.hpp>
 #endif
+// Approx lives in namespace Catch in v3 and at global scope (too) in v2.
+#if __has_include(<catch2/catch_all.hpp>)
+using Catch::Approx;
+#endif

@@ -13,11 +13,17 @@ struct Command {
 
 int cmd_info(int argc, char** argv);
 extern const char* const kInfoUsage;
+int cmd_inspect(int argc, char** argv);
+extern const char* const kInspectUsage;
 #ifdef DFSSM_WITH_TORCH
 int cmd_init(int argc, char** argv);
 extern const char* const kInitUsage;
 int cmd_bench(int argc, char** argv);
 extern const char* const kBenchUsage;
+int cmd_quantize(int argc, char** argv);
+extern const char* const kQuantizeUsage;
+int cmd_export(int argc, char** argv);
+extern const char* const kExportUsage;
 #endif
 #ifdef DFSSM_WITH_DATA
 int cmd_data(int argc, char** argv);

@@ -14,9 +14,12 @@ namespace {
 const std::vector<Command>& commands() {
   static const std::vector<Command> cmds = {
       {"info", "show a checkpoint's config, parameter groups, dtypes and bytes", kInfoUsage, cmd_info},
+      {"inspect", "size accounting of a packed file, or of a geometry + quant config", kInspectUsage, cmd_inspect},
 #ifdef DFSSM_WITH_TORCH
       {"init", "write a randomly initialised Mamba-2 checkpoint (mamba_ssm init)", kInitUsage, cmd_init},
       {"bench", "time prefill and decode of the LibTorch model", kBenchUsage, cmd_bench},
+      {"quantize", "initialise a DF-SSM student from a teacher (no training)", kQuantizeUsage, cmd_quantize},
+      {"export", "pack a student checkpoint into a .dfssm.safetensors file", kExportUsage, cmd_export},
 #endif
 #ifdef DFSSM_WITH_DATA
       {"data", "prepare, inspect and benchmark tokenized training data (HDF5 shards)", kDataUsage, cmd_data},

@@ -219,8 +219,8 @@ void atomic_write(const std::string& path, WriteBody body) {
 }
 }  // namespace
 
-void write_safetensors(const std::string& path, const std::vector<TensorWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+std::string safetensors_header(const std::vector<TensorWrite>& tensors,
+                               const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
   if (!metadata.empty()) h["__metadata__"] = metadata;
   uint64_t pos = 0;
@@ -234,6 +234,19 @@ void write_safetensors(const std::string& path, const std::vector<TensorWrite>& 
   }
   std::string header = h.dump();
   header.append((8 - header.size() % 8) % 8, ' ');  // keep the data region 8-byte aligned
+  return header;
+}
+
+uint64_t safetensors_file_size(const std::vector<TensorWrite>& tensors,
+                               const std::map<std::string, std::string>& metadata) {
+  uint64_t n = 8 + safetensors_header(tensors, metadata).size();
+  for (const auto& t : tensors) n += t.nbytes;
+  return n;
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  const std::string header = safetensors_header(tensors, metadata);
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(header.size()) >> (8 * i));
   atomic_write(path, [&](auto put) {

@@ -81,6 +81,13 @@ struct TensorWrite {
   size_t nbytes;
 };
 
+// The JSON header the writer emits (space-padded to a multiple of 8 bytes), and the exact
+// size of the file it would write. Data pointers are not read.
+std::string safetensors_header(const std::vector<TensorWrite>& tensors,
+                               const std::map<std::string, std::string>& metadata = {});
+uint64_t safetensors_file_size(const std::vector<TensorWrite>& tensors,
+                               const std::map<std::string, std::string>& metadata = {});
+
 // Writes a safetensors file atomically: to a temporary name beside `path`, fsynced, then
 // renamed, so a crash never leaves a half-written file under the final name.
 void write_safetensors(const std::string& path, const std::vector<TensorWrite>& tensors,

@@ -203,11 +203,12 @@ at::Tensor Mamba2Model::embed(const at::Tensor& ids) const {
     DFSSM_CHECK(lo >= 0 && hi < cfg_.padded_vocab(), "token id ", (lo < 0 ? lo : hi), " is outside the vocabulary [0, ",
                 cfg_.padded_vocab(), ")");
   }
-  return at::embedding(embedding, ids.to(device()));
+  return at::embedding(embedding_weight(), ids.to(device()));
 }
 
 at::Tensor Mamba2Model::logits(const at::Tensor& hidden) const {
-  return at::linear(hidden, lm_head.defined() ? lm_head : embedding);
+  if (!lm_head.defined()) return at::linear(hidden, embedding_weight());
+  return at::linear(hidden, embedding_transform ? embedding_transform(lm_head) : lm_head);
 }
 
 at::Tensor Mamba2Model::forward(const at::Tensor& ids, InferenceState* state) const {

@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -92,6 +93,10 @@ class Mamba2Model {
   NamedTensors named_parameters() const;
 
   at::Tensor embedding;  // (padded_vocab, d_model)
+  // The embedding as the forward pass uses it (tied lm_head too): `embedding`, or what
+  // embedding_transform makes of it (the student's int8 fake quantization, src/quant).
+  std::function<at::Tensor(const at::Tensor&)> embedding_transform;
+  at::Tensor embedding_weight() const { return embedding_transform ? embedding_transform(embedding) : embedding; }
   at::Tensor lm_head;    // undefined when tied
   at::Tensor norm_f;     // (d_model)
   std::vector<Mamba2Block> layers;
