@@ -1,10 +1,13 @@
 // Data pipeline building blocks: SHA-256, UTF-8, chunking, globs, shuffling, the YAML config.
 #include <set>
 
+#include <sys/stat.h>
+
 #include "tests/catch_compat.h"
 #include "tests/test_data_util.h"
 
 #include "distill/data/config.h"
+#include "distill/data/corpus.h"
 #include "distill/data/sha256.h"
 #include "distill/data/util.h"
 
@@ -155,4 +158,60 @@ TEST_CASE("data config: defaults, overrides and errors that say what to fix", "[
   CHECK(contains(error_of([&] { parse_data_config("output: [\n", "t.yaml"); }), "invalid YAML"));
   CHECK(contains(error_of([&] { parse_data_config(yaml, "t.yaml", {{"tokenizer.type", "none"}}); }), "eos_id"));
   CHECK(contains(error_of([&] { load_data_config("/nonexistent/data.yaml"); }), "cannot open"));
+}
+
+TEST_CASE("python: sources resolve through the interpreter's sysconfig paths", "[data]") {
+  TempDir dir("python_src");
+  // A stand-in interpreter: answers sysconfig.get_paths()[...] for stdlib and purelib with two
+  // fixed directories, so the test needs no real Python and gives the same files everywhere.
+  write_bytes(dir / "lib/os.py", "import sys\n");
+  write_bytes(dir / "lib/site-packages/pkg/mod.py", "x = 1\n");  // like pyenv: inside stdlib
+  write_bytes(dir / "site/pkg/__init__.py", "");
+  write_bytes(dir / "site/pkg/core.py", "def f():\n    return 1\n");
+  write_bytes(dir / "site/pkg/data.json", "{}");
+  const std::string py = dir / "fakepython";
+  write_bytes(py, "#!/bin/sh\ncase \"$2\" in\n  *purelib*) echo '" + (dir / "site") + "' ;;\n  *stdlib*) echo '" +
+                      (dir / "lib") + "' ;;\n  *) exit 1 ;;\nesac\n");
+  REQUIRE(::chmod(py.c_str(), 0755) == 0);
+
+  CHECK(python_path(py, "purelib") == dir / "site");
+  CHECK(python_path(py, "stdlib") == dir / "lib");
+  CHECK(contains(error_of([&] { python_path(py, "platlib"); }), "could not locate Python's platlib directory"));
+  const std::string e = error_of([&] { python_path(dir / "no-such-python", "purelib"); });
+  INFO(e);
+  CHECK(contains(e, "could not locate Python's purelib directory"));
+  CHECK(contains(e, "python="));
+
+  const DataConfig c = parse_data_config(
+      "output: out\npython: " + py +
+          "\nsources:\n  - {python: purelib, path: '**/*.py'}\n"
+          "  - {python: stdlib, path: '**/*.py', exclude: ['site-packages/**']}\n",
+      "t.yaml");
+  CHECK(c.sources[0].describe() == "python:purelib/**/*.py");
+  std::vector<std::string> resolved;
+  const auto files = expand_sources(c, &resolved);
+  REQUIRE(files.size() == 3);
+  CHECK(files[0].key == "pkg/__init__.py");
+  CHECK(files[1].key == "pkg/core.py");
+  CHECK(files[2].key == "os.py");  // the stdlib source, its site-packages excluded
+  CHECK(files[0].source == 0);
+  CHECK(files[2].source == 1);
+  CHECK(resolved[0] == dir / "site" + "/**/*.py");
+
+  CHECK(contains(error_of([&] { parse_data_config("output: o\nsources: [{python: site-packages}]\n", "t.yaml"); }),
+                 "'python' must be stdlib, purelib or platlib, got 'site-packages'"));
+}
+
+TEST_CASE("the shipped data configs parse", "[data]") {
+  const std::string root = dfssm::test::source_dir() + "/configs/";
+  const DataConfig s = load_data_config(root + "data_stdlib.yaml");
+  REQUIRE(s.sources.size() == 1);
+  CHECK(s.sources[0].python == "stdlib");
+  CHECK(s.tokenizer.vocab_size == 4096);
+  const DataConfig p = load_data_config(root + "data_sitepackages.yaml");
+  REQUIRE(p.sources.size() == 1);
+  CHECK(p.sources[0].describe() == "python:purelib/**/*.py");
+  CHECK(p.tokenizer.vocab_size == 32000);
+  CHECK(p.tokenizer.sample_bytes > s.tokenizer.sample_bytes);
+  CHECK(p.output != s.output);
 }

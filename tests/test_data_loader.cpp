@@ -253,6 +253,24 @@ TEST_CASE("loader: bad datasets and mismatched runs give clear errors", "[data]"
     CHECK(contains(e, "train-00001.h5"));
     CHECK(contains(e, "does not exist"));
   }
+  SECTION("a manifest listing a missing validation shard: the validation iterator names it") {
+    fs::remove(f.out + "/val-00000.h5");
+    TokenLoader train(f.options());  // the train split is complete
+    const std::string e = error_of([&] { TokenLoader l(validation_options(f.options())); });
+    INFO(e);
+    CHECK(contains(e, "val-00000.h5"));
+    CHECK(contains(e, "does not exist"));
+  }
+  SECTION("a shard replaced by one of the same size: only the SHA-256 check (inspect --verify) sees it") {
+    const std::string p = f.out + "/train-00001.h5";
+    std::string bytes = dfssm::data::read_file(p);
+    bytes[bytes.size() / 2] = char(bytes[bytes.size() / 2] ^ 1);
+    write_bytes(p, bytes);
+    const std::string e = error_of([&] { open_split(f.out, f.manifest, "train", /*verify_sha256=*/true); });
+    INFO(e);
+    CHECK(contains(e, "train-00001.h5"));
+    CHECK(contains(e, "differs from manifest.json's"));
+  }
   SECTION("no manifest (an incomplete preparation)") {
     fs::remove(f.out + "/manifest.json");
     CHECK(contains(error_of([&] { TokenLoader l(f.options()); }), "manifest.json does not exist"));

@@ -190,6 +190,45 @@ TEST_CASE("prepare: an existing tokenizer, JSONL sources and BOS", "[data]") {
     c.overwrite = true;
     CHECK(contains(error_of([&] { prepare_data(c); }), "c.jsonl:2: invalid JSON"));
   }
+  SECTION("a line that is not an object, or whose field is not a string, is an error naming file and line") {
+    c.overwrite = true;
+    write_bytes(dir / "corpus/d.jsonl", "{\"content\": \"ok\"}\n[\"content\", \"x\"]\n");
+    std::string e = error_of([&] { prepare_data(c); });
+    INFO(e);
+    CHECK(contains(e, "d.jsonl:2: not a JSON object, so no field 'content'"));
+    write_bytes(dir / "corpus/d.jsonl", "{\"content\": 42}\n");
+    e = error_of([&] { prepare_data(c); });
+    CHECK(contains(e, "d.jsonl:1: field 'content' is a number, not a string"));
+    CHECK(!fs::exists(dir / "out/manifest.json"));
+  }
+}
+
+TEST_CASE("prepare: a non-UTF-8 JSONL line is skipped with a warning or fails, as configured", "[data]") {
+  TempDir dir("prep_jsonl_utf8");
+  std::string jsonl;
+  for (int i = 0; i < 12; ++i) jsonl += nlohmann::json{{"text", generated_text(700 + uint64_t(i), 6)}}.dump() + "\n";
+  jsonl += "{\"text\": \"caf\xe9\"}\n";  // line 13: Latin-1 inside the JSON string
+  write_bytes(dir / "corpus/a.jsonl", jsonl);
+  DataConfig c = base_config(dir);
+  c.tokenizer.model = dfssm::test::write_tiny_model(dir / "tiny.model");
+  c.val_fraction = 0;
+  std::vector<std::string> warnings;
+  PrepareLog log;
+  log.warn = [&](const std::string& s) { warnings.push_back(s); };
+  const Manifest m = prepare_data(c, log);
+  REQUIRE(warnings.size() == 1);
+  CHECK(contains(warnings[0], "a.jsonl:13"));
+  CHECK(contains(warnings[0], "not valid UTF-8"));
+  CHECK(m.sources[0]["skipped"]["invalid_utf8"] == 1);
+  CHECK(m.sources[0]["documents"] == 12);
+
+  c.on_invalid_utf8 = "fail";
+  c.output = dir / "out_fail";
+  const std::string e = error_of([&] { prepare_data(c); });
+  INFO(e);
+  CHECK(contains(e, "a.jsonl:13: not valid UTF-8"));
+  CHECK(contains(e, "on_invalid_utf8=skip"));
+  CHECK(!fs::exists(dir / "out_fail/manifest.json"));
 }
 
 TEST_CASE("prepare: non-UTF-8 files are skipped with a warning or fail, as configured", "[data]") {
@@ -216,6 +255,15 @@ TEST_CASE("prepare: non-UTF-8 files are skipped with a warning or fail, as confi
   CHECK(contains(e, "not valid UTF-8"));
   CHECK(contains(e, "on_invalid_utf8"));
   CHECK(!fs::exists(dir / "out_fail/manifest.json"));
+
+  // A source's own on_invalid_utf8 wins over the top-level one, both ways.
+  c.output = dir / "out_source_skip";
+  c.sources[0].on_invalid_utf8 = "skip";
+  CHECK(prepare_data(c).sources[0]["skipped"]["invalid_utf8"] == 1);
+  c.output = dir / "out_source_fail";
+  c.on_invalid_utf8 = "skip";
+  c.sources[0].on_invalid_utf8 = "fail";
+  CHECK(contains(error_of([&] { prepare_data(c); }), "latin1.txt: not valid UTF-8"));
 }
 
 TEST_CASE("prepare: an empty corpus is an error", "[data]") {
@@ -241,6 +289,19 @@ TEST_CASE("prepare: an empty corpus is an error", "[data]") {
     CHECK(contains(e, "1 empty, 1 skipped as not UTF-8"));
     CHECK(!fs::exists(dir / "out/manifest.json"));
     CHECK(!fs::exists(dir / "out/tokenizer.model"));
+  }
+  SECTION("pre-tokenized files without ids") {
+    write_bytes(dir / "corpus/a.bin", "");
+    write_bytes(dir / "corpus/b.npy", npy_header("<u2", 0));
+    c.sources[0].dtype = "uint16";
+    c.tokenizer.type = "none";
+    c.tokenizer.vocab_size = 1000;
+    c.tokenizer.eos_id = 0;
+    const std::string e = error_of([&] { prepare_data(c); });
+    INFO(e);
+    CHECK(contains(e, "the corpus is empty"));
+    CHECK(contains(e, "2 empty"));
+    CHECK(!fs::exists(dir / "out/manifest.json"));
   }
   SECTION("a source path that does not exist") {
     c.sources[0].path = dir / "nowhere";
@@ -298,6 +359,38 @@ TEST_CASE("prepare: pre-tokenized .bin and .npy are kept exactly; ids >= vocab a
     CHECK(contains(e, "outside the vocabulary"));
     CHECK(!fs::exists(dir / "out/manifest.json"));
   }
+  SECTION("token ids >= vocab in a .npy, negative ids, and uint32 .bin files") {
+    c.overwrite = true;
+    c.sources[0].path = dir / "tok2/*";
+    write_bytes(dir / "tok2/big.npy", npy_header("<i8", 3) + raw(std::vector<int64_t>{5, 1000, 0}));
+    std::string e = error_of([&] { prepare_data(c); });
+    INFO(e);
+    CHECK(contains(e, "big.npy: token id 1000 at index 1 is outside the vocabulary 0..999"));
+    write_bytes(dir / "tok2/big.npy", npy_header("<i4", 3) + raw(std::vector<int32_t>{5, -1, 0}));
+    e = error_of([&] { prepare_data(c); });
+    CHECK(contains(e, "big.npy: token id -1 at index 1 is outside the vocabulary"));
+    fs::remove(dir / "tok2/big.npy");
+    // 70000 fits uint32 but not this vocabulary; read as uint16 the same bytes would pass silently,
+    // which is why raw .bin files need an explicit dtype.
+    write_bytes(dir / "tok2/wide.bin", raw(std::vector<uint32_t>{1, 2, 70000, 0}));
+    c.sources[0].dtype = "uint32";
+    e = error_of([&] { prepare_data(c); });
+    CHECK(contains(e, "wide.bin: token id 70000 at index 2 is outside the vocabulary"));
+    CHECK(contains(e, "check the source's dtype"));
+    CHECK(!fs::exists(dir / "out/manifest.json"));
+  }
+  SECTION("a truncated .npy and a .bin without a dtype") {
+    c.overwrite = true;
+    c.sources[0].path = dir / "tok2/*";
+    write_bytes(dir / "tok2/t.npy", npy_header("<u2", 100) + raw(std::vector<uint16_t>(10, 3)));
+    std::string e = error_of([&] { prepare_data(c); });
+    INFO(e);
+    CHECK(contains(e, "t.npy: truncated .npy"));
+    fs::remove(dir / "tok2/t.npy");
+    write_bytes(dir / "tok2/u.bin", raw(std::vector<uint16_t>{1, 2, 0}));
+    c.sources[0].dtype = "";
+    CHECK(contains(error_of([&] { prepare_data(c); }), "u.bin: raw token files need the source's dtype"));
+  }
   SECTION("a .bin whose size does not fit the dtype") {
     write_bytes(dir / "tok/c.bin", "abc");
     c.overwrite = true;
@@ -319,4 +412,25 @@ TEST_CASE("prepare: an empty validation split is an error unless val_fraction=0"
   CHECK(contains(error_of([&] { prepare_data(c); }), "validation split is empty"));
   c.val_fraction = 0;
   CHECK(prepare_data(c).splits.at("train").documents == 3);
+}
+
+TEST_CASE("prepare: temp files of a crashed run are cleared by overwrite=true; none is left behind", "[data]") {
+  TempDir dir("prep_stale");
+  make_corpus(dir, 12);
+  DataConfig c = base_config(dir);
+  c.tokenizer.model = dfssm::test::write_tiny_model(dir / "tiny.model");
+  // What a killed run leaves: shards still under their temp names, no manifest.json.
+  write_bytes(dir / "out/train-00000.h5.tmp", "half a shard");
+  write_bytes(dir / "out/val-00003.h5.tmp", "half a shard");
+  write_bytes(dir / "out/manifest.json.tmp", "{");
+  write_bytes(dir / "out/notes.txt", "not ours");
+  CHECK(contains(error_of([&] { prepare_data(c); }), "overwrite=true"));
+  c.overwrite = true;
+  const Manifest m = prepare_data(c);
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir / "out")) names.insert(e.path().filename().string());
+  std::set<std::string> want = {"manifest.json", "tokenizer.model", "notes.txt"};  // other files are kept
+  for (const auto& [split, s] : m.splits)
+    for (const auto& e : s.shards) want.insert(e.file);
+  CHECK(names == want);
 }

@@ -122,6 +122,27 @@ TEST_CASE("a shard is written under a temp name and never left half-written", "[
   CHECK(!fs::exists(path));
   CHECK(!fs::exists(path + ".tmp"));
   CHECK(fs::is_empty(dir.str()));
+
+  // A temp file left by a killed process is replaced; finish() renames the temp file to the
+  // final name, so the final name only ever holds a complete shard.
+  write_bytes(path + ".tmp", "stale bytes of a crashed run");
+  {
+    ShardMeta meta;
+    meta.split = "train";
+    meta.vocab_size = 100;
+    ShardWriter w(path, meta, {});
+    const std::vector<int32_t> ids(5000, 7);
+    w.append(ids.data(), ids.size());
+    w.end_document();
+    CHECK(!fs::exists(path));
+    w.finish("[]");
+    CHECK(fs::exists(path));
+    CHECK(!fs::exists(path + ".tmp"));
+  }
+  CHECK(fs::exists(path));  // the destructor of a finished writer leaves the shard alone
+  const auto r = ShardReader::open(path);
+  CHECK(r->meta().token_count == 5000);
+  CHECK(r->meta().doc_count == 1);
 }
 
 TEST_CASE("corrupt, truncated and foreign shard files give clear errors", "[data]") {
@@ -163,6 +184,32 @@ TEST_CASE("corrupt, truncated and foreign shard files give clear errors", "[data
     }
     INFO(e);
     CHECK(contains(e, "flip.h5"));
+    CHECK(contains(e, "corrupt"));
+  }
+  SECTION("ids >= vocab_size in a shard without checksums are caught on read") {
+    // Documents of id 7 only: the token data is a long run of 07 00 that is easy to find.
+    ShardWriteOptions o;
+    o.checksum = false;
+    const std::string path = dir / "nocheck.h5";
+    const auto ids = write_shard(path, 300, {std::vector<int32_t>(3000, 7)}, o);
+    std::string b = read_bytes(path);
+    const std::string run = [] {
+      std::string r;
+      for (int k = 0; k < 64; ++k) r += std::string("\x07\x00", 2);
+      return r;
+    }();
+    const size_t at = b.find(run);
+    REQUIRE(at != std::string::npos);
+    b[at + 20] = '\xff';  // id 10 becomes 0x00ff = 255 (< 300: still plausible) ...
+    b[at + 21] = '\x01';  // ... 0x01ff = 511: outside the vocabulary
+    write_bytes(path, b);
+    const auto r = ShardReader::open(path);
+    std::vector<int32_t> back(ids.size());
+    const std::string e = error_of([&] { r->read(0, int64_t(ids.size()), back.data()); });
+    INFO(e);
+    CHECK(contains(e, "nocheck.h5"));
+    CHECK(contains(e, "id 511"));
+    CHECK(contains(e, ">= vocab_size 300"));
     CHECK(contains(e, "corrupt"));
   }
   SECTION("an empty file") {
