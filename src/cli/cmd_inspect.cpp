@@ -76,9 +76,10 @@ int cmd_inspect(int argc, char** argv) {
                   (long long)quant::rank_for_budget(cfg, q, uint64_t(target_mb * 1e6)));
     return 0;
   }
+  const bool verify = args.has("verify");
   args.check_unused();
   DFSSM_CHECK(args.positionals().size() == 1, "usage: dfssm inspect <model.dfssm.safetensors> | --geometry NAME");
-  const auto p = quant::PackedFile::open(args.positionals()[0], args.has("verify"));
+  const auto p = quant::PackedFile::open(args.positionals()[0], verify);
   const auto& c = p.config();
   std::printf("%s: %s v%s, d_model %lld, %lld layers, vocab %lld; format %s, rank %lld, embedding %s\n",
               args.positionals()[0].c_str(), quant::kFormatName, p.metadata().at("format_version").c_str(),
@@ -88,7 +89,7 @@ int cmd_inspect(int argc, char** argv) {
     if (p.metadata().count(k)) std::printf("%s: %s\n", k, p.metadata().at(k).c_str());
   std::printf("tokenizer model: %s\n\n", p.metadata().count("tokenizer_model") ? "embedded" : "none");
   print_accounting(p.layout(), p.file().file_size());
-  if (args.has("verify")) std::printf("codes: all valid\n");
+  if (verify) std::printf("codes: all valid\n");
   return 0;
 }
 

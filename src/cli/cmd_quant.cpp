@@ -8,6 +8,8 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "distill/data/sha256.h"
+#include "model/checkpoint_files.h"
 #include "model/checkpoint.h"
 #include "quant/layout.h"
 #include "quant/student.h"
@@ -88,6 +90,8 @@ int cmd_quantize(int argc, char** argv) {
               quant::projection_error(*student, *teacher));
   if (!out.empty()) {
     student->meta["teacher_path"] = teacher_path.empty() ? "random:" + geometry : teacher_path;
+    if (!teacher_path.empty())  // the provenance names the exact teacher weights
+      student->meta["teacher_sha256"] = data::sha256_file(locate_checkpoint(teacher_path).weights);
     student->meta["init_seed"] = std::to_string(seed);
     student->meta["tokens_seen"] = "0";
     student->meta["steps"] = "0";
@@ -108,7 +112,11 @@ int cmd_export(int argc, char** argv) {
   DFSSM_CHECK(args.positionals().size() == 1, "usage: dfssm export <student-dir> -o <file>");
   auto t0 = Clock::now();
   auto s = quant::load_student(args.positionals()[0]);
-  if (!tok.empty()) s->meta["tokenizer_path"] = tok;
+  if (!tok.empty()) {
+    DFSSM_CHECK(std::filesystem::exists(tok), "--tokenizer ", tok, ": file not found");
+    s->meta["tokenizer_path"] = tok;
+    s->meta["tokenizer_sha256"] = data::sha256_file(tok);
+  }
   if (!teacher_sha.empty()) s->meta["teacher_sha256"] = teacher_sha;
   if (!tokens.empty()) s->meta["tokens_seen"] = tokens;
   if (!steps.empty()) s->meta["steps"] = steps;

@@ -18,21 +18,3 @@ add_library(dfssm_data STATIC
 target_link_libraries(dfssm_data
   PUBLIC dfssm_core
   PRIVATE dfssm_sentencepiece dfssm_hdf5 ${DFSSM_YAML_TARGET} Threads::Threads dfssm_warnings)
-
-# With DFSSM_WITH_TORCH=OFF the top-level CMakeLists.txt still lists src/cli/cmd_model.cpp (the
-# LibTorch `init`/`bench` commands, which include ATen) in the dfssm executable, so a torch-free
-# build of `dfssm data` fails to compile. main.cpp registers those commands only under
-# DFSSM_WITH_TORCH, so the file is dropped here once the executable exists (deferred to the end
-# of the directory). The proper fix is to move cmd_model.cpp into the if(DFSSM_WITH_TORCH) block
-# of CMakeLists.txt; this is then a no-op.
-if(NOT DFSSM_WITH_TORCH)
-  function(dfssm_data_drop_torch_cli)
-    if(NOT TARGET dfssm)
-      return()
-    endif()
-    get_target_property(srcs dfssm SOURCES)
-    list(REMOVE_ITEM srcs src/cli/cmd_model.cpp ${PROJECT_SOURCE_DIR}/src/cli/cmd_model.cpp)
-    set_property(TARGET dfssm PROPERTY SOURCES ${srcs})
-  endfunction()
-  cmake_language(DEFER CALL dfssm_data_drop_torch_cli)
-endif()
