@@ -24,6 +24,11 @@ int cmd_quantize(int argc, char** argv);
 extern const char* const kQuantizeUsage;
 int cmd_export(int argc, char** argv);
 extern const char* const kExportUsage;
+int cmd_pretrain(int argc, char** argv);
+int cmd_distill(int argc, char** argv);
+int cmd_run(int argc, char** argv);
+int cmd_validate(int argc, char** argv);
+extern const char* const kTrainUsage;
 #endif
 #ifdef DFSSM_WITH_DATA
 int cmd_data(int argc, char** argv);

@@ -20,6 +20,10 @@ const std::vector<Command>& commands() {
       {"bench", "time prefill and decode of the LibTorch model", kBenchUsage, cmd_bench},
       {"quantize", "initialise a DF-SSM student from a teacher (no training)", kQuantizeUsage, cmd_quantize},
       {"export", "pack a student checkpoint into a .dfssm.safetensors file", kExportUsage, cmd_export},
+      {"pretrain", "train a full-precision Mamba-2 teacher (cross-entropy) from a job YAML", kTrainUsage, cmd_pretrain},
+      {"distill", "distill a teacher into the 1-bit DF-SSM student from a job YAML", kTrainUsage, cmd_distill},
+      {"run", "the whole pipeline: data -> pretrain -> distill -> export -> eval", kTrainUsage, cmd_run},
+      {"validate", "check a job YAML and report every problem at once", kTrainUsage, cmd_validate},
 #endif
 #ifdef DFSSM_WITH_DATA
       {"data", "prepare, inspect and benchmark tokenized training data (HDF5 shards)", kDataUsage, cmd_data},

@@ -207,11 +207,19 @@ at::Tensor Mamba2Model::embed(const at::Tensor& ids) const {
 }
 
 at::Tensor Mamba2Model::logits(const at::Tensor& hidden) const {
-  if (!lm_head.defined()) return at::linear(hidden, embedding_weight());
-  return at::linear(hidden, embedding_transform ? embedding_transform(lm_head) : lm_head);
+  return at::linear(hidden, lm_weight());
 }
 
 at::Tensor Mamba2Model::forward(const at::Tensor& ids, InferenceState* state) const {
+  return logits(forward_hidden(ids, state));
+}
+
+at::Tensor Mamba2Model::lm_weight() const {
+  if (!lm_head.defined()) return embedding_weight();
+  return embedding_transform ? embedding_transform(lm_head) : lm_head;
+}
+
+at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* state) const {
   DFSSM_CHECK(ids.dim() == 2, "forward expects token ids of shape (batch, length), got rank ", ids.dim());
   DFSSM_CHECK(!state || int64_t(state->layers.size()) == cfg_.n_layer, "inference state has ",
               state ? state->layers.size() : 0, " layers, model has ", cfg_.n_layer);
@@ -224,7 +232,7 @@ at::Tensor Mamba2Model::forward(const at::Tensor& ids, InferenceState* state) co
   }
   residual = residual + hidden.to(res_dtype);
   if (state) state->seqlen += ids.size(1);
-  return logits(rmsnorm(residual, norm_f));
+  return rmsnorm(residual, norm_f);
 }
 
 at::Tensor Mamba2Model::step(const at::Tensor& ids, InferenceState& state) const {

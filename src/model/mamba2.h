@@ -84,6 +84,12 @@ class Mamba2Model {
   // (a prefill); pass new_state() for a fresh sequence.
   at::Tensor forward(const at::Tensor& ids, InferenceState* state = nullptr) const;
 
+  // forward() without the LM head: the final normed hidden states (b, l, d_model). The trainer
+  // applies lm_weight() itself, in chunks (src/distill/loss.h).
+  at::Tensor forward_hidden(const at::Tensor& ids, InferenceState* state = nullptr) const;
+  // The LM head weight as the forward pass uses it (the tied embedding, fake-quantized for a student).
+  at::Tensor lm_weight() const;
+
   // One token per sequence with the recurrent form. ids: (b) int64. Returns logits (b, vocab).
   at::Tensor step(const at::Tensor& ids, InferenceState& state) const;
 

@@ -10,13 +10,11 @@
 #include <set>
 
 #include "core/error.h"
+#include "dfssm_git_rev.h"
 #include "core/safetensors.h"
 #include "model/checkpoint.h"
 #include "quant/layout.h"
 
-#ifndef DFSSM_GIT_REV
-#define DFSSM_GIT_REV "unknown"
-#endif
 
 namespace fs = std::filesystem;
 

@@ -1,0 +1,98 @@
+// Training commands: `dfssm pretrain|distill|run|validate <job.yaml> [key.sub=value ...]`.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "distill/job_config.h"
+#include "distill/pipeline.h"
+#include "distill/trainer.h"
+
+namespace dfssm::cli {
+
+const char* const kTrainUsage =
+    "usage: dfssm pretrain <job.yaml> [key.sub=value ...] [--dry-run]\n"
+    "       dfssm distill  <job.yaml> [key.sub=value ...] [--dry-run]\n"
+    "       dfssm run      <job.yaml> [key.sub=value ...]\n"
+    "       dfssm validate <job.yaml> [key.sub=value ...]\n"
+    "       dfssm validate --schema      (every key, type, default: the table in docs/config.md)\n\n"
+    "pretrain  trains a full-precision Mamba-2 teacher with cross-entropy (into teacher.path or <run_dir>/teacher)\n"
+    "distill   distills the teacher into the 1-bit DF-SSM student (<run_dir>/student)\n"
+    "run       data prepare -> pretrain (if no teacher) -> distill -> export -> eval table -> sample;\n"
+    "          finished stages are skipped, so re-running after a crash continues\n"
+    "validate  reports every problem of a job at once (unknown keys, types, ranges, files, vocab)\n"
+    "--dry-run prints the memory estimate for the job and stops.\n"
+    "Checkpoints resume automatically (distill.resume=auto|none|DIR). Example:\n"
+    "  dfssm run configs/quickstart.yaml distill.steps=600 run_dir=runs/qs2\n";
+
+namespace {
+
+struct Parsed {
+  std::string job;
+  std::vector<std::pair<std::string, std::string>> overrides;
+  bool dry_run = false, schema = false;
+};
+
+Parsed parse(int argc, char** argv) {
+  Parsed p;
+  for (int i = 0; i < argc; ++i) {
+    const std::string a = argv[i];
+    const size_t eq = a.find('=');
+    if (a == "--dry-run") p.dry_run = true;
+    else if (a == "--schema") p.schema = true;
+    else if (a.rfind("--", 0) == 0) throw Error(str("unknown flag ", a, " (see --help)"));
+    else if (eq != std::string::npos && eq > 0 && a.substr(0, eq).find('/') == std::string::npos)
+      p.overrides.emplace_back(a.substr(0, eq), a.substr(eq + 1));
+    else {
+      DFSSM_CHECK(p.job.empty(), "one job file expected; got '", p.job, "' and '", a, "'");
+      p.job = a;
+    }
+  }
+  DFSSM_CHECK(!p.job.empty() || p.schema, "missing <job.yaml> (see --help)");
+  return p;
+}
+
+int train_cmd(int argc, char** argv, distill::Mode mode) {
+  const auto p = parse(argc, argv);
+  const auto job = distill::load_job_or_throw(p.job, p.overrides, mode == distill::Mode::Pretrain ? "pretrain" : "distill");
+  if (p.dry_run) {
+    std::printf("%s", distill::memory_estimate(job, mode).c_str());
+    return 0;
+  }
+  const auto s = distill::train(job, mode);
+  std::printf("done: %lld steps, %lld tokens in %.1f s -> %s\n", (long long)s.steps, (long long)s.tokens, s.seconds,
+              s.output.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int cmd_pretrain(int argc, char** argv) { return train_cmd(argc, argv, distill::Mode::Pretrain); }
+int cmd_distill(int argc, char** argv) { return train_cmd(argc, argv, distill::Mode::Distill); }
+
+int cmd_run(int argc, char** argv) {
+  const auto p = parse(argc, argv);
+  return distill::run_pipeline(distill::load_job_or_throw(p.job, p.overrides, "run"));
+}
+
+int cmd_validate(int argc, char** argv) {
+  const auto p = parse(argc, argv);
+  if (p.schema) {
+    std::printf("%s", distill::schema_markdown().c_str());
+    return 0;
+  }
+  std::vector<std::string> errors;
+  const auto job = distill::load_job(p.job, p.overrides, &errors);
+  if (errors.empty()) distill::check_job_files(job, "run", &errors);
+  if (errors.empty()) {
+    std::printf("%s: ok\n%s", p.job.c_str(), job.to_yaml().c_str());
+    return 0;
+  }
+  std::fprintf(stderr, "%zu problem(s) in %s:\n", errors.size(), p.job.c_str());
+  for (const auto& e : errors) std::fprintf(stderr, "  - %s\n", e.c_str());
+  return 1;
+}
+
+}  // namespace dfssm::cli

@@ -1,0 +1,128 @@
+#include "distill/loss.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "core/error.h"
+
+namespace dfssm::distill {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Runs the chunked forward and returns (loss, grad_h_s, grad_w_s) for a unit upstream gradient.
+struct Chunked {
+  at::Tensor loss, grad_h, grad_w;
+};
+
+Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
+                        const at::Tensor& targets, const LmLossOptions& o, LmLossStats* st, bool want_grad) {
+  at::NoGradGuard ng;
+  const int64_t N = h_s.size(0);
+  const bool teacher = o.alpha > 0 || h_t.defined();
+  const double T = o.temperature, a = o.alpha;
+  const auto md = o.matmul_dtype;
+  const auto ws = w_s.detach().to(md), hs = h_s.detach().to(md);
+  const auto wt = teacher ? w_t.detach().to(md) : at::Tensor();
+  Chunked out;
+  if (want_grad) {
+    out.grad_h = at::empty(h_s.sizes(), h_s.options().dtype(at::kFloat));
+    out.grad_w = at::zeros(w_s.sizes(), w_s.options().dtype(at::kFloat));
+  }
+  auto kl_sum = at::zeros({}, h_s.options().dtype(at::kDouble)), ce_sum = kl_sum.clone(), top1 = kl_sum.clone(),
+       tce_sum = kl_sum.clone();
+  for (int64_t i0 = 0; i0 < N; i0 += o.chunk) {
+    const int64_t n = std::min(o.chunk, N - i0);
+    const auto hc = hs.narrow(0, i0, n);
+    const auto y = targets.narrow(0, i0, n).unsqueeze(1);
+    const auto zs = at::matmul(hc, ws.t()).to(at::kFloat);  // (n, V)
+    const auto lps = at::log_softmax(zs, 1);
+    ce_sum += -lps.gather(1, y).sum().to(at::kDouble);
+    at::Tensor dz;
+    if (want_grad) dz = (lps.exp().scatter_add(1, y, -at::ones({n, 1}, lps.options()))) * (1.0 - a);
+    if (teacher) {
+      const auto zt = at::matmul(h_t.detach().narrow(0, i0, n).to(md), wt.t()).to(at::kFloat);
+      const auto lpt1 = at::log_softmax(zt, 1);
+      tce_sum += -lpt1.gather(1, y).sum().to(at::kDouble);
+      const auto lpt = T == 1.0 ? lpt1 : at::log_softmax(zt / T, 1);
+      const auto lpsT = T == 1.0 ? lps : at::log_softmax(zs / T, 1);
+      const auto pt = lpt.exp();
+      kl_sum += (pt * (lpt - lpsT)).sum().to(at::kDouble);
+      top1 += (zs.argmax(1) == zt.argmax(1)).sum().to(at::kDouble);
+      if (want_grad && a > 0) dz += (lpsT.exp() - pt) * (a * T);
+    }
+    if (want_grad) {
+      dz /= double(N);
+      out.grad_h.narrow(0, i0, n).copy_(at::matmul(dz.to(md), ws).to(at::kFloat));
+      out.grad_w += at::matmul(dz.t().to(md), hc).to(at::kFloat);
+    }
+  }
+  const double kl = kl_sum.item<double>() / double(N), ce = ce_sum.item<double>() / double(N);
+  if (st) {
+    st->kl = teacher ? kl : 0;
+    st->ce = ce;
+    st->top1 = teacher ? top1.item<double>() / double(N) : 0;
+    st->teacher_ce = teacher ? tce_sum.item<double>() / double(N) : 0;
+    st->tokens = N;
+  }
+  out.loss = at::full({}, a * T * T * (teacher ? kl : 0.0) + (1.0 - a) * ce, h_s.options().dtype(at::kFloat));
+  return out;
+}
+
+struct LmLossFn : public torch::autograd::Function<LmLossFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t,
+                            const at::Tensor& w_t, const at::Tensor& targets, double alpha, double temperature,
+                            int64_t chunk, int64_t matmul_dtype, int64_t stats_addr) {
+    LmLossOptions o{alpha, temperature, chunk, at::ScalarType(matmul_dtype)};
+    const auto ht = h_t.numel() ? h_t : at::Tensor(), wt = w_t.numel() ? w_t : at::Tensor();
+    auto r = chunked_forward(h_s, w_s, ht, wt, targets, o, reinterpret_cast<LmLossStats*>(stats_addr), true);
+    ctx->save_for_backward({r.grad_h, r.grad_w});
+    ctx->saved_data["h_dtype"] = int64_t(h_s.scalar_type());
+    ctx->saved_data["w_dtype"] = int64_t(w_s.scalar_type());
+    return r.loss;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    const auto saved = ctx->get_saved_variables();
+    const auto go = g[0].to(at::kFloat);
+    const auto hd = at::ScalarType(ctx->saved_data["h_dtype"].toInt());
+    const auto wd = at::ScalarType(ctx->saved_data["w_dtype"].toInt());
+    return {(saved[0] * go).to(hd), (saved[1] * go).to(wd), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor lm_loss(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
+                   const at::Tensor& targets, const LmLossOptions& opt, LmLossStats* stats) {
+  DFSSM_ASSERT(h_s.dim() == 2 && w_s.dim() == 2 && h_s.size(1) == w_s.size(1), "lm_loss: bad student shapes");
+  DFSSM_ASSERT(targets.dim() == 1 && targets.size(0) == h_s.size(0), "lm_loss: targets do not match tokens");
+  DFSSM_ASSERT(opt.alpha == 0 || (h_t.defined() && w_t.defined()), "lm_loss: alpha > 0 needs the teacher");
+  DFSSM_ASSERT(!h_t.defined() || (h_t.size(0) == h_s.size(0) && w_t.size(0) == w_s.size(0)),
+               "lm_loss: teacher and student disagree on tokens or vocabulary");
+  DFSSM_ASSERT(opt.chunk >= 1, "lm_loss: chunk must be >= 1");
+  if (!h_s.requires_grad() && !w_s.requires_grad()) {  // evaluation: no graph
+    return chunked_forward(h_s, w_s, h_t, w_t, targets, opt, stats, false).loss;
+  }
+  // Autograd functions cannot take undefined tensors: an empty tensor stands for "no teacher".
+  const auto none = at::empty({0}, h_s.options());
+  return LmLossFn::apply(h_s, w_s, h_t.defined() ? h_t : none, w_t.defined() ? w_t : none, targets,
+                         opt.alpha, opt.temperature, opt.chunk, int64_t(opt.matmul_dtype),
+                         int64_t(reinterpret_cast<intptr_t>(stats)));
+}
+
+at::Tensor lm_loss_reference(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t,
+                             const at::Tensor& w_t, const at::Tensor& targets, double alpha, double temperature) {
+  const auto zs = at::matmul(h_s.to(at::kFloat), w_s.to(at::kFloat).t());
+  auto loss = at::nll_loss(at::log_softmax(zs, 1), targets) * (1.0 - alpha);
+  if (alpha > 0) {
+    const auto zt = at::matmul(h_t.to(at::kFloat), w_t.to(at::kFloat).t());
+    const auto lpt = at::log_softmax(zt / temperature, 1);
+    const auto kl = (lpt.exp() * (lpt - at::log_softmax(zs / temperature, 1))).sum(1).mean();
+    loss = loss + kl * (alpha * temperature * temperature);
+  }
+  return loss;
+}
+
+}  // namespace dfssm::distill

@@ -1,0 +1,48 @@
+// The distillation loss with the LM head fused in, computed over the vocabulary in chunks of
+// tokens, so that the B·L·V fp32 logits of student and teacher never all exist at once.
+//
+//   loss = (1/N) Σ_n [ alpha · T² · KL(p_t^T || p_s^T)_n + (1 - alpha) · CE(p_s, y_n) ]
+//   p_s^T = softmax(h_s W_sᵀ / T), p_t^T = softmax(h_t W_tᵀ / T), p_s = p_s^1 (CE at T = 1)
+//
+// KL is summed over the vocabulary (padded rows included, as the logits are) and averaged over
+// the N tokens. alpha = 0 is plain cross-entropy (pretraining; no teacher needed).
+//
+// The gradients with respect to h_s and W_s are computed chunk by chunk during the forward
+// pass (dz = alpha·T·(p_s^T − p_t^T) + (1 − alpha)·(p_s − onehot(y)), over N) and stored; the
+// backward pass only scales them. Peak extra memory is a few (chunk × V) fp32 buffers plus the
+// gradients themselves.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace dfssm::distill {
+
+struct LmLossOptions {
+  double alpha = 1.0;
+  double temperature = 1.0;
+  int64_t chunk = 1024;                       // tokens per chunk
+  at::ScalarType matmul_dtype = at::kFloat;   // logits matmuls (bf16 on CUDA), accumulated to fp32
+};
+
+struct LmLossStats {
+  double kl = 0;     // mean KL(p_t^T || p_s^T) per token (0 without a teacher)
+  double ce = 0;     // mean student CE
+  double top1 = 0;   // fraction of tokens where argmax student == argmax teacher
+  double teacher_ce = 0;  // mean teacher CE (with a teacher)
+  int64_t tokens = 0;
+};
+
+// h_s (N, d) and w_s (V, d) may require grad; h_t (N, d_t) and w_t (V, d_t) are the teacher's
+// (undefined when alpha == 0); targets (N) int64. Returns the scalar loss (differentiable
+// w.r.t. h_s and w_s) and fills `stats`.
+at::Tensor lm_loss(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
+                   const at::Tensor& targets, const LmLossOptions& opt, LmLossStats* stats);
+
+// The same loss by plain autograd over the full logits (the reference the chunked version is
+// tested against).
+at::Tensor lm_loss_reference(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t,
+                             const at::Tensor& w_t, const at::Tensor& targets, double alpha, double temperature);
+
+}  // namespace dfssm::distill

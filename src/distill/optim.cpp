@@ -1,0 +1,123 @@
+#include "distill/optim.h"
+
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+#include <map>
+
+#include "core/error.h"
+
+namespace dfssm::distill {
+
+AdamW::AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double eps)
+    : groups_(std::move(groups)), b1_(beta1), b2_(beta2), eps_(eps) {
+  at::NoGradGuard ng;
+  for (const auto& g : groups_) {
+    m_.emplace_back();
+    v_.emplace_back();
+    scale_.emplace_back();
+    for (const auto& [n, p] : g.params) {
+      m_.back().push_back(at::zeros_like(p, p.options().dtype(at::kFloat)));
+      v_.back().push_back(at::zeros_like(p, p.options().dtype(at::kFloat)));
+      // Relative groups: step size proportional to the parameter's initial RMS.
+      scale_.back().push_back(g.relative ? p.detach().to(at::kFloat).pow(2).mean().sqrt().clamp_min(1e-8)
+                                         : at::ones({}, p.options().dtype(at::kFloat)));
+    }
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& g : groups_)
+    for (auto& [n, p] : g.params)
+      if (p.grad().defined()) p.mutable_grad().zero_();
+}
+
+double AdamW::clip_grad_norm(double max_norm) {
+  at::NoGradGuard ng;
+  std::vector<at::Tensor> sq;
+  for (auto& g : groups_)
+    for (auto& [n, p] : g.params)
+      if (p.grad().defined()) sq.push_back(p.grad().to(at::kFloat).pow(2).sum());
+  if (sq.empty()) return 0.0;
+  const double norm = std::sqrt(at::stack(sq).sum().item<double>());
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
+    const double c = max_norm / (norm + 1e-6);
+    for (auto& g : groups_)
+      for (auto& [n, p] : g.params)
+        if (p.grad().defined()) p.mutable_grad().mul_(c);
+  }
+  return norm;
+}
+
+void AdamW::step(double lr) {
+  at::NoGradGuard ng;
+  ++t_;
+  const double bc1 = 1.0 - std::pow(b1_, double(t_)), bc2 = 1.0 - std::pow(b2_, double(t_));
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const auto& g = groups_[gi];
+    const double glr = lr * g.lr_mult;
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      auto p = g.params[i].second;
+      if (!p.grad().defined()) continue;
+      const auto grad = p.grad().to(at::kFloat);
+      auto& m = m_[gi][i];
+      auto& v = v_[gi][i];
+      m.mul_(b1_).add_(grad, 1.0 - b1_);
+      v.mul_(b2_).addcmul_(grad, grad, 1.0 - b2_);
+      const auto step_lr = scale_[gi][i] * glr;  // 0-dim
+      if (g.weight_decay > 0) p.mul_(1.0 - glr * g.weight_decay);
+      const auto denom = (v / bc2).sqrt_().add_(eps_);
+      p.sub_((m / bc1) / denom * step_lr);
+    }
+  }
+}
+
+NamedTensors AdamW::state() const {
+  NamedTensors s;
+  for (size_t gi = 0; gi < groups_.size(); ++gi)
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
+      const auto& n = groups_[gi].params[i].first;
+      s.emplace_back("m/" + n, m_[gi][i]);
+      s.emplace_back("v/" + n, v_[gi][i]);
+      s.emplace_back("scale/" + n, scale_[gi][i]);
+    }
+  s.emplace_back("step", at::full({}, double(t_), at::kDouble));
+  return s;
+}
+
+void AdamW::load_state(const NamedTensors& state) {
+  std::map<std::string, at::Tensor> m(state.begin(), state.end());
+  at::NoGradGuard ng;
+  auto take = [&](const std::string& k, at::Tensor& dst) {
+    auto it = m.find(k);
+    DFSSM_CHECK(it != m.end(), "optimizer state has no '", k, "' (a checkpoint of a different model?)");
+    DFSSM_CHECK(it->second.sizes() == dst.sizes(), "optimizer state '", k, "' has shape ", it->second.sizes(),
+                ", expected ", dst.sizes());
+    dst.copy_(it->second);
+  };
+  for (size_t gi = 0; gi < groups_.size(); ++gi)
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
+      const auto& n = groups_[gi].params[i].first;
+      take("m/" + n, m_[gi][i]);
+      take("v/" + n, v_[gi][i]);
+      take("scale/" + n, scale_[gi][i]);
+    }
+  DFSSM_CHECK(m.count("step"), "optimizer state has no 'step'");
+  t_ = int64_t(m.at("step").item<double>());
+}
+
+double lr_at(const TrainConfig& c, int64_t step) {
+  const double peak = 1.0, floor = c.min_lr_ratio;
+  if (step < c.warmup_steps) return peak * double(step + 1) / double(c.warmup_steps + 1);
+  const double total = double(std::max<int64_t>(1, c.steps - c.warmup_steps));
+  const double p = std::min(1.0, double(step - c.warmup_steps) / total);
+  if (c.schedule == "constant") return peak;
+  if (c.schedule == "wsd") {
+    const double start = 1.0 - c.wsd_decay_frac;
+    if (p < start) return peak;
+    return peak - (peak - floor) * (p - start) / std::max(1e-12, c.wsd_decay_frac);
+  }
+  return floor + (peak - floor) * 0.5 * (1.0 + std::cos(M_PI * p));  // cosine
+}
+
+}  // namespace dfssm::distill

@@ -1,0 +1,57 @@
+// AdamW with parameter groups and the learning-rate schedules, in plain ATen ops, so the whole
+// optimizer state is a list of named tensors that a checkpoint stores bit-exactly (exact resume).
+//
+// A group may be "relative": each parameter's step is scaled by its RMS at the optimizer's
+// creation (stored in the state). The student needs it because its quantities live on very
+// different scales: int8-unit low-rank codes (~30), fp16 scales (~1e-3), field entries (~0.1);
+// an absolute Adam step of 1e-3 would never move the first and would wreck the second.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "distill/job_config.h"
+#include "model/mamba2.h"
+
+namespace dfssm::distill {
+
+struct ParamGroup {
+  std::string name;
+  NamedTensors params;
+  double lr_mult = 1.0;      // group lr = schedule lr x lr_mult
+  double weight_decay = 0;   // decoupled (AdamW)
+  bool relative = false;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double eps);
+
+  // One update with the current .grad() of every parameter (undefined grads count as zero).
+  void step(double lr);
+  void zero_grad();
+  // Global L2 norm of all gradients; scales them down to max_norm when it is above (max_norm > 0).
+  double clip_grad_norm(double max_norm);
+
+  int64_t steps() const { return t_; }
+  const std::vector<ParamGroup>& groups() const { return groups_; }
+  // m/<name>, v/<name>, scale/<name> (relative groups) and "step".
+  NamedTensors state() const;
+  void load_state(const NamedTensors& state);
+
+ private:
+  std::vector<ParamGroup> groups_;
+  std::vector<std::vector<at::Tensor>> m_, v_, scale_;
+  double b1_, b2_, eps_;
+  int64_t t_ = 0;
+};
+
+// Learning rate at `step` (0-based) for a train config: linear warmup, then cosine / wsd /
+// constant down to min_lr_ratio.
+double lr_at(const TrainConfig& c, int64_t step);
+
+}  // namespace dfssm::distill

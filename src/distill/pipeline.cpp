@@ -1,0 +1,182 @@
+#include "distill/pipeline.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "distill/data/config.h"
+#include "distill/data/loader.h"
+#include "distill/data/manifest.h"
+#include "distill/data/prepare.h"
+#include "distill/data/tokenizer.h"
+#include "distill/loss.h"
+#include "distill/trainer.h"
+#include "model/checkpoint.h"
+#include "model/checkpoint_files.h"
+#include "quant/student.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+namespace dfssm::distill {
+
+LmEval evaluate_pair(const Mamba2Model& teacher, const Mamba2Model& student, const std::string& dataset_dir,
+                     int64_t seq_len, int64_t batch, int64_t max_batches, at::Device device) {
+  at::NoGradGuard ng;
+  data::LoaderOptions lo;
+  lo.dir = dataset_dir;
+  lo.seq_len = seq_len;
+  lo.batch_size = batch;
+  lo = data::validation_options(lo);
+  lo.prefetch = 0;
+  data::TokenLoader val(lo);
+  LmEval r;
+  data::Batch b;
+  for (int64_t nb = 0; (max_batches == 0 || nb < max_batches) && val.next(&b); ++nb) {
+    auto all = at::from_blob(b.tokens.data(), {b.rows, b.cols}, at::kInt).to(at::kLong).to(device);
+    const auto x = all.narrow(1, 0, b.cols - 1).contiguous(), y = all.narrow(1, 1, b.cols - 1).reshape({-1});
+    auto ht = teacher.forward_hidden(x);
+    auto hs = student.forward_hidden(x);
+    LmLossStats s;
+    lm_loss(hs.reshape({-1, hs.size(-1)}), student.lm_weight(), ht.reshape({-1, ht.size(-1)}), teacher.lm_weight(), y,
+            {1.0, 1.0, 1024, at::kFloat}, &s);
+    const double n = double(s.tokens);
+    r.teacher_ce += s.teacher_ce * n, r.student_ce += s.ce * n, r.kl += s.kl * n, r.top1 += s.top1 * n;
+    r.tokens += s.tokens;
+  }
+  DFSSM_CHECK(r.tokens > 0, dataset_dir, ": the validation split is empty or shorter than one window of ", seq_len + 1,
+              " tokens (raise val_fraction or lower data.seq_len)");
+  const double n = double(r.tokens);
+  r.teacher_ce /= n, r.student_ce /= n, r.kl /= n, r.top1 /= n;
+  return r;
+}
+
+std::string sample_text(const Mamba2Model& model, const std::string& dataset_dir, const std::string& prompt, int64_t n,
+                        uint64_t seed) {
+  at::NoGradGuard ng;
+  const auto m = data::read_manifest(dataset_dir);
+  if (m.tokenizer_file.empty()) return "(no tokenizer: the dataset is pre-tokenized)";
+  const auto tok = data::Tokenizer::load((fs::path(dataset_dir) / m.tokenizer_file).string());
+  auto ids = tok.encode(prompt);
+  const auto dev = model.device();
+  auto st = model.new_state(1);
+  std::vector<int64_t> p(ids.begin(), ids.end());
+  auto logits = model.forward(at::tensor(p, at::kLong).view({1, -1}).to(dev), &st).select(1, -1);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < n; ++i) {
+    auto l = logits.to(at::kFloat).cpu().view({-1}).narrow(0, 0, m.vocab_size) / 0.8;  // temperature 0.8
+    auto [top, idx] = l.topk(40);
+    const auto probs = at::softmax(top, 0);
+    const int64_t k = at::multinomial(probs, 1, false, gen).item<int64_t>();
+    const int32_t next = int32_t(idx[k].item<int64_t>());
+    if (next == m.eos_id) break;
+    out.push_back(next);
+    logits = model.step(at::full({1}, int64_t(next), at::kLong).to(dev), st);
+  }
+  return prompt + tok.decode(out);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void stage(const char* name, const std::string& what) { std::printf("\n== %s: %s\n", name, what.c_str()), std::fflush(stdout); }
+
+std::string fmt_row(const std::string& name, double ce, double kl, double top1, double mb, bool with_kl) {
+  char k[32] = "       -", t[32] = "     -", buf[256];
+  if (with_kl) std::snprintf(k, sizeof k, "%8.4f", kl), std::snprintf(t, sizeof t, "%6.2f", top1 * 100);
+  std::snprintf(buf, sizeof buf, "| %-23s | %8.4f | %10.2f | %s | %s | %9.2f |", name.c_str(), ce, std::exp(ce), k, t, mb);
+  return buf;
+}
+
+}  // namespace
+
+int run_pipeline(const JobConfig& job) {
+  const auto t0 = Clock::now();
+  const at::Device dev = job.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  if (job.threads > 0) at::set_num_threads(int(job.threads));
+  // 1. Data.
+  if (fs::exists(job.dataset_dir() + "/manifest.json")) {
+    stage("data", "using " + job.dataset_dir());
+  } else {
+    DFSSM_CHECK(!job.data_prepare.empty(), "no dataset at ", job.dataset_dir(), " and no data.prepare config");
+    stage("data", "preparing " + job.data_prepare + " -> " + job.dataset_dir());
+    auto dc = data::load_data_config(job.data_prepare, {{"output", job.dataset_dir()}, {"overwrite", "true"}});
+    data::PrepareLog log;
+    log.info = [](const std::string& s) { std::printf("%s\n", s.c_str()); };
+    log.warn = [](const std::string&) {};
+    data::prepare_data(dc, log);
+  }
+  // 2. Teacher.
+  const bool have_teacher = !job.teacher_path.empty() || stage_done(job, Mode::Pretrain);
+  if (have_teacher) {
+    stage("pretrain", "teacher " + job.teacher_dir() + " exists, skipped");
+  } else {
+    stage("pretrain", "no teacher given: pretraining a " + job.geometry + " Mamba-2 -> " + job.teacher_dir());
+    const auto s = train(job, Mode::Pretrain);
+    std::printf("pretrained %lld steps, %lld tokens in %.1f s\n", (long long)s.steps, (long long)s.tokens, s.seconds);
+  }
+  // 3. Distill.
+  if (stage_done(job, Mode::Distill)) {
+    stage("distill", "student " + job.student_dir() + "/final exists, skipped");
+  } else {
+    stage("distill", "1-bit student (" + job.quant.format + ", rank " + std::to_string(job.quant.effective_rank()) +
+                         ") -> " + job.student_dir());
+    const auto s = train(job, Mode::Distill);
+    std::printf("distilled %lld steps, %lld tokens in %.1f s\n", (long long)s.steps, (long long)s.tokens, s.seconds);
+  }
+  // 4. Export.
+  auto student = quant::load_student(job.student_dir() + "/final", dev);
+  if (fs::exists(job.packed_path())) {
+    stage("export", job.packed_path() + " exists, skipped");
+  } else {
+    stage("export", job.packed_path());
+    quant::export_packed(*student, job.packed_path());
+  }
+  const double packed_mb = double(fs::file_size(job.packed_path())) / 1e6;
+  // 5. Evaluation: teacher | distilled student | init-only student (binarized, untrained).
+  stage("eval", "held-out split of " + job.dataset_dir());
+  at::NoGradGuard ng;
+  const auto teacher = load_model(job.teacher_dir(), at::kFloat, dev);
+  const auto init_only = quant::make_student(*teacher, job.quant, job.seed, dev);
+  const int64_t L = job.distill.seq_len, B = job.distill.batch_size, nb = job.distill.eval_batches;
+  const auto ev = evaluate_pair(*teacher, *student->model, job.dataset_dir(), L, B, nb, dev);
+  const auto ev0 = evaluate_pair(*teacher, *init_only->model, job.dataset_dir(), L, B, nb, dev);
+  const auto tfile = locate_checkpoint(job.teacher_dir()).weights;
+  const double teacher_mb = double(teacher->config().num_params()) * 2 / 1e6;  // as fp16
+  std::printf("\nheld-out: %lld tokens, windows of %lld\n", (long long)ev.tokens, (long long)L);
+  std::printf("| %-23s | %8s | %10s | %8s | %6s | %9s |\n", "model", "CE", "perplexity", "KL(t||s)", "top-1%",
+              "size MB");
+  std::printf("|%s|%s|%s|%s|%s|%s|\n", std::string(25, '-').c_str(), std::string(10, '-').c_str(),
+              std::string(12, '-').c_str(), std::string(10, '-').c_str(), std::string(8, '-').c_str(),
+              std::string(11, '-').c_str());
+  std::printf("%s\n", fmt_row("teacher (fp16 size)", ev.teacher_ce, 0, 0, teacher_mb, false).c_str());
+  std::printf("%s\n", fmt_row("student (distilled)", ev.student_ce, ev.kl, ev.top1, packed_mb, true).c_str());
+  std::printf("%s\n", fmt_row("init-only (no training)", ev0.student_ce, ev0.kl, ev0.top1, packed_mb, true).c_str());
+  std::printf("student/teacher CE ratio %.3f (init-only %.3f)\n", ev.student_ce / ev.teacher_ce,
+              ev0.student_ce / ev.teacher_ce);
+  json res = {{"tokens", ev.tokens},
+              {"teacher", {{"ce", ev.teacher_ce}, {"ppl", std::exp(ev.teacher_ce)}, {"mb_fp16", teacher_mb}}},
+              {"student", {{"ce", ev.student_ce}, {"ppl", std::exp(ev.student_ce)}, {"kl", ev.kl}, {"top1", ev.top1},
+                           {"mb", packed_mb}}},
+              {"init_only", {{"ce", ev0.student_ce}, {"ppl", std::exp(ev0.student_ce)}, {"kl", ev0.kl}, {"top1", ev0.top1}}},
+              {"teacher_weights", tfile}};
+  write_file_atomic(job.run_dir + "/eval.json", res.dump(2));
+  // 6. A sample from the distilled student.
+  stage("sample", "student, top-k 40, temperature 0.8");
+  std::printf("%s\n", sample_text(*student->model, job.dataset_dir(), "def ", 60, job.seed).c_str());
+  std::printf("\nrun finished in %.1f s; outputs in %s\n", std::chrono::duration<double>(Clock::now() - t0).count(),
+              job.run_dir.c_str());
+  return 0;
+}
+
+}  // namespace dfssm::distill

@@ -1,0 +1,536 @@
+#include "distill/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "core/error.h"
+#include "dfssm_git_rev.h"
+#include "core/safetensors.h"
+#include "distill/data/loader.h"
+#include "distill/data/manifest.h"
+#include "distill/data/sha256.h"
+#include "distill/loss.h"
+#include "distill/optim.h"
+#include "model/checkpoint.h"
+#include "model/checkpoint_files.h"
+#include "quant/student.h"
+
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+namespace dfssm::distill {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+const char* kLossDefinition =
+    "loss = mean over tokens of alpha*T^2*KL(softmax(z_t/T) || softmax(z_s/T)) + (1-alpha)*CE(softmax(z_s), y); "
+    "KL summed over the (padded) vocabulary; pretrain: alpha = 0";
+
+// ---- small helpers ------------------------------------------------------------------------------
+
+void fsync_path(const fs::path& p) {
+  const int fd = ::open(p.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+double peak_memory_gb(at::Device dev) {
+  (void)dev;
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is KiB on Linux
+}
+
+std::string base64_bytes(const uint8_t* p, size_t n) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string o;
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = uint32_t(p[i]) << 16 | (i + 1 < n ? uint32_t(p[i + 1]) << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+    o += t[(v >> 18) & 63];
+    o += t[(v >> 12) & 63];
+    o += i + 1 < n ? t[(v >> 6) & 63] : '=';
+    o += i + 2 < n ? t[v & 63] : '=';
+  }
+  return o;
+}
+
+std::vector<uint8_t> unbase64(const std::string& s) {
+  auto val = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+  };
+  std::vector<uint8_t> o;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : s) {
+    const int v = val(c);
+    if (v < 0) continue;
+    acc = acc << 6 | uint32_t(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      o.push_back(uint8_t(acc >> bits));
+    }
+  }
+  return o;
+}
+
+// Copies every tensor of a safetensors file into `params` by name (strict both ways).
+void load_params(const NamedTensors& params, const std::string& path) {
+  const auto f = SafeTensorsFile::open(path);
+  at::NoGradGuard ng;
+  for (const auto& [k, p] : params) {
+    const auto& ti = f.require(k, p.sizes().vec());
+    const auto src = at::from_blob(const_cast<uint8_t*>(f.data(ti)), ti.shape, to_scalar_type(ti.dtype));
+    p.copy_(src);
+  }
+  DFSSM_CHECK(f.tensors().size() == params.size(), path, ": holds ", f.tensors().size(), " tensors, the model has ",
+              params.size(), " (a checkpoint of a different model?)");
+}
+
+void save_tensors(const NamedTensors& ts, const std::string& path) {
+  std::vector<at::Tensor> keep;
+  std::vector<TensorWrite> w;
+  for (const auto& [k, t] : ts) {
+    keep.push_back(t.detach().to(at::kCPU).contiguous());
+    w.push_back({k, to_dtype(keep.back().scalar_type()), keep.back().sizes().vec(), keep.back().data_ptr(),
+                 size_t(keep.back().nbytes())});
+  }
+  write_safetensors(path, w);
+}
+
+NamedTensors load_tensors(const std::string& path) {
+  const auto f = SafeTensorsFile::open(path);
+  NamedTensors out;
+  for (const auto& ti : f.tensors())
+    out.emplace_back(ti.name,
+                     at::from_blob(const_cast<uint8_t*>(f.data(ti)), ti.shape, to_scalar_type(ti.dtype)).clone());
+  return out;
+}
+
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+std::string newest_checkpoint(const std::string& dir) {
+  std::string best;
+  if (!fs::exists(dir)) return best;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (name.rfind("step-", 0) == 0 && !ends_with(name, ".tmp") && fs::exists(e.path() / "DONE") && name > best)
+      best = name;
+  }
+  return best.empty() ? "" : (fs::path(dir) / best).string();
+}
+
+// ---- the run -----------------------------------------------------------------------------------
+
+struct Run {
+  const JobConfig& job;
+  Mode mode;
+  const TrainConfig& tc;
+  at::Device device{at::kCPU};
+  std::string out_dir, ckpt_dir, metrics_path;
+  data::Manifest manifest;
+  std::unique_ptr<Mamba2Model> teacher;         // distill only
+  std::unique_ptr<quant::Student> student;      // distill only
+  std::unique_ptr<Mamba2Model> model;           // pretrain only
+  Mamba2Model* trained = nullptr;               // the model being trained
+  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<data::TokenLoader> loader;
+  int64_t step = 0, tokens = 0, skipped = 0;
+  double gn_ema = 0;
+  std::string teacher_sha;
+  std::ofstream metrics;
+
+  Run(const JobConfig& j, Mode m) : job(j), mode(m), tc(m == Mode::Pretrain ? j.pretrain : j.distill) {}
+
+  bool distill() const { return mode == Mode::Distill; }
+
+  void setup();
+  void build_model();
+  void build_optimizer();
+  void resume();
+  void loop();
+  double train_step(const data::Batch* batches, int64_t n, LmLossStats* st, double* gn, bool* skip);
+  void evaluate();
+  void checkpoint();
+  void finish();
+  void log(const json& j) {
+    metrics << j.dump() << "\n";
+    metrics.flush();
+  }
+  at::Tensor to_ids(const data::Batch& b, bool inputs) const;
+};
+
+void Run::setup() {
+  device = job.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  if (job.threads > 0) at::set_num_threads(int(job.threads));
+  out_dir = stage_dir(job, mode);
+  ckpt_dir = out_dir + "/checkpoints";
+  metrics_path = out_dir + "/metrics.jsonl";
+  fs::create_directories(ckpt_dir);
+  manifest = data::read_manifest(job.dataset_dir());
+  data::LoaderOptions lo;
+  lo.dir = job.dataset_dir();
+  lo.seq_len = tc.seq_len;
+  lo.batch_size = tc.batch_size;
+  lo.seed = job.seed;
+  lo.prefetch = 2;
+  loader = std::make_unique<data::TokenLoader>(lo);
+}
+
+void Run::build_model() {
+  at::manual_seed(job.seed);
+  if (!distill()) {
+    auto cfg = Mamba2Config::geometry(job.geometry);
+    for (const auto& [k, v] : job.model_overrides) cfg.set(k, std::to_string(v));
+    cfg.vocab_size = manifest.vocab_size;
+    cfg.validate("model config of " + job.source);
+    model = std::make_unique<Mamba2Model>(cfg, at::TensorOptions().dtype(at::kFloat).device(device));
+    model->init_random(job.seed);
+    trained = model.get();
+    return;
+  }
+  const auto tdtype = parse_dtype(job.teacher_dtype);
+  teacher = load_model(job.teacher_dir(), tdtype, device);
+  teacher_sha = data::sha256_file(locate_checkpoint(job.teacher_dir()).weights);
+  DFSSM_CHECK(manifest.vocab_size <= teacher->config().padded_vocab(), "the dataset's vocabulary (",
+              manifest.vocab_size, ") does not fit the teacher's (", teacher->config().padded_vocab(), ")");
+  // The student starts from the fp32 teacher weights (a half-precision teacher is only for speed).
+  const auto t32 = tdtype == at::kFloat ? nullptr : load_model(job.teacher_dir(), at::kFloat, device);
+  student = quant::make_student(t32 ? *t32 : *teacher, job.quant, job.seed, device);
+  trained = student->model.get();
+}
+
+void Run::build_optimizer() {
+  std::vector<ParamGroup> groups;
+  if (!distill()) {
+    ParamGroup mats{"matrices", {}, tc.lr, tc.weight_decay, false}, vecs{"vectors", {}, tc.lr, 0.0, false};
+    for (auto& [n, p] : trained->named_parameters()) (p.dim() >= 2 ? mats : vecs).params.emplace_back(n, p);
+    groups = {mats, vecs};
+  } else {
+    ParamGroup lat{"latents", {}, tc.lr, tc.weight_decay, false}, q{"field_lowrank", {}, tc.lr_scales, 0.0, true},
+        other{"other", {}, tc.lr_other, 0.0, true};
+    for (auto& [n, p] : trained->named_parameters()) {
+      if (ends_with(n, ".w_lat")) lat.params.emplace_back(n, p);
+      else if (n.find("_proj.field_") != std::string::npos || n.find("_proj.lr_") != std::string::npos)
+        q.params.emplace_back(n, p);
+      else other.params.emplace_back(n, p);
+    }
+    groups = {lat, q, other};
+  }
+  for (auto& g : groups)
+    for (auto& [n, p] : g.params) p.requires_grad_(true);
+  opt = std::make_unique<AdamW>(groups, tc.beta1, tc.beta2, tc.eps);
+}
+
+void Run::resume() {
+  std::string from;
+  if (tc.resume == "auto") from = newest_checkpoint(ckpt_dir);
+  else if (tc.resume != "none") from = tc.resume;
+  // Metrics of steps after the checkpoint are rewritten by this run: drop them.
+  std::vector<std::string> keep;
+  if (!from.empty()) {
+    DFSSM_CHECK(fs::exists(fs::path(from) / "DONE"), "resume: '", from, "' is not a complete checkpoint (no DONE)");
+    const auto state = json::parse(read_text_file(from + "/state.json"));
+    step = state.at("step").get<int64_t>();
+    tokens = state.at("tokens").get<int64_t>();
+    skipped = state.at("skipped").get<int64_t>();
+    gn_ema = state.at("gn_ema").get<double>();
+    load_params(trained->named_parameters(), from + (distill() ? "/student.safetensors" : "/model.safetensors"));
+    opt->load_state(load_tensors(from + "/optim.safetensors"));
+    loader->restore(data::Cursor::from_json(state.at("cursor").dump()));
+    const auto rng = unbase64(state.at("rng_cpu").get<std::string>());
+    auto t = at::empty({int64_t(rng.size())}, at::kByte);
+    std::memcpy(t.data_ptr(), rng.data(), rng.size());
+    auto gen = at::detail::getDefaultCPUGenerator();  // a handle sharing the global generator
+    gen.set_state(t);
+    std::ifstream in(metrics_path);
+    for (std::string line; std::getline(in, line);) {
+      try {
+        const auto j = json::parse(line);
+        if (!j.contains("step") || j.at("step").get<int64_t>() <= step) keep.push_back(line);
+      } catch (...) {  // a line cut by the kill
+      }
+    }
+    std::printf("resumed from %s (step %lld)\n", from.c_str(), (long long)step);
+  }
+  metrics.open(metrics_path, std::ios::trunc);
+  for (const auto& l : keep) metrics << l << "\n";
+  if (from.empty())
+    log({{"event", "start"}, {"mode", distill() ? "distill" : "pretrain"}, {"loss_definition", kLossDefinition},
+         {"config", job.flat}, {"git", DFSSM_GIT_REV}});
+}
+
+at::Tensor Run::to_ids(const data::Batch& b, bool inputs) const {
+  auto all = at::from_blob(const_cast<int32_t*>(b.tokens.data()), {b.rows, b.cols}, at::kInt).to(at::kLong);
+  return (inputs ? all.narrow(1, 0, b.cols - 1) : all.narrow(1, 1, b.cols - 1)).contiguous().to(device);
+}
+
+struct AutocastGuard {  // bf16 autocast on CUDA for the student forward
+  bool on;
+  explicit AutocastGuard(bool enable) : on(enable) {
+    if (on) {
+      at::autocast::set_autocast_enabled(at::kCUDA, true);
+      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    }
+  }
+  ~AutocastGuard() {
+    if (on) {
+      at::autocast::set_autocast_enabled(at::kCUDA, false);
+      at::autocast::clear_cache();
+    }
+  }
+};
+
+double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, double* gn, bool* skip) {
+  LmLossOptions lo{distill() ? tc.alpha : 0.0, tc.temperature, tc.kl_chunk,
+                   device.is_cuda() ? at::kBFloat16 : at::kFloat};
+  double loss_sum = 0;
+  LmLossStats acc;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto x = to_ids(batches[i], true), y = to_ids(batches[i], false).view({-1});
+    at::Tensor ht, wt;
+    if (distill()) {
+      at::NoGradGuard ng;
+      ht = teacher->forward_hidden(x);
+      ht = ht.reshape({-1, ht.size(-1)});
+      wt = teacher->lm_weight();
+    }
+    at::Tensor loss;
+    {
+      AutocastGuard ac(device.is_cuda());
+      auto hs = trained->forward_hidden(x);
+      LmLossStats s;
+      loss = lm_loss(hs.reshape({-1, hs.size(-1)}), trained->lm_weight(), ht, wt, y, lo, &s);
+      acc.kl += s.kl / double(n), acc.ce += s.ce / double(n), acc.top1 += s.top1 / double(n);
+      acc.teacher_ce += s.teacher_ce / double(n);
+    }
+    (loss / double(n)).backward();
+    loss_sum += loss.item<double>() / double(n);
+  }
+  *st = acc;
+  *gn = opt->clip_grad_norm(tc.clip_grad_norm);
+  const bool spike = tc.spike_factor > 0 && step >= 10 && *gn > tc.spike_factor * gn_ema;
+  *skip = !std::isfinite(loss_sum) || !std::isfinite(*gn) || spike;
+  if (!*skip) {
+    opt->step(lr_at(tc, step));
+    gn_ema = step == 0 ? *gn : 0.9 * gn_ema + 0.1 * *gn;
+  }
+  opt->zero_grad();
+  return loss_sum;
+}
+
+void Run::evaluate() {
+  at::NoGradGuard ng;
+  data::LoaderOptions vo = data::validation_options(loader->options());
+  vo.prefetch = 0;
+  data::TokenLoader val(vo);
+  LmLossStats tot;
+  int64_t nb = 0;
+  data::Batch b;
+  while ((tc.eval_batches == 0 || nb < tc.eval_batches) && val.next(&b)) {
+    const auto x = to_ids(b, true), y = to_ids(b, false).view({-1});
+    at::Tensor ht, wt;
+    if (distill()) {
+      ht = teacher->forward_hidden(x);
+      ht = ht.reshape({-1, ht.size(-1)});
+      wt = teacher->lm_weight();
+    }
+    AutocastGuard ac(device.is_cuda());
+    const auto hs = trained->forward_hidden(x);
+    LmLossStats s;
+    lm_loss(hs.reshape({-1, hs.size(-1)}), trained->lm_weight(), ht, wt, y,
+            {distill() ? 1.0 : 0.0, 1.0, tc.kl_chunk, at::kFloat}, &s);
+    tot.kl += s.kl * double(s.tokens), tot.ce += s.ce * double(s.tokens), tot.top1 += s.top1 * double(s.tokens);
+    tot.teacher_ce += s.teacher_ce * double(s.tokens);
+    tot.tokens += s.tokens;
+    ++nb;
+  }
+  if (tot.tokens == 0) return;
+  const double n = double(tot.tokens);
+  json e = {{"step", step}, {"event", "eval"}, {"tokens", tot.tokens}, {"student_ce", tot.ce / n}};
+  if (distill()) e["teacher_ce"] = tot.teacher_ce / n, e["kl"] = tot.kl / n, e["top1"] = tot.top1 / n;
+  log(e);
+  std::printf("eval @ %lld: %s\n", (long long)step, e.dump().c_str());
+}
+
+void Run::checkpoint() {
+  const auto name = str("step-", std::string(8 - std::min<size_t>(8, std::to_string(step).size()), '0'), step);
+  const fs::path final_dir = fs::path(ckpt_dir) / name, tmp = fs::path(ckpt_dir) / (name + ".tmp");
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  if (distill()) {
+    student->meta["tokens_seen"] = std::to_string(tokens);
+    student->meta["steps"] = std::to_string(step);
+    quant::save_student(*student, tmp.string());
+  } else {
+    save_model(*model, tmp.string(), {{"tokenizer_sha256", manifest.tokenizer_sha256}});
+  }
+  save_tensors(opt->state(), (tmp / "optim.safetensors").string());
+  const auto rng = at::detail::getDefaultCPUGenerator().get_state();
+  json st = {{"step", step},     {"tokens", tokens},
+             {"skipped", skipped}, {"gn_ema", gn_ema},
+             {"cursor", json::parse(loader->cursor().to_json())},
+             {"rng_cpu", base64_bytes(rng.data_ptr<uint8_t>(), size_t(rng.numel()))},
+             {"schedule", tc.schedule}, {"lr_factor", lr_at(tc, step)},
+             {"config", job.flat},     {"git", DFSSM_GIT_REV}};
+  write_file_atomic((tmp / "state.json").string(), st.dump(2));
+  write_file_atomic((tmp / "DONE").string(), "");
+  fsync_path(tmp);
+  fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  fsync_path(ckpt_dir);
+  // Keep the newest K complete checkpoints.
+  std::vector<std::string> all;
+  for (const auto& e : fs::directory_iterator(ckpt_dir))
+    if (e.path().filename().string().rfind("step-", 0) == 0) all.push_back(e.path().string());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + size_t(tc.keep_checkpoints) < all.size(); ++i) fs::remove_all(all[i]);
+}
+
+void Run::loop() {
+  const int64_t per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
+  const bool tty = ::isatty(1);
+  const auto t0 = Clock::now();
+  const int64_t start = step;
+  const char* kill_env = std::getenv("DFSSM_DEBUG_KILL_AT_STEP");  // test hook: simulate a crash
+  const int64_t kill_at = kill_env ? std::atoll(kill_env) : -1;
+  std::vector<data::Batch> mb(size_t(tc.grad_accum));
+  while (step < tc.steps) {
+    for (auto& b : mb) DFSSM_CHECK(loader->next(&b), "the training loader ran dry");
+    LmLossStats st;
+    double gn = 0;
+    bool skip = false;
+    const auto ts = Clock::now();
+    const double loss = train_step(mb.data(), tc.grad_accum, &st, &gn, &skip);
+    const double dt = std::chrono::duration<double>(Clock::now() - ts).count();
+    const double lr = tc.lr * lr_at(tc, step);
+    ++step;
+    tokens += per_step;
+    skipped += skip;
+    if (step % tc.log_every == 0 || step == tc.steps || skip) {
+      json j = {{"step", step},          {"loss", loss}, {"ce", st.ce},   {"lr", lr}, {"grad_norm", gn},
+                {"skipped", skip},       {"tokens", tokens}, {"tokens_per_s", double(per_step) / dt},
+                {"peak_mem_gb", peak_memory_gb(device)}};
+      if (distill()) j["kl"] = st.kl, j["top1"] = st.top1, j["teacher_ce"] = st.teacher_ce;
+      const double flops = 6.0 * double(trained->config().num_params()) * double(per_step) / dt;
+      j["tflops"] = flops / 1e12;
+      if (device.is_cuda()) j["mfu"] = flops / 989e12;  // H100 dense bf16 peak
+      log(j);
+      const double el = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double eta = el / double(step - start) * double(tc.steps - step);
+      std::printf("%s[%s %lld/%lld] loss %.4f ce %.4f%s lr %.2e gn %.3f %.0f tok/s eta %.0fs%s%s",
+                  tty ? "\r" : "", distill() ? "distill" : "pretrain", (long long)step, (long long)tc.steps, loss, st.ce,
+                  distill() ? str(" kl ", st.kl).c_str() : "", lr, gn, double(per_step) / dt, eta,
+                  skip ? " (update skipped)" : "", tty ? "   " : "\n");
+      std::fflush(stdout);
+    }
+    const bool last = step == tc.steps;
+    if ((tc.eval_every > 0 && step % tc.eval_every == 0) || last) {
+      if (tty) std::printf("\n");
+      evaluate();
+    }
+    if ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last) checkpoint();
+    if (step == kill_at) std::raise(SIGKILL);
+  }
+  if (tty) std::printf("\n");
+}
+
+void Run::finish() {
+  if (distill()) {
+    student->meta["teacher_sha256"] = teacher_sha;
+    student->meta["tokens_seen"] = std::to_string(tokens);
+    student->meta["steps"] = std::to_string(step);
+    student->meta["tokenizer_sha256"] = manifest.tokenizer_sha256;
+    if (!manifest.tokenizer_file.empty())
+      student->meta["tokenizer_path"] = fs::absolute(fs::path(job.dataset_dir()) / manifest.tokenizer_file).string();
+    quant::save_student(*student, out_dir + "/final");
+  } else {
+    save_model(*model, out_dir, {{"tokenizer_sha256", manifest.tokenizer_sha256}, {"tokens_seen", std::to_string(tokens)},
+                                 {"steps", std::to_string(step)}});
+  }
+  write_file_atomic(out_dir + "/DONE", str("steps ", step, "\n"));
+}
+
+}  // namespace
+
+std::string stage_dir(const JobConfig& job, Mode mode) {
+  return mode == Mode::Pretrain ? job.teacher_dir() : job.student_dir();
+}
+
+bool stage_done(const JobConfig& job, Mode mode) { return fs::exists(stage_dir(job, mode) + "/DONE"); }
+
+TrainSummary train(const JobConfig& job, Mode mode) {
+  const auto t0 = Clock::now();
+  Run r(job, mode);
+  r.setup();
+  r.build_model();
+  r.build_optimizer();
+  r.resume();
+  r.loop();
+  r.finish();
+  TrainSummary s;
+  s.steps = r.step;
+  s.tokens = r.tokens;
+  s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  s.output = mode == Mode::Distill ? r.out_dir + "/final" : r.out_dir;
+  return s;
+}
+
+std::string memory_estimate(const JobConfig& job, Mode mode) {
+  const auto& tc = mode == Mode::Pretrain ? job.pretrain : job.distill;
+  Mamba2Config cfg;
+  if (mode == Mode::Distill && fs::exists(job.teacher_dir())) {
+    cfg = read_checkpoint_config(locate_checkpoint(job.teacher_dir()));
+  } else {
+    cfg = Mamba2Config::geometry(job.geometry);
+    for (const auto& [k, v] : job.model_overrides) cfg.set(k, std::to_string(v));
+  }
+  const double P = double(cfg.num_params());
+  const double tok = double(tc.batch_size * tc.seq_len);
+  const double tbytes = job.teacher_dtype == "fp32" ? 4 : 2;
+  // Per token and layer the autograd graph keeps roughly: in_proj output, conv/SSD intermediates
+  // and the gated norm (~ 2*d_in_proj + 6*d_inner floats) - an estimate, measured on the device.
+  const double act = tok * double(cfg.n_layer) * double(2 * cfg.d_in_proj() + 6 * cfg.d_inner()) * 4;
+  const double head = double(std::min<int64_t>(tc.kl_chunk, int64_t(tok))) * double(cfg.padded_vocab()) * 4 * 6;
+  double teacher = 0, weights = 0, optim = 0;
+  if (mode == Mode::Distill) {
+    teacher = P * tbytes;
+    weights = P * 4 * 2;  // fp32 masters + their grads
+    optim = P * 4 * 2;    // Adam m, v
+  } else {
+    weights = P * 8;
+    optim = P * 8;
+  }
+  const double total = teacher + weights + optim + act + head;
+  auto gib = [](double b) { return b / double(1ull << 30); };
+  return str("memory estimate (", mode == Mode::Distill ? "distill" : "pretrain", ", ", cfg.num_params(),
+             " parameters, batch ", tc.batch_size, "x", tc.seq_len, "):\n", "  teacher      ", gib(teacher), " GiB\n",
+             "  student/model weights+grads ", gib(weights), " GiB\n", "  optimizer    ", gib(optim), " GiB\n",
+             "  activations  ", gib(act), " GiB\n", "  LM head chunks ", gib(head), " GiB\n", "  total        ",
+             gib(total), " GiB\n");
+}
+
+}  // namespace dfssm::distill

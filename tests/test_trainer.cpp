@@ -1,0 +1,253 @@
+// The trainer: chunked KL/CE equals the full-logits loss (value and gradients), schedules, job
+// config validation (all errors at once, includes, overrides, files, vocab), and exact resume:
+// a `dfssm distill` / `dfssm pretrain` process killed with SIGKILL and resumed gives bit-identical
+// losses to an uninterrupted run.
+#include <ATen/CPUGeneratorImpl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "catch_compat.h"
+#include "core/safetensors.h"
+#include "distill/data/config.h"
+#include "distill/data/prepare.h"
+#include "distill/job_config.h"
+#include "distill/loss.h"
+#include "distill/optim.h"
+#include "model/checkpoint.h"
+#include "model_test_util.h"
+#include "test_util.h"
+
+using namespace dfssm;
+using namespace dfssm::distill;
+using dfssm::test::contains;
+namespace fs = std::filesystem;
+
+namespace {
+std::string tmp(const std::string& name) {
+  const auto d = fs::temp_directory_path() / ("dfssm_test_trainer_" + std::to_string(::getpid())) / name;
+  fs::create_directories(d.parent_path());
+  return d.string();
+}
+
+void write(const std::string& path, const std::string& text) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path) << text;
+}
+
+at::Tensor rnd(std::vector<int64_t> s, uint64_t seed, double scale = 1.0) {
+  auto g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randn(s, g, at::kFloat) * scale;
+}
+
+// A pre-tokenized dataset (vocab 100, EOS 0) and a test-geometry teacher with that vocab.
+struct Fixture {
+  std::string root = tmp("fx");
+  std::string data = root + "/data", teacher = root + "/teacher";
+  Fixture() {
+    if (fs::exists(data + "/manifest.json")) return;
+    std::vector<uint16_t> ids;
+    uint32_t x = 12345;
+    for (int d = 0; d < 120; ++d) {
+      for (int k = 0; k < 60 + d % 40; ++k) {
+        x = x * 1103515245u + 12345u;
+        // Some structure to learn: the next id depends on the previous one.
+        ids.push_back(uint16_t(1 + ((ids.empty() ? 0 : ids.back()) * 7 + (x >> 16) % 5) % 99));
+      }
+      ids.push_back(0);
+    }
+    fs::create_directories(root);
+    std::ofstream(root + "/tokens.bin", std::ios::binary).write(reinterpret_cast<const char*>(ids.data()), ids.size() * 2);
+    data::DataConfig c;
+    c.output = data;
+    data::SourceSpec s;
+    s.path = root + "/tokens.bin";
+    s.dtype = "uint16";
+    c.sources.push_back(s);
+    c.tokenizer.type = "none";
+    c.tokenizer.vocab_size = 100;
+    c.tokenizer.eos_id = 0;
+    c.val_fraction = 0.1;
+    data::prepare_data(c);
+    auto cfg = Mamba2Config::geometry("test");
+    cfg.vocab_size = 100;
+    save_model(dfssm::test::make_test_model(cfg, 3), teacher);
+  }
+  std::string job(const std::string& name, const std::string& extra = "") const {
+    const std::string path = root + "/" + name + ".yaml";
+    write(path, "run_dir: " + root + "/" + name + "\ndata:\n  dir: " + data + "\n  seq_len: 32\nteacher:\n  path: " + teacher +
+                    "\nmodel:\n  geometry: test\nthreads: 1\n"
+                    "pretrain:\n  steps: 6\n  batch_size: 4\n  log_every: 1\n  eval_every: 3\n  eval_batches: 2\n  checkpoint_every: 2\n"
+                    "  warmup_steps: 2\n"
+                    "distill:\n  steps: 6\n  batch_size: 4\n  log_every: 1\n  eval_every: 3\n  eval_batches: 2\n  checkpoint_every: 2\n"
+                    "  warmup_steps: 2\n  alpha: 0.7\n  temperature: 2.0\n"
+                    "student:\n  rank: 4\n" + extra);
+    return path;
+  }
+};
+
+int run_dfssm(const std::vector<std::string>& args, const std::string& kill_at = "") {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (!kill_at.empty()) setenv("DFSSM_DEBUG_KILL_AT_STEP", kill_at.c_str(), 1);
+    else unsetenv("DFSSM_DEBUG_KILL_AT_STEP");
+    std::freopen("/dev/null", "w", stdout);
+    std::vector<char*> argv;
+    const std::string bin = std::string(DFSSM_BIN_DIR) + "/dfssm";
+    argv.push_back(const_cast<char*>(bin.c_str()));
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+// step -> the JSON text of its logged loss (exact digits), from metrics.jsonl.
+std::map<int64_t, std::string> losses(const std::string& metrics) {
+  std::map<int64_t, std::string> out;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out[j.at("step").get<int64_t>()] = j.at("loss").dump() + " " + j.at("grad_norm").dump();
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("chunked LM-head KL/CE equals the full-logits loss, value and gradients", "[trainer][loss]") {
+  const int64_t N = 37, d = 16, dt = 24, V = 53;
+  const auto ht = rnd({N, dt}, 3), wt = rnd({V, dt}, 4, 0.5);
+  const auto y = at::randint(V, {N}, at::make_generator<at::CPUGeneratorImpl>(5), at::kLong);
+  for (double alpha : {0.0, 0.4, 1.0})
+    for (double T : {1.0, 2.5})
+      for (int64_t chunk : {int64_t(1), int64_t(8), int64_t(37), int64_t(100)}) {
+        INFO("alpha " << alpha << " T " << T << " chunk " << chunk);
+        auto hs = rnd({N, d}, 1).requires_grad_(true), ws = rnd({V, d}, 2, 0.5).requires_grad_(true);
+        auto hs2 = hs.detach().clone().requires_grad_(true), ws2 = ws.detach().clone().requires_grad_(true);
+        LmLossStats st;
+        const auto l = lm_loss(hs, ws, ht, wt, y, {alpha, T, chunk, at::kFloat}, &st);
+        const auto r = lm_loss_reference(hs2, ws2, ht, wt, y, alpha, T);
+        l.backward();
+        r.backward();
+        REQUIRE(l.item<double>() == Approx(r.item<double>()).epsilon(1e-5));
+        REQUIRE(dfssm::test::rel_err(hs.grad(), hs2.grad()) < 1e-5);
+        REQUIRE(dfssm::test::rel_err(ws.grad(), ws2.grad()) < 1e-5);
+        REQUIRE(st.tokens == N);
+      }
+}
+
+TEST_CASE("learning-rate schedules", "[trainer][optim]") {
+  TrainConfig c;
+  c.steps = 100;
+  c.warmup_steps = 10;
+  c.min_lr_ratio = 0.1;
+  REQUIRE(lr_at(c, 0) == Approx(1.0 / 11));
+  REQUIRE(lr_at(c, 10) == Approx(1.0));
+  REQUIRE(lr_at(c, 55) == Approx(0.1 + 0.9 * 0.5));  // cosine midpoint
+  REQUIRE(lr_at(c, 100) == Approx(0.1));
+  c.schedule = "wsd";
+  c.wsd_decay_frac = 0.2;
+  REQUIRE(lr_at(c, 50) == Approx(1.0));
+  REQUIRE(lr_at(c, 100) == Approx(0.1));
+  c.schedule = "constant";
+  REQUIRE(lr_at(c, 90) == Approx(1.0));
+}
+
+TEST_CASE("job config: every error at once, includes, overrides", "[trainer][config]") {
+  const auto base = tmp("cfg/base.yaml"), job = tmp("cfg/job.yaml");
+  write(base, "run_dir: runs/x\ndistill:\n  steps: 50\n  lr: 1.0e-3\n");
+  write(job, "include: base.yaml\ndistill:\n  steps: 70\n  alpah: 0.5\n  batch_size: many\npretrain:\n  lr: -1\n"
+             "student:\n  format: binary7\ndevice: tpu\n");
+  std::vector<std::string> errors;
+  load_job(job, {{"distill.warmup_steps", "x"}}, &errors);
+  std::string all;
+  for (const auto& e : errors) all += e + "\n";
+  INFO(all);
+  REQUIRE(errors.size() == 6);
+  REQUIRE(contains(all, "unknown key 'distill.alpah' (did you mean 'distill.alpha'?)"));
+  REQUIRE(contains(all, "'distill.batch_size' must be an integer"));
+  REQUIRE(contains(all, "'pretrain.lr' must be in [0, 10]"));
+  REQUIRE(contains(all, "'student.format' must be one of binary, binary_lowrank, ternary, int4, got 'binary7'"));
+  REQUIRE(contains(all, "'device' must be one of cpu, cuda"));
+  REQUIRE(contains(all, "'distill.warmup_steps' must be an integer"));
+  // Composition: the including file and then overrides win; the base fills the rest.
+  write(job, "include: base.yaml\ndistill:\n  steps: 70\n");
+  errors.clear();
+  const auto j = load_job(job, {{"distill.batch_size", "3"}}, &errors);
+  REQUIRE(errors.empty());
+  REQUIRE(j.distill.steps == 70);
+  REQUIRE(j.distill.lr == Approx(1e-3));
+  REQUIRE(j.distill.batch_size == 3);
+  REQUIRE(j.run_dir == "runs/x");
+  errors.clear();
+  write(job, "include: missing.yaml\n");
+  load_job(job, {}, &errors);
+  REQUIRE(errors.size() == 1);
+  REQUIRE(contains(errors[0], "missing.yaml: job file not found"));
+}
+
+TEST_CASE("job files: missing dataset and teacher, vocab mismatch", "[trainer][config]") {
+  Fixture fx;
+  std::vector<std::string> errors;
+  auto job = load_job(fx.job("files"), {{"data.dir", fx.root + "/nope"}, {"teacher.path", fx.root + "/noteacher"}}, &errors);
+  REQUIRE(errors.empty());
+  check_job_files(job, "distill", &errors);
+  REQUIRE(errors.size() == 2);
+  REQUIRE(contains(errors[0] + errors[1], "no prepared dataset"));
+  REQUIRE(contains(errors[0] + errors[1], "teacher.path"));
+  // A teacher whose vocabulary is smaller than the dataset's.
+  auto cfg = Mamba2Config::geometry("test");
+  cfg.vocab_size = 40;
+  cfg.pad_vocab_size_multiple = 8;
+  save_model(dfssm::test::make_test_model(cfg, 1), fx.root + "/small_teacher");
+  errors.clear();
+  job = load_job(fx.job("files"), {{"teacher.path", fx.root + "/small_teacher"}}, &errors);
+  check_job_files(job, "distill", &errors);
+  REQUIRE(errors.size() == 1);
+  REQUIRE(contains(errors[0], "vocab mismatch: the dataset's tokenizer has 100 tokens but the teacher's vocabulary holds 40"));
+}
+
+TEST_CASE("distill resume after SIGKILL is bit-exact", "[trainer][resume]") {
+  Fixture fx;
+  const auto a = fx.job("dA"), b = fx.job("dB");
+  REQUIRE(run_dfssm({"distill", a}) == 0);
+  REQUIRE(run_dfssm({"distill", b}, "3") == 128 + SIGKILL);  // killed after step 3 (last checkpoint: 2)
+  REQUIRE(!fs::exists(fx.root + "/dB/student/DONE"));
+  REQUIRE(run_dfssm({"distill", b}) == 0);  // resume: auto
+  const auto la = losses(fx.root + "/dA/student/metrics.jsonl"), lb = losses(fx.root + "/dB/student/metrics.jsonl");
+  REQUIRE(la.size() == 6);
+  REQUIRE(la == lb);
+  // Only the newest keep_checkpoints (2) complete checkpoints remain.
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(fx.root + "/dB/student/checkpoints")) n += e.is_directory();
+  REQUIRE(n == 2);
+  // The final student equals the uninterrupted run's.
+  const auto fa = SafeTensorsFile::open(fx.root + "/dA/student/final/student.safetensors");
+  const auto fb = SafeTensorsFile::open(fx.root + "/dB/student/final/student.safetensors");
+  REQUIRE(fa.tensors().size() == fb.tensors().size());
+  for (const auto& t : fa.tensors()) REQUIRE(std::memcmp(fa.data(t), fb.data(fb.get(t.name)), t.nbytes()) == 0);
+}
+
+TEST_CASE("pretrain resume after SIGKILL is bit-exact, and the loss falls", "[trainer][resume]") {
+  Fixture fx;
+  const auto ja = fx.job("pA2"), jb = fx.job("pB2");
+  REQUIRE(run_dfssm({"pretrain", ja, "teacher.path=" + fx.root + "/pA2/teacher"}) == 0);
+  REQUIRE(run_dfssm({"pretrain", jb, "teacher.path=" + fx.root + "/pB2/teacher"}, "5") == 128 + SIGKILL);
+  REQUIRE(run_dfssm({"pretrain", jb, "teacher.path=" + fx.root + "/pB2/teacher"}) == 0);
+  const auto la = losses(fx.root + "/pA2/teacher/metrics.jsonl"), lb = losses(fx.root + "/pB2/teacher/metrics.jsonl");
+  REQUIRE(la.size() == 6);
+  REQUIRE(la == lb);
+  REQUIRE(fs::exists(fx.root + "/pB2/teacher/DONE"));
+  const auto first = std::stod(la.begin()->second), last = std::stod(la.rbegin()->second);
+  REQUIRE(last < first);
+}
