@@ -251,3 +251,10 @@ TEST_CASE("pretrain resume after SIGKILL is bit-exact, and the loss falls", "[tr
   const auto first = std::stod(la.begin()->second), last = std::stod(la.rbegin()->second);
   REQUIRE(last < first);
 }
+
+TEST_CASE("docs/config.md holds the parser's key table", "[trainer][config][docs]") {
+  std::ifstream in(dfssm::test::source_dir() + "/docs/config.md");
+  const std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO("regenerate the table with: build/bin/dfssm validate --schema");
+  REQUIRE(contains(doc, schema_markdown()));
+}

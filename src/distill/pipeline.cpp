@@ -136,8 +136,11 @@ int run_pipeline(const JobConfig& job) {
   }
   // 4. Export.
   auto student = quant::load_student(job.student_dir() + "/final", dev);
-  if (fs::exists(job.packed_path())) {
-    stage("export", job.packed_path() + " exists, skipped");
+  // The export is current only if it is newer than the finished distillation it packs.
+  const bool exported = fs::exists(job.packed_path()) &&
+                        fs::last_write_time(job.packed_path()) >= fs::last_write_time(job.student_dir() + "/DONE");
+  if (exported) {
+    stage("export", job.packed_path() + " is up to date, skipped");
   } else {
     stage("export", job.packed_path());
     quant::export_packed(*student, job.packed_path());

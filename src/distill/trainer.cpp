@@ -3,6 +3,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 #include <ATen/core/grad_mode.h>
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -53,7 +56,12 @@ void fsync_path(const fs::path& p) {
 }
 
 double peak_memory_gb(at::Device dev) {
-  (void)dev;
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>)
+  if (dev.is_cuda()) {  // what the caching allocator handed out at its peak
+    const auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(dev.has_index() ? dev.index() : 0);
+    return double(st.allocated_bytes[0].peak) / double(1ull << 30);
+  }
+#endif
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return double(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is KiB on Linux

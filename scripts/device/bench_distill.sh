@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Distillation throughput at the Mamba-2 1.3B geometry on the GPU machine (random teacher, random
+# token ids): the DF-SSM student and, in the same run, a plain (non-binarized) student as the
+# baseline. Needs a build in build-device (scripts/device/build_and_test.sh build).
+#   usage: scripts/device/bench_distill.sh [batch] [steps]     (defaults 4, 8)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+B=${1:-4}
+STEPS=${2:-8}
+OUT=${OUT:-/tmp/dfssm-out}
+W=/tmp/dfssm-bench
+D=build-device/bin/dfssm
+mkdir -p $W "$OUT"
+if [ ! -f $W/data/manifest.json ]; then
+  python3 -c "import numpy as np; r=np.random.default_rng(0); a=r.integers(1,50277,4_000_000,dtype=np.uint16); a[::5000]=0; a.tofile('$W/ids.bin')"
+  cat > $W/data.yaml <<YAML
+output: $W/data
+overwrite: true
+sources: [{path: $W/ids.bin, dtype: uint16}]
+tokenizer: {type: none, vocab_size: 50277, eos_id: 0}
+val_fraction: 0.01
+YAML
+  $D data prepare $W/data.yaml --quiet || exit 1
+fi
+[ -f $W/teacher/DONE ] || { $D init -o $W/teacher --geometry mamba2-1.3b --dtype bf16 && touch $W/teacher/DONE; } || exit 1
+cat > $W/job.yaml <<YAML
+run_dir: $W/run
+device: cuda
+data: {dir: $W/data, seq_len: 2048}
+teacher: {path: $W/teacher, dtype: bf16}
+distill: {steps: $STEPS, batch_size: $B, log_every: 1, eval_every: 0, eval_batches: 1, warmup_steps: 2,
+          checkpoint_every: 0, resume: none}
+YAML
+$D distill $W/job.yaml --dry-run
+for variant in dfssm plain; do
+  extra=""
+  [ $variant = plain ] && extra="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
+  rm -rf $W/run
+  echo "== $variant student, batch $B x 2048"
+  $D distill $W/job.yaml $extra 2>&1 | tail -4
+  python3 - "$W/run/student/metrics.jsonl" "$variant" <<'PY' | tee -a "$OUT/bench_distill.txt"
+import json, sys, statistics
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+steady = rows[2:] or rows
+tps = statistics.median(r["tokens_per_s"] for r in steady)
+print(f"{sys.argv[2]:6s} batch {steady[0]['tokens']//steady[0]['step']//2048} x 2048: {tps:,.0f} tokens/s (median of {len(steady)} steps), "
+      f"peak {max(r['peak_mem_gb'] for r in rows):.1f} GiB, loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}")
+PY
+done
