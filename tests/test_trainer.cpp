@@ -21,6 +21,7 @@
 #include "distill/loss.h"
 #include "distill/optim.h"
 #include "model/checkpoint.h"
+#include "quant/student.h"
 #include "model_test_util.h"
 #include "test_util.h"
 
@@ -257,4 +258,33 @@ TEST_CASE("docs/config.md holds the parser's key table", "[trainer][config][docs
   const std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   INFO("regenerate the table with: build/bin/dfssm validate --schema");
   REQUIRE(contains(doc, schema_markdown()));
+}
+
+TEST_CASE("activation checkpointing gives the same loss and gradients", "[trainer][recompute]") {
+  auto cfg = Mamba2Config::geometry("test");
+  cfg.n_layer = 3;
+  const auto teacher = dfssm::test::make_test_model(cfg, 8);
+  auto s = quant::make_student(teacher, quant::QuantConfig(), 1);
+  auto& m = *s->model;
+  for (auto& [n, p] : m.named_parameters()) p.requires_grad_(true);
+  const auto ids = at::arange(0, 40, at::kLong).remainder(cfg.vocab_size).view({2, 20});
+  auto grads = [&](std::vector<bool> rec) {
+    m.recompute_layers = rec;
+    for (auto& [n, p] : m.named_parameters())
+      if (p.grad().defined()) p.mutable_grad().zero_();
+    auto h = m.forward_hidden(ids);
+    const auto loss = (h * h).mean() + at::matmul(h, m.lm_weight().t()).logsumexp(-1).mean();
+    loss.backward();
+    std::vector<at::Tensor> g;
+    for (auto& [n, p] : m.named_parameters()) g.push_back(p.grad().clone());
+    return std::make_pair(loss.item<double>(), g);
+  };
+  const auto [l0, g0] = grads({});
+  const auto [l1, g1] = grads({true, false, true});
+  REQUIRE(l0 == l1);
+  const auto names = m.named_parameters();
+  for (size_t i = 0; i < g0.size(); ++i) {
+    INFO(names[i].first);
+    REQUIRE(dfssm::test::rel_err(g1[i], g0[i]) < 1e-6);
+  }
 }

@@ -48,6 +48,8 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
     k("alpha", 'f', "1.0", "loss = alpha·T²·KL(p_t^T || p_s^T) + (1-alpha)·CE(data)", 0, 1);
     k("temperature", 'f', "1.0", "distillation temperature T", 1e-3, 100);
   }
+  k("activation_checkpointing", 's', "none",
+    "recompute block activations in the backward pass: none, all, or layer indices like 0,1,2");
   k("kl_chunk", 'i', "1024", "tokens per LM-head chunk: B·L·V fp32 logits never exist at once", 1, 1e9);
   k("log_every", 'i', "10", "print and log metrics every N steps", 1, 1e9);
   k("eval_every", 'i', "100", "held-out evaluation every N steps (0 = only at the end)", 0, 1e12);
@@ -225,6 +227,7 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
   t.clip_grad_norm = F("clip_grad_norm");
   t.spike_factor = F("spike_factor");
   t.kl_chunk = I("kl_chunk");
+  t.activation_checkpointing = m.at(sec + ".activation_checkpointing");
   t.log_every = I("log_every");
   t.eval_every = I("eval_every");
   t.eval_batches = I("eval_batches");
@@ -235,6 +238,20 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
 }
 
 }  // namespace
+
+std::vector<bool> TrainConfig::recompute_layers(int64_t n_layer) const {
+  std::vector<bool> r(size_t(n_layer), activation_checkpointing == "all");
+  if (activation_checkpointing == "none" || activation_checkpointing == "all") return r;
+  std::stringstream ss(activation_checkpointing);
+  for (std::string tok; std::getline(ss, tok, ',');) {
+    if (tok.find_first_not_of(' ') == std::string::npos) continue;
+    const long long i = std::stoll(tok);
+    DFSSM_CHECK(i >= 0 && i < n_layer, "activation_checkpointing: layer ", i, " does not exist (the model has ", n_layer,
+                " layers)");
+    r[size_t(i)] = true;
+  }
+  return r;
+}
 
 const std::vector<KeySpec>& job_schema() {
   static const std::vector<KeySpec> s = build_schema();
@@ -303,6 +320,12 @@ JobConfig load_job(const std::string& path, const std::vector<std::pair<std::str
   if (j.device == "cpu" && j.teacher_dtype != "fp32")
     errors->push_back(str(path, ": teacher.dtype ", j.teacher_dtype, " needs device: cuda (CPU runs the teacher in fp32)"));
   if (j.run_dir.empty()) errors->push_back(str(path, ": run_dir must not be empty"));
+  for (const auto* t : {&j.pretrain, &j.distill}) {
+    const auto& ac = t->activation_checkpointing;
+    if (ac != "none" && ac != "all" && ac.find_first_not_of("0123456789, ") != std::string::npos)
+      errors->push_back(str(path, ": activation_checkpointing must be none, all or a list of layer indices like 0,1,2 (got '",
+                            ac, "')"));
+  }
   return j;
 }
 

@@ -42,6 +42,9 @@ struct TrainConfig {
   double clip_grad_norm = 1.0, spike_factor = 0;  // skip the update when grad norm > factor x running mean
   double alpha = 0.0, temperature = 1.0;          // distill: alpha·T²·KL + (1-alpha)·CE
   int64_t kl_chunk = 1024;                        // tokens per LM-head chunk
+  std::string activation_checkpointing = "none";  // none | all | "0,1,2"
+  // Which of n_layer layers recompute their activations in backward. Throws on a bad index.
+  std::vector<bool> recompute_layers(int64_t n_layer) const;
   int64_t log_every = 10, eval_every = 0, eval_batches = 8;
   int64_t checkpoint_every = 0, keep_checkpoints = 2;
   std::string resume = "auto";  // auto | none | <checkpoint dir>

@@ -250,6 +250,7 @@ void Run::build_optimizer() {
   }
   for (auto& g : groups)
     for (auto& [n, p] : g.params) p.requires_grad_(true);
+  trained->recompute_layers = tc.recompute_layers(trained->config().n_layer);
   opt = std::make_unique<AdamW>(groups, tc.beta1, tc.beta2, tc.eps);
 }
 

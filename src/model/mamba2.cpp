@@ -1,4 +1,5 @@
 #include "model/mamba2.h"
+#include "model/recompute.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -214,6 +215,20 @@ at::Tensor Mamba2Model::forward(const at::Tensor& ids, InferenceState* state) co
   return logits(forward_hidden(ids, state));
 }
 
+at::Tensor Mamba2Model::block(size_t i, const at::Tensor& residual) const {
+  return mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w), nullptr);
+}
+
+std::vector<at::Tensor> Mamba2Model::layer_parameters(size_t i) const {
+  const auto& b = layers[i];
+  const auto& m = b.mixer;
+  std::vector<at::Tensor> p = {b.norm_w, m.conv_w, m.dt_bias, m.A_log, m.D, m.norm_w};
+  if (m.conv_b.defined()) p.push_back(m.conv_b);
+  for (auto& [k, t] : m.in_proj->named_parameters()) p.push_back(t);
+  for (auto& [k, t] : m.out_proj->named_parameters()) p.push_back(t);
+  return p;
+}
+
 at::Tensor Mamba2Model::lm_weight() const {
   if (!lm_head.defined()) return embedding_weight();
   return embedding_transform ? embedding_transform(lm_head) : lm_head;
@@ -228,7 +243,10 @@ at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* st
   at::Tensor residual;
   for (size_t i = 0; i < layers.size(); ++i) {
     residual = residual.defined() ? residual + hidden.to(res_dtype) : hidden.to(res_dtype);
-    hidden = mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w), state ? &state->layers[i] : nullptr);
+    const bool recompute = !state && i < recompute_layers.size() && recompute_layers[i] && at::GradMode::is_enabled();
+    hidden = recompute ? recomputed_block(*this, i, residual)
+                       : mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w),
+                                       state ? &state->layers[i] : nullptr);
   }
   residual = residual + hidden.to(res_dtype);
   if (state) state->seqlen += ids.size(1);

@@ -90,6 +90,13 @@ class Mamba2Model {
   // The LM head weight as the forward pass uses it (the tied embedding, fake-quantized for a student).
   at::Tensor lm_weight() const;
 
+  // Block i (norm + mixer) on the residual stream, without caches; and its parameters.
+  at::Tensor block(size_t i, const at::Tensor& residual) const;
+  std::vector<at::Tensor> layer_parameters(size_t i) const;
+  // Activation checkpointing: layers whose activations are recomputed in the backward pass
+  // instead of stored (src/model/recompute.h). Only in training forwards (grad mode, no state).
+  std::vector<bool> recompute_layers;
+
   // One token per sequence with the recurrent form. ids: (b) int64. Returns logits (b, vocab).
   at::Tensor step(const at::Tensor& ids, InferenceState& state) const;
 

@@ -1,0 +1,17 @@
+// Activation checkpointing for one Mamba-2 block: the forward pass keeps only the block's input;
+// the backward pass runs the block again with autograd on and backpropagates through that copy.
+// Saves most activation memory (the chunked SSD's (chunk x chunk) intermediates above all) for
+// about one extra forward pass. Autocast state is saved and restored for the recomputation, so
+// it repeats exactly what the forward pass did.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "model/mamba2.h"
+
+namespace dfssm {
+
+// block(i, residual) of `model`, recomputed in the backward pass.
+at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor& residual);
+
+}  // namespace dfssm
