@@ -2,7 +2,7 @@
 # Idempotent set-up for a fresh Debian/Ubuntu machine:
 #   1. Debian packages (compiler, CMake, SentencePiece, HDF5, nlohmann-json, yaml-cpp, Catch2, ccache);
 #   2. a project-local venv (.venv) with the pinned torch wheel (its LibTorch is what dfssm links)
-#      plus transformers/safetensors/numpy, used only to produce reference data in tests;
+#      plus transformers/safetensors/numpy (reference data in tests) and matplotlib (plots);
 #   3. configure and build into build/.
 # Works as root or through sudo. Re-running skips what is already done.
 # Env: DFSSM_BUILD_DIR (default build), DFSSM_JOBS (default nproc), DFSSM_CMAKE_ARGS (extra args).
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.11.0
-PY_PINS="torch==${TORCH_VERSION} transformers==5.17.0 safetensors==0.8.0 numpy==2.4.6"
+PY_PINS="torch==${TORCH_VERSION} transformers==5.17.0 safetensors==0.8.0 numpy==2.4.6 matplotlib==3.11.2"
 BUILD_DIR=${DFSSM_BUILD_DIR:-build}
 JOBS=${DFSSM_JOBS:-$(nproc)}
 

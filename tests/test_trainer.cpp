@@ -288,3 +288,28 @@ TEST_CASE("activation checkpointing gives the same loss and gradients", "[traine
     REQUIRE(dfssm::test::rel_err(g1[i], g0[i]) < 1e-6);
   }
 }
+
+TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch", "[trainer][dp]") {
+  Fixture fx;
+  const auto one = fx.job("dp1"), two = fx.job("dp2");
+  REQUIRE(run_dfssm({"distill", one, "distill.batch_size=4", "distill.steps=4"}) == 0);
+  REQUIRE(run_dfssm({"distill", two, "distill.batch_size=2", "distill.steps=4", "--nproc", "2"}) == 0);
+  const auto a = losses(fx.root + "/dp1/student/metrics.jsonl"), b = losses(fx.root + "/dp2/student/metrics.jsonl");
+  REQUIRE(a.size() == 4);
+  REQUIRE(b.size() == 4);
+  for (const auto& [step, la] : a) {
+    INFO("step " << step << ": " << la << " vs " << b.at(step));
+    // Same windows, same math; only the summation order of the gradient mean differs.
+    REQUIRE(std::stod(b.at(step)) == Approx(std::stod(la)).epsilon(1e-4));
+  }
+  // The trained students agree to float rounding.
+  const auto fa = SafeTensorsFile::open(fx.root + "/dp1/student/final/student.safetensors");
+  const auto fb = SafeTensorsFile::open(fx.root + "/dp2/student/final/student.safetensors");
+  double num = 0, den = 0;
+  for (const auto& t : fa.tensors()) {
+    const auto* x = reinterpret_cast<const float*>(fa.data(t));
+    const auto* y = reinterpret_cast<const float*>(fb.data(fb.get(t.name)));
+    for (int64_t i = 0; i < t.numel(); ++i) num += double(x[i] - y[i]) * (x[i] - y[i]), den += double(x[i]) * x[i];
+  }
+  REQUIRE(std::sqrt(num / den) < 1e-4);
+}

@@ -1,11 +1,13 @@
 // Training commands: `dfssm pretrain|distill|run|validate <job.yaml> [key.sub=value ...]`.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "distill/dist.h"
 #include "distill/job_config.h"
 #include "distill/pipeline.h"
 #include "distill/trainer.h"
@@ -14,7 +16,7 @@ namespace dfssm::cli {
 
 const char* const kTrainUsage =
     "usage: dfssm pretrain <job.yaml> [key.sub=value ...] [--dry-run]\n"
-    "       dfssm distill  <job.yaml> [key.sub=value ...] [--dry-run]\n"
+    "       dfssm distill  <job.yaml> [key.sub=value ...] [--dry-run] [--nproc N]\n"
     "       dfssm run      <job.yaml> [key.sub=value ...]\n"
     "       dfssm validate <job.yaml> [key.sub=value ...]\n"
     "       dfssm validate --schema      (every key, type, default: the table in docs/config.md)\n\n"
@@ -24,6 +26,9 @@ const char* const kTrainUsage =
     "          finished stages are skipped, so re-running after a crash continues\n"
     "validate  reports every problem of a job at once (unknown keys, types, ranges, files, vocab)\n"
     "--dry-run prints the memory estimate for the job and stops.\n"
+    "--nproc N runs N data-parallel processes on this machine (one per GPU with device: cuda;\n"
+    "          NCCL on CUDA, a TCP-store all-reduce on CPU). torchrun-style RANK, WORLD_SIZE,\n"
+    "          LOCAL_RANK, MASTER_ADDR and MASTER_PORT work too. distill.batch_size is per process.\n"
     "Checkpoints resume automatically (distill.resume=auto|none|DIR). Example:\n"
     "  dfssm run configs/quickstart.yaml distill.steps=600 run_dir=runs/qs2\n";
 
@@ -33,6 +38,8 @@ struct Parsed {
   std::string job;
   std::vector<std::pair<std::string, std::string>> overrides;
   bool dry_run = false, schema = false;
+  int nproc = 1;
+  std::vector<std::string> rest;  // the arguments without --nproc (for the launched processes)
 };
 
 Parsed parse(int argc, char** argv) {
@@ -40,6 +47,13 @@ Parsed parse(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
     const size_t eq = a.find('=');
+    if (a == "--nproc") {
+      DFSSM_CHECK(i + 1 < argc, "--nproc needs a number of processes");
+      p.nproc = std::atoi(argv[++i]);
+      DFSSM_CHECK(p.nproc >= 1 && p.nproc <= 1024, "--nproc must be between 1 and 1024, got '", argv[i], "'");
+      continue;
+    }
+    p.rest.push_back(a);
     if (a == "--dry-run") p.dry_run = true;
     else if (a == "--schema") p.schema = true;
     else if (a.rfind("--", 0) == 0) throw Error(str("unknown flag ", a, " (see --help)"));
@@ -56,6 +70,12 @@ Parsed parse(int argc, char** argv) {
 
 int train_cmd(int argc, char** argv, distill::Mode mode) {
   const auto p = parse(argc, argv);
+  if (p.nproc > 1 && !std::getenv("WORLD_SIZE")) {  // launcher: validate once, then start the ranks
+    distill::load_job_or_throw(p.job, p.overrides, mode == distill::Mode::Pretrain ? "pretrain" : "distill");
+    std::vector<std::string> args = {"dfssm", mode == distill::Mode::Pretrain ? "pretrain" : "distill"};
+    args.insert(args.end(), p.rest.begin(), p.rest.end());
+    return distill::launch_local(p.nproc, args);
+  }
   const auto job = distill::load_job_or_throw(p.job, p.overrides, mode == distill::Mode::Pretrain ? "pretrain" : "distill");
   if (p.dry_run) {
     std::printf("%s", distill::memory_estimate(job, mode).c_str());

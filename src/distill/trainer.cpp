@@ -5,6 +5,8 @@
 #include <ATen/autocast_mode.h>
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#define DFSSM_TORCH_CUDA 1
 #endif
 #include <ATen/core/grad_mode.h>
 #include <fcntl.h>
@@ -25,6 +27,7 @@
 #include "distill/data/loader.h"
 #include "distill/data/manifest.h"
 #include "distill/data/sha256.h"
+#include "distill/dist.h"
 #include "distill/loss.h"
 #include "distill/optim.h"
 #include "model/checkpoint.h"
@@ -165,6 +168,7 @@ struct Run {
   std::unique_ptr<Mamba2Model> model;           // pretrain only
   Mamba2Model* trained = nullptr;               // the model being trained
   std::unique_ptr<AdamW> opt;
+  std::unique_ptr<Comm> comm;  // data parallelism (a world of one without RANK/WORLD_SIZE)
   std::unique_ptr<data::TokenLoader> loader;
   int64_t step = 0, tokens = 0, skipped = 0;
   double gn_ema = 0;
@@ -185,6 +189,7 @@ struct Run {
   void checkpoint();
   void finish();
   void log(const json& j) {
+    if (!comm->is_root()) return;
     metrics << j.dump() << "\n";
     metrics.flush();
   }
@@ -192,7 +197,11 @@ struct Run {
 };
 
 void Run::setup() {
-  device = job.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  comm = Comm::from_env(job.device == "cuda");
+  device = job.device == "cuda" ? at::Device(at::kCUDA, c10::DeviceIndex(comm->local_rank())) : at::Device(at::kCPU);
+#ifdef DFSSM_TORCH_CUDA
+  if (device.is_cuda()) c10::cuda::set_device(device.index());
+#endif
   if (job.threads > 0) at::set_num_threads(int(job.threads));
   out_dir = stage_dir(job, mode);
   ckpt_dir = out_dir + "/checkpoints";
@@ -205,7 +214,12 @@ void Run::setup() {
   lo.batch_size = tc.batch_size;
   lo.seed = job.seed;
   lo.prefetch = 2;
+  lo.rank = comm->rank();  // each rank reads its own block of every global batch
+  lo.world_size = comm->world();
   loader = std::make_unique<data::TokenLoader>(lo);
+  if (comm->world() > 1 && comm->is_root())
+    std::printf("data parallel: %d processes (%s), global batch %lld x %lld\n", comm->world(), comm->backend().c_str(),
+                (long long)(tc.batch_size * comm->world()), (long long)tc.seq_len);
 }
 
 void Run::build_model() {
@@ -285,8 +299,10 @@ void Run::resume() {
     }
     std::printf("resumed from %s (step %lld)\n", from.c_str(), (long long)step);
   }
-  metrics.open(metrics_path, std::ios::trunc);
-  for (const auto& l : keep) metrics << l << "\n";
+  if (comm->is_root()) {
+    metrics.open(metrics_path, std::ios::trunc);
+    for (const auto& l : keep) metrics << l << "\n";
+  }
   if (from.empty())
     log({{"event", "start"}, {"mode", distill() ? "distill" : "pretrain"}, {"loss_definition", kLossDefinition},
          {"config", job.flat}, {"git", DFSSM_GIT_REV}});
@@ -339,6 +355,19 @@ double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, d
     (loss / double(n)).backward();
     loss_sum += loss.item<double>() / double(n);
   }
+  if (comm->world() > 1) {  // average gradients and the logged statistics over the ranks
+    std::vector<at::Tensor> grads;
+    for (const auto& g : opt->groups())
+      for (const auto& [name, p] : g.params) {
+        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+        grads.push_back(p.grad());
+      }
+    auto stats = at::tensor({loss_sum, acc.kl, acc.ce, acc.top1, acc.teacher_ce}, at::kDouble).to(at::kFloat);
+    grads.push_back(stats);
+    comm->allreduce_mean(grads);
+    loss_sum = stats[0].item<double>(), acc.kl = stats[1].item<double>(), acc.ce = stats[2].item<double>();
+    acc.top1 = stats[3].item<double>(), acc.teacher_ce = stats[4].item<double>();
+  }
   *st = acc;
   *gn = opt->clip_grad_norm(tc.clip_grad_norm);
   const bool spike = tc.spike_factor > 0 && step >= 10 && *gn > tc.spike_factor * gn_ema;
@@ -355,6 +384,8 @@ void Run::evaluate() {
   at::NoGradGuard ng;
   data::LoaderOptions vo = data::validation_options(loader->options());
   vo.prefetch = 0;
+  vo.rank = 0;  // the root evaluates the whole held-out sample alone
+  vo.world_size = 1;
   data::TokenLoader val(vo);
   LmLossStats tot;
   int64_t nb = 0;
@@ -420,7 +451,7 @@ void Run::checkpoint() {
 }
 
 void Run::loop() {
-  const int64_t per_step = tc.batch_size * tc.seq_len * tc.grad_accum;
+  const int64_t per_step = tc.batch_size * tc.seq_len * tc.grad_accum * comm->world();  // global
   const bool tty = ::isatty(1);
   const auto t0 = Clock::now();
   const int64_t start = step;
@@ -439,7 +470,7 @@ void Run::loop() {
     ++step;
     tokens += per_step;
     skipped += skip;
-    if (step % tc.log_every == 0 || step == tc.steps || skip) {
+    if (comm->is_root() && (step % tc.log_every == 0 || step == tc.steps || skip)) {
       json j = {{"step", step},          {"loss", loss}, {"ce", st.ce},   {"lr", lr}, {"grad_norm", gn},
                 {"skipped", skip},       {"tokens", tokens}, {"tokens_per_s", double(per_step) / dt},
                 {"peak_mem_gb", peak_memory_gb(device)}};
@@ -457,11 +488,11 @@ void Run::loop() {
       std::fflush(stdout);
     }
     const bool last = step == tc.steps;
-    if ((tc.eval_every > 0 && step % tc.eval_every == 0) || last) {
+    if (comm->is_root() && ((tc.eval_every > 0 && step % tc.eval_every == 0) || last)) {
       if (tty) std::printf("\n");
       evaluate();
     }
-    if ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last) checkpoint();
+    if (comm->is_root() && ((tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0) || last)) checkpoint();
     if (step == kill_at) std::raise(SIGKILL);
   }
   if (tty) std::printf("\n");
@@ -499,7 +530,8 @@ TrainSummary train(const JobConfig& job, Mode mode) {
   r.build_optimizer();
   r.resume();
   r.loop();
-  r.finish();
+  if (r.comm->is_root()) r.finish();
+  r.comm->barrier();  // no rank exits (tearing down the store) before the root has saved
   TrainSummary s;
   s.steps = r.step;
   s.tokens = r.tokens;
