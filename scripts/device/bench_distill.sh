@@ -2,7 +2,8 @@
 # Distillation throughput at the Mamba-2 1.3B geometry on the GPU machine (random teacher, random
 # token ids): the DF-SSM student and, in the same run, a plain (non-binarized) student as the
 # baseline. Needs a build in build-device (scripts/device/build_and_test.sh build).
-#   usage: scripts/device/bench_distill.sh [batch] [steps]     (defaults 4, 8)
+#   usage: [AC=all] scripts/device/bench_distill.sh [batch] [steps]     (defaults 4, 8)
+#   AC: distill.activation_checkpointing (none, all, or layer indices)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=${1:-4}
@@ -11,25 +12,14 @@ OUT=${OUT:-/tmp/dfssm-out}
 W=/tmp/dfssm-bench
 D=build-device/bin/dfssm
 mkdir -p $W "$OUT"
-if [ ! -f $W/data/manifest.json ]; then
-  python3 -c "import numpy as np; r=np.random.default_rng(0); a=r.integers(1,50277,4_000_000,dtype=np.uint16); a[::5000]=0; a.tofile('$W/ids.bin')"
-  cat > $W/data.yaml <<YAML
-output: $W/data
-overwrite: true
-sources: [{path: $W/ids.bin, dtype: uint16}]
-tokenizer: {type: none, vocab_size: 50277, eos_id: 0}
-val_fraction: 0.01
-YAML
-  $D data prepare $W/data.yaml --quiet || exit 1
-fi
-[ -f $W/teacher/DONE ] || { $D init -o $W/teacher --geometry mamba2-1.3b --dtype bf16 && touch $W/teacher/DONE; } || exit 1
+bash scripts/device/prep_13b.sh || exit 1
 cat > $W/job.yaml <<YAML
 run_dir: $W/run
 device: cuda
 data: {dir: $W/data, seq_len: 2048}
 teacher: {path: $W/teacher, dtype: bf16}
 distill: {steps: $STEPS, batch_size: $B, log_every: 1, eval_every: 0, eval_batches: 1, warmup_steps: 2,
-          checkpoint_every: 0, resume: none}
+          checkpoint_every: 0, resume: none, activation_checkpointing: ${AC:-none}}
 YAML
 $D distill $W/job.yaml --dry-run
 for variant in dfssm plain; do
