@@ -39,7 +39,8 @@ class NcclComm : public Comm {
   void allreduce_mean(const std::vector<at::Tensor>& ts) override {
     if (ts.empty()) return;
     std::vector<at::Tensor> parts;
-    for (const auto& t : ts) parts.push_back(t.detach().to(at::kFloat).reshape({-1}));
+    const at::Device dev(at::kCUDA, c10::DeviceIndex(local_rank_));  // small CPU tensors (stats) go along
+    for (const auto& t : ts) parts.push_back(t.detach().to(dev, at::kFloat).reshape({-1}));
     auto flat = at::cat(parts);
     const auto stream = at::cuda::getCurrentCUDAStream().stream();
     NCCL_OK(ncclAllReduce(flat.data_ptr(), flat.data_ptr(), size_t(flat.numel()), ncclFloat, ncclSum, comm_, stream));
