@@ -313,3 +313,36 @@ TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch
   }
   REQUIRE(std::sqrt(num / den) < 1e-4);
 }
+
+TEST_CASE("hidden-state MSE: value, layer selection, no gradient into the teacher", "[trainer][loss]") {
+  const auto s0 = rnd({2, 5, 8}, 1).requires_grad_(true), s1 = rnd({2, 5, 8}, 2).requires_grad_(true);
+  const auto t0 = rnd({2, 5, 8}, 3, 4.0), t1 = rnd({2, 5, 8}, 4).requires_grad_(true);
+  auto n = [](const at::Tensor& r) { return r / (r.pow(2).mean(-1, true) + 1e-6).sqrt(); };
+  const auto both = hidden_mse({s0, s1}, {t0, t1}, {true, true});
+  const double want = 0.5 * ((n(s0) - n(t0)).pow(2).mean().item<double>() + (n(s1) - n(t1)).pow(2).mean().item<double>());
+  REQUIRE(both.item<double>() == Approx(want).epsilon(1e-6));
+  const auto second = hidden_mse({s0, s1}, {t0, t1}, {false, true});
+  REQUIRE(second.item<double>() == Approx((n(s1) - n(t1)).pow(2).mean().item<double>()).epsilon(1e-6));
+  // Scale-free: scaling the teacher stream changes nothing.
+  REQUIRE(hidden_mse({s0}, {t0 * 10.0}, {true}).item<double>() == Approx(hidden_mse({s0}, {t0}, {true}).item<double>()).epsilon(1e-5));
+  both.backward();
+  REQUIRE(s0.grad().defined());
+  REQUIRE(!t1.grad().defined());
+}
+
+TEST_CASE("distill with the hidden-state term logs it and trains", "[trainer][loss]") {
+  Fixture fx;
+  const auto job = fx.job("hid");
+  REQUIRE(run_dfssm({"distill", job, "distill.hidden_mse=0.5", "distill.hidden_mse_layers=0,1", "distill.steps=3"}) == 0);
+  std::ifstream in(fx.root + "/hid/student/metrics.jsonl");
+  int n = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    REQUIRE(j.contains("hidden_mse"));
+    REQUIRE(j.at("hidden_mse").get<double>() > 0);
+    REQUIRE(j.at("loss").get<double>() > j.at("kl").get<double>() * 0.7 * 4.0);  // alpha T² KL + 0.5 MSE + CE part
+    ++n;
+  }
+  REQUIRE(n == 3);
+}

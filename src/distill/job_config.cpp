@@ -45,8 +45,10 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
   k("clip_grad_norm", 'f', "1.0", "clip the global gradient norm to this (0 = off)", 0, 1e9);
   k("spike_factor", 'f', "0", "skip the update when the grad norm exceeds this times its running mean (0 = off)", 0, 1e9);
   if (distill) {
-    k("alpha", 'f', "1.0", "loss = alpha·T²·KL(p_t^T || p_s^T) + (1-alpha)·CE(data)", 0, 1);
+    k("alpha", 'f', "1.0", "loss = alpha·T²·KL(p_t^T || p_s^T) + (1-alpha)·CE(data) + hidden_mse·MSE_hidden", 0, 1);
     k("temperature", 'f', "1.0", "distillation temperature T", 1e-3, 100);
+    k("hidden_mse", 'f', "0", "weight of the MSE between normalised student and teacher residual streams (0 = off)", 0, 1e6);
+    k("hidden_mse_layers", 's', "all", "layers whose output stream enters the hidden MSE: all, or indices like 0,11,23");
   }
   k("activation_checkpointing", 's', "none",
     "recompute block activations in the backward pass: none, all, or layer indices like 0,1,2");
@@ -215,7 +217,11 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
   t.grad_accum = I("grad_accum");
   t.seq_len = geti(m, "data.seq_len");
   t.lr = F("lr");
-  if (distill) t.lr_scales = F("lr_scales"), t.lr_other = F("lr_other"), t.alpha = F("alpha"), t.temperature = F("temperature");
+  if (distill) {
+    t.lr_scales = F("lr_scales"), t.lr_other = F("lr_other"), t.alpha = F("alpha"), t.temperature = F("temperature");
+    t.hidden_mse = F("hidden_mse");
+    t.hidden_mse_layers = m.at(sec + ".hidden_mse_layers");
+  }
   t.min_lr_ratio = F("min_lr_ratio");
   t.warmup_steps = I("warmup_steps");
   t.schedule = m.at(sec + ".schedule");
@@ -239,18 +245,32 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
 
 }  // namespace
 
-std::vector<bool> TrainConfig::recompute_layers(int64_t n_layer) const {
-  std::vector<bool> r(size_t(n_layer), activation_checkpointing == "all");
-  if (activation_checkpointing == "none" || activation_checkpointing == "all") return r;
-  std::stringstream ss(activation_checkpointing);
+namespace {
+// "none", "all" or a comma-separated list of layer indices -> one flag per layer.
+std::vector<bool> parse_layers(const std::string& spec, int64_t n_layer, const char* what) {
+  std::vector<bool> r(size_t(n_layer), spec == "all");
+  if (spec == "none" || spec == "all") return r;
+  std::stringstream ss(spec);
   for (std::string tok; std::getline(ss, tok, ',');) {
     if (tok.find_first_not_of(' ') == std::string::npos) continue;
     const long long i = std::stoll(tok);
-    DFSSM_CHECK(i >= 0 && i < n_layer, "activation_checkpointing: layer ", i, " does not exist (the model has ", n_layer,
-                " layers)");
+    DFSSM_CHECK(i >= 0 && i < n_layer, what, ": layer ", i, " does not exist (the model has ", n_layer, " layers)");
     r[size_t(i)] = true;
   }
   return r;
+}
+
+bool is_layer_list(const std::string& s) {
+  return s == "none" || s == "all" || s.find_first_not_of("0123456789, ") == std::string::npos;
+}
+}  // namespace
+
+std::vector<bool> TrainConfig::recompute_layers(int64_t n_layer) const {
+  return parse_layers(activation_checkpointing, n_layer, "activation_checkpointing");
+}
+
+std::vector<bool> TrainConfig::hidden_layers(int64_t n_layer) const {
+  return parse_layers(hidden_mse_layers, n_layer, "hidden_mse_layers");
 }
 
 const std::vector<KeySpec>& job_schema() {
@@ -321,11 +341,13 @@ JobConfig load_job(const std::string& path, const std::vector<std::pair<std::str
     errors->push_back(str(path, ": teacher.dtype ", j.teacher_dtype, " needs device: cuda (CPU runs the teacher in fp32)"));
   if (j.run_dir.empty()) errors->push_back(str(path, ": run_dir must not be empty"));
   for (const auto* t : {&j.pretrain, &j.distill}) {
-    const auto& ac = t->activation_checkpointing;
-    if (ac != "none" && ac != "all" && ac.find_first_not_of("0123456789, ") != std::string::npos)
+    if (!is_layer_list(t->activation_checkpointing))
       errors->push_back(str(path, ": activation_checkpointing must be none, all or a list of layer indices like 0,1,2 (got '",
-                            ac, "')"));
+                            t->activation_checkpointing, "')"));
   }
+  if (!is_layer_list(j.distill.hidden_mse_layers))
+    errors->push_back(str(path, ": distill.hidden_mse_layers must be all or a list of layer indices like 0,11,23 (got '",
+                          j.distill.hidden_mse_layers, "')"));
   return j;
 }
 

@@ -43,8 +43,11 @@ struct TrainConfig {
   double alpha = 0.0, temperature = 1.0;          // distill: alpha·T²·KL + (1-alpha)·CE
   int64_t kl_chunk = 1024;                        // tokens per LM-head chunk
   std::string activation_checkpointing = "none";  // none | all | "0,1,2"
+  double hidden_mse = 0;                          // distill: weight of the hidden-state term
+  std::string hidden_mse_layers = "all";          // all | "0,1,2"
   // Which of n_layer layers recompute their activations in backward. Throws on a bad index.
   std::vector<bool> recompute_layers(int64_t n_layer) const;
+  std::vector<bool> hidden_layers(int64_t n_layer) const;  // the hidden_mse layers
   int64_t log_every = 10, eval_every = 0, eval_batches = 8;
   int64_t checkpoint_every = 0, keep_checkpoints = 2;
   std::string resume = "auto";  // auto | none | <checkpoint dir>

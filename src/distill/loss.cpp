@@ -125,4 +125,24 @@ at::Tensor lm_loss_reference(const at::Tensor& h_s, const at::Tensor& w_s, const
   return loss;
 }
 
+at::Tensor hidden_mse(const std::vector<at::Tensor>& student, const std::vector<at::Tensor>& teacher,
+                      const std::vector<bool>& layers) {
+  DFSSM_ASSERT(student.size() == teacher.size() && student.size() == layers.size(), "hidden_mse: ", student.size(),
+               " student and ", teacher.size(), " teacher streams for ", layers.size(), " layers");
+  auto norm = [](const at::Tensor& r) {
+    const auto x = r.to(at::kFloat);
+    return x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-6);
+  };
+  at::Tensor sum;
+  int64_t n = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (!layers[i]) continue;
+    const auto t = (norm(student[i]) - norm(teacher[i].detach())).pow(2).mean();
+    sum = sum.defined() ? sum + t : t;
+    ++n;
+  }
+  DFSSM_ASSERT(n > 0, "hidden_mse: no layer selected");
+  return sum / double(n);
+}
+
 }  // namespace dfssm::distill

@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace dfssm::distill {
 
@@ -31,6 +32,7 @@ struct LmLossStats {
   double ce = 0;     // mean student CE
   double top1 = 0;   // fraction of tokens where argmax student == argmax teacher
   double teacher_ce = 0;  // mean teacher CE (with a teacher)
+  double hidden = 0;      // the hidden-state MSE term (trainer; 0 when off)
   int64_t tokens = 0;
 };
 
@@ -44,5 +46,12 @@ at::Tensor lm_loss(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tenso
 // tested against).
 at::Tensor lm_loss_reference(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t,
                              const at::Tensor& w_t, const at::Tensor& targets, double alpha, double temperature);
+
+// The hidden-state term: mean over the selected layers of
+//   mean_{tokens, features} ( n(r_s) - n(r_t) )²,   n(r) = r / sqrt(mean(r²) + 1e-6) per token,
+// where r_s, r_t are the student's and teacher's residual streams after each block (the
+// normalisation makes the term scale-free; the teacher side carries no gradient).
+at::Tensor hidden_mse(const std::vector<at::Tensor>& student, const std::vector<at::Tensor>& teacher,
+                      const std::vector<bool>& layers);
 
 }  // namespace dfssm::distill

@@ -47,7 +47,8 @@ using Clock = std::chrono::steady_clock;
 
 const char* kLossDefinition =
     "loss = mean over tokens of alpha*T^2*KL(softmax(z_t/T) || softmax(z_s/T)) + (1-alpha)*CE(softmax(z_s), y); "
-    "KL summed over the (padded) vocabulary; pretrain: alpha = 0";
+    "KL summed over the (padded) vocabulary; plus hidden_mse * mean over the selected layers of "
+    "mean((n(r_s) - n(r_t))^2), n(r) = r / rms(r) per token, r = residual stream after the block; pretrain: alpha = 0";
 
 // ---- small helpers ------------------------------------------------------------------------------
 
@@ -338,18 +339,25 @@ double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, d
   for (int64_t i = 0; i < n; ++i) {
     const auto x = to_ids(batches[i], true), y = to_ids(batches[i], false).view({-1});
     at::Tensor ht, wt;
+    const bool hid = distill() && tc.hidden_mse > 0;
+    std::vector<at::Tensor> rt, rs;
     if (distill()) {
       at::NoGradGuard ng;
-      ht = teacher->forward_hidden(x);
+      ht = teacher->forward_hidden(x, nullptr, hid ? &rt : nullptr);
       ht = ht.reshape({-1, ht.size(-1)});
       wt = teacher->lm_weight();
     }
     at::Tensor loss;
     {
       AutocastGuard ac(device.is_cuda());
-      auto hs = trained->forward_hidden(x);
+      auto hs = trained->forward_hidden(x, nullptr, hid ? &rs : nullptr);
       LmLossStats s;
       loss = lm_loss(hs.reshape({-1, hs.size(-1)}), trained->lm_weight(), ht, wt, y, lo, &s);
+      if (hid) {
+        const auto h = hidden_mse(rs, rt, tc.hidden_layers(trained->config().n_layer));
+        acc.hidden += h.item<double>() / double(n);
+        loss = loss + h * tc.hidden_mse;
+      }
       acc.kl += s.kl / double(n), acc.ce += s.ce / double(n), acc.top1 += s.top1 / double(n);
       acc.teacher_ce += s.teacher_ce / double(n);
     }
@@ -363,11 +371,11 @@ double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, d
         if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
         grads.push_back(p.grad());
       }
-    auto stats = at::tensor({loss_sum, acc.kl, acc.ce, acc.top1, acc.teacher_ce}, at::kDouble).to(at::kFloat);
+    auto stats = at::tensor({loss_sum, acc.kl, acc.ce, acc.top1, acc.teacher_ce, acc.hidden}, at::kDouble).to(at::kFloat);
     grads.push_back(stats);
     comm->allreduce_mean(grads);
     loss_sum = stats[0].item<double>(), acc.kl = stats[1].item<double>(), acc.ce = stats[2].item<double>();
-    acc.top1 = stats[3].item<double>(), acc.teacher_ce = stats[4].item<double>();
+    acc.top1 = stats[3].item<double>(), acc.teacher_ce = stats[4].item<double>(), acc.hidden = stats[5].item<double>();
   }
   *st = acc;
   *gn = opt->clip_grad_norm(tc.clip_grad_norm);
@@ -476,6 +484,7 @@ void Run::loop() {
                 {"skipped", skip},       {"tokens", tokens}, {"tokens_per_s", double(per_step) / dt},
                 {"peak_mem_gb", peak_memory_gb(device)}};
       if (distill()) j["kl"] = st.kl, j["top1"] = st.top1, j["teacher_ce"] = st.teacher_ce;
+      if (distill() && tc.hidden_mse > 0) j["hidden_mse"] = st.hidden;
       const double flops = 6.0 * double(trained->config().num_params()) * double(per_step) / dt;
       j["tflops"] = flops / 1e12;
       if (device.is_cuda()) j["mfu"] = flops / 989e12;  // H100 dense bf16 peak

@@ -234,21 +234,25 @@ at::Tensor Mamba2Model::lm_weight() const {
   return embedding_transform ? embedding_transform(lm_head) : lm_head;
 }
 
-at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* state) const {
+at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* state,
+                                       std::vector<at::Tensor>* residuals) const {
   DFSSM_CHECK(ids.dim() == 2, "forward expects token ids of shape (batch, length), got rank ", ids.dim());
   DFSSM_CHECK(!state || int64_t(state->layers.size()) == cfg_.n_layer, "inference state has ",
               state ? state->layers.size() : 0, " layers, model has ", cfg_.n_layer);
   const auto res_dtype = cfg_.residual_in_fp32 ? at::kFloat : dtype();
   auto hidden = embed(ids);
   at::Tensor residual;
+  if (residuals) residuals->clear();
   for (size_t i = 0; i < layers.size(); ++i) {
     residual = residual.defined() ? residual + hidden.to(res_dtype) : hidden.to(res_dtype);
+    if (residuals && i > 0) residuals->push_back(residual);  // the stream after block i-1
     const bool recompute = !state && i < recompute_layers.size() && recompute_layers[i] && at::GradMode::is_enabled();
     hidden = recompute ? recomputed_block(*this, i, residual)
                        : mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w),
                                        state ? &state->layers[i] : nullptr);
   }
   residual = residual + hidden.to(res_dtype);
+  if (residuals) residuals->push_back(residual);
   if (state) state->seqlen += ids.size(1);
   return rmsnorm(residual, norm_f);
 }

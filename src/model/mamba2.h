@@ -86,7 +86,10 @@ class Mamba2Model {
 
   // forward() without the LM head: the final normed hidden states (b, l, d_model). The trainer
   // applies lm_weight() itself, in chunks (src/distill/loss.h).
-  at::Tensor forward_hidden(const at::Tensor& ids, InferenceState* state = nullptr) const;
+  // With `residuals`, also returns the residual stream after each block (n_layer tensors,
+  // (b, l, d_model) in the residual dtype), for the hidden-state distillation term.
+  at::Tensor forward_hidden(const at::Tensor& ids, InferenceState* state = nullptr,
+                            std::vector<at::Tensor>* residuals = nullptr) const;
   // The LM head weight as the forward pass uses it (the tied embedding, fake-quantized for a student).
   at::Tensor lm_weight() const;
 
