@@ -52,23 +52,30 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x_in, const at::
     return at::cat({t, at::zeros(s, t.options())}, 1);
   };
   const auto dt = padl(dt_in);
+  const int64_t g = B_in.size(2), hg = h / g;  // heads per group: B and C are shared by hg heads
   // ssd_minimal's discretisation: X = x*dt, A = A*dt.
   const auto X = padl(x_in * dt_in.unsqueeze(-1)).view({b, nc, chunk, h, p});
   const auto Adt = (dt * A.view({1, 1, h})).view({b, nc, chunk, h}).permute({0, 3, 1, 2});  // (b,h,c,l)
-  const auto Bh = padl(groups_to_heads(B_in, h)).view({b, nc, chunk, h, n});
-  const auto Ch = padl(groups_to_heads(C_in, h)).view({b, nc, chunk, h, n});
+  const auto Bg = padl(B_in).view({b, nc, chunk, g, n}).permute({0, 1, 3, 2, 4});          // (b,c,g,l,n)
+  const auto Cg = padl(C_in).view({b, nc, chunk, g, n}).permute({0, 1, 3, 2, 4});          // (b,c,g,l,n)
   const auto A_cumsum = at::cumsum(Adt, -1);  // (b,h,c,l)
 
   // 1. Diagonal blocks: y_l = sum_{s<=l} (C_l·B_s) exp(sum_{s<k<=l} A_k) X_s.
-  const auto Lmat = at::exp(segsum(Adt));                                                   // (b,h,c,l,s)
-  const auto CB = at::matmul(Ch.permute({0, 1, 3, 2, 4}), Bh.permute({0, 1, 3, 4, 2}));     // (b,c,h,l,s)
-  const auto M = CB * Lmat.permute({0, 2, 1, 3, 4});                                          // (b,c,h,l,s)
-  const auto Y_diag = at::matmul(M, X.permute({0, 1, 3, 2, 4}));                              // (b,c,h,l,p)
+  //    C·Bᵀ is computed once per group, not per head. The decay exp(A_cs[l] - A_cs[s]) is the
+  //    form mamba_ssm's kernels use: one subtraction of in-chunk cumsums (fp32), no (l x l) cumsum.
+  const auto CB = at::matmul(Cg, Bg.transpose(-1, -2));                                      // (b,c,g,l,s)
+  const auto acs = A_cumsum.permute({0, 2, 1, 3});                                             // (b,c,h,l)
+  const auto causal = at::tril(at::ones({chunk, chunk}, acs.options().dtype(at::kBool)));
+  const auto Lmat = at::exp((acs.unsqueeze(-1) - acs.unsqueeze(-2))
+                                .masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()));  // (b,c,h,l,s)
+  const auto M = (Lmat.view({b, nc, g, hg, chunk, chunk}) * CB.unsqueeze(3)).view({b, nc, h, chunk, chunk});
+  const auto Y_diag = at::matmul(M, X.permute({0, 1, 3, 2, 4}));                               // (b,c,h,l,p)
 
-  // 2. Each chunk's own contribution to the state at its end.
-  const auto decay_states = at::exp(A_cumsum.narrow(-1, chunk - 1, 1) - A_cumsum);          // (b,h,c,l)
-  const auto Xd = X * decay_states.permute({0, 2, 3, 1}).unsqueeze(-1);                       // (b,c,l,h,p)
-  const auto states = at::matmul(Xd.permute({0, 1, 3, 4, 2}), Bh.permute({0, 1, 3, 2, 4}));   // (b,c,h,p,n)
+  // 2. Each chunk's own contribution to the state at its end, one matmul per group.
+  const auto decay_states = at::exp(A_cumsum.narrow(-1, chunk - 1, 1) - A_cumsum);           // (b,h,c,l)
+  const auto Xd = X * decay_states.permute({0, 2, 3, 1}).unsqueeze(-1);                        // (b,c,l,h,p)
+  const auto states = at::matmul(Xd.reshape({b, nc, chunk, g, hg * p}).permute({0, 1, 3, 4, 2}), Bg)
+                          .view({b, nc, h, p, n});                                             // (b,c,h,p,n)
 
   // 3. Recurrence over chunks: state entering chunk c = sum_{z<=c} decay(z->c) * states_z.
   const auto init = initial_state.defined() ? initial_state.to(x_in.scalar_type()).unsqueeze(1)
@@ -81,11 +88,15 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x_in, const at::
   const auto entering = new_states.narrow(2, 0, nc);                                          // (b,h,c,p,n)
   const auto final_state = new_states.select(2, nc);                                          // (b,h,p,n)
 
-  // 4. Off-diagonal part: y_l += exp(A_cumsum_l) * C_l · state_entering.
-  const auto Cs = at::matmul(Ch.permute({0, 3, 1, 2, 4}), entering.transpose(-1, -2));        // (b,h,c,l,p)
-  const auto Y_off = Cs * at::exp(A_cumsum).unsqueeze(-1);                                      // (b,h,c,l,p)
+  // 4. Off-diagonal part: y_l += exp(A_cumsum_l) * C_l · state_entering, one matmul per group.
+  const auto ent = entering.permute({0, 2, 1, 3, 4}).reshape({b, nc, g, hg * p, n});          // (b,c,g,hg*p,n)
+  const auto Cs = at::matmul(Cg, ent.transpose(-1, -2))                                        // (b,c,g,l,hg*p)
+                      .view({b, nc, g, chunk, hg, p})
+                      .permute({0, 1, 3, 2, 4, 5})
+                      .reshape({b, nc, chunk, h, p});                                          // (b,c,l,h,p)
+  const auto Y_off = Cs * at::exp(A_cumsum).permute({0, 2, 3, 1}).unsqueeze(-1);               // (b,c,l,h,p)
 
-  const auto Y = Y_diag.permute({0, 1, 3, 2, 4}) + Y_off.permute({0, 2, 3, 1, 4});           // (b,c,l,h,p)
+  const auto Y = Y_diag.permute({0, 1, 3, 2, 4}) + Y_off;                                       // (b,c,l,h,p)
   return {Y.reshape({b, nc * chunk, h, p}).narrow(1, 0, l), final_state};
 }
 
