@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/io_util.h"
 
 namespace dfssm {
 
@@ -114,21 +115,7 @@ void parse_safetensors_header(const std::string& path, const char* json, size_t 
 SafeTensorsFile SafeTensorsFile::open(const std::string& path) {
   SafeTensorsFile f;
   f.path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  DFSSM_CHECK(fd >= 0, path, ": cannot open (", std::strerror(errno), ")");
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(str(path, ": not a regular file"));
-  }
-  f.size_ = uint64_t(st.st_size);
-  if (f.size_ < 8) {
-    ::close(fd);
-    throw Error(str(path, ": ", f.size_, " bytes is too short for a safetensors file (truncated?)"));
-  }
-  void* m = mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  DFSSM_CHECK(m != MAP_FAILED, path, ": mmap failed (", std::strerror(errno), ")");
+  void* m = map_readonly(path, 8, "safetensors file", &f.size_);
   f.map_ = m;
   const auto* base = static_cast<const uint8_t*>(m);
   const uint64_t n = read_le64(base);

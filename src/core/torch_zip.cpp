@@ -12,6 +12,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/io_util.h"
 
 namespace dfssm {
 
@@ -644,21 +645,7 @@ class Unpickler {
 TorchZipFile TorchZipFile::open(const std::string& path) {
   TorchZipFile f;
   f.path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  DFSSM_CHECK(fd >= 0, path, ": cannot open (", std::strerror(errno), ")");
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(str(path, ": not a regular file"));
-  }
-  f.size_ = uint64_t(st.st_size);
-  if (f.size_ < 22) {
-    ::close(fd);
-    throw Error(str(path, ": ", f.size_, " bytes is too short for a torch.save zip archive (truncated?)"));
-  }
-  void* m = mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  DFSSM_CHECK(m != MAP_FAILED, path, ": mmap failed (", std::strerror(errno), ")");
+  void* m = map_readonly(path, 22, "torch.save zip archive", &f.size_);
   f.map_ = m;  // owned by f from here: unmapped by its destructor if validation throws
   const Bytes b{static_cast<const uint8_t*>(m), f.size_, &f.path_};
   const auto zip = read_zip(b);

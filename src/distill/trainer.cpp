@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/io_util.h"
 #include "dfssm_git_rev.h"
 #include "core/safetensors.h"
 #include "distill/data/loader.h"
@@ -70,42 +71,6 @@ double peak_memory_gb(at::Device dev) {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return double(ru.ru_maxrss) / (1024.0 * 1024.0);  // ru_maxrss is KiB on Linux
-}
-
-std::string base64_bytes(const uint8_t* p, size_t n) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string o;
-  for (size_t i = 0; i < n; i += 3) {
-    uint32_t v = uint32_t(p[i]) << 16 | (i + 1 < n ? uint32_t(p[i + 1]) << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
-    o += t[(v >> 18) & 63];
-    o += t[(v >> 12) & 63];
-    o += i + 1 < n ? t[(v >> 6) & 63] : '=';
-    o += i + 2 < n ? t[v & 63] : '=';
-  }
-  return o;
-}
-
-std::vector<uint8_t> unbase64(const std::string& s) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    return c == '+' ? 62 : c == '/' ? 63 : -1;
-  };
-  std::vector<uint8_t> o;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : s) {
-    const int v = val(c);
-    if (v < 0) continue;
-    acc = acc << 6 | uint32_t(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      o.push_back(uint8_t(acc >> bits));
-    }
-  }
-  return o;
 }
 
 // Copies every tensor of a safetensors file into `params` by name (strict both ways).
@@ -286,7 +251,7 @@ void Run::resume() {
     load_params(trained->named_parameters(), from + (distill() ? "/student.safetensors" : "/model.safetensors"));
     opt->load_state(load_tensors(from + "/optim.safetensors"));
     loader->restore(data::Cursor::from_json(state.at("cursor").dump()));
-    const auto rng = unbase64(state.at("rng_cpu").get<std::string>());
+    const auto rng = base64_decode(state.at("rng_cpu").get<std::string>());
     auto t = at::empty({int64_t(rng.size())}, at::kByte);
     std::memcpy(t.data_ptr(), rng.data(), rng.size());
     auto gen = at::detail::getDefaultCPUGenerator();  // a handle sharing the global generator
@@ -442,7 +407,7 @@ void Run::checkpoint() {
   json st = {{"step", step},     {"tokens", tokens},
              {"skipped", skipped}, {"gn_ema", gn_ema},
              {"cursor", json::parse(loader->cursor().to_json())},
-             {"rng_cpu", base64_bytes(rng.data_ptr<uint8_t>(), size_t(rng.numel()))},
+             {"rng_cpu", base64_encode(rng.data_ptr<uint8_t>(), size_t(rng.numel()))},
              {"schedule", tc.schedule}, {"lr_factor", lr_at(tc, step)},
              {"config", job.flat},     {"git", DFSSM_GIT_REV}};
   write_file_atomic((tmp / "state.json").string(), st.dump(2));

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/io_util.h"
 #include "dfssm_git_rev.h"
 #include "core/safetensors.h"
 #include "model/checkpoint.h"
@@ -33,24 +34,6 @@ void install_embedding_fake_quant(Mamba2Model& m, const QuantConfig& q) {
   else m.embedding_transform = [](const at::Tensor& e) { return fake_fp16(e); };
 }
 
-std::string base64(const std::string& in) {
-  static const char* tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    const uint32_t v = uint32_t(uint8_t(in[i])) << 16 | uint32_t(uint8_t(in[i + 1])) << 8 | uint8_t(in[i + 2]);
-    for (int s = 18; s >= 0; s -= 6) out += tbl[(v >> s) & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = uint32_t(uint8_t(in[i])) << 16;
-    if (i + 1 < in.size()) v |= uint32_t(uint8_t(in[i + 1])) << 8;
-    out += tbl[(v >> 18) & 63];
-    out += tbl[(v >> 12) & 63];
-    out += i + 1 < in.size() ? tbl[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
 }  // namespace
 
 std::vector<std::shared_ptr<ScaffoldLinear>> Student::scaffolds() const {
@@ -172,7 +155,7 @@ std::map<std::string, std::string> packed_metadata(const Student& s) {
   if (s.meta.count("tokenizer_path") && !s.meta.at("tokenizer_path").empty()) {
     const auto& p = s.meta.at("tokenizer_path");
     DFSSM_CHECK(fs::exists(p), "tokenizer model '", p, "' not found (pass --tokenizer with an existing .model)");
-    m["tokenizer_model"] = base64(read_text_file(p));
+    m["tokenizer_model"] = base64_encode(read_text_file(p));
   }
   return m;
 }
