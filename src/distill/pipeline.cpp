@@ -29,33 +29,14 @@ using json = nlohmann::ordered_json;
 namespace dfssm::distill {
 
 LmEval evaluate_pair(const Mamba2Model& teacher, const Mamba2Model& student, const std::string& dataset_dir,
-                     int64_t seq_len, int64_t batch, int64_t max_batches, at::Device device) {
-  at::NoGradGuard ng;
+                     int64_t seq_len, int64_t batch, int64_t max_batches) {
   data::LoaderOptions lo;
   lo.dir = dataset_dir;
   lo.seq_len = seq_len;
   lo.batch_size = batch;
-  lo = data::validation_options(lo);
-  lo.prefetch = 0;
-  data::TokenLoader val(lo);
-  LmEval r;
-  data::Batch b;
-  for (int64_t nb = 0; (max_batches == 0 || nb < max_batches) && val.next(&b); ++nb) {
-    auto all = at::from_blob(b.tokens.data(), {b.rows, b.cols}, at::kInt).to(at::kLong).to(device);
-    const auto x = all.narrow(1, 0, b.cols - 1).contiguous(), y = all.narrow(1, 1, b.cols - 1).reshape({-1});
-    auto ht = teacher.forward_hidden(x);
-    auto hs = student.forward_hidden(x);
-    LmLossStats s;
-    lm_loss(hs.reshape({-1, hs.size(-1)}), student.lm_weight(), ht.reshape({-1, ht.size(-1)}), teacher.lm_weight(), y,
-            {1.0, 1.0, 1024, at::kFloat}, &s);
-    const double n = double(s.tokens);
-    r.teacher_ce += s.teacher_ce * n, r.student_ce += s.ce * n, r.kl += s.kl * n, r.top1 += s.top1 * n;
-    r.tokens += s.tokens;
-  }
+  const auto r = evaluate_lm(&teacher, student, data::validation_options(lo), max_batches, 1024, false);
   DFSSM_CHECK(r.tokens > 0, dataset_dir, ": the validation split is empty or shorter than one window of ", seq_len + 1,
               " tokens (raise val_fraction or lower data.seq_len)");
-  const double n = double(r.tokens);
-  r.teacher_ce /= n, r.student_ce /= n, r.kl /= n, r.top1 /= n;
   return r;
 }
 
@@ -152,8 +133,8 @@ int run_pipeline(const JobConfig& job) {
   const auto teacher = load_model(job.teacher_dir(), at::kFloat, dev);
   const auto init_only = quant::make_student(*teacher, job.quant, job.seed, dev);
   const int64_t L = job.distill.seq_len, B = job.distill.batch_size, nb = job.distill.eval_batches;
-  const auto ev = evaluate_pair(*teacher, *student->model, job.dataset_dir(), L, B, nb, dev);
-  const auto ev0 = evaluate_pair(*teacher, *init_only->model, job.dataset_dir(), L, B, nb, dev);
+  const auto ev = evaluate_pair(*teacher, *student->model, job.dataset_dir(), L, B, nb);
+  const auto ev0 = evaluate_pair(*teacher, *init_only->model, job.dataset_dir(), L, B, nb);
   const auto tfile = locate_checkpoint(job.teacher_dir()).weights;
   const double teacher_mb = double(teacher->config().num_params()) * 2 / 1e6;  // as fp16
   std::printf("\nheld-out: %lld tokens, windows of %lld\n", (long long)ev.tokens, (long long)L);

@@ -6,20 +6,16 @@
 
 #include <string>
 
+#include "distill/evaluate.h"
 #include "distill/job_config.h"
 #include "model/mamba2.h"
 
 namespace dfssm::distill {
 
-struct LmEval {
-  double teacher_ce = 0, student_ce = 0, kl = 0, top1 = 0;
-  int64_t tokens = 0;
-};
-
 // Held-out evaluation of `student` against `teacher` on the dataset's val split (windows of
 // seq_len, in order; max_batches 0 = all).
 LmEval evaluate_pair(const Mamba2Model& teacher, const Mamba2Model& student, const std::string& dataset_dir,
-                     int64_t seq_len, int64_t batch, int64_t max_batches, at::Device device);
+                     int64_t seq_len, int64_t batch, int64_t max_batches);
 
 // Samples `n` tokens after `prompt` (top-k, temperature; seeded) and returns the decoded text.
 std::string sample_text(const Mamba2Model& model, const std::string& dataset_dir, const std::string& prompt, int64_t n,

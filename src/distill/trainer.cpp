@@ -30,6 +30,7 @@
 #include "distill/data/manifest.h"
 #include "distill/data/sha256.h"
 #include "distill/dist.h"
+#include "distill/evaluate.h"
 #include "distill/loss.h"
 #include "distill/optim.h"
 #include "model/checkpoint.h"
@@ -280,22 +281,6 @@ at::Tensor Run::to_ids(const data::Batch& b, bool inputs) const {
   return (inputs ? all.narrow(1, 0, b.cols - 1) : all.narrow(1, 1, b.cols - 1)).contiguous().to(device);
 }
 
-struct AutocastGuard {  // bf16 autocast on CUDA for the student forward
-  bool on;
-  explicit AutocastGuard(bool enable) : on(enable) {
-    if (on) {
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    }
-  }
-  ~AutocastGuard() {
-    if (on) {
-      at::autocast::set_autocast_enabled(at::kCUDA, false);
-      at::autocast::clear_cache();
-    }
-  }
-};
-
 double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, double* gn, bool* skip) {
   LmLossOptions lo{distill() ? tc.alpha : 0.0, tc.temperature, tc.kl_chunk,
                    device.is_cuda() ? at::kBFloat16 : at::kFloat};
@@ -355,37 +340,14 @@ double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, d
 }
 
 void Run::evaluate() {
-  at::NoGradGuard ng;
   data::LoaderOptions vo = data::validation_options(loader->options());
-  vo.prefetch = 0;
   vo.rank = 0;  // the root evaluates the whole held-out sample alone
   vo.world_size = 1;
-  data::TokenLoader val(vo);
-  LmLossStats tot;
-  int64_t nb = 0;
-  data::Batch b;
-  while ((tc.eval_batches == 0 || nb < tc.eval_batches) && val.next(&b)) {
-    const auto x = to_ids(b, true), y = to_ids(b, false).view({-1});
-    at::Tensor ht, wt;
-    if (distill()) {
-      ht = teacher->forward_hidden(x);
-      ht = ht.reshape({-1, ht.size(-1)});
-      wt = teacher->lm_weight();
-    }
-    AutocastGuard ac(device.is_cuda());
-    const auto hs = trained->forward_hidden(x);
-    LmLossStats s;
-    lm_loss(hs.reshape({-1, hs.size(-1)}), trained->lm_weight(), ht, wt, y,
-            {distill() ? 1.0 : 0.0, 1.0, tc.kl_chunk, at::kFloat}, &s);
-    tot.kl += s.kl * double(s.tokens), tot.ce += s.ce * double(s.tokens), tot.top1 += s.top1 * double(s.tokens);
-    tot.teacher_ce += s.teacher_ce * double(s.tokens);
-    tot.tokens += s.tokens;
-    ++nb;
-  }
-  if (tot.tokens == 0) return;
-  const double n = double(tot.tokens);
-  json e = {{"step", step}, {"event", "eval"}, {"tokens", tot.tokens}, {"student_ce", tot.ce / n}};
-  if (distill()) e["teacher_ce"] = tot.teacher_ce / n, e["kl"] = tot.kl / n, e["top1"] = tot.top1 / n;
+  const auto r = evaluate_lm(distill() ? teacher.get() : nullptr, *trained, vo, tc.eval_batches, tc.kl_chunk,
+                             device.is_cuda());
+  if (r.tokens == 0) return;
+  json e = {{"step", step}, {"event", "eval"}, {"tokens", r.tokens}, {"student_ce", r.student_ce}};
+  if (distill()) e["teacher_ce"] = r.teacher_ce, e["kl"] = r.kl, e["top1"] = r.top1;
   log(e);
   std::printf("eval @ %lld: %s\n", (long long)step, e.dump().c_str());
 }
