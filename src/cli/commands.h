@@ -15,11 +15,16 @@ int cmd_info(int argc, char** argv);
 extern const char* const kInfoUsage;
 int cmd_inspect(int argc, char** argv);
 extern const char* const kInspectUsage;
+// The runtime (no LibTorch): generation and benchmarks. `bench --engine torch` forwards to
+// cmd_bench_torch when LibTorch is built in.
+int cmd_generate(int argc, char** argv);
+extern const char* const kGenerateUsage;
+int cmd_bench(int argc, char** argv);
+extern const char* const kBenchUsage;
 #ifdef DFSSM_WITH_TORCH
 int cmd_init(int argc, char** argv);
 extern const char* const kInitUsage;
-int cmd_bench(int argc, char** argv);
-extern const char* const kBenchUsage;
+int cmd_bench_torch(int argc, char** argv);
 int cmd_quantize(int argc, char** argv);
 extern const char* const kQuantizeUsage;
 int cmd_export(int argc, char** argv);

@@ -15,9 +15,10 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> cmds = {
       {"info", "show a checkpoint's config, parameter groups, dtypes and bytes", kInfoUsage, cmd_info},
       {"inspect", "size accounting of a packed file, or of a geometry + quant config", kInspectUsage, cmd_inspect},
+      {"generate", "generate text with a packed model on the runtime (no LibTorch)", kGenerateUsage, cmd_generate},
+      {"bench", "time the runtime (or, with --engine torch, the LibTorch model)", kBenchUsage, cmd_bench},
 #ifdef DFSSM_WITH_TORCH
       {"init", "write a randomly initialised Mamba-2 checkpoint (mamba_ssm init)", kInitUsage, cmd_init},
-      {"bench", "time prefill and decode of the LibTorch model", kBenchUsage, cmd_bench},
       {"quantize", "initialise a DF-SSM student from a teacher (no training)", kQuantizeUsage, cmd_quantize},
       {"export", "pack a student checkpoint into a .dfssm.safetensors file", kExportUsage, cmd_export},
       {"pretrain", "train a full-precision Mamba-2 teacher (cross-entropy) from a job YAML", kTrainUsage, cmd_pretrain},

@@ -1,0 +1,102 @@
+#include "runtime/thread_pool.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define DFSSM_PAUSE() _mm_pause()
+#else
+#define DFSSM_PAUSE() std::this_thread::yield()
+#endif
+
+namespace dfssm::runtime {
+
+namespace {
+// Spin iterations before a worker sleeps: ~50-100 us on current CPUs, longer than the gap
+// between two kernels of a decode step, so workers stay awake for the whole step.
+constexpr int kSpinIters = 20000;
+}  // namespace
+
+ThreadPool::ThreadPool(int threads) {
+  if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+    generation_.fetch_add(1);
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::work_items() {
+  for (;;) {
+    const int i = next_.fetch_add(1, std::memory_order_acq_rel);
+    if (i >= n_) break;
+    (*fn_)(i);
+    done_.fetch_add(1, std::memory_order_release);
+  }
+}
+
+void ThreadPool::worker(int) {
+  uint64_t seen = 0;
+  for (;;) {
+    int spins = 0;
+    while (generation_.load(std::memory_order_acquire) == seen) {
+      if (++spins < kSpinIters) {
+        DFSSM_PAUSE();
+        continue;
+      }
+      std::unique_lock<std::mutex> lk(mu_);
+      sleepers_.fetch_add(1);
+      cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      sleepers_.fetch_sub(1);
+      break;
+    }
+    seen = generation_.load(std::memory_order_acquire);
+    if (stop_) return;
+    work_items();
+  }
+}
+
+void ThreadPool::run(int n, const std::function<void(int)>& fn) {
+  if (n <= 0) return;
+  if (workers_.empty() || n == 1) {
+    for (int i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  fn_ = &fn;
+  n_ = n;
+  done_.store(0, std::memory_order_relaxed);
+  next_.store(0, std::memory_order_release);  // publishes fn_/n_ to a late worker
+  {
+    // The generation bump publishes fn_/n_ (release); take the lock only to wake sleepers.
+    if (sleepers_.load() > 0) {
+      std::lock_guard<std::mutex> lk(mu_);
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+    } else {
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+  if (sleepers_.load() > 0) cv_.notify_all();
+  work_items();
+  while (done_.load(std::memory_order_acquire) < n) DFSSM_PAUSE();
+}
+
+void ThreadPool::parallel_ranges(int64_t total, int64_t align, const std::function<void(int64_t, int64_t)>& fn) {
+  if (total <= 0) return;
+  DFSSM_ASSERT(align >= 1, "align ", align);
+  const int64_t units = (total + align - 1) / align;
+  const int parts = int(std::min<int64_t>(size(), units));
+  run(parts, [&](int p) {
+    const int64_t b = units * p / parts * align, e = std::min(total, units * (p + 1) / parts * align);
+    if (b < e) fn(b, e);
+  });
+}
+
+}  // namespace dfssm::runtime

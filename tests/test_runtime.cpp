@@ -1,0 +1,347 @@
+// The runtime against the trainer: a student exported to a packed file and run by the
+// LibTorch-free runtime must give the LibTorch fake-quant student's logits (prefill, then 32
+// decode steps), on every CPU ISA this machine has. Plus the engine's own properties: token-by-
+// token decode equals chunked prefill, batched sequences equal single ones, state save/restore,
+// reset, and bad input (truncated / corrupted / wrong-version files, ids outside the vocabulary).
+//
+// Tolerance: the runtime keeps activations and the SSM state in fp32, like the trainer's fp32
+// student, and the weights are bit-identical (docs/format.md). What differs is summation order
+// (fp32 dot products of length <= 2 * d_inner, in another order) and exp/log implementations,
+// ~1e-6 relative per op; through a few layers and the LM head that stays below 1e-5. We assert
+// 1e-4 (relative L2 per position) to leave room for the fp32 SSM recurrence over 64+ steps.
+// fp16 SSM state rounds the state to 11 bits every step: ~1e-3 relative; asserted < 2e-2.
+// int8 activations (VNNI sign GEMM) quantize b ⊙ x per token to 8 bits: asserted < 5e-2.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "catch_compat.h"
+#include "kernels/cpu/isa.h"
+#include "model_test_util.h"
+#include "quant/student.h"
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+#include "runtime/session.h"
+#include "test_util.h"
+
+using namespace dfssm;
+using dfssm::test::contains;
+using dfssm::test::error_of;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string tmp_path(const std::string& name) {
+  const auto d = fs::temp_directory_path() / ("dfssm_test_runtime_" + std::to_string(::getpid()));
+  fs::create_directories(d);
+  return (d / name).string();
+}
+
+Mamba2Config small_config(int64_t ngroups) {
+  auto c = Mamba2Config::geometry("test");
+  c.d_model = 64;
+  c.n_layer = 3;
+  c.vocab_size = 250;  // padded to 256
+  c.ngroups = ngroups;
+  return c;
+}
+
+struct Exported {
+  std::unique_ptr<quant::Student> student;
+  std::string path;
+};
+
+// A student initialised from a random teacher, with its latents/fields nudged by noise (so the
+// test does not only see an init-only student), exported to a packed file.
+Exported make_exported(const Mamba2Config& cfg, const quant::QuantConfig& q, const std::string& name, uint64_t seed) {
+  auto teacher = test::make_test_model(cfg, seed);
+  Exported e;
+  e.student = quant::make_student(teacher, q, seed);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed + 7);
+  at::NoGradGuard ng;
+  for (auto& sc : e.student->scaffolds())
+    if (sc) sc->w_lat.add_(at::randn(sc->w_lat.sizes(), gen) * 0.05);
+  e.path = tmp_path(name);
+  quant::export_packed(*e.student, e.path);
+  // The file stores conv1d and the norms in small_dtype and dense projections in fp16, rounded
+  // from the fp32 masters (docs/format.md). Round the LibTorch student the same way, so the two
+  // sides hold the same weights and only the arithmetic differs.
+  for (auto& [key, t] : e.student->model->named_parameters()) {
+    const bool dense_proj = key.find("_proj.weight") != std::string::npos;
+    const bool small = key.find("conv1d") != std::string::npos || key.find("norm") != std::string::npos;
+    if (dense_proj || (small && q.small_dtype == "f16")) t.copy_(t.to(at::kHalf).to(at::kFloat));
+  }
+  return e;
+}
+
+double rel_l2(const float* a, const float* b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    REQUIRE(std::isfinite(a[i]));
+    num += double(a[i] - b[i]) * double(a[i] - b[i]);
+    den += double(b[i]) * double(b[i]);
+  }
+  return std::sqrt(num / den);
+}
+
+std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& t : ids) t = int32_t(rng() % uint64_t(vocab));
+  return ids;
+}
+
+// Compares the runtime on `path` with the LibTorch student: prefill of `ids`, then `steps`
+// greedy-free decode steps on fixed ids. Returns the worst relative error over all positions.
+double runtime_vs_trainer(const Exported& e, const std::vector<int32_t>& ids, int steps,
+                          const runtime::SessionOptions& opt) {
+  const auto& model = *e.student->model;
+  const int64_t V = model.config().padded_vocab(), n = int64_t(ids.size());
+  at::NoGradGuard ng;
+  auto ids_t = at::empty({1, n}, at::kLong);
+  for (int64_t i = 0; i < n; ++i) ids_t[0][i] = ids[size_t(i)];
+  auto state = model.new_state(1);
+  const auto ref_prefill = model.forward(ids_t, &state).contiguous();  // (1, n, V) fp32
+
+  auto rt_model = runtime::Model::load(e.path);
+  runtime::Session s(rt_model, 1, opt);
+  std::vector<float> all(static_cast<size_t>(n * V));
+  s.prefill(0, ids.data(), n, all.data());
+  double worst = 0;
+  for (int64_t t = 0; t < n; ++t)
+    worst = std::max(worst, rel_l2(all.data() + t * V, ref_prefill.data_ptr<float>() + t * V, V));
+  const auto next_ids = random_ids(steps, model.config().vocab_size, 99);
+  for (int i = 0; i < steps; ++i) {
+    const auto ref = model.step(at::full({1}, int64_t(next_ids[size_t(i)]), at::kLong), state).contiguous();
+    const float* got = s.step(&next_ids[size_t(i)]);
+    worst = std::max(worst, rel_l2(got, ref.data_ptr<float>(), V));
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("runtime logits equal the LibTorch student's (prefill + 32 decode steps)", "[runtime][trainer]") {
+  for (int64_t groups : {1, 2}) {
+    quant::QuantConfig q;
+    q.rank = 4;
+    const auto cfg = small_config(groups);
+    const auto e = make_exported(cfg, q, "student_g" + std::to_string(groups) + ".dfssm.safetensors", 11 + groups);
+    const auto ids = random_ids(150, cfg.vocab_size, 5);  // crosses prefill chunks of 64
+    for (auto isa : kernels::cpu::supported_isas()) {
+      runtime::SessionOptions o;
+      o.isa = kernels::cpu::isa_name(isa);
+      o.threads = 2;
+      const double err = runtime_vs_trainer(e, ids, 32, o);
+      WARN("ngroups " << groups << " isa " << o.isa << ": worst rel. error " << err);
+      CHECK(err < 1e-4);
+      if (kernels::cpu::kernel_table(isa).sign_gemm_i8) {
+        o.int8_activations = true;
+        const double err8 = runtime_vs_trainer(e, ids, 32, o);
+        WARN("ngroups " << groups << " isa " << o.isa << " int8 activations: worst rel. error " << err8);
+        CHECK(err8 < 5e-2);
+      }
+    }
+    runtime::SessionOptions o16;
+    o16.state_dtype = "f16";
+    const double err16 = runtime_vs_trainer(e, ids, 32, o16);
+    WARN("ngroups " << groups << " fp16 state: worst rel. error " << err16);
+    CHECK(err16 < 2e-2);
+  }
+}
+
+TEST_CASE("runtime handles every packed variant: binary, fp16 embedding, dense and ternary/int4", "[runtime][trainer]") {
+  const auto cfg = small_config(1);
+  const auto ids = random_ids(40, cfg.vocab_size, 6);
+  std::vector<std::pair<std::string, quant::QuantConfig>> variants;
+  quant::QuantConfig q;
+  q.format = "binary";
+  q.rank = 0;
+  variants.push_back({"binary", q});
+  q = {};
+  q.rank = 3;
+  q.embedding = "fp16";
+  q.small_dtype = "f32";
+  q.quantize_out_proj = false;
+  variants.push_back({"fp16-embedding-dense-out", q});
+  for (auto& [name, qq] : variants) {
+    auto c = cfg;
+    if (name == "binary") c.tie_embeddings = false;  // exercises the untied lm_head too
+    const auto e = make_exported(c, qq, name + ".dfssm.safetensors", 21);
+    const double err = runtime_vs_trainer(e, ids, 8, {});
+    WARN(name << ": worst rel. error " << err);
+    CHECK(err < 1e-4);
+  }
+  // ternary / int4 run through fp16 dense rows (rounded once at load): fp16 weight precision.
+  for (const char* fmt : {"ternary", "int4"}) {
+    quant::QuantConfig qq;
+    qq.format = fmt;
+    qq.rank = 2;
+    qq.int4_group = 32;
+    const auto e = make_exported(cfg, qq, std::string(fmt) + ".dfssm.safetensors", 22);
+    const double err = runtime_vs_trainer(e, ids, 8, {});
+    WARN(fmt << ": worst rel. error " << err);
+    CHECK(err < 1e-2);
+  }
+}
+
+TEST_CASE("runtime: decode token by token equals chunked prefill; batch equals single; state save/restore",
+          "[runtime]") {
+  quant::QuantConfig q;
+  q.rank = 4;
+  const auto cfg = small_config(1);
+  const auto e = make_exported(cfg, q, "props.dfssm.safetensors", 31);
+  auto m = runtime::Model::load(e.path);
+  const int64_t V = cfg.padded_vocab(), n = 70;
+  const auto ids = random_ids(n, cfg.vocab_size, 8);
+
+  runtime::SessionOptions chunked;
+  chunked.prefill_chunk = 64;
+  runtime::Session a(m, 1, chunked);
+  std::vector<float> all(static_cast<size_t>(n * V));
+  a.prefill(0, ids.data(), n, all.data());
+  REQUIRE(a.position(0) == n);
+
+  SECTION("token by token") {
+    runtime::Session b(m, 1);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* lg = t == 0 ? b.prefill(0, ids.data(), 1) : b.step(&ids[size_t(t)]);
+      INFO("position " << t);
+      REQUIRE(rel_l2(lg, all.data() + t * V, V) < 1e-5);
+    }
+  }
+  SECTION("prefill chunk sizes 1 and 7 give the same logits") {
+    for (int64_t chunk : {1, 7}) {
+      runtime::SessionOptions o;
+      o.prefill_chunk = chunk;
+      runtime::Session b(m, 1, o);
+      std::vector<float> all2(all.size());
+      b.prefill(0, ids.data(), n, all2.data());
+      REQUIRE(rel_l2(all2.data(), all.data(), n * V) < 1e-5);
+    }
+  }
+  SECTION("three sequences in one batch equal three single runs") {
+    runtime::Session b(m, 3);
+    const auto ids1 = random_ids(n, cfg.vocab_size, 9), ids2 = random_ids(n, cfg.vocab_size, 10);
+    runtime::Session single(m, 1);
+    std::vector<float> all1(all.size());
+    single.prefill(0, ids1.data(), n, all1.data());
+    b.prefill(0, ids.data(), 10);
+    b.prefill(1, ids1.data(), 10);
+    b.prefill(2, ids2.data(), 12);  // sequences may be at different positions
+    for (int64_t t = 10; t < 20; ++t) {
+      const int32_t step[3] = {ids[size_t(t)], ids1[size_t(t)], ids2[size_t(t + 2)]};
+      const float* lg = b.step(step);
+      INFO("position " << t);
+      REQUIRE(rel_l2(lg, all.data() + t * V, V) < 1e-5);
+      REQUIRE(rel_l2(lg + V, all1.data() + t * V, V) < 1e-5);
+    }
+    REQUIRE(b.position(2) == 22);
+  }
+  SECTION("save, continue, restore, continue again: identical") {
+    runtime::Session b(m, 2);
+    b.prefill(0, ids.data(), 30);
+    const auto blob = b.save_state(0);
+    std::vector<float> first(static_cast<size_t>(V));
+    const float* lg = b.prefill(0, ids.data() + 30, 5);
+    std::memcpy(first.data(), lg, size_t(V) * 4);
+    b.restore_state(1, blob);  // into another sequence slot
+    REQUIRE(b.position(1) == 30);
+    lg = b.prefill(1, ids.data() + 30, 5);
+    REQUIRE(std::memcmp(lg, first.data(), size_t(V) * 4) == 0);
+    REQUIRE(rel_l2(first.data(), all.data() + 34 * V, V) < 1e-5);
+    b.reset(1);
+    REQUIRE(b.position(1) == 0);
+    lg = b.prefill(1, ids.data(), 1);
+    REQUIRE(rel_l2(lg, all.data(), V) < 1e-5);
+    // A blob from another state dtype or a damaged one is refused.
+    runtime::SessionOptions o16;
+    o16.state_dtype = "f16";
+    runtime::Session c(m, 1, o16);
+    CHECK(contains(error_of([&] { c.restore_state(0, blob); }), "state dtype"));
+    auto bad = blob;
+    bad[0] = 'X';
+    CHECK(contains(error_of([&] { b.restore_state(0, bad); }), "not a dfssm session state"));
+    bad = blob;
+    bad.pop_back();
+    CHECK(contains(error_of([&] { b.restore_state(0, bad); }), "bytes of caches"));
+  }
+}
+
+TEST_CASE("runtime: bad input gives clear errors", "[runtime][errors]") {
+  quant::QuantConfig q;
+  q.rank = 2;
+  const auto cfg = small_config(1);
+  const auto e = make_exported(cfg, q, "bad.dfssm.safetensors", 41);
+  std::ifstream f(e.path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto write = [&](const std::string& name, const std::string& content) {
+    const auto p = tmp_path(name);
+    std::ofstream(p, std::ios::binary) << content;
+    return p;
+  };
+  SECTION("truncated") {
+    const auto p = write("trunc.dfssm.safetensors", bytes.substr(0, bytes.size() / 2));
+    const auto msg = error_of([&] { runtime::Model::load(p); });
+    INFO(msg);
+    CHECK(contains(msg, p));
+  }
+  SECTION("truncated inside the header") {
+    const auto p = write("trunc2.dfssm.safetensors", bytes.substr(0, 20));
+    CHECK(!error_of([&] { runtime::Model::load(p); }).empty());
+  }
+  SECTION("wrong format version") {
+    std::string b = bytes;
+    const auto at = b.find("\"format_version\":\"1\"");
+    REQUIRE(at != std::string::npos);
+    b[at + std::strlen("\"format_version\":\"")] = '9';
+    const auto p = write("ver.dfssm.safetensors", b);
+    const auto msg = error_of([&] { runtime::Model::load(p); });
+    INFO(msg);
+    CHECK(contains(msg, "version 9 is not supported"));
+  }
+  SECTION("corrupted header byte") {
+    std::string b = bytes;
+    b[12] = '\x01';
+    const auto p = write("corrupt.dfssm.safetensors", b);
+    CHECK(!error_of([&] { runtime::Model::load(p); }).empty());
+  }
+  SECTION("missing file") { CHECK(contains(error_of([&] { runtime::Model::load(tmp_path("nope")); }), "nope")); }
+  SECTION("token ids outside the vocabulary, bad options") {
+    auto m = runtime::Model::load(e.path);
+    runtime::Session s(m, 1);
+    const int32_t big = int32_t(cfg.vocab_size), neg = -1;
+    CHECK(contains(error_of([&] { s.prefill(0, &big, 1); }), "outside the vocabulary"));
+    CHECK(contains(error_of([&] { s.step(&neg); }), "outside the vocabulary"));
+    CHECK(contains(error_of([&] { s.prefill(3, &neg, 1); }), "sequence 3"));
+    runtime::SessionOptions o;
+    o.state_dtype = "f8";
+    CHECK(contains(error_of([&] { runtime::Session(m, 1, o); }), "state dtype"));
+    CHECK(contains(error_of([&] { runtime::Sampler({-1.0, 0, 1.0, 0}, 10); }), "temperature"));
+    CHECK(contains(error_of([&] { runtime::Sampler({1.0, 0, 0.0, 0}, 10); }), "top-p"));
+  }
+}
+
+TEST_CASE("sampler: greedy is argmax, a seed reproduces, top-k 1 is greedy", "[runtime][sampler]") {
+  std::vector<float> lg = {0.1f, 2.0f, -1.0f, 1.9f, 0.5f};
+  runtime::Sampler greedy({0.0, 0, 1.0, 0}, 5);
+  CHECK(greedy.sample(lg.data()) == 1);
+  runtime::Sampler top1({1.0, 1, 1.0, 3}, 5);
+  for (int i = 0; i < 20; ++i) CHECK(top1.sample(lg.data()) == 1);
+  runtime::Sampler a({1.0, 0, 1.0, 42}, 5), b({1.0, 0, 1.0, 42}, 5);
+  std::vector<int> sa, sb;
+  for (int i = 0; i < 50; ++i) sa.push_back(a.sample(lg.data())), sb.push_back(b.sample(lg.data()));
+  CHECK(sa == sb);
+  // Within the top 2 ({2.0, 1.9}) the best has probability 0.525 >= 0.5: the nucleus keeps it alone.
+  runtime::Sampler nucleus({1.0, 2, 0.5, 1}, 5);
+  for (int i = 0; i < 20; ++i) CHECK(nucleus.sample(lg.data()) == 1);
+  // ids past vocab_size (padding rows) are never sampled
+  std::vector<float> padded = {0.f, 0.f, 100.f};
+  runtime::Sampler g2({0.0, 0, 1.0, 0}, 2);
+  CHECK(g2.sample(padded.data()) < 2);
+}
