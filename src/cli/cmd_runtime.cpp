@@ -9,10 +9,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
-#if __has_include("kernels/cpu/kernel_bench.h")
 #include "kernels/cpu/kernel_bench.h"
-#define DFSSM_HAVE_KBENCH 1
-#endif
 #include "quant/layout.h"
 #include "runtime/membw.h"
 #include "runtime/sampler.h"
@@ -208,9 +205,7 @@ int cmd_bench(int argc, char** argv) {
   Args args(argc, argv, {"random", "kernels", "no-membw", "int8-act"});
   if (args.has("kernels")) {
     args.check_unused();
-#ifdef DFSSM_HAVE_KBENCH
     std::fputs(kernels::cpu::kernel_bench_report(args.get_double("seconds", 0.3)).c_str(), stdout);
-#endif
     return 0;
   }
   const std::string engine = args.get("engine", "runtime");

@@ -1,5 +1,6 @@
 #include "runtime/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -196,14 +197,22 @@ std::shared_ptr<Model> Model::random(const Mamba2Config& cfg, const quant::Quant
     // mean |W| of mamba_ssm's init: U(-1/sqrt(fan_in), ..), out_proj also / sqrt(n_layer).
     const double wabs = 0.5 / std::sqrt(fan_in) / (out_proj ? std::sqrt(double(cfg.n_layer)) : 1.0);
     if (ends_with(t.name, ".codes") && t.dtype == DType::U8) {
+      // Random sign bits, 8 bytes per draw; the pad bits past `cols` must stay 0 (format.md).
       const int64_t cols = t.name.find("in_proj") != std::string::npos ? cfg.d_model : cfg.d_inner();
-      std::vector<int8_t> row(static_cast<size_t>(cols));
-      for (int64_t i = 0; i < t.shape[0]; ++i) {  // pack real signs so pad bits stay 0
-        for (auto& v : row) v = (rng.next() & 1) ? 1 : -1;
-        quant::pack_codes(q.fmt(), row.data(), 1, cols, p + i * t.shape[1]);
+      const int64_t rb = t.shape[1];
+      for (int64_t i = 0; i < t.shape[0]; ++i) {
+        uint8_t* row = p + i * rb;
+        for (int64_t j = 0; j < rb; j += 8) {
+          const uint64_t w = rng.next();
+          std::memcpy(row + j, &w, 8);
+        }
+        for (int64_t c = cols; c < rb * 8; ++c) row[c >> 3] &= uint8_t(~(1u << (c & 7)));
       }
-    } else if (t.dtype == DType::I8) {  // int8 codes: embedding, low-rank factors
-      for (int64_t i = 0; i < n; ++i) p[i] = uint8_t(int8_t(int(rng.next() % 255) - 127));
+    } else if (t.dtype == DType::I8) {  // int8 codes in [-127, 127]: embedding, low-rank factors
+      for (int64_t i = 0; i < n; i += 8) {
+        uint64_t w = rng.next();
+        for (int64_t j = i; j < std::min(n, i + 8); ++j, w >>= 8) p[j] = uint8_t(int8_t(int(w & 0xff) % 255 - 127));
+      }
     } else if (ends_with(t.name, "field_a") || ends_with(t.name, "field_b")) {
       fill_half(p, n, [&] { return float(std::sqrt(wabs) * (0.8 + 0.4 * rng.uniform())); });
     } else if (ends_with(t.name, "lr_u_scale") || ends_with(t.name, "lr_v_scale")) {
