@@ -31,6 +31,7 @@
 #include "catch_compat.h"
 #include "core/dtype.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/kernel_bench.h"
 #include "kernels/cpu/ops.h"
 
 using namespace dfssm;
@@ -173,6 +174,25 @@ void check_sign_gemm(uint64_t salt, int64_t R, int64_t C, int64_t T, int64_t r0,
     INFO("sign_gemm rel L2 " << e);
     CHECK(e < tol);
 
+    // The alternative variants (kernel_bench.h) that the table does not pick on this CPU.
+    std::vector<std::pair<const char*, void (*)(const SignGemmArgs&)>> alts;
+    if (isa == Isa::Avx2) alts = {{"avx2 sllv", sign_gemm_avx2_sllv}};
+    if (isa == Isa::Avx512) alts = {{"avx512 maskadd", sign_gemm_avx512_maskadd}, {"avx512 blendfma", sign_gemm_avx512_blendfma}};
+    for (const auto& alt : alts) {
+      INFO("variant " << alt.first);
+      Out ya(T, ldy);
+      args.y = ya.data();
+      alt.second(args);
+      CHECK(ya.written_exactly(r0, r1));
+      CHECK(ya.rel_vs(ref, r0, r1) < tol);
+    }
+    if (isa == Isa::Avx512) {  // the non-VNNI int8 path (Skylake-X), whatever the table picked
+      Out yb(T, ldy);
+      ia.y = yb.data();
+      sign_gemm_i8_avx512_bw(ia);
+      CHECK(yb.written_exactly(r0, r1));
+      CHECK(yb.rel_vs(ref8, r0, r1) < kExactTol);
+    }
     if (k.sign_gemm_i8) {
       Out y8(T, ldy);
       ia.y = y8.data();

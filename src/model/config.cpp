@@ -1,6 +1,7 @@
 #include "model/config.h"
 
 #include <cmath>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -32,6 +33,21 @@ void Mamba2Config::validate(const std::string& source) const {
   pos(expand, "expand");
   pos(d_conv, "d_conv");
   pos(chunk_size, "chunk_size");
+  // Upper bounds keep every derived size (d_in_proj, padded vocab, V x d, ...) far from int64
+  // overflow for any input file; they are orders of magnitude above real Mamba-2 models.
+  auto at_most = [&](int64_t v, int64_t hi, const char* name) {
+    DFSSM_CHECK(v <= hi, source, ": ", name, " = ", v, " is out of range (at most ", hi, ")");
+  };
+  at_most(d_model, 1 << 16, "d_model");
+  at_most(n_layer, 1 << 12, "n_layer");
+  at_most(vocab_size, 1 << 24, "vocab_size");
+  at_most(pad_vocab_size_multiple, 1 << 16, "pad_vocab_size_multiple");
+  at_most(d_state, 1 << 12, "d_state");
+  at_most(headdim, 1 << 12, "headdim");
+  at_most(ngroups, 1 << 12, "ngroups");
+  at_most(expand, 16, "expand");
+  at_most(d_conv, 64, "d_conv");
+  at_most(chunk_size, 1 << 16, "chunk_size");
   DFSSM_CHECK(d_inner() % headdim == 0, source, ": d_inner = expand*d_model = ", d_inner(),
               " is not divisible by headdim = ", headdim);
   DFSSM_CHECK(nheads() % ngroups == 0, source, ": nheads = ", nheads(), " is not divisible by ngroups = ", ngroups);
@@ -45,6 +61,10 @@ namespace {
 template <class T>
 void opt(const json& obj, const char* key, T& out, const std::string& source) {
   if (!obj.contains(key) || obj[key].is_null()) return;
+  // Integer fields must be JSON integers: a float such as 1e300 would be cast (UB) by get<>.
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)
+    DFSSM_CHECK(obj[key].is_number_integer(), source, ": field '", key, "' has the wrong type (", obj[key].dump(),
+                "; expected an integer)");
   try {
     out = obj[key].get<T>();
   } catch (const std::exception&) {
@@ -101,7 +121,9 @@ Mamba2Config from_mamba_ssm(const json& j, const std::string& source) {
   opt(s, "dt_max", c.dt_max, source);
   opt(s, "dt_init_floor", c.dt_init_floor, source);
   if (s.contains("A_init_range")) {
-    DFSSM_CHECK(s["A_init_range"].is_array() && s["A_init_range"].size() == 2, source, ": A_init_range must be [lo, hi]");
+    DFSSM_CHECK(s["A_init_range"].is_array() && s["A_init_range"].size() == 2 && s["A_init_range"][0].is_number() &&
+                    s["A_init_range"][1].is_number(),
+                source, ": A_init_range must be [lo, hi] (two numbers)");
     c.A_init_min = s["A_init_range"][0].get<double>();
     c.A_init_max = s["A_init_range"][1].get<double>();
   }
@@ -167,7 +189,7 @@ Mamba2Config Mamba2Config::from_json(const std::string& text, const std::string&
   Mamba2Config c;
   if (j.contains("d_model")) {
     c = from_mamba_ssm(j, source);
-  } else if (j.contains("hidden_size") || j.value("model_type", "") == "mamba2") {
+  } else if (j.contains("hidden_size") || (j.contains("model_type") && j["model_type"] == "mamba2")) {
     if (j.contains("model_type"))
       DFSSM_CHECK(j["model_type"] == "mamba2", source, ": model_type is ", j["model_type"].dump(), ", expected \"mamba2\"");
     c = from_hf(j, source);

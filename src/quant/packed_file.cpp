@@ -22,6 +22,10 @@ PackedFile PackedFile::open(const std::string& path, bool check_codes) {
               " is not supported (this dfssm reads version ", kFormatVersion, ")");
   p.cfg_ = Mamba2Config::from_json(need("config"), path + " (metadata 'config')");
   p.q_ = QuantConfig::from_json(need("quant"), path + " (metadata 'quant')");
+  // Every layer has several tensors: this bounds the layout built next (found by fuzzing:
+  // n_layer = 1e12 in the metadata made packed_layout allocate until out of memory).
+  DFSSM_CHECK(p.cfg_.n_layer <= int64_t(p.file_.tensors().size()), path, ": config n_layer = ", p.cfg_.n_layer,
+              " but the file holds only ", p.file_.tensors().size(), " tensors");
   p.layout_ = packed_layout(p.cfg_, p.q_);
   std::set<std::string> expected;
   for (const auto& t : p.layout_) {

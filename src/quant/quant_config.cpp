@@ -19,11 +19,11 @@ void QuantConfig::validate(const std::string& source) const {
   } catch (const Error& e) {
     bad(e.what());
   }
-  if (rank < 0) bad(str("rank must be >= 0 (got ", rank, ")"));
+  if (rank < 0 || rank > 65536) bad(str("rank must be in [0, 65536] (got ", rank, ")"));
   if (!(ste_clip > 0)) bad(str("ste_clip must be > 0 (got ", ste_clip, ")"));
   if (ternary_scale != "per_row" && ternary_scale != "per_tensor")
     bad(str("ternary_scale must be per_row or per_tensor (got '", ternary_scale, "')"));
-  if (int4_group < 1) bad(str("int4_group must be >= 1 (got ", int4_group, ")"));
+  if (int4_group < 1 || int4_group > 65536) bad(str("int4_group must be in [1, 65536] (got ", int4_group, ")"));
   if (embedding != "int8" && embedding != "fp16") bad(str("embedding must be int8 or fp16 (got '", embedding, "')"));
   if (small_dtype != "f16" && small_dtype != "f32") bad(str("small_dtype must be f16 or f32 (got '", small_dtype, "')"));
   if (svid_iters < 1) bad("svid_iters must be >= 1");

@@ -21,7 +21,7 @@ constexpr int kSpinIters = 20000;
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -34,17 +34,21 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::work_items() {
+// Claims items of generation `gen` until none is left. The CAS succeeds only while the ticket
+// still belongs to `gen`, so fn_/n_ read after it are that run's (the caller changes them only
+// after every item of the run is done).
+void ThreadPool::work_items(uint32_t gen) {
   for (;;) {
-    const int i = next_.fetch_add(1, std::memory_order_acq_rel);
-    if (i >= n_) break;
-    (*fn_)(i);
-    done_.fetch_add(1, std::memory_order_release);
+    uint64_t t = ticket_.load(std::memory_order_acquire);
+    if (uint32_t(t >> 32) != gen || int(uint32_t(t)) >= n_.load(std::memory_order_acquire)) return;
+    if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
+    (*fn_.load(std::memory_order_acquire))(int(uint32_t(t)));
+    done_.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
-void ThreadPool::worker(int) {
-  uint64_t seen = 0;
+void ThreadPool::worker() {
+  uint32_t seen = 0;
   for (;;) {
     int spins = 0;
     while (generation_.load(std::memory_order_acquire) == seen) {
@@ -60,7 +64,7 @@ void ThreadPool::worker(int) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_) return;
-    work_items();
+    work_items(seen);
   }
 }
 
@@ -70,21 +74,21 @@ void ThreadPool::run(int n, const std::function<void(int)>& fn) {
     for (int i = 0; i < n; ++i) fn(i);
     return;
   }
-  fn_ = &fn;
-  n_ = n;
-  done_.store(0, std::memory_order_relaxed);
-  next_.store(0, std::memory_order_release);  // publishes fn_/n_ to a late worker
-  {
-    // The generation bump publishes fn_/n_ (release); take the lock only to wake sleepers.
-    if (sleepers_.load() > 0) {
+  const uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
+  fn_.store(&fn, std::memory_order_release);
+  n_.store(n, std::memory_order_release);
+  done_.store(0, std::memory_order_release);
+  ticket_.store(uint64_t(gen) << 32, std::memory_order_release);
+  if (sleepers_.load() > 0) {
+    {
       std::lock_guard<std::mutex> lk(mu_);
-      generation_.fetch_add(1, std::memory_order_acq_rel);
-    } else {
-      generation_.fetch_add(1, std::memory_order_acq_rel);
+      generation_.store(gen, std::memory_order_release);
     }
+    cv_.notify_all();
+  } else {
+    generation_.store(gen, std::memory_order_release);
   }
-  if (sleepers_.load() > 0) cv_.notify_all();
-  work_items();
+  work_items(gen);
   while (done_.load(std::memory_order_acquire) < n) DFSSM_PAUSE();
 }
 

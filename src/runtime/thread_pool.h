@@ -4,6 +4,10 @@
 // generation counter for a while before they sleep on a condition variable, and the caller
 // takes part in the work. run(n, fn) calls fn(i) for i in [0, n) across the threads and returns
 // when all are done. Not reentrant: one run() at a time, from one thread.
+//
+// Items are claimed with a compare-and-swap on one 64-bit word holding (generation, next item),
+// so a worker that is late for a run can never claim an item of the next one: every item runs
+// exactly once, and run() returns only after all of its items have finished.
 #pragma once
 
 #include <atomic>
@@ -32,16 +36,16 @@ class ThreadPool {
   void parallel_ranges(int64_t total, int64_t align, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
-  void worker(int id);
-  void work_items();
+  void worker();
+  void work_items(uint32_t gen);
 
   std::vector<std::thread> workers_;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> next_{0};
+  std::atomic<uint32_t> generation_{0};
+  std::atomic<uint64_t> ticket_{0};  // (generation << 32) | next item
+  std::atomic<int> n_{0};
+  std::atomic<const std::function<void(int)>*> fn_{nullptr};
   std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
-  int n_ = 0;
-  const std::function<void(int)>* fn_ = nullptr;
   std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<int> sleepers_{0};

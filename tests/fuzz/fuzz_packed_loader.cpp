@@ -8,8 +8,13 @@
 // time limit. A model that loads is then run: a 2-token prefill and one step on one thread, so
 // every pointer the loader handed out is read by the kernels.
 //
-// The last input byte's low bit selects LoadOptions::verify_codes (that byte lies in the last
-// tensor, so flipping it keeps a valid file valid): both loader paths get fuzzed.
+// The last input byte lies in the last tensor (norm_f or lm_head), so flipping its bits keeps a
+// valid file valid; they pick the options, so every path gets fuzzed from the same seeds:
+//   bit 0: LoadOptions::verify_codes   bit 1: the scalar (_ref) kernels instead of the CPU's best
+//   bit 2: fp16 SSM state              bit 3: int8 activations (the int8 sign GEMM)
+//
+// DFSSM_FUZZ_VERBOSE=1 prints each input's outcome (the dfssm::Error message, or "loaded"): to
+// check seeds (`fuzz_packed_loader -runs=0 SEED_DIR`) and to triage.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -32,6 +37,14 @@ namespace {
 // still fuzzed). The state is n_layer * (d_conv * conv_dim + nheads * headdim * d_state) floats,
 // which is not bounded by the file size alone: d_inner * d_state can be ~ (file size)^2.
 constexpr double kMaxSessionBytes = 256.0 * 1024 * 1024;
+
+bool verbose() {
+  static const bool v = [] {
+    const char* e = std::getenv("DFSSM_FUZZ_VERBOSE");
+    return e && *e && *e != '0';
+  }();
+  return v;
+}
 
 int file_fd() {
   static const int fd = [] {
@@ -72,15 +85,21 @@ double session_bytes(const dfssm::Mamba2Config& c, int64_t rows) {
   return 4 * (L * (conv + ssm) + scratch);
 }
 
-void run(const std::string& path, bool verify_codes) {
+void run(const std::string& path, uint8_t mode) {
   dfssm::runtime::LoadOptions lo;
-  lo.verify_codes = verify_codes;
+  lo.verify_codes = mode & 1;
   const auto model = dfssm::runtime::Model::load(path, lo);
 
   dfssm::runtime::SessionOptions so;
   so.threads = 1;
   so.prefill_chunk = 2;
-  if (session_bytes(model->config(), so.prefill_chunk) > kMaxSessionBytes) return;
+  if (mode & 2) so.isa = "scalar";
+  if (mode & 4) so.state_dtype = "f16";
+  so.int8_activations = mode & 8;
+  if (session_bytes(model->config(), so.prefill_chunk) > kMaxSessionBytes) {
+    if (verbose()) std::fprintf(stderr, "fuzz_packed_loader: loaded (session skipped: state too large)\n");
+    return;
+  }
   dfssm::runtime::Session session(model, 1, so);
   const int32_t tokens[2] = {0, model->config().vocab_size >= 2 ? 1 : 0};
   const float* logits = session.prefill(0, tokens, 2);
@@ -89,6 +108,9 @@ void run(const std::string& path, bool verify_codes) {
   logits = session.step(&next);
   sink = logits[0];
   (void)sink;
+  if (verbose())
+    std::fprintf(stderr, "fuzz_packed_loader: loaded and ran (%s, isa %s, mode %d)\n", model->quant().format.c_str(),
+                 dfssm::kernels::cpu::isa_name(session.isa()), int(mode));
 }
 
 }  // namespace
@@ -97,11 +119,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int fd = file_fd();
   write_all(fd, data, size);
   static const std::string path = "/proc/self/fd/" + std::to_string(fd);
-  const bool verify_codes = size > 0 && (data[size - 1] & 1);
+  const uint8_t mode = size > 0 ? data[size - 1] : 0;
   try {
-    run(path, verify_codes);
-  } catch (const dfssm::Error&) {
+    run(path, mode);
+  } catch (const dfssm::Error& e) {
     // Expected: bad input rejected with a message.
+    if (verbose()) std::fprintf(stderr, "fuzz_packed_loader: rejected: %s\n", e.what());
   } catch (const std::exception& e) {
     // dfssm::InternalError (a DFSSM_ASSERT) or an exception that is not dfssm's: a bug.
     std::fprintf(stderr, "fuzz_packed_loader: unexpected %s: %s\n", typeid(e).name(), e.what());

@@ -99,10 +99,10 @@ std::vector<SgVariant> sign_gemm_variants() {
   if (isa_supported(Isa::Avx2)) {
     v.push_back({"avx2 lut fma (table)", sign_gemm_avx2_lut, nullptr});
     v.push_back({"avx2 sllv blendv", sign_gemm_avx2_sllv, nullptr});
-    if (kernel_table(Isa::Avx2).sign_gemm_i8) v.push_back({"avx2 i8 maddubs", nullptr, kernel_table(Isa::Avx2).sign_gemm_i8});
+    v.push_back({"avx2 i8 maddubs (table)", nullptr, kernel_table(Isa::Avx2).sign_gemm_i8});
   }
   if (isa_supported(Isa::Avx512)) {
-    v.push_back({"avx512 maskadd (table)", sign_gemm_avx512_maskadd, nullptr});
+    v.push_back({"avx512 maskadd", sign_gemm_avx512_maskadd, nullptr});
     v.push_back({"avx512 blend fma", sign_gemm_avx512_blendfma, nullptr});
     if (cpu_has_avx512_vnni()) v.push_back({"avx512 i8 vnni", nullptr, sign_gemm_i8_avx512_vnni});
     v.push_back({"avx512 i8 bw maddubs", nullptr, sign_gemm_i8_avx512_bw});

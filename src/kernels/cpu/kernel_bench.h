@@ -20,7 +20,8 @@ std::string kernel_bench_report(double seconds_per_case);
 // them (only call after checking the ISA: isa_supported / cpu_has_avx512_vnni).
 void sign_gemm_avx2_lut(const SignGemmArgs& a);        // the table entry: ±1 lookup + FMA
 void sign_gemm_avx2_sllv(const SignGemmArgs& a);       // sllv sign bit + blendv(-x, x) + add
-void sign_gemm_avx512_maskadd(const SignGemmArgs& a);  // the table entry: masked add, 2P - Σx
+void sign_gemm_avx512(const SignGemmArgs& a);          // the table entry: maskadd at T=1, else blendfma
+void sign_gemm_avx512_maskadd(const SignGemmArgs& a);  // masked add, 2P - Σx
 void sign_gemm_avx512_blendfma(const SignGemmArgs& a); // blend(±1) per row + FMA per token
 void sign_gemm_i8_avx512_vnni(const SignGemmI8Args& a);  // vpdpbusd (needs AVX-512 VNNI)
 void sign_gemm_i8_avx512_bw(const SignGemmI8Args& a);    // vpmaddubsw + vpmaddwd (AVX-512 BW)

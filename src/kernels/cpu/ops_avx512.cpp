@@ -8,14 +8,17 @@
 // [H, P, N].
 //
 // What each op does here:
-//   sign_gemm      fp32 "masked add": 16 sign bits are a __mmask16, acc{k} += xb, so per 64 bits
-//                  and (row, token) 4 vaddps. That gives P = Σ_{bit=1} xb; y = a·(2P - Σ_c xb),
-//                  with P's lanes and Σ xb reduced in fp64. Caveat: when the activations have a
-//                  large mean relative to their spread, 2P - Σx cancels and the fp32 error of P
-//                  grows by about |mean|/std (a few 1e-6 relative at |mean| = std, C = 4096).
-//                  Tiles: 8 rows x 1 token at T = 1, 4 rows x 4 tokens otherwise, in token tiles
-//                  of 16 (bits read from memory once per 16 tokens). sign_gemm_avx512_blendfma
-//                  (±1 blend per row, FMA per token: no cancellation) is kept for kernel_bench.
+//   sign_gemm      two variants, picked by T (measured on a Sapphire Rapids-class Xeon):
+//                  * T = 1, "masked add": 16 sign bits are a __mmask16, acc{k} += xb, so per 64
+//                    bits and row 4 vaddps. That gives P = Σ_{bit=1} xb; y = a·(2P - Σ_c xb), with
+//                    P's lanes and Σ xb reduced in fp64. Caveat: when the activations have a large
+//                    mean relative to their spread, 2P - Σx cancels and the fp32 error of P grows
+//                    by about |mean|/std (a few 1e-6 relative at |mean| = std, C = 4096).
+//                    ~1.3-1.7x the blend variant at T = 1 (8 rows x 1 token tiles).
+//                  * T > 1, "blend FMA": ±1 = blend(k, -1, +1) once per row and 16 weights, then
+//                    one FMA per token (a direct signed sum: no cancellation); 4 rows x 4 tokens,
+//                    ~1.1-1.3x the masked add there.
+//                  Token tiles of 16: a row's bits are read from memory once per 16 tokens.
 //   sign_gemm_i8   VNNI: the 64 bits of a row -> 0/1 bytes with one vmovdqu8{z} (shared by the
 //                  tokens), then vpdpbusd with xq: P = Σ_{bit=1} xq, Σ s·xq = 2P - xsum (exact).
 //                  Without VNNI (Skylake-X) the same with vpmaddubsw + vpmaddwd.
@@ -48,7 +51,6 @@ namespace {
 #define DFSSM_AINLINE inline __attribute__((always_inline))
 
 int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-float f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
 
 // Σ of the 16 fp32 lanes in fp64.
 DFSSM_AINLINE double hsum16_pd(__m512 v) {
@@ -403,7 +405,7 @@ KernelTable make_table() {
   const KernelTable& v2 = kernel_table_avx2();  // AVX-512 CPUs have AVX2 + FMA + F16C (isa.cpp)
   KernelTable t = v2;
   t.isa = Isa::Avx512;
-  t.sign_gemm = sign_gemm_avx512_maskadd;
+  t.sign_gemm = sign_gemm_avx512;
   t.sign_gemm_i8 = cpu_has_avx512_vnni() ? sign_gemm_i8_avx512_vnni : sign_gemm_i8_avx512_bw;
   t.i8_rows_gemm = i8_rows_gemm_avx512;
   t.f16_rows_gemm = f16_rows_gemm_avx512;
@@ -414,6 +416,10 @@ KernelTable make_table() {
 }  // namespace
 
 void sign_gemm_avx512_maskadd(const SignGemmArgs& a) { sign_gemm_impl<true>(a); }
+void sign_gemm_avx512(const SignGemmArgs& a) {
+  if (a.T == 1) sign_gemm_impl<true>(a);
+  else sign_gemm_impl<false>(a);
+}
 void sign_gemm_avx512_blendfma(const SignGemmArgs& a) { sign_gemm_impl<false>(a); }
 void sign_gemm_i8_avx512_vnni(const SignGemmI8Args& a) { sign_gemm_i8_impl<true>(a); }
 void sign_gemm_i8_avx512_bw(const SignGemmI8Args& a) { sign_gemm_i8_impl<false>(a); }
