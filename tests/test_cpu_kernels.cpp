@@ -43,6 +43,7 @@ constexpr double kFp32Tol = 1e-5;
 constexpr double kExactTol = 1e-6;
 constexpr double kF16Tol = 1e-3;
 constexpr double kI8VsFp32Tol = 2e-2;
+constexpr double kI16VsFp32Tol = 1e-4;
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 uint64_t base_seed() {
@@ -163,9 +164,37 @@ void check_sign_gemm(uint64_t salt, int64_t R, int64_t C, int64_t T, int64_t r0,
   sign_gemm_i8_ref(ia);
   REQUIRE(ref8.written_exactly(r0, r1));
 
+  // int16 activations: rows zero-padded to a multiple of 64 (ops.h), and their reference.
+  const int64_t ld16 = (C + 63) / 64 * 64 + 64;
+  std::vector<int16_t> xq16(size_t(T * ld16), 0x5555);
+  std::vector<float> xs16(static_cast<size_t>(T));
+  std::vector<int32_t> xsum16(static_cast<size_t>(T));
+  quantize_rows_i16_ref({xb.data(), ldx, xq16.data(), ld16, xs16.data(), xsum16.data(), T, C});
+  SignGemmI16Args ja{W.codes, W.row_bytes, W.a.data(), xq16.data(), ld16, xs16.data(), xsum16.data(), nullptr, ldy,
+                     T, C, r0, r1};
+  Out ref16(T, ldy);
+  ja.y = ref16.data();
+  sign_gemm_i16_ref(ja);
+  REQUIRE(ref16.written_exactly(r0, r1));
+  // 15-bit activations: ~2^-15 · max|x| / rms(x) per element, averaging down in the sum.
+  const double e16ref = ref16.rel_vs(ref, r0, r1);
+  INFO("int16 reference vs fp32 reference rel L2 " << e16ref);
+  CHECK(e16ref < kI16VsFp32Tol);
+
   for (Isa isa : fast_isas()) {
     INFO("isa " << isa_name(isa));
     const KernelTable& k = kernel_table(isa);
+    {
+      Out y16(T, ldy);
+      ja.y = y16.data();
+      k.sign_gemm_i16(ja);
+      CHECK(y16.written_exactly(r0, r1));
+      const double e16 = y16.rel_vs(ref16, r0, r1);
+      INFO("sign_gemm_i16 vs sign_gemm_i16_ref rel L2 " << e16);
+      CHECK(e16 < kExactTol);  // integer sums: identical up to the final fp32 products
+      if (T == 8 && xmean == 0.f)
+        WARN(isa_name(isa) << " int16 sign GEMM vs fp32 reference (R=" << R << " C=" << C << "): rel L2 " << e16ref);
+    }
     Out y(T, ldy);
     args.y = y.data();
     k.sign_gemm(args);
@@ -218,6 +247,8 @@ TEST_CASE("cpu kernels: tables", "[cpu_kernels]") {
     CHECK(k.isa == isa);
     CHECK(k.sign_gemm);
     CHECK(k.quantize_rows_i8);
+    CHECK(k.sign_gemm_i16);
+    CHECK(k.quantize_rows_i16);
     CHECK(k.lowrank_down);
     CHECK(k.lowrank_up);
     CHECK(k.i8_rows_gemm);
@@ -276,6 +307,36 @@ TEST_CASE("cpu kernels: quantize_rows_i8", "[cpu_kernels]") {
       std::fill(z.begin(), z.end(), -1);
       kernel_table(isa).quantize_rows_i8({x.data(), ldx, q.data(), ldq, s.data(), z.data(), T, C});
       CHECK(q == qr);  // padding bytes (ldq > C) untouched on both sides
+      CHECK(std::memcmp(s.data(), sr.data(), s.size() * 4) == 0);
+      CHECK(z == zr);
+    }
+  }
+}
+
+TEST_CASE("cpu kernels: quantize_rows_i16", "[cpu_kernels]") {
+  for (int64_t C : {2048, 4096, 2001, 5}) {
+    Rng rng(600 + uint64_t(C));
+    INFO("seed " << base_seed() << " C=" << C);
+    const int64_t T = 9, ldx = C + 1, ldq = (C + 63) / 64 * 64;
+    std::vector<float> x = rng.normal(size_t(T * ldx), 0.f, 2.f);
+    for (int64_t c = 0; c < C; ++c) x[size_t(2 * ldx + c)] = 0.f;  // a zero row: xs = 1
+    // Scale 1 (max 32767) with exact .5 ties: half-to-even rounding must match.
+    for (int64_t c = 0; c < C; ++c) x[size_t(3 * ldx + c)] = float(int(c % 2000) - 1000) + 0.5f;
+    x[size_t(3 * ldx)] = 32767.f;
+    x[size_t(4 * ldx + C / 2)] = kNaN;  // NaN goes to +32767 and is ignored by the max, as in the ref
+    std::vector<int16_t> qr(size_t(T * ldq), 0x5555), q(size_t(T * ldq), 0x5555);
+    std::vector<float> sr(size_t(T), kNaN), s(size_t(T), kNaN);
+    std::vector<int32_t> zr(size_t(T), -1), z(size_t(T), -1);
+    quantize_rows_i16_ref({x.data(), ldx, qr.data(), ldq, sr.data(), zr.data(), T, C});
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = C; c < ldq; ++c) REQUIRE(qr[size_t(t * ldq + c)] == 0);  // zero padding
+    for (Isa isa : fast_isas()) {
+      INFO("isa " << isa_name(isa));
+      std::fill(q.begin(), q.end(), int16_t(0x5555));
+      std::fill(s.begin(), s.end(), kNaN);
+      std::fill(z.begin(), z.end(), -1);
+      kernel_table(isa).quantize_rows_i16({x.data(), ldx, q.data(), ldq, s.data(), z.data(), T, C});
+      CHECK(q == qr);
       CHECK(std::memcmp(s.data(), sr.data(), s.size() * 4) == 0);
       CHECK(z == zr);
     }

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <random>
 #include <sys/wait.h>
@@ -81,6 +82,11 @@ Exported make_exported(const Mamba2Config& cfg, const quant::QuantConfig& q, con
   return e;
 }
 
+// Per activation precision of the sign GEMM (see the header comment): f32 only reorders sums;
+// i16 quantizes b ⊙ x per token to 15 bits (~3e-5 per element relative to max|x|, averaging
+// down in the sums; measured ~1e-5 on the logits); i8 to 7 bits (measured ~3e-2).
+const std::map<std::string, double> kActTolerance = {{"f32", 1e-5}, {"i16", 2e-4}, {"i8", 6e-2}};
+
 double rel_l2(const float* a, const float* b, int64_t n) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -136,20 +142,18 @@ TEST_CASE("runtime logits equal the LibTorch student's (prefill + 32 decode step
     const auto e = make_exported(cfg, q, "student_g" + std::to_string(groups) + ".dfssm.safetensors", 11 + groups);
     const auto ids = random_ids(150, cfg.vocab_size, 5);  // crosses prefill chunks of 64
     for (auto isa : kernels::cpu::supported_isas()) {
-      runtime::SessionOptions o;
-      o.isa = kernels::cpu::isa_name(isa);
-      o.threads = 2;
-      const double err = runtime_vs_trainer(e, ids, 32, o);
-      WARN("ngroups " << groups << " isa " << o.isa << ": worst rel. error " << err);
-      CHECK(err < 1e-5);
-      if (kernels::cpu::kernel_table(isa).sign_gemm_i8) {
-        o.int8_activations = true;
-        const double err8 = runtime_vs_trainer(e, ids, 32, o);
-        WARN("ngroups " << groups << " isa " << o.isa << " int8 activations: worst rel. error " << err8);
-        CHECK(err8 < 5e-2);
+      for (const char* act : {"f32", "i16", "i8"}) {
+        runtime::SessionOptions o;
+        o.isa = kernels::cpu::isa_name(isa);
+        o.threads = 2;
+        o.act = act;
+        const double err = runtime_vs_trainer(e, ids, 32, o);
+        WARN("ngroups " << groups << " isa " << o.isa << " activations " << act << ": worst rel. error " << err);
+        CHECK(err < kActTolerance.at(act));
       }
     }
     runtime::SessionOptions o16;
+    o16.act = "f32";
     o16.state_dtype = "f16";
     const double err16 = runtime_vs_trainer(e, ids, 32, o16);
     WARN("ngroups " << groups << " fp16 state: worst rel. error " << err16);
@@ -175,7 +179,9 @@ TEST_CASE("runtime handles every packed variant: binary, fp16 embedding, dense a
     auto c = cfg;
     if (name == "binary") c.tie_embeddings = false;  // exercises the untied lm_head too
     const auto e = make_exported(c, qq, name + ".dfssm.safetensors", 21);
-    const double err = runtime_vs_trainer(e, ids, 8, {});
+    runtime::SessionOptions o;
+    o.act = "f32";
+    const double err = runtime_vs_trainer(e, ids, 8, o);
     WARN(name << ": worst rel. error " << err);
     CHECK(err < 1e-5);
   }

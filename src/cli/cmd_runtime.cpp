@@ -30,6 +30,7 @@ const char* const kGenerateUsage =
     "  --device cpu       (cuda comes with the CUDA backend)\n"
     "  --threads N        CPU threads (default: all cores)\n"
     "  --state-dtype f32|f16   SSM state storage (default f32)\n"
+    "  --act i16|f32|i8     activations of the 1-bit GEMM (default i16; docs/runtime.md)\n"
     "  --tokenizer FILE   a SentencePiece .model instead of the one embedded in the file\n"
     "  --ignore-eos       keep generating after the end-of-sequence token\n"
     "  --verify           also scan every packed code blob at load (invalid codes, padding)\n"
@@ -53,7 +54,7 @@ const char* const kBenchUsage =
     "  --geometry NAME    mamba2-130m ... mamba2-2.7b, tiny, test (default mamba2-1.3b); key=value overrides\n"
     "                     and quant keys (format=, rank=, ...) apply to the random model\n"
     "  --prefill L (128)  --steps N (16)  --warmup N (2)  --batch2 B (8; 0 = skip)  --threads N\n"
-    "  --state-dtype f32|f16  --int8-act (int8-activation sign GEMM, where the ISA has one)\n"
+    "  --state-dtype f32|f16  --act i16|f32|i8 (sign GEMM activations, default i16)\n"
     "  --no-membw         skip the bandwidth measurement\n"
     "  --kernels          single-thread kernel micro-benchmarks (sign GEMM variants per ISA)\n"
     "Env: DFSSM_CPU_ISA=scalar|avx2|avx512 forces a kernel path.\n";
@@ -90,7 +91,7 @@ runtime::SessionOptions session_options(const Args& args) {
   DFSSM_CHECK(o.threads >= 0, "--threads must be >= 0 (0 = all cores)");
   o.state_dtype = args.get("state-dtype", "f32");
   o.prefill_chunk = args.get_int("prefill-chunk", 64);
-  o.int8_activations = args.has("int8-act");
+  o.act = args.get("act", "i16");
   return o;
 }
 
@@ -102,7 +103,7 @@ void check_device(const Args& args) {
 }  // namespace
 
 int cmd_generate(int argc, char** argv) {
-  Args args(argc, argv, {"ignore-eos", "verify", "int8-act"});
+  Args args(argc, argv, {"ignore-eos", "verify"});
   DFSSM_CHECK(args.has("model"), "generate needs -m MODEL.dfssm.safetensors");
   const std::string path = args.get("model", "");
   DFSSM_CHECK(args.has("prompt") != args.has("ids"), "give exactly one of -p \"prompt\" or --ids \"1 2 3\"");
@@ -202,10 +203,11 @@ int cmd_bench(int argc, char** argv) {
         !std::strcmp(argv[i], "--engine=torch"))
       return cmd_bench_torch(argc, argv);
 #endif
-  Args args(argc, argv, {"random", "kernels", "no-membw", "int8-act"});
+  Args args(argc, argv, {"random", "kernels", "no-membw"});
   if (args.has("kernels")) {
+    const double seconds = args.get_double("seconds", 0.3);
     args.check_unused();
-    std::fputs(kernels::cpu::kernel_bench_report(args.get_double("seconds", 0.3)).c_str(), stdout);
+    std::fputs(kernels::cpu::kernel_bench_report(seconds).c_str(), stdout);
     return 0;
   }
   const std::string engine = args.get("engine", "runtime");
@@ -245,7 +247,7 @@ int cmd_bench(int argc, char** argv) {
   const double sbytes = 2.0 * double(probe.state_bytes_per_sequence());  // read + write
   std::printf("engine runtime (cpu, %s, %d threads, state %s%s)  model %s  d_model %lld  n_layer %lld  vocab %lld\n",
               kernels::cpu::isa_name(probe.isa()), probe.threads(), o.state_dtype.c_str(),
-              o.int8_activations ? ", int8 activations" : "", what.c_str(), (long long)cfg.d_model,
+              (", activations " + o.act).c_str(), what.c_str(), (long long)cfg.d_model,
               (long long)cfg.n_layer, (long long)cfg.padded_vocab());
 
   // Prefill: one sequence of L tokens.

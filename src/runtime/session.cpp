@@ -33,8 +33,8 @@ Session::Session(std::shared_ptr<const Model> model, int64_t batch, const Sessio
   isa_ = opt.isa.empty() ? active_isa() : isa_from_name(opt.isa);
   DFSSM_CHECK(isa_supported(isa_), "CPU ISA ", isa_name(isa_), " is not supported by this CPU");
   k_ = &kernel_table(isa_);
-  DFSSM_CHECK(!opt.int8_activations || k_->sign_gemm_i8, "int8 activations need a CPU ISA with an int8 sign GEMM (",
-              isa_name(isa_), " has none)");
+  DFSSM_CHECK(opt.act == "f32" || opt.act == "i16" || opt.act == "i8", "activation precision must be f32, i16 or i8 (got '",
+              opt.act, "')");
   pool_ = std::make_unique<ThreadPool>(opt.threads);
   const auto& c = model_->config();
   V_ = c.padded_vocab();
@@ -60,6 +60,7 @@ Session::Session(std::shared_ptr<const Model> model, int64_t batch, const Sessio
   g_.resize(R * size_t(c.d_inner()));
   logits_.resize(size_t(batch) * size_t(V_));
   xq_.resize(R * size_t(wide));
+  xq16_.resize(R * size_t((wide + 63) / 64 * 64));
   xs_.resize(R);
   xsum_.resize(R);
 }
@@ -103,10 +104,14 @@ void Session::project(const Projection& p, const float* x, int64_t ldx, int64_t 
   const int64_t C = p.cols;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < C; ++c) xb_[size_t(t * C + c)] = p.b[size_t(c)] * x[t * ldx + c];
-  if (opt_.int8_activations) k_->quantize_rows_i8({xb_.data(), C, xq_.data(), C, xs_.data(), xsum_.data(), T, C});
+  const int64_t ld16 = (C + 63) / 64 * 64;  // zero-padded rows (ops.h, SignGemmI16Args)
+  if (opt_.act == "i8") k_->quantize_rows_i8({xb_.data(), C, xq_.data(), C, xs_.data(), xsum_.data(), T, C});
+  if (opt_.act == "i16") k_->quantize_rows_i16({xb_.data(), C, xq16_.data(), ld16, xs_.data(), xsum_.data(), T, C});
   if (p.rank > 0) k_->lowrank_down({p.v, p.vs.data(), x, ldx, lrz_.data(), T, C, p.rank});
   pool_->parallel_ranges(p.rows, kRowAlign, [&](int64_t r0, int64_t r1) {
-    if (opt_.int8_activations)
+    if (opt_.act == "i16")
+      k_->sign_gemm_i16({p.codes, p.row_bytes, p.a.data(), xq16_.data(), ld16, xs_.data(), xsum_.data(), y, ldy, T, C, r0, r1});
+    else if (opt_.act == "i8")
       k_->sign_gemm_i8({p.codes, p.row_bytes, p.a.data(), xq_.data(), C, xs_.data(), xsum_.data(), y, ldy, T, C, r0, r1});
     else
       k_->sign_gemm({p.codes, p.row_bytes, p.a.data(), xb_.data(), C, y, ldy, T, C, r0, r1});

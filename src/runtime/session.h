@@ -33,7 +33,10 @@ struct SessionOptions {
   std::string isa;                  // "" : DFSSM_CPU_ISA or the best the CPU has
   std::string state_dtype = "f32";  // f32 | f16 (SSM state storage; math is fp32)
   int64_t prefill_chunk = 64;       // tokens per prefill GEMM
-  bool int8_activations = false;    // sign GEMM on int8-quantized activations (VNNI path)
+  // Activations of the sign GEMM: i16 (per-token int16, the default: exact integer sums, ~1e-5
+  // relative error, about twice the fp32 path's speed), f32 (bit-faithful to the trainer's
+  // arithmetic up to summation order), or i8 (per-token int8, fastest, ~1e-2 relative error).
+  std::string act = "i16";
 };
 
 class Session {
@@ -89,6 +92,7 @@ class Session {
   // Scratch, rows_max_ rows each.
   std::vector<float> residual_, hidden_, normed_, xb_, zxbcdt_, lrz_, xbc_, y_, g_, logits_;
   std::vector<int8_t> xq_;
+  std::vector<int16_t> xq16_;
   std::vector<float> xs_;
   std::vector<int32_t> xsum_;
 };

@@ -95,7 +95,7 @@ void run(const std::string& path, uint8_t mode) {
   so.prefill_chunk = 2;
   if (mode & 2) so.isa = "scalar";
   if (mode & 4) so.state_dtype = "f16";
-  so.int8_activations = mode & 8;
+  so.act = (mode & 8) ? "i8" : (mode & 16) ? "f32" : "i16";
   if (session_bytes(model->config(), so.prefill_chunk) > kMaxSessionBytes) {
     if (verbose()) std::fprintf(stderr, "fuzz_packed_loader: loaded (session skipped: state too large)\n");
     return;

@@ -91,21 +91,25 @@ struct SgVariant {
   std::string name;
   void (*f32)(const SignGemmArgs&);
   void (*i8)(const SignGemmI8Args&);
+  void (*i16)(const SignGemmI16Args&) = nullptr;
 };
 
 std::vector<SgVariant> sign_gemm_variants() {
   std::vector<SgVariant> v;
   v.push_back({"scalar ref", sign_gemm_ref, nullptr});
+  v.push_back({"scalar i16 ref", nullptr, nullptr, sign_gemm_i16_ref});
   if (isa_supported(Isa::Avx2)) {
     v.push_back({"avx2 lut fma (table)", sign_gemm_avx2_lut, nullptr});
     v.push_back({"avx2 sllv blendv", sign_gemm_avx2_sllv, nullptr});
     v.push_back({"avx2 i8 maddubs (table)", nullptr, kernel_table(Isa::Avx2).sign_gemm_i8});
+    v.push_back({"avx2 i16 cmpeq+maddwd", nullptr, nullptr, kernel_table(Isa::Avx2).sign_gemm_i16});
   }
   if (isa_supported(Isa::Avx512)) {
     v.push_back({"avx512 maskadd", sign_gemm_avx512_maskadd, nullptr});
     v.push_back({"avx512 blend fma", sign_gemm_avx512_blendfma, nullptr});
     if (cpu_has_avx512_vnni()) v.push_back({"avx512 i8 vnni", nullptr, sign_gemm_i8_avx512_vnni});
     v.push_back({"avx512 i8 bw maddubs", nullptr, sign_gemm_i8_avx512_bw});
+    v.push_back({"avx512 i16 movm+maddwd", nullptr, nullptr, kernel_table(Isa::Avx512).sign_gemm_i16});
   }
   return v;
 }
@@ -144,13 +148,17 @@ std::string kernel_bench_report(double seconds_per_case) {
       std::vector<float> xs(static_cast<size_t>(T)), y(static_cast<size_t>(T * sh.R));
       std::vector<int32_t> xsum(static_cast<size_t>(T));
       quantize_rows_i8_ref({xb.data(), sh.C, xq.data(), sh.C, xs.data(), xsum.data(), T, sh.C});
+      std::vector<int16_t> xq16(static_cast<size_t>(T * sh.C));  // C is a multiple of 64: no padding
+      quantize_rows_i16_ref({xb.data(), sh.C, xq16.data(), sh.C, xs.data(), xsum.data(), T, sh.C});
       for (const SgVariant& v : variants) {
         for (int stream = 1; stream >= 0; --stream) {
-          if (!stream && v.f32 == sign_gemm_ref) continue;  // compute-bound either way
+          if (!stream && (v.f32 == sign_gemm_ref || v.i16 == sign_gemm_i16_ref)) continue;  // compute-bound
           auto call = [&](int copy) {
             const uint8_t* w = codes + (stream ? int64_t(copy) * wbytes : 0);
             if (v.f32) {
               v.f32({w, row_bytes, a.data(), xb.data(), sh.C, y.data(), sh.R, T, sh.C, 0, sh.R});
+            } else if (v.i16) {
+              v.i16({w, row_bytes, a.data(), xq16.data(), sh.C, xs.data(), xsum.data(), y.data(), sh.R, T, sh.C, 0, sh.R});
             } else {
               v.i8({w, row_bytes, a.data(), xq.data(), sh.C, xs.data(), xsum.data(), y.data(), sh.R, T, sh.C, 0, sh.R});
             }

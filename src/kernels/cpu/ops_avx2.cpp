@@ -33,6 +33,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels/cpu/kernel_bench.h"
 #include "kernels/cpu/ops.h"
@@ -633,6 +634,123 @@ void add_rmsnorm_avx2(const AddRmsNormArgs& a) {
   for (; i < a.n; ++i) a.out[i] = a.residual[i] * rstd * a.w[i];
 }
 
+
+// ---- sign GEMM on int16 activations ----------------------------------------------------------
+// Per 32 weights of a row: one 32-bit broadcast of the sign bits puts bits 0-15 in the even and
+// bits 16-31 in the odd int16 lanes. AND + compare with lane masks (selA tests bits 0-7 and
+// 16-23, selB bits 8-15 and 24-31) gives -1 in the lanes whose bit is set; vpmaddwd with the
+// activations, permuted once per call into the same lane order, sums -x over the set bits in
+// int32 (acc = -P). The masks are shared by the TG tokens of a tile. Σ s·x = 2P - X = -2·acc - xsum.
+template <int RT, int TG>
+DFSSM_AINLINE void sg16_tile(const SignGemmI16Args& a, const int16_t* xp, int64_t ldp, int64_t r, int64_t t,
+                             int64_t Cp) {
+  const __m256i selA = _mm256_setr_epi16(1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128);
+  const __m256i selB = _mm256_slli_epi16(selA, 8);
+  __m256i acc[RT][TG];
+  for (int i = 0; i < RT; ++i)
+    for (int j = 0; j < TG; ++j) acc[i][j] = _mm256_setzero_si256();
+  const uint8_t* rows[RT];
+  for (int i = 0; i < RT; ++i) rows[i] = a.codes + (r + i) * a.row_bytes;
+  for (int64_t c = 0; c < Cp; c += 32) {
+    __m256i xa[TG], xb[TG];
+    for (int j = 0; j < TG; ++j) {
+      xa[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + (t + j) * ldp + c));
+      xb[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + (t + j) * ldp + c + 16));
+    }
+    for (int i = 0; i < RT; ++i) {
+      int32_t bits;
+      std::memcpy(&bits, rows[i] + (c >> 3), 4);
+      const __m256i b = _mm256_set1_epi32(bits);
+      const __m256i ma = _mm256_cmpeq_epi16(_mm256_and_si256(b, selA), selA);
+      const __m256i mb = _mm256_cmpeq_epi16(_mm256_and_si256(b, selB), selB);
+      for (int j = 0; j < TG; ++j)
+        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_add_epi32(_mm256_madd_epi16(ma, xa[j]), _mm256_madd_epi16(mb, xb[j])));
+    }
+  }
+  for (int i = 0; i < RT; ++i)
+    for (int j = 0; j < TG; ++j) {
+      const int64_t sx = -2 * int64_t(hsum8_epi32(acc[i][j])) - a.xsum[t + j];
+      a.y[(t + j) * a.ldy + r + i] = a.a[r + i] * (a.xs[t + j] * float(sx));
+    }
+}
+
+void sign_gemm_i16_avx2(const SignGemmI16Args& a) {
+  // Cp <= row_bytes * 8 (rows are whole 64-bit words) and x is zero-padded to it (ops.h), so pad
+  // bits multiply zeros. Permute each token's activations into the lane order of sg16_tile:
+  // per 32: [x0 x16 x1 x17 .. x7 x23 | x8 x24 .. x15 x31].
+  const int64_t Cp = (a.C + 31) / 32 * 32;
+  thread_local std::vector<int16_t> perm;
+  perm.resize(size_t(a.T * Cp));
+  for (int64_t t = 0; t < a.T; ++t)
+    for (int64_t c = 0; c < Cp; c += 32) {
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + t * a.ldx + c));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + t * a.ldx + c + 16));
+      const __m256i ul = _mm256_unpacklo_epi16(lo, hi), uh = _mm256_unpackhi_epi16(lo, hi);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&perm[size_t(t * Cp + c)]), _mm256_permute2x128_si256(ul, uh, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&perm[size_t(t * Cp + c + 16)]), _mm256_permute2x128_si256(ul, uh, 0x31));
+    }
+  const int16_t* xp = perm.data();
+  int64_t r = a.r0;
+  if (a.T == 1) {
+    for (; r + 8 <= a.r1; r += 8) sg16_tile<8, 1>(a, xp, Cp, r, 0, Cp);
+    for (; r < a.r1; ++r) sg16_tile<1, 1>(a, xp, Cp, r, 0, Cp);
+    return;
+  }
+  // Rows outer, token groups inner: a row pair's bits stay in L1 across the token groups.
+  for (; r + 2 <= a.r1; r += 2) {
+    int64_t t = 0;
+    for (; t + 4 <= a.T; t += 4) sg16_tile<2, 4>(a, xp, Cp, r, t, Cp);
+    for (; t < a.T; ++t) sg16_tile<2, 1>(a, xp, Cp, r, t, Cp);
+  }
+  for (; r < a.r1; ++r)
+    for (int64_t t = 0; t < a.T; ++t) sg16_tile<1, 1>(a, xp, Cp, r, t, Cp);
+}
+
+void quantize_rows_i16_avx2(const QuantizeI16Args& a) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t t = 0; t < a.T; ++t) {
+    const float* x = a.x + t * a.ldx;
+    int16_t* q = a.xq + t * a.ldq;
+    __m256 mv = _mm256_setzero_ps();
+    int64_t c = 0;
+    // Operand orders make NaN behave as in the ref (ignored by the max, +32767 after the clamp).
+    for (; c + 8 <= a.C; c += 8) mv = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + c), absmask), mv);
+    float m = 0;
+    alignas(32) float mx[8];
+    _mm256_store_ps(mx, mv);
+    for (float v : mx) m = std::fmax(m, v);
+    for (; c < a.C; ++c) m = std::fmax(m, std::fabs(x[c]));
+    const float s = m > 0 ? m / 32767.f : 1.f;
+    const float inv = 1.f / s;
+    const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-32767.f), hi = _mm256_set1_ps(32767.f);
+    __m256i vsum = _mm256_setzero_si256();
+    auto q8 = [&](const float* p) {
+      __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(p), vinv), _MM_FROUND_CUR_DIRECTION);
+      v = _mm256_max_ps(_mm256_min_ps(v, hi), lo);
+      const __m256i i32 = _mm256_cvtps_epi32(v);
+      vsum = _mm256_add_epi32(vsum, i32);
+      return i32;
+    };
+    c = 0;
+    for (; c + 16 <= a.C; c += 16) {
+      const __m256i lo8 = q8(x + c), hi8 = q8(x + c + 8);
+      // packs works per 128-bit lane: [lo0-3, hi0-3, lo4-7, hi4-7] -> reorder the 64-bit quarters.
+      const __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo8, hi8), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), p);
+    }
+    int32_t sum = hsum8_epi32(vsum);
+    for (; c < a.C; ++c) {
+      const float rr = std::nearbyint(x[c] * inv);
+      const int16_t v = int16_t(std::fmax(-32767.f, std::fmin(32767.f, rr)));
+      q[c] = v;
+      sum += v;
+    }
+    for (c = a.C; c < a.ldq; ++c) q[c] = 0;
+    a.xs[t] = s;
+    a.xsum[t] = sum;
+  }
+}
+
 }  // namespace
 
 // Variants kept for kernel_bench (declared in kernel_bench.h).
@@ -642,7 +760,8 @@ void sign_gemm_avx2_sllv(const SignGemmArgs& a) { sign_gemm_impl<false>(a); }
 const KernelTable& kernel_table_avx2() {
   static const KernelTable t = {Isa::Avx2,          sign_gemm_avx2_lut,  sign_gemm_i8_avx2,  quantize_rows_i8_avx2,
                                 lowrank_down_avx2,  lowrank_up_avx2,     i8_rows_gemm_avx2,  f16_rows_gemm_avx2,
-                                conv_step_silu_avx2, ssm_step_avx2,      gated_rmsnorm_avx2, add_rmsnorm_avx2};
+                                conv_step_silu_avx2, ssm_step_avx2,      gated_rmsnorm_avx2, add_rmsnorm_avx2,
+                                sign_gemm_i16_avx2, quantize_rows_i16_avx2};
   return t;
 }
 

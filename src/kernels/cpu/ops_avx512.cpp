@@ -401,6 +401,51 @@ void ssm_step_avx512(const SsmStepArgs& a) {
   else ssm_rows<true>(a);
 }
 
+// ---- sign GEMM on int16 activations ----------------------------------------------------------
+// Per 32 weights of a row: the 32 sign bits become a __mmask32 and vpmovm2w turns it into -1 /
+// 0 int16 lanes; vpmaddwd with the activations sums -x over the set bits (acc = -P), shared by
+// the TG tokens. Σ s·x = 2P - X = -2·acc - xsum.
+template <int RT, int TG>
+DFSSM_AINLINE void sg16_tile(const SignGemmI16Args& a, int64_t r, int64_t t, int64_t Cp) {
+  __m512i acc[RT][TG];
+  for (int i = 0; i < RT; ++i)
+    for (int j = 0; j < TG; ++j) acc[i][j] = _mm512_setzero_si512();
+  const uint8_t* rows[RT];
+  for (int i = 0; i < RT; ++i) rows[i] = a.codes + (r + i) * a.row_bytes;
+  for (int64_t c = 0; c < Cp; c += 32) {
+    __m512i xv[TG];
+    for (int j = 0; j < TG; ++j) xv[j] = _mm512_loadu_si512(a.xq + (t + j) * a.ldx + c);
+    for (int i = 0; i < RT; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, rows[i] + (c >> 3), 4);
+      const __m512i m = _mm512_movm_epi16(_cvtu32_mask32(bits));
+      for (int j = 0; j < TG; ++j) acc[i][j] = _mm512_add_epi32(acc[i][j], _mm512_madd_epi16(m, xv[j]));
+    }
+  }
+  for (int i = 0; i < RT; ++i)
+    for (int j = 0; j < TG; ++j) {
+      const int64_t sx = -2 * int64_t(_mm512_reduce_add_epi32(acc[i][j])) - a.xsum[t + j];
+      a.y[(t + j) * a.ldy + r + i] = a.a[r + i] * (a.xs[t + j] * float(sx));
+    }
+}
+
+void sign_gemm_i16_avx512(const SignGemmI16Args& a) {
+  const int64_t Cp = (a.C + 31) / 32 * 32;  // <= row_bytes * 8 and x is zero-padded to it (ops.h)
+  int64_t r = a.r0;
+  if (a.T == 1) {
+    for (; r + 8 <= a.r1; r += 8) sg16_tile<8, 1>(a, r, 0, Cp);
+    for (; r < a.r1; ++r) sg16_tile<1, 1>(a, r, 0, Cp);
+    return;
+  }
+  for (; r + 4 <= a.r1; r += 4) {
+    int64_t t = 0;
+    for (; t + 4 <= a.T; t += 4) sg16_tile<4, 4>(a, r, t, Cp);
+    for (; t < a.T; ++t) sg16_tile<4, 1>(a, r, t, Cp);
+  }
+  for (; r < a.r1; ++r)
+    for (int64_t t = 0; t < a.T; ++t) sg16_tile<1, 1>(a, r, t, Cp);
+}
+
 KernelTable make_table() {
   const KernelTable& v2 = kernel_table_avx2();  // AVX-512 CPUs have AVX2 + FMA + F16C (isa.cpp)
   KernelTable t = v2;
@@ -410,6 +455,7 @@ KernelTable make_table() {
   t.i8_rows_gemm = i8_rows_gemm_avx512;
   t.f16_rows_gemm = f16_rows_gemm_avx512;
   t.ssm_step = ssm_step_avx512;
+  t.sign_gemm_i16 = sign_gemm_i16_avx512;
   return t;
 }
 

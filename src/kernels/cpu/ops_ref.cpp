@@ -55,6 +55,38 @@ void quantize_rows_i8_ref(const QuantizeI8Args& a) {
   }
 }
 
+void sign_gemm_i16_ref(const SignGemmI16Args& a) {
+  for (int64_t t = 0; t < a.T; ++t) {
+    const int16_t* x = a.xq + t * a.ldx;
+    for (int64_t r = a.r0; r < a.r1; ++r) {
+      const uint8_t* row = a.codes + r * a.row_bytes;
+      int64_t acc = 0;
+      for (int64_t c = 0; c < a.C; ++c) acc += ((row[c >> 3] >> (c & 7)) & 1) ? x[c] : -x[c];
+      a.y[t * a.ldy + r] = a.a[r] * (a.xs[t] * float(acc));
+    }
+  }
+}
+
+void quantize_rows_i16_ref(const QuantizeI16Args& a) {
+  for (int64_t t = 0; t < a.T; ++t) {
+    const float* x = a.x + t * a.ldx;
+    float m = 0;
+    for (int64_t c = 0; c < a.C; ++c) m = std::fmax(m, std::fabs(x[c]));
+    const float s = m > 0 ? m / 32767.f : 1.f;
+    const float inv = 1.f / s;
+    int32_t sum = 0;
+    for (int64_t c = 0; c < a.C; ++c) {
+      const float q = std::nearbyint(x[c] * inv);
+      const int16_t v = int16_t(std::fmax(-32767.f, std::fmin(32767.f, q)));
+      a.xq[t * a.ldq + c] = v;
+      sum += v;
+    }
+    for (int64_t c = a.C; c < a.ldq; ++c) a.xq[t * a.ldq + c] = 0;
+    a.xs[t] = s;
+    a.xsum[t] = sum;
+  }
+}
+
 void lowrank_down_ref(const LowRankDownArgs& a) {
   for (int64_t t = 0; t < a.T; ++t)
     for (int64_t k = 0; k < a.rank; ++k) {
@@ -153,7 +185,8 @@ void add_rmsnorm_ref(const AddRmsNormArgs& a) {
 namespace {
 const KernelTable kScalar = {Isa::Scalar,       sign_gemm_ref,     sign_gemm_i8_ref, quantize_rows_i8_ref,
                              lowrank_down_ref,  lowrank_up_ref,    i8_rows_gemm_ref, f16_rows_gemm_ref,
-                             conv_step_silu_ref, ssm_step_ref,     gated_rmsnorm_ref, add_rmsnorm_ref};
+                             conv_step_silu_ref, ssm_step_ref,     gated_rmsnorm_ref, add_rmsnorm_ref,
+                             sign_gemm_i16_ref, quantize_rows_i16_ref};
 }  // namespace
 
 const KernelTable& kernel_table(Isa isa) {

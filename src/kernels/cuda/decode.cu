@@ -1,0 +1,497 @@
+// CUDA decode kernels: what each computes and the memory layouts are in decode.h; the exact op
+// definitions in src/kernels/cpu/ops.h (their `_ref` twins are the references the tests use).
+//
+// Every kernel starts with `griddepcontrol.launch_dependents` and waits (`griddepcontrol.wait`)
+// before it reads anything the previous kernel wrote. Launched with programmatic dependent
+// launch (pdl = true), the next kernel's blocks start while this one runs and issue their
+// weight loads (weights are never written) before they wait: launch latency and the first DRAM
+// round trip overlap the previous kernel. Without PDL both instructions are no-ops.
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/decode.h"
+
+namespace dfssm::kernels::cuda {
+namespace {
+
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float softplus20(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Block-wide sum (any blockDim multiple of 32, <= 1024); every thread gets the total.
+__device__ float block_sum(float v, float* scratch /* >= 33 floats */) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be in use by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = 0;
+  for (int i = 0; i < nw; ++i) t += scratch[i];  // fixed order: deterministic
+  return t;
+}
+
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <typename F, typename... Args>
+cudaError_t launch(F kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+// ---- repack ----------------------------------------------------------------------------------
+__global__ void repack_signs_kernel(const uint8_t* __restrict__ codes, int64_t row_bytes, int64_t R, int64_t C,
+                                    int64_t nch, int64_t nwords, uint32_t* __restrict__ out) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= nwords) return;
+  const int i = int(idx & 3), lane = int((idx >> 2) & 31);
+  const int64_t rest = idx >> 7, ch = rest % nch, T = rest / nch;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t row = T * 16 + g + ((i & 1) ? 8 : 0);
+  const int64_t kbase = ch * kChunkCols + 2 * t + ((i & 2) ? 8 : 0);
+  uint32_t word = 0;
+  if (row < R) {
+    const uint8_t* rp = codes + row * row_bytes;
+    for (int s = 0; s < 16; ++s) {
+      const int64_t c0 = kbase + 16 * s, c1 = c0 + 1;
+      const uint32_t b0 = c0 < C ? (rp[c0 >> 3] >> (c0 & 7)) & 1u : 0u;
+      const uint32_t b1 = c1 < C ? (rp[c1 >> 3] >> (c1 & 7)) & 1u : 0u;
+      word |= (b0 << s) | (b1 << (s + 16));
+    }
+  }
+  out[idx] = word;  // idx = ((T*nch + ch)*32 + lane)*4 + i
+}
+
+// ---- norm + projection prologue --------------------------------------------------------------
+constexpr int kNormThreads = 256;
+
+__global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a, int nsplit) {
+  pdl_trigger();
+  pdl_wait();
+  extern __shared__ float row[];  // [n]
+  __shared__ float scratch[33];
+  __shared__ float red[kNormThreads / 32][kMaxRank];
+  const int bseq = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
+  const int n = a.n;
+  if (a.mode == 0) {
+    float ss = 0;
+    if (a.tokens) {
+      const int64_t tok = a.tokens[bseq];
+      const float sc = a.emb_scale[tok];
+      const int8_t* e = a.emb + tok * n;
+      for (int i = tid; i < n; i += nt) {
+        const float v = float(e[i]) * sc;
+        row[i] = v;
+        ss += v * v;
+      }
+    } else {
+      const float* ri = a.res_in + int64_t(bseq) * n;
+      const float* hi = a.hidden ? a.hidden + int64_t(bseq) * n : nullptr;
+      for (int i = tid; i < n; i += nt) {
+        const float v = hi ? ri[i] + hi[i] : ri[i];
+        row[i] = v;
+        ss += v * v;
+      }
+    }
+    if (split == 0 && a.res_out)
+      for (int i = tid; i < n; i += nt) a.res_out[int64_t(bseq) * n + i] = row[i];
+    const float rstd = rsqrtf(block_sum(ss, scratch) / float(n) + a.eps);
+    for (int i = tid; i < n; i += nt) row[i] = row[i] * rstd * a.w[i];
+  } else {
+    const float* y = a.y + int64_t(bseq) * n;
+    const float* z = a.z + int64_t(bseq) * a.ldz;
+    const int gs = n / a.G;
+    for (int i = tid; i < n; i += nt) row[i] = y[i] * silu(z[i]);
+    for (int gi = 0; gi < a.G; ++gi) {
+      float ss = 0;
+      for (int i = gi * gs + tid; i < (gi + 1) * gs; i += nt) ss += row[i] * row[i];
+      const float rstd = rsqrtf(block_sum(ss, scratch) / float(gs) + a.eps);
+      for (int i = gi * gs + tid; i < (gi + 1) * gs; i += nt) row[i] = row[i] * rstd * a.w[i];
+    }
+  }
+  __syncthreads();
+  if (a.plain) {
+    __half2* o = reinterpret_cast<__half2*>(a.out16) + int64_t(bseq) * (n / 2);
+    for (int c = 2 * tid; c < n; c += 2 * nt) o[c / 2] = __floats2half2_rn(row[c], row[c + 1]);
+    return;
+  }
+  const int c0 = split * kSliceCols;
+  const int cpad = int(round_up(n, kChunkCols));
+  const int c1 = min(c0 + kSliceCols, cpad);
+  __half2* xf = reinterpret_cast<__half2*>(a.out16);
+  for (int c = c0 + 2 * tid; c < c1; c += 2 * nt) {
+    const float v0 = c < n ? row[c] * (a.b ? a.b[c] : 1.f) : 0.f;
+    const float v1 = c + 1 < n ? row[c + 1] * (a.b ? a.b[c + 1] : 1.f) : 0.f;
+    const int s = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
+    xf[(int64_t(s) * 32 + bseq * 4 + t) * 2 + hi] = __floats2half2_rn(v0, v1);
+  }
+  if (a.V && a.r > 0) {
+    float acc[kMaxRank];
+#pragma unroll
+    for (int k = 0; k < kMaxRank; ++k) acc[k] = 0.f;
+    const int ce = min(c1, n);
+    for (int c = c0 + tid; c < ce; c += nt) {
+      const float x = row[c];
+      const int8_t* v = a.V + int64_t(c) * a.r;
+#pragma unroll
+      for (int k = 0; k < kMaxRank; ++k)
+        if (k < a.r) acc[k] += float(v[k]) * x;
+    }
+    const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+#pragma unroll
+    for (int k = 0; k < kMaxRank; ++k)
+      if (k < a.r) {
+        const float s = warp_sum(acc[k]);
+        if (lane == 0) red[warp][k] = s;
+      }
+    __syncthreads();
+    if (tid < a.r) {
+      float s = 0;
+      for (int w = 0; w < nw; ++w) s += red[w][tid];
+      a.zp[(int64_t(bseq) * nsplit + split) * a.r + tid] = s;
+    }
+  }
+}
+
+// ---- packed-sign GEMV ------------------------------------------------------------------------
+template <int MT>
+__global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
+  __shared__ float red[8][MT][4][32];
+  __shared__ float zs[kMaxBatch * kMaxRank];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int tile0 = blockIdx.x * MT;
+  const int per = nch / KS, ch0 = warp * per, ch1 = ch0 + per;
+  const uint4* W = reinterpret_cast<const uint4*>(p.w);
+  const uint2* XF = reinterpret_cast<const uint2*>(p.xf);
+
+  auto load = [&](int ch, uint4 (&q)[MT]) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int T = tile0 + m;
+      q[m] = T < tiles ? __ldg(&W[(int64_t(T) * nch + ch) * 32 + lane]) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  uint4 cur[MT];
+  load(ch0, cur);  // weights only: safe before the wait
+  pdl_trigger();
+  pdl_wait();
+
+  float acc[MT][4];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
+  const bool active = g < p.B;
+  for (int ch = ch0; ch < ch1; ++ch) {
+    uint4 nxt[MT];
+    if (ch + 1 < ch1) load(ch + 1, nxt);
+    uint2 bx[16];
+    const uint2* xc = XF + int64_t(ch) * 16 * 32 + lane;
+#pragma unroll
+    for (int s = 0; s < 16; ++s) bx[s] = active ? xc[s * 32] : make_uint2(0, 0);
+#pragma unroll
+    for (int s = 0; s < 16; ++s) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const uint32_t a0 = ((cur[m].x << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
+        const uint32_t a1 = ((cur[m].y << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
+        const uint32_t a2 = ((cur[m].z << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
+        const uint32_t a3 = ((cur[m].w << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
+        mma16816(acc[m], a0, a1, a2, a3, bx[s].x, bx[s].y);
+      }
+    }
+    if (ch + 1 < ch1) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) cur[m] = nxt[m];
+    }
+  }
+  // Reduce the K-split partials in a fixed order (deterministic).
+  if (warp > 0) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j];
+  }
+  if (warp == 0 && p.r > 0) {
+    for (int idx = lane; idx < p.B * p.r; idx += 32) {
+      const int n = idx / p.r, k = idx % p.r;
+      float s = 0;
+      for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
+      zs[idx] = s * p.vs[k] * p.us[k];
+    }
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  for (int w = 1; w < KS; ++w)
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[m][j] += red[w][m][j][lane];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const int T = tile0 + m;
+    if (T >= tiles) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t row = int64_t(T) * 16 + g + (j >= 2 ? 8 : 0);
+      const int n = 2 * t + (j & 1);
+      if (row >= p.R || n >= p.B) continue;
+      float v = p.a[row] * acc[m][j];
+      if (p.r > 0) {
+        const int8_t* u = p.U + row * p.r;
+        const float* z = zs + n * p.r;
+        float lr = 0;
+        for (int k = 0; k < p.r; ++k) lr += float(u[k]) * z[k];
+        v += lr;
+      }
+      p.y[int64_t(n) * p.ldy + row] = v;
+      if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
+        const int64_t ch = row - p.conv_lo, D = p.conv_D;
+        float* st = p.conv_state + int64_t(n) * p.conv_seq_stride;
+        float cacc = p.conv_b ? p.conv_b[ch] : 0.f;
+        for (int k = 0; k + 1 < p.conv_K; ++k) {
+          const float sv = st[(k + 1) * D + ch];
+          st[k * D + ch] = sv;
+          cacc += p.conv_w[k * D + ch] * sv;
+        }
+        st[(p.conv_K - 1) * D + ch] = v;
+        cacc += p.conv_w[(p.conv_K - 1) * D + ch] * v;
+        p.conv_out[int64_t(n) * D + ch] = silu(cacc);
+      }
+    }
+  }
+}
+
+// ---- SSM step --------------------------------------------------------------------------------
+constexpr int kSsmThreads = 256;
+constexpr int kSsmPSplit = 2;
+
+template <bool F16>
+__global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
+  pdl_trigger();
+  pdl_wait();
+  const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nw = blockDim.x >> 5;
+  const int H = a.H, P = a.P, N = a.N, di = H * P;
+  const int pb = P / gridDim.z, p0 = blockIdx.z * pb;
+  const float* xbc = a.xbc + int64_t(b) * a.D;
+  const float dt = fminf(fmaxf(softplus20(a.dt_raw[int64_t(b) * a.ld_dt + h] + a.dt_bias[h]), a.dt_min), a.dt_max);
+  const float dA = expf(dt * a.A[h]);
+  const int grp = h / (H / a.G);
+  const float* Bv = xbc + di + grp * N;
+  const float* Cv = xbc + di + a.G * N + grp * N;
+  const float Dh = a.Dskip[h];
+  // Each lane owns n = 4*(lane + 32j), j = 0, 1 (N <= 256, N % 4 == 0).
+  float4 Bn[2], Cn[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int n = 4 * (lane + 32 * j);
+    Bn[j] = n < N ? make_float4(Bv[n], Bv[n + 1], Bv[n + 2], Bv[n + 3]) : make_float4(0, 0, 0, 0);
+    Cn[j] = n < N ? make_float4(Cv[n], Cv[n + 1], Cv[n + 2], Cv[n + 3]) : make_float4(0, 0, 0, 0);
+  }
+  char* sbase = static_cast<char*>(a.state) + int64_t(b) * a.state_seq_stride;
+  for (int p = p0 + warp; p < p0 + pb; p += nw) {
+    const float x = xbc[h * P + p];
+    const float xdt = x * dt;
+    const int64_t off = (int64_t(h) * P + p) * N;
+    float acc = 0;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int n = 4 * (lane + 32 * j);
+      if (n >= N) continue;
+      float4 s;
+      if (F16) {
+        const uint2 raw = *reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(sbase) + off + n);
+        const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+        const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+        s = make_float4(lo.x, lo.y, hi.x, hi.y);
+      } else {
+        s = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(sbase) + off + n);
+      }
+      s.x = s.x * dA + xdt * Bn[j].x;
+      s.y = s.y * dA + xdt * Bn[j].y;
+      s.z = s.z * dA + xdt * Bn[j].z;
+      s.w = s.w * dA + xdt * Bn[j].w;
+      if (F16) {
+        __half2 lo = __floats2half2_rn(s.x, s.y), hi = __floats2half2_rn(s.z, s.w);
+        uint2 raw;
+        raw.x = *reinterpret_cast<uint32_t*>(&lo);
+        raw.y = *reinterpret_cast<uint32_t*>(&hi);
+        *reinterpret_cast<uint2*>(reinterpret_cast<__half*>(sbase) + off + n) = raw;
+        const float2 l2 = __half22float2(lo), h2 = __half22float2(hi);  // y uses the rounded state
+        s = make_float4(l2.x, l2.y, h2.x, h2.y);
+      } else {
+        *reinterpret_cast<float4*>(reinterpret_cast<float*>(sbase) + off + n) = s;
+      }
+      acc += Cn[j].x * s.x + Cn[j].y * s.y + Cn[j].z * s.z + Cn[j].w * s.w;
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) a.y[int64_t(b) * di + h * P + p] = acc + Dh * x;
+  }
+}
+
+// ---- int8 LM head ----------------------------------------------------------------------------
+// Tile of 16 rows per block; the block's 4 warps split d. Per 64-column chunk c, lane (g, t)
+// reads 16 bytes of row g (and of row g + 8) at column 64c + 16t; mma step s (0..3) of the chunk
+// uses its bytes 4s..4s+3, i.e. physical columns 64c + 16t + 4s + (0, 1, 2, 3) stand for the
+// mma's k = (2t, 2t+1, 2t+8, 2t+9), and the activation operand is read with the same mapping.
+constexpr int kLmWarps = 4;
+
+__device__ __forceinline__ void i8x4_to_half2x2(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  const uint32_t u = w ^ 0x80808080u;  // x + 128 as unsigned bytes
+  lo = __byte_perm(u, 0x64646464u, 0x5140);  // halves 1024 + u0, 1024 + u1
+  hi = __byte_perm(u, 0x64646464u, 0x7362);
+  const __half2 bias = __half2half2(__ushort_as_half(0x6480));  // 1152
+  __half2 l = __hsub2(*reinterpret_cast<__half2*>(&lo), bias);
+  __half2 h = __hsub2(*reinterpret_cast<__half2*>(&hi), bias);
+  lo = *reinterpret_cast<uint32_t*>(&l);
+  hi = *reinterpret_cast<uint32_t*>(&h);
+}
+
+__global__ void __launch_bounds__(kLmWarps * 32) lm_head_kernel(LmHeadArgs a) {
+  __shared__ float red[kLmWarps][4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t r0 = int64_t(blockIdx.x) * 16 + g, r1 = r0 + 8;
+  const int nchunk = int(a.d / 64), per = (nchunk + kLmWarps - 1) / kLmWarps;
+  const int c0 = min(warp * per, nchunk), c1 = min(c0 + per, nchunk);
+  const uint4* q0 = reinterpret_cast<const uint4*>(a.q + r0 * a.d) + t;
+  const uint4* q1 = reinterpret_cast<const uint4*>(a.q + r1 * a.d) + t;
+  const bool ok0 = r0 < a.V, ok1 = r1 < a.V;
+  constexpr int U = 4;
+  uint4 wa[U], wb[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int c = c0 + u;
+    wa[u] = (c < c1 && ok0) ? __ldg(q0 + c * 4) : make_uint4(0, 0, 0, 0);
+    wb[u] = (c < c1 && ok1) ? __ldg(q1 + c * 4) : make_uint4(0, 0, 0, 0);
+  }
+  pdl_trigger();
+  pdl_wait();
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  const bool active = g < a.B;
+  const uint2* x = reinterpret_cast<const uint2*>(static_cast<const __half*>(a.x16) + int64_t(g) * a.d) + 4 * t;
+  for (int cb = c0; cb < c1; cb += U) {
+    uint4 na[U], nb[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = cb + U + u;
+      na[u] = (c < c1 && ok0) ? __ldg(q0 + c * 4) : make_uint4(0, 0, 0, 0);
+      nb[u] = (c < c1 && ok1) ? __ldg(q1 + c * 4) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = cb + u;
+      if (c >= c1) break;
+      const uint32_t A0[4] = {wa[u].x, wa[u].y, wa[u].z, wa[u].w};
+      const uint32_t A1[4] = {wb[u].x, wb[u].y, wb[u].z, wb[u].w};
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        const uint2 bx = active ? x[c * 16 + s] : make_uint2(0, 0);
+        uint32_t a0, a2, a1, a3;
+        i8x4_to_half2x2(A0[s], a0, a2);  // row g: k (2t, 2t+1) and (2t+8, 2t+9)
+        i8x4_to_half2x2(A1[s], a1, a3);  // row g + 8
+        mma16816(acc, a0, a1, a2, a3, bx.x, bx.y);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) wa[u] = na[u], wb[u] = nb[u];
+  }
+  if (warp > 0)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) red[warp][j][lane] = acc[j];
+  __syncthreads();
+  if (warp != 0) return;
+  for (int w = 1; w < kLmWarps; ++w)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[j] += red[w][j][lane];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int64_t row = j >= 2 ? r1 : r0;
+    const int n = 2 * t + (j & 1);
+    if (row < a.V && n < a.B) a.logits[int64_t(n) * a.V + row] = a.scale[row] * acc[j];
+  }
+}
+
+}  // namespace
+
+cudaError_t repack_signs(const uint8_t* codes, int64_t row_bytes, int64_t R, int64_t C, void* out, cudaStream_t s) {
+  const int64_t tiles = round_up(R, 16) / 16, nch = round_up(C, kChunkCols) / kChunkCols;
+  const int64_t nwords = tiles * nch * 32 * 4;
+  const int threads = 256;
+  repack_signs_kernel<<<unsigned((nwords + threads - 1) / threads), threads, 0, s>>>(
+      codes, row_bytes, R, C, nch, nwords, static_cast<uint32_t*>(out));
+  return cudaGetLastError();
+}
+
+int norm_splits(const NormArgs& a) {
+  return a.plain ? 1 : int(round_up(a.n, kChunkCols) + kSliceCols - 1) / kSliceCols;
+}
+
+cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
+  if (B < 1 || B > kMaxBatch || a.r > kMaxRank || (a.mode == 1 && a.n % a.G != 0) || (a.plain && a.n % 2)) {
+    return cudaErrorInvalidValue;
+  }
+  const int ns = norm_splits(a);
+  const size_t smem = size_t(a.n) * sizeof(float);
+  if (smem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(norm_prologue_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return e;
+  }
+  return launch(norm_prologue_kernel, dim3(unsigned(B), unsigned(ns)), dim3(kNormThreads), smem, s, pdl, a, ns);
+}
+
+cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
+  if (a.B < 1 || a.B > kMaxBatch || a.r > kMaxRank || (a.conv_D > 0 && a.conv_K < 1)) return cudaErrorInvalidValue;
+  const int tiles = int(round_up(a.R, 16) / 16), nch = int(round_up(a.C, kChunkCols) / kChunkCols);
+  int KS = 1;  // warps splitting the chunks: at least 2 chunks per warp where possible
+  for (int k : {8, 4, 2})
+    if (nch % k == 0 && nch / k >= 2) {
+      KS = k;
+      break;
+    }
+  int sms = 132;
+  {
+    int dev = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  }
+  if (tiles >= 4 * sms) {
+    return launch(sign_gemv_kernel<2>, dim3(unsigned((tiles + 1) / 2)), dim3(unsigned(32 * KS)), 0, s, pdl, a, tiles, nch);
+  }
+  return launch(sign_gemv_kernel<1>, dim3(unsigned(tiles)), dim3(unsigned(32 * KS)), 0, s, pdl, a, tiles, nch);
+}
+
+cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl) {
+  if (B < 1 || a.N % 4 != 0 || a.N > 256 || a.P % kSsmPSplit != 0 || a.H % a.G != 0) return cudaErrorInvalidValue;
+  const dim3 grid(unsigned(a.H), unsigned(B), kSsmPSplit);
+  return a.f16 ? launch(ssm_step_kernel<true>, grid, dim3(kSsmThreads), 0, s, pdl, a)
+               : launch(ssm_step_kernel<false>, grid, dim3(kSsmThreads), 0, s, pdl, a);
+}
+
+cudaError_t lm_head_i8(const LmHeadArgs& a, cudaStream_t s, bool pdl) {
+  if (a.B < 1 || a.B > kMaxBatch || a.d % 64 != 0) return cudaErrorInvalidValue;
+  const unsigned blocks = unsigned((a.V + 15) / 16);
+  return launch(lm_head_kernel, dim3(blocks), dim3(kLmWarps * 32), 0, s, pdl, a);
+}
+
+}  // namespace dfssm::kernels::cuda

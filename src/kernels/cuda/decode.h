@@ -1,0 +1,152 @@
+// CUDA decode kernels for the runtime (batch B = 1..8 sequences per step). Plain C++ header:
+// callers need only the CUDA runtime. Every op is defined in src/kernels/cpu/ops.h; the
+// references are the `_ref` functions of src/kernels/cpu/ops_ref.cpp (compositions of them for
+// the fused kernels, see tests/test_cuda_runtime.cpp).
+//
+// One decode layer is five launches (the runtime captures the whole step in a CUDA graph):
+//   norm_prologue (rms)    residual += hidden; x = RMSNorm(residual) ⊙ w; writes the in_proj
+//                          input fragments fp16(b ⊙ x) and the low-rank partials Vᵀx
+//   sign_gemv (in_proj)    y = a ⊙ (S xb) + U (us ⊙ vs ⊙ Vᵀx), + conv1d step + SiLU fused on the
+//                          xBC rows (each channel's conv state is owned by exactly one lane)
+//   ssm_step               dt, dA, state update (fp32 or fp16 state), y = C·h + D x
+//   norm_prologue (gated)  g = y ⊙ silu(z), grouped RMSNorm ⊙ w, out_proj fragments + partials
+//   sign_gemv (out_proj)   hidden = a ⊙ (S xb) + U (us ⊙ vs ⊙ Vᵀg)
+// then norm_f (norm_prologue, plain fp16 rows) and the int8 LM head.
+//
+// Layouts (all device pointers):
+//   * activations fp32 row-major [B, n] (sequence b at b*n), as the CPU runtime's;
+//   * "fragments": the sign GEMV's activation operand, fp16, in the register order of
+//     mma.m16n8k16's B operand: for 16-column step s and lane l = 4*g + t (g = sequence,
+//     t = 0..3): uint2 { half2(x[g][16s+2t], x[g][16s+2t+1]), half2(x[g][16s+2t+8], x[g][16s+2t+9]) }
+//     at uint2 index s*32 + l. Columns are padded to a multiple of 256 with zeros. Sequences
+//     >= B are never read (those lanes use zeros), so the buffer holds 8 sequences' worth.
+//   * packed signs, repacked once at load (repack_signs) from the file's rows (docs/format.md:
+//     row r at r*row_bytes, LSB-first, bit 1 = +1) into tiles of 16 rows x 256 columns: per
+//     (tile T, chunk ch, lane l = 4g + t) one uint4 at index (T*nch + ch)*32 + l whose word i
+//     holds, for step s = 0..15, bit s = column ch*256 + 16s + 2t + 8*(i>>1) and bit s+16 = the
+//     next column, of row 16T + g + 8*(i&1). A warp then loads 512 contiguous bytes per
+//     (tile, chunk) and turns each word into a half2 of ±1 with one shift and one LOP3
+//     ((w << (15-s)) & 0x80008000) ^ 0xBC00BC00, the A operand of mma.m16n8k16 (f16 in, f32
+//     accumulate). Rows are padded to a multiple of 16 (pad rows are -1 and never stored),
+//     columns to a multiple of 256 (the fragments are zero there).
+//   * the int8 LM head / embedding stays in the file's layout [V, d] (no copy other than the
+//     upload): a lane reads 16 contiguous bytes of a row per 64 columns and the activation
+//     operand is permuted to match (see lm_head_i8).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace dfssm::kernels::cuda {
+
+constexpr int kMaxBatch = 8;   // sequences per decode step (mma N = 8)
+constexpr int kMaxRank = 32;   // low-rank rank the kernels support
+constexpr int kChunkCols = 256;
+constexpr int kSliceCols = 512;  // norm_prologue: fragment columns per block
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+// Bytes of the repacked signs of an R x C projection.
+inline size_t repacked_sign_bytes(int64_t R, int64_t C) {
+  return size_t(round_up(R, 16) / 16) * size_t(round_up(C, kChunkCols) / kChunkCols) * 32 * 16;
+}
+// Bytes of a fragment buffer for C columns (8 sequences).
+inline size_t fragment_bytes(int64_t C) { return size_t(round_up(C, kChunkCols) / 16) * 32 * 8; }
+
+// codes: device copy of the file's packed rows. out: repacked_sign_bytes(R, C) bytes.
+cudaError_t repack_signs(const uint8_t* codes, int64_t row_bytes, int64_t R, int64_t C, void* out, cudaStream_t s);
+
+// Residual add + RMSNorm (mode 0) or gated RMSNorm (mode 1) of B rows, then the next
+// projection's input. Grid (B, nsplit) where nsplit = ceil(cpad / kSliceCols) (plain: 1 block
+// per row). Every block recomputes the row statistic; block y = 0 writes the residual.
+struct NormArgs {
+  int mode = 0;  // 0: residual add + RMSNorm, 1: gated RMSNorm (norm_before_gate=False)
+  int n = 0;     // row length
+  float eps = 1e-5f;
+  const float* w = nullptr;  // [n]
+  // mode 0: x = res_in + hidden (hidden may be null); or, when tokens is set, x = embedding row
+  // (int8 codes [V, n] · scale[tok]). x is written to res_out (must differ from res_in).
+  const float* res_in = nullptr;
+  const float* hidden = nullptr;
+  float* res_out = nullptr;
+  const int32_t* tokens = nullptr;
+  const int8_t* emb = nullptr;
+  const float* emb_scale = nullptr;
+  // mode 1: g = y ⊙ silu(z), G groups of n / G channels.
+  const float* y = nullptr;
+  const float* z = nullptr;
+  int64_t ldz = 0;
+  int G = 1;
+  // Outputs: fp16(b ⊙ out) as fragments (plain = 0; b may be null) or plain fp16 rows [B, n]
+  // (plain = 1, for the LM head); low-rank partials zp[b][split][k] = Σ_{c in slice} V[c,k]·out[c].
+  const float* b = nullptr;
+  void* out16 = nullptr;
+  int plain = 0;
+  const int8_t* V = nullptr;  // [n, r] or null
+  int r = 0;
+  float* zp = nullptr;
+};
+int norm_splits(const NormArgs& a);
+cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl);
+
+// y[b, row] = a[row] · Σ_c s[row, c] xb[b, c] + Σ_k U[row, k] · us[k] · vs[k] · Σ_split zp[b][split][k]
+// for rows < R, b < B. With conv_D > 0, rows [conv_lo, conv_lo + conv_D) also run the depthwise
+// conv1d step + SiLU (ops.h ConvStepArgs) on their channel: state [K, D] fp32 at
+// conv_state + b * conv_seq_stride (floats), output conv_out[b * conv_D + ch].
+struct SignGemvArgs {
+  const void* w = nullptr;  // repacked signs
+  int64_t R = 0, C = 0;
+  const void* xf = nullptr;  // fragments
+  int B = 1;
+  const float* a = nullptr;
+  const int8_t* U = nullptr;  // [R, r] or null
+  const float* us = nullptr;
+  const float* vs = nullptr;
+  const float* zp = nullptr;
+  int nsplit = 0, r = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+  int64_t conv_lo = 0, conv_D = 0;
+  int conv_K = 0;
+  float* conv_state = nullptr;
+  int64_t conv_seq_stride = 0;
+  const float* conv_w = nullptr;  // [K, D] tap-major
+  const float* conv_b = nullptr;  // [D] or null
+  float* conv_out = nullptr;
+};
+cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl);
+
+// The SSM recurrence for B sequences (ops.h SsmStepArgs), one layer. xbc: post-conv [B, D_conv]
+// (x | B | C); dt_raw[b * ld_dt + h]. State of sequence b at state + b * state_seq_stride bytes,
+// fp32 or fp16 [H, P, N].
+struct SsmArgs {
+  void* state = nullptr;
+  bool f16 = false;
+  int64_t state_seq_stride = 0;  // bytes
+  const float* xbc = nullptr;
+  int64_t D = 0;  // conv_dim
+  const float* dt_raw = nullptr;
+  int64_t ld_dt = 0;
+  const float* dt_bias = nullptr;
+  const float* A = nullptr;
+  const float* Dskip = nullptr;
+  float* y = nullptr;  // [B, H*P]
+  float dt_min = 0, dt_max = 0;
+  int H = 0, P = 0, N = 0, G = 1;
+};
+cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl);
+
+// logits[b, row] = scale[row] · Σ_c q[row, c] · x16[b, c]   (int8 q [V, d], x16 plain fp16 [B, d]).
+// d must be a multiple of 64.
+struct LmHeadArgs {
+  const int8_t* q = nullptr;
+  const float* scale = nullptr;
+  const void* x16 = nullptr;
+  int B = 1;
+  int64_t V = 0, d = 0;
+  float* logits = nullptr;  // [B, V]
+};
+cudaError_t lm_head_i8(const LmHeadArgs& a, cudaStream_t s, bool pdl);
+
+}  // namespace dfssm::kernels::cuda
