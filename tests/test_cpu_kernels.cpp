@@ -192,6 +192,13 @@ void check_sign_gemm(uint64_t salt, int64_t R, int64_t C, int64_t T, int64_t r0,
       const double e16 = y16.rel_vs(ref16, r0, r1);
       INFO("sign_gemm_i16 vs sign_gemm_i16_ref rel L2 " << e16);
       CHECK(e16 < kExactTol);  // integer sums: identical up to the final fp32 products
+      if (isa == Isa::Avx512) {  // the movm variant kept for kernel_bench
+        Out ym(T, ldy);
+        ja.y = ym.data();
+        sign_gemm_i16_avx512_movm(ja);
+        CHECK(ym.written_exactly(r0, r1));
+        CHECK(ym.rel_vs(ref16, r0, r1) < kExactTol);
+      }
       if (T == 8 && xmean == 0.f)
         WARN(isa_name(isa) << " int16 sign GEMM vs fp32 reference (R=" << R << " C=" << C << "): rel L2 " << e16ref);
     }

@@ -109,7 +109,7 @@ std::vector<SgVariant> sign_gemm_variants() {
     v.push_back({"avx512 blend fma", sign_gemm_avx512_blendfma, nullptr});
     if (cpu_has_avx512_vnni()) v.push_back({"avx512 i8 vnni", nullptr, sign_gemm_i8_avx512_vnni});
     v.push_back({"avx512 i8 bw maddubs", nullptr, sign_gemm_i8_avx512_bw});
-    v.push_back({"avx512 i16 movm+maddwd", nullptr, nullptr, kernel_table(Isa::Avx512).sign_gemm_i16});
+    v.push_back({"avx512 i16 movm+maddwd", nullptr, nullptr, sign_gemm_i16_avx512_movm});
   }
   return v;
 }

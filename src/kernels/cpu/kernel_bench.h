@@ -24,6 +24,7 @@ void sign_gemm_avx512(const SignGemmArgs& a);          // the table entry: maska
 void sign_gemm_avx512_maskadd(const SignGemmArgs& a);  // masked add, 2P - Σx
 void sign_gemm_avx512_blendfma(const SignGemmArgs& a); // blend(±1) per row + FMA per token
 void sign_gemm_i8_avx512_vnni(const SignGemmI8Args& a);  // vpdpbusd (needs AVX-512 VNNI)
-void sign_gemm_i8_avx512_bw(const SignGemmI8Args& a);    // vpmaddubsw + vpmaddwd (AVX-512 BW)
+void sign_gemm_i8_avx512_bw(const SignGemmI8Args& a);
+void sign_gemm_i16_avx512_movm(const SignGemmI16Args& a);  // vpmovm2w + vpmaddwd (slower than AVX2's; not in the table)    // vpmaddubsw + vpmaddwd (AVX-512 BW)
 
 }  // namespace dfssm::kernels::cpu
