@@ -256,6 +256,7 @@ TEST_CASE("cpu kernels: tables", "[cpu_kernels]") {
     CHECK(k.quantize_rows_i8);
     CHECK(k.sign_gemm_i16);
     CHECK(k.quantize_rows_i16);
+    CHECK(k.i8_rows_gemm_i16);
     CHECK(k.lowrank_down);
     CHECK(k.lowrank_up);
     CHECK(k.i8_rows_gemm);
@@ -423,6 +424,32 @@ TEST_CASE("cpu kernels: i8_rows_gemm (tied int8 LM head)", "[cpu_kernels]") {
       kernel_table(isa).i8_rows_gemm(args);
       CHECK(y.written_exactly(r0, r1));
       CHECK(y.rel_vs(ref, r0, r1) < kFp32Tol);
+    }
+  }
+}
+
+TEST_CASE("cpu kernels: i8_rows_gemm_i16 (the i16 path's LM head)", "[cpu_kernels]") {
+  for (int64_t T : {1, 8}) {
+    Rng rng(700 + uint64_t(T));
+    const int64_t R = 50288, C = 2048, r0 = 12000, r1 = 15000 + T, ld = C + 64, ldy = R;
+    INFO("seed " << base_seed() << " T=" << T);
+    const std::vector<int8_t> q = rng.int8s(size_t(R * C));
+    const std::vector<float> scale = rng.uniform(size_t(R), 1e-4f, 1e-3f), x = rng.normal(size_t(T * C));
+    std::vector<int16_t> xq(size_t(T * ld));
+    std::vector<float> xs(static_cast<size_t>(T));
+    std::vector<int32_t> xsum(static_cast<size_t>(T));
+    quantize_rows_i16_ref({x.data(), C, xq.data(), ld, xs.data(), xsum.data(), T, C});
+    Out ref(T, ldy), ref32(T, ldy);
+    i8_rows_gemm_i16_ref({q.data(), scale.data(), xq.data(), ld, xs.data(), ref.data(), ldy, T, C, r0, r1});
+    i8_rows_gemm_ref({q.data(), scale.data(), x.data(), C, ref32.data(), ldy, T, C, r0, r1});
+    REQUIRE(ref.written_exactly(r0, r1));
+    CHECK(ref.rel_vs(ref32, r0, r1) < kI16VsFp32Tol);  // 15-bit activations vs fp32
+    for (Isa isa : fast_isas()) {
+      INFO("isa " << isa_name(isa));
+      Out y(T, ldy);
+      kernel_table(isa).i8_rows_gemm_i16({q.data(), scale.data(), xq.data(), ld, xs.data(), y.data(), ldy, T, C, r0, r1});
+      CHECK(y.written_exactly(r0, r1));
+      CHECK(y.rel_vs(ref, r0, r1) < kExactTol);
     }
   }
 }

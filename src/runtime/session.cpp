@@ -122,6 +122,14 @@ void Session::project(const Projection& p, const float* x, int64_t ldx, int64_t 
 void Session::lm_head(const float* x, int64_t T, float* logits) {
   const auto& e = model_->lm_head();
   const int64_t d = model_->config().d_model;
+  if (e.codes && opt_.act == "i16") {  // the int8 head on int16 activations (exact int32 sums)
+    const int64_t ld16 = (d + 63) / 64 * 64;
+    k_->quantize_rows_i16({x, d, xq16_.data(), ld16, xs_.data(), xsum_.data(), T, d});
+    pool_->parallel_ranges(V_, kRowAlign, [&](int64_t r0, int64_t r1) {
+      k_->i8_rows_gemm_i16({e.codes, e.scale.data(), xq16_.data(), ld16, xs_.data(), logits, V_, T, d, r0, r1});
+    });
+    return;
+  }
   pool_->parallel_ranges(V_, kRowAlign, [&](int64_t r0, int64_t r1) {
     if (e.codes) k_->i8_rows_gemm({e.codes, e.scale.data(), x, d, logits, V_, T, d, r0, r1});
     else k_->f16_rows_gemm({e.w16, x, d, logits, V_, T, d, r0, r1});

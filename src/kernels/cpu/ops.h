@@ -124,6 +124,20 @@ struct I8RowsGemmArgs {
   int64_t T, C, r0, r1;
 };
 
+// The same on int16 activations (the i16 path's LM head): x quantized per token as in
+// QuantizeI16Args (rows zero-padded to ldx >= round_up(C, 16)):
+//   y[t, r] = scale[r] · xs[t] · Σ_c q[r, c] · xq[t, c]        (exact int32 sum)
+struct I8RowsGemmI16Args {
+  const int8_t* q;
+  const float* scale;
+  const int16_t* xq;
+  int64_t ldx;
+  const float* xs;
+  float* y;
+  int64_t ldy;
+  int64_t T, C, r0, r1;
+};
+
 // fp16 rows times activations (dense projections, fp16 embedding): y[t, r] = Σ_c w[r, c] · x[t, c].
 struct F16RowsGemmArgs {
   const uint16_t* w;  // IEEE half bits [R, C]
@@ -206,6 +220,7 @@ struct KernelTable {
   void (*add_rmsnorm)(const AddRmsNormArgs&);
   void (*sign_gemm_i16)(const SignGemmI16Args&);
   void (*quantize_rows_i16)(const QuantizeI16Args&);
+  void (*i8_rows_gemm_i16)(const I8RowsGemmI16Args&);
 };
 
 // The table for `isa` (must be supported: see isa_supported()).
@@ -225,6 +240,7 @@ void gated_rmsnorm_ref(const GatedRmsNormArgs& a);
 void add_rmsnorm_ref(const AddRmsNormArgs& a);
 void sign_gemm_i16_ref(const SignGemmI16Args& a);
 void quantize_rows_i16_ref(const QuantizeI16Args& a);
+void i8_rows_gemm_i16_ref(const I8RowsGemmI16Args& a);
 
 // Tables of the fast paths (defined in ops_avx2.cpp / ops_avx512.cpp, compiled with their
 // target flags; only called after the CPUID check).

@@ -706,6 +706,39 @@ void sign_gemm_i16_avx2(const SignGemmI16Args& a) {
     for (int64_t t = 0; t < a.T; ++t) sg16_tile<1, 1>(a, xp, Cp, r, t, Cp);
 }
 
+// ---- int8 rows on int16 activations (the i16 path's LM head) ----------------------------------
+// Per 16 weights: vpmovsxbw widens the int8 codes to int16, vpmaddwd with the activations sums
+// pairs into int32. 4 rows x 1 token per tile; the tail (C % 16) in scalar.
+template <int RT>
+DFSSM_AINLINE void r16_tile(const I8RowsGemmI16Args& a, int64_t r, int64_t t) {
+  __m256i acc[RT];
+  for (int i = 0; i < RT; ++i) acc[i] = _mm256_setzero_si256();
+  const int16_t* x = a.xq + t * a.ldx;
+  int64_t c = 0;
+  for (; c + 16 <= a.C; c += 16) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + c));
+    for (int i = 0; i < RT; ++i) {
+      const __m128i q8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a.q + (r + i) * a.C + c));
+      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_cvtepi8_epi16(q8), xv));
+    }
+  }
+  for (int i = 0; i < RT; ++i) {
+    int64_t s = hsum8_epi32(acc[i]);
+    for (int64_t cc = c; cc < a.C; ++cc) s += int64_t(a.q[(r + i) * a.C + cc]) * x[cc];
+    a.y[t * a.ldy + r + i] = a.scale[r + i] * (a.xs[t] * float(s));
+  }
+}
+
+void i8_rows_gemm_i16_avx2(const I8RowsGemmI16Args& a) {
+  // Rows outer, tokens inner: a 4-row tile (8 KB at d = 2048) stays in L1 for all the tokens,
+  // so a batch reads the 103 MB head once, not once per sequence.
+  int64_t r = a.r0;
+  for (; r + 4 <= a.r1; r += 4)
+    for (int64_t t = 0; t < a.T; ++t) r16_tile<4>(a, r, t);
+  for (; r < a.r1; ++r)
+    for (int64_t t = 0; t < a.T; ++t) r16_tile<1>(a, r, t);
+}
+
 void quantize_rows_i16_avx2(const QuantizeI16Args& a) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t t = 0; t < a.T; ++t) {
@@ -761,7 +794,7 @@ const KernelTable& kernel_table_avx2() {
   static const KernelTable t = {Isa::Avx2,          sign_gemm_avx2_lut,  sign_gemm_i8_avx2,  quantize_rows_i8_avx2,
                                 lowrank_down_avx2,  lowrank_up_avx2,     i8_rows_gemm_avx2,  f16_rows_gemm_avx2,
                                 conv_step_silu_avx2, ssm_step_avx2,      gated_rmsnorm_avx2, add_rmsnorm_avx2,
-                                sign_gemm_i16_avx2, quantize_rows_i16_avx2};
+                                sign_gemm_i16_avx2, quantize_rows_i16_avx2, i8_rows_gemm_i16_avx2};
   return t;
 }
 

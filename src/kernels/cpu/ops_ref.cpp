@@ -115,6 +115,16 @@ void i8_rows_gemm_ref(const I8RowsGemmArgs& a) {
     }
 }
 
+void i8_rows_gemm_i16_ref(const I8RowsGemmI16Args& a) {
+  for (int64_t t = 0; t < a.T; ++t)
+    for (int64_t r = a.r0; r < a.r1; ++r) {
+      const int8_t* q = a.q + r * a.C;
+      int64_t acc = 0;
+      for (int64_t c = 0; c < a.C; ++c) acc += int64_t(q[c]) * a.xq[t * a.ldx + c];
+      a.y[t * a.ldy + r] = a.scale[r] * (a.xs[t] * float(acc));
+    }
+}
+
 void f16_rows_gemm_ref(const F16RowsGemmArgs& a) {
   for (int64_t t = 0; t < a.T; ++t)
     for (int64_t r = a.r0; r < a.r1; ++r) {
@@ -186,7 +196,7 @@ namespace {
 const KernelTable kScalar = {Isa::Scalar,       sign_gemm_ref,     sign_gemm_i8_ref, quantize_rows_i8_ref,
                              lowrank_down_ref,  lowrank_up_ref,    i8_rows_gemm_ref, f16_rows_gemm_ref,
                              conv_step_silu_ref, ssm_step_ref,     gated_rmsnorm_ref, add_rmsnorm_ref,
-                             sign_gemm_i16_ref, quantize_rows_i16_ref};
+                             sign_gemm_i16_ref, quantize_rows_i16_ref, i8_rows_gemm_i16_ref};
 }  // namespace
 
 const KernelTable& kernel_table(Isa isa) {

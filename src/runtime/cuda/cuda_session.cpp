@@ -1,0 +1,461 @@
+// The CUDA backend's session (cuda_session.h): weight upload, device state, the decode step
+// as a sequence of src/kernels/cuda launches, CUDA graph capture and replay.
+#include "runtime/cuda/cuda_session.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "kernels/cuda/decode.h"
+
+namespace dfssm::runtime {
+
+namespace kc = kernels::cuda;
+
+#define CUDA_CHECK(expr)                                                                              \
+  do {                                                                                                \
+    const cudaError_t e_ = (expr);                                                                    \
+    DFSSM_CHECK(e_ == cudaSuccess, "CUDA error in ", #expr, ": ", cudaGetErrorString(e_), " (", __FILE__, \
+                ":", __LINE__, ")");                                                                  \
+  } while (0)
+
+namespace {
+constexpr char kStateMagic[8] = {'D', 'F', 'S', 'S', 'M', 'S', 'T', '1'};
+struct StateHeader {  // identical to the CPU Session's blob header
+  char magic[8];
+  int64_t n_layer, conv_dim, d_conv, nheads, headdim, d_state, f16, position;
+};
+}  // namespace
+
+struct CudaSession::Dev {
+  cudaStream_t stream = nullptr;
+  std::vector<void*> allocs;
+  uint64_t bytes = 0;
+
+  template <class T>
+  T* alloc(size_t n) {
+    void* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n * sizeof(T), 16)));
+    allocs.push_back(p);
+    return static_cast<T*>(p);
+  }
+  template <class T>
+  T* upload(const T* h, size_t n) {
+    T* d = alloc<T>(n);
+    CUDA_CHECK(cudaMemcpy(d, h, n * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+  }
+  template <class T>
+  T* upload(const std::vector<T>& v) {
+    return v.empty() ? nullptr : upload(v.data(), v.size());
+  }
+
+  struct Proj {
+    int64_t R = 0, C = 0, r = 0;
+    void* w = nullptr;
+    float *a = nullptr, *b = nullptr, *us = nullptr, *vs = nullptr;
+    int8_t *U = nullptr, *V = nullptr;
+  };
+  struct Layer {
+    float* norm;
+    Proj in, out;
+    float *conv_w, *conv_b, *dt_bias, *A, *D, *gnorm;
+  };
+  std::vector<Layer> layers;
+  int8_t* emb = nullptr;
+  float* emb_scale = nullptr;
+  float* norm_f = nullptr;
+
+  // Activations (kMaxBatch rows each) and state.
+  float *res[2] = {nullptr, nullptr}, *hidden = nullptr, *zx = nullptr, *xbc = nullptr, *y = nullptr;
+  float *zp_in = nullptr, *zp_out = nullptr, *logits = nullptr;
+  void *xf_in = nullptr, *xf_out = nullptr, *x16 = nullptr;
+  uint8_t* state = nullptr;
+  int32_t* tok = nullptr;   // [batch] tokens of the current step
+  int32_t* prompt = nullptr;
+  int64_t prompt_cap = 0;
+  int32_t* h_tok = nullptr;    // pinned
+  float* h_logits = nullptr;   // pinned [batch, V]
+
+  ~Dev() {
+    for (void* p : allocs) cudaFree(p);
+    if (prompt) cudaFree(prompt);
+    if (h_tok) cudaFreeHost(h_tok);
+    if (h_logits) cudaFreeHost(h_logits);
+    if (stream) cudaStreamDestroy(stream);
+  }
+};
+
+CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, const CudaSessionOptions& opt)
+    : model_(std::move(model)), opt_(opt), batch_(batch) {
+  DFSSM_CHECK(model_, "CudaSession: no model");
+  DFSSM_CHECK(batch >= 1 && batch <= kc::kMaxBatch, "CUDA decode batch must be in [1, ", kc::kMaxBatch, "] (got ",
+              batch, ")");
+  DFSSM_CHECK(opt.state_dtype == "f32" || opt.state_dtype == "f16", "state dtype must be f32 or f16 (got '",
+              opt.state_dtype, "')");
+  const auto& c = model_->config();
+  const auto& q = model_->quant();
+  int ndev = 0;
+  const cudaError_t de = cudaGetDeviceCount(&ndev);
+  DFSSM_CHECK(de == cudaSuccess && ndev > 0, "--device cuda: no CUDA device (",
+              de == cudaSuccess ? "none found" : cudaGetErrorString(de), ")");
+  DFSSM_CHECK(opt.device >= 0 && opt.device < ndev, "CUDA device ", opt.device, " does not exist (", ndev, " found)");
+  CUDA_CHECK(cudaSetDevice(opt.device));
+
+  const int64_t d = c.d_model, di = c.d_inner(), D = c.conv_dim(), dip = c.d_in_proj(), H = c.nheads();
+  const int64_t r = q.effective_rank();
+  DFSSM_CHECK(q.embedding == "int8", "the CUDA backend supports int8 embeddings only (this model has ", q.embedding,
+              "); use --device cpu");
+  DFSSM_CHECK(d % 64 == 0 && di % 64 == 0, "the CUDA backend needs d_model and d_inner multiples of 64 (got ", d, ", ",
+              di, ")");
+  DFSSM_CHECK(c.d_state % 4 == 0 && c.d_state <= 256, "the CUDA backend needs d_state % 4 == 0 and <= 256 (got ",
+              c.d_state, ")");
+  DFSSM_CHECK(c.headdim % 2 == 0, "the CUDA backend needs an even headdim (got ", c.headdim, ")");
+  DFSSM_CHECK(r <= kc::kMaxRank, "the CUDA backend supports low-rank rank <= ", kc::kMaxRank, " (got ", r, ")");
+  DFSSM_CHECK(c.d_conv >= 1, "d_conv must be >= 1");
+  DFSSM_CHECK(c.tie_embeddings, "the CUDA backend supports tied embeddings only; use --device cpu");
+
+  V_ = c.padded_vocab();
+  f16_state_ = opt.state_dtype == "f16";
+  conv_bytes_ = uint64_t(c.d_conv * D * 4);
+  ssm_bytes_ = uint64_t(H * c.headdim * c.d_state) * (f16_state_ ? 2 : 4);
+  state_bytes_ = uint64_t(c.n_layer) * (conv_bytes_ + ssm_bytes_);
+  pos_.assign(size_t(batch), 0);
+
+  dev_ = std::make_unique<Dev>();
+  Dev& g = *dev_;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
+
+  // ---- weights ----
+  uint64_t wbytes = 0;
+  auto proj = [&](const Projection& p) {
+    DFSSM_CHECK(p.kind == Projection::Kind::Binary,
+                "the CUDA backend supports binary / binary_lowrank projections only (this model has dense or "
+                "expanded ternary/int4 rows); use --device cpu");
+    Dev::Proj o;
+    o.R = p.rows, o.C = p.cols, o.r = p.rank;
+    const size_t nb = kc::repacked_sign_bytes(p.rows, p.cols);
+    o.w = g.alloc<uint8_t>(nb);
+    uint8_t* tmp = nullptr;
+    CUDA_CHECK(cudaMalloc(&tmp, size_t(p.rows * p.row_bytes)));
+    CUDA_CHECK(cudaMemcpy(tmp, p.codes, size_t(p.rows * p.row_bytes), cudaMemcpyHostToDevice));
+    CUDA_CHECK(kc::repack_signs(tmp, p.row_bytes, p.rows, p.cols, o.w, g.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g.stream));
+    CUDA_CHECK(cudaFree(tmp));
+    o.a = g.upload(p.a);
+    o.b = g.upload(p.b);
+    wbytes += nb + 4 * uint64_t(p.rows + p.cols);
+    if (p.rank > 0) {
+      o.U = g.upload(p.u, size_t(p.rows * p.rank));
+      o.V = g.upload(p.v, size_t(p.cols * p.rank));
+      o.us = g.upload(p.us);
+      o.vs = g.upload(p.vs);
+      wbytes += uint64_t(p.rank * (p.rows + p.cols) + 8 * p.rank);
+    }
+    return o;
+  };
+  for (const Layer& L : model_->layers()) {
+    Dev::Layer o;
+    o.norm = g.upload(L.norm);
+    o.in = proj(L.in_proj);
+    o.out = proj(L.out_proj);
+    o.conv_w = g.upload(L.conv_w);
+    o.conv_b = g.upload(L.conv_b);
+    o.dt_bias = g.upload(L.dt_bias);
+    o.A = g.upload(L.A);
+    o.D = g.upload(L.D);
+    o.gnorm = g.upload(L.gnorm);
+    wbytes += 4 * uint64_t(d + c.d_conv * D + (L.conv_b.empty() ? 0 : D) + 3 * H + di);
+    g.layers.push_back(o);
+  }
+  const auto& e = model_->embedding();
+  g.emb = g.upload(e.codes, size_t(V_ * d));
+  g.emb_scale = g.upload(e.scale);
+  g.norm_f = g.upload(model_->norm_f());
+  wbytes += uint64_t(V_ * d + V_ * 4) + uint64_t(batch) * uint64_t(d) + 4 * uint64_t(d);
+  weight_bytes_ = wbytes;
+
+  // ---- activations and state ----
+  const size_t MB = kc::kMaxBatch;
+  g.res[0] = g.alloc<float>(MB * size_t(d));
+  g.res[1] = g.alloc<float>(MB * size_t(d));
+  g.hidden = g.alloc<float>(MB * size_t(d));
+  g.zx = g.alloc<float>(MB * size_t(dip));
+  g.xbc = g.alloc<float>(MB * size_t(D));
+  g.y = g.alloc<float>(MB * size_t(di));
+  g.zp_in = g.alloc<float>(MB * 64 * size_t(std::max<int64_t>(r, 1)));
+  g.zp_out = g.alloc<float>(MB * 64 * size_t(std::max<int64_t>(r, 1)));
+  g.logits = g.alloc<float>(MB * size_t(V_));
+  g.xf_in = g.alloc<uint8_t>(kc::fragment_bytes(d));
+  g.xf_out = g.alloc<uint8_t>(kc::fragment_bytes(di));
+  g.x16 = g.alloc<uint16_t>(MB * size_t(d));
+  // Fragment lanes of sequences >= rows are never read; zero everything once anyway.
+  CUDA_CHECK(cudaMemset(g.xf_in, 0, kc::fragment_bytes(d)));
+  CUDA_CHECK(cudaMemset(g.xf_out, 0, kc::fragment_bytes(di)));
+  CUDA_CHECK(cudaMemset(g.hidden, 0, MB * size_t(d) * 4));
+  g.state = g.alloc<uint8_t>(size_t(batch) * state_bytes_);
+  g.tok = g.alloc<int32_t>(MB);
+  CUDA_CHECK(cudaMallocHost(&g.h_tok, MB * sizeof(int32_t)));
+  CUDA_CHECK(cudaMallocHost(&g.h_logits, size_t(batch) * size_t(V_) * sizeof(float)));
+  CUDA_CHECK(cudaDeviceSynchronize());
+  reset();
+}
+
+CudaSession::~CudaSession() {
+  for (auto& [k, ge] : graphs_) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(ge));
+}
+
+std::string CudaSession::device_name() const {
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, opt_.device) != cudaSuccess) return "cuda";
+  return p.name;
+}
+
+void CudaSession::reset() {
+  CUDA_CHECK(cudaMemsetAsync(dev_->state, 0, size_t(batch_) * state_bytes_, dev_->stream));
+  CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
+  std::fill(pos_.begin(), pos_.end(), 0);
+}
+
+void CudaSession::reset(int64_t seq) {
+  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
+  CUDA_CHECK(cudaMemsetAsync(dev_->state + uint64_t(seq) * state_bytes_, 0, state_bytes_, dev_->stream));
+  CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
+  pos_[size_t(seq)] = 0;
+}
+
+void CudaSession::check_tokens(const int32_t* tokens, int64_t n) const {
+  const int64_t vs = model_->config().vocab_size;
+  for (int64_t i = 0; i < n; ++i)
+    DFSSM_CHECK(tokens[i] >= 0 && tokens[i] < vs, "token id ", tokens[i], " at position ", i,
+                " is outside the vocabulary [0, ", vs, ")");
+}
+
+// The decode step for sequences [seq0, seq0 + rows), tokens in dev_->tok[0..rows).
+void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
+                          std::vector<std::pair<std::string, void*>>* events) {
+  Dev& g = *dev_;
+  const auto& c = model_->config();
+  const int64_t d = c.d_model, di = c.d_inner(), D = c.conv_dim(), dip = c.d_in_proj(), H = c.nheads();
+  const int B = int(rows);
+  cudaStream_t s = g.stream;
+  auto mark = [&](const char* kind) {
+    if (!events) return;
+    cudaEvent_t ev;
+    CUDA_CHECK(cudaEventCreate(&ev));
+    CUDA_CHECK(cudaEventRecord(ev, s));
+    events->emplace_back(kind, ev);
+  };
+  mark("start");
+  uint8_t* st0 = g.state + uint64_t(seq0) * state_bytes_;
+  const uint64_t layer_bytes = conv_bytes_ + ssm_bytes_;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const auto& L = g.layers[size_t(l)];
+    kc::NormArgs na;
+    na.mode = 0;
+    na.n = int(d);
+    na.eps = float(c.norm_eps);
+    na.w = L.norm;
+    na.res_in = g.res[l % 2];
+    na.hidden = l == 0 ? nullptr : g.hidden;
+    na.res_out = g.res[(l + 1) % 2];
+    if (l == 0) na.tokens = g.tok, na.emb = g.emb, na.emb_scale = g.emb_scale;
+    na.b = L.in.b;
+    na.out16 = g.xf_in;
+    na.V = L.in.V;
+    na.r = int(L.in.r);
+    na.zp = g.zp_in;
+    const int ns_in = kc::norm_splits(na);
+    CUDA_CHECK(kc::norm_prologue(na, B, s, pdl && l > 0));  // the first launch follows a memcpy
+    mark("norm");
+
+    kc::SignGemvArgs ga;
+    ga.w = L.in.w, ga.R = L.in.R, ga.C = L.in.C, ga.xf = g.xf_in, ga.B = B, ga.a = L.in.a;
+    ga.U = L.in.U, ga.us = L.in.us, ga.vs = L.in.vs, ga.zp = g.zp_in, ga.nsplit = ns_in, ga.r = int(L.in.r);
+    ga.y = g.zx, ga.ldy = dip;
+    ga.conv_lo = di, ga.conv_D = D, ga.conv_K = int(c.d_conv);
+    ga.conv_state = reinterpret_cast<float*>(st0 + uint64_t(l) * layer_bytes);
+    ga.conv_seq_stride = int64_t(state_bytes_ / 4);
+    ga.conv_w = L.conv_w, ga.conv_b = L.conv_b, ga.conv_out = g.xbc;
+    CUDA_CHECK(kc::sign_gemv(ga, s, pdl));
+    mark("in_proj");
+
+    kc::SsmArgs sa;
+    sa.state = st0 + uint64_t(l) * layer_bytes + conv_bytes_;
+    sa.f16 = f16_state_;
+    sa.state_seq_stride = int64_t(state_bytes_);
+    sa.xbc = g.xbc, sa.D = D;
+    sa.dt_raw = g.zx + di + D, sa.ld_dt = dip;
+    sa.dt_bias = L.dt_bias, sa.A = L.A, sa.Dskip = L.D, sa.y = g.y;
+    sa.dt_min = float(c.dt_limit_min), sa.dt_max = float(c.dt_limit_max);
+    sa.H = int(H), sa.P = int(c.headdim), sa.N = int(c.d_state), sa.G = int(c.ngroups);
+    CUDA_CHECK(kc::ssm_step(sa, B, s, pdl));
+    mark("ssm");
+
+    kc::NormArgs nb;
+    nb.mode = 1;
+    nb.n = int(di);
+    nb.eps = float(c.norm_eps);
+    nb.w = L.gnorm;
+    nb.y = g.y, nb.z = g.zx, nb.ldz = dip, nb.G = int(c.ngroups);
+    nb.b = L.out.b, nb.out16 = g.xf_out, nb.V = L.out.V, nb.r = int(L.out.r), nb.zp = g.zp_out;
+    const int ns_out = kc::norm_splits(nb);
+    CUDA_CHECK(kc::norm_prologue(nb, B, s, pdl));
+    mark("gnorm");
+
+    kc::SignGemvArgs gb;
+    gb.w = L.out.w, gb.R = L.out.R, gb.C = L.out.C, gb.xf = g.xf_out, gb.B = B, gb.a = L.out.a;
+    gb.U = L.out.U, gb.us = L.out.us, gb.vs = L.out.vs, gb.zp = g.zp_out, gb.nsplit = ns_out, gb.r = int(L.out.r);
+    gb.y = g.hidden, gb.ldy = d;
+    CUDA_CHECK(kc::sign_gemv(gb, s, pdl));
+    mark("out_proj");
+  }
+  if (!head) return;
+  kc::NormArgs nf;
+  nf.mode = 0;
+  nf.n = int(d);
+  nf.eps = float(c.norm_eps);
+  nf.w = g.norm_f;
+  nf.res_in = g.res[c.n_layer % 2];
+  nf.hidden = g.hidden;
+  nf.res_out = g.res[(c.n_layer + 1) % 2];
+  nf.out16 = g.x16;
+  nf.plain = 1;
+  CUDA_CHECK(kc::norm_prologue(nf, B, s, pdl));
+  mark("norm");
+  kc::LmHeadArgs la;
+  la.q = g.emb, la.scale = g.emb_scale, la.x16 = g.x16, la.B = B, la.V = V_, la.d = d, la.logits = g.logits;
+  CUDA_CHECK(kc::lm_head_i8(la, s, pdl));
+  mark("lm_head");
+}
+
+void CudaSession::run_forward(int64_t rows, int64_t seq0, bool head) {
+  if (!opt_.cuda_graph) {
+    forward(rows, seq0, head, opt_.pdl, nullptr);
+    return;
+  }
+  const auto key = std::make_tuple(rows, seq0, head);
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    cudaGraph_t graph;
+    CUDA_CHECK(cudaStreamBeginCapture(dev_->stream, cudaStreamCaptureModeThreadLocal));
+    forward(rows, seq0, head, opt_.pdl, nullptr);
+    CUDA_CHECK(cudaStreamEndCapture(dev_->stream, &graph));
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    it = graphs_.emplace(key, static_cast<void*>(exec)).first;
+  }
+  CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), dev_->stream));
+}
+
+const float* CudaSession::step(const int32_t* tokens) {
+  check_tokens(tokens, batch_);
+  Dev& g = *dev_;
+  std::memcpy(g.h_tok, tokens, size_t(batch_) * 4);
+  CUDA_CHECK(cudaMemcpyAsync(g.tok, g.h_tok, size_t(batch_) * 4, cudaMemcpyHostToDevice, g.stream));
+  run_forward(batch_, 0, true);
+  CUDA_CHECK(cudaMemcpyAsync(g.h_logits, g.logits, size_t(batch_ * V_) * 4, cudaMemcpyDeviceToHost, g.stream));
+  CUDA_CHECK(cudaStreamSynchronize(g.stream));
+  for (auto& p : pos_) ++p;
+  return g.h_logits;
+}
+
+const float* CudaSession::prefill(int64_t seq, const int32_t* tokens, int64_t n, float* all_logits) {
+  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
+  DFSSM_CHECK(n >= 1, "prefill needs at least one token");
+  check_tokens(tokens, n);
+  Dev& g = *dev_;
+  if (n > g.prompt_cap) {
+    if (g.prompt) CUDA_CHECK(cudaFree(g.prompt));
+    g.prompt = nullptr;
+    CUDA_CHECK(cudaMalloc(&g.prompt, size_t(n) * 4));
+    g.prompt_cap = n;
+  }
+  CUDA_CHECK(cudaMemcpyAsync(g.prompt, tokens, size_t(n) * 4, cudaMemcpyHostToDevice, g.stream));
+  for (int64_t i = 0; i < n; ++i) {
+    const bool head = all_logits || i + 1 == n;
+    CUDA_CHECK(cudaMemcpyAsync(g.tok, g.prompt + i, 4, cudaMemcpyDeviceToDevice, g.stream));
+    run_forward(1, seq, head);
+    if (all_logits)
+      CUDA_CHECK(cudaMemcpyAsync(all_logits + i * V_, g.logits, size_t(V_) * 4, cudaMemcpyDeviceToHost, g.stream));
+  }
+  CUDA_CHECK(cudaMemcpyAsync(g.h_logits, g.logits, size_t(V_) * 4, cudaMemcpyDeviceToHost, g.stream));
+  CUDA_CHECK(cudaStreamSynchronize(g.stream));
+  pos_[size_t(seq)] += n;
+  return g.h_logits;
+}
+
+double CudaSession::time_steps_ms(int iters) {
+  Dev& g = *dev_;
+  run_forward(batch_, 0, true);  // warm: capture outside the timed region
+  CUDA_CHECK(cudaStreamSynchronize(g.stream));
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  CUDA_CHECK(cudaEventRecord(e0, g.stream));
+  for (int i = 0; i < iters; ++i) run_forward(batch_, 0, true);
+  CUDA_CHECK(cudaEventRecord(e1, g.stream));
+  CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  for (auto& p : pos_) p += iters + 1;
+  return double(ms) / iters;
+}
+
+std::map<std::string, double> CudaSession::profile_step_ms() {
+  std::vector<std::pair<std::string, void*>> ev;
+  forward(batch_, 0, true, false, &ev);
+  CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
+  std::map<std::string, double> out;
+  for (size_t i = 1; i < ev.size(); ++i) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(ev[i - 1].second),
+                                    static_cast<cudaEvent_t>(ev[i].second)));
+    out[ev[i].first] += ms;
+  }
+  for (auto& [k, e] : ev) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+  for (auto& p : pos_) ++p;
+  return out;
+}
+
+std::vector<uint8_t> CudaSession::save_state(int64_t seq) const {
+  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
+  const auto& c = model_->config();
+  StateHeader h = {{}, c.n_layer, c.conv_dim(), c.d_conv, c.nheads(), c.headdim, c.d_state, f16_state_ ? 1 : 0,
+                   pos_[size_t(seq)]};
+  std::memcpy(h.magic, kStateMagic, 8);
+  std::vector<uint8_t> out(sizeof h + state_bytes_);
+  std::memcpy(out.data(), &h, sizeof h);
+  CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
+  CUDA_CHECK(cudaMemcpy(out.data() + sizeof h, dev_->state + uint64_t(seq) * state_bytes_, state_bytes_,
+                        cudaMemcpyDeviceToHost));
+  return out;
+}
+
+void CudaSession::restore_state(int64_t seq, const std::vector<uint8_t>& blob) {
+  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
+  DFSSM_CHECK(blob.size() >= sizeof(StateHeader) && std::memcmp(blob.data(), kStateMagic, 8) == 0,
+              "not a dfssm session state (bad magic or too short)");
+  StateHeader h;
+  std::memcpy(&h, blob.data(), sizeof h);
+  const auto& c = model_->config();
+  DFSSM_CHECK(h.n_layer == c.n_layer && h.conv_dim == c.conv_dim() && h.d_conv == c.d_conv && h.nheads == c.nheads() &&
+                  h.headdim == c.headdim && h.d_state == c.d_state,
+              "session state is for another geometry (n_layer ", h.n_layer, ", conv_dim ", h.conv_dim, ", nheads ",
+              h.nheads, ", headdim ", h.headdim, ", d_state ", h.d_state, ")");
+  DFSSM_CHECK(h.f16 == (f16_state_ ? 1 : 0), "session state was saved with state dtype ", h.f16 ? "f16" : "f32",
+              ", this session uses ", opt_.state_dtype);
+  DFSSM_CHECK(blob.size() == sizeof h + state_bytes_, "session state has ", blob.size() - sizeof h,
+              " bytes of caches, expected ", state_bytes_);
+  CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
+  CUDA_CHECK(cudaMemcpy(dev_->state + uint64_t(seq) * state_bytes_, blob.data() + sizeof h, state_bytes_,
+                        cudaMemcpyHostToDevice));
+  pos_[size_t(seq)] = h.position;
+}
+
+}  // namespace dfssm::runtime

@@ -1,0 +1,100 @@
+// The runtime's CUDA backend: the same API and semantics as runtime::Session (session.h), on
+// one GPU, with the kernels of src/kernels/cuda (decode.h). LibTorch-free: CUDA runtime only.
+//
+// Construction uploads the Model's weights once, in kernel layouts (docs: "CUDA backend"):
+//   * packed signs of every binary projection repacked on the GPU into the mma-fragment tile
+//     layout (kernels/cuda/decode.h, repack_signs); same size as the file's codes (rows padded
+//     to 16, columns to 256);
+//   * low-rank factors int8 as in the file ([R, r], [C, r]); field a/b, scales, norms, conv
+//     (fp32, tap-major [K, conv_dim]), dt_bias, A = -exp(A_log), D as the Model holds them (fp32);
+//   * the int8 embedding / tied LM head as in the file ([V, d] int8 + fp32 row scale).
+// Supported: binary / binary_lowrank projections (rank <= 32), int8 embedding, d_model and
+// d_inner multiples of 64, headdim even, d_state % 4 == 0 and <= 256; other models are refused
+// with an error naming what is missing (ternary, int4, dense fp16 and fp16 embeddings run on
+// the CPU runtime).
+//
+// State: per sequence, exactly the CPU Session's bytes (per layer the conv cache fp32
+// [d_conv, conv_dim] then the SSM state [H, P, N] fp32 or fp16), so save_state blobs move
+// between the CPU and CUDA sessions.
+//
+// step() runs one token for every sequence (batch <= 8) and copies the logits [batch, vocab]
+// to pinned host memory. The whole forward (48 layers x 5 kernels + norm_f + LM head at 1.3B)
+// is captured once per (rows, first sequence, with LM head) in a CUDA graph and replayed; with
+// graphs off the same kernels are launched one by one (identical results: the kernels are
+// deterministic and the graph holds the same launches). Kernels are chained with programmatic
+// dependent launch (PDL) unless disabled.
+//
+// prefill(seq, ...) is, for now, a loop of single-sequence decode steps over sequence `seq`
+// (the LM head only on the last token unless all_logits): correct and simple, but it reads
+// the weights once per token. The cuBLASLt INT8 GEMM prefill is the next step.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "runtime/model.h"
+
+namespace dfssm::runtime {
+
+struct CudaSessionOptions {
+  std::string state_dtype = "f32";  // f32 | f16 (SSM state storage; math is fp32)
+  bool cuda_graph = true;           // capture and replay the decode step
+  bool pdl = true;                  // programmatic dependent launch between kernels
+  int device = 0;
+};
+
+class CudaSession {
+ public:
+  CudaSession(std::shared_ptr<const Model> model, int64_t batch = 1, const CudaSessionOptions& opt = {});
+  ~CudaSession();
+  CudaSession(const CudaSession&) = delete;
+  CudaSession& operator=(const CudaSession&) = delete;
+
+  int64_t batch() const { return batch_; }
+  int64_t vocab() const { return V_; }
+  const Model& model() const { return *model_; }
+  const CudaSessionOptions& options() const { return opt_; }
+  std::string device_name() const;
+
+  void reset();
+  void reset(int64_t seq);
+  int64_t position(int64_t seq) const { return pos_.at(size_t(seq)); }
+
+  const float* prefill(int64_t seq, const int32_t* tokens, int64_t n, float* all_logits = nullptr);
+  const float* step(const int32_t* tokens);
+
+  std::vector<uint8_t> save_state(int64_t seq) const;
+  void restore_state(int64_t seq, const std::vector<uint8_t>& blob);
+  uint64_t state_bytes_per_sequence() const { return state_bytes_; }
+
+  // Bytes of weights one decode step streams from device memory (repacked signs, low-rank
+  // factors, fields, the LM head, one embedding row per sequence, the small fp32 tensors).
+  uint64_t weight_bytes_per_step() const { return weight_bytes_; }
+  // Device time of `iters` back-to-back decode steps of all sequences (graph replays when
+  // graphs are on; no host copies, no sync in between), in ms per step. Advances the state.
+  double time_steps_ms(int iters);
+  // Device time per kernel kind of one decode step launched kernel by kernel (no graph, no
+  // PDL; events between launches): {"norm", "in_proj", "ssm", "gnorm", "out_proj", "lm_head"}.
+  std::map<std::string, double> profile_step_ms();
+
+ private:
+  struct Dev;  // device buffers
+  void forward(int64_t rows, int64_t seq0, bool head, bool pdl, std::vector<std::pair<std::string, void*>>* events);
+  void run_forward(int64_t rows, int64_t seq0, bool head);
+  void check_tokens(const int32_t* tokens, int64_t n) const;
+
+  std::shared_ptr<const Model> model_;
+  CudaSessionOptions opt_;
+  int64_t batch_, V_;
+  bool f16_state_;
+  uint64_t conv_bytes_, ssm_bytes_, state_bytes_, weight_bytes_ = 0;
+  std::vector<int64_t> pos_;
+  std::unique_ptr<Dev> dev_;
+  std::map<std::tuple<int64_t, int64_t, bool>, void*> graphs_;  // cudaGraphExec_t
+};
+
+}  // namespace dfssm::runtime
