@@ -10,3 +10,7 @@ scripts/setup.sh
 if [ "${DFSSM_QUICKSTART_FRESH:-0}" = 1 ]; then rm -rf runs/quickstart; fi
 build/bin/dfssm run configs/quickstart.yaml "$@"
 build/bin/dfssm inspect runs/quickstart/model.dfssm.safetensors | tail -4
+# The exported file on the LibTorch-free runtime (docs/runtime.md): greedy text from a prompt.
+echo; echo "== generate: the packed file on the CPU runtime (dfssm generate)"
+build/bin/dfssm generate -m runs/quickstart/model.dfssm.safetensors -p "def parse_args(" --max-tokens 48 \
+  --temperature 0

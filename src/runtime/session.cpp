@@ -100,14 +100,23 @@ void Session::project(const Projection& p, const float* x, int64_t ldx, int64_t 
     });
     return;
   }
-  // xb = b ⊙ x once per token; shared by every row of the sign GEMM.
+  // Per token: xb = b ⊙ x (shared by every row of the sign GEMM), its quantization, and the
+  // low-rank z = V x. Tokens are independent, so a prefill chunk splits them across threads.
   const int64_t C = p.cols;
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t c = 0; c < C; ++c) xb_[size_t(t * C + c)] = p.b[size_t(c)] * x[t * ldx + c];
   const int64_t ld16 = (C + 63) / 64 * 64;  // zero-padded rows (ops.h, SignGemmI16Args)
-  if (opt_.act == "i8") k_->quantize_rows_i8({xb_.data(), C, xq_.data(), C, xs_.data(), xsum_.data(), T, C});
-  if (opt_.act == "i16") k_->quantize_rows_i16({xb_.data(), C, xq16_.data(), ld16, xs_.data(), xsum_.data(), T, C});
-  if (p.rank > 0) k_->lowrank_down({p.v, p.vs.data(), x, ldx, lrz_.data(), T, C, p.rank});
+  auto prepare = [&](int64_t t0, int64_t t1) {
+    const int64_t n = t1 - t0;
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t c = 0; c < C; ++c) xb_[size_t(t * C + c)] = p.b[size_t(c)] * x[t * ldx + c];
+    const float* xbt = &xb_[size_t(t0 * C)];
+    if (opt_.act == "i8")
+      k_->quantize_rows_i8({xbt, C, &xq_[size_t(t0 * C)], C, &xs_[size_t(t0)], &xsum_[size_t(t0)], n, C});
+    if (opt_.act == "i16")
+      k_->quantize_rows_i16({xbt, C, &xq16_[size_t(t0 * ld16)], ld16, &xs_[size_t(t0)], &xsum_[size_t(t0)], n, C});
+    if (p.rank > 0) k_->lowrank_down({p.v, p.vs.data(), x + t0 * ldx, ldx, &lrz_[size_t(t0 * p.rank)], n, C, p.rank});
+  };
+  if (T > 1) pool_->parallel_ranges(T, 1, prepare);
+  else prepare(0, T);
   pool_->parallel_ranges(p.rows, kRowAlign, [&](int64_t r0, int64_t r1) {
     if (opt_.act == "i16")
       k_->sign_gemm_i16({p.codes, p.row_bytes, p.a.data(), xq16_.data(), ld16, xs_.data(), xsum_.data(), y, ldy, T, C, r0, r1});
