@@ -89,7 +89,12 @@ void ThreadPool::run(int n, const std::function<void(int)>& fn) {
     generation_.store(gen, std::memory_order_release);
   }
   work_items(gen);
-  while (done_.load(std::memory_order_acquire) < n) DFSSM_PAUSE();
+  // A worker that claimed an item may have been preempted (a busy or oversubscribed machine):
+  // after a short spin, yield so it can run instead of burning its core.
+  for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
+    if (spins < 4096) DFSSM_PAUSE();
+    else std::this_thread::yield();
+  }
 }
 
 void ThreadPool::parallel_ranges(int64_t total, int64_t align, const std::function<void(int64_t, int64_t)>& fn) {
