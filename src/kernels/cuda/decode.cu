@@ -83,45 +83,77 @@ __global__ void repack_signs_kernel(const uint8_t* __restrict__ codes, int64_t r
 }
 
 // ---- norm + projection prologue --------------------------------------------------------------
-constexpr int kNormThreads = 256;
+// Latency-bound (a few KB per block): every thread issues all its loads before using them
+// (16-byte loads, unrolled loops, the outputs written in separate passes so that stores never
+// sit between loads the compiler could otherwise not reorder).
+constexpr int kNormThreads = 512;
 
 __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a, int nsplit) {
   pdl_trigger();
   pdl_wait();
-  extern __shared__ float row[];  // [n]
+  extern __shared__ float4 row4[];  // [n / 4]
+  float* row = reinterpret_cast<float*>(row4);
   __shared__ float scratch[33];
   __shared__ float red[kNormThreads / 32][kMaxRank];
   const int bseq = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
-  const int n = a.n;
+  const int n = a.n, n4 = n / 4;
   if (a.mode == 0) {
     float ss = 0;
     if (a.tokens) {
       const int64_t tok = a.tokens[bseq];
       const float sc = a.emb_scale[tok];
-      const int8_t* e = a.emb + tok * n;
-      for (int i = tid; i < n; i += nt) {
-        const float v = float(e[i]) * sc;
-        row[i] = v;
-        ss += v * v;
+      const char4* e = reinterpret_cast<const char4*>(a.emb + tok * n);
+#pragma unroll 4
+      for (int i = tid; i < n4; i += nt) {
+        const char4 q = e[i];
+        const float4 v = make_float4(float(q.x) * sc, float(q.y) * sc, float(q.z) * sc, float(q.w) * sc);
+        row4[i] = v;
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
       }
     } else {
-      const float* ri = a.res_in + int64_t(bseq) * n;
-      const float* hi = a.hidden ? a.hidden + int64_t(bseq) * n : nullptr;
-      for (int i = tid; i < n; i += nt) {
-        const float v = hi ? ri[i] + hi[i] : ri[i];
-        row[i] = v;
-        ss += v * v;
+      const float4* __restrict__ ri = reinterpret_cast<const float4*>(a.res_in + int64_t(bseq) * n);
+      const float4* __restrict__ hi = a.hidden ? reinterpret_cast<const float4*>(a.hidden + int64_t(bseq) * n) : nullptr;
+#pragma unroll 4
+      for (int i = tid; i < n4; i += nt) {
+        float4 v = ri[i];
+        if (hi) {
+          const float4 h = hi[i];
+          v.x += h.x, v.y += h.y, v.z += h.z, v.w += h.w;
+        }
+        row4[i] = v;
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
       }
     }
-    if (split == 0 && a.res_out)
-      for (int i = tid; i < n; i += nt) a.res_out[int64_t(bseq) * n + i] = row[i];
-    const float rstd = rsqrtf(block_sum(ss, scratch) / float(n) + a.eps);
-    for (int i = tid; i < n; i += nt) row[i] = row[i] * rstd * a.w[i];
+    const float rstd = rsqrtf(block_sum(ss, scratch) / float(n) + a.eps);  // (syncs: row is complete)
+    if (split == 0 && a.res_out) {
+      float4* ro = reinterpret_cast<float4*>(a.res_out + int64_t(bseq) * n);
+      for (int i = tid; i < n4; i += nt) ro[i] = row4[i];
+    }
+    const float4* w4 = reinterpret_cast<const float4*>(a.w);
+#pragma unroll 4
+    for (int i = tid; i < n4; i += nt) {
+      const float4 w = w4[i];
+      float4 v = row4[i];
+      v.x = v.x * rstd * w.x, v.y = v.y * rstd * w.y, v.z = v.z * rstd * w.z, v.w = v.w * rstd * w.w;
+      row4[i] = v;
+    }
   } else {
     const float* y = a.y + int64_t(bseq) * n;
     const float* z = a.z + int64_t(bseq) * a.ldz;
     const int gs = n / a.G;
-    for (int i = tid; i < n; i += nt) row[i] = y[i] * silu(z[i]);
+    if ((a.ldz & 3) == 0) {
+      const float4* y4 = reinterpret_cast<const float4*>(y);
+      const float4* z4 = reinterpret_cast<const float4*>(z);
+#pragma unroll 4
+      for (int i = tid; i < n4; i += nt) {
+        const float4 yv = y4[i], zv = z4[i];
+        row4[i] = make_float4(yv.x * silu(zv.x), yv.y * silu(zv.y), yv.z * silu(zv.z), yv.w * silu(zv.w));
+      }
+    } else {
+#pragma unroll 4
+      for (int i = tid; i < n; i += nt) row[i] = y[i] * silu(z[i]);
+    }
+    __syncthreads();
     for (int gi = 0; gi < a.G; ++gi) {
       float ss = 0;
       for (int i = gi * gs + tid; i < (gi + 1) * gs; i += nt) ss += row[i] * row[i];
@@ -136,7 +168,7 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
     return;
   }
   const int c0 = split * kSliceCols;
-  const int cpad = int(round_up(n, kChunkCols));
+  const int cpad = (n + kChunkCols - 1) / kChunkCols * kChunkCols;
   const int c1 = min(c0 + kSliceCols, cpad);
   __half2* xf = reinterpret_cast<__half2*>(a.out16);
   for (int c = c0 + 2 * tid; c < c1; c += 2 * nt) {
@@ -153,9 +185,11 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
     for (int c = c0 + tid; c < ce; c += nt) {
       const float x = row[c];
       const int8_t* v = a.V + int64_t(c) * a.r;
+      int8_t vv[kMaxRank];
 #pragma unroll
-      for (int k = 0; k < kMaxRank; ++k)
-        if (k < a.r) acc[k] += float(v[k]) * x;
+      for (int k = 0; k < kMaxRank; ++k) vv[k] = k < a.r ? v[k] : int8_t(0);
+#pragma unroll
+      for (int k = 0; k < kMaxRank; ++k) acc[k] += float(vv[k]) * x;
     }
     const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
 #pragma unroll
@@ -196,6 +230,12 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
   load(ch0, cur);  // weights only: safe before the wait
   pdl_trigger();
   pdl_wait();
+  for (int idx = threadIdx.x; idx < p.B * p.r; idx += blockDim.x) {
+    const int n = idx / p.r, k = idx % p.r;
+    float s = 0;
+    for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
+    zs[idx] = s * p.vs[k] * p.us[k];
+  }
 
   float acc[MT][4];
 #pragma unroll
@@ -224,60 +264,59 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
       for (int m = 0; m < MT; ++m) cur[m] = nxt[m];
     }
   }
-  // Reduce the K-split partials in a fixed order (deterministic).
-  if (warp > 0) {
+  // Partials to shared memory; then one thread per output (row, sequence) sums them in a fixed
+  // order (deterministic) and runs the epilogue, all its loads issued before its stores.
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
+  for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j];
-  }
-  if (warp == 0 && p.r > 0) {
-    for (int idx = lane; idx < p.B * p.r; idx += 32) {
-      const int n = idx / p.r, k = idx % p.r;
-      float s = 0;
-      for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
-      zs[idx] = s * p.vs[k] * p.us[k];
-    }
-  }
+    for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j];
   __syncthreads();
-  if (warp != 0) return;
-  for (int w = 1; w < KS; ++w)
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[m][j] += red[w][m][j][lane];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
+  const int B = p.B, nout = MT * 16 * B;
+  for (int o = threadIdx.x; o < nout; o += blockDim.x) {
+    const int m = o / (16 * B), rem = o % (16 * B), rr = rem / B, n = rem % B;
     const int T = tile0 + m;
-    if (T >= tiles) continue;
+    const int64_t row = int64_t(T) * 16 + rr;
+    if (T >= tiles || row >= p.R) continue;
+    const int ln = (rr & 7) * 4 + (n >> 1), j = (rr >= 8 ? 2 : 0) + (n & 1);
+    float sum = 0;
+    for (int w = 0; w < KS; ++w) sum += red[w][m][j][ln];
+    float v = p.a[row] * sum;
+    if (p.r > 0) {
+      const int8_t* u = p.U + row * p.r;
+      int8_t uu[kMaxRank];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t row = int64_t(T) * 16 + g + (j >= 2 ? 8 : 0);
-      const int n = 2 * t + (j & 1);
-      if (row >= p.R || n >= p.B) continue;
-      float v = p.a[row] * acc[m][j];
-      if (p.r > 0) {
-        const int8_t* u = p.U + row * p.r;
-        const float* z = zs + n * p.r;
-        float lr = 0;
-        for (int k = 0; k < p.r; ++k) lr += float(u[k]) * z[k];
-        v += lr;
-      }
-      p.y[int64_t(n) * p.ldy + row] = v;
-      if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
-        const int64_t ch = row - p.conv_lo, D = p.conv_D;
-        float* st = p.conv_state + int64_t(n) * p.conv_seq_stride;
-        float cacc = p.conv_b ? p.conv_b[ch] : 0.f;
-        for (int k = 0; k + 1 < p.conv_K; ++k) {
-          const float sv = st[(k + 1) * D + ch];
-          st[k * D + ch] = sv;
-          cacc += p.conv_w[k * D + ch] * sv;
-        }
-        st[(p.conv_K - 1) * D + ch] = v;
-        cacc += p.conv_w[(p.conv_K - 1) * D + ch] * v;
-        p.conv_out[int64_t(n) * D + ch] = silu(cacc);
-      }
+      for (int k = 0; k < kMaxRank; ++k) uu[k] = k < p.r ? u[k] : int8_t(0);
+      float lr = 0;
+#pragma unroll
+      for (int k = 0; k < kMaxRank; ++k)
+        if (k < p.r) lr += float(uu[k]) * zs[n * p.r + k];
+      v += lr;
     }
+    const bool conv = p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D;
+    if (conv) {
+      constexpr int KMAX = 8;
+      const int64_t ch = row - p.conv_lo, D = p.conv_D;
+      const int K = p.conv_K;
+      float* st = p.conv_state + int64_t(n) * p.conv_seq_stride;
+      float sv[KMAX], wv[KMAX];
+#pragma unroll
+      for (int k = 0; k < KMAX; ++k) {
+        sv[k] = k + 1 < K ? st[(k + 1) * D + ch] : 0.f;
+        wv[k] = k < K ? p.conv_w[k * D + ch] : 0.f;
+      }
+      float cacc = p.conv_b ? p.conv_b[ch] : 0.f;
+#pragma unroll
+      for (int k = 0; k < KMAX; ++k) {
+        if (k + 1 < K) cacc += wv[k] * sv[k];
+        else if (k + 1 == K) cacc += wv[k] * v;
+      }
+#pragma unroll
+      for (int k = 0; k < KMAX; ++k)
+        if (k + 1 < K) st[k * D + ch] = sv[k];
+      st[(K - 1) * D + ch] = v;
+      p.conv_out[int64_t(n) * D + ch] = silu(cacc);
+    }
+    p.y[int64_t(n) * p.ldy + row] = v;
   }
 }
 
@@ -309,40 +348,59 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
     Cn[j] = n < N ? make_float4(Cv[n], Cv[n + 1], Cv[n + 2], Cv[n + 3]) : make_float4(0, 0, 0, 0);
   }
   char* sbase = static_cast<char*>(a.state) + int64_t(b) * a.state_seq_stride;
-  for (int p = p0 + warp; p < p0 + pb; p += nw) {
-    const float x = xbc[h * P + p];
-    const float xdt = x * dt;
+  // Each warp owns up to kPPW rows p; all their state loads are issued before any store.
+  constexpr int kPPW = 4;
+  float4 s[kPPW][2];
+  float xs[kPPW];
+#pragma unroll
+  for (int i = 0; i < kPPW; ++i) {
+    const int p = p0 + warp + i * nw;
+    const bool okp = p < p0 + pb;
+    xs[i] = okp ? xbc[h * P + p] : 0.f;
+    const int64_t off = (int64_t(h) * P + (okp ? p : p0)) * N;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int n = 4 * (lane + 32 * j);
+      if (!okp || n >= N) {
+        s[i][j] = make_float4(0, 0, 0, 0);
+      } else if (F16) {
+        const uint2 raw = *reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(sbase) + off + n);
+        const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+        const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+        s[i][j] = make_float4(lo.x, lo.y, hi.x, hi.y);
+      } else {
+        s[i][j] = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(sbase) + off + n);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPPW; ++i) {
+    const int p = p0 + warp + i * nw;
+    if (p >= p0 + pb) continue;  // uniform per warp
+    const float x = xs[i], xdt = x * dt;
     const int64_t off = (int64_t(h) * P + p) * N;
     float acc = 0;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int n = 4 * (lane + 32 * j);
       if (n >= N) continue;
-      float4 s;
+      float4 v = s[i][j];
+      v.x = v.x * dA + xdt * Bn[j].x;
+      v.y = v.y * dA + xdt * Bn[j].y;
+      v.z = v.z * dA + xdt * Bn[j].z;
+      v.w = v.w * dA + xdt * Bn[j].w;
       if (F16) {
-        const uint2 raw = *reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(sbase) + off + n);
-        const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-        const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-        s = make_float4(lo.x, lo.y, hi.x, hi.y);
-      } else {
-        s = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(sbase) + off + n);
-      }
-      s.x = s.x * dA + xdt * Bn[j].x;
-      s.y = s.y * dA + xdt * Bn[j].y;
-      s.z = s.z * dA + xdt * Bn[j].z;
-      s.w = s.w * dA + xdt * Bn[j].w;
-      if (F16) {
-        __half2 lo = __floats2half2_rn(s.x, s.y), hi = __floats2half2_rn(s.z, s.w);
+        __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
         uint2 raw;
         raw.x = *reinterpret_cast<uint32_t*>(&lo);
         raw.y = *reinterpret_cast<uint32_t*>(&hi);
         *reinterpret_cast<uint2*>(reinterpret_cast<__half*>(sbase) + off + n) = raw;
         const float2 l2 = __half22float2(lo), h2 = __half22float2(hi);  // y uses the rounded state
-        s = make_float4(l2.x, l2.y, h2.x, h2.y);
+        v = make_float4(l2.x, l2.y, h2.x, h2.y);
       } else {
-        *reinterpret_cast<float4*>(reinterpret_cast<float*>(sbase) + off + n) = s;
+        *reinterpret_cast<float4*>(reinterpret_cast<float*>(sbase) + off + n) = v;
       }
-      acc += Cn[j].x * s.x + Cn[j].y * s.y + Cn[j].z * s.z + Cn[j].w * s.w;
+      acc += Cn[j].x * v.x + Cn[j].y * v.y + Cn[j].z * v.z + Cn[j].w * v.w;
     }
     acc = warp_sum(acc);
     if (lane == 0) a.y[int64_t(b) * di + h * P + p] = acc + Dh * x;
@@ -462,7 +520,8 @@ cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
 }
 
 cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
-  if (a.B < 1 || a.B > kMaxBatch || a.r > kMaxRank || (a.conv_D > 0 && a.conv_K < 1)) return cudaErrorInvalidValue;
+  if (a.B < 1 || a.B > kMaxBatch || a.r > kMaxRank || (a.conv_D > 0 && (a.conv_K < 1 || a.conv_K > 8)))
+    return cudaErrorInvalidValue;
   const int tiles = int(round_up(a.R, 16) / 16), nch = int(round_up(a.C, kChunkCols) / kChunkCols);
   int KS = 1;  // warps splitting the chunks: at least 2 chunks per warp where possible
   for (int k : {8, 4, 2})
@@ -482,7 +541,9 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
 }
 
 cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl) {
-  if (B < 1 || a.N % 4 != 0 || a.N > 256 || a.P % kSsmPSplit != 0 || a.H % a.G != 0) return cudaErrorInvalidValue;
+  if (B < 1 || a.N % 4 != 0 || a.N > 256 || a.P % kSsmPSplit != 0 || a.P / kSsmPSplit > (kSsmThreads / 32) * 4 ||
+      a.H % a.G != 0)
+    return cudaErrorInvalidValue;
   const dim3 grid(unsigned(a.H), unsigned(B), kSsmPSplit);
   return a.f16 ? launch(ssm_step_kernel<true>, grid, dim3(kSsmThreads), 0, s, pdl, a)
                : launch(ssm_step_kernel<false>, grid, dim3(kSsmThreads), 0, s, pdl, a);

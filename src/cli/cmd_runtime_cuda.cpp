@@ -1,0 +1,252 @@
+// `dfssm generate --device cuda` and `dfssm bench --device cuda`: the runtime's CUDA backend
+// (runtime/cuda/cuda_session.h). Built only with dfssm_runtime_cuda; cmd_runtime.cpp forwards
+// here when it sees `--device cuda`.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <sstream>
+
+#include "cli/args.h"
+#include "core/error.h"
+#include "quant/quant_config.h"
+#include "runtime/cuda/cuda_session.h"
+#include "runtime/sampler.h"
+#include "runtime/tokenizer.h"
+
+namespace dfssm::cli {
+
+namespace {
+using clk = std::chrono::steady_clock;
+double ms_since(clk::time_point t0) { return std::chrono::duration<double, std::milli>(clk::now() - t0).count(); }
+
+std::vector<int32_t> parse_ids_cuda(const std::string& s) {
+  std::vector<int32_t> out;
+  std::string norm = s;
+  for (auto& ch : norm)
+    if (ch == ',') ch = ' ';
+  std::stringstream ss(norm);
+  std::string part;
+  while (ss >> part) {
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(part.c_str(), &end, 10);
+    DFSSM_CHECK(end && *end == '\0' && errno == 0 && v >= INT32_MIN && v <= INT32_MAX, "--ids: '", part,
+                "' is not an integer token id");
+    out.push_back(int32_t(v));
+  }
+  return out;
+}
+
+runtime::CudaSessionOptions cuda_options(const Args& args) {
+  runtime::CudaSessionOptions o;
+  o.state_dtype = args.get("state-dtype", "f32");
+  o.cuda_graph = !args.has("no-graph");
+  o.pdl = !args.has("no-pdl");
+  o.device = int(args.get_int("gpu", 0));
+  (void)args.get("device", "cuda");
+  return o;
+}
+
+// Device-to-device copy bandwidth (bytes read + written per second), 1 GiB, median of 5.
+double copy_bandwidth_gbs() {
+  const size_t n = size_t(1) << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, n) != cudaSuccess || cudaMalloc(&b, n) != cudaSuccess) return 0;
+  cudaMemset(a, 1, n);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<double> t;
+  for (int i = 0; i < 6; ++i) {
+    cudaEventRecord(e0);
+    cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (i > 0) t.push_back(ms);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(a);
+  cudaFree(b);
+  std::sort(t.begin(), t.end());
+  return 2.0 * double(n) / (t[t.size() / 2] / 1e3) / 1e9;
+}
+}  // namespace
+
+int cmd_generate_cuda(int argc, char** argv) {
+  Args args(argc, argv, {"ignore-eos", "verify", "no-graph", "no-pdl"});
+  DFSSM_CHECK(args.has("model"), "generate needs -m MODEL.dfssm.safetensors");
+  const std::string path = args.get("model", "");
+  DFSSM_CHECK(args.has("prompt") != args.has("ids"), "give exactly one of -p \"prompt\" or --ids \"1 2 3\"");
+  const long long max_tokens = args.get_int("max-tokens", 128);
+  DFSSM_CHECK(max_tokens >= 1, "--max-tokens must be >= 1 (got ", max_tokens, ")");
+  runtime::SamplerOptions so;
+  so.temperature = args.get_double("temperature", 0.8);
+  so.top_k = args.get_int("top-k", 40);
+  so.top_p = args.get_double("top-p", 0.95);
+  so.seed = uint64_t(args.get_int("seed", 0));
+  const auto copt = cuda_options(args);
+  const bool ids_mode = args.has("ids");
+  const std::string prompt = args.get(ids_mode ? "ids" : "prompt", "");
+  const std::string tok_file = args.get("tokenizer", "");
+  const bool ignore_eos = args.has("ignore-eos");
+  runtime::LoadOptions lo;
+  lo.verify_codes = args.has("verify");
+  args.check_unused();
+  DFSSM_CHECK(args.positionals().empty(), "unexpected argument '", args.positionals()[0], "'");
+
+  const auto t_load = clk::now();
+  auto model = runtime::Model::load(path, lo);
+  const auto& cfg = model->config();
+  std::unique_ptr<runtime::Tokenizer> tok;
+  if (!ids_mode || !tok_file.empty()) {
+    tok = std::make_unique<runtime::Tokenizer>(tok_file.empty() ? runtime::Tokenizer::from_metadata(model->metadata(), path)
+                                                                : runtime::Tokenizer::from_file(tok_file));
+    DFSSM_CHECK(tok->vocab_size() <= cfg.vocab_size, "tokenizer has ", tok->vocab_size(),
+                " pieces but the model's vocabulary is ", cfg.vocab_size, " (wrong --tokenizer?)");
+  }
+  const std::vector<int32_t> ids = ids_mode ? parse_ids_cuda(prompt) : tok->encode(prompt);
+  DFSSM_CHECK(!ids.empty(), ids_mode ? "--ids is empty" : "the prompt encodes to no tokens; give a non-empty -p");
+  runtime::CudaSession session(model, 1, copt);
+  const double load_ms = ms_since(t_load);
+  runtime::Sampler sampler(so, cfg.vocab_size);
+  const int32_t eos = tok ? tok->eos_id() : -1;
+  std::unique_ptr<runtime::TextStream> stream;
+  if (!ids_mode) stream = std::make_unique<runtime::TextStream>(*tok);
+
+  auto t0 = clk::now();
+  const float* logits = session.prefill(0, ids.data(), int64_t(ids.size()));
+  const double prefill_ms = ms_since(t0);
+  if (!ids_mode) {
+    std::fputs(prompt.c_str(), stdout);
+    std::fflush(stdout);
+  }
+  t0 = clk::now();
+  long long n = 0;
+  for (; n < max_tokens; ++n) {
+    const int32_t next = sampler.sample(logits);
+    if (next == eos && !ignore_eos) break;
+    if (ids_mode) std::printf("%s%d", n ? " " : "", next);
+    else std::fputs(stream->push(next).c_str(), stdout);
+    std::fflush(stdout);
+    if (n + 1 < max_tokens) logits = session.step(&next);
+  }
+  std::printf("\n");
+  const double gen_ms = ms_since(t0);
+  std::fprintf(stderr,
+               "[dfssm generate] load+upload %.0f ms | prompt %zu tokens, prefill %.1f ms (%.1f tokens/s) | generated "
+               "%lld tokens in %.1f ms (%.2f tokens/s) | cuda (%s), graph %s, pdl %s\n",
+               load_ms, ids.size(), prefill_ms, double(ids.size()) / prefill_ms * 1e3, n, gen_ms,
+               n > 0 ? double(n) / gen_ms * 1e3 : 0.0, session.device_name().c_str(), copt.cuda_graph ? "on" : "off",
+               copt.pdl ? "on" : "off");
+  return 0;
+}
+
+int cmd_bench_cuda(int argc, char** argv) {
+  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl"});
+  const auto o = cuda_options(args);
+  const int64_t L = args.get_int("prefill", 2048);
+  const int steps = int(args.get_int("steps", 64)), warmup = int(args.get_int("warmup", 4));
+  const std::string batches = args.get("batches", "1,4,8");
+  DFSSM_CHECK(L >= 1 && steps >= 1 && warmup >= 0, "--prefill and --steps must be >= 1");
+  const bool membw = !args.has("no-membw");
+  std::shared_ptr<runtime::Model> model;
+  std::string what;
+  if (args.has("random")) {
+    what = args.get("geometry", "mamba2-1.3b");
+    Mamba2Config cfg = Mamba2Config::geometry(what);
+    quant::QuantConfig q;
+    const auto qkeys = quant::QuantConfig::keys();
+    for (const auto& [k, v] : args.overrides()) {
+      if (std::find(qkeys.begin(), qkeys.end(), k) != qkeys.end()) q.set(k, v);
+      else cfg.set(k, v);
+    }
+    const uint64_t seed = uint64_t(args.get_int("seed", 0));
+    args.check_unused();
+    const auto t0 = clk::now();
+    model = runtime::Model::random(cfg, q, seed);
+    std::printf("random %s model (%s, rank %lld) built in %.1f s\n", what.c_str(), q.format.c_str(),
+                (long long)q.effective_rank(), ms_since(t0) / 1e3);
+  } else {
+    DFSSM_CHECK(args.has("model"), "bench needs -m MODEL.dfssm.safetensors or --geometry NAME --random");
+    what = args.get("model", "");
+    args.check_unused();
+    model = runtime::Model::load(what);
+  }
+  const auto& cfg = model->config();
+  std::vector<int64_t> bs;
+  for (const auto& b : parse_ids_cuda(batches)) bs.push_back(b);
+
+  auto t_up = clk::now();
+  runtime::CudaSession probe(model, 1, o);
+  std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
+              "  (upload + repack %.0f ms)\n",
+              probe.device_name().c_str(), o.state_dtype.c_str(), o.cuda_graph ? "on" : "off", o.pdl ? "on" : "off",
+              what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
+              ms_since(t_up));
+  const double bw = membw ? copy_bandwidth_gbs() : 0.0;
+  if (membw) std::printf("device copy bandwidth (1 GiB D2D, read + write): %.0f GB/s\n", bw);
+
+  // Prefill: one sequence of L tokens (a loop of single-token steps for now).
+  std::vector<int32_t> ids(static_cast<size_t>(L));
+  for (int64_t i = 0; i < L; ++i) ids[size_t(i)] = int32_t((i * 7919 + 1) % cfg.vocab_size);
+  probe.prefill(0, ids.data(), std::min<int64_t>(L, 8));  // capture the graphs
+  std::vector<double> pre;
+  for (int r = 0; r < 3; ++r) {
+    probe.reset();
+    const auto t0 = clk::now();
+    probe.prefill(0, ids.data(), L);
+    pre.push_back(ms_since(t0));
+  }
+  std::sort(pre.begin(), pre.end());
+  std::printf("prefill 1x%lld: %.1f ms (%.0f tokens/s; token-by-token decode steps)\n", (long long)L, pre[1],
+              double(L) / pre[1] * 1e3);
+
+  const double wbytes = double(probe.weight_bytes_per_step());
+  const double sbytes = 2.0 * double(probe.state_bytes_per_sequence());
+  for (int64_t B : bs) {
+    runtime::CudaSession s(model, B, o);
+    const int64_t vs = cfg.vocab_size;
+    std::vector<int32_t> toks(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) toks[size_t(b)] = int32_t((b * 7919 + 13) % vs);
+    std::vector<double> t;
+    for (int i = 0; i < warmup + steps; ++i) {
+      const auto t0 = clk::now();
+      const float* lg = s.step(toks.data());
+      const double ms = ms_since(t0);
+      if (i >= warmup) t.push_back(ms);
+      for (int64_t b = 0; b < B; ++b)
+        toks[size_t(b)] = int32_t(std::max_element(lg + b * s.vocab(), lg + b * s.vocab() + vs) - (lg + b * s.vocab()));
+    }
+    std::sort(t.begin(), t.end());
+    const double host_ms = t[t.size() / 2];
+    const double dev_ms = s.time_steps_ms(std::max(steps, 20));
+    const double bytes = double(s.weight_bytes_per_step()) + double(B) * sbytes;
+    std::printf("decode batch %lld: %.4f ms/step device (%.4f ms/token), %.4f ms/step host-timed step() incl. copies + "
+                "sync | %.1f MB/step (%.1f weights + %.1f state r+w) -> %.0f GB/s",
+                (long long)B, dev_ms, dev_ms / double(B), host_ms, bytes / 1e6, double(s.weight_bytes_per_step()) / 1e6,
+                double(B) * sbytes / 1e6, bytes / (dev_ms / 1e3) / 1e9);
+    if (bw > 0) std::printf(", floor %.4f ms (%.0f%% of it)", bytes / (bw * 1e9) * 1e3, bytes / (bw * 1e9) * 1e3 / dev_ms * 100);
+    std::printf("\n");
+    if (B == bs.front()) {
+      const auto prof = s.profile_step_ms();
+      double total = 0;
+      for (const auto& [k, v] : prof) total += v;
+      std::printf("  per kernel kind, batch %lld, launched one by one (no graph, no PDL; includes launch gaps): total "
+                  "%.3f ms:",
+                  (long long)B, total);
+      for (const auto& [k, v] : prof) std::printf("  %s %.3f ms (%.0f%%)", k.c_str(), v, v / total * 100);
+      std::printf("\n");
+    }
+  }
+  (void)wbytes;
+  return 0;
+}
+
+}  // namespace dfssm::cli

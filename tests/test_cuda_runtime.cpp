@@ -1,0 +1,419 @@
+// The CUDA runtime backend (label gpu: runs on the device only).
+//  * each decode kernel (src/kernels/cuda/decode.h) against its CPU references (ops_ref.cpp) on
+//    fresh random inputs at Mamba-2 1.3B shapes, outputs poisoned with NaN first;
+//  * the CUDA session against the CPU session (same Model): prefill + 64 decode steps with
+//    several sequences at different positions, fp32 and fp16 state;
+//  * CUDA graph vs launch-by-launch, PDL vs not: bit-identical logits;
+//  * save/restore between the CPU and CUDA sessions.
+// Seeds are printed; DFSSM_TEST_SEED replays one.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "catch_compat.h"
+#include "core/dtype.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/decode.h"
+#include "runtime/cuda/cuda_session.h"
+#include "runtime/session.h"
+
+using namespace dfssm;
+namespace kc = dfssm::kernels::cuda;
+namespace cpu = dfssm::kernels::cpu;
+
+#define CUDA_OK(x) REQUIRE((x) == cudaSuccess)
+
+namespace {
+
+uint64_t test_seed() {
+  static const uint64_t s = [] {
+    const char* e = std::getenv("DFSSM_TEST_SEED");
+    const uint64_t v = e ? std::strtoull(e, nullptr, 10) : std::random_device{}();
+    std::printf("test_cuda_runtime seed %llu (DFSSM_TEST_SEED to replay)\n", (unsigned long long)v);
+    return v;
+  }();
+  return s;
+}
+
+template <class T>
+struct DevBuf {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DevBuf(size_t n_) : n(n_) { REQUIRE(cudaMalloc(&p, std::max<size_t>(n * sizeof(T), 16)) == cudaSuccess); }
+  explicit DevBuf(const std::vector<T>& h) : DevBuf(h.size()) { put(h); }
+  ~DevBuf() { cudaFree(p); }
+  void put(const std::vector<T>& h) { REQUIRE(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess); }
+  std::vector<T> get() const {
+    std::vector<T> h(n);
+    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return h;
+  }
+  void poison() { REQUIRE(cudaMemset(p, 0xff, n * sizeof(T)) == cudaSuccess); }  // NaN in fp32 / fp16
+};
+
+struct Rng {
+  std::mt19937_64 g;
+  explicit Rng(uint64_t s) : g(s) {}
+  float normal() { return std::normal_distribution<float>()(g); }
+  float uniform(float a, float b) { return std::uniform_real_distribution<float>(a, b)(g); }
+  std::vector<float> normal(size_t n, float sd = 1.f, float mean = 0.f) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = mean + sd * normal();
+    return v;
+  }
+  std::vector<int8_t> i8(size_t n) {
+    std::vector<int8_t> v(n);
+    for (auto& x : v) x = int8_t(int(g() % 255) - 127);
+    return v;
+  }
+  std::vector<uint8_t> bits(int64_t R, int64_t C, int64_t row_bytes) {
+    std::vector<uint8_t> v(size_t(R * row_bytes), 0);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < C; ++c)
+        if (g() & 1) v[size_t(r * row_bytes + c / 8)] |= uint8_t(1u << (c % 8));
+    return v;
+  }
+};
+
+// ‖a − b‖ / ‖b‖ over [0, n); every a must be finite (NaN = an unwritten output).
+double rel_err(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += double(a[i] - b[i]) * (a[i] - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  return rel_err(a.data(), b.data(), a.size());
+}
+float round_half(float x) { return half_to_float(float_to_half(x)); }
+
+// A projection's host tensors (file layout) and its device copies (kernel layout).
+struct TestProj {
+  int64_t R, C, r, rb;
+  std::vector<uint8_t> codes;
+  std::vector<float> a, b, us, vs;
+  std::vector<int8_t> U, V;
+  DevBuf<uint8_t> w;
+  DevBuf<float> da, db, dus, dvs;
+  DevBuf<int8_t> dU, dV;
+  TestProj(Rng& rng, int64_t R_, int64_t C_, int64_t r_)
+      : R(R_), C(C_), r(r_), rb((C_ + 63) / 64 * 8), codes(rng.bits(R_, C_, rb)), a(rng.normal(size_t(R_), 0.02f, 0.05f)),
+        b(rng.normal(size_t(C_), 0.05f, 0.2f)), us(rng.normal(size_t(r_), 1e-4f, 3e-4f)),
+        vs(rng.normal(size_t(r_), 1e-4f, 3e-4f)), U(rng.i8(size_t(R_ * r_))), V(rng.i8(size_t(C_ * r_))),
+        w(kc::repacked_sign_bytes(R_, C_)), da(a), db(b), dus(us), dvs(vs), dU(U), dV(V) {
+    DevBuf<uint8_t> tmp(codes);
+    CUDA_OK(kc::repack_signs(tmp.p, rb, R, C, w.p, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+  }
+  // y[t, :] = a ⊙ (S xb16[t]) + U (us ⊙ z[t]), z = vs ⊙ Vᵀ x[t]  (CPU refs; xb16 rounded like the GPU's).
+  std::vector<float> ref(const std::vector<float>& x, int B) const {
+    std::vector<float> xb(size_t(B * C)), y(size_t(B * R)), z(size_t(B * std::max<int64_t>(r, 1)));
+    for (int t = 0; t < B; ++t)
+      for (int64_t c = 0; c < C; ++c) xb[size_t(t * C + c)] = round_half(b[size_t(c)] * x[size_t(t * C + c)]);
+    cpu::sign_gemm_ref({codes.data(), rb, a.data(), xb.data(), C, y.data(), R, B, C, 0, R});
+    if (r > 0) {
+      cpu::lowrank_down_ref({V.data(), vs.data(), x.data(), C, z.data(), B, C, r});
+      cpu::lowrank_up_ref({U.data(), us.data(), z.data(), y.data(), R, B, r, 0, R});
+    }
+    return y;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("CUDA in_proj path: add+RMSNorm prologue, sign GEMV + low-rank + fused conv", "[gpu][cuda_runtime]") {
+  Rng rng(test_seed() + 1);
+  // Mamba-2 1.3B: d 2048, d_in_proj 8512, d_inner 4096, conv_dim 4352, K 4, rank 19.
+  const int64_t d = 2048, dip = 8512, di = 4096, D = 4352, K = 4, r = 19;
+  TestProj P(rng, dip, d, r);
+  for (int B : {1, 3, 8}) {
+    INFO("B = " << B);
+    const auto res = rng.normal(size_t(B * d), 1.f), hid = rng.normal(size_t(B * d), 0.5f);
+    const auto w = rng.normal(size_t(d), 0.1f, 1.f);
+    const auto conv_w = rng.normal(size_t(K * D), 0.3f), conv_b = rng.normal(size_t(D), 0.1f);
+    const int64_t seq_stride = K * D + 1000;  // conv state of sequence b at b * seq_stride
+    auto conv_state = rng.normal(size_t(B * seq_stride), 1.f);
+    DevBuf<float> dres(res), dhid(hid), dw(w), dres_out(size_t(B * d)), dcw(conv_w), dcb(conv_b), dst(conv_state);
+    DevBuf<uint8_t> xf(kc::fragment_bytes(d));
+    DevBuf<float> zp(size_t(kc::kMaxBatch * 16 * r)), y(size_t(B * dip)), xbc(size_t(B * D));
+    dres_out.poison(), y.poison(), xbc.poison();
+    kc::NormArgs na;
+    na.n = int(d), na.eps = 1e-5f, na.w = dw.p, na.res_in = dres.p, na.hidden = dhid.p, na.res_out = dres_out.p;
+    na.b = P.db.p, na.out16 = xf.p, na.V = P.dV.p, na.r = int(r), na.zp = zp.p;
+    CUDA_OK(kc::norm_prologue(na, B, nullptr, false));
+    kc::SignGemvArgs ga;
+    ga.w = P.w.p, ga.R = dip, ga.C = d, ga.xf = xf.p, ga.B = B, ga.a = P.da.p, ga.U = P.dU.p, ga.us = P.dus.p;
+    ga.vs = P.dvs.p, ga.zp = zp.p, ga.nsplit = kc::norm_splits(na), ga.r = int(r), ga.y = y.p, ga.ldy = dip;
+    ga.conv_lo = di, ga.conv_D = D, ga.conv_K = int(K), ga.conv_state = dst.p, ga.conv_seq_stride = seq_stride;
+    ga.conv_w = dcw.p, ga.conv_b = dcb.p, ga.conv_out = xbc.p;
+    CUDA_OK(kc::sign_gemv(ga, nullptr, false));
+    CUDA_OK(cudaDeviceSynchronize());
+
+    // Reference: add_rmsnorm_ref, then the projection, then conv_step_silu_ref on the xBC rows.
+    std::vector<float> res_ref = res, x(size_t(B * d));
+    for (int t = 0; t < B; ++t)
+      cpu::add_rmsnorm_ref({&hid[size_t(t * d)], &res_ref[size_t(t * d)], w.data(), &x[size_t(t * d)], d, 1e-5f});
+    const auto y_ref = P.ref(x, B);
+    std::vector<float> xbc_ref(size_t(B * D)), st_ref = conv_state;
+    for (int t = 0; t < B; ++t)
+      cpu::conv_step_silu_ref({&st_ref[size_t(t * seq_stride)], conv_w.data(), conv_b.data(), &y_ref[size_t(t * dip + di)],
+                               &xbc_ref[size_t(t * D)], D, K, 0, D});
+    const double e_res = rel_err(dres_out.get(), res_ref), e_y = rel_err(y.get(), y_ref);
+    const double e_xbc = rel_err(xbc.get(), xbc_ref), e_st = rel_err(dst.get(), st_ref);
+    std::printf("in_proj B=%d: rel err residual %.2e  y %.2e  conv out %.2e  conv state %.2e\n", B, e_res, e_y, e_xbc,
+                e_st);
+    CHECK(e_res < 1e-6);
+    // Same fp16-rounded operand as the reference: only fp32 accumulation order differs (the
+    // rounding of x itself can flip one half ulp where rstd differs in the last bit).
+    CHECK(e_y < 1e-4);
+    CHECK(e_xbc < 1e-4);
+    CHECK(e_st < 1e-4);
+  }
+}
+
+TEST_CASE("CUDA out_proj path: gated RMSNorm prologue, sign GEMV + low-rank", "[gpu][cuda_runtime]") {
+  Rng rng(test_seed() + 2);
+  const int64_t d = 2048, di = 4096, dip = 8512, r = 19;
+  TestProj P(rng, d, di, r);
+  for (int B : {1, 5, 8}) {
+    INFO("B = " << B);
+    for (int G : {1, 2}) {
+      const auto yv = rng.normal(size_t(B * di), 1.f), zx = rng.normal(size_t(B * dip), 1.5f);
+      const auto w = rng.normal(size_t(di), 0.1f, 1.f);
+      DevBuf<float> dy(yv), dz(zx), dw(w), zp(size_t(kc::kMaxBatch * 16 * r)), out(size_t(B * d));
+      DevBuf<uint8_t> xf(kc::fragment_bytes(di));
+      out.poison();
+      kc::NormArgs na;
+      na.mode = 1, na.n = int(di), na.eps = 1e-5f, na.w = dw.p, na.y = dy.p, na.z = dz.p, na.ldz = dip, na.G = G;
+      na.b = P.db.p, na.out16 = xf.p, na.V = P.dV.p, na.r = int(r), na.zp = zp.p;
+      CUDA_OK(kc::norm_prologue(na, B, nullptr, false));
+      kc::SignGemvArgs ga;
+      ga.w = P.w.p, ga.R = d, ga.C = di, ga.xf = xf.p, ga.B = B, ga.a = P.da.p, ga.U = P.dU.p, ga.us = P.dus.p;
+      ga.vs = P.dvs.p, ga.zp = zp.p, ga.nsplit = kc::norm_splits(na), ga.r = int(r), ga.y = out.p, ga.ldy = d;
+      CUDA_OK(kc::sign_gemv(ga, nullptr, false));
+      CUDA_OK(cudaDeviceSynchronize());
+      std::vector<float> g(size_t(B * di));
+      for (int t = 0; t < B; ++t)
+        cpu::gated_rmsnorm_ref({&yv[size_t(t * di)], &zx[size_t(t * dip)], w.data(), &g[size_t(t * di)], di, G, 1e-5f});
+      const double e = rel_err(out.get(), P.ref(g, B));
+      std::printf("out_proj B=%d G=%d: rel err %.2e\n", B, G, e);
+      CHECK(e < 1e-4);
+    }
+  }
+}
+
+TEST_CASE("CUDA SSM step matches ssm_step_ref (fp32 and fp16 state)", "[gpu][cuda_runtime]") {
+  Rng rng(test_seed() + 3);
+  const int H = 64, P = 64, N = 128, G = 1, di = H * P, D = di + 2 * G * N, dip = 2 * di + 2 * G * N + H;
+  for (bool f16 : {false, true})
+    for (int B : {1, 4, 8}) {
+      INFO("B = " << B << " f16 " << f16);
+      const int64_t SN = int64_t(H) * P * N, stride_el = SN + 64;  // state of b at b * stride
+      const auto xbc = rng.normal(size_t(B * D), 1.f), dt = rng.normal(size_t(B * dip), 1.f);
+      std::vector<float> dt_bias(H), A(H), Dk(H);
+      for (int h = 0; h < H; ++h)
+        dt_bias[size_t(h)] = rng.uniform(-4.f, 0.f), A[size_t(h)] = -rng.uniform(1.f, 16.f), Dk[size_t(h)] = rng.uniform(0.5f, 1.5f);
+      std::vector<float> st = rng.normal(size_t(B * stride_el), 1.f);
+      std::vector<uint16_t> st16(st.size());
+      for (size_t i = 0; i < st.size(); ++i) st16[i] = float_to_half(st[i]);
+      DevBuf<float> dxbc(xbc), ddt(dt), dbias(dt_bias), dA(A), dD(Dk), y(size_t(B * di)), dst(st);
+      DevBuf<uint16_t> dst16(st16);
+      y.poison();
+      kc::SsmArgs a;
+      a.state = f16 ? static_cast<void*>(dst16.p) : static_cast<void*>(dst.p);
+      a.f16 = f16;
+      a.state_seq_stride = stride_el * (f16 ? 2 : 4);
+      a.xbc = dxbc.p, a.D = D, a.dt_raw = ddt.p + di + D, a.ld_dt = dip, a.dt_bias = dbias.p, a.A = dA.p, a.Dskip = dD.p;
+      a.y = y.p, a.dt_min = 0.f, a.dt_max = INFINITY, a.H = H, a.P = P, a.N = N, a.G = G;
+      CUDA_OK(kc::ssm_step(a, B, nullptr, false));
+      CUDA_OK(cudaDeviceSynchronize());
+      std::vector<float> y_ref(size_t(B * di));
+      for (int b = 0; b < B; ++b) {
+        const float* xb = &xbc[size_t(b * D)];
+        cpu::SsmStepArgs s{f16 ? nullptr : &st[size_t(b * stride_el)], f16 ? &st16[size_t(b * stride_el)] : nullptr,
+                           xb, xb + di, xb + di + G * N, &dt[size_t(b * dip + di + D)], dt_bias.data(), A.data(),
+                           Dk.data(), &y_ref[size_t(b * di)], 0.f, INFINITY, H, P, N, G, 0, H};
+        cpu::ssm_step_ref(s);
+      }
+      const double ey = rel_err(y.get(), y_ref);
+      double es;
+      if (f16) {
+        const auto g16 = dst16.get();
+        std::vector<float> a16(g16.size()), r16(g16.size());
+        for (size_t i = 0; i < g16.size(); ++i) a16[i] = half_to_float(g16[i]), r16[i] = half_to_float(st16[i]);
+        es = rel_err(a16, r16);
+      } else {
+        es = rel_err(dst.get(), st);
+      }
+      std::printf("ssm B=%d %s state: rel err y %.2e  state %.2e\n", B, f16 ? "f16" : "f32", ey, es);
+      CHECK(ey < (f16 ? 1e-3 : 1e-5));  // fp16: an FMA vs mul+add can round a state element the other way
+      CHECK(es < (f16 ? 1e-3 : 1e-6));
+    }
+}
+
+TEST_CASE("CUDA int8 LM head matches i8_rows_gemm_ref", "[gpu][cuda_runtime]") {
+  Rng rng(test_seed() + 4);
+  const int64_t V = 50288, d = 2048;
+  const auto q = rng.i8(size_t(V * d));
+  std::vector<float> scale(static_cast<size_t>(V));
+  for (auto& s : scale) s = rng.uniform(1e-4f, 5e-4f);
+  DevBuf<int8_t> dq(q);
+  DevBuf<float> ds(scale);
+  for (int B : {1, 2, 8}) {
+    INFO("B = " << B);
+    const auto x = rng.normal(size_t(B * d), 1.f);
+    std::vector<uint16_t> x16(x.size());
+    std::vector<float> xr(x.size());
+    for (size_t i = 0; i < x.size(); ++i) x16[i] = float_to_half(x[i]), xr[i] = half_to_float(x16[i]);
+    DevBuf<uint16_t> dx(x16);
+    DevBuf<float> lg(size_t(B * V));
+    lg.poison();
+    kc::LmHeadArgs a;
+    a.q = dq.p, a.scale = ds.p, a.x16 = dx.p, a.B = B, a.V = V, a.d = d, a.logits = lg.p;
+    CUDA_OK(kc::lm_head_i8(a, nullptr, false));
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<float> ref(size_t(B * V));
+    cpu::i8_rows_gemm_ref({q.data(), scale.data(), xr.data(), d, ref.data(), V, B, d, 0, V});
+    const double e = rel_err(lg.get(), ref);
+    std::printf("lm_head B=%d: rel err %.2e\n", B, e);
+    CHECK(e < 1e-5);
+  }
+}
+
+namespace {
+
+std::shared_ptr<runtime::Model> small_model(uint64_t seed, const std::string& geometry = "tiny") {
+  Mamba2Config cfg = Mamba2Config::geometry(geometry);
+  quant::QuantConfig q;  // binary_lowrank, rank 19, int8 embedding
+  return runtime::Model::random(cfg, q, seed);
+}
+
+// Prefill sequences with different prompt lengths, then `steps` decode steps of all sequences;
+// returns the worst relative logit error per step and checks it.
+double compare_engines(const std::shared_ptr<runtime::Model>& model, int64_t B, int steps, const std::string& state,
+                       double tol, const std::string& cpu_isa = "", bool graph = true, bool pdl = true) {
+  runtime::SessionOptions so;
+  so.state_dtype = state;
+  so.isa = cpu_isa;  // "": DFSSM_CPU_ISA or the best the CPU has
+  runtime::CudaSessionOptions co;
+  co.state_dtype = state;
+  co.cuda_graph = graph;
+  co.pdl = pdl;
+  runtime::Session cpu_s(model, B, so);
+  runtime::CudaSession gpu_s(model, B, co);
+  const int64_t V = cpu_s.vocab(), vs = model->config().vocab_size;
+  REQUIRE(gpu_s.vocab() == V);
+  std::mt19937 rng(static_cast<unsigned>(test_seed()));
+  double worst = 0;
+  for (int64_t s = 0; s < B; ++s) {
+    std::vector<int32_t> ids(size_t(5 + 7 * s));
+    for (auto& t : ids) t = int32_t(rng() % uint32_t(vs));
+    const float* a = cpu_s.prefill(s, ids.data(), int64_t(ids.size()));
+    std::vector<float> ca(a, a + V);
+    const float* b = gpu_s.prefill(s, ids.data(), int64_t(ids.size()));
+    const double e = rel_err(b, ca.data(), size_t(V));
+    std::printf("  prefill seq %lld (%zu tokens): rel err %.2e\n", (long long)s, ids.size(), e);
+    worst = std::max(worst, e);
+    REQUIRE(gpu_s.position(s) == cpu_s.position(s));
+  }
+  std::vector<int32_t> toks(static_cast<size_t>(B));
+  for (auto& t : toks) t = int32_t(rng() % uint32_t(vs));
+  for (int i = 0; i < steps; ++i) {
+    const float* a = cpu_s.step(toks.data());
+    std::vector<float> ca(a, a + B * V);
+    const float* b = gpu_s.step(toks.data());
+    const double e = rel_err(b, ca.data(), size_t(B * V));
+    if (i < 3 || e > tol) std::printf("  step %d: rel err %.2e\n", i, e);
+    worst = std::max(worst, e);
+    for (int64_t s = 0; s < B; ++s)  // feed the CPU engine's greedy tokens to both
+      toks[size_t(s)] = int32_t(std::max_element(ca.begin() + s * V, ca.begin() + s * V + vs) - (ca.begin() + s * V));
+  }
+  std::printf("engines (%s state, batch %lld, %d steps, cpu isa %s, graph %d, pdl %d): worst rel logit err %.2e "
+              "(tolerance %.0e)\n",
+              state.c_str(), (long long)B, steps, kernels::cpu::isa_name(cpu_s.isa()), int(graph), int(pdl), worst, tol);
+  CHECK(worst < tol);
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("CUDA session matches the CPU session: prefill + 64 decode steps", "[gpu][cuda_runtime]") {
+  auto model = small_model(test_seed());
+  // fp16 activation operands in the projections (CPU: fp32): ~1e-3 relative per projection.
+  compare_engines(model, 3, 64, "f32", 2e-2);
+  compare_engines(model, 1, 64, "f16", 2e-2);
+  compare_engines(model, 8, 16, "f32", 2e-2);
+}
+
+TEST_CASE("CUDA session matches the CPU session at the 1.3B geometry", "[gpu][cuda_runtime]") {
+  auto model = small_model(test_seed(), "mamba2-1.3b");
+  // Against the CPU engine's scalar reference kernels (ops_ref.cpp, fp64 sums): measured
+  // 1.4e-3 on the H200 box. (At this geometry the CPU fast paths of the work in progress on
+  // src/kernels/cpu disagreed with the scalar path when this was written; see the report.)
+  compare_engines(model, 1, 4, "f32", 2e-2, "scalar");
+  compare_engines(model, 2, 4, "f32", 2e-2, "scalar", false, false);
+  compare_engines(model, 1, 4, "f32", 2e-2, "");      // the CPU's best ISA, default activations
+  compare_engines(model, 2, 4, "f32", 2e-2, "avx2");
+}
+
+TEST_CASE("CUDA graph, PDL and launch-by-launch give identical logits", "[gpu][cuda_runtime]") {
+  auto model = small_model(test_seed() + 7);
+  const int64_t B = 4;
+  std::vector<std::vector<float>> runs;
+  for (int mode = 0; mode < 4; ++mode) {
+    runtime::CudaSessionOptions o;
+    o.cuda_graph = mode & 1;
+    o.pdl = mode & 2;
+    runtime::CudaSession s(model, B, o);
+    std::vector<float> all;
+    std::vector<int32_t> ids = {5, 17, 300, 9, 1000, 2};
+    const float* p = s.prefill(1, ids.data(), int64_t(ids.size()));
+    all.insert(all.end(), p, p + s.vocab());
+    std::vector<int32_t> toks = {1, 2, 3, 4};
+    for (int i = 0; i < 20; ++i) {
+      const float* l = s.step(toks.data());
+      all.insert(all.end(), l, l + B * s.vocab());
+      for (auto& t : toks) t = (t * 31 + i) % 4000;
+    }
+    runs.push_back(std::move(all));
+  }
+  for (int mode = 1; mode < 4; ++mode) {
+    INFO("mode " << mode);
+    REQUIRE(runs[size_t(mode)].size() == runs[0].size());
+    CHECK(std::memcmp(runs[size_t(mode)].data(), runs[0].data(), runs[0].size() * 4) == 0);
+  }
+}
+
+TEST_CASE("CUDA session state save/restore, to and from the CPU session", "[gpu][cuda_runtime]") {
+  auto model = small_model(test_seed() + 9);
+  runtime::Session cpu_s(model, 1);
+  runtime::CudaSession gpu_s(model, 2);
+  std::vector<int32_t> ids = {11, 22, 33, 44, 55, 66, 77};
+  cpu_s.prefill(0, ids.data(), int64_t(ids.size()));
+  gpu_s.restore_state(1, cpu_s.save_state(0));  // CPU -> CUDA
+  REQUIRE(gpu_s.position(1) == int64_t(ids.size()));
+  int32_t toks[2] = {3, 99};
+  const float* g = gpu_s.step(toks);
+  const int64_t V = gpu_s.vocab();
+  std::vector<float> gl(g + V, g + 2 * V);
+  const float* c = cpu_s.step(&toks[1]);
+  const double e = rel_err(gl.data(), c, size_t(V));
+  std::printf("restore CPU state on CUDA: rel err %.2e\n", e);
+  CHECK(e < 2e-2);
+  // CUDA -> CUDA (fork) gives bit-identical continuations.
+  gpu_s.restore_state(0, gpu_s.save_state(1));
+  int32_t same[2] = {7, 7};
+  const float* f = gpu_s.step(same);
+  CHECK(std::memcmp(f, f + V, size_t(V) * 4) == 0);
+  REQUIRE_THROWS(gpu_s.restore_state(0, std::vector<uint8_t>(10)));
+}
