@@ -8,6 +8,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/runtime_cli.h"
 #include "core/error.h"
 #include "kernels/cpu/kernel_bench.h"
 #include "quant/layout.h"
@@ -27,7 +28,7 @@ const char* const kGenerateUsage =
     "  --top-k K          keep the K most likely tokens (default 40; 0 = all)\n"
     "  --top-p P          nucleus sampling mass (default 0.95; 1 = off)\n"
     "  --seed S           sampling seed (default 0): the same seed gives the same text\n"
-    "  --device cpu       (cuda comes with the CUDA backend)\n"
+    "  --device cpu|cuda  cuda: the CUDA backend, in builds with it (--no-graph, --no-pdl, --gpu N)\n"
     "  --threads N        CPU threads (default: all cores)\n"
     "  --state-dtype f32|f16   SSM state storage (default f32)\n"
     "  --act i16|f32|i8     activations of the 1-bit GEMM (default i16; docs/runtime.md)\n"
@@ -57,33 +58,11 @@ const char* const kBenchUsage =
     "  --state-dtype f32|f16  --act i16|f32|i8 (sign GEMM activations, default i16)\n"
     "  --no-membw         skip the bandwidth measurement\n"
     "  --kernels          single-thread kernel micro-benchmarks (sign GEMM variants per ISA)\n"
+    "  --device cuda      the CUDA backend (builds with it): prefill 1x--prefill (default 2048), decode\n"
+    "                     ms/token at --batches (default 1,4,8), bytes/step, GB/s, per-kernel-kind times\n"
     "Env: DFSSM_CPU_ISA=scalar|avx2|avx512 forces a kernel path.\n";
 
 namespace {
-
-using clk = std::chrono::steady_clock;
-double ms_since(clk::time_point t0) { return std::chrono::duration<double, std::milli>(clk::now() - t0).count(); }
-
-std::vector<int32_t> parse_ids(const std::string& s) {
-  std::vector<int32_t> out;
-  std::string tok;
-  std::stringstream ss(s);
-  while (ss >> tok) {
-    for (auto& ch : tok)
-      if (ch == ',') ch = ' ';
-    std::stringstream inner(tok);
-    std::string part;
-    while (inner >> part) {
-      char* end = nullptr;
-      errno = 0;
-      const long long v = std::strtoll(part.c_str(), &end, 10);
-      DFSSM_CHECK(end && *end == '\0' && errno == 0 && v >= INT32_MIN && v <= INT32_MAX, "--ids: '", part,
-                  "' is not an integer token id");
-      out.push_back(int32_t(v));
-    }
-  }
-  return out;
-}
 
 runtime::SessionOptions session_options(const Args& args) {
   runtime::SessionOptions o;
@@ -95,6 +74,17 @@ runtime::SessionOptions session_options(const Args& args) {
   return o;
 }
 
+#ifdef DFSSM_HAVE_CUDA_RUNTIME
+// `--device cuda` (or --device=cuda) goes to the CUDA backend (cmd_runtime_cuda.cpp).
+bool wants_cuda(int argc, char** argv) {
+  for (int i = 0; i < argc; ++i)
+    if ((!std::strcmp(argv[i], "--device") && i + 1 < argc && !std::strcmp(argv[i + 1], "cuda")) ||
+        !std::strcmp(argv[i], "--device=cuda"))
+      return true;
+  return false;
+}
+#endif
+
 void check_device(const Args& args) {
   const std::string dev = args.get("device", "cpu");
   DFSSM_CHECK(dev == "cpu", "--device ", dev, ": only the CPU runtime is built so far (--device cpu)");
@@ -102,73 +92,31 @@ void check_device(const Args& args) {
 
 }  // namespace
 
+#ifdef DFSSM_HAVE_CUDA_RUNTIME
+int cmd_generate_cuda(int argc, char** argv);  // cmd_runtime_cuda.cpp
+int cmd_bench_cuda(int argc, char** argv);
+#endif
+
 int cmd_generate(int argc, char** argv) {
-  Args args(argc, argv, {"ignore-eos", "verify"});
-  DFSSM_CHECK(args.has("model"), "generate needs -m MODEL.dfssm.safetensors");
-  const std::string path = args.get("model", "");
-  DFSSM_CHECK(args.has("prompt") != args.has("ids"), "give exactly one of -p \"prompt\" or --ids \"1 2 3\"");
-  const long long max_tokens = args.get_int("max-tokens", 128);
-  DFSSM_CHECK(max_tokens >= 1, "--max-tokens must be >= 1 (got ", max_tokens, ")");
-  runtime::SamplerOptions so;
-  so.temperature = args.get_double("temperature", 0.8);
-  so.top_k = args.get_int("top-k", 40);
-  so.top_p = args.get_double("top-p", 0.95);
-  so.seed = uint64_t(args.get_int("seed", 0));
+#ifdef DFSSM_HAVE_CUDA_RUNTIME
+  if (wants_cuda(argc, argv)) return cmd_generate_cuda(argc, argv);
+#endif
+  const Args args(argc, argv, kGenerateSwitches);
+  GenerateJob job = generate_job(args);
   check_device(args);
   const auto sopt = session_options(args);
-  const bool ids_mode = args.has("ids");
-  const std::string prompt = args.get(ids_mode ? "ids" : "prompt", "");
   const std::string tok_file = args.get("tokenizer", "");
-  const bool ignore_eos = args.has("ignore-eos");
-  runtime::LoadOptions lo;
-  lo.verify_codes = args.has("verify");
   args.check_unused();
   DFSSM_CHECK(args.positionals().empty(), "unexpected argument '", args.positionals()[0], "'");
-
-  const auto t_load = clk::now();
-  auto model = runtime::Model::load(path, lo);
-  const double load_ms = ms_since(t_load);
-  const auto& cfg = model->config();
-  std::unique_ptr<runtime::Tokenizer> tok;
-  if (!ids_mode || !tok_file.empty()) {
-    tok = std::make_unique<runtime::Tokenizer>(tok_file.empty() ? runtime::Tokenizer::from_metadata(model->metadata(), path)
-                                                                : runtime::Tokenizer::from_file(tok_file));
-    DFSSM_CHECK(tok->vocab_size() <= cfg.vocab_size, "tokenizer has ", tok->vocab_size(),
-                " pieces but the model's vocabulary is ", cfg.vocab_size, " (wrong --tokenizer?)");
-  }
-  const std::vector<int32_t> ids = ids_mode ? parse_ids(prompt) : tok->encode(prompt);
-  DFSSM_CHECK(!ids.empty(), ids_mode ? "--ids is empty" : "the prompt encodes to no tokens; give a non-empty -p");
-
-  runtime::Session session(model, 1, sopt);
-  runtime::Sampler sampler(so, cfg.vocab_size);
-  const int32_t eos = tok ? tok->eos_id() : -1;
-  std::unique_ptr<runtime::TextStream> stream;
-  if (!ids_mode) stream = std::make_unique<runtime::TextStream>(*tok);
-
-  auto t0 = clk::now();
-  const float* logits = session.prefill(0, ids.data(), int64_t(ids.size()));
-  const double prefill_ms = ms_since(t0);
-  if (!ids_mode) {
-    std::fputs(prompt.c_str(), stdout);
-    std::fflush(stdout);
-  }
-  t0 = clk::now();
-  long long n = 0;
-  for (; n < max_tokens; ++n) {
-    const int32_t next = sampler.sample(logits);
-    if (next == eos && !ignore_eos) break;
-    if (ids_mode) std::printf("%s%d", n ? " " : "", next);
-    else std::fputs(stream->push(next).c_str(), stdout);
-    std::fflush(stdout);
-    if (n + 1 < max_tokens) logits = session.step(&next);
-  }
-  std::printf("\n");
-  const double gen_ms = ms_since(t0);
+  load_generate_job(job, args.has("verify"), tok_file);
+  runtime::Session session(job.model, 1, sopt);
+  const GenerateStats st = run_generation(session, job);
   std::fprintf(stderr,
                "[dfssm generate] load %.0f ms | prompt %zu tokens, prefill %.1f ms (%.1f tokens/s) | generated %lld "
-               "tokens in %.1f ms (%.2f tokens/s) | %s, %d threads\n",
-               load_ms, ids.size(), prefill_ms, double(ids.size()) / prefill_ms * 1e3, n, gen_ms,
-               n > 0 ? double(n) / gen_ms * 1e3 : 0.0, kernels::cpu::isa_name(session.isa()), session.threads());
+               "tokens in %.1f ms (%.2f tokens/s) | %s, %d threads, activations %s\n",
+               job.load_ms, job.ids.size(), st.prefill_ms, double(job.ids.size()) / st.prefill_ms * 1e3, st.generated,
+               st.gen_ms, st.generated > 0 ? double(st.generated) / st.gen_ms * 1e3 : 0.0,
+               kernels::cpu::isa_name(session.isa()), session.threads(), sopt.act.c_str());
   return 0;
 }
 
@@ -183,7 +131,7 @@ double time_decode(std::shared_ptr<const runtime::Model> model, const runtime::S
   for (int64_t b = 0; b < B; ++b) toks[size_t(b)] = int32_t((b * 7919 + 13) % vs);
   std::vector<double> t;
   for (int i = 0; i < warmup + steps; ++i) {
-    const auto t0 = clk::now();
+    const auto t0 = Clock::now();
     const float* lg = s.step(toks.data());
     const double ms = ms_since(t0);
     if (i >= warmup) t.push_back(ms);
@@ -203,6 +151,9 @@ int cmd_bench(int argc, char** argv) {
         !std::strcmp(argv[i], "--engine=torch"))
       return cmd_bench_torch(argc, argv);
 #endif
+#ifdef DFSSM_HAVE_CUDA_RUNTIME
+  if (wants_cuda(argc, argv)) return cmd_bench_cuda(argc, argv);
+#endif
   Args args(argc, argv, {"random", "kernels", "no-membw"});
   if (args.has("kernels")) {
     const double seconds = args.get_double("seconds", 0.3);
@@ -218,29 +169,8 @@ int cmd_bench(int argc, char** argv) {
   const int steps = int(args.get_int("steps", 16)), warmup = int(args.get_int("warmup", 2));
   DFSSM_CHECK(L >= 1 && steps >= 1 && warmup >= 0 && B2 >= 0, "--prefill and --steps must be >= 1");
   const bool membw = !args.has("no-membw");
-  std::shared_ptr<runtime::Model> model;
   std::string what;
-  if (args.has("random")) {
-    what = args.get("geometry", "mamba2-1.3b");
-    Mamba2Config cfg = Mamba2Config::geometry(what);
-    quant::QuantConfig q;
-    const auto qkeys = quant::QuantConfig::keys();
-    for (const auto& [k, v] : args.overrides()) {
-      if (std::find(qkeys.begin(), qkeys.end(), k) != qkeys.end()) q.set(k, v);
-      else cfg.set(k, v);
-    }
-    const uint64_t seed = uint64_t(args.get_int("seed", 0));
-    args.check_unused();
-    const auto t0 = clk::now();
-    model = runtime::Model::random(cfg, q, seed);
-    std::printf("random %s model (%s, rank %lld) built in %.1f s\n", what.c_str(), q.format.c_str(),
-                (long long)q.effective_rank(), ms_since(t0) / 1e3);
-  } else {
-    DFSSM_CHECK(args.has("model"), "bench needs -m MODEL.dfssm.safetensors or --geometry NAME --random");
-    what = args.get("model", "");
-    args.check_unused();
-    model = runtime::Model::load(what);
-  }
+  const auto model = bench_model(args, &what);
   const auto& cfg = model->config();
   runtime::Session probe(model, 1, o);
   const double wbytes = double(model->weight_bytes_per_token());
@@ -256,7 +186,7 @@ int cmd_bench(int argc, char** argv) {
   std::vector<double> pre;
   for (int r = 0; r < 3; ++r) {
     probe.reset();
-    const auto t0 = clk::now();
+    const auto t0 = Clock::now();
     probe.prefill(0, ids.data(), L);
     pre.push_back(ms_since(t0));
   }

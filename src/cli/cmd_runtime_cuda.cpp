@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "cli/args.h"
+#include "cli/runtime_cli.h"
 #include "core/error.h"
 #include "quant/quant_config.h"
 #include "runtime/cuda/cuda_session.h"
@@ -20,27 +21,6 @@
 namespace dfssm::cli {
 
 namespace {
-using clk = std::chrono::steady_clock;
-double ms_since(clk::time_point t0) { return std::chrono::duration<double, std::milli>(clk::now() - t0).count(); }
-
-std::vector<int32_t> parse_ids_cuda(const std::string& s) {
-  std::vector<int32_t> out;
-  std::string norm = s;
-  for (auto& ch : norm)
-    if (ch == ',') ch = ' ';
-  std::stringstream ss(norm);
-  std::string part;
-  while (ss >> part) {
-    char* end = nullptr;
-    errno = 0;
-    const long long v = std::strtoll(part.c_str(), &end, 10);
-    DFSSM_CHECK(end && *end == '\0' && errno == 0 && v >= INT32_MIN && v <= INT32_MAX, "--ids: '", part,
-                "' is not an integer token id");
-    out.push_back(int32_t(v));
-  }
-  return out;
-}
-
 runtime::CudaSessionOptions cuda_options(const Args& args) {
   runtime::CudaSessionOptions o;
   o.state_dtype = args.get("state-dtype", "f32");
@@ -80,71 +60,25 @@ double copy_bandwidth_gbs() {
 }  // namespace
 
 int cmd_generate_cuda(int argc, char** argv) {
-  Args args(argc, argv, {"ignore-eos", "verify", "no-graph", "no-pdl"});
-  DFSSM_CHECK(args.has("model"), "generate needs -m MODEL.dfssm.safetensors");
-  const std::string path = args.get("model", "");
-  DFSSM_CHECK(args.has("prompt") != args.has("ids"), "give exactly one of -p \"prompt\" or --ids \"1 2 3\"");
-  const long long max_tokens = args.get_int("max-tokens", 128);
-  DFSSM_CHECK(max_tokens >= 1, "--max-tokens must be >= 1 (got ", max_tokens, ")");
-  runtime::SamplerOptions so;
-  so.temperature = args.get_double("temperature", 0.8);
-  so.top_k = args.get_int("top-k", 40);
-  so.top_p = args.get_double("top-p", 0.95);
-  so.seed = uint64_t(args.get_int("seed", 0));
+  auto switches = kGenerateSwitches;
+  switches.insert({"no-graph", "no-pdl"});
+  const Args args(argc, argv, switches);
+  GenerateJob job = generate_job(args);
   const auto copt = cuda_options(args);
-  const bool ids_mode = args.has("ids");
-  const std::string prompt = args.get(ids_mode ? "ids" : "prompt", "");
   const std::string tok_file = args.get("tokenizer", "");
-  const bool ignore_eos = args.has("ignore-eos");
-  runtime::LoadOptions lo;
-  lo.verify_codes = args.has("verify");
   args.check_unused();
   DFSSM_CHECK(args.positionals().empty(), "unexpected argument '", args.positionals()[0], "'");
-
-  const auto t_load = clk::now();
-  auto model = runtime::Model::load(path, lo);
-  const auto& cfg = model->config();
-  std::unique_ptr<runtime::Tokenizer> tok;
-  if (!ids_mode || !tok_file.empty()) {
-    tok = std::make_unique<runtime::Tokenizer>(tok_file.empty() ? runtime::Tokenizer::from_metadata(model->metadata(), path)
-                                                                : runtime::Tokenizer::from_file(tok_file));
-    DFSSM_CHECK(tok->vocab_size() <= cfg.vocab_size, "tokenizer has ", tok->vocab_size(),
-                " pieces but the model's vocabulary is ", cfg.vocab_size, " (wrong --tokenizer?)");
-  }
-  const std::vector<int32_t> ids = ids_mode ? parse_ids_cuda(prompt) : tok->encode(prompt);
-  DFSSM_CHECK(!ids.empty(), ids_mode ? "--ids is empty" : "the prompt encodes to no tokens; give a non-empty -p");
-  runtime::CudaSession session(model, 1, copt);
+  const auto t_load = Clock::now();
+  load_generate_job(job, args.has("verify"), tok_file);
+  runtime::CudaSession session(job.model, 1, copt);
   const double load_ms = ms_since(t_load);
-  runtime::Sampler sampler(so, cfg.vocab_size);
-  const int32_t eos = tok ? tok->eos_id() : -1;
-  std::unique_ptr<runtime::TextStream> stream;
-  if (!ids_mode) stream = std::make_unique<runtime::TextStream>(*tok);
-
-  auto t0 = clk::now();
-  const float* logits = session.prefill(0, ids.data(), int64_t(ids.size()));
-  const double prefill_ms = ms_since(t0);
-  if (!ids_mode) {
-    std::fputs(prompt.c_str(), stdout);
-    std::fflush(stdout);
-  }
-  t0 = clk::now();
-  long long n = 0;
-  for (; n < max_tokens; ++n) {
-    const int32_t next = sampler.sample(logits);
-    if (next == eos && !ignore_eos) break;
-    if (ids_mode) std::printf("%s%d", n ? " " : "", next);
-    else std::fputs(stream->push(next).c_str(), stdout);
-    std::fflush(stdout);
-    if (n + 1 < max_tokens) logits = session.step(&next);
-  }
-  std::printf("\n");
-  const double gen_ms = ms_since(t0);
+  const GenerateStats st = run_generation(session, job);
   std::fprintf(stderr,
                "[dfssm generate] load+upload %.0f ms | prompt %zu tokens, prefill %.1f ms (%.1f tokens/s) | generated "
                "%lld tokens in %.1f ms (%.2f tokens/s) | cuda (%s), graph %s, pdl %s\n",
-               load_ms, ids.size(), prefill_ms, double(ids.size()) / prefill_ms * 1e3, n, gen_ms,
-               n > 0 ? double(n) / gen_ms * 1e3 : 0.0, session.device_name().c_str(), copt.cuda_graph ? "on" : "off",
-               copt.pdl ? "on" : "off");
+               load_ms, job.ids.size(), st.prefill_ms, double(job.ids.size()) / st.prefill_ms * 1e3, st.generated,
+               st.gen_ms, st.generated > 0 ? double(st.generated) / st.gen_ms * 1e3 : 0.0,
+               session.device_name().c_str(), copt.cuda_graph ? "on" : "off", copt.pdl ? "on" : "off");
   return 0;
 }
 
@@ -156,34 +90,13 @@ int cmd_bench_cuda(int argc, char** argv) {
   const std::string batches = args.get("batches", "1,4,8");
   DFSSM_CHECK(L >= 1 && steps >= 1 && warmup >= 0, "--prefill and --steps must be >= 1");
   const bool membw = !args.has("no-membw");
-  std::shared_ptr<runtime::Model> model;
   std::string what;
-  if (args.has("random")) {
-    what = args.get("geometry", "mamba2-1.3b");
-    Mamba2Config cfg = Mamba2Config::geometry(what);
-    quant::QuantConfig q;
-    const auto qkeys = quant::QuantConfig::keys();
-    for (const auto& [k, v] : args.overrides()) {
-      if (std::find(qkeys.begin(), qkeys.end(), k) != qkeys.end()) q.set(k, v);
-      else cfg.set(k, v);
-    }
-    const uint64_t seed = uint64_t(args.get_int("seed", 0));
-    args.check_unused();
-    const auto t0 = clk::now();
-    model = runtime::Model::random(cfg, q, seed);
-    std::printf("random %s model (%s, rank %lld) built in %.1f s\n", what.c_str(), q.format.c_str(),
-                (long long)q.effective_rank(), ms_since(t0) / 1e3);
-  } else {
-    DFSSM_CHECK(args.has("model"), "bench needs -m MODEL.dfssm.safetensors or --geometry NAME --random");
-    what = args.get("model", "");
-    args.check_unused();
-    model = runtime::Model::load(what);
-  }
+  const auto model = bench_model(args, &what);
   const auto& cfg = model->config();
   std::vector<int64_t> bs;
-  for (const auto& b : parse_ids_cuda(batches)) bs.push_back(b);
+  for (const auto& b : parse_ids(batches)) bs.push_back(b);
 
-  auto t_up = clk::now();
+  auto t_up = Clock::now();
   runtime::CudaSession probe(model, 1, o);
   std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
               "  (upload + repack %.0f ms)\n",
@@ -200,7 +113,7 @@ int cmd_bench_cuda(int argc, char** argv) {
   std::vector<double> pre;
   for (int r = 0; r < 3; ++r) {
     probe.reset();
-    const auto t0 = clk::now();
+    const auto t0 = Clock::now();
     probe.prefill(0, ids.data(), L);
     pre.push_back(ms_since(t0));
   }
@@ -217,7 +130,7 @@ int cmd_bench_cuda(int argc, char** argv) {
     for (int64_t b = 0; b < B; ++b) toks[size_t(b)] = int32_t((b * 7919 + 13) % vs);
     std::vector<double> t;
     for (int i = 0; i < warmup + steps; ++i) {
-      const auto t0 = clk::now();
+      const auto t0 = Clock::now();
       const float* lg = s.step(toks.data());
       const double ms = ms_since(t0);
       if (i >= warmup) t.push_back(ms);
