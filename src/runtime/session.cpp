@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "runtime/state_blob.h"
 #include "runtime/thread_pool.h"
 
 namespace dfssm::runtime {
@@ -13,14 +14,9 @@ namespace dfssm::runtime {
 using namespace kernels::cpu;
 
 namespace {
-constexpr char kStateMagic[8] = {'D', 'F', 'S', 'S', 'M', 'S', 'T', '1'};
 // Row ranges handed to threads are multiples of this (the vector kernels tile rows by up to 16).
 constexpr int64_t kRowAlign = 16;
 
-struct StateHeader {
-  char magic[8];
-  int64_t n_layer, conv_dim, d_conv, nheads, headdim, d_state, f16, position;
-};
 }  // namespace
 
 Session::Session(std::shared_ptr<const Model> model, int64_t batch, const SessionOptions& opt)
@@ -222,32 +218,14 @@ const float* Session::step(const int32_t* tokens) {
 
 std::vector<uint8_t> Session::save_state(int64_t seq) const {
   DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
-  const auto& c = model_->config();
-  StateHeader h{};
-  std::memcpy(h.magic, kStateMagic, 8);
-  h = {{}, c.n_layer, c.conv_dim(), c.d_conv, c.nheads(), c.headdim, c.d_state, f16_state_ ? 1 : 0, pos_[size_t(seq)]};
-  std::memcpy(h.magic, kStateMagic, 8);
-  std::vector<uint8_t> out(sizeof h + state_bytes_);
-  std::memcpy(out.data(), &h, sizeof h);
-  std::memcpy(out.data() + sizeof h, state_[size_t(seq)].data(), state_bytes_);
+  auto out = new_state_blob(model_->config(), f16_state_, pos_[size_t(seq)], state_bytes_);
+  std::memcpy(out.data() + sizeof(StateHeader), state_[size_t(seq)].data(), state_bytes_);
   return out;
 }
 
 void Session::restore_state(int64_t seq, const std::vector<uint8_t>& blob) {
   DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
-  DFSSM_CHECK(blob.size() >= sizeof(StateHeader) && std::memcmp(blob.data(), kStateMagic, 8) == 0,
-              "not a dfssm session state (bad magic or too short)");
-  StateHeader h;
-  std::memcpy(&h, blob.data(), sizeof h);
-  const auto& c = model_->config();
-  DFSSM_CHECK(h.n_layer == c.n_layer && h.conv_dim == c.conv_dim() && h.d_conv == c.d_conv && h.nheads == c.nheads() &&
-                  h.headdim == c.headdim && h.d_state == c.d_state,
-              "session state is for another geometry (n_layer ", h.n_layer, ", conv_dim ", h.conv_dim, ", nheads ",
-              h.nheads, ", headdim ", h.headdim, ", d_state ", h.d_state, ")");
-  DFSSM_CHECK(h.f16 == (f16_state_ ? 1 : 0), "session state was saved with state dtype ", h.f16 ? "f16" : "f32",
-              ", this session uses ", opt_.state_dtype);
-  DFSSM_CHECK(blob.size() == sizeof h + state_bytes_, "session state has ", blob.size() - sizeof h,
-              " bytes of caches, expected ", state_bytes_);
+  const StateHeader h = check_state_blob(blob, model_->config(), f16_state_, state_bytes_);
   std::memcpy(state_[size_t(seq)].data(), blob.data() + sizeof h, state_bytes_);
   pos_[size_t(seq)] = h.position;
 }

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda/decode.h"
+#include "runtime/state_blob.h"
 
 namespace dfssm::runtime {
 
@@ -20,14 +21,6 @@ namespace kc = kernels::cuda;
     DFSSM_CHECK(e_ == cudaSuccess, "CUDA error in ", #expr, ": ", cudaGetErrorString(e_), " (", __FILE__, \
                 ":", __LINE__, ")");                                                                  \
   } while (0)
-
-namespace {
-constexpr char kStateMagic[8] = {'D', 'F', 'S', 'S', 'M', 'S', 'T', '1'};
-struct StateHeader {  // identical to the CPU Session's blob header
-  char magic[8];
-  int64_t n_layer, conv_dim, d_conv, nheads, headdim, d_state, f16, position;
-};
-}  // namespace
 
 struct CudaSession::Dev {
   cudaStream_t stream = nullptr;
@@ -425,33 +418,16 @@ std::map<std::string, double> CudaSession::profile_step_ms() {
 
 std::vector<uint8_t> CudaSession::save_state(int64_t seq) const {
   DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
-  const auto& c = model_->config();
-  StateHeader h = {{}, c.n_layer, c.conv_dim(), c.d_conv, c.nheads(), c.headdim, c.d_state, f16_state_ ? 1 : 0,
-                   pos_[size_t(seq)]};
-  std::memcpy(h.magic, kStateMagic, 8);
-  std::vector<uint8_t> out(sizeof h + state_bytes_);
-  std::memcpy(out.data(), &h, sizeof h);
+  auto out = new_state_blob(model_->config(), f16_state_, pos_[size_t(seq)], state_bytes_);
   CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
-  CUDA_CHECK(cudaMemcpy(out.data() + sizeof h, dev_->state + uint64_t(seq) * state_bytes_, state_bytes_,
+  CUDA_CHECK(cudaMemcpy(out.data() + sizeof(StateHeader), dev_->state + uint64_t(seq) * state_bytes_, state_bytes_,
                         cudaMemcpyDeviceToHost));
   return out;
 }
 
 void CudaSession::restore_state(int64_t seq, const std::vector<uint8_t>& blob) {
   DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
-  DFSSM_CHECK(blob.size() >= sizeof(StateHeader) && std::memcmp(blob.data(), kStateMagic, 8) == 0,
-              "not a dfssm session state (bad magic or too short)");
-  StateHeader h;
-  std::memcpy(&h, blob.data(), sizeof h);
-  const auto& c = model_->config();
-  DFSSM_CHECK(h.n_layer == c.n_layer && h.conv_dim == c.conv_dim() && h.d_conv == c.d_conv && h.nheads == c.nheads() &&
-                  h.headdim == c.headdim && h.d_state == c.d_state,
-              "session state is for another geometry (n_layer ", h.n_layer, ", conv_dim ", h.conv_dim, ", nheads ",
-              h.nheads, ", headdim ", h.headdim, ", d_state ", h.d_state, ")");
-  DFSSM_CHECK(h.f16 == (f16_state_ ? 1 : 0), "session state was saved with state dtype ", h.f16 ? "f16" : "f32",
-              ", this session uses ", opt_.state_dtype);
-  DFSSM_CHECK(blob.size() == sizeof h + state_bytes_, "session state has ", blob.size() - sizeof h,
-              " bytes of caches, expected ", state_bytes_);
+  const StateHeader h = check_state_blob(blob, model_->config(), f16_state_, state_bytes_);
   CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
   CUDA_CHECK(cudaMemcpy(dev_->state + uint64_t(seq) * state_bytes_, blob.data() + sizeof h, state_bytes_,
                         cudaMemcpyHostToDevice));
