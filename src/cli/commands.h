@@ -34,6 +34,9 @@ int cmd_distill(int argc, char** argv);
 int cmd_run(int argc, char** argv);
 int cmd_validate(int argc, char** argv);
 extern const char* const kTrainUsage;
+// Evaluation (src/eval, docs/eval.md): `dfssm eval`, `eval --check-export`, `eval make-task`.
+int cmd_eval(int argc, char** argv);
+extern const char* const kEvalUsage;
 #endif
 #ifdef DFSSM_WITH_DATA
 int cmd_data(int argc, char** argv);

@@ -25,6 +25,7 @@ const std::vector<Command>& commands() {
       {"distill", "distill a teacher into the 1-bit DF-SSM student from a job YAML", kTrainUsage, cmd_distill},
       {"run", "the whole pipeline: data -> pretrain -> distill -> export -> eval", kTrainUsage, cmd_run},
       {"validate", "check a job YAML and report every problem at once", kTrainUsage, cmd_validate},
+      {"eval", "student vs teacher with lm-eval scoring; --check-export; make-task", kEvalUsage, cmd_eval},
 #endif
 #ifdef DFSSM_WITH_DATA
       {"data", "prepare, inspect and benchmark tokenized training data (HDF5 shards)", kDataUsage, cmd_data},

@@ -19,6 +19,8 @@
 #include "distill/data/tokenizer.h"
 #include "distill/loss.h"
 #include "distill/trainer.h"
+#include "eval/make_task.h"
+#include "eval/run.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_files.h"
 #include "quant/student.h"
@@ -72,13 +74,6 @@ using Clock = std::chrono::steady_clock;
 
 void stage(const char* name, const std::string& what) { std::printf("\n== %s: %s\n", name, what.c_str()), std::fflush(stdout); }
 
-std::string fmt_row(const std::string& name, double ce, double kl, double top1, double mb, bool with_kl) {
-  char k[32] = "       -", t[32] = "     -", buf[256];
-  if (with_kl) std::snprintf(k, sizeof k, "%8.4f", kl), std::snprintf(t, sizeof t, "%6.2f", top1 * 100);
-  std::snprintf(buf, sizeof buf, "| %-23s | %8.4f | %10.2f | %s | %s | %9.2f |", name.c_str(), ce, std::exp(ce), k, t, mb);
-  return buf;
-}
-
 }  // namespace
 
 int run_pipeline(const JobConfig& job) {
@@ -126,35 +121,39 @@ int run_pipeline(const JobConfig& job) {
     stage("export", job.packed_path());
     quant::export_packed(*student, job.packed_path());
   }
-  const double packed_mb = double(fs::file_size(job.packed_path())) / 1e6;
-  // 5. Evaluation: teacher | distilled student | init-only student (binarized, untrained).
-  stage("eval", "held-out split of " + job.dataset_dir());
-  at::NoGradGuard ng;
-  const auto teacher = load_model(job.teacher_dir(), at::kFloat, dev);
-  const auto init_only = quant::make_student(*teacher, job.quant, job.seed, dev);
-  const int64_t L = job.distill.seq_len, B = job.distill.batch_size, nb = job.distill.eval_batches;
-  const auto ev = evaluate_pair(*teacher, *student->model, job.dataset_dir(), L, B, nb);
-  const auto ev0 = evaluate_pair(*teacher, *init_only->model, job.dataset_dir(), L, B, nb);
-  const auto tfile = locate_checkpoint(job.teacher_dir()).weights;
-  const double teacher_mb = double(teacher->config().num_params()) * 2 / 1e6;  // as fp16
-  std::printf("\nheld-out: %lld tokens, windows of %lld\n", (long long)ev.tokens, (long long)L);
-  std::printf("| %-23s | %8s | %10s | %8s | %6s | %9s |\n", "model", "CE", "perplexity", "KL(t||s)", "top-1%",
-              "size MB");
-  std::printf("|%s|%s|%s|%s|%s|%s|\n", std::string(25, '-').c_str(), std::string(10, '-').c_str(),
-              std::string(12, '-').c_str(), std::string(10, '-').c_str(), std::string(8, '-').c_str(),
-              std::string(11, '-').c_str());
-  std::printf("%s\n", fmt_row("teacher (fp16 size)", ev.teacher_ce, 0, 0, teacher_mb, false).c_str());
-  std::printf("%s\n", fmt_row("student (distilled)", ev.student_ce, ev.kl, ev.top1, packed_mb, true).c_str());
-  std::printf("%s\n", fmt_row("init-only (no training)", ev0.student_ce, ev0.kl, ev0.top1, packed_mb, true).c_str());
-  std::printf("student/teacher CE ratio %.3f (init-only %.3f)\n", ev.student_ce / ev.teacher_ce,
-              ev0.student_ce / ev.teacher_ce);
-  json res = {{"tokens", ev.tokens},
-              {"teacher", {{"ce", ev.teacher_ce}, {"ppl", std::exp(ev.teacher_ce)}, {"mb_fp16", teacher_mb}}},
-              {"student", {{"ce", ev.student_ce}, {"ppl", std::exp(ev.student_ce)}, {"kl", ev.kl}, {"top1", ev.top1},
-                           {"mb", packed_mb}}},
-              {"init_only", {{"ce", ev0.student_ce}, {"ppl", std::exp(ev0.student_ce)}, {"kl", ev0.kl}, {"top1", ev0.top1}}},
-              {"teacher_weights", tfile}};
-  write_file_atomic(job.run_dir + "/eval.json", res.dump(2));
+  // 5. Evaluation through src/eval (docs/eval.md): teacher | distilled student (the packed file,
+  // on the runtime) | init-only student (binarized from the teacher, untrained), on the held-out
+  // split (rolling perplexity, lm-eval's rules, windows of data.seq_len) and a multiple-choice
+  // "next line" task generated from the held-out documents.
+  stage("eval", "held-out split of " + job.dataset_dir() + " -> " + job.run_dir + "/eval");
+  const std::string eval_dir = job.run_dir + "/eval";
+  eval::EvalConfig ec;
+  ec.teacher = job.teacher_dir();
+  ec.student = job.packed_path();
+  ec.student_checkpoint = job.student_dir() + "/final";
+  ec.data = job.dataset_dir();
+  ec.device = job.device;
+  ec.threads = int(job.threads);
+  ec.max_length = job.distill.seq_len;
+  ec.prefix_token = "eos";  // the trainer's streams separate documents by EOS, never BOS
+  ec.seed = job.seed;
+  ec.output = eval_dir;
+  ec.tasks.push_back(eval::parse_task_spec("heldout=" + job.dataset_dir()));
+  const auto manifest = data::read_manifest(job.dataset_dir());
+  if (manifest.tokenizer_type == "sentencepiece") {
+    const std::string nextline = eval_dir + "/tasks/nextline.jsonl";
+    if (!fs::exists(nextline)) {
+      std::vector<std::string> names;
+      const auto texts = eval::dataset_texts(job.dataset_dir(), "val", &names);
+      eval::MakeTaskOptions mo;
+      mo.seed = job.seed;
+      eval::write_jsonl(nextline, eval::make_nextline_task(texts, names, mo));
+    }
+    ec.tasks.push_back(eval::parse_task_spec(nextline));
+  }
+  eval::run_eval(ec);
+  std::filesystem::copy_file(eval_dir + "/summary.json", job.run_dir + "/eval.json",
+                             std::filesystem::copy_options::overwrite_existing);
   // 6. A sample from the distilled student.
   stage("sample", "student, top-k 40, temperature 0.8");
   std::printf("%s\n", sample_text(*student->model, job.dataset_dir(), "def ", 60, job.seed).c_str());

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "core/error.h"
 
@@ -82,20 +83,32 @@ RowStats row_stats(const float* x, int64_t V) {
   for (int j = k; j < 5; ++j) top[size_t(j)] = -1;
   s.top5 = top;
   s.argmax = top[0];
-  const double m = x[top[0]];
+  const float m = x[top[0]];
   double sum = 0;
-  for (int64_t v = 0; v < V; ++v) sum += std::exp(double(x[v]) - m);
-  s.lse = m + std::log(sum);
+  for (int64_t v = 0; v < V; ++v) sum += double(std::exp(x[v] - m));  // each term in fp32, summed in fp64
+  s.lse = double(m) + std::log(sum);
   return s;
 }
 
 double kl_div(const float* lp, const RowStats& sp, const float* lq, const RowStats& sq, int64_t V) {
-  double kl = 0;
+  std::vector<float> p(static_cast<size_t>(V));
+  softmax_row(lp, sp, V, p.data());
+  return kl_div_probs(p.data(), lp, sp, lq, sq, V);
+}
+
+double kl_div_probs(const float* p, const float* lp, const RowStats& sp, const float* lq, const RowStats& sq, int64_t V) {
+  // sum_v p_v ((lp_v - lse_p) - (lq_v - lse_q)) = sum_v p_v (lp_v - lq_v) - lse_p + lse_q (sum p = 1).
+  double acc = 0, mass = 0;
   for (int64_t v = 0; v < V; ++v) {
-    const double a = double(lp[v]) - sp.lse, b = double(lq[v]) - sq.lse;
-    kl += std::exp(a) * (a - b);
+    acc += double(p[v]) * (double(lp[v]) - double(lq[v]));
+    mass += double(p[v]);
   }
-  return std::max(kl, 0.0);
+  return std::max(acc - (sp.lse - sq.lse) * mass, 0.0);
+}
+
+void softmax_row(const float* x, const RowStats& s, int64_t V, float* out) {
+  const float lse = float(s.lse);
+  for (int64_t v = 0; v < V; ++v) out[v] = std::exp(x[v] - lse);
 }
 
 bool in_top5(const RowStats& s, int32_t token) { return std::find(s.top5.begin(), s.top5.end(), token) != s.top5.end(); }

@@ -51,6 +51,11 @@ RowStats row_stats(const float* logits, int64_t vocab);
 inline double log_prob(const float* logits, const RowStats& s, int32_t token) { return double(logits[token]) - s.lse; }
 // KL(p || q) = sum_v p_v (log p_v - log q_v) for p = softmax(lp), q = softmax(lq).
 double kl_div(const float* lp, const RowStats& sp, const float* lq, const RowStats& sq, int64_t vocab);
+// The same with p's probabilities given (probs_p = softmax(lp)): one pass, no exp.
+double kl_div_probs(const float* probs_p, const float* lp, const RowStats& sp, const float* lq, const RowStats& sq,
+                    int64_t vocab);
+// softmax of a row (its stats known) into out[vocab].
+void softmax_row(const float* logits, const RowStats& s, int64_t vocab, float* out);
 bool in_top5(const RowStats& s, int32_t token);
 
 // numpy.argmax: the first index of the maximum.

@@ -41,7 +41,7 @@ std::string read_all(const std::string& path) {
 std::string py_strip(const std::string& s) {
   const size_t end = rstrip_length(s);
   size_t b = 0;
-  while (b < end && is_py_space(uint8_t(s[b]))) ++b;  // leading ASCII/Latin-1 whitespace
+  while (b < end && uint8_t(s[b]) < 0x80 && is_py_space(uint8_t(s[b]))) ++b;  // leading ASCII whitespace
   return s.substr(b, end - b);
 }
 
