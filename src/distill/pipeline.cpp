@@ -30,18 +30,6 @@ using json = nlohmann::ordered_json;
 
 namespace dfssm::distill {
 
-LmEval evaluate_pair(const Mamba2Model& teacher, const Mamba2Model& student, const std::string& dataset_dir,
-                     int64_t seq_len, int64_t batch, int64_t max_batches) {
-  data::LoaderOptions lo;
-  lo.dir = dataset_dir;
-  lo.seq_len = seq_len;
-  lo.batch_size = batch;
-  const auto r = evaluate_lm(&teacher, student, data::validation_options(lo), max_batches, 1024, false);
-  DFSSM_CHECK(r.tokens > 0, dataset_dir, ": the validation split is empty or shorter than one window of ", seq_len + 1,
-              " tokens (raise val_fraction or lower data.seq_len)");
-  return r;
-}
-
 std::string sample_text(const Mamba2Model& model, const std::string& dataset_dir, const std::string& prompt, int64_t n,
                         uint64_t seed) {
   at::NoGradGuard ng;
