@@ -4,6 +4,7 @@
 // sessions have prefill(seq, ids, n) and step(tokens)).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -58,7 +59,9 @@ struct GenerateStats {
 template <class Session>
 GenerateStats run_generation(Session& session, const GenerateJob& job) {
   GenerateStats st;
-  runtime::Sampler sampler(job.sampler, job.model->config().vocab_size);
+  // Only ids the tokenizer can print are sampled (a model's vocabulary may be larger than it).
+  const int64_t vocab = job.model->config().vocab_size;
+  runtime::Sampler sampler(job.sampler, job.tok ? std::min<int64_t>(vocab, job.tok->vocab_size()) : vocab);
   const int32_t eos = job.tok ? job.tok->eos_id() : -1;
   std::unique_ptr<runtime::TextStream> stream;
   if (!job.ids_mode) stream = std::make_unique<runtime::TextStream>(*job.tok);

@@ -1,7 +1,5 @@
 #include "eval/text.h"
 
-#include <sentencepiece_processor.h>
-
 #include <fstream>
 #include <sstream>
 
@@ -11,19 +9,14 @@
 
 namespace dfssm::eval {
 
-struct Tokenizer::Impl {
-  sentencepiece::SentencePieceProcessor sp;
-};
-
-Tokenizer::Tokenizer() : impl_(std::make_unique<Impl>()) {}
+Tokenizer::Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_bytes(std::string bytes, const std::string& origin) {
   Tokenizer t;
-  const auto st = t.impl_->sp.LoadFromSerializedProto(bytes);
-  DFSSM_CHECK(st.ok(), origin, ": not a valid SentencePiece model (", st.ToString(), ")");
+  t.tok_ = std::make_unique<runtime::Tokenizer>(runtime::Tokenizer::from_bytes(bytes, origin));
   t.sha256_ = data::sha256_hex(bytes);
   t.origin_ = origin;
   return t;
@@ -45,27 +38,18 @@ Tokenizer Tokenizer::from_packed_metadata(const std::map<std::string, std::strin
   return from_bytes(std::string(raw.begin(), raw.end()), source + " (metadata 'tokenizer_model')");
 }
 
-std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
-  std::vector<int> ids;
-  const auto st = impl_->sp.Encode(text, &ids);
-  DFSSM_CHECK(st.ok(), origin_, ": cannot encode text (", st.ToString(), ")");
-  return {ids.begin(), ids.end()};
-}
+std::vector<int32_t> Tokenizer::encode(const std::string& text) const { return tok_->encode(text); }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
-  std::vector<int> v(ids.begin(), ids.end());
-  for (size_t k = 0; k < v.size(); ++k)
-    DFSSM_CHECK(v[k] >= 0 && v[k] < vocab_size(), origin_, ": cannot decode token id ", v[k], " (vocabulary size ",
+  for (int32_t id : ids)
+    DFSSM_CHECK(id >= 0 && id < vocab_size(), origin_, ": cannot decode token id ", id, " (vocabulary size ",
                 vocab_size(), ")");
-  std::string s;
-  const auto st = impl_->sp.Decode(v, &s);
-  DFSSM_CHECK(st.ok(), origin_, ": cannot decode (", st.ToString(), ")");
-  return s;
+  return tok_->decode(ids);
 }
 
-int64_t Tokenizer::vocab_size() const { return impl_->sp.GetPieceSize(); }
-int32_t Tokenizer::bos_id() const { return impl_->sp.bos_id(); }
-int32_t Tokenizer::eos_id() const { return impl_->sp.eos_id(); }
+int64_t Tokenizer::vocab_size() const { return tok_->vocab_size(); }
+int32_t Tokenizer::bos_id() const { return tok_->bos_id(); }
+int32_t Tokenizer::eos_id() const { return tok_->eos_id(); }
 
 bool is_py_space(uint32_t c) {
   return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||

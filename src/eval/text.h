@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/tokenizer.h"
+
 namespace dfssm::eval {
 
 // What scoring needs from a tokenizer (tests use a fake one).
@@ -19,8 +21,9 @@ class TextEncoder {
   virtual std::vector<int32_t> encode(const std::string& text) const = 0;
 };
 
-// A SentencePiece model. encode() is whole-string (lm-eval's tok_encode), unlike the data
-// pipeline's line-chunked encoding (docs/eval.md, "Tokenization").
+// A SentencePiece model (the runtime's wrapper, plus the model's hash and origin for the
+// reports). encode() is whole-string (lm-eval's tok_encode), unlike the data pipeline's
+// line-chunked encoding (docs/eval.md, "Tokenization").
 class Tokenizer : public TextEncoder {
  public:
   static Tokenizer from_file(const std::string& path);
@@ -42,8 +45,7 @@ class Tokenizer : public TextEncoder {
 
  private:
   Tokenizer();
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<runtime::Tokenizer> tok_;
   std::string sha256_, origin_;
 };
 

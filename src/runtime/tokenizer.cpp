@@ -19,14 +19,12 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-namespace {
-Tokenizer load_bytes(Tokenizer t, const std::string& bytes, const std::string& origin,
-                     sentencepiece::SentencePieceProcessor& sp) {
-  const auto st = sp.LoadFromSerializedProto(bytes);
+Tokenizer Tokenizer::from_bytes(const std::string& bytes, const std::string& origin) {
+  Tokenizer t;
+  const auto st = t.impl_->sp.LoadFromSerializedProto(bytes);
   DFSSM_CHECK(st.ok(), origin, ": not a valid SentencePiece model (", st.ToString(), ")");
   return t;
 }
-}  // namespace
 
 Tokenizer Tokenizer::from_metadata(const std::map<std::string, std::string>& meta, const std::string& source) {
   auto it = meta.find("tokenizer_model");
@@ -34,9 +32,7 @@ Tokenizer Tokenizer::from_metadata(const std::map<std::string, std::string>& met
               ": the file carries no tokenizer (export it with `dfssm export --tokenizer tok.model`, or pass "
               "--tokenizer FILE, or use --ids)");
   const auto raw = base64_decode(it->second);
-  Tokenizer t;
-  auto& sp = t.impl_->sp;
-  return load_bytes(std::move(t), std::string(raw.begin(), raw.end()), source + " (metadata 'tokenizer_model')", sp);
+  return from_bytes(std::string(raw.begin(), raw.end()), source + " (metadata 'tokenizer_model')");
 }
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
@@ -44,9 +40,7 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
   DFSSM_CHECK(f, "cannot open tokenizer model '", path, "'");
   std::stringstream ss;
   ss << f.rdbuf();
-  Tokenizer t;
-  auto& sp = t.impl_->sp;
-  return load_bytes(std::move(t), ss.str(), path, sp);
+  return from_bytes(ss.str(), path);
 }
 
 int64_t Tokenizer::vocab_size() const { return impl_->sp.GetPieceSize(); }

@@ -17,6 +17,8 @@ class Tokenizer {
   // the file carries no tokenizer (telling the user to pass --tokenizer or --ids).
   static Tokenizer from_metadata(const std::map<std::string, std::string>& meta, const std::string& source);
   static Tokenizer from_file(const std::string& path);
+  // A serialized SentencePiece model; `origin` names it in errors.
+  static Tokenizer from_bytes(const std::string& bytes, const std::string& origin);
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
   ~Tokenizer();
