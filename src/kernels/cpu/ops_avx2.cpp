@@ -262,10 +262,16 @@ void sg8_tile(const Sg8Ctx& c, int64_t r, int64_t t) {
   const int8_t* xb[TG];
   for (int j = 0; j < TG; ++j) xb[j] = a.xq + (t + j) * a.ldx;
   const int64_t nblocks = c.nfull + (c.tail ? 1 : 0);
+  // Prefetch the tile two tiles ahead, one line per block (as in sg16_tile: the RT interleaved
+  // row streams defeat the hardware prefetchers). Only the first token tile streams from memory.
+  const char* pf = reinterpret_cast<const char*>(a.codes + (r + 2 * RT) * a.row_bytes);
+  const int64_t pf_lines = t == c.t0 ? RT * a.row_bytes / 64 : 0;
   // An int16 lane gains at most 2 * 254 per block: flush every 64 blocks (32512 < 32767).
   for (int64_t kb0 = 0; kb0 < nblocks; kb0 += 64) {
     const int64_t kb1 = min64(nblocks, kb0 + 64);
     for (int64_t kb = kb0; kb < kb1; ++kb) {
+      if (kb < pf_lines) _mm_prefetch(pf + kb * 64, _MM_HINT_T0);
+      if (kb + nblocks < pf_lines) _mm_prefetch(pf + (kb + nblocks) * 64, _MM_HINT_T0);
       uint64_t w[RT];
       for (int i = 0; i < RT; ++i) std::memcpy(&w[i], rows[i] + kb * 8, 8);
       const int8_t* xp[TG];
