@@ -30,11 +30,7 @@ using dfssm::test::error_of;
 
 namespace {
 
-std::string tmp(const std::string& name) {
-  const auto d = fs::temp_directory_path() / ("dfssm_test_eval_scoring_" + std::to_string(::getpid())) / name;
-  fs::create_directories(d.parent_path());
-  return d.string();
-}
+std::string tmp(const std::string& name) { return test::tmp_path("eval_scoring", name); }
 
 void write(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 

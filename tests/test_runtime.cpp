@@ -39,11 +39,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string tmp_path(const std::string& name) {
-  const auto d = fs::temp_directory_path() / ("dfssm_test_runtime_" + std::to_string(::getpid()));
-  fs::create_directories(d);
-  return (d / name).string();
-}
+std::string tmp_path(const std::string& name) { return test::tmp_path("runtime", name); }
 
 Mamba2Config small_config(int64_t ngroups) {
   auto c = Mamba2Config::geometry("test");

@@ -120,29 +120,6 @@ int cmd_generate(int argc, char** argv) {
   return 0;
 }
 
-namespace {
-
-// Median step time of `steps` decode steps after `warmup`, batch B, from a short prefill.
-double time_decode(std::shared_ptr<const runtime::Model> model, const runtime::SessionOptions& o, int64_t B, int steps,
-                   int warmup) {
-  runtime::Session s(model, B, o);
-  const int64_t vs = model->config().vocab_size;
-  std::vector<int32_t> toks(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) toks[size_t(b)] = int32_t((b * 7919 + 13) % vs);
-  std::vector<double> t;
-  for (int i = 0; i < warmup + steps; ++i) {
-    const auto t0 = Clock::now();
-    const float* lg = s.step(toks.data());
-    const double ms = ms_since(t0);
-    if (i >= warmup) t.push_back(ms);
-    for (int64_t b = 0; b < B; ++b)  // greedy next tokens keep the run realistic
-      toks[size_t(b)] = int32_t(std::max_element(lg + b * s.vocab(), lg + b * s.vocab() + vs) - (lg + b * s.vocab()));
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-}  // namespace
 
 int cmd_bench(int argc, char** argv) {
 #ifdef DFSSM_WITH_TORCH
@@ -194,13 +171,15 @@ int cmd_bench(int argc, char** argv) {
   std::printf("prefill 1x%lld: %.1f ms (%.1f tokens/s, chunk %lld)\n", (long long)L, pre[1], double(L) / pre[1] * 1e3,
               (long long)o.prefill_chunk);
 
-  const double ms1 = time_decode(model, o, 1, steps, warmup);
+  probe.reset();
+  const double ms1 = median_step_ms(probe, cfg.vocab_size, steps, warmup);
   const double gbs = (wbytes + sbytes) / (ms1 / 1e3) / 1e9;
   std::printf("decode batch 1: %.2f ms/token (%.2f tokens/s)\n", ms1, 1e3 / ms1);
   std::printf("bytes per decode step: %.1f MB weights + %.1f MB state (read + write) = %.1f MB; achieved %.2f GB/s\n",
               wbytes / 1e6, sbytes / 1e6, (wbytes + sbytes) / 1e6, gbs);
   if (B2 > 0) {
-    const double msb = time_decode(model, o, B2, steps, warmup);
+    runtime::Session batched(model, B2, o);
+    const double msb = median_step_ms(batched, cfg.vocab_size, steps, warmup);
     std::printf("decode batch %lld: %.2f ms/step (%.2f ms/token, %.1f tokens/s in all)\n", (long long)B2, msb,
                 msb / double(B2), double(B2) / msb * 1e3);
   }

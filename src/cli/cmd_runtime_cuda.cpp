@@ -125,20 +125,7 @@ int cmd_bench_cuda(int argc, char** argv) {
   const double sbytes = 2.0 * double(probe.state_bytes_per_sequence());
   for (int64_t B : bs) {
     runtime::CudaSession s(model, B, o);
-    const int64_t vs = cfg.vocab_size;
-    std::vector<int32_t> toks(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) toks[size_t(b)] = int32_t((b * 7919 + 13) % vs);
-    std::vector<double> t;
-    for (int i = 0; i < warmup + steps; ++i) {
-      const auto t0 = Clock::now();
-      const float* lg = s.step(toks.data());
-      const double ms = ms_since(t0);
-      if (i >= warmup) t.push_back(ms);
-      for (int64_t b = 0; b < B; ++b)
-        toks[size_t(b)] = int32_t(std::max_element(lg + b * s.vocab(), lg + b * s.vocab() + vs) - (lg + b * s.vocab()));
-    }
-    std::sort(t.begin(), t.end());
-    const double host_ms = t[t.size() / 2];
+    const double host_ms = median_step_ms(s, cfg.vocab_size, steps, warmup);
     const double dev_ms = s.time_steps_ms(std::max(steps, 20));
     const double bytes = double(s.weight_bytes_per_step()) + double(B) * sbytes;
     std::printf("decode batch %lld: %.4f ms/step device (%.4f ms/token), %.4f ms/step host-timed step() incl. copies + "

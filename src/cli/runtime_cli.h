@@ -84,4 +84,23 @@ GenerateStats run_generation(Session& session, const GenerateJob& job) {
   return st;
 }
 
+// Median wall time of `steps` decode steps of every sequence after `warmup`, feeding each
+// sequence its greedy next token (keeps the run realistic).
+template <class Session>
+double median_step_ms(Session& s, int64_t vocab_size, int steps, int warmup) {
+  const int64_t B = s.batch(), V = s.vocab();
+  std::vector<int32_t> toks(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) toks[size_t(b)] = int32_t((b * 7919 + 13) % vocab_size);
+  std::vector<double> t;
+  for (int i = 0; i < warmup + steps; ++i) {
+    const auto t0 = Clock::now();
+    const float* lg = s.step(toks.data());
+    if (i >= warmup) t.push_back(ms_since(t0));
+    for (int64_t b = 0; b < B; ++b)
+      toks[size_t(b)] = int32_t(std::max_element(lg + b * V, lg + b * V + vocab_size) - (lg + b * V));
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 }  // namespace dfssm::cli

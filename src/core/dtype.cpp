@@ -1,5 +1,7 @@
 #include "core/dtype.h"
 
+#include <cstring>
+
 #include "core/error.h"
 
 namespace dfssm {
@@ -26,6 +28,17 @@ const DTypeInfo& info(DType t) {
 }  // namespace
 
 size_t dtype_size(DType t) { return info(t).size; }
+
+std::vector<float> floats_from(const uint8_t* p, DType t, size_t n, const std::string& what) {
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (t == DType::F32) std::memcpy(&out[i], p + 4 * i, 4);
+    else if (t == DType::F16) out[i] = half_to_float(uint16_t(p[2 * i] | p[2 * i + 1] << 8));
+    else if (t == DType::I8) out[i] = float(int8_t(p[i]));
+    else DFSSM_ASSERT(false, "floats_from() on ", what, " of dtype ", dtype_name(t));
+  }
+  return out;
+}
 const char* dtype_name(DType t) { return info(t).name; }
 
 std::optional<DType> dtype_from_name(const std::string& name) {

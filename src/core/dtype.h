@@ -7,6 +7,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace dfssm {
 
@@ -14,6 +15,9 @@ enum class DType : uint8_t { F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U
 
 // Bytes per element.
 size_t dtype_size(DType t);
+// n little-endian values of an F32, F16 or I8 tensor as fp32 (exact conversions); `what` names the
+// tensor in the internal error raised for any other dtype.
+std::vector<float> floats_from(const uint8_t* p, DType t, size_t n, const std::string& what);
 // Canonical safetensors spelling, e.g. "BF16".
 const char* dtype_name(DType t);
 // Parses a safetensors dtype string; std::nullopt when unknown.

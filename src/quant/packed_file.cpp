@@ -53,15 +53,7 @@ PackedFile PackedFile::open(const std::string& path, bool check_codes) {
 
 std::vector<float> PackedFile::floats(const std::string& name) const {
   const auto& ti = file_.get(name);
-  std::vector<float> out(size_t(ti.numel()));
-  const uint8_t* d = file_.data(ti);
-  for (size_t i = 0; i < out.size(); ++i) {
-    if (ti.dtype == DType::F32) std::memcpy(&out[i], d + 4 * i, 4);
-    else if (ti.dtype == DType::F16) out[i] = half_to_float(uint16_t(d[2 * i] | d[2 * i + 1] << 8));
-    else if (ti.dtype == DType::I8) out[i] = float(int8_t(d[i]));
-    else DFSSM_ASSERT(false, "floats() on ", name, " of dtype ", dtype_name(ti.dtype));
-  }
-  return out;
+  return floats_from(file_.data(ti), ti.dtype, size_t(ti.numel()), name);
 }
 
 std::vector<float> PackedFile::dense_weight_ref(const ProjSpec& p) const {

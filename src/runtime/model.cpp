@@ -27,14 +27,7 @@ struct Model::Source {
   // Any F16/F32 tensor as fp32.
   std::vector<float> floats(const std::string& name) const {
     const auto& [p, t] = tensors.at(name);
-    const size_t n = size_t(t->nbytes() / dtype_size(t->dtype));
-    std::vector<float> out(n);
-    for (size_t i = 0; i < n; ++i) {
-      if (t->dtype == DType::F32) std::memcpy(&out[i], p + 4 * i, 4);
-      else if (t->dtype == DType::F16) out[i] = half_to_float(uint16_t(p[2 * i] | p[2 * i + 1] << 8));
-      else DFSSM_ASSERT(false, "floats() on ", name, " of dtype ", dtype_name(t->dtype));
-    }
-    return out;
+    return floats_from(p, t->dtype, size_t(t->nbytes() / dtype_size(t->dtype)), name);
   }
 };
 

@@ -31,6 +31,7 @@ Session::Session(std::shared_ptr<const Model> model, int64_t batch, const Sessio
   k_ = &kernel_table(isa_);
   DFSSM_CHECK(opt.act == "f32" || opt.act == "i16" || opt.act == "i8", "activation precision must be f32, i16 or i8 (got '",
               opt.act, "')");
+  act_ = opt.act == "i16" ? Act::I16 : opt.act == "i8" ? Act::I8 : Act::F32;
   pool_ = std::make_unique<ThreadPool>(opt.threads);
   const auto& c = model_->config();
   V_ = c.padded_vocab();
@@ -40,6 +41,8 @@ Session::Session(std::shared_ptr<const Model> model, int64_t batch, const Sessio
   state_bytes_ = uint64_t(c.n_layer) * (conv_bytes_ + ssm_bytes_);
   state_.assign(size_t(batch), std::vector<uint8_t>(state_bytes_));
   pos_.assign(size_t(batch), 0);
+  step_seqs_.resize(size_t(batch));
+  for (int64_t b = 0; b < batch; ++b) step_seqs_[size_t(b)] = b;
   reset();
 
   rows_max_ = std::max(batch, opt.prefill_chunk);
@@ -47,7 +50,7 @@ Session::Session(std::shared_ptr<const Model> model, int64_t batch, const Sessio
   const int64_t wide = std::max(c.d_model, c.d_inner());
   residual_.resize(R * size_t(c.d_model));
   hidden_.resize(R * size_t(c.d_model));
-  normed_.resize(R * size_t(wide));
+  normed_.resize(R * size_t(c.d_model));
   xb_.resize(R * size_t(wide));
   zxbcdt_.resize(R * size_t(c.d_in_proj()));
   lrz_.resize(R * size_t(std::max<int64_t>(1, model_->quant().effective_rank())));
@@ -70,7 +73,7 @@ void Session::reset() {
 }
 
 void Session::reset(int64_t seq) {
-  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
+  check_seq(seq);
   std::fill(state_[size_t(seq)].begin(), state_[size_t(seq)].end(), uint8_t(0));  // +0.0 in fp32 and fp16
   pos_[size_t(seq)] = 0;
 }
@@ -80,6 +83,10 @@ float* Session::conv_state(int64_t seq, int64_t layer) {
 }
 void* Session::ssm_state(int64_t seq, int64_t layer) {
   return state_[size_t(seq)].data() + uint64_t(layer) * (conv_bytes_ + ssm_bytes_) + conv_bytes_;
+}
+
+void Session::check_seq(int64_t seq) const {
+  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
 }
 
 void Session::check_tokens(const int32_t* tokens, int64_t n) const {
@@ -105,18 +112,18 @@ void Session::project(const Projection& p, const float* x, int64_t ldx, int64_t 
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t c = 0; c < C; ++c) xb_[size_t(t * C + c)] = p.b[size_t(c)] * x[t * ldx + c];
     const float* xbt = &xb_[size_t(t0 * C)];
-    if (opt_.act == "i8")
+    if (act_ == Act::I8)
       k_->quantize_rows_i8({xbt, C, &xq_[size_t(t0 * C)], C, &xs_[size_t(t0)], &xsum_[size_t(t0)], n, C});
-    if (opt_.act == "i16")
+    if (act_ == Act::I16)
       k_->quantize_rows_i16({xbt, C, &xq16_[size_t(t0 * ld16)], ld16, &xs_[size_t(t0)], &xsum_[size_t(t0)], n, C});
     if (p.rank > 0) k_->lowrank_down({p.v, p.vs.data(), x + t0 * ldx, ldx, &lrz_[size_t(t0 * p.rank)], n, C, p.rank});
   };
   if (T > 1) pool_->parallel_ranges(T, 1, prepare);
   else prepare(0, T);
   pool_->parallel_ranges(p.rows, kRowAlign, [&](int64_t r0, int64_t r1) {
-    if (opt_.act == "i16")
+    if (act_ == Act::I16)
       k_->sign_gemm_i16({p.codes, p.row_bytes, p.a.data(), xq16_.data(), ld16, xs_.data(), xsum_.data(), y, ldy, T, C, r0, r1});
-    else if (opt_.act == "i8")
+    else if (act_ == Act::I8)
       k_->sign_gemm_i8({p.codes, p.row_bytes, p.a.data(), xq_.data(), C, xs_.data(), xsum_.data(), y, ldy, T, C, r0, r1});
     else
       k_->sign_gemm({p.codes, p.row_bytes, p.a.data(), xb_.data(), C, y, ldy, T, C, r0, r1});
@@ -127,7 +134,7 @@ void Session::project(const Projection& p, const float* x, int64_t ldx, int64_t 
 void Session::lm_head(const float* x, int64_t T, float* logits) {
   const auto& e = model_->lm_head();
   const int64_t d = model_->config().d_model;
-  if (e.codes && opt_.act == "i16") {  // the int8 head on int16 activations (exact int32 sums)
+  if (e.codes && act_ == Act::I16) {  // the int8 head on int16 activations (exact int32 sums)
     const int64_t ld16 = (d + 63) / 64 * 64;
     k_->quantize_rows_i16({x, d, xq16_.data(), ld16, xs_.data(), xsum_.data(), T, d});
     pool_->parallel_ranges(V_, kRowAlign, [&](int64_t r0, int64_t r1) {
@@ -192,7 +199,7 @@ void Session::forward_rows(const int32_t* tokens, const int64_t* seqs, int64_t T
 }
 
 const float* Session::prefill(int64_t seq, const int32_t* tokens, int64_t n, float* all_logits) {
-  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
+  check_seq(seq);
   DFSSM_CHECK(n >= 1, "prefill needs at least one token");
   check_tokens(tokens, n);
   std::vector<int64_t> seqs(static_cast<size_t>(opt_.prefill_chunk), seq);
@@ -209,22 +216,20 @@ const float* Session::prefill(int64_t seq, const int32_t* tokens, int64_t n, flo
 
 const float* Session::step(const int32_t* tokens) {
   check_tokens(tokens, batch_);
-  std::vector<int64_t> seqs(static_cast<size_t>(batch_));
-  for (int64_t s = 0; s < batch_; ++s) seqs[size_t(s)] = s;
-  forward_rows(tokens, seqs.data(), batch_, 0, logits_.data());
+  forward_rows(tokens, step_seqs_.data(), batch_, 0, logits_.data());
   for (auto& p : pos_) ++p;
   return logits_.data();
 }
 
 std::vector<uint8_t> Session::save_state(int64_t seq) const {
-  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
+  check_seq(seq);
   auto out = new_state_blob(model_->config(), f16_state_, pos_[size_t(seq)], state_bytes_);
   std::memcpy(out.data() + sizeof(StateHeader), state_[size_t(seq)].data(), state_bytes_);
   return out;
 }
 
 void Session::restore_state(int64_t seq, const std::vector<uint8_t>& blob) {
-  DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
+  check_seq(seq);
   const StateHeader h = check_state_blob(blob, model_->config(), f16_state_, state_bytes_);
   std::memcpy(state_[size_t(seq)].data(), blob.data() + sizeof h, state_bytes_);
   pos_[size_t(seq)] = h.position;

@@ -71,6 +71,7 @@ class Session {
 
  private:
   void check_tokens(const int32_t* tokens, int64_t n) const;
+  void check_seq(int64_t seq) const;
   // T rows; row t is token tokens[t] of sequence seqs[t] (rows of one sequence in order).
   // Writes logits of rows [logit_from, T) to logits + (t - logit_from) * vocab.
   void forward_rows(const int32_t* tokens, const int64_t* seqs, int64_t T, int64_t logit_from, float* logits);
@@ -86,9 +87,11 @@ class Session {
   std::unique_ptr<ThreadPool> pool_;
   int64_t batch_, V_, rows_max_;
   bool f16_state_;
+  enum class Act { F32, I16, I8 } act_;  // opt_.act, parsed once (it is read per projection)
   uint64_t conv_bytes_, ssm_bytes_, state_bytes_;
   std::vector<std::vector<uint8_t>> state_;  // per sequence: per layer conv then ssm
   std::vector<int64_t> pos_;
+  std::vector<int64_t> step_seqs_;  // 0 .. batch-1: step()'s row -> sequence map
   // Scratch, rows_max_ rows each.
   std::vector<float> residual_, hidden_, normed_, xb_, zxbcdt_, lrz_, xbc_, y_, g_, logits_;
   std::vector<int8_t> xq_;
