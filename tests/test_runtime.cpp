@@ -157,6 +157,22 @@ TEST_CASE("runtime logits equal the LibTorch student's (prefill + 32 decode step
   }
 }
 
+TEST_CASE("runtime logits equal the LibTorch student's through 48 layers", "[runtime][trainer]") {
+  // The 1.3B model's depth (48 layers; the width stays small): nothing in the engine may depend
+  // on the layer count beyond the per-layer state offsets this exercises.
+  quant::QuantConfig q;
+  q.rank = 4;
+  auto cfg = small_config(1);
+  cfg.n_layer = 48;
+  const auto e = make_exported(cfg, q, "student_48.dfssm.safetensors", 21);
+  const auto ids = random_ids(70, cfg.vocab_size, 6);
+  runtime::SessionOptions o;
+  o.act = "f32";
+  const double err = runtime_vs_trainer(e, ids, 8, o);
+  WARN("48 layers: worst rel. error " << err);
+  CHECK(err < 1e-5);
+}
+
 TEST_CASE("runtime handles every packed variant: binary, fp16 embedding, dense and ternary/int4", "[runtime][trainer]") {
   const auto cfg = small_config(1);
   const auto ids = random_ids(40, cfg.vocab_size, 6);

@@ -233,4 +233,21 @@ std::shared_ptr<Model> Model::random(const Mamba2Config& cfg, const quant::Quant
   return m;
 }
 
+std::shared_ptr<Model> Model::first_layers(const std::shared_ptr<const Model>& m, int64_t k) {
+  DFSSM_CHECK(m && k >= 1 && k <= m->cfg_.n_layer, "first_layers: k = ", k, " outside [1, n_layer]");
+  std::shared_ptr<Model> t(new Model());
+  t->cfg_ = m->cfg_;
+  t->cfg_.n_layer = k;
+  t->q_ = m->q_;
+  t->meta_ = m->meta_;
+  t->source_ = m->source_ + " (first " + std::to_string(k) + " layers)";
+  t->layers_.assign(m->layers_.begin(), m->layers_.begin() + k);
+  t->embed_ = m->embed_;
+  t->lm_head_ = m->lm_head_;
+  t->norm_f_ = m->norm_f_;
+  t->bytes_per_token_ = m->bytes_per_token_;
+  t->parent_ = m;
+  return t;
+}
+
 }  // namespace dfssm::runtime

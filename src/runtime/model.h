@@ -71,6 +71,9 @@ class Model {
   // The values are drawn like a trained student's (magnitudes of a random Mamba-2 init) so the
   // activations stay finite; the point is the speed, not the text.
   static std::shared_ptr<Model> random(const Mamba2Config& cfg, const quant::QuantConfig& q, uint64_t seed);
+  // The same weights with only the first k layers (embedding, final norm and head kept); shares
+  // m's buffers. For tests that follow a disagreement between engines layer by layer.
+  static std::shared_ptr<Model> first_layers(const std::shared_ptr<const Model>& m, int64_t k);
 
   ~Model();
   const Mamba2Config& config() const { return cfg_; }
@@ -103,6 +106,7 @@ class Model {
   // Keeps the mapping / buffers alive while the pointers above are in use.
   std::unique_ptr<quant::PackedFile> file_;
   std::vector<std::vector<uint8_t>> owned_;
+  std::shared_ptr<const Model> parent_;  // first_layers(): the model whose buffers these are
 };
 
 }  // namespace dfssm::runtime

@@ -17,6 +17,7 @@ namespace {
 // Spin iterations before a worker sleeps: ~50-100 us on current CPUs, longer than the gap
 // between two kernels of a decode step, so workers stay awake for the whole step.
 constexpr int kSpinIters = 20000;
+constexpr uint32_t kClosed = 0x7fffffffu;  // a ticket's item index that no run has
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
@@ -40,7 +41,9 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::work_items(uint32_t gen) {
   for (;;) {
     uint64_t t = ticket_.load(std::memory_order_acquire);
-    if (uint32_t(t >> 32) != gen || int(uint32_t(t)) >= n_.load(std::memory_order_acquire)) return;
+    if (uint32_t(t >> 32) != gen || uint32_t(t) >= kClosed ||
+        int(uint32_t(t)) >= n_.load(std::memory_order_acquire))
+      return;
     if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
     (*fn_.load(std::memory_order_acquire))(int(uint32_t(t)));
     done_.fetch_add(1, std::memory_order_acq_rel);
@@ -75,10 +78,17 @@ void ThreadPool::run(int n, const std::function<void(int)>& fn) {
     return;
   }
   const uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
+  // Close the previous run's ticket BEFORE n_/fn_/done_ change: a worker late for that run may
+  // hold its ticket value and would otherwise pass the item check against the new n_, win its
+  // CAS on the old ticket and run an item of this run with the new fn_ (a duplicated item and
+  // a done_ count that lets run() return while an item still runs). With the closed ticket
+  // (new generation, item index kClosed) that CAS fails, and nobody can claim until the ticket
+  // opens below.
+  ticket_.store((uint64_t(gen) << 32) | kClosed, std::memory_order_seq_cst);
   fn_.store(&fn, std::memory_order_release);
   n_.store(n, std::memory_order_release);
   done_.store(0, std::memory_order_release);
-  ticket_.store(uint64_t(gen) << 32, std::memory_order_release);
+  ticket_.store(uint64_t(gen) << 32, std::memory_order_seq_cst);
   if (sleepers_.load() > 0) {
     {
       std::lock_guard<std::mutex> lk(mu_);

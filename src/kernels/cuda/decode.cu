@@ -83,30 +83,63 @@ __global__ void repack_signs_kernel(const uint8_t* __restrict__ codes, int64_t r
 }
 
 // ---- norm + projection prologue --------------------------------------------------------------
-// Latency-bound (a few KB per block): every thread issues all its loads before using them
-// (16-byte loads, unrolled loops, the outputs written in separate passes so that stores never
-// sit between loads the compiler could otherwise not reorder).
+// Latency-bound (a few KB per block). Everything that is not an activation (the norm weight, the
+// field b and the low-rank V rows of this block's slice) is loaded into registers BEFORE the PDL
+// wait, so with PDL those DRAM round trips overlap the previous kernel; after the wait the block
+// reads only activations (L2-resident), and every thread issues all its loads before using them.
 constexpr int kNormThreads = 512;
+constexpr int kNormW4 = 4;  // float4 of w preloaded per thread: rows up to 4 * 4 * 512 = 8192
+static_assert(kSliceCols <= kNormThreads, "one low-rank column and one fragment pair per thread");
+constexpr int kMaxGroups = 64;
 
 __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a, int nsplit) {
-  pdl_trigger();
-  pdl_wait();
   extern __shared__ float4 row4[];  // [n / 4]
   float* row = reinterpret_cast<float*>(row4);
   __shared__ float scratch[33];
+  __shared__ float rs[kMaxGroups];
   __shared__ float red[kNormThreads / 32][kMaxRank];
   const int bseq = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
   const int n = a.n, n4 = n / 4;
+  const int c0 = split * kSliceCols;
+  const int cpad = (n + kChunkCols - 1) / kChunkCols * kChunkCols;
+  const int c1 = min(c0 + kSliceCols, cpad);
+
+  // ---- phase 0: weights into registers (before the wait) ----
+  float4 wv[kNormW4];
+  const float4* w4 = reinterpret_cast<const float4*>(a.w);
+#pragma unroll
+  for (int j = 0; j < kNormW4; ++j) {
+    const int i = tid + j * nt;
+    wv[j] = i < n4 ? w4[i] : make_float4(0, 0, 0, 0);
+  }
+  const int cf = c0 + 2 * tid;  // this thread's fragment pair (if cf < c1)
+  float bf0 = 1.f, bf1 = 1.f;
+  if (!a.plain && a.b && cf < c1) {
+    bf0 = cf < n ? a.b[cf] : 0.f;
+    bf1 = cf + 1 < n ? a.b[cf + 1] : 0.f;
+  }
+  const int cv = c0 + tid;  // this thread's low-rank column (if cv < min(c1, n))
+  const bool has_v = !a.plain && a.V && a.r > 0 && cv < min(c1, n);
+  int8_t vv[kMaxRank];
+#pragma unroll
+  for (int k = 0; k < kMaxRank; ++k) vv[k] = (has_v && k < a.r) ? a.V[int64_t(cv) * a.r + k] : int8_t(0);
+  int64_t tok = 0;
+  float esc = 0.f;
+
+  pdl_trigger();
+  pdl_wait();
+
+  // ---- phase 1: the row (residual add, or the embedding row; or the gate) and its statistic ----
   if (a.mode == 0) {
     float ss = 0;
     if (a.tokens) {
-      const int64_t tok = a.tokens[bseq];
-      const float sc = a.emb_scale[tok];
+      tok = a.tokens[bseq];
+      esc = a.emb_scale[tok];
       const char4* e = reinterpret_cast<const char4*>(a.emb + tok * n);
 #pragma unroll 4
       for (int i = tid; i < n4; i += nt) {
         const char4 q = e[i];
-        const float4 v = make_float4(float(q.x) * sc, float(q.y) * sc, float(q.z) * sc, float(q.w) * sc);
+        const float4 v = make_float4(float(q.x) * esc, float(q.y) * esc, float(q.z) * esc, float(q.w) * esc);
         row4[i] = v;
         ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
       }
@@ -125,17 +158,10 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
       }
     }
     const float rstd = rsqrtf(block_sum(ss, scratch) / float(n) + a.eps);  // (syncs: row is complete)
+    if (tid == 0) rs[0] = rstd;
     if (split == 0 && a.res_out) {
       float4* ro = reinterpret_cast<float4*>(a.res_out + int64_t(bseq) * n);
       for (int i = tid; i < n4; i += nt) ro[i] = row4[i];
-    }
-    const float4* w4 = reinterpret_cast<const float4*>(a.w);
-#pragma unroll 4
-    for (int i = tid; i < n4; i += nt) {
-      const float4 w = w4[i];
-      float4 v = row4[i];
-      v.x = v.x * rstd * w.x, v.y = v.y * rstd * w.y, v.z = v.z * rstd * w.z, v.w = v.w * rstd * w.w;
-      row4[i] = v;
     }
   } else {
     const float* y = a.y + int64_t(bseq) * n;
@@ -158,44 +184,51 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
       float ss = 0;
       for (int i = gi * gs + tid; i < (gi + 1) * gs; i += nt) ss += row[i] * row[i];
       const float rstd = rsqrtf(block_sum(ss, scratch) / float(gs) + a.eps);
-      for (int i = gi * gs + tid; i < (gi + 1) * gs; i += nt) row[i] = row[i] * rstd * a.w[i];
+      if (tid == 0) rs[gi] = rstd;
     }
   }
+  __syncthreads();  // rs visible; the row is complete
+
+  // ---- phase 2: normalize (x = row · rstd(group) · w) ----
+  const int gs4 = (n / a.G) / 4;  // mode 0: G is ignored (one group)
+#pragma unroll
+  for (int j = 0; j < kNormW4; ++j) {
+    const int i = tid + j * nt;
+    if (i < n4) {
+      const float r = rs[a.mode == 0 ? 0 : i / gs4];
+      float4 v = row4[i];
+      v.x *= r * wv[j].x, v.y *= r * wv[j].y, v.z *= r * wv[j].z, v.w *= r * wv[j].w;
+      row4[i] = v;
+    }
+  }
+  for (int i = tid + kNormW4 * nt; i < n4; i += nt) {  // rows longer than kNormW4 * 4 * nt
+    const float r = rs[a.mode == 0 ? 0 : i / gs4];
+    const float4 w = w4[i];
+    float4 v = row4[i];
+    v.x *= r * w.x, v.y *= r * w.y, v.z *= r * w.z, v.w *= r * w.w;
+    row4[i] = v;
+  }
   __syncthreads();
+
+  // ---- phase 3: outputs ----
   if (a.plain) {
     __half2* o = reinterpret_cast<__half2*>(a.out16) + int64_t(bseq) * (n / 2);
     for (int c = 2 * tid; c < n; c += 2 * nt) o[c / 2] = __floats2half2_rn(row[c], row[c + 1]);
     return;
   }
-  const int c0 = split * kSliceCols;
-  const int cpad = (n + kChunkCols - 1) / kChunkCols * kChunkCols;
-  const int c1 = min(c0 + kSliceCols, cpad);
-  __half2* xf = reinterpret_cast<__half2*>(a.out16);
-  for (int c = c0 + 2 * tid; c < c1; c += 2 * nt) {
-    const float v0 = c < n ? row[c] * (a.b ? a.b[c] : 1.f) : 0.f;
-    const float v1 = c + 1 < n ? row[c + 1] * (a.b ? a.b[c + 1] : 1.f) : 0.f;
-    const int s = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
-    xf[(int64_t(s) * 32 + bseq * 4 + t) * 2 + hi] = __floats2half2_rn(v0, v1);
+  if (cf < c1) {
+    const float v0 = cf < n ? row[cf] * bf0 : 0.f;
+    const float v1 = cf + 1 < n ? row[cf + 1] * bf1 : 0.f;
+    const int s = cf >> 4, cc = cf & 15, t = (cc & 7) >> 1, hi = cc >> 3;
+    reinterpret_cast<__half2*>(a.out16)[(int64_t(s) * 32 + bseq * 4 + t) * 2 + hi] = __floats2half2_rn(v0, v1);
   }
   if (a.V && a.r > 0) {
-    float acc[kMaxRank];
-#pragma unroll
-    for (int k = 0; k < kMaxRank; ++k) acc[k] = 0.f;
-    const int ce = min(c1, n);
-    for (int c = c0 + tid; c < ce; c += nt) {
-      const float x = row[c];
-      const int8_t* v = a.V + int64_t(c) * a.r;
-      int8_t vv[kMaxRank];
-#pragma unroll
-      for (int k = 0; k < kMaxRank; ++k) vv[k] = k < a.r ? v[k] : int8_t(0);
-#pragma unroll
-      for (int k = 0; k < kMaxRank; ++k) acc[k] += float(vv[k]) * x;
-    }
+    const float x = has_v ? row[cv] : 0.f;
     const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
 #pragma unroll
     for (int k = 0; k < kMaxRank; ++k)
       if (k < a.r) {
-        const float s = warp_sum(acc[k]);
+        const float s = warp_sum(float(vv[k]) * x);
         if (lane == 0) red[warp][k] = s;
       }
     __syncthreads();
@@ -208,42 +241,90 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
 }
 
 // ---- packed-sign GEMV ------------------------------------------------------------------------
+// Before the PDL wait each warp loads its first two chunks of signs, and each thread the
+// epilogue operands of its first output (field a, the U row, the conv weights and this layer's
+// conv state: nothing the previous kernels of the step write), so that with PDL the DRAM
+// latency overlaps the previous kernel; the main loop keeps two chunks in flight.
+struct EpiOperands {
+  float a = 0.f, cb = 0.f;
+  int8_t u[kMaxRank];
+  float sv[8], wv[8];
+};
+
+__device__ __forceinline__ void load_epilogue(const SignGemvArgs& p, int64_t row, int n, EpiOperands& e) {
+  e.a = p.a[row];
+#pragma unroll
+  for (int k = 0; k < kMaxRank; ++k) e.u[k] = (p.r > 0 && k < p.r) ? p.U[row * p.r + k] : int8_t(0);
+  const bool conv = p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D;
+  const int64_t ch = row - p.conv_lo, D = p.conv_D;
+  const int K = p.conv_K;
+  const float* st = p.conv_state + int64_t(n) * p.conv_seq_stride;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    e.sv[k] = conv && k + 1 < K ? st[(k + 1) * D + ch] : 0.f;
+    e.wv[k] = conv && k < K ? p.conv_w[k * D + ch] : 0.f;
+  }
+  e.cb = conv && p.conv_b ? p.conv_b[ch] : 0.f;
+}
+
 template <int MT>
 __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
   __shared__ float red[8][MT][4][32];
   __shared__ float zs[kMaxBatch * kMaxRank];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
-  const int g = lane >> 2, t = lane & 3;
+  const int g = lane >> 2;
   const int tile0 = blockIdx.x * MT;
   const int per = nch / KS, ch0 = warp * per, ch1 = ch0 + per;
   const uint4* W = reinterpret_cast<const uint4*>(p.w);
   const uint2* XF = reinterpret_cast<const uint2*>(p.xf);
+  const int B = p.B, nout = MT * 16 * B;
 
   auto load = [&](int ch, uint4 (&q)[MT]) {
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const int T = tile0 + m;
-      q[m] = T < tiles ? __ldg(&W[(int64_t(T) * nch + ch) * 32 + lane]) : make_uint4(0, 0, 0, 0);
+      q[m] = (ch < ch1 && T < tiles) ? __ldg(&W[(int64_t(T) * nch + ch) * 32 + lane]) : make_uint4(0, 0, 0, 0);
     }
   };
-  uint4 cur[MT];
-  load(ch0, cur);  // weights only: safe before the wait
+  // Output o -> (tile m, row in tile rr, sequence n).
+  auto out_row = [&](int o, int& m, int& rr, int& n) -> int64_t {
+    m = o / (16 * B);
+    const int rem = o % (16 * B);
+    rr = rem / B, n = rem % B;
+    const int T = tile0 + m;
+    const int64_t row = int64_t(T) * 16 + rr;
+    return (T < tiles && row < p.R) ? row : -1;
+  };
+
+  // ---- phase 0 (before the wait): weights and this thread's first epilogue operands ----
+  uint4 cur[MT], nxt[MT];
+  load(ch0, cur);
+  load(ch0 + 1, nxt);
+  EpiOperands first;
+  {
+    int m, rr, n;
+    const int64_t row = threadIdx.x < nout ? out_row(threadIdx.x, m, rr, n) : -1;
+    if (row >= 0) load_epilogue(p, row, n, first);
+  }
   pdl_trigger();
   pdl_wait();
-  for (int idx = threadIdx.x; idx < p.B * p.r; idx += blockDim.x) {
+
+  // ---- phase 1: low-rank partials (summed over the prologue's splits) ----
+  for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
     const int n = idx / p.r, k = idx % p.r;
     float s = 0;
     for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
     zs[idx] = s * p.vs[k] * p.us[k];
   }
 
+  // ---- phase 2: the 1-bit GEMV on tensor cores (two chunks of signs in flight) ----
   float acc[MT][4];
 #pragma unroll
   for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
-  const bool active = g < p.B;
+  const bool active = g < B;
   for (int ch = ch0; ch < ch1; ++ch) {
-    uint4 nxt[MT];
-    if (ch + 1 < ch1) load(ch + 1, nxt);
+    uint4 nn[MT];
+    load(ch + 2, nn);
     uint2 bx[16];
     const uint2* xc = XF + int64_t(ch) * 16 * 32 + lane;
 #pragma unroll
@@ -259,60 +340,51 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
         mma16816(acc[m], a0, a1, a2, a3, bx[s].x, bx[s].y);
       }
     }
-    if (ch + 1 < ch1) {
 #pragma unroll
-      for (int m = 0; m < MT; ++m) cur[m] = nxt[m];
-    }
+    for (int m = 0; m < MT; ++m) cur[m] = nxt[m], nxt[m] = nn[m];
   }
-  // Partials to shared memory; then one thread per output (row, sequence) sums them in a fixed
-  // order (deterministic) and runs the epilogue, all its loads issued before its stores.
+
+  // ---- phase 3: partials to shared memory; one thread per output (row, sequence) sums them in
+  // a fixed order (deterministic) and runs the epilogue: field a, low-rank up, conv + SiLU ----
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j];
   __syncthreads();
-  const int B = p.B, nout = MT * 16 * B;
   for (int o = threadIdx.x; o < nout; o += blockDim.x) {
-    const int m = o / (16 * B), rem = o % (16 * B), rr = rem / B, n = rem % B;
-    const int T = tile0 + m;
-    const int64_t row = int64_t(T) * 16 + rr;
-    if (T >= tiles || row >= p.R) continue;
+    int m, rr, n;
+    const int64_t row = out_row(o, m, rr, n);
+    if (row < 0) continue;
+    EpiOperands e;
+    if (o == int(threadIdx.x)) {
+      e = first;
+    } else {
+      load_epilogue(p, row, n, e);
+    }
     const int ln = (rr & 7) * 4 + (n >> 1), j = (rr >= 8 ? 2 : 0) + (n & 1);
     float sum = 0;
     for (int w = 0; w < KS; ++w) sum += red[w][m][j][ln];
-    float v = p.a[row] * sum;
+    float v = e.a * sum;
     if (p.r > 0) {
-      const int8_t* u = p.U + row * p.r;
-      int8_t uu[kMaxRank];
-#pragma unroll
-      for (int k = 0; k < kMaxRank; ++k) uu[k] = k < p.r ? u[k] : int8_t(0);
       float lr = 0;
 #pragma unroll
       for (int k = 0; k < kMaxRank; ++k)
-        if (k < p.r) lr += float(uu[k]) * zs[n * p.r + k];
+        if (k < p.r) lr += float(e.u[k]) * zs[n * p.r + k];
       v += lr;
     }
-    const bool conv = p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D;
-    if (conv) {
-      constexpr int KMAX = 8;
+    if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
       const int64_t ch = row - p.conv_lo, D = p.conv_D;
       const int K = p.conv_K;
       float* st = p.conv_state + int64_t(n) * p.conv_seq_stride;
-      float sv[KMAX], wv[KMAX];
+      float cacc = e.cb;
 #pragma unroll
-      for (int k = 0; k < KMAX; ++k) {
-        sv[k] = k + 1 < K ? st[(k + 1) * D + ch] : 0.f;
-        wv[k] = k < K ? p.conv_w[k * D + ch] : 0.f;
-      }
-      float cacc = p.conv_b ? p.conv_b[ch] : 0.f;
-#pragma unroll
-      for (int k = 0; k < KMAX; ++k) {
-        if (k + 1 < K) cacc += wv[k] * sv[k];
-        else if (k + 1 == K) cacc += wv[k] * v;
+      for (int k = 0; k < 8; ++k) {
+        if (k + 1 < K) cacc += e.wv[k] * e.sv[k];
+        else if (k + 1 == K) cacc += e.wv[k] * v;
       }
 #pragma unroll
-      for (int k = 0; k < KMAX; ++k)
-        if (k + 1 < K) st[k * D + ch] = sv[k];
+      for (int k = 0; k < 8; ++k)
+        if (k + 1 < K) st[k * D + ch] = e.sv[k];
       st[(K - 1) * D + ch] = v;
       p.conv_out[int64_t(n) * D + ch] = silu(cacc);
     }
@@ -326,37 +398,20 @@ constexpr int kSsmPSplit = 2;
 
 template <bool F16>
 __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
-  pdl_trigger();
-  pdl_wait();
   const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nw = blockDim.x >> 5;
   const int H = a.H, P = a.P, N = a.N, di = H * P;
   const int pb = P / gridDim.z, p0 = blockIdx.z * pb;
-  const float* xbc = a.xbc + int64_t(b) * a.D;
-  const float dt = fminf(fmaxf(softplus20(a.dt_raw[int64_t(b) * a.ld_dt + h] + a.dt_bias[h]), a.dt_min), a.dt_max);
-  const float dA = expf(dt * a.A[h]);
-  const int grp = h / (H / a.G);
-  const float* Bv = xbc + di + grp * N;
-  const float* Cv = xbc + di + a.G * N + grp * N;
-  const float Dh = a.Dskip[h];
-  // Each lane owns n = 4*(lane + 32j), j = 0, 1 (N <= 256, N % 4 == 0).
-  float4 Bn[2], Cn[2];
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const int n = 4 * (lane + 32 * j);
-    Bn[j] = n < N ? make_float4(Bv[n], Bv[n + 1], Bv[n + 2], Bv[n + 3]) : make_float4(0, 0, 0, 0);
-    Cn[j] = n < N ? make_float4(Cv[n], Cv[n + 1], Cv[n + 2], Cv[n + 3]) : make_float4(0, 0, 0, 0);
-  }
+  // ---- before the wait: this layer's state (only this kernel writes it, once per step) and the
+  // head's parameters. Each warp owns up to kPPW rows p; each lane n = 4*(lane + 32j), j = 0, 1.
+  const float dt_bias = a.dt_bias[h], Ah = a.A[h], Dh = a.Dskip[h];
   char* sbase = static_cast<char*>(a.state) + int64_t(b) * a.state_seq_stride;
-  // Each warp owns up to kPPW rows p; all their state loads are issued before any store.
   constexpr int kPPW = 4;
   float4 s[kPPW][2];
-  float xs[kPPW];
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
     const int p = p0 + warp + i * nw;
     const bool okp = p < p0 + pb;
-    xs[i] = okp ? xbc[h * P + p] : 0.f;
     const int64_t off = (int64_t(h) * P + (okp ? p : p0)) * N;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -372,6 +427,28 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
         s[i][j] = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(sbase) + off + n);
       }
     }
+  }
+  pdl_trigger();
+  pdl_wait();
+  // ---- after the wait: this token's activations ----
+  const float* xbc = a.xbc + int64_t(b) * a.D;
+  const float dt = fminf(fmaxf(softplus20(a.dt_raw[int64_t(b) * a.ld_dt + h] + dt_bias), a.dt_min), a.dt_max);
+  const float dA = expf(dt * Ah);
+  const int grp = h / (H / a.G);
+  const float* Bv = xbc + di + grp * N;
+  const float* Cv = xbc + di + a.G * N + grp * N;
+  float4 Bn[2], Cn[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int n = 4 * (lane + 32 * j);
+    Bn[j] = n < N ? make_float4(Bv[n], Bv[n + 1], Bv[n + 2], Bv[n + 3]) : make_float4(0, 0, 0, 0);
+    Cn[j] = n < N ? make_float4(Cv[n], Cv[n + 1], Cv[n + 2], Cv[n + 3]) : make_float4(0, 0, 0, 0);
+  }
+  float xs[kPPW];
+#pragma unroll
+  for (int i = 0; i < kPPW; ++i) {
+    const int p = p0 + warp + i * nw;
+    xs[i] = p < p0 + pb ? xbc[h * P + p] : 0.f;
   }
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
@@ -435,7 +512,7 @@ __global__ void __launch_bounds__(kLmWarps * 32) lm_head_kernel(LmHeadArgs a) {
   const uint4* q0 = reinterpret_cast<const uint4*>(a.q + r0 * a.d) + t;
   const uint4* q1 = reinterpret_cast<const uint4*>(a.q + r1 * a.d) + t;
   const bool ok0 = r0 < a.V, ok1 = r1 < a.V;
-  constexpr int U = 4;
+  constexpr int U = 8;  // chunks of weights in flight per warp (all of them at d = 2048)
   uint4 wa[U], wb[U];
 #pragma unroll
   for (int u = 0; u < U; ++u) {
@@ -506,7 +583,8 @@ int norm_splits(const NormArgs& a) {
 }
 
 cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
-  if (B < 1 || B > kMaxBatch || a.r > kMaxRank || (a.mode == 1 && a.n % a.G != 0) || (a.plain && a.n % 2)) {
+  if (B < 1 || B > kMaxBatch || a.r > kMaxRank || a.n % 4 != 0 || a.G < 1 ||
+      (a.mode == 1 && (a.G > kMaxGroups || a.n % (4 * a.G) != 0)) || (a.plain && a.n % 2)) {
     return cudaErrorInvalidValue;
   }
   const int ns = norm_splits(a);
