@@ -14,7 +14,7 @@ echo "build ok ($(( $(date +%s) - t0 )) s)"
 timeout 240 $BUILD/bin/test_cuda_runtime >"$OUT/test_cuda_runtime.txt" 2>&1
 grep -E "seed|layers|engines|rel err|FAILED|passed|failed" "$OUT/test_cuda_runtime.txt" | grep -v "step [3-9]" | head -80
 [[ -x $BUILD/bin/test_cuda_prefill ]] && { timeout 200 $BUILD/bin/test_cuda_prefill >"$OUT/test_cuda_prefill.txt" 2>&1; grep -E "rel|FAILED|passed|failed|error" "$OUT/test_cuda_prefill.txt" | head -60; }
-timeout 120 $BUILD/bin/dfssm bench --device cuda --geometry mamba2-1.3b --random --prefill 64 --no-membw 2>&1 | tee "$OUT/bench_cuda.txt"
+timeout 120 $BUILD/bin/dfssm bench --device cuda --geometry mamba2-1.3b --random --prefill 2048 --no-membw 2>&1 | tee "$OUT/bench_cuda.txt"
 timeout 60 $BUILD/bin/dfssm bench --device cuda --geometry mamba2-1.3b --random --no-pdl --prefill 16 --batches 1 --no-membw 2>&1 | grep -E "decode" | sed 's/^/no-pdl: /'
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [[ -n $NCU ]]; then

@@ -27,6 +27,9 @@ runtime::CudaSessionOptions cuda_options(const Args& args) {
   o.cuda_graph = !args.has("no-graph");
   o.pdl = !args.has("no-pdl");
   o.device = int(args.get_int("gpu", 0));
+  o.int8_prefill = !args.has("no-int8-prefill");
+  o.prefill_chunk = args.get_int("prefill-chunk", o.prefill_chunk);
+  DFSSM_CHECK(o.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
   (void)args.get("device", "cuda");
   return o;
 }
@@ -61,7 +64,7 @@ double copy_bandwidth_gbs() {
 
 int cmd_generate_cuda(int argc, char** argv) {
   auto switches = kGenerateSwitches;
-  switches.insert({"no-graph", "no-pdl"});
+  switches.insert({"no-graph", "no-pdl", "no-int8-prefill"});
   const Args args(argc, argv, switches);
   GenerateJob job = generate_job(args);
   const auto copt = cuda_options(args);
@@ -83,7 +86,7 @@ int cmd_generate_cuda(int argc, char** argv) {
 }
 
 int cmd_bench_cuda(int argc, char** argv) {
-  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl"});
+  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl", "no-int8-prefill"});
   const auto o = cuda_options(args);
   const int64_t L = args.get_int("prefill", 2048);
   const int steps = int(args.get_int("steps", 64)), warmup = int(args.get_int("warmup", 4));
@@ -106,10 +109,11 @@ int cmd_bench_cuda(int argc, char** argv) {
   const double bw = membw ? copy_bandwidth_gbs() : 0.0;
   if (membw) std::printf("device copy bandwidth (1 GiB D2D, read + write): %.0f GB/s\n", bw);
 
-  // Prefill: one sequence of L tokens (a loop of single-token steps for now).
+  // Prefill: one sequence of L tokens.
   std::vector<int32_t> ids(static_cast<size_t>(L));
   for (int64_t i = 0; i < L; ++i) ids[size_t(i)] = int32_t((i * 7919 + 1) % cfg.vocab_size);
   probe.prefill(0, ids.data(), std::min<int64_t>(L, 8));  // capture the graphs
+  probe.prefill(0, ids.data(), L);                        // cuBLASLt plans, buffers
   std::vector<double> pre;
   for (int r = 0; r < 3; ++r) {
     probe.reset();
@@ -118,13 +122,19 @@ int cmd_bench_cuda(int argc, char** argv) {
     pre.push_back(ms_since(t0));
   }
   std::sort(pre.begin(), pre.end());
-  std::printf("prefill 1x%lld: %.1f ms (%.0f tokens/s; token-by-token decode steps)\n", (long long)L, pre[1],
-              double(L) / pre[1] * 1e3);
+  const bool int8 = o.int8_prefill && L >= o.int8_prefill_min;
+  std::printf("prefill 1x%lld: %.1f ms (%.0f tokens/s; %s)\n", (long long)L, pre[1], double(L) / pre[1] * 1e3,
+              int8 ? ("INT8 tensor-core GEMMs, chunks of " + std::to_string(o.prefill_chunk) + " tokens, " +
+                      std::to_string(probe.prefill_weight_bytes() / 1000000) + " MB of int8 scaffold copies")
+                         .c_str()
+                   : "token-by-token decode steps");
 
   const double wbytes = double(probe.weight_bytes_per_step());
   const double sbytes = 2.0 * double(probe.state_bytes_per_sequence());
+  runtime::CudaSessionOptions od = o;
+  od.int8_prefill = false;  // decode only: no int8 scaffold copies
   for (int64_t B : bs) {
-    runtime::CudaSession s(model, B, o);
+    runtime::CudaSession s(model, B, od);
     const double host_ms = median_step_ms(s, cfg.vocab_size, steps, warmup);
     const double dev_ms = s.time_steps_ms(std::max(steps, 20));
     const double bytes = double(s.weight_bytes_per_step()) + double(B) * sbytes;

@@ -8,6 +8,8 @@
 // round trip overlap the previous kernel. Without PDL both instructions are no-ops.
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+
 #include "kernels/cuda/decode.h"
 
 namespace dfssm::kernels::cuda {
@@ -567,7 +569,27 @@ __global__ void __launch_bounds__(kLmWarps * 32) lm_head_kernel(LmHeadArgs a) {
   }
 }
 
+__global__ void embed_rows_kernel(const int32_t* __restrict__ tokens, const int8_t* __restrict__ emb,
+                                  const float* __restrict__ scale, int64_t d, float* __restrict__ out) {
+  const int64_t t = blockIdx.x, tok = tokens[t];
+  const float sc = scale[tok];
+  const char4* e = reinterpret_cast<const char4*>(emb + tok * d);
+  float4* o = reinterpret_cast<float4*>(out + t * d);
+  for (int64_t i = threadIdx.x; i < d / 4; i += blockDim.x) {
+    const char4 q = e[i];
+    o[i] = make_float4(float(q.x) * sc, float(q.y) * sc, float(q.z) * sc, float(q.w) * sc);
+  }
+}
+
 }  // namespace
+
+cudaError_t embed_rows(const int32_t* tokens, int64_t T, const int8_t* emb, const float* scale, int64_t d, float* out,
+                       cudaStream_t s) {
+  if (T < 0 || d % 4 != 0) return cudaErrorInvalidValue;
+  if (T == 0) return cudaSuccess;
+  embed_rows_kernel<<<unsigned(T), 128, 0, s>>>(tokens, emb, scale, d, out);
+  return cudaGetLastError();
+}
 
 cudaError_t repack_signs(const uint8_t* codes, int64_t row_bytes, int64_t R, int64_t C, void* out, cudaStream_t s) {
   const int64_t tiles = round_up(R, 16) / 16, nch = round_up(C, kChunkCols) / kChunkCols;
@@ -612,7 +634,11 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     int dev = 0;
     if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   }
-  if (tiles >= 4 * sms) {
+  static const int force_mt = [] {  // debug switch: DFSSM_CUDA_MT=1|2 forces the tile count per block
+    const char* e = std::getenv("DFSSM_CUDA_MT");
+    return e ? std::atoi(e) : 0;
+  }();
+  if (force_mt == 2 || (force_mt != 1 && tiles >= 4 * sms)) {
     return launch(sign_gemv_kernel<2>, dim3(unsigned((tiles + 1) / 2)), dim3(unsigned(32 * KS)), 0, s, pdl, a, tiles, nch);
   }
   return launch(sign_gemv_kernel<1>, dim3(unsigned(tiles)), dim3(unsigned(32 * KS)), 0, s, pdl, a, tiles, nch);

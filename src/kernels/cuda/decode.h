@@ -149,4 +149,9 @@ struct LmHeadArgs {
 };
 cudaError_t lm_head_i8(const LmHeadArgs& a, cudaStream_t s, bool pdl);
 
+// Embedding rows of T tokens (device ids): out[t, c] = emb[tok[t], c] · scale[tok[t]] (fp32 [T, d]),
+// the prefill's residual stream at layer 0. d % 4 == 0.
+cudaError_t embed_rows(const int32_t* tokens, int64_t T, const int8_t* emb, const float* scale, int64_t d, float* out,
+                       cudaStream_t s);
+
 }  // namespace dfssm::kernels::cuda

@@ -5,10 +5,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
 #include "kernels/cuda/decode.h"
+#include "kernels/cuda/prefill.h"
 #include "runtime/state_blob.h"
 
 namespace dfssm::runtime {
@@ -48,6 +50,8 @@ struct CudaSession::Dev {
   struct Proj {
     int64_t R = 0, C = 0, r = 0;
     void* w = nullptr;
+    int8_t* S = nullptr;  // int8 ±1 [R, ldq] for the INT8 prefill GEMM (int8_prefill only)
+    int64_t ldq = 0;
     float *a = nullptr, *b = nullptr, *us = nullptr, *vs = nullptr;
     int8_t *U = nullptr, *V = nullptr;
   };
@@ -71,6 +75,14 @@ struct CudaSession::Dev {
   int64_t prompt_cap = 0;
   int32_t* h_tok = nullptr;    // pinned
   float* h_logits = nullptr;   // pinned [batch, V]
+
+  // INT8 prefill: buffers for one chunk of `pf_cap` tokens (allocated at the first prefill).
+  std::unique_ptr<kc::I8Gemm> gemm;
+  int64_t pf_cap = 0, ldacc = 0;
+  float *pf_res = nullptr, *pf_hidden = nullptr, *pf_xn = nullptr, *pf_sx = nullptr, *pf_zl = nullptr;
+  float *pf_zx = nullptr, *pf_xbc = nullptr, *pf_y = nullptr, *pf_g = nullptr;
+  int8_t* pf_q = nullptr;
+  int32_t* pf_acc = nullptr;
 
   ~Dev() {
     for (void* p : allocs) cudaFree(p);
@@ -135,6 +147,12 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
     CUDA_CHECK(cudaMalloc(&tmp, size_t(p.rows * p.row_bytes)));
     CUDA_CHECK(cudaMemcpy(tmp, p.codes, size_t(p.rows * p.row_bytes), cudaMemcpyHostToDevice));
     CUDA_CHECK(kc::repack_signs(tmp, p.row_bytes, p.rows, p.cols, o.w, g.stream));
+    if (opt_.int8_prefill) {
+      o.ldq = kc::i8_cols(p.cols);
+      o.S = g.alloc<int8_t>(size_t(p.rows * o.ldq));
+      CUDA_CHECK(kc::expand_signs_i8(tmp, p.row_bytes, p.rows, p.cols, o.S, o.ldq, g.stream));
+      prefill_bytes_ += uint64_t(p.rows * o.ldq);
+    }
     CUDA_CHECK(cudaStreamSynchronize(g.stream));
     CUDA_CHECK(cudaFree(tmp));
     o.a = g.upload(p.a);
@@ -234,7 +252,23 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
   const int64_t d = c.d_model, di = c.d_inner(), D = c.conv_dim(), dip = c.d_in_proj(), H = c.nheads();
   const int B = int(rows);
   cudaStream_t s = g.stream;
+  // Debug switch DFSSM_CUDA_SYNC_EACH=1 (launch by launch only): synchronize and check after
+  // every kernel, to tell an ordering problem from a kernel's own.
+  static const bool sync_each = std::getenv("DFSSM_CUDA_SYNC_EACH") != nullptr;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(s, &cap));
+  // Debug switch DFSSM_CUDA_DUMP=1 (launch by launch only): after every kernel, print a hash of
+  // what it wrote, so two runs can be diffed to the first kernel whose output differs.
+  static const bool dump = std::getenv("DFSSM_CUDA_DUMP") != nullptr;
+  auto hash = [&](const char* what, int64_t l, const void* p, size_t bytes) {
+    std::vector<uint8_t> h(bytes);
+    CUDA_CHECK(cudaMemcpy(h.data(), p, bytes, cudaMemcpyDeviceToHost));
+    uint64_t x = 1469598103934665603ull;
+    for (uint8_t v : h) x = (x ^ v) * 1099511628211ull;
+    std::printf("dump l%02lld %-10s %016llx\n", (long long)l, what, (unsigned long long)x);
+  };
   auto mark = [&](const char* kind) {
+    if (sync_each && cap == cudaStreamCaptureStatusNone) CUDA_CHECK(cudaStreamSynchronize(s));
     if (!events) return;
     cudaEvent_t ev;
     CUDA_CHECK(cudaEventCreate(&ev));
@@ -263,6 +297,12 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     const int ns_in = kc::norm_splits(na);
     CUDA_CHECK(kc::norm_prologue(na, B, s, pdl && l > 0));  // the first launch follows a memcpy
     mark("norm");
+    const bool dmp = dump && cap == cudaStreamCaptureStatusNone;
+    if (dmp) {
+      hash("norm.xf", l, g.xf_in, kc::fragment_bytes(d));
+      hash("norm.res", l, na.res_out, size_t(B * d) * 4);
+      if (L.in.r > 0) hash("norm.zp", l, g.zp_in, size_t(B * ns_in * L.in.r) * 4);
+    }
 
     kc::SignGemvArgs ga;
     ga.w = L.in.w, ga.R = L.in.R, ga.C = L.in.C, ga.xf = g.xf_in, ga.B = B, ga.a = L.in.a;
@@ -274,6 +314,11 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     ga.conv_w = L.conv_w, ga.conv_b = L.conv_b, ga.conv_out = g.xbc;
     CUDA_CHECK(kc::sign_gemv(ga, s, pdl));
     mark("in_proj");
+    if (dmp) {
+      hash("in.zx", l, g.zx, size_t(B * dip) * 4);
+      hash("in.xbc", l, g.xbc, size_t(B * D) * 4);
+      hash("in.conv", l, ga.conv_state, conv_bytes_);
+    }
 
     kc::SsmArgs sa;
     sa.state = st0 + uint64_t(l) * layer_bytes + conv_bytes_;
@@ -286,6 +331,10 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     sa.H = int(H), sa.P = int(c.headdim), sa.N = int(c.d_state), sa.G = int(c.ngroups);
     CUDA_CHECK(kc::ssm_step(sa, B, s, pdl));
     mark("ssm");
+    if (dmp) {
+      hash("ssm.y", l, g.y, size_t(B * di) * 4);
+      hash("ssm.state", l, sa.state, ssm_bytes_);
+    }
 
     kc::NormArgs nb;
     nb.mode = 1;
@@ -297,6 +346,10 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     const int ns_out = kc::norm_splits(nb);
     CUDA_CHECK(kc::norm_prologue(nb, B, s, pdl));
     mark("gnorm");
+    if (dmp) {
+      hash("gn.xf", l, g.xf_out, kc::fragment_bytes(di));
+      if (L.out.r > 0) hash("gn.zp", l, g.zp_out, size_t(B * ns_out * L.out.r) * 4);
+    }
 
     kc::SignGemvArgs gb;
     gb.w = L.out.w, gb.R = L.out.R, gb.C = L.out.C, gb.xf = g.xf_out, gb.B = B, gb.a = L.out.a;
@@ -304,6 +357,7 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     gb.y = g.hidden, gb.ldy = d;
     CUDA_CHECK(kc::sign_gemv(gb, s, pdl));
     mark("out_proj");
+    if (dmp) hash("out.hidden", l, g.hidden, size_t(B * d) * 4);
   }
   if (!head) return;
   kc::NormArgs nf;
@@ -368,6 +422,17 @@ const float* CudaSession::prefill(int64_t seq, const int32_t* tokens, int64_t n,
     g.prompt_cap = n;
   }
   CUDA_CHECK(cudaMemcpyAsync(g.prompt, tokens, size_t(n) * 4, cudaMemcpyHostToDevice, g.stream));
+  if (opt_.int8_prefill && n >= opt_.int8_prefill_min) prefill_int8(seq, n, all_logits);
+  else prefill_steps(seq, n, all_logits);
+  CUDA_CHECK(cudaStreamSynchronize(g.stream));
+  if (all_logits) std::memcpy(g.h_logits, all_logits + (n - 1) * V_, size_t(V_) * 4);
+  pos_[size_t(seq)] += n;
+  return g.h_logits;
+}
+
+// Token by token through the decode step (graph replays of a single-sequence step).
+void CudaSession::prefill_steps(int64_t seq, int64_t n, float* all_logits) {
+  Dev& g = *dev_;
   for (int64_t i = 0; i < n; ++i) {
     const bool head = all_logits || i + 1 == n;
     CUDA_CHECK(cudaMemcpyAsync(g.tok, g.prompt + i, 4, cudaMemcpyDeviceToDevice, g.stream));
@@ -376,9 +441,89 @@ const float* CudaSession::prefill(int64_t seq, const int32_t* tokens, int64_t n,
       CUDA_CHECK(cudaMemcpyAsync(all_logits + i * V_, g.logits, size_t(V_) * 4, cudaMemcpyDeviceToHost, g.stream));
   }
   CUDA_CHECK(cudaMemcpyAsync(g.h_logits, g.logits, size_t(V_) * 4, cudaMemcpyDeviceToHost, g.stream));
-  CUDA_CHECK(cudaStreamSynchronize(g.stream));
-  pos_[size_t(seq)] += n;
-  return g.h_logits;
+}
+
+// final norm + LM head of `rows` consecutive rows (residual + hidden), 8 at a time, logits to
+// host_logits [rows, V] (pinned or pageable host memory).
+void CudaSession::head_rows(const float* res, const float* hidden, int64_t rows, float* host_logits) {
+  Dev& g = *dev_;
+  const auto& c = model_->config();
+  const int64_t d = c.d_model;
+  for (int64_t r0 = 0; r0 < rows; r0 += kc::kMaxBatch) {
+    const int B = int(std::min<int64_t>(kc::kMaxBatch, rows - r0));
+    kc::NormArgs nf;
+    nf.mode = 0;
+    nf.n = int(d);
+    nf.eps = float(c.norm_eps);
+    nf.w = g.norm_f;
+    nf.res_in = res + r0 * d;
+    nf.hidden = hidden + r0 * d;
+    nf.out16 = g.x16;
+    nf.plain = 1;
+    CUDA_CHECK(kc::norm_prologue(nf, B, g.stream, false));
+    kc::LmHeadArgs la;
+    la.q = g.emb, la.scale = g.emb_scale, la.x16 = g.x16, la.B = B, la.V = V_, la.d = d, la.logits = g.logits;
+    CUDA_CHECK(kc::lm_head_i8(la, g.stream, false));
+    CUDA_CHECK(cudaMemcpyAsync(host_logits + r0 * V_, g.logits, size_t(B * V_) * 4, cudaMemcpyDeviceToHost, g.stream));
+  }
+}
+
+// The INT8 tensor-core prefill (cuda_session.h): chunks of prefill_chunk tokens, layer by layer.
+void CudaSession::prefill_int8(int64_t seq, int64_t n, float* all_logits) {
+  Dev& g = *dev_;
+  const auto& c = model_->config();
+  const int64_t d = c.d_model, di = c.d_inner(), D = c.conv_dim(), dip = c.d_in_proj(), H = c.nheads();
+  const int64_t r = model_->quant().effective_rank();
+  const float eps = float(c.norm_eps);
+  const int64_t Tc = std::max<int64_t>(1, std::min(opt_.prefill_chunk, n));
+  if (Tc > g.pf_cap) {  // (re)allocate the chunk buffers; the old ones stay in allocs until ~Dev
+    g.pf_cap = Tc;
+    g.ldacc = kc::round_up(std::max(dip, d), 4);
+    const int64_t ldq = std::max(kc::i8_cols(d), kc::i8_cols(di));
+    g.pf_res = g.alloc<float>(size_t(Tc * d));
+    g.pf_hidden = g.alloc<float>(size_t(Tc * d));
+    g.pf_xn = g.alloc<float>(size_t(Tc * d));
+    g.pf_sx = g.alloc<float>(size_t(Tc));
+    g.pf_zl = g.alloc<float>(size_t(Tc * std::max<int64_t>(r, 1)));
+    g.pf_zx = g.alloc<float>(size_t(Tc * dip));
+    g.pf_xbc = g.alloc<float>(size_t(Tc * D));
+    g.pf_y = g.alloc<float>(size_t(Tc * di));
+    g.pf_g = g.alloc<float>(size_t(Tc * di));
+    g.pf_q = g.alloc<int8_t>(size_t(Tc * ldq));
+    g.pf_acc = g.alloc<int32_t>(size_t(Tc * g.ldacc));
+    if (!g.gemm) g.gemm = std::make_unique<kc::I8Gemm>();
+  }
+  cudaStream_t s = g.stream;
+  uint8_t* st0 = g.state + uint64_t(seq) * state_bytes_;
+  const uint64_t layer_bytes = conv_bytes_ + ssm_bytes_;
+  auto project = [&](const Dev::Proj& p, const float* x, int64_t T, float* y, int64_t ldy) {
+    CUDA_CHECK(kc::quantize_act_i8(x, p.C, p.b, T, p.C, g.pf_q, p.ldq, g.pf_sx, s));
+    if (p.r > 0) CUDA_CHECK(kc::lowrank_down(x, p.C, p.V, p.vs, T, p.C, p.r, g.pf_zl, s));
+    const cudaError_t e = g.gemm->run(g.pf_q, p.S, g.pf_acc, T, p.R, p.ldq, g.ldacc, s);
+    DFSSM_CHECK(e == cudaSuccess, "cuBLASLt INT8 GEMM (", T, " x ", p.R, " x ", p.ldq, ") failed: ",
+                cudaGetErrorString(e), " (cublas status ", g.gemm->last_status(), ")");
+    CUDA_CHECK(kc::proj_epilogue(g.pf_acc, g.ldacc, T, p.R, p.a, g.pf_sx, p.r > 0 ? p.U : nullptr, p.us, g.pf_zl,
+                                 p.r, y, ldy, s));
+  };
+  for (int64_t i = 0; i < n; i += Tc) {
+    const int64_t T = std::min(Tc, n - i);
+    CUDA_CHECK(kc::embed_rows(g.prompt + i, T, g.emb, g.emb_scale, d, g.pf_res, s));
+    for (int64_t l = 0; l < c.n_layer; ++l) {
+      const auto& L = g.layers[size_t(l)];
+      float* conv_state = reinterpret_cast<float*>(st0 + uint64_t(l) * layer_bytes);
+      void* ssm_state = st0 + uint64_t(l) * layer_bytes + conv_bytes_;
+      CUDA_CHECK(kc::rmsnorm_rows(l == 0 ? nullptr : g.pf_hidden, g.pf_res, L.norm, g.pf_xn, T, d, eps, s));
+      project(L.in, g.pf_xn, T, g.pf_zx, dip);
+      CUDA_CHECK(kc::conv_prefill(g.pf_zx + di, dip, conv_state, L.conv_w, L.conv_b, g.pf_xbc, T, D, int(c.d_conv), s));
+      CUDA_CHECK(kc::ssm_scan(ssm_state, f16_state_, g.pf_xbc, g.pf_zx + di + D, dip, L.dt_bias, L.A, L.D, g.pf_y, T,
+                              int(H), int(c.headdim), int(c.d_state), int(c.ngroups), float(c.dt_limit_min),
+                              float(c.dt_limit_max), s));
+      CUDA_CHECK(kc::gated_rmsnorm_rows(g.pf_y, g.pf_zx, dip, L.gnorm, g.pf_g, T, di, int(c.ngroups), eps, s));
+      project(L.out, g.pf_g, T, g.pf_hidden, d);
+    }
+    if (all_logits) head_rows(g.pf_res, g.pf_hidden, T, all_logits + i * V_);
+    else if (i + T == n) head_rows(g.pf_res + (T - 1) * d, g.pf_hidden + (T - 1) * d, 1, g.h_logits);
+  }
 }
 
 double CudaSession::time_steps_ms(int iters) {

@@ -24,9 +24,14 @@
 // deterministic and the graph holds the same launches). Kernels are chained with programmatic
 // dependent launch (PDL) unless disabled.
 //
-// prefill(seq, ...) is, for now, a loop of single-sequence decode steps over sequence `seq`
-// (the LM head only on the last token unless all_logits): correct and simple, but it reads
-// the weights once per token. The cuBLASLt INT8 GEMM prefill is the next step.
+// prefill(seq, tokens, n) runs the prompt in chunks of `prefill_chunk` tokens through the
+// prefill kernels (kernels/cuda/prefill.h): per layer RMSNorm rows, per-token int8 activations
+// and the cuBLASLt INT8 tensor-core GEMM against an int8 ±1 copy of the scaffold (expanded once
+// at construction: R x C bytes per projection, ~1.24 GB at 1.3B), the low-rank term and field a
+// in a small epilogue kernel, the causal conv over the chunk, a parallel SSM scan, gated
+// RMSNorm. The LM head runs on the last token only (on every token with all_logits). Prompts
+// shorter than `int8_prefill_min` tokens (or with int8_prefill off) run as decode steps instead
+// (fp16 activations: the int8 activations of this path are ~1e-2 relative per projection).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +50,9 @@ struct CudaSessionOptions {
   bool cuda_graph = true;           // capture and replay the decode step
   bool pdl = true;                  // programmatic dependent launch between kernels
   int device = 0;
+  bool int8_prefill = true;       // the INT8 GEMM prefill (else: prefill = a loop of decode steps)
+  int64_t int8_prefill_min = 16;  // prompts shorter than this run as decode steps
+  int64_t prefill_chunk = 512;    // tokens per chunk of the INT8 prefill
 };
 
 class CudaSession {
@@ -74,6 +82,8 @@ class CudaSession {
   // Bytes of weights one decode step streams from device memory (repacked signs, low-rank
   // factors, fields, the LM head, one embedding row per sequence, the small fp32 tensors).
   uint64_t weight_bytes_per_step() const { return weight_bytes_; }
+  // Device bytes of the int8 ±1 scaffold copies the INT8 prefill GEMMs read (0 when off).
+  uint64_t prefill_weight_bytes() const { return prefill_bytes_; }
   // Device time of `iters` back-to-back decode steps of all sequences (graph replays when
   // graphs are on; no host copies, no sync in between), in ms per step. Advances the state.
   double time_steps_ms(int iters);
@@ -86,12 +96,15 @@ class CudaSession {
   void forward(int64_t rows, int64_t seq0, bool head, bool pdl, std::vector<std::pair<std::string, void*>>* events);
   void run_forward(int64_t rows, int64_t seq0, bool head);
   void check_tokens(const int32_t* tokens, int64_t n) const;
+  void prefill_steps(int64_t seq, int64_t n, float* all_logits);
+  void prefill_int8(int64_t seq, int64_t n, float* all_logits);
+  void head_rows(const float* res, const float* hidden, int64_t rows, float* host_logits);
 
   std::shared_ptr<const Model> model_;
   CudaSessionOptions opt_;
   int64_t batch_, V_;
   bool f16_state_;
-  uint64_t conv_bytes_, ssm_bytes_, state_bytes_, weight_bytes_ = 0;
+  uint64_t conv_bytes_, ssm_bytes_, state_bytes_, weight_bytes_ = 0, prefill_bytes_ = 0;
   std::vector<int64_t> pos_;
   std::unique_ptr<Dev> dev_;
   std::map<std::tuple<int64_t, int64_t, bool>, void*> graphs_;  // cudaGraphExec_t
