@@ -422,12 +422,59 @@ TEST_CASE("diag: CUDA engine determinism at the 1.3B widths", "[.diag]") {
   CHECK(differ == 0);
 }
 
-TEST_CASE("CUDA INT8 prefill matches the CPU engine with int8 activations", "[gpu][cuda_runtime]") {
-  // The INT8 prefill quantizes b ⊙ x per token to int8 exactly like the CPU engine's i8
-  // activations (quantize_rows_i8_ref); the GEMM is exact in int32. What differs: fp32 sums in
-  // another order (a last-bit difference can flip one int8 rounding, ~1/127 of max|x| on one
-  // element), and the LM head's fp16 activations on the GPU (fp32 on the CPU): measured ~1e-3;
-  // asserted 1e-2 per position. The final states are compared directly (fp32).
+// Diagnosis only: which engine parts from which on a long 1.3B-width prompt (per position).
+TEST_CASE("diag: long prompt at the 1.3B widths, engines pairwise", "[.diag2]") {
+  auto cfg = Mamba2Config::geometry("mamba2-1.3b");
+  cfg.n_layer = 8;
+  auto model = runtime::Model::random(cfg, quant::QuantConfig{}, 777);
+  const int64_t V = cfg.padded_vocab(), n = 300;
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = int32_t((i * 7919 + 13) % cfg.vocab_size);
+  auto cpu = [&](const char* isa, const char* act, int64_t chunk) {
+    runtime::SessionOptions so;
+    so.isa = isa, so.act = act, so.prefill_chunk = chunk;
+    runtime::Session s(model, 1, so);
+    std::vector<float> out(size_t(n * V));
+    s.prefill(0, ids.data(), n, out.data());
+    return out;
+  };
+  auto gpu = [&](bool int8) {
+    runtime::CudaSessionOptions co;
+    co.int8_prefill = int8;
+    runtime::CudaSession s(model, 1, co);
+    std::vector<float> out(size_t(n * V));
+    s.prefill(0, ids.data(), n, out.data());
+    return out;
+  };
+  std::vector<std::pair<std::string, std::vector<float>>> r;
+  r.emplace_back("cpu scalar f32", cpu("scalar", "f32", 64));
+  r.emplace_back("cpu best f32", cpu("", "f32", 64));
+  r.emplace_back("cpu scalar i8", cpu("scalar", "i8", 64));
+  r.emplace_back("cpu best i8", cpu("", "i8", 64));
+  r.emplace_back("cpu best i8 chunk1", cpu("", "i8", 1));
+  r.emplace_back("gpu steps", gpu(false));
+  r.emplace_back("gpu int8", gpu(true));
+  for (size_t a = 0; a < r.size(); ++a)
+    for (size_t b = a + 1; b < r.size(); ++b) {
+      std::printf("diag2 %-20s vs %-20s:", r[a].first.c_str(), r[b].first.c_str());
+      for (int64_t t : {0, 1, 15, 16, 63, 64, 255, 299})
+        std::printf(" t%lld %.1e", (long long)t, rel_err(&r[a].second[size_t(t * V)], &r[b].second[size_t(t * V)], size_t(V)));
+      std::printf("\n");
+    }
+}
+
+TEST_CASE("CUDA INT8 prefill: as accurate as the CPU engine's int8 activations; chunking changes nothing",
+          "[gpu][cuda_runtime]") {
+  // The INT8 prefill quantizes b ⊙ x per token to int8 with the CPU engine's `i8` rule
+  // (quantize_rows_i8_ref) and sums exactly in int32. Its error is that quantization's: measured
+  // on the H200 (8 layers at the 1.3B widths, 300 tokens, random weights), relative logit error
+  // against the CPU fp32 engine 4.6e-2 .. 7.8e-2 per position, the CPU's own int8 path 4.6e-2 ..
+  // 7.6e-2. The two int8 paths do not match each other tightly: a last-bit fp32 difference (GPU
+  // vs CPU rsqrt, sum order) flips an int8 rounding now and then, and the state carries the step
+  // on (the CPU's scalar and AVX-512 int8 paths part the same way, 2-3e-2, from position ~20).
+  // So the test asserts what holds: against the fp32 reference, the GPU's int8 error is no worse
+  // than the CPU's int8 error (x1.5 + 1e-2), for the logits at every position and for the final
+  // state; and splitting the prompt into chunks changes nothing (bit-identical).
   for (const char* geometry : {"tiny", "mamba2-1.3b"}) {
     auto cfg = Mamba2Config::geometry(geometry);
     if (std::string(geometry) != "tiny") cfg.n_layer = 8;  // the widths matter here; depth is tested above
@@ -436,39 +483,41 @@ TEST_CASE("CUDA INT8 prefill matches the CPU engine with int8 activations", "[gp
     std::mt19937 rng(static_cast<unsigned>(test_seed()));
     std::vector<int32_t> ids(static_cast<size_t>(n));
     for (auto& t : ids) t = int32_t(rng() % uint32_t(cfg.vocab_size));
-    runtime::SessionOptions so;
-    so.act = "i8";
-    runtime::Session cpu_s(model, 1, so);
-    std::vector<float> ref(size_t(n * V)), got(size_t(n * V)), got1(size_t(n * V));
-    cpu_s.prefill(0, ids.data(), n, ref.data());
+    auto cpu_run = [&](const char* act, std::vector<float>& logits) {
+      runtime::SessionOptions so;
+      so.act = act;
+      runtime::Session s(model, 1, so);
+      logits.resize(size_t(n * V));
+      s.prefill(0, ids.data(), n, logits.data());
+      return s.save_state(0);
+    };
+    std::vector<float> ref32, ref8, got(size_t(n * V)), got1(size_t(n * V));
+    const auto st32 = cpu_run("f32", ref32), st8 = cpu_run("i8", ref8);
     runtime::CudaSessionOptions co;
     co.prefill_chunk = 256;
     runtime::CudaSession gpu_s(model, 1, co);
     gpu_s.prefill(0, ids.data(), n, got.data());
-    double worst = 0;
-    int64_t worst_t = 0;
-    std::vector<double> per(static_cast<size_t>(n));
+    const auto stg = gpu_s.save_state(0);
+    double e_gpu = 0, e_cpu8 = 0;
     for (int64_t t = 0; t < n; ++t) {
-      per[size_t(t)] = rel_err(&got[size_t(t * V)], &ref[size_t(t * V)], size_t(V));
-      if (per[size_t(t)] > worst) worst = per[size_t(t)], worst_t = t;
+      e_gpu = std::max(e_gpu, rel_err(&got[size_t(t * V)], &ref32[size_t(t * V)], size_t(V)));
+      e_cpu8 = std::max(e_cpu8, rel_err(&ref8[size_t(t * V)], &ref32[size_t(t * V)], size_t(V)));
     }
-    std::printf("  per position: t=0 %.2e, t=1 %.2e, t=255 %.2e, t=256 %.2e, t=%lld (worst) %.2e, last %.2e\n", per[0],
-                per[1], per[255], per[256], (long long)worst_t, worst, per[size_t(n - 1)]);
-    const auto sc = cpu_s.save_state(0), sg = gpu_s.save_state(0);
-    REQUIRE(sc.size() == sg.size());
-    const size_t nf = (sc.size() - sizeof(runtime::StateHeader)) / 4;
-    const double es = rel_err(reinterpret_cast<const float*>(sg.data() + sizeof(runtime::StateHeader)),
-                              reinterpret_cast<const float*>(sc.data() + sizeof(runtime::StateHeader)), nf);
-    // One chunk of 512 gives the same logits as 256 + 44.
-    co.prefill_chunk = 512;
+    REQUIRE(stg.size() == st32.size());
+    const size_t hdr = sizeof(runtime::StateHeader), nf = (st32.size() - hdr) / 4;
+    auto state_err = [&](const std::vector<uint8_t>& a) {
+      return rel_err(reinterpret_cast<const float*>(a.data() + hdr), reinterpret_cast<const float*>(st32.data() + hdr), nf);
+    };
+    const double s_gpu = state_err(stg), s_cpu8 = state_err(st8);
+    co.prefill_chunk = 512;  // one chunk gives the same logits as 256 + 44
     runtime::CudaSession gpu1(model, 1, co);
     gpu1.prefill(0, ids.data(), n, got1.data());
     const double ec = rel_err(got1, got);
-    std::printf("int8 prefill %s (%lld layers, %lld tokens): worst rel logit err vs cpu i8 %.2e, state %.2e; "
-                "chunks 256+44 vs 512: %.2e\n",
-                geometry, (long long)cfg.n_layer, (long long)n, worst, es, ec);
-    CHECK(worst < 1e-2);
-    CHECK(es < 1e-2);
+    std::printf("int8 prefill %s (%lld layers, %lld tokens), worst over positions vs cpu f32: gpu int8 %.2e, cpu i8 "
+                "%.2e; final state: gpu %.2e, cpu i8 %.2e; chunks 256+44 vs 512: %.2e\n",
+                geometry, (long long)cfg.n_layer, (long long)n, e_gpu, e_cpu8, s_gpu, s_cpu8, ec);
+    CHECK(e_gpu < 1.5 * e_cpu8 + 1e-2);
+    CHECK(s_gpu < 1.5 * s_cpu8 + 1e-2);
     CHECK(ec < 1e-6);
     REQUIRE(gpu_s.position(0) == n);
   }

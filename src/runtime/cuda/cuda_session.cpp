@@ -36,10 +36,14 @@ struct CudaSession::Dev {
     allocs.push_back(p);
     return static_cast<T*>(p);
   }
+  // Every host-to-device copy goes on `stream`, ordered with the kernels that read it. (A plain
+  // cudaMemcpy from pageable memory returns once the data is staged, before the DMA has landed,
+  // and runs on the legacy default stream, which a non-blocking stream does not wait for: the
+  // load-time repack once read half-copied signs, differently from run to run.)
   template <class T>
   T* upload(const T* h, size_t n) {
     T* d = alloc<T>(n);
-    CUDA_CHECK(cudaMemcpy(d, h, n * sizeof(T), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpyAsync(d, h, n * sizeof(T), cudaMemcpyHostToDevice, stream));
     return d;
   }
   template <class T>
@@ -145,7 +149,7 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
     o.w = g.alloc<uint8_t>(nb);
     uint8_t* tmp = nullptr;
     CUDA_CHECK(cudaMalloc(&tmp, size_t(p.rows * p.row_bytes)));
-    CUDA_CHECK(cudaMemcpy(tmp, p.codes, size_t(p.rows * p.row_bytes), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpyAsync(tmp, p.codes, size_t(p.rows * p.row_bytes), cudaMemcpyHostToDevice, g.stream));
     CUDA_CHECK(kc::repack_signs(tmp, p.row_bytes, p.rows, p.cols, o.w, g.stream));
     if (opt_.int8_prefill) {
       o.ldq = kc::i8_cols(p.cols);
@@ -203,9 +207,9 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   g.xf_out = g.alloc<uint8_t>(kc::fragment_bytes(di));
   g.x16 = g.alloc<uint16_t>(MB * size_t(d));
   // Fragment lanes of sequences >= rows are never read; zero everything once anyway.
-  CUDA_CHECK(cudaMemset(g.xf_in, 0, kc::fragment_bytes(d)));
-  CUDA_CHECK(cudaMemset(g.xf_out, 0, kc::fragment_bytes(di)));
-  CUDA_CHECK(cudaMemset(g.hidden, 0, MB * size_t(d) * 4));
+  CUDA_CHECK(cudaMemsetAsync(g.xf_in, 0, kc::fragment_bytes(d), g.stream));
+  CUDA_CHECK(cudaMemsetAsync(g.xf_out, 0, kc::fragment_bytes(di), g.stream));
+  CUDA_CHECK(cudaMemsetAsync(g.hidden, 0, MB * size_t(d) * 4, g.stream));
   g.state = g.alloc<uint8_t>(size_t(batch) * state_bytes_);
   g.tok = g.alloc<int32_t>(MB);
   CUDA_CHECK(cudaMallocHost(&g.h_tok, MB * sizeof(int32_t)));
@@ -565,8 +569,9 @@ std::vector<uint8_t> CudaSession::save_state(int64_t seq) const {
   DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
   auto out = new_state_blob(model_->config(), f16_state_, pos_[size_t(seq)], state_bytes_);
   CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
-  CUDA_CHECK(cudaMemcpy(out.data() + sizeof(StateHeader), dev_->state + uint64_t(seq) * state_bytes_, state_bytes_,
-                        cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpyAsync(out.data() + sizeof(StateHeader), dev_->state + uint64_t(seq) * state_bytes_,
+                             state_bytes_, cudaMemcpyDeviceToHost, dev_->stream));
+  CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
   return out;
 }
 
@@ -574,8 +579,9 @@ void CudaSession::restore_state(int64_t seq, const std::vector<uint8_t>& blob) {
   DFSSM_CHECK(seq >= 0 && seq < batch_, "sequence ", seq, " outside [0, ", batch_, ")");
   const StateHeader h = check_state_blob(blob, model_->config(), f16_state_, state_bytes_);
   CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
-  CUDA_CHECK(cudaMemcpy(dev_->state + uint64_t(seq) * state_bytes_, blob.data() + sizeof h, state_bytes_,
-                        cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpyAsync(dev_->state + uint64_t(seq) * state_bytes_, blob.data() + sizeof h, state_bytes_,
+                             cudaMemcpyHostToDevice, dev_->stream));
+  CUDA_CHECK(cudaStreamSynchronize(dev_->stream));
   pos_[size_t(seq)] = h.position;
 }
 

@@ -31,7 +31,8 @@
 // in a small epilogue kernel, the causal conv over the chunk, a parallel SSM scan, gated
 // RMSNorm. The LM head runs on the last token only (on every token with all_logits). Prompts
 // shorter than `int8_prefill_min` tokens (or with int8_prefill off) run as decode steps instead
-// (fp16 activations: the int8 activations of this path are ~1e-2 relative per projection).
+// (fp16 activations, ~1e-3 from fp32; the per-token int8 activations of the INT8 path cost ~5e-2
+// relative logit error on a random 1.3B model, as much as the CPU engine's `i8` path).
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device call: build, the determinism diagnosis, all gpu tests, memcheck on the kernel
+# tests, the 1.3B benchmarks. Logs to $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/o}; mkdir -p $OUT
+BUILD=build-cudart
+t0=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+cmake -S . -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release -DDFSSM_WITH_TORCH=OFF -DDFSSM_CUDA=ON >$OUT/configure.log 2>&1 || { tail -20 $OUT/configure.log; exit 1; }
+cmake --build $BUILD -j 16 --target dfssm test_cuda_runtime test_cuda_prefill test_cuda_kernels >$OUT/build.log 2>&1 || { grep error $OUT/build.log | head; exit 1; }
+echo "build ok ($(( $(date +%s) - t0 )) s)"
+T=$BUILD/bin/test_cuda_runtime
+for L in 8 48; do DFSSM_DIAG_LAYERS=$L timeout 100 $T "[.diag]" 2>&1 | grep -E "^diag"; done
+timeout 200 $T >$OUT/test_cuda_runtime.txt 2>&1; echo "test_cuda_runtime rc=$?"
+grep -E "layers|engines|int8 prefill|per position|restore|FAILED|passed|failed" $OUT/test_cuda_runtime.txt | head -40
+timeout 150 $BUILD/bin/test_cuda_prefill >$OUT/test_cuda_prefill.txt 2>&1; echo "test_cuda_prefill rc=$?"; tail -2 $OUT/test_cuda_prefill.txt
+timeout 60 $BUILD/bin/test_cuda_kernels >$OUT/test_cuda_kernels.txt 2>&1; echo "test_cuda_kernels rc=$?"; tail -2 $OUT/test_cuda_kernels.txt
+B=$BUILD/bin/dfssm
+timeout 120 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 2048 2>&1 | tee $OUT/bench_cuda.txt
+timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --state-dtype f16 --prefill 2048 --batches 1,8 --no-membw 2>&1 | grep -E "engine|decode|prefill" | tee -a $OUT/bench_cuda.txt
+timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-pdl --prefill 16 --batches 1 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
+CS=/usr/local/cuda/bin/compute-sanitizer
+for t in "CUDA in_proj path*" "CUDA out_proj path*" "CUDA SSM step*" "CUDA int8 LM head*" "CUDA session state save*"; do
+  timeout 100 $CS --tool memcheck --leak-check no --error-exitcode 9 $T "$t" >>$OUT/memcheck.txt 2>&1 && echo "memcheck ok: $t" || echo "memcheck FAILED ($?): $t"
+done
+DFSSM_DIAG_LAYERS=8 timeout 150 $CS --tool memcheck --error-exitcode 9 $T "[.diag]" >>$OUT/memcheck.txt 2>&1 && echo "memcheck ok: engine 8 layers at 1.3B widths" || echo "memcheck FAILED: engine"
+echo "total $(( $(date +%s) - t0 )) s"
