@@ -20,6 +20,7 @@
 #include "distill/job_config.h"
 #include "distill/loss.h"
 #include "distill/optim.h"
+#include "distill/teacher_cache.h"
 #include "model/checkpoint.h"
 #include "quant/student.h"
 #include "model_test_util.h"
@@ -346,4 +347,130 @@ TEST_CASE("distill with the hidden-state term logs it and trains", "[trainer][lo
     ++n;
   }
   REQUIRE(n == 3);
+}
+
+TEST_CASE("top-k KL: k = V is the full KL; k < V is the renormalised top-k, value and gradients", "[trainer][loss]") {
+  const int64_t N = 29, d = 16, dt = 24, V = 40;
+  const auto ht = rnd({N, dt}, 13), wt = rnd({V, dt}, 14, 0.5);
+  const auto y = at::randint(V, {N}, at::make_generator<at::CPUGeneratorImpl>(15), at::kLong);
+  for (double T : {1.0, 2.0})
+    for (int64_t k : {V, int64_t(7)})
+      for (int64_t chunk : {int64_t(5), int64_t(64)}) {
+        INFO("T " << T << " k " << k << " chunk " << chunk);
+        const double alpha = 0.6;
+        const auto tk = teacher_topk(ht, wt, y, T, k, chunk, at::kFloat);
+        REQUIRE(tk.idx.sizes() == at::IntArrayRef({N, k}));
+        auto hs = rnd({N, d}, 11).requires_grad_(true), ws = rnd({V, d}, 12, 0.5).requires_grad_(true);
+        auto hs2 = hs.detach().clone().requires_grad_(true), ws2 = ws.detach().clone().requires_grad_(true);
+        LmLossStats st, st_full;
+        const auto l = lm_loss(hs, ws, tk, y, {alpha, T, chunk, at::kFloat}, &st);
+        at::Tensor r;
+        if (k == V) {  // the full KL, by the chunked loss with the live teacher
+          r = lm_loss(hs2, ws2, ht, wt, y, {alpha, T, chunk, at::kFloat}, &st_full);
+          CHECK(st.teacher_ce == Approx(st_full.teacher_ce).epsilon(1e-5));
+          CHECK(st.top1 == Approx(st_full.top1));
+        } else {  // autograd over the renormalised top-k distribution
+          const auto zs = at::matmul(hs2, ws2.t());
+          const auto lq = at::log_softmax(tk.logp, 1);
+          const auto kl = (lq.exp() * (lq - at::log_softmax(zs / T, 1).gather(1, tk.idx))).sum(1).mean();
+          r = at::nll_loss(at::log_softmax(zs, 1), y) * (1 - alpha) + kl * (alpha * T * T);
+        }
+        l.backward();
+        r.backward();
+        REQUIRE(l.item<double>() == Approx(r.item<double>()).epsilon(1e-5));
+        REQUIRE(dfssm::test::rel_err(hs.grad(), hs2.grad()) < 1e-5);
+        REQUIRE(dfssm::test::rel_err(ws.grad(), ws2.grad()) < 1e-5);
+      }
+}
+
+TEST_CASE("teacher cache file: round trip, settings checked, resume cuts it back", "[trainer][cache]") {
+  const std::string path = tmp("cache/unit.h5");
+  const nlohmann::json settings = {{"teacher_sha256", "abc"}, {"temperature", 2.0}, {"k", 3}, {"seq_len", 4}};
+  const int64_t rows = 5, k = 3;
+  auto make = [&](int64_t mb) {
+    TeacherTopK t;
+    t.idx = at::arange(rows * k, at::kLong).view({rows, k}) + 100 * mb;
+    t.logp = -at::arange(rows * k, at::kFloat).view({rows, k}) / 7.0 - double(mb);
+    t.ce = at::full({rows}, 1.5 + double(mb));
+    return t;
+  };
+  {
+    auto w = TeacherCache::for_writing(path, settings, k, rows, 0);
+    for (int64_t mb = 0; mb < 3; ++mb) w->append(mb, make(mb));
+  }
+  {
+    auto r = TeacherCache::for_reading(path, settings, 3);
+    REQUIRE(r->complete() == 3);
+    REQUIRE(r->k() == k);
+    for (int64_t mb = 0; mb < 3; ++mb) {
+      const auto a = r->read(mb, at::kCPU), b = make(mb);
+      REQUIRE(at::equal(a.idx, b.idx));
+      REQUIRE(at::equal(a.logp, b.logp));
+      REQUIRE(at::equal(a.ce, b.ce));
+    }
+    REQUIRE_THROWS(r->read(3, at::kCPU));
+  }
+  // Other settings: refused, naming the key and both values.
+  auto other = settings;
+  other["temperature"] = 1.0;
+  const auto e = dfssm::test::error_of([&] { TeacherCache::for_reading(path, other, 1); });
+  CHECK(contains(e, "temperature"));
+  CHECK(contains(e, "2.0"));
+  CHECK(contains(e, "1.0"));
+  CHECK(contains(dfssm::test::error_of([&] { TeacherCache::for_reading(path, settings, 4); }), "holds 3 complete"));
+  // A resumed writer at micro-batch 2 cuts the file back to 2 and continues.
+  {
+    auto w = TeacherCache::for_writing(path, settings, k, rows, 2);
+    REQUIRE(w->complete() == 2);
+    w->append(2, make(7));
+  }
+  auto r = TeacherCache::for_reading(path, settings, 3);
+  REQUIRE(at::equal(r->read(2, at::kCPU).idx, make(7).idx));
+  REQUIRE(at::equal(r->read(1, at::kCPU).logp, make(1).logp));
+  // Not a cache / truncated.
+  write(tmp("cache/junk.h5"), "not hdf5");
+  CHECK(contains(dfssm::test::error_of([&] { TeacherCache::for_reading(tmp("cache/junk.h5"), settings, 1); }),
+                 "not an HDF5 file"));
+}
+
+TEST_CASE("distill with a teacher cache: capture and replay give bit-identical losses; resume continues it",
+          "[trainer][cache]") {
+  Fixture fx;
+  const std::string cache = fx.root + "/topk.h5";
+  const std::vector<std::string> w = {"distill.teacher_cache=write", "distill.teacher_cache_k=16",
+                                      "distill.teacher_cache_path=" + cache};
+  auto args = [&](const std::string& job, std::vector<std::string> extra) {
+    std::vector<std::string> a = {"distill", job};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  REQUIRE(run_dfssm(args(fx.job("cw"), w)) == 0);
+  const auto la = losses(fx.root + "/cw/student/metrics.jsonl");
+  REQUIRE(la.size() == 6);
+  // Replay: no teacher forward in the training steps, the same losses to the last digit.
+  auto rd = w;
+  rd[0] = "distill.teacher_cache=read";
+  REQUIRE(run_dfssm(args(fx.job("cr"), rd)) == 0);
+  REQUIRE(losses(fx.root + "/cr/student/metrics.jsonl") == la);
+  // Other capture settings: refused with a non-zero exit.
+  auto bad = rd;
+  bad.push_back("distill.temperature=1.5");
+  REQUIRE(run_dfssm(args(fx.job("cbad"), bad)) != 0);
+  // A capturing run killed after step 3 and resumed leaves the same cache: replaying it gives the
+  // same losses again.
+  const std::string cache2 = fx.root + "/topk2.h5";
+  auto w2 = w;
+  w2[2] = "distill.teacher_cache_path=" + cache2;
+  REQUIRE(run_dfssm(args(fx.job("ck"), w2), "3") == 128 + SIGKILL);
+  REQUIRE(run_dfssm(args(fx.job("ck"), w2)) == 0);
+  REQUIRE(losses(fx.root + "/ck/student/metrics.jsonl") == la);
+  auto rd2 = rd;
+  rd2[2] = "distill.teacher_cache_path=" + cache2;
+  REQUIRE(run_dfssm(args(fx.job("cr2"), rd2)) == 0);
+  REQUIRE(losses(fx.root + "/cr2/student/metrics.jsonl") == la);
+  // auto: a complete matching cache is read.
+  auto au = w;
+  au[0] = "distill.teacher_cache=auto";
+  REQUIRE(run_dfssm(args(fx.job("ca"), au)) == 0);
+  REQUIRE(losses(fx.root + "/ca/student/metrics.jsonl") == la);
 }

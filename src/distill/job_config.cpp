@@ -49,6 +49,12 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
     k("temperature", 'f', "1.0", "distillation temperature T", 1e-3, 100);
     k("hidden_mse", 'f', "0", "weight of the MSE between normalised student and teacher residual streams (0 = off)", 0, 1e6);
     k("hidden_mse_layers", 's', "all", "layers whose output stream enters the hidden MSE: all, or indices like 0,11,23");
+    k("teacher_cache", 's', "none",
+      "top-k teacher log-probs in HDF5: none, write (run the teacher and store), read (no teacher forward; the "
+      "file's capture settings must match), auto (read when a matching complete cache exists, else write)",
+      0, 0, {"none", "write", "read", "auto"});
+    k("teacher_cache_k", 'i', "64", "teacher tokens kept per position (KL over the renormalised top k)", 1, 1e6);
+    k("teacher_cache_path", 's', "", "the cache file; empty = <run_dir>/teacher_topk.h5 (one file per process)");
   }
   k("activation_checkpointing", 's', "none",
     "recompute block activations in the backward pass: none, all, or layer indices like 0,1,2");
@@ -221,6 +227,9 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
     t.lr_scales = F("lr_scales"), t.lr_other = F("lr_other"), t.alpha = F("alpha"), t.temperature = F("temperature");
     t.hidden_mse = F("hidden_mse");
     t.hidden_mse_layers = m.at(sec + ".hidden_mse_layers");
+    t.teacher_cache = m.at(sec + ".teacher_cache");
+    t.teacher_cache_k = I("teacher_cache_k");
+    t.teacher_cache_path = m.at(sec + ".teacher_cache_path");
   }
   t.min_lr_ratio = F("min_lr_ratio");
   t.warmup_steps = I("warmup_steps");

@@ -45,6 +45,9 @@ struct TrainConfig {
   std::string activation_checkpointing = "none";  // none | all | "0,1,2"
   double hidden_mse = 0;                          // distill: weight of the hidden-state term
   std::string hidden_mse_layers = "all";          // all | "0,1,2"
+  std::string teacher_cache = "none";             // none | write | read | auto (teacher_cache.h)
+  int64_t teacher_cache_k = 64;
+  std::string teacher_cache_path;                 // "" = <run_dir>/teacher_topk.h5
   // Which of n_layer layers recompute their activations in backward. Throws on a bad index.
   std::vector<bool> recompute_layers(int64_t n_layer) const;
   std::vector<bool> hidden_layers(int64_t n_layer) const;  // the hidden_mse layers

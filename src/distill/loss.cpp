@@ -17,14 +17,16 @@ struct Chunked {
 };
 
 Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
-                        const at::Tensor& targets, const LmLossOptions& o, LmLossStats* st, bool want_grad) {
+                        const TeacherTopK& topk, const at::Tensor& targets, const LmLossOptions& o, LmLossStats* st,
+                        bool want_grad) {
   at::NoGradGuard ng;
   const int64_t N = h_s.size(0);
-  const bool teacher = o.alpha > 0 || h_t.defined();
+  const bool sparse = topk.defined();
+  const bool teacher = o.alpha > 0 || h_t.defined() || sparse;
   const double T = o.temperature, a = o.alpha;
   const auto md = o.matmul_dtype;
   const auto ws = w_s.detach().to(md), hs = h_s.detach().to(md);
-  const auto wt = teacher ? w_t.detach().to(md) : at::Tensor();
+  const auto wt = teacher && !sparse ? w_t.detach().to(md) : at::Tensor();
   Chunked out;
   if (want_grad) {
     out.grad_h = at::empty(h_s.sizes(), h_s.options().dtype(at::kFloat));
@@ -41,7 +43,16 @@ Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::
     ce_sum += -lps.gather(1, y).sum().to(at::kDouble);
     at::Tensor dz;
     if (want_grad) dz = (lps.exp().scatter_add(1, y, -at::ones({n, 1}, lps.options()))) * (1.0 - a);
-    if (teacher) {
+    if (sparse) {  // the teacher's top-k, renormalised (loss.h)
+      const auto idx = topk.idx.narrow(0, i0, n);
+      const auto lq = at::log_softmax(topk.logp.narrow(0, i0, n).to(at::kFloat), 1);
+      const auto q = lq.exp();
+      const auto lpsT = T == 1.0 ? lps : at::log_softmax(zs / T, 1);
+      tce_sum += topk.ce.narrow(0, i0, n).sum().to(at::kDouble);
+      kl_sum += (q * (lq - lpsT.gather(1, idx))).sum().to(at::kDouble);
+      top1 += (zs.argmax(1) == idx.select(1, 0)).sum().to(at::kDouble);
+      if (want_grad && a > 0) dz += lpsT.exp().scatter_add(1, idx, -q) * (a * T);
+    } else if (teacher) {
       const auto zt = at::matmul(h_t.detach().narrow(0, i0, n).to(md), wt.t()).to(at::kFloat);
       const auto lpt1 = at::log_softmax(zt, 1);
       tce_sum += -lpt1.gather(1, y).sum().to(at::kDouble);
@@ -72,11 +83,14 @@ Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::
 
 struct LmLossFn : public torch::autograd::Function<LmLossFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t,
-                            const at::Tensor& w_t, const at::Tensor& targets, double alpha, double temperature,
+                            const at::Tensor& w_t, const at::Tensor& tk_idx, const at::Tensor& tk_logp,
+                            const at::Tensor& tk_ce, const at::Tensor& targets, double alpha, double temperature,
                             int64_t chunk, int64_t matmul_dtype, int64_t stats_addr) {
     LmLossOptions o{alpha, temperature, chunk, at::ScalarType(matmul_dtype)};
     const auto ht = h_t.numel() ? h_t : at::Tensor(), wt = w_t.numel() ? w_t : at::Tensor();
-    auto r = chunked_forward(h_s, w_s, ht, wt, targets, o, reinterpret_cast<LmLossStats*>(stats_addr), true);
+    TeacherTopK tk;
+    if (tk_idx.numel()) tk = {tk_idx, tk_logp, tk_ce};
+    auto r = chunked_forward(h_s, w_s, ht, wt, tk, targets, o, reinterpret_cast<LmLossStats*>(stats_addr), true);
     ctx->save_for_backward({r.grad_h, r.grad_w});
     ctx->saved_data["h_dtype"] = int64_t(h_s.scalar_type());
     ctx->saved_data["w_dtype"] = int64_t(w_s.scalar_type());
@@ -87,29 +101,45 @@ struct LmLossFn : public torch::autograd::Function<LmLossFn> {
     const auto go = g[0].to(at::kFloat);
     const auto hd = at::ScalarType(ctx->saved_data["h_dtype"].toInt());
     const auto wd = at::ScalarType(ctx->saved_data["w_dtype"].toInt());
-    return {(saved[0] * go).to(hd), (saved[1] * go).to(wd), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {(saved[0] * go).to(hd), (saved[1] * go).to(wd), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
-at::Tensor lm_loss(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
-                   const at::Tensor& targets, const LmLossOptions& opt, LmLossStats* stats) {
+namespace {
+at::Tensor lm_loss_impl(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
+                        const TeacherTopK& tk, const at::Tensor& targets, const LmLossOptions& opt, LmLossStats* stats) {
   DFSSM_ASSERT(h_s.dim() == 2 && w_s.dim() == 2 && h_s.size(1) == w_s.size(1), "lm_loss: bad student shapes");
   DFSSM_ASSERT(targets.dim() == 1 && targets.size(0) == h_s.size(0), "lm_loss: targets do not match tokens");
-  DFSSM_ASSERT(opt.alpha == 0 || (h_t.defined() && w_t.defined()), "lm_loss: alpha > 0 needs the teacher");
+  DFSSM_ASSERT(opt.alpha == 0 || (h_t.defined() && w_t.defined()) || tk.defined(), "lm_loss: alpha > 0 needs the teacher");
   DFSSM_ASSERT(!h_t.defined() || (h_t.size(0) == h_s.size(0) && w_t.size(0) == w_s.size(0)),
                "lm_loss: teacher and student disagree on tokens or vocabulary");
+  DFSSM_ASSERT(!tk.defined() || (tk.idx.dim() == 2 && tk.idx.size(0) == h_s.size(0) && tk.logp.sizes() == tk.idx.sizes() &&
+                                 tk.ce.size(0) == h_s.size(0)),
+               "lm_loss: the teacher's top-k does not match the tokens");
   DFSSM_ASSERT(opt.chunk >= 1, "lm_loss: chunk must be >= 1");
   if (!h_s.requires_grad() && !w_s.requires_grad()) {  // evaluation: no graph
-    return chunked_forward(h_s, w_s, h_t, w_t, targets, opt, stats, false).loss;
+    return chunked_forward(h_s, w_s, h_t, w_t, tk, targets, opt, stats, false).loss;
   }
-  // Autograd functions cannot take undefined tensors: an empty tensor stands for "no teacher".
+  // Autograd functions cannot take undefined tensors: an empty tensor stands for "none".
   const auto none = at::empty({0}, h_s.options());
-  return LmLossFn::apply(h_s, w_s, h_t.defined() ? h_t : none, w_t.defined() ? w_t : none, targets,
-                         opt.alpha, opt.temperature, opt.chunk, int64_t(opt.matmul_dtype),
+  auto def = [&](const at::Tensor& t) { return t.defined() ? t : none; };
+  return LmLossFn::apply(h_s, w_s, def(h_t), def(w_t), def(tk.idx), def(tk.logp), def(tk.ce), targets, opt.alpha,
+                         opt.temperature, opt.chunk, int64_t(opt.matmul_dtype),
                          int64_t(reinterpret_cast<intptr_t>(stats)));
+}
+}  // namespace
+
+at::Tensor lm_loss(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
+                   const at::Tensor& targets, const LmLossOptions& opt, LmLossStats* stats) {
+  return lm_loss_impl(h_s, w_s, h_t, w_t, TeacherTopK{}, targets, opt, stats);
+}
+
+at::Tensor lm_loss(const at::Tensor& h_s, const at::Tensor& w_s, const TeacherTopK& topk, const at::Tensor& targets,
+                   const LmLossOptions& opt, LmLossStats* stats) {
+  return lm_loss_impl(h_s, w_s, at::Tensor(), at::Tensor(), topk, targets, opt, stats);
 }
 
 at::Tensor lm_loss_reference(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t,
@@ -143,6 +173,29 @@ at::Tensor hidden_mse(const std::vector<at::Tensor>& student, const std::vector<
   }
   DFSSM_ASSERT(n > 0, "hidden_mse: no layer selected");
   return sum / double(n);
+}
+
+TeacherTopK teacher_topk(const at::Tensor& h_t, const at::Tensor& w_t, const at::Tensor& targets, double T, int64_t k,
+                         int64_t chunk, at::ScalarType md) {
+  at::NoGradGuard ng;
+  const int64_t N = h_t.size(0), V = w_t.size(0);
+  DFSSM_CHECK(k >= 1 && k <= V, "teacher cache: k = ", k, " must be in [1, ", V, "] (the padded vocabulary)");
+  TeacherTopK out;
+  out.idx = at::empty({N, k}, h_t.options().dtype(at::kLong));
+  out.logp = at::empty({N, k}, h_t.options().dtype(at::kFloat));
+  out.ce = at::empty({N}, h_t.options().dtype(at::kFloat));
+  const auto wt = w_t.detach().to(md);
+  for (int64_t i0 = 0; i0 < N; i0 += chunk) {
+    const int64_t n = std::min(chunk, N - i0);
+    const auto zt = at::matmul(h_t.detach().narrow(0, i0, n).to(md), wt.t()).to(at::kFloat);
+    const auto lp1 = at::log_softmax(zt, 1);
+    out.ce.narrow(0, i0, n).copy_(-lp1.gather(1, targets.narrow(0, i0, n).unsqueeze(1)).squeeze(1));
+    const auto lpT = T == 1.0 ? lp1 : at::log_softmax(zt / T, 1);
+    const auto top = at::topk(lpT, k, 1, /*largest=*/true, /*sorted=*/true);
+    out.logp.narrow(0, i0, n).copy_(std::get<0>(top));
+    out.idx.narrow(0, i0, n).copy_(std::get<1>(top));
+  }
+  return out;
 }
 
 }  // namespace dfssm::distill

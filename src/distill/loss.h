@@ -36,11 +36,30 @@ struct LmLossStats {
   int64_t tokens = 0;
 };
 
+// The teacher's top-k tokens per position (distill.teacher_cache, teacher_cache.h): with it the
+// KL term uses the teacher distribution restricted to its top k and renormalised,
+//   q = softmax(logp) over the k ids,  KL_k = Σ_i q_i (log q_i − log p_s^T(i)),  ∂/∂z_s = T·(p_s^T − q);
+// with k = V it is the full KL.
+struct TeacherTopK {
+  at::Tensor idx;   // (N, k) int64, most likely first
+  at::Tensor logp;  // (N, k) float32, log p_t^T (normalised over the whole vocabulary)
+  at::Tensor ce;    // (N) float32, the teacher's CE at T = 1 (a logged statistic)
+  bool defined() const { return idx.defined(); }
+};
+
+// The teacher's top-k at temperature T from its final hidden states h_t (N, d) and LM head w_t
+// (V, d), computed chunk by chunk (chunk tokens at a time; matmuls in md, softmax in fp32).
+TeacherTopK teacher_topk(const at::Tensor& h_t, const at::Tensor& w_t, const at::Tensor& targets, double T, int64_t k,
+                         int64_t chunk, at::ScalarType md);
+
 // h_s (N, d) and w_s (V, d) may require grad; h_t (N, d_t) and w_t (V, d_t) are the teacher's
 // (undefined when alpha == 0); targets (N) int64. Returns the scalar loss (differentiable
 // w.r.t. h_s and w_s) and fills `stats`.
 at::Tensor lm_loss(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
                    const at::Tensor& targets, const LmLossOptions& opt, LmLossStats* stats);
+// The same with the teacher given by its top-k (alpha > 0 needs `topk`).
+at::Tensor lm_loss(const at::Tensor& h_s, const at::Tensor& w_s, const TeacherTopK& topk, const at::Tensor& targets,
+                   const LmLossOptions& opt, LmLossStats* stats);
 
 // The same loss by plain autograd over the full logits (the reference the chunked version is
 // tested against).

@@ -27,6 +27,7 @@
 #include "dfssm_git_rev.h"
 #include "core/safetensors.h"
 #include "distill/data/loader.h"
+#include "distill/teacher_cache.h"
 #include "distill/data/manifest.h"
 #include "distill/data/sha256.h"
 #include "distill/dist.h"
@@ -142,6 +143,8 @@ struct Run {
   double gn_ema = 0;
   std::string teacher_sha;
   std::ofstream metrics;
+  std::unique_ptr<TeacherCache> tcache;  // distill.teacher_cache (teacher_cache.h)
+  bool tcache_read = false;              // true: the teacher's side comes from the cache alone
 
   Run(const JobConfig& j, Mode m) : job(j), mode(m), tc(m == Mode::Pretrain ? j.pretrain : j.distill) {}
 
@@ -151,6 +154,7 @@ struct Run {
   void build_model();
   void build_optimizer();
   void resume();
+  void open_teacher_cache();
   void loop();
   double train_step(const data::Batch* batches, int64_t n, LmLossStats* st, double* gn, bool* skip);
   void evaluate();
@@ -291,18 +295,29 @@ double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, d
     at::Tensor ht, wt;
     const bool hid = distill() && tc.hidden_mse > 0;
     std::vector<at::Tensor> rt, rs;
-    if (distill()) {
+    TeacherTopK tk;  // with a teacher cache: the teacher's side of the KL, read or captured here
+    const int64_t mb = step * tc.grad_accum + i;
+    if (distill() && tcache_read) {
+      tk = tcache->read(mb, device);
+    } else if (distill()) {
       at::NoGradGuard ng;
       ht = teacher->forward_hidden(x, nullptr, hid ? &rt : nullptr);
       ht = ht.reshape({-1, ht.size(-1)});
       wt = teacher->lm_weight();
+      if (tcache) {
+        tk = teacher_topk(ht, wt, y, tc.temperature, tc.teacher_cache_k, tc.kl_chunk, lo.matmul_dtype);
+        tcache->append(mb, tk);
+      }
     }
     at::Tensor loss;
     {
       AutocastGuard ac(device.is_cuda());
       auto hs = trained->forward_hidden(x, nullptr, hid ? &rs : nullptr);
       LmLossStats s;
-      loss = lm_loss(hs.reshape({-1, hs.size(-1)}), trained->lm_weight(), ht, wt, y, lo, &s);
+      const auto h2 = hs.reshape({-1, hs.size(-1)});
+      // Capturing and replaying runs both use the top-k KL, so they give the same losses.
+      loss = tk.defined() ? lm_loss(h2, trained->lm_weight(), tk, y, lo, &s)
+                          : lm_loss(h2, trained->lm_weight(), ht, wt, y, lo, &s);
       if (hid) {
         const auto h = hidden_mse(rs, rt, tc.hidden_layers(trained->config().n_layer));
         acc.hidden += h.item<double>() / double(n);
@@ -386,6 +401,61 @@ void Run::checkpoint() {
   for (size_t i = 0; i + size_t(tc.keep_checkpoints) < all.size(); ++i) fs::remove_all(all[i]);
 }
 
+void Run::open_teacher_cache() {
+  if (!distill() || tc.teacher_cache == "none") return;
+  DFSSM_CHECK(tc.alpha > 0, "distill.teacher_cache needs alpha > 0 (the cache holds the KL's teacher side)");
+  DFSSM_CHECK(tc.hidden_mse == 0, "distill.teacher_cache holds no hidden states: set distill.hidden_mse=0 or "
+                                  "distill.teacher_cache=none");
+  const int64_t V = trained->config().padded_vocab(), k = tc.teacher_cache_k;
+  DFSSM_CHECK(k <= V, "distill.teacher_cache_k = ", k, " exceeds the padded vocabulary (", V, ")");
+  std::string path = tc.teacher_cache_path.empty() ? job.run_dir + "/teacher_topk.h5" : tc.teacher_cache_path;
+  if (comm->world() > 1) path += str(".rank", comm->rank(), "-of-", comm->world());
+  const int64_t rows = tc.batch_size * tc.seq_len;
+  // Everything that fixes the cached values and their order (checked when the file is read).
+  const nlohmann::json settings = {
+      {"teacher_sha256", teacher_sha},
+      {"teacher_dtype", job.teacher_dtype},
+      {"matmul_dtype", device.is_cuda() ? "bf16" : "fp32"},
+      {"temperature", tc.temperature},
+      {"k", k},
+      {"vocab", V},
+      {"dataset_manifest_sha256", data::sha256_file(job.dataset_dir() + "/manifest.json")},
+      {"seq_len", tc.seq_len},
+      {"batch_size", tc.batch_size},
+      {"grad_accum", tc.grad_accum},
+      {"seed", job.seed},
+      {"rank", comm->rank()},
+      {"world", comm->world()},
+      {"kl_chunk", tc.kl_chunk},
+      {"rows_per_microbatch", rows}};
+  const int64_t need = tc.steps * tc.grad_accum, at_mb = step * tc.grad_accum;
+  std::string mode = tc.teacher_cache;
+  if (mode == "auto") {
+    nlohmann::json full = settings;
+    full["format"] = "dfssm-teacher-topk", full["version"] = 1;
+    std::string why;
+    const int64_t have = TeacherCache::complete_microbatches(path, full, &why);
+    if (have >= need) {
+      mode = "read";
+    } else if (have >= at_mb || at_mb == 0) {
+      mode = "write";
+    } else {
+      std::printf("teacher cache: off for this run (%s; it cannot continue at micro-batch %lld)\n", why.c_str(),
+                  (long long)at_mb);
+      return;
+    }
+  }
+  if (mode == "read") {
+    tcache = TeacherCache::for_reading(path, settings, need);
+    tcache_read = true;
+  } else {
+    tcache = TeacherCache::for_writing(path, settings, k, rows, at_mb);
+  }
+  std::printf("teacher cache: %s %s (top %lld, %lld micro-batches complete)\n", tcache_read ? "reading" : "writing",
+              path.c_str(), (long long)k, (long long)tcache->complete());
+  log({{"event", "teacher_cache"}, {"mode", tcache_read ? "read" : "write"}, {"path", path}, {"k", k}});
+}
+
 void Run::loop() {
   const int64_t per_step = tc.batch_size * tc.seq_len * tc.grad_accum * comm->world();  // global
   const bool tty = ::isatty(1);
@@ -466,6 +536,7 @@ TrainSummary train(const JobConfig& job, Mode mode) {
   r.build_model();
   r.build_optimizer();
   r.resume();
+  r.open_teacher_cache();
   r.loop();
   if (r.comm->is_root()) r.finish();
   r.comm->barrier();  // no rank exits (tearing down the store) before the root has saved
