@@ -304,6 +304,14 @@ TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch
     // Same windows, same math; only the summation order of the gradient mean differs.
     REQUIRE(std::stod(b.at(step)) == Approx(std::stod(la)).epsilon(1e-4));
   }
+  // Gradients all-reduced in many small buckets during backward (2 KB each), and in one shot
+  // after it: every element is the same sum over ranks, so the runs are bit-identical.
+  REQUIRE(run_dfssm({"distill", fx.job("dp3"), "distill.batch_size=2", "distill.steps=4", "distill.dp_bucket_mb=0.002",
+                     "--nproc", "2"}) == 0);
+  REQUIRE(run_dfssm({"distill", fx.job("dp4"), "distill.batch_size=2", "distill.steps=4", "distill.dp_bucket_mb=0",
+                     "--nproc", "2"}) == 0);
+  CHECK(losses(fx.root + "/dp3/student/metrics.jsonl") == b);
+  CHECK(losses(fx.root + "/dp4/student/metrics.jsonl") == b);
   // The trained students agree to float rounding.
   const auto fa = SafeTensorsFile::open(fx.root + "/dp1/student/final/student.safetensors");
   const auto fb = SafeTensorsFile::open(fx.root + "/dp2/student/final/student.safetensors");

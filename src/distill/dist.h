@@ -19,6 +19,14 @@
 
 namespace dfssm::distill {
 
+// An all-reduce in flight (Comm::allreduce_mean_async).
+class CommWork {
+ public:
+  virtual ~CommWork() = default;
+  // Returns once the result may be used: on CUDA, the caller's current stream waits for it.
+  virtual void wait() = 0;
+};
+
 class Comm {
  public:
   virtual ~Comm() = default;
@@ -30,6 +38,12 @@ class Comm {
   // Replaces every tensor by the mean of that tensor over all ranks (same shapes and dtypes on
   // every rank). The tensors are flattened into one fp32 buffer per call.
   virtual void allreduce_mean(const std::vector<at::Tensor>& ts) = 0;
+  // The mean over all ranks of one contiguous fp32 tensor, in place, started now and finished by
+  // the returned work's wait(). Every rank must start its collectives in the same order. NCCL runs
+  // it on a communication stream after the work already queued on the current stream (so it
+  // overlaps what is queued later, e.g. the rest of a backward pass); the store backend finishes
+  // it before returning.
+  virtual std::unique_ptr<CommWork> allreduce_mean_async(const at::Tensor& flat);
   virtual void barrier() = 0;
 
   // World of one when RANK/WORLD_SIZE are unset; otherwise connects to MASTER_ADDR:MASTER_PORT.

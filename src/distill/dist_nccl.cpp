@@ -1,7 +1,11 @@
 // The NCCL backend of Comm (CUDA data parallelism). Built only when NCCL is found.
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <nccl.h>
+
+#include <optional>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include "core/error.h"
@@ -52,6 +56,29 @@ class NcclComm : public Comm {
     }
   }
 
+  // On comm_stream_, after everything already queued on the caller's stream; the returned work
+  // makes the caller's (then) current stream wait for it.
+  std::unique_ptr<CommWork> allreduce_mean_async(const at::Tensor& flat) override {
+    DFSSM_ASSERT(flat.is_cuda() && flat.scalar_type() == at::kFloat && flat.is_contiguous(),
+                 "allreduce_mean_async: needs a contiguous fp32 CUDA tensor");
+    if (!comm_stream_) comm_stream_ = at::cuda::getStreamFromPool(/*isHighPriority=*/true, c10::DeviceIndex(local_rank_));
+    const auto cur = at::cuda::getCurrentCUDAStream(c10::DeviceIndex(local_rank_));
+    at::cuda::CUDAEvent ready;
+    ready.record(cur);
+    ready.block(*comm_stream_);
+    NCCL_OK(ncclAllReduce(flat.data_ptr(), flat.data_ptr(), size_t(flat.numel()), ncclFloat, ncclSum, comm_,
+                          comm_stream_->stream()));
+    {
+      c10::cuda::CUDAStreamGuard g(*comm_stream_);
+      flat.div_(double(world_));
+    }
+    c10::cuda::CUDACachingAllocator::recordStream(flat.storage().data_ptr(), *comm_stream_);
+    auto w = std::make_unique<Work>();
+    w->done.record(*comm_stream_);
+    w->device = c10::DeviceIndex(local_rank_);
+    return w;
+  }
+
   void barrier() override {
     auto one = at::ones({1}, at::TensorOptions().device(at::kCUDA, local_rank_));
     allreduce_mean({one});
@@ -59,8 +86,14 @@ class NcclComm : public Comm {
   }
 
  private:
+  struct Work : CommWork {
+    at::cuda::CUDAEvent done;
+    c10::DeviceIndex device = 0;
+    void wait() override { done.block(at::cuda::getCurrentCUDAStream(device)); }
+  };
   c10::intrusive_ptr<c10d::Store> store_;
   ncclComm_t comm_ = nullptr;
+  std::optional<at::cuda::CUDAStream> comm_stream_;
 };
 
 }  // namespace

@@ -59,6 +59,8 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
   k("activation_checkpointing", 's', "none",
     "recompute block activations in the backward pass: none, all, or layer indices like 0,1,2");
   k("kl_chunk", 'i', "1024", "tokens per LM-head chunk: B·L·V fp32 logits never exist at once", 1, 1e9);
+  k("dp_bucket_mb", 'f', "25", "data parallel: gradients all-reduced in buckets of this many MB as backward produces "
+    "them (0 = one all-reduce after backward)", 0, 1e6);
   k("log_every", 'i', "10", "print and log metrics every N steps", 1, 1e9);
   k("eval_every", 'i', "100", "held-out evaluation every N steps (0 = only at the end)", 0, 1e12);
   k("eval_batches", 'i', "8", "batches of the validation split per evaluation (0 = all)", 0, 1e9);
@@ -242,6 +244,7 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
   t.clip_grad_norm = F("clip_grad_norm");
   t.spike_factor = F("spike_factor");
   t.kl_chunk = I("kl_chunk");
+  t.dp_bucket_mb = F("dp_bucket_mb");
   t.activation_checkpointing = m.at(sec + ".activation_checkpointing");
   t.log_every = I("log_every");
   t.eval_every = I("eval_every");

@@ -28,6 +28,7 @@
 #include "core/safetensors.h"
 #include "distill/data/loader.h"
 #include "distill/teacher_cache.h"
+#include "distill/grad_buckets.h"
 #include "distill/data/manifest.h"
 #include "distill/data/sha256.h"
 #include "distill/dist.h"
@@ -143,6 +144,7 @@ struct Run {
   double gn_ema = 0;
   std::string teacher_sha;
   std::ofstream metrics;
+  std::unique_ptr<GradBuckets> buckets;  // data parallel with dp_bucket_mb > 0 (grad_buckets.h)
   std::unique_ptr<TeacherCache> tcache;  // distill.teacher_cache (teacher_cache.h)
   bool tcache_read = false;              // true: the teacher's side comes from the cache alone
 
@@ -238,6 +240,15 @@ void Run::build_optimizer() {
     for (auto& [n, p] : g.params) p.requires_grad_(true);
   trained->recompute_layers = tc.recompute_layers(trained->config().n_layer);
   opt = std::make_unique<AdamW>(groups, tc.beta1, tc.beta2, tc.eps);
+  if (comm->world() > 1 && tc.dp_bucket_mb > 0) {
+    std::vector<at::Tensor> params;  // registration order (forward order)
+    for (auto& [n, p] : trained->named_parameters())
+      if (p.requires_grad()) params.push_back(p);
+    buckets = std::make_unique<GradBuckets>(*comm, params, int64_t(tc.dp_bucket_mb * 1e6));
+    if (comm->is_root())
+      std::printf("data parallel: gradients in %zu buckets of ~%.3g MB, all-reduced during backward\n",
+                  buckets->buckets(), tc.dp_bucket_mb);
+  }
 }
 
 void Run::resume() {
@@ -326,16 +337,21 @@ double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, d
       acc.kl += s.kl / double(n), acc.ce += s.ce / double(n), acc.top1 += s.top1 / double(n);
       acc.teacher_ce += s.teacher_ce / double(n);
     }
+    if (buckets && i + 1 == n) buckets->arm();  // the last micro-batch's gradients are the step's
     (loss / double(n)).backward();
     loss_sum += loss.item<double>() / double(n);
   }
   if (comm->world() > 1) {  // average gradients and the logged statistics over the ranks
     std::vector<at::Tensor> grads;
-    for (const auto& g : opt->groups())
-      for (const auto& [name, p] : g.params) {
-        if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-        grads.push_back(p.grad());
-      }
+    if (buckets) {
+      buckets->finish();  // most buckets were all-reduced while backward ran
+    } else {
+      for (const auto& g : opt->groups())
+        for (const auto& [name, p] : g.params) {
+          if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+          grads.push_back(p.grad());
+        }
+    }
     auto stats = at::tensor({loss_sum, acc.kl, acc.ce, acc.top1, acc.teacher_ce, acc.hidden}, at::kDouble).to(at::kFloat);
     grads.push_back(stats);
     comm->allreduce_mean(grads);
