@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The trainer's quality run (configs/quality_100m.yaml) on the GPU machine, in one lease of three
+# back-to-back device calls (each call may run 10 minutes; the machine is given back 30 s after a
+# call, so the calls must follow each other at once):
+#   scripts/device/quality_run.sh start    build, then `dfssm run` in its own process session
+#                                          (it outlives the call), progress until ~9.5 min
+#   scripts/device/quality_run.sh wait     progress for another ~9.5 min
+#   scripts/device/quality_run.sh report   progress until done or ~9 min, then the results
+# Every call copies the metrics and the evaluation summary it has to $OUT. The pipeline resumes
+# from its checkpoints if it is started again on the same (warm) machine.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
+PHASE=${1:-start}
+LOG=/tmp/quality.log
+RUN=runs/quality100m
+t0=$(date +%s)
+progress() {  # until $1 seconds have passed or the pipeline has finished
+  while (( $(date +%s) - t0 < $1 )); do
+    if ! pgrep -f "dfssm run configs/quality_100m.yaml" >/dev/null; then echo "pipeline not running"; break; fi
+    sleep 30
+    tail -c 400 $LOG | tr '\r' '\n' | grep -v '^$' | tail -1
+  done
+}
+collect() {
+  for f in $RUN/teacher/metrics.jsonl $RUN/student/metrics.jsonl $RUN/eval.json; do
+    [[ -f $f ]] && cp "$f" "$OUT/$(echo "$f" | tr '/' '_')"
+  done
+  cp $LOG "$OUT/quality.log" 2>/dev/null
+  true
+}
+if [[ $PHASE == start ]]; then
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DDFSSM_TORCH_PYTHON="$(command -v python3)" \
+    -DDFSSM_CUDA=ON >"$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
+  cmake --build build-device -j "$(nproc)" --target dfssm >"$OUT/build.log" 2>&1 || { grep error "$OUT/build.log" | head; exit 1; }
+  echo "build ok ($(( $(date +%s) - t0 )) s)"
+  setsid nohup build-device/bin/dfssm run configs/quality_100m.yaml >$LOG 2>&1 < /dev/null &
+  sleep 5
+  progress 560
+elif [[ $PHASE == wait ]]; then
+  progress 570
+else
+  progress 540
+  grep -E "teacher|student|init|CE|ratio" $LOG | tail -30
+fi
+collect
