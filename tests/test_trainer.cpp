@@ -312,6 +312,14 @@ TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch
                      "--nproc", "2"}) == 0);
   CHECK(losses(fx.root + "/dp3/student/metrics.jsonl") == b);
   CHECK(losses(fx.root + "/dp4/student/metrics.jsonl") == b);
+  // With gradient accumulation only the last micro-batch's backward is bucketed.
+  for (const char* mb : {"0.002", "0"})
+    REQUIRE(run_dfssm({"distill", fx.job(std::string("dpa") + mb), "distill.batch_size=1", "distill.grad_accum=2",
+                       "distill.steps=4", std::string("distill.dp_bucket_mb=") + mb, "--nproc", "2"}) == 0);
+  const auto ga = losses(fx.root + "/dpa0.002/student/metrics.jsonl");
+  REQUIRE(ga.size() == 4);
+  CHECK(ga == losses(fx.root + "/dpa0/student/metrics.jsonl"));
+  for (const auto& [step, l] : ga) CHECK(std::stod(l) == Approx(std::stod(a.at(step))).epsilon(1e-4));
   // The trained students agree to float rounding.
   const auto fa = SafeTensorsFile::open(fx.root + "/dp1/student/final/student.safetensors");
   const auto fb = SafeTensorsFile::open(fx.root + "/dp2/student/final/student.safetensors");
