@@ -37,8 +37,9 @@ class TeacherCache {
   TeacherCache(const TeacherCache&) = delete;
   TeacherCache& operator=(const TeacherCache&) = delete;
 
-  // Micro-batches complete in `path` if it is a cache with exactly these settings; -1 (and *why)
-  // when it does not exist, is not a cache, or differs.
+  // Micro-batches complete in `path` if it is a cache with exactly these run settings (the format
+  // name and version are added here); -1 (and *why) when it does not exist, is not a cache, or
+  // differs.
   static int64_t complete_microbatches(const std::string& path, const nlohmann::json& settings, std::string* why);
 
   // For writing: a new file (keep == 0) or an existing cache with these settings cut back to its

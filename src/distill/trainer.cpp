@@ -447,10 +447,8 @@ void Run::open_teacher_cache() {
   const int64_t need = tc.steps * tc.grad_accum, at_mb = step * tc.grad_accum;
   std::string mode = tc.teacher_cache;
   if (mode == "auto") {
-    nlohmann::json full = settings;
-    full["format"] = "dfssm-teacher-topk", full["version"] = 1;
     std::string why;
-    const int64_t have = TeacherCache::complete_microbatches(path, full, &why);
+    const int64_t have = TeacherCache::complete_microbatches(path, settings, &why);
     if (have >= need) {
       mode = "read";
     } else if (have >= at_mb || at_mb == 0) {

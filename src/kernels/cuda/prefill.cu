@@ -120,17 +120,22 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_kernel(const float* __
   const int tid = threadIdx.x, nt = blockDim.x;
   const float* xr = x + t * ldx;
   int8_t* qr = q + t * ldq;
+  // b ⊙ x, four columns at a time (read twice: for the max, then to quantize).
+  const float4* x4 = reinterpret_cast<const float4*>(xr);
+  const float4* b4 = reinterpret_cast<const float4*>(b);
+  auto bx4 = [&](int64_t i) {
+    float4 v = x4[i];
+    if (b) {
+      const float4 bb = b4[i];
+      v.x = bb.x * v.x, v.y = bb.y * v.y, v.z = bb.z * v.z, v.w = bb.w * v.w;
+    }
+    return v;
+  };
   float m = 0.f;
   if (vec) {
-    const float4* x4 = reinterpret_cast<const float4*>(xr);
-    const float4* b4 = reinterpret_cast<const float4*>(b);
 #pragma unroll 4
     for (int64_t i = tid; i < C / 4; i += nt) {
-      float4 v = x4[i];
-      if (b) {
-        const float4 bb = b4[i];
-        v.x = bb.x * v.x, v.y = bb.y * v.y, v.z = bb.z * v.z, v.w = bb.w * v.w;
-      }
+      const float4 v = bx4(i);
       m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
     }
   } else {
@@ -143,16 +148,10 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_kernel(const float* __
   if (tid == 0) scale[t] = s;
   auto qz = [inv](float v) { return int(fmaxf(-127.f, fminf(127.f, rintf(v * inv)))); };
   if (vec) {
-    const float4* x4 = reinterpret_cast<const float4*>(xr);
-    const float4* b4 = reinterpret_cast<const float4*>(b);
     char4* q4 = reinterpret_cast<char4*>(qr);
 #pragma unroll 4
     for (int64_t i = tid; i < C / 4; i += nt) {
-      float4 v = x4[i];
-      if (b) {
-        const float4 bb = b4[i];
-        v.x = bb.x * v.x, v.y = bb.y * v.y, v.z = bb.z * v.z, v.w = bb.w * v.w;
-      }
+      const float4 v = bx4(i);
       q4[i] = make_char4(char(qz(v.x)), char(qz(v.y)), char(qz(v.z)), char(qz(v.w)));
     }
   } else {
