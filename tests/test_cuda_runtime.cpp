@@ -464,7 +464,32 @@ TEST_CASE("CUDA INT8 prefill: as accurate as the CPU engine's int8 activations; 
   }
 }
 
+namespace {
+// Prefill sequence 1 with 6 tokens, then 20 decode steps of all B sequences; every logit.
+std::vector<float> decode_run(const std::shared_ptr<runtime::Model>& model, int64_t B,
+                              const runtime::CudaSessionOptions& o, int steps = 20) {
+  runtime::CudaSession s(model, B, o);
+  const int64_t vs = model->config().vocab_size;
+  std::vector<float> all;
+  std::vector<int32_t> ids = {5, 17, 300, 9, 1000, 2};
+  for (auto& t : ids) t %= int32_t(vs);
+  const float* p = s.prefill(std::min<int64_t>(1, B - 1), ids.data(), int64_t(ids.size()));
+  all.insert(all.end(), p, p + s.vocab());
+  std::vector<int32_t> toks(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) toks[size_t(b)] = int32_t(b + 1);
+  for (int i = 0; i < steps; ++i) {
+    const float* l = s.step(toks.data());
+    all.insert(all.end(), l, l + B * s.vocab());
+    for (auto& t : toks) t = int32_t((int64_t(t) * 31 + i) % std::min<int64_t>(vs, 4000));
+  }
+  return all;
+}
+}  // namespace
+
 TEST_CASE("CUDA graph, PDL and launch-by-launch give identical logits", "[gpu][cuda_runtime]") {
+  // Kernel by kernel: graph and PDL on/off are the same launches, so the same bits. The
+  // persistent kernel runs the same bodies with another block size (a few fp32 sums in another
+  // order): bit-identical with and without a graph, and within 1e-5 of the kernels.
   auto model = small_model(test_seed() + 7);
   const int64_t B = 4;
   std::vector<std::vector<float>> runs;
@@ -472,23 +497,44 @@ TEST_CASE("CUDA graph, PDL and launch-by-launch give identical logits", "[gpu][c
     runtime::CudaSessionOptions o;
     o.cuda_graph = mode & 1;
     o.pdl = mode & 2;
-    runtime::CudaSession s(model, B, o);
-    std::vector<float> all;
-    std::vector<int32_t> ids = {5, 17, 300, 9, 1000, 2};
-    const float* p = s.prefill(1, ids.data(), int64_t(ids.size()));
-    all.insert(all.end(), p, p + s.vocab());
-    std::vector<int32_t> toks = {1, 2, 3, 4};
-    for (int i = 0; i < 20; ++i) {
-      const float* l = s.step(toks.data());
-      all.insert(all.end(), l, l + B * s.vocab());
-      for (auto& t : toks) t = (t * 31 + i) % 4000;
-    }
-    runs.push_back(std::move(all));
+    o.persistent = false;
+    runs.push_back(decode_run(model, B, o));
   }
   for (int mode = 1; mode < 4; ++mode) {
     INFO("mode " << mode);
     REQUIRE(runs[size_t(mode)].size() == runs[0].size());
     CHECK(std::memcmp(runs[size_t(mode)].data(), runs[0].data(), runs[0].size() * 4) == 0);
+  }
+  runtime::CudaSessionOptions o;
+  o.persistent = true;
+  const auto pg = decode_run(model, B, o);
+  o.cuda_graph = false;
+  const auto pn = decode_run(model, B, o);
+  REQUIRE(pg.size() == runs[0].size());
+  CHECK(std::memcmp(pg.data(), pn.data(), pg.size() * 4) == 0);
+  const double e = rel_err(pg, runs[0]);
+  std::printf("persistent vs kernel by kernel (tiny, batch 4, 20 steps): rel err %.2e\n", e);
+  CHECK(e < 1e-5);
+}
+
+TEST_CASE("Persistent decode kernel at the 1.3B geometry", "[gpu][cuda_runtime]") {
+  // All 48 layers in one cooperative kernel against the same layers launched kernel by kernel,
+  // at batch 1 and 8, fp32 and fp16 state; and two persistent sessions give the same bits.
+  auto model = runtime::Model::random(Mamba2Config::geometry("mamba2-1.3b"), quant::QuantConfig{}, test_seed() + 3);
+  for (const auto& [B, st] : std::vector<std::pair<int64_t, std::string>>{{1, "f32"}, {8, "f32"}, {1, "f16"}}) {
+    runtime::CudaSessionOptions o;
+    o.state_dtype = st;
+    o.int8_prefill = false;
+    o.persistent = false;
+    const auto k = decode_run(model, B, o, 8);
+    o.persistent = true;
+    const auto p1 = decode_run(model, B, o, 8);
+    const auto p2 = decode_run(model, B, o, 8);
+    const double e = rel_err(p1, k);
+    std::printf("persistent vs kernel by kernel (1.3B, batch %lld, %s state, 8 steps): rel err %.2e\n", (long long)B,
+                st.c_str(), e);
+    CHECK(e < 1e-4);
+    CHECK(std::memcmp(p1.data(), p2.data(), p1.size() * 4) == 0);
   }
 }
 

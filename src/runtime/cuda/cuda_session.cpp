@@ -77,6 +77,11 @@ struct CudaSession::Dev {
   int32_t* tok = nullptr;   // [batch] tokens of the current step
   int32_t* prompt = nullptr;
   int64_t prompt_cap = 0;
+  // Persistent decode: grid configuration, barrier counter, per-(rows, seq0) argument arrays.
+  kc::PersistentConfig pcfg;
+  unsigned* barrier = nullptr;
+  std::map<std::pair<int64_t, int64_t>, kc::DecodeLayerArgs*> plans;
+
   int32_t* h_tok = nullptr;    // pinned
   float* h_logits = nullptr;   // pinned [batch, V]
 
@@ -212,6 +217,15 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   CUDA_CHECK(cudaMemsetAsync(g.hidden, 0, MB * size_t(d) * 4, g.stream));
   g.state = g.alloc<uint8_t>(size_t(batch) * state_bytes_);
   g.tok = g.alloc<int32_t>(MB);
+  if (opt_.persistent) {
+    int coop = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, opt_.device));
+    opt_.persistent = coop != 0;  // (every sm_90 GPU has it) otherwise: kernel by kernel
+  }
+  if (opt_.persistent) {
+    g.barrier = g.alloc<unsigned>(1);
+    CUDA_CHECK(kc::persistent_config(int(std::max(d, di)), &g.pcfg));
+  }
   CUDA_CHECK(cudaMallocHost(&g.h_tok, MB * sizeof(int32_t)));
   CUDA_CHECK(cudaMallocHost(&g.h_logits, size_t(batch) * size_t(V_) * sizeof(float)));
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -249,11 +263,89 @@ void CudaSession::check_tokens(const int32_t* tokens, int64_t n) const {
 }
 
 // The decode step for sequences [seq0, seq0 + rows), tokens in dev_->tok[0..rows).
+// The five kernels' arguments of layer l for B rows starting at sequence seq0 (the same for the
+// launch-by-launch path and the persistent kernel).
+kernels::cuda::DecodeLayerArgs CudaSession::layer_args(int64_t l, int B, int64_t seq0) const {
+  const Dev& g = *dev_;
+  const auto& c = model_->config();
+  const int64_t d = c.d_model, di = c.d_inner(), D = c.conv_dim(), dip = c.d_in_proj(), H = c.nheads();
+  const auto& L = g.layers[size_t(l)];
+  uint8_t* st = g.state + uint64_t(seq0) * state_bytes_ + uint64_t(l) * (conv_bytes_ + ssm_bytes_);
+  kc::DecodeLayerArgs A;
+  kc::NormArgs& na = A.norm;
+  na.mode = 0;
+  na.n = int(d);
+  na.eps = float(c.norm_eps);
+  na.w = L.norm;
+  na.res_in = g.res[l % 2];
+  na.hidden = l == 0 ? nullptr : g.hidden;
+  na.res_out = g.res[(l + 1) % 2];
+  if (l == 0) na.tokens = g.tok, na.emb = g.emb, na.emb_scale = g.emb_scale;
+  na.b = L.in.b;
+  na.out16 = g.xf_in;
+  na.V = L.in.V;
+  na.r = int(L.in.r);
+  na.zp = g.zp_in;
+  A.ns_in = kc::norm_splits(na);
+
+  kc::SignGemvArgs& ga = A.in;
+  ga.w = L.in.w, ga.R = L.in.R, ga.C = L.in.C, ga.xf = g.xf_in, ga.B = B, ga.a = L.in.a;
+  ga.U = L.in.U, ga.us = L.in.us, ga.vs = L.in.vs, ga.zp = g.zp_in, ga.nsplit = A.ns_in, ga.r = int(L.in.r);
+  ga.y = g.zx, ga.ldy = dip;
+  ga.conv_lo = di, ga.conv_D = D, ga.conv_K = int(c.d_conv);
+  ga.conv_state = reinterpret_cast<float*>(st);
+  ga.conv_seq_stride = int64_t(state_bytes_ / 4);
+  ga.conv_w = L.conv_w, ga.conv_b = L.conv_b, ga.conv_out = g.xbc;
+
+  kc::SsmArgs& sa = A.ssm;
+  sa.state = st + conv_bytes_;
+  sa.f16 = f16_state_;
+  sa.state_seq_stride = int64_t(state_bytes_);
+  sa.xbc = g.xbc, sa.D = D;
+  sa.dt_raw = g.zx + di + D, sa.ld_dt = dip;
+  sa.dt_bias = L.dt_bias, sa.A = L.A, sa.Dskip = L.D, sa.y = g.y;
+  sa.dt_min = float(c.dt_limit_min), sa.dt_max = float(c.dt_limit_max);
+  sa.H = int(H), sa.P = int(c.headdim), sa.N = int(c.d_state), sa.G = int(c.ngroups);
+
+  kc::NormArgs& nb = A.gnorm;
+  nb.mode = 1;
+  nb.n = int(di);
+  nb.eps = float(c.norm_eps);
+  nb.w = L.gnorm;
+  nb.y = g.y, nb.z = g.zx, nb.ldz = dip, nb.G = int(c.ngroups);
+  nb.b = L.out.b, nb.out16 = g.xf_out, nb.V = L.out.V, nb.r = int(L.out.r), nb.zp = g.zp_out;
+  A.ns_out = kc::norm_splits(nb);
+
+  kc::SignGemvArgs& gb = A.out;
+  gb.w = L.out.w, gb.R = L.out.R, gb.C = L.out.C, gb.xf = g.xf_out, gb.B = B, gb.a = L.out.a;
+  gb.U = L.out.U, gb.us = L.out.us, gb.vs = L.out.vs, gb.zp = g.zp_out, gb.nsplit = A.ns_out, gb.r = int(L.out.r);
+  gb.y = g.hidden, gb.ldy = d;
+  return A;
+}
+
+// The device array of persistent-kernel arguments for (B rows, seq0), built at first use.
+const kernels::cuda::DecodeLayerArgs* CudaSession::persistent_plan(int B, int64_t seq0) {
+  Dev& g = *dev_;
+  const auto key = std::make_pair(int64_t(B), seq0);
+  auto it = g.plans.find(key);
+  if (it != g.plans.end()) return it->second;
+  const int64_t n_layer = model_->config().n_layer;
+  std::vector<kc::DecodeLayerArgs> host(static_cast<size_t>(n_layer));
+  for (int64_t l = 0; l < n_layer; ++l) {
+    host[size_t(l)] = layer_args(l, B, seq0);
+    CUDA_CHECK(kc::persistent_prepare(host[size_t(l)], B, g.pcfg));
+  }
+  kc::DecodeLayerArgs* dptr = g.upload(host.data(), host.size());
+  CUDA_CHECK(cudaStreamSynchronize(g.stream));  // `host` goes out of scope
+  g.plans.emplace(key, dptr);
+  return dptr;
+}
+
 void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
                           std::vector<std::pair<std::string, void*>>* events) {
   Dev& g = *dev_;
   const auto& c = model_->config();
-  const int64_t d = c.d_model, di = c.d_inner(), D = c.conv_dim(), dip = c.d_in_proj(), H = c.nheads();
+  const int64_t d = c.d_model, di = c.d_inner(), D = c.conv_dim(), dip = c.d_in_proj();
   const int B = int(rows);
   cudaStream_t s = g.stream;
   // Debug switch DFSSM_CUDA_SYNC_EACH=1 (launch by launch only): synchronize and check after
@@ -280,86 +372,42 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     events->emplace_back(kind, ev);
   };
   mark("start");
-  uint8_t* st0 = g.state + uint64_t(seq0) * state_bytes_;
-  const uint64_t layer_bytes = conv_bytes_ + ssm_bytes_;
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    const auto& L = g.layers[size_t(l)];
-    kc::NormArgs na;
-    na.mode = 0;
-    na.n = int(d);
-    na.eps = float(c.norm_eps);
-    na.w = L.norm;
-    na.res_in = g.res[l % 2];
-    na.hidden = l == 0 ? nullptr : g.hidden;
-    na.res_out = g.res[(l + 1) % 2];
-    if (l == 0) na.tokens = g.tok, na.emb = g.emb, na.emb_scale = g.emb_scale;
-    na.b = L.in.b;
-    na.out16 = g.xf_in;
-    na.V = L.in.V;
-    na.r = int(L.in.r);
-    na.zp = g.zp_in;
-    const int ns_in = kc::norm_splits(na);
-    CUDA_CHECK(kc::norm_prologue(na, B, s, pdl && l > 0));  // the first launch follows a memcpy
+  const bool persistent = opt_.persistent && !events && !sync_each && !dump;
+  if (persistent) {
+    // One cooperative kernel for all layers (no PDL into it: it follows a memcpy or the
+    // previous step's LM head).
+    CUDA_CHECK(kc::decode_layers_persistent(persistent_plan(B, seq0), int(c.n_layer), B, g.barrier, g.pcfg, s));
+  }
+  for (int64_t l = 0; !persistent && l < c.n_layer; ++l) {
+    const kc::DecodeLayerArgs A = layer_args(l, B, seq0);
+    CUDA_CHECK(kc::norm_prologue(A.norm, B, s, pdl && l > 0));  // the first launch follows a memcpy
     mark("norm");
     const bool dmp = dump && cap == cudaStreamCaptureStatusNone;
     if (dmp) {
       hash("norm.xf", l, g.xf_in, kc::fragment_bytes(d));
-      hash("norm.res", l, na.res_out, size_t(B * d) * 4);
-      if (L.in.r > 0) hash("norm.zp", l, g.zp_in, size_t(B * ns_in * L.in.r) * 4);
+      hash("norm.res", l, A.norm.res_out, size_t(B * d) * 4);
+      if (A.in.r > 0) hash("norm.zp", l, g.zp_in, size_t(B * A.ns_in * A.in.r) * 4);
     }
-
-    kc::SignGemvArgs ga;
-    ga.w = L.in.w, ga.R = L.in.R, ga.C = L.in.C, ga.xf = g.xf_in, ga.B = B, ga.a = L.in.a;
-    ga.U = L.in.U, ga.us = L.in.us, ga.vs = L.in.vs, ga.zp = g.zp_in, ga.nsplit = ns_in, ga.r = int(L.in.r);
-    ga.y = g.zx, ga.ldy = dip;
-    ga.conv_lo = di, ga.conv_D = D, ga.conv_K = int(c.d_conv);
-    ga.conv_state = reinterpret_cast<float*>(st0 + uint64_t(l) * layer_bytes);
-    ga.conv_seq_stride = int64_t(state_bytes_ / 4);
-    ga.conv_w = L.conv_w, ga.conv_b = L.conv_b, ga.conv_out = g.xbc;
-    CUDA_CHECK(kc::sign_gemv(ga, s, pdl));
+    CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
     mark("in_proj");
     if (dmp) {
       hash("in.zx", l, g.zx, size_t(B * dip) * 4);
       hash("in.xbc", l, g.xbc, size_t(B * D) * 4);
-      hash("in.conv", l, ga.conv_state, conv_bytes_);
+      hash("in.conv", l, A.in.conv_state, conv_bytes_);
     }
-
-    kc::SsmArgs sa;
-    sa.state = st0 + uint64_t(l) * layer_bytes + conv_bytes_;
-    sa.f16 = f16_state_;
-    sa.state_seq_stride = int64_t(state_bytes_);
-    sa.xbc = g.xbc, sa.D = D;
-    sa.dt_raw = g.zx + di + D, sa.ld_dt = dip;
-    sa.dt_bias = L.dt_bias, sa.A = L.A, sa.Dskip = L.D, sa.y = g.y;
-    sa.dt_min = float(c.dt_limit_min), sa.dt_max = float(c.dt_limit_max);
-    sa.H = int(H), sa.P = int(c.headdim), sa.N = int(c.d_state), sa.G = int(c.ngroups);
-    CUDA_CHECK(kc::ssm_step(sa, B, s, pdl));
+    CUDA_CHECK(kc::ssm_step(A.ssm, B, s, pdl));
     mark("ssm");
     if (dmp) {
       hash("ssm.y", l, g.y, size_t(B * di) * 4);
-      hash("ssm.state", l, sa.state, ssm_bytes_);
+      hash("ssm.state", l, A.ssm.state, ssm_bytes_);
     }
-
-    kc::NormArgs nb;
-    nb.mode = 1;
-    nb.n = int(di);
-    nb.eps = float(c.norm_eps);
-    nb.w = L.gnorm;
-    nb.y = g.y, nb.z = g.zx, nb.ldz = dip, nb.G = int(c.ngroups);
-    nb.b = L.out.b, nb.out16 = g.xf_out, nb.V = L.out.V, nb.r = int(L.out.r), nb.zp = g.zp_out;
-    const int ns_out = kc::norm_splits(nb);
-    CUDA_CHECK(kc::norm_prologue(nb, B, s, pdl));
+    CUDA_CHECK(kc::norm_prologue(A.gnorm, B, s, pdl));
     mark("gnorm");
     if (dmp) {
       hash("gn.xf", l, g.xf_out, kc::fragment_bytes(di));
-      if (L.out.r > 0) hash("gn.zp", l, g.zp_out, size_t(B * ns_out * L.out.r) * 4);
+      if (A.out.r > 0) hash("gn.zp", l, g.zp_out, size_t(B * A.ns_out * A.out.r) * 4);
     }
-
-    kc::SignGemvArgs gb;
-    gb.w = L.out.w, gb.R = L.out.R, gb.C = L.out.C, gb.xf = g.xf_out, gb.B = B, gb.a = L.out.a;
-    gb.U = L.out.U, gb.us = L.out.us, gb.vs = L.out.vs, gb.zp = g.zp_out, gb.nsplit = ns_out, gb.r = int(L.out.r);
-    gb.y = g.hidden, gb.ldy = d;
-    CUDA_CHECK(kc::sign_gemv(gb, s, pdl));
+    CUDA_CHECK(kc::sign_gemv(A.out, s, pdl));
     mark("out_proj");
     if (dmp) hash("out.hidden", l, g.hidden, size_t(B * d) * 4);
   }
@@ -383,6 +431,7 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
 }
 
 void CudaSession::run_forward(int64_t rows, int64_t seq0, bool head) {
+  if (opt_.persistent) persistent_plan(int(rows), seq0);  // uploads: never inside a capture
   if (!opt_.cuda_graph) {
     forward(rows, seq0, head, opt_.pdl, nullptr);
     return;
