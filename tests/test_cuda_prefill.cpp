@@ -6,7 +6,8 @@
 //     + sign_gemm_i8_ref + lowrank_down_ref + lowrank_up_ref;
 //   * conv_prefill vs T calls of conv_step_silu_ref; ssm_scan vs T calls of ssm_step_ref (fp32
 //     and fp16 state); chunked calls (256 + 44 tokens) equal one call, bit for bit;
-//   * rmsnorm_rows / gated_rmsnorm_rows vs add_rmsnorm_ref / gated_rmsnorm_ref per row;
+//   * rmsnorm_rows / gated_rmsnorm_rows vs add_rmsnorm_ref / gated_rmsnorm_ref per row, and the
+//     fused norm + quantize kernels bit-identical to the norm then quantize_act_i8;
 //   * argument checks; and a hidden timing test ("[bench]": one 1.3B layer at T = 2048).
 // At the Mamba-2 1.3B geometry and a tiny one; fresh random inputs, outputs poisoned with NaN
 // first. The seed is printed; DFSSM_TEST_SEED replays one.
@@ -475,6 +476,47 @@ TEST_CASE("rmsnorm_rows and gated_rmsnorm_rows match the per-row references", "[
         const double e = rel_err(out.get(), orf);
         std::printf("gated rmsnorm n=%lld G=%lld T=%lld: rel err %.2e\n", (long long)n, (long long)G, (long long)T, e);
         CHECK(e < 1e-5);  // + expf vs std::exp in SiLU
+      }
+}
+
+TEST_CASE("Fused norm + quantize equals the norm kernel then quantize_act_i8, bit for bit", "[gpu][cuda_prefill]") {
+  // The runtime's prefill uses the fused kernels; the two-kernel path is checked against the CPU
+  // references above, so bit identity carries that check over. 13000: the fallback path.
+  Rng rng(test_seed() + 8);
+  auto same = [](const auto& a, const auto& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+  };
+  for (int64_t n : {int64_t(2048), int64_t(4096), int64_t(13000)})
+    for (int64_t T : {int64_t(1), int64_t(300)})
+      for (int mode = 0; mode < 4; ++mode) {  // bit 0: with hidden / gated G = 4; bit 1: with b
+        const bool gated = n == 4096, alt = mode & 1, with_b = mode & 2;
+        const int64_t ldq = kc::i8_cols(n), ldz = 2 * n + 64, G = gated && alt ? 4 : 1;
+        INFO("n " << n << " T " << T << " gated " << gated << " mode " << mode);
+        const auto x0 = rng.normal(size_t(T * n), 1.f), hid = rng.normal(size_t(T * n), 0.5f);
+        const auto zx = rng.normal(size_t(T * ldz), 1.5f);
+        const auto w = rng.normal(size_t(n), 0.1f, 1.f), b = rng.normal(size_t(n), 0.2f, 1.f);
+        DevBuf<float> dres1(x0), dres2(x0), dhid(hid), dz(zx), dw(w), db(b);
+        DevBuf<float> out1(size_t(T * n)), out2(size_t(T * n)), sc1(static_cast<size_t>(T)), sc2(static_cast<size_t>(T));
+        DevBuf<int8_t> q1(size_t(T * ldq)), q2(size_t(T * ldq));
+        out1.poison(), out2.poison(), sc1.poison(), sc2.poison(), q1.poison(), q2.poison();
+        const float* bp = with_b ? db.p : nullptr;
+        if (gated) {
+          CUDA_OK(kc::gated_rmsnorm_rows(dres1.p, dz.p, ldz, dw.p, out1.p, T, n, int(G), 1e-5f, nullptr));
+          CUDA_OK(kc::gated_rmsnorm_quant_rows(dres2.p, dz.p, ldz, dw.p, out2.p, T, n, int(G), 1e-5f, bp, q2.p, ldq,
+                                               sc2.p, nullptr));
+        } else {
+          const float* h = alt ? dhid.p : nullptr;
+          CUDA_OK(kc::rmsnorm_rows(h, dres1.p, dw.p, out1.p, T, n, 1e-5f, nullptr));
+          CUDA_OK(kc::rmsnorm_quant_rows(h, dres2.p, dw.p, out2.p, T, n, 1e-5f, bp, q2.p, ldq, sc2.p, nullptr));
+        }
+        CUDA_OK(kc::quantize_act_i8(out1.p, n, bp, T, n, q1.p, ldq, sc1.p, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        const bool ok = same(out1.get(), out2.get()) && same(q1.get(), q2.get()) && same(sc1.get(), sc2.get()) &&
+                        same(dres1.get(), dres2.get());
+        if (!ok || mode == 0)
+          std::printf("fused norm+quantize n=%lld T=%lld gated=%d mode=%d: %s\n", (long long)n, (long long)T,
+                      int(gated), mode, ok ? "bit-identical" : "DIFFERS");
+        CHECK(ok);
       }
 }
 

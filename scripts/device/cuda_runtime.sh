@@ -23,8 +23,8 @@ timeout 60 $BUILD/bin/test_cuda_kernels >$OUT/test_cuda_kernels.txt 2>&1; echo "
 B=$BUILD/bin/dfssm
 timeout 120 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 2048 2>&1 | tee $OUT/bench_cuda.txt
 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --state-dtype f16 --prefill 2048 --batches 1,8 --no-membw 2>&1 | grep -E "engine|decode|prefill" | tee -a $OUT/bench_cuda.txt
-timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-persistent --prefill 16 --batches 1,8 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
-timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-persistent --no-pdl --prefill 16 --batches 1 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
+timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --persistent --prefill 16 --batches 1,8 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
+timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-pdl --prefill 16 --batches 1 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
 [[ ${QUICK:-0} == 1 ]] && { echo "total $(( $(date +%s) - t0 )) s"; exit 0; }
 CS=/usr/local/cuda/bin/compute-sanitizer
 for t in "CUDA in_proj path*" "CUDA out_proj path*" "CUDA SSM step*" "CUDA int8 LM head*" "CUDA session state save*"; do
@@ -35,7 +35,7 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -
 if [[ -n $NCU ]]; then  # one layer's kernels of a decode step, launched one by one
   timeout 150 "$NCU" --clock-control none --metrics gpu__time_duration.sum \
     -k regex:"norm_prologue|sign_gemv|ssm_step|lm_head" --launch-skip 2420 --launch-count 10 \
-    $B bench --device cuda --geometry mamba2-1.3b --random --no-persistent --no-graph --no-pdl --no-int8-prefill --prefill 8 \
+    $B bench --device cuda --geometry mamba2-1.3b --random --no-graph --no-pdl --no-int8-prefill --prefill 8 \
     --batches 1 --steps 8 --warmup 1 --no-membw >$OUT/ncu.txt 2>&1
   grep -E "^  [a-z_ ]+.*\(|gpu__time_duration" $OUT/ncu.txt | sed -E 's/\(SignGemvArgs, int, int\)|\(NormArgs, int\)|\(SsmArgs\)|, Context.*//' | paste - - | head -12
 fi

@@ -26,7 +26,7 @@ runtime::CudaSessionOptions cuda_options(const Args& args) {
   o.state_dtype = args.get("state-dtype", "f32");
   o.cuda_graph = !args.has("no-graph");
   o.pdl = !args.has("no-pdl");
-  o.persistent = !args.has("no-persistent");
+  o.persistent = args.has("persistent");
   o.device = int(args.get_int("gpu", 0));
   o.int8_prefill = !args.has("no-int8-prefill");
   o.prefill_chunk = args.get_int("prefill-chunk", o.prefill_chunk);
@@ -65,7 +65,7 @@ double copy_bandwidth_gbs() {
 
 int cmd_generate_cuda(int argc, char** argv) {
   auto switches = kGenerateSwitches;
-  switches.insert({"no-graph", "no-pdl", "no-int8-prefill", "no-persistent"});
+  switches.insert({"no-graph", "no-pdl", "no-int8-prefill", "persistent"});
   const Args args(argc, argv, switches);
   GenerateJob job = generate_job(args);
   const auto copt = cuda_options(args);
@@ -88,7 +88,7 @@ int cmd_generate_cuda(int argc, char** argv) {
 }
 
 int cmd_bench_cuda(int argc, char** argv) {
-  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl", "no-int8-prefill", "no-persistent"});
+  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl", "no-int8-prefill", "persistent"});
   const auto o = cuda_options(args);
   const int64_t L = args.get_int("prefill", 2048);
   const int steps = int(args.get_int("steps", 64)), warmup = int(args.get_int("warmup", 4));

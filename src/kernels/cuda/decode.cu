@@ -85,13 +85,31 @@ __global__ void repack_signs_kernel(const uint8_t* __restrict__ codes, int64_t r
   out[idx] = word;  // idx = ((T*nch + ch)*32 + lane)*4 + i
 }
 
+// Loads of activations (what an earlier kernel, or phase, of the step wrote). The single
+// kernels use plain loads: a kernel boundary makes them coherent, and L1 hits matter (measured:
+// routing them all through L2 made every decode kernel 0.4-2.3 us slower). The persistent kernel
+// reads them through L2 (ld.global.cg): its blocks live across phases, and a block's L1 may still
+// hold a line from an earlier phase that another block has since rewritten.
+template <class W, class T>
+__device__ __forceinline__ T ldact(const T* p) {
+  if constexpr (W::kL2Loads) return __ldcg(p);
+  else return *p;
+}
+
+struct PdlWait {
+  static constexpr bool kL2Loads = false;
+  __device__ __forceinline__ void operator()() const {
+    pdl_trigger();
+    pdl_wait();
+  }
+};
+
 // ---- norm + projection prologue --------------------------------------------------------------
 // Latency-bound (a few KB per block). Everything that is not an activation (the norm weight, the
 // field b and the low-rank V rows of this block's slice) is loaded into registers BEFORE the
 // wait, so those DRAM round trips overlap the previous kernel (PDL) or the grid barrier
-// (persistent kernel); after the wait the block reads only activations (L2-resident, through
-// __ldcg so that a persistent block never sees a stale L1 line), and every thread issues all its
-// loads before using them. Any blockDim of 256..1024 (multiple of 32) works.
+// (persistent kernel); after the wait the block reads only activations (ldact), and every thread
+// issues all its loads before using them. Any blockDim of 256..1024 (multiple of 32) works.
 constexpr int kNormThreads = 512;
 constexpr int kNormW4 = 4;   // float4 of w preloaded per thread (the rest is read after the wait)
 constexpr int kNormCpt = 2;  // low-rank columns per thread: kSliceCols / 256
@@ -160,7 +178,7 @@ __device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bse
   if (a.mode == 0) {
     float ss = 0;
     if (a.tokens) {
-      const int64_t tok = __ldcg(a.tokens + bseq);
+      const int64_t tok = ldact<Wait>(a.tokens + bseq);
       const float esc = a.emb_scale[tok];
       const char4* e = reinterpret_cast<const char4*>(a.emb + tok * n);
 #pragma unroll 4
@@ -175,9 +193,9 @@ __device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bse
       const float4* hi = a.hidden ? reinterpret_cast<const float4*>(a.hidden + int64_t(bseq) * n) : nullptr;
 #pragma unroll 4
       for (int i = tid; i < n4; i += nt) {
-        float4 v = __ldcg(ri + i);
+        float4 v = ldact<Wait>(ri + i);
         if (hi) {
-          const float4 h = __ldcg(hi + i);
+          const float4 h = ldact<Wait>(hi + i);
           v.x += h.x, v.y += h.y, v.z += h.z, v.w += h.w;
         }
         row4[i] = v;
@@ -199,12 +217,12 @@ __device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bse
       const float4* z4 = reinterpret_cast<const float4*>(z);
 #pragma unroll 4
       for (int i = tid; i < n4; i += nt) {
-        const float4 yv = __ldcg(y4 + i), zv = __ldcg(z4 + i);
+        const float4 yv = ldact<Wait>(y4 + i), zv = ldact<Wait>(z4 + i);
         row4[i] = make_float4(yv.x * silu(zv.x), yv.y * silu(zv.y), yv.z * silu(zv.z), yv.w * silu(zv.w));
       }
     } else {
 #pragma unroll 4
-      for (int i = tid; i < n; i += nt) row[i] = __ldcg(y + i) * silu(__ldcg(z + i));
+      for (int i = tid; i < n; i += nt) row[i] = ldact<Wait>(y + i) * silu(ldact<Wait>(z + i));
     }
     __syncthreads();
     for (int gi = 0; gi < a.G; ++gi) {
@@ -271,13 +289,6 @@ __device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bse
     }
   }
 }
-
-struct PdlWait {
-  __device__ __forceinline__ void operator()() const {
-    pdl_trigger();
-    pdl_wait();
-  }
-};
 
 __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a, int nsplit) {
   extern __shared__ float4 norm_smem[];
@@ -395,7 +406,7 @@ __device__ __forceinline__ void gemv_body(const SignGemvArgs& p, int tiles, int 
   for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
     const int n = idx / p.r, k = idx % p.r;
     float s = 0;
-    for (int sp = 0; sp < p.nsplit; ++sp) s += __ldcg(p.zp + (int64_t(n) * p.nsplit + sp) * p.r + k);
+    for (int sp = 0; sp < p.nsplit; ++sp) s += ldact<Wait>(p.zp + (int64_t(n) * p.nsplit + sp) * p.r + k);
     zs[idx] = s * p.vs[k] * p.us[k];
   }
 
@@ -410,7 +421,7 @@ __device__ __forceinline__ void gemv_body(const SignGemvArgs& p, int tiles, int 
     uint2 bx[16];
     const uint2* xc = XF + int64_t(ch) * 16 * 32 + lane;
 #pragma unroll
-    for (int s = 0; s < 16; ++s) bx[s] = active ? __ldcg(xc + s * 32) : make_uint2(0, 0);
+    for (int s = 0; s < 16; ++s) bx[s] = active ? ldact<Wait>(xc + s * 32) : make_uint2(0, 0);
 #pragma unroll
     for (int s = 0; s < 16; ++s) {
 #pragma unroll
@@ -520,7 +531,8 @@ __device__ __forceinline__ void ssm_body(const SsmArgs& a, int h, int b, int zi,
   wait();
   // ---- after the wait: this token's activations ----
   const float* xbc = a.xbc + int64_t(b) * a.D;
-  const float dt = fminf(fmaxf(softplus20(__ldcg(a.dt_raw + int64_t(b) * a.ld_dt + h) + dt_bias), a.dt_min), a.dt_max);
+  const float dt_in = ldact<Wait>(a.dt_raw + int64_t(b) * a.ld_dt + h);
+  const float dt = fminf(fmaxf(softplus20(dt_in + dt_bias), a.dt_min), a.dt_max);
   const float dA = expf(dt * Ah);
   const int grp = h / (H / a.G);
   const float* Bv = xbc + di + grp * N;
@@ -529,16 +541,17 @@ __device__ __forceinline__ void ssm_body(const SsmArgs& a, int h, int b, int zi,
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     const int n = 4 * (lane + 32 * j);
-    Bn[j] = n < N ? make_float4(__ldcg(Bv + n), __ldcg(Bv + n + 1), __ldcg(Bv + n + 2), __ldcg(Bv + n + 3))
-                  : make_float4(0, 0, 0, 0);
-    Cn[j] = n < N ? make_float4(__ldcg(Cv + n), __ldcg(Cv + n + 1), __ldcg(Cv + n + 2), __ldcg(Cv + n + 3))
-                  : make_float4(0, 0, 0, 0);
+    auto ld4 = [&](const float* v) {
+      return make_float4(ldact<Wait>(v), ldact<Wait>(v + 1), ldact<Wait>(v + 2), ldact<Wait>(v + 3));
+    };
+    Bn[j] = n < N ? ld4(Bv + n) : make_float4(0, 0, 0, 0);
+    Cn[j] = n < N ? ld4(Cv + n) : make_float4(0, 0, 0, 0);
   }
   float xs[kPPW];
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
     const int p = p0 + warp + i * nw;
-    xs[i] = p < p0 + pb ? __ldcg(xbc + h * P + p) : 0.f;
+    xs[i] = p < p0 + pb ? ldact<Wait>(xbc + h * P + p) : 0.f;
   }
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
@@ -685,19 +698,19 @@ constexpr int kPersistThreads = 256;
 constexpr int kPersistMaxMT = 3;
 
 // Monotonic arrival counter (zeroed before each launch): barrier k completes when the counter
-// reaches (k + 1) * gridDim.x. The fence before the arrival publishes this block's writes; the
-// acquire load orders the block's later reads after everyone's arrival (activation reads go
-// through __ldcg, i.e. L2, as well).
+// reaches (k + 1) * gridDim.x. The release arrival publishes this block's writes; the fence after
+// the polling orders the block's later reads after everyone's arrival (and activation reads go
+// through L2, see ldact).
 __device__ __forceinline__ void grid_barrier(unsigned* ctr, unsigned target) {
   __syncthreads();
   if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(ctr, 1u);
+    // release: this block's writes (ordered before by bar.sync) before the arrival
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(ctr) : "memory");
     unsigned v;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(ctr) : "memory");
+    do {  // relaxed polling (an acquire per poll would be far more expensive), one fence after
+      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(ctr) : "memory");
     } while (v < target);
-    __threadfence();
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
   }
   __syncthreads();
 }
@@ -705,16 +718,24 @@ __device__ __forceinline__ void grid_barrier(unsigned* ctr, unsigned target) {
 // Runs body(vb, wait) for this block's virtual blocks vb = blockIdx.x, + gridDim.x, ... < nvb.
 // The barrier (when `sync`) happens exactly once per block: inside the first body's wait(), or
 // after the loop for a block with no virtual block in this phase.
+struct GridWait {
+  static constexpr bool kL2Loads = true;
+  bool* waited;
+  unsigned* bar;
+  unsigned* epoch;
+  __device__ __forceinline__ void operator()() const {
+    if (!*waited) {
+      *epoch += gridDim.x;
+      grid_barrier(bar, *epoch);
+      *waited = true;
+    }
+  }
+};
+
 template <class Body>
 __device__ __forceinline__ void persistent_phase(int nvb, unsigned* bar, unsigned& epoch, bool sync, Body body) {
   bool waited = !sync;
-  auto wait = [&] {
-    if (!waited) {
-      epoch += gridDim.x;
-      grid_barrier(bar, epoch);
-      waited = true;
-    }
-  };
+  const GridWait wait{&waited, bar, &epoch};
   for (int vb = blockIdx.x; vb < nvb; vb += gridDim.x) {
     body(vb, wait);
     __syncthreads();  // the next virtual block reuses shared memory

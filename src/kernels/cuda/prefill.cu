@@ -655,6 +655,113 @@ __global__ void __launch_bounds__(kNormThreads) gated_rmsnorm_kernel(const float
   }
 }
 
+
+// ---- norm + quantize -------------------------------------------------------------------------
+// A projection's input in one pass over the row (one block per token, the row in shared memory):
+// the norm (rmsnorm_kernel's or gated_rmsnorm_kernel's first pass, same threads, same order), its
+// output x (still written: lowrank_down reads it), then quantize_kernel's per-token int8 of b ⊙ x
+// from shared memory instead of a second kernel re-reading x from DRAM. Every value is computed by
+// the same IEEE operations as the two-kernel path, so the outputs are bit-identical to it.
+struct NormQuantParams {
+  const float* hidden;  // plain: res += hidden (may be null)
+  float* res;
+  const float* y;  // gated: g = y ⊙ silu(z), G groups
+  const float* z;
+  int64_t ldz;
+  int G;
+  const float* w;
+  float* out;
+  int64_t n;
+  float eps;
+  const float* b;  // may be null
+  int8_t* q;
+  int64_t ldq;
+  float* scale;
+};
+constexpr int kNqMaxGroups = 64;
+
+template <bool GATED>
+__global__ void __launch_bounds__(kNormThreads) norm_quant_kernel(NormQuantParams p) {
+  extern __shared__ float norm_row[];
+  __shared__ float scratch[32];
+  __shared__ float rs[kNqMaxGroups];
+  const int64_t t = blockIdx.x, n = p.n;
+  const int nt = blockDim.x;
+  const int G = GATED ? p.G : 1;
+  const int64_t gs = n / G;
+  // ---- pass 1: the row and its statistic per group ----
+  for (int g = 0; g < G; ++g) {
+    const int64_t i0 = g * gs, i1 = i0 + gs;
+    float ss = 0.f;
+    if (GATED) {
+      const float* yr = p.y + t * n;
+      const float* zr = p.z + t * p.ldz;
+      for (int64_t base = i0 + threadIdx.x; base < i1; base += kNormBatch * nt) {
+        float yv[kNormBatch], zv[kNormBatch];
+#pragma unroll
+        for (int j = 0; j < kNormBatch; ++j) {
+          const int64_t i = base + int64_t(j) * nt;
+          yv[j] = i < i1 ? yr[i] : 0.f;
+          zv[j] = i < i1 ? zr[i] : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < kNormBatch; ++j) {
+          const int64_t i = base + int64_t(j) * nt;
+          const float v = yv[j] * pf_silu(zv[j]);
+          if (i < i1) {
+            norm_row[i] = v;
+            ss += v * v;
+          }
+        }
+      }
+    } else {
+      float* r = p.res + t * n;
+      const float* hd = p.hidden ? p.hidden + t * n : nullptr;
+      for (int64_t base = threadIdx.x; base < n; base += kNormBatch * nt) {
+        float v[kNormBatch], hv[kNormBatch];
+#pragma unroll
+        for (int j = 0; j < kNormBatch; ++j) {
+          const int64_t i = base + int64_t(j) * nt;
+          v[j] = i < n ? r[i] : 0.f;
+          hv[j] = (hd && i < n) ? hd[i] : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < kNormBatch; ++j) {
+          const int64_t i = base + int64_t(j) * nt;
+          if (i < n) {
+            if (hd) {
+              v[j] += hv[j];
+              r[i] = v[j];
+            }
+            norm_row[i] = v[j];
+            ss += v[j] * v[j];
+          }
+        }
+      }
+    }
+    const float rstd = 1.f / sqrtf(pf_block_sum(ss, scratch) / float(gs) + p.eps);
+    if (threadIdx.x == 0) rs[g] = rstd;
+  }
+  __syncthreads();
+  // ---- pass 2: x = row · rstd ⊙ w (written), b ⊙ x kept in place, its absolute maximum ----
+  float* o = p.out + t * n;
+  float m = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += nt) {  // own elements only: no barrier needed
+    const float x = norm_row[i] * rs[i / gs] * p.w[i];
+    o[i] = x;
+    const float bx = p.b ? p.b[i] * x : x;
+    norm_row[i] = bx;
+    m = fmaxf(m, fabsf(bx));
+  }
+  m = pf_block_max(m, scratch);
+  const float sc = m > 0.f ? m / 127.f : 1.f;
+  const float inv = 1.f / sc;
+  if (threadIdx.x == 0) p.scale[t] = sc;
+  // ---- pass 3: int8 ----
+  int8_t* qr = p.q + t * p.ldq;
+  for (int64_t i = threadIdx.x; i < n; i += nt) qr[i] = int8_t(int(fmaxf(-127.f, fminf(127.f, rintf(norm_row[i] * inv)))));
+  for (int64_t c = n + threadIdx.x; c < p.ldq; c += nt) qr[c] = 0;
+}
 }  // namespace
 
 // ---- host wrappers ---------------------------------------------------------------------------
@@ -899,6 +1006,34 @@ cudaError_t gated_rmsnorm_rows(const float* y, const float* z, int64_t ldz, cons
     gated_rmsnorm_kernel<true><<<unsigned(T), kNormThreads, size_t(n) * 4, stream>>>(y, z, ldz, w, out, n, G, eps);
   else
     gated_rmsnorm_kernel<false><<<unsigned(T), kNormThreads, 0, stream>>>(y, z, ldz, w, out, n, G, eps);
+  return cudaGetLastError();
+}
+
+cudaError_t rmsnorm_quant_rows(const float* hidden, float* res, const float* w, float* out, int64_t T, int64_t n,
+                               float eps, const float* b, int8_t* q, int64_t ldq, float* scale, cudaStream_t stream) {
+  if (T < 0 || n < 1 || ldq < n || ldq % 16 != 0 || !aligned16(q)) return cudaErrorInvalidValue;
+  if (T == 0) return cudaSuccess;
+  if (n > kNormSmemMax) {  // the row does not fit in shared memory: the two kernels
+    const cudaError_t e = rmsnorm_rows(hidden, res, w, out, T, n, eps, stream);
+    return e != cudaSuccess ? e : quantize_act_i8(out, n, b, T, n, q, ldq, scale, stream);
+  }
+  NormQuantParams p{hidden, res, nullptr, nullptr, 0, 1, w, out, n, eps, b, q, ldq, scale};
+  norm_quant_kernel<false><<<unsigned(T), kNormThreads, size_t(n) * 4, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t gated_rmsnorm_quant_rows(const float* y, const float* z, int64_t ldz, const float* w, float* out, int64_t T,
+                                     int64_t n, int G, float eps, const float* b, int8_t* q, int64_t ldq, float* scale,
+                                     cudaStream_t stream) {
+  if (T < 0 || n < 1 || G < 1 || n % G != 0 || ldz < n || ldq < n || ldq % 16 != 0 || !aligned16(q))
+    return cudaErrorInvalidValue;
+  if (T == 0) return cudaSuccess;
+  if (n > kNormSmemMax || G > kNqMaxGroups) {
+    const cudaError_t e = gated_rmsnorm_rows(y, z, ldz, w, out, T, n, G, eps, stream);
+    return e != cudaSuccess ? e : quantize_act_i8(out, n, b, T, n, q, ldq, scale, stream);
+  }
+  NormQuantParams p{nullptr, nullptr, y, z, ldz, G, w, out, n, eps, b, q, ldq, scale};
+  norm_quant_kernel<true><<<unsigned(T), kNormThreads, size_t(n) * 4, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -6,12 +6,14 @@
 // One layer (d = d_model, di = d_inner, D = conv_dim = di + 2GN, dip = d_in_proj = 2di + 2GN + H):
 //   rmsnorm_rows         res += hidden; xn = RMSNorm(res) ⊙ w                     [T, d]
 //   quantize_act_i8      q = int8(b_in ⊙ xn), sx = per-token scale                 [T, ld(d)]
+//                        (the runtime runs these two as one kernel, rmsnorm_quant_rows)
 //   lowrank_down         zl = vs ⊙ (Vᵀ xn)          (the low-rank term sees xn, not b ⊙ xn)
 //   I8Gemm::run          acc = q · Sᵀ (int32, cuBLASLt INT8 tensor cores)          [T, dip]
 //   proj_epilogue        zx = a ⊙ sx · acc + U (us ⊙ zl)                           [T, dip]
 //   conv_prefill         xbc = SiLU(conv1d(zx[:, di : di + D]) + bias), conv state updated
 //   ssm_scan             y = the SSM recurrence over the T tokens, state updated   [T, di]
 //   gated_rmsnorm_rows   g = RMSNormGated(y, z = zx[:, 0 : di])                     [T, di]
+//                        (with out_proj's quantize_act_i8: gated_rmsnorm_quant_rows)
 //   quantize_act_i8 / lowrank_down / I8Gemm::run / proj_epilogue  (out_proj)   -> hidden [T, d]
 //
 // Layouts (all device pointers, fp32 unless said otherwise):
@@ -128,5 +130,15 @@ cudaError_t rmsnorm_rows(const float* hidden, float* res, const float* w, float*
 // y, out dense [T, n]; z usually points at the in_proj output (ldz = dip).
 cudaError_t gated_rmsnorm_rows(const float* y, const float* z, int64_t ldz, const float* w, float* out, int64_t T,
                                int64_t n, int G, float eps, cudaStream_t stream);
+
+// The norm and quantize_act_i8 of its output in one kernel (one pass over the row in shared
+// memory; rows longer than 12K floats fall back to the two kernels). out, q and scale are
+// bit-identical to rmsnorm_rows / gated_rmsnorm_rows followed by quantize_act_i8(out, n, b, ...):
+// the same IEEE operations in the same order.
+cudaError_t rmsnorm_quant_rows(const float* hidden, float* res, const float* w, float* out, int64_t T, int64_t n,
+                               float eps, const float* b, int8_t* q, int64_t ldq, float* scale, cudaStream_t stream);
+cudaError_t gated_rmsnorm_quant_rows(const float* y, const float* z, int64_t ldz, const float* w, float* out, int64_t T,
+                                     int64_t n, int G, float eps, const float* b, int8_t* q, int64_t ldq, float* scale,
+                                     cudaStream_t stream);
 
 }  // namespace dfssm::kernels::cuda

@@ -549,8 +549,8 @@ void CudaSession::prefill_int8(int64_t seq, int64_t n, float* all_logits) {
   cudaStream_t s = g.stream;
   uint8_t* st0 = g.state + uint64_t(seq) * state_bytes_;
   const uint64_t layer_bytes = conv_bytes_ + ssm_bytes_;
+  // x: the projection's input, already quantized into pf_q / pf_sx by the fused norm kernel.
   auto project = [&](const Dev::Proj& p, const float* x, int64_t T, float* y, int64_t ldy) {
-    CUDA_CHECK(kc::quantize_act_i8(x, p.C, p.b, T, p.C, g.pf_q, p.ldq, g.pf_sx, s));
     if (p.r > 0) CUDA_CHECK(kc::lowrank_down(x, p.C, p.V, p.vs, T, p.C, p.r, g.pf_zl, s));
     const cudaError_t e = g.gemm->run(g.pf_q, p.S, g.pf_acc, T, p.R, p.ldq, g.ldacc, s);
     DFSSM_CHECK(e == cudaSuccess, "cuBLASLt INT8 GEMM (", T, " x ", p.R, " x ", p.ldq, ") failed: ",
@@ -565,13 +565,15 @@ void CudaSession::prefill_int8(int64_t seq, int64_t n, float* all_logits) {
       const auto& L = g.layers[size_t(l)];
       float* conv_state = reinterpret_cast<float*>(st0 + uint64_t(l) * layer_bytes);
       void* ssm_state = st0 + uint64_t(l) * layer_bytes + conv_bytes_;
-      CUDA_CHECK(kc::rmsnorm_rows(l == 0 ? nullptr : g.pf_hidden, g.pf_res, L.norm, g.pf_xn, T, d, eps, s));
+      CUDA_CHECK(kc::rmsnorm_quant_rows(l == 0 ? nullptr : g.pf_hidden, g.pf_res, L.norm, g.pf_xn, T, d, eps, L.in.b,
+                                        g.pf_q, L.in.ldq, g.pf_sx, s));
       project(L.in, g.pf_xn, T, g.pf_zx, dip);
       CUDA_CHECK(kc::conv_prefill(g.pf_zx + di, dip, conv_state, L.conv_w, L.conv_b, g.pf_xbc, T, D, int(c.d_conv), s));
       CUDA_CHECK(kc::ssm_scan(ssm_state, f16_state_, g.pf_xbc, g.pf_zx + di + D, dip, L.dt_bias, L.A, L.D, g.pf_y, T,
                               int(H), int(c.headdim), int(c.d_state), int(c.ngroups), float(c.dt_limit_min),
                               float(c.dt_limit_max), s));
-      CUDA_CHECK(kc::gated_rmsnorm_rows(g.pf_y, g.pf_zx, dip, L.gnorm, g.pf_g, T, di, int(c.ngroups), eps, s));
+      CUDA_CHECK(kc::gated_rmsnorm_quant_rows(g.pf_y, g.pf_zx, dip, L.gnorm, g.pf_g, T, di, int(c.ngroups), eps,
+                                              L.out.b, g.pf_q, L.out.ldq, g.pf_sx, s));
       project(L.out, g.pf_g, T, g.pf_hidden, d);
     }
     if (all_logits) head_rows(g.pf_res, g.pf_hidden, T, all_logits + i * V_);
