@@ -26,7 +26,6 @@ runtime::CudaSessionOptions cuda_options(const Args& args) {
   o.state_dtype = args.get("state-dtype", "f32");
   o.cuda_graph = !args.has("no-graph");
   o.pdl = !args.has("no-pdl");
-  o.persistent = args.has("persistent");
   o.device = int(args.get_int("gpu", 0));
   o.int8_prefill = !args.has("no-int8-prefill");
   o.prefill_chunk = args.get_int("prefill-chunk", o.prefill_chunk);
@@ -65,7 +64,7 @@ double copy_bandwidth_gbs() {
 
 int cmd_generate_cuda(int argc, char** argv) {
   auto switches = kGenerateSwitches;
-  switches.insert({"no-graph", "no-pdl", "no-int8-prefill", "persistent"});
+  switches.insert({"no-graph", "no-pdl", "no-int8-prefill"});
   const Args args(argc, argv, switches);
   GenerateJob job = generate_job(args);
   const auto copt = cuda_options(args);
@@ -79,16 +78,15 @@ int cmd_generate_cuda(int argc, char** argv) {
   const GenerateStats st = run_generation(session, job);
   std::fprintf(stderr,
                "[dfssm generate] load+upload %.0f ms | prompt %zu tokens, prefill %.1f ms (%.1f tokens/s) | generated "
-               "%lld tokens in %.1f ms (%.2f tokens/s) | cuda (%s), graph %s, pdl %s, persistent %s\n",
+               "%lld tokens in %.1f ms (%.2f tokens/s) | cuda (%s), graph %s, pdl %s\n",
                load_ms, job.ids.size(), st.prefill_ms, double(job.ids.size()) / st.prefill_ms * 1e3, st.generated,
                st.gen_ms, st.generated > 0 ? double(st.generated) / st.gen_ms * 1e3 : 0.0,
-               session.device_name().c_str(), copt.cuda_graph ? "on" : "off", copt.pdl ? "on" : "off",
-               session.options().persistent ? "on" : "off");
+               session.device_name().c_str(), copt.cuda_graph ? "on" : "off", copt.pdl ? "on" : "off");
   return 0;
 }
 
 int cmd_bench_cuda(int argc, char** argv) {
-  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl", "no-int8-prefill", "persistent"});
+  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl", "no-int8-prefill"});
   const auto o = cuda_options(args);
   const int64_t L = args.get_int("prefill", 2048);
   const int steps = int(args.get_int("steps", 64)), warmup = int(args.get_int("warmup", 4));
@@ -103,10 +101,10 @@ int cmd_bench_cuda(int argc, char** argv) {
 
   auto t_up = Clock::now();
   runtime::CudaSession probe(model, 1, o);
-  std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s, persistent %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
+  std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
               "  (upload + repack %.0f ms)\n",
               probe.device_name().c_str(), o.state_dtype.c_str(), o.cuda_graph ? "on" : "off", o.pdl ? "on" : "off",
-              probe.options().persistent ? "on" : "off", what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
+              what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
               ms_since(t_up));
   const double bw = membw ? copy_bandwidth_gbs() : 0.0;
   if (membw) std::printf("device copy bandwidth (1 GiB D2D, read + write): %.0f GB/s\n", bw);

@@ -8,7 +8,6 @@
 // round trip overlap the previous kernel. Without PDL both instructions are no-ops.
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <cstdlib>
 
 #include "kernels/cuda/decode.h"
@@ -85,55 +84,27 @@ __global__ void repack_signs_kernel(const uint8_t* __restrict__ codes, int64_t r
   out[idx] = word;  // idx = ((T*nch + ch)*32 + lane)*4 + i
 }
 
-// Loads of activations (what an earlier kernel, or phase, of the step wrote). The single
-// kernels use plain loads: a kernel boundary makes them coherent, and L1 hits matter (measured:
-// routing them all through L2 made every decode kernel 0.4-2.3 us slower). The persistent kernel
-// reads them through L2 (ld.global.cg): its blocks live across phases, and a block's L1 may still
-// hold a line from an earlier phase that another block has since rewritten.
-template <class W, class T>
-__device__ __forceinline__ T ldact(const T* p) {
-  if constexpr (W::kL2Loads) return __ldcg(p);
-  else return *p;
-}
-
-struct PdlWait {
-  static constexpr bool kL2Loads = false;
-  __device__ __forceinline__ void operator()() const {
-    pdl_trigger();
-    pdl_wait();
-  }
-};
-
 // ---- norm + projection prologue --------------------------------------------------------------
 // Latency-bound (a few KB per block). Everything that is not an activation (the norm weight, the
-// field b and the low-rank V rows of this block's slice) is loaded into registers BEFORE the
-// wait, so those DRAM round trips overlap the previous kernel (PDL) or the grid barrier
-// (persistent kernel); after the wait the block reads only activations (ldact), and every thread
-// issues all its loads before using them. Any blockDim of 256..1024 (multiple of 32) works.
+// field b and the low-rank V rows of this block's slice) is loaded into registers BEFORE the PDL
+// wait, so with PDL those DRAM round trips overlap the previous kernel; after the wait the block
+// reads only activations (L2-resident), and every thread issues all its loads before using them.
 constexpr int kNormThreads = 512;
-constexpr int kNormW4 = 4;   // float4 of w preloaded per thread (the rest is read after the wait)
-constexpr int kNormCpt = 2;  // low-rank columns per thread: kSliceCols / 256
+constexpr int kNormW4 = 4;  // float4 of w preloaded per thread: rows up to 4 * 4 * 512 = 8192
+static_assert(kSliceCols <= kNormThreads, "one low-rank column and one fragment pair per thread");
 constexpr int kMaxGroups = 64;
-static_assert(kSliceCols <= 2 * 256, "one fragment pair per thread at 256 threads");
 
-// Shared floats the norm body needs: the row, block_sum scratch, group rstds, low-rank partials.
-__host__ __device__ constexpr int norm_smem_floats(int n) { return n + 36 + kMaxGroups + 32 * kMaxRank; }
-
-__device__ __forceinline__ float i8_of(uint32_t w, int k) { return float(int8_t((w >> (8 * (k & 3))) & 0xffu)); }
-
-template <class Wait>
-__device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bseq, int split, float* smem, Wait wait) {
-  float4* row4 = reinterpret_cast<float4*>(smem);  // [n]
-  float* row = smem;
-  float* scratch = smem + a.n;        // [33]
-  float* rs = scratch + 36;           // [kMaxGroups]
-  float* red = rs + kMaxGroups;       // [warps][kMaxRank]
-  const int tid = threadIdx.x, nt = blockDim.x;
+__global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a, int nsplit) {
+  extern __shared__ float4 row4[];  // [n / 4]
+  float* row = reinterpret_cast<float*>(row4);
+  __shared__ float scratch[33];
+  __shared__ float rs[kMaxGroups];
+  __shared__ float red[kNormThreads / 32][kMaxRank];
+  const int bseq = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
   const int n = a.n, n4 = n / 4;
   const int c0 = split * kSliceCols;
   const int cpad = (n + kChunkCols - 1) / kChunkCols * kChunkCols;
   const int c1 = min(c0 + kSliceCols, cpad);
-  const bool lowrank = !a.plain && a.V && a.r > 0;
 
   // ---- phase 0: weights into registers (before the wait) ----
   float4 wv[kNormW4];
@@ -149,37 +120,23 @@ __device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bse
     bf0 = cf < n ? a.b[cf] : 0.f;
     bf1 = cf + 1 < n ? a.b[cf + 1] : 0.f;
   }
-  // This thread's low-rank columns cv = c0 + tid + j*nt (j*nt < kSliceCols, cv < min(c1, n)):
-  // their V rows (r int8) packed 4 per word.
-  uint32_t vw[kNormCpt][kMaxRank / 4];
-  bool hv[kNormCpt];
+  const int cv = c0 + tid;  // this thread's low-rank column (if cv < min(c1, n))
+  const bool has_v = !a.plain && a.V && a.r > 0 && cv < min(c1, n);
+  int8_t vv[kMaxRank];
 #pragma unroll
-  for (int j = 0; j < kNormCpt; ++j) {
-    const int cv = c0 + tid + j * nt;
-    hv[j] = lowrank && j * nt < kSliceCols && cv < min(c1, n);
-#pragma unroll
-    for (int q = 0; q < kMaxRank / 4; ++q) vw[j][q] = 0u;
-    if (!hv[j]) continue;
-    if (a.r == kMaxRank) {
-      const uint4* vp = reinterpret_cast<const uint4*>(a.V + int64_t(cv) * kMaxRank);
-      const uint4 u0 = __ldg(vp), u1 = __ldg(vp + 1);
-      vw[j][0] = u0.x, vw[j][1] = u0.y, vw[j][2] = u0.z, vw[j][3] = u0.w;
-      vw[j][4] = u1.x, vw[j][5] = u1.y, vw[j][6] = u1.z, vw[j][7] = u1.w;
-    } else {
-#pragma unroll
-      for (int k = 0; k < kMaxRank; ++k)
-        if (k < a.r) vw[j][k >> 2] |= uint32_t(uint8_t(a.V[int64_t(cv) * a.r + k])) << (8 * (k & 3));
-    }
-  }
+  for (int k = 0; k < kMaxRank; ++k) vv[k] = (has_v && k < a.r) ? a.V[int64_t(cv) * a.r + k] : int8_t(0);
+  int64_t tok = 0;
+  float esc = 0.f;
 
-  wait();
+  pdl_trigger();
+  pdl_wait();
 
   // ---- phase 1: the row (residual add, or the embedding row; or the gate) and its statistic ----
   if (a.mode == 0) {
     float ss = 0;
     if (a.tokens) {
-      const int64_t tok = ldact<Wait>(a.tokens + bseq);
-      const float esc = a.emb_scale[tok];
+      tok = a.tokens[bseq];
+      esc = a.emb_scale[tok];
       const char4* e = reinterpret_cast<const char4*>(a.emb + tok * n);
 #pragma unroll 4
       for (int i = tid; i < n4; i += nt) {
@@ -189,13 +146,13 @@ __device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bse
         ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
       }
     } else {
-      const float4* ri = reinterpret_cast<const float4*>(a.res_in + int64_t(bseq) * n);
-      const float4* hi = a.hidden ? reinterpret_cast<const float4*>(a.hidden + int64_t(bseq) * n) : nullptr;
+      const float4* __restrict__ ri = reinterpret_cast<const float4*>(a.res_in + int64_t(bseq) * n);
+      const float4* __restrict__ hi = a.hidden ? reinterpret_cast<const float4*>(a.hidden + int64_t(bseq) * n) : nullptr;
 #pragma unroll 4
       for (int i = tid; i < n4; i += nt) {
-        float4 v = ldact<Wait>(ri + i);
+        float4 v = ri[i];
         if (hi) {
-          const float4 h = ldact<Wait>(hi + i);
+          const float4 h = hi[i];
           v.x += h.x, v.y += h.y, v.z += h.z, v.w += h.w;
         }
         row4[i] = v;
@@ -217,12 +174,12 @@ __device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bse
       const float4* z4 = reinterpret_cast<const float4*>(z);
 #pragma unroll 4
       for (int i = tid; i < n4; i += nt) {
-        const float4 yv = ldact<Wait>(y4 + i), zv = ldact<Wait>(z4 + i);
+        const float4 yv = y4[i], zv = z4[i];
         row4[i] = make_float4(yv.x * silu(zv.x), yv.y * silu(zv.y), yv.z * silu(zv.z), yv.w * silu(zv.w));
       }
     } else {
 #pragma unroll 4
-      for (int i = tid; i < n; i += nt) row[i] = ldact<Wait>(y + i) * silu(ldact<Wait>(z + i));
+      for (int i = tid; i < n; i += nt) row[i] = y[i] * silu(z[i]);
     }
     __syncthreads();
     for (int gi = 0; gi < a.G; ++gi) {
@@ -267,32 +224,22 @@ __device__ __forceinline__ void norm_body(const NormArgs& a, int nsplit, int bse
     const int s = cf >> 4, cc = cf & 15, t = (cc & 7) >> 1, hi = cc >> 3;
     reinterpret_cast<__half2*>(a.out16)[(int64_t(s) * 32 + bseq * 4 + t) * 2 + hi] = __floats2half2_rn(v0, v1);
   }
-  if (lowrank) {
-    float xj[kNormCpt];
-#pragma unroll
-    for (int j = 0; j < kNormCpt; ++j) xj[j] = hv[j] ? row[c0 + tid + j * nt] : 0.f;
+  if (a.V && a.r > 0) {
+    const float x = has_v ? row[cv] : 0.f;
     const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
 #pragma unroll
     for (int k = 0; k < kMaxRank; ++k)
       if (k < a.r) {
-        float v = 0.f;
-#pragma unroll
-        for (int j = 0; j < kNormCpt; ++j) v += i8_of(vw[j][k >> 2], k) * xj[j];
-        const float s = warp_sum(v);
-        if (lane == 0) red[warp * kMaxRank + k] = s;
+        const float s = warp_sum(float(vv[k]) * x);
+        if (lane == 0) red[warp][k] = s;
       }
     __syncthreads();
     if (tid < a.r) {
       float s = 0;
-      for (int w = 0; w < nw; ++w) s += red[w * kMaxRank + tid];
+      for (int w = 0; w < nw; ++w) s += red[w][tid];
       a.zp[(int64_t(bseq) * nsplit + split) * a.r + tid] = s;
     }
   }
-}
-
-__global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a, int nsplit) {
-  extern __shared__ float4 norm_smem[];
-  norm_body(a, nsplit, blockIdx.x, blockIdx.y, reinterpret_cast<float*>(norm_smem), PdlWait{});
 }
 
 // ---- packed-sign GEMV ------------------------------------------------------------------------
@@ -302,24 +249,14 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
 // latency overlaps the previous kernel; the main loop keeps two chunks in flight.
 struct EpiOperands {
   float a = 0.f, cb = 0.f;
-  uint32_t u[kMaxRank / 4];  // the row of U, int8 packed 4 per word
+  int8_t u[kMaxRank];
   float sv[8], wv[8];
 };
 
 __device__ __forceinline__ void load_epilogue(const SignGemvArgs& p, int64_t row, int n, EpiOperands& e) {
   e.a = p.a[row];
 #pragma unroll
-  for (int q = 0; q < kMaxRank / 4; ++q) e.u[q] = 0u;
-  if (p.r == kMaxRank) {
-    const uint4* up = reinterpret_cast<const uint4*>(p.U + row * kMaxRank);
-    const uint4 u0 = __ldg(up), u1 = __ldg(up + 1);
-    e.u[0] = u0.x, e.u[1] = u0.y, e.u[2] = u0.z, e.u[3] = u0.w;
-    e.u[4] = u1.x, e.u[5] = u1.y, e.u[6] = u1.z, e.u[7] = u1.w;
-  } else {
-#pragma unroll
-    for (int k = 0; k < kMaxRank; ++k)  // static indices: e stays in registers
-      if (k < p.r) e.u[k >> 2] |= uint32_t(uint8_t(p.U[row * p.r + k])) << (8 * (k & 3));
-  }
+  for (int k = 0; k < kMaxRank; ++k) e.u[k] = (p.r > 0 && k < p.r) ? p.U[row * p.r + k] : int8_t(0);
   const bool conv = p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D;
   const int64_t ch = row - p.conv_lo, D = p.conv_D;
   const int K = p.conv_K;
@@ -332,40 +269,14 @@ __device__ __forceinline__ void load_epilogue(const SignGemvArgs& p, int64_t row
   e.cb = conv && p.conv_b ? p.conv_b[ch] : 0.f;
 }
 
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
-// The epilogue operands' cache lines into L2 (no registers held): the persistent kernel's
-// alternative to load_epilogue before its barrier.
-__device__ __forceinline__ void prefetch_epilogue(const SignGemvArgs& p, int64_t row, int n) {
-  prefetch_l2(p.a + row);
-  if (p.r > 0) prefetch_l2(p.U + row * p.r);
-  if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
-    const int64_t ch = row - p.conv_lo, D = p.conv_D;
-    const float* st = p.conv_state + int64_t(n) * p.conv_seq_stride;
-    for (int k = 0; k < p.conv_K; ++k) {
-      prefetch_l2(st + k * D + ch);
-      prefetch_l2(p.conv_w + k * D + ch);
-    }
-    if (p.conv_b) prefetch_l2(p.conv_b + ch);
-  }
-}
-
-// Shared floats the GEMV body needs: per-warp partials [KS][MT][4][32] and the low-rank zs.
-__host__ __device__ constexpr int gemv_smem_floats(int KS, int MT) { return KS * MT * 128 + kMaxBatch * kMaxRank; }
-
-// One block's work: MT tiles of 16 rows starting at tile vb * MT, all columns. The block's KS =
-// blockDim / 32 warps split the nch chunks into contiguous ranges (equal when KS divides nch).
-// kHoldEpi: load this thread's first epilogue operands into registers before the wait (the
-// single kernels); otherwise only prefetch them into L2 (the persistent kernel, which has no
-// registers to spare across its main loop).
-template <int MT, bool kHoldEpi, class Wait>
-__device__ __forceinline__ void gemv_body(const SignGemvArgs& p, int tiles, int nch, int vb, float* smem, Wait wait) {
+template <int MT>
+__global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
+  __shared__ float red[8][MT][4][32];
+  __shared__ float zs[kMaxBatch * kMaxRank];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
-  float* red = smem;                       // [KS][MT][4][32]
-  float* zs = smem + KS * MT * 128;        // [kMaxBatch * kMaxRank]
   const int g = lane >> 2;
-  const int tile0 = vb * MT;
-  const int ch0 = warp * nch / KS, ch1 = (warp + 1) * nch / KS;
+  const int tile0 = blockIdx.x * MT;
+  const int per = nch / KS, ch0 = warp * per, ch1 = ch0 + per;
   const uint4* W = reinterpret_cast<const uint4*>(p.w);
   const uint2* XF = reinterpret_cast<const uint2*>(p.xf);
   const int B = p.B, nout = MT * 16 * B;
@@ -394,19 +305,17 @@ __device__ __forceinline__ void gemv_body(const SignGemvArgs& p, int tiles, int 
   EpiOperands first;
   {
     int m, rr, n;
-    const int64_t row = int(threadIdx.x) < nout ? out_row(threadIdx.x, m, rr, n) : -1;
-    if (row >= 0) {
-      if (kHoldEpi) load_epilogue(p, row, n, first);
-      else prefetch_epilogue(p, row, n);
-    }
+    const int64_t row = threadIdx.x < nout ? out_row(threadIdx.x, m, rr, n) : -1;
+    if (row >= 0) load_epilogue(p, row, n, first);
   }
-  wait();
+  pdl_trigger();
+  pdl_wait();
 
   // ---- phase 1: low-rank partials (summed over the prologue's splits) ----
   for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
     const int n = idx / p.r, k = idx % p.r;
     float s = 0;
-    for (int sp = 0; sp < p.nsplit; ++sp) s += ldact<Wait>(p.zp + (int64_t(n) * p.nsplit + sp) * p.r + k);
+    for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
     zs[idx] = s * p.vs[k] * p.us[k];
   }
 
@@ -421,7 +330,7 @@ __device__ __forceinline__ void gemv_body(const SignGemvArgs& p, int tiles, int 
     uint2 bx[16];
     const uint2* xc = XF + int64_t(ch) * 16 * 32 + lane;
 #pragma unroll
-    for (int s = 0; s < 16; ++s) bx[s] = active ? ldact<Wait>(xc + s * 32) : make_uint2(0, 0);
+    for (int s = 0; s < 16; ++s) bx[s] = active ? xc[s * 32] : make_uint2(0, 0);
 #pragma unroll
     for (int s = 0; s < 16; ++s) {
 #pragma unroll
@@ -442,27 +351,27 @@ __device__ __forceinline__ void gemv_body(const SignGemvArgs& p, int tiles, int 
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) red[((warp * MT + m) * 4 + j) * 32 + lane] = acc[m][j];
+    for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j];
   __syncthreads();
   for (int o = threadIdx.x; o < nout; o += blockDim.x) {
     int m, rr, n;
     const int64_t row = out_row(o, m, rr, n);
     if (row < 0) continue;
     EpiOperands e;
-    if (kHoldEpi && o == int(threadIdx.x)) {
+    if (o == int(threadIdx.x)) {
       e = first;
     } else {
       load_epilogue(p, row, n, e);
     }
     const int ln = (rr & 7) * 4 + (n >> 1), j = (rr >= 8 ? 2 : 0) + (n & 1);
     float sum = 0;
-    for (int w = 0; w < KS; ++w) sum += red[((w * MT + m) * 4 + j) * 32 + ln];
+    for (int w = 0; w < KS; ++w) sum += red[w][m][j][ln];
     float v = e.a * sum;
     if (p.r > 0) {
       float lr = 0;
 #pragma unroll
       for (int k = 0; k < kMaxRank; ++k)
-        if (k < p.r) lr += i8_of(e.u[k >> 2], k) * zs[n * p.r + k];
+        if (k < p.r) lr += float(e.u[k]) * zs[n * p.r + k];
       v += lr;
     }
     if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
@@ -485,23 +394,16 @@ __device__ __forceinline__ void gemv_body(const SignGemvArgs& p, int tiles, int 
   }
 }
 
-template <int MT>
-__global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
-  extern __shared__ float4 gemv_smem[];
-  gemv_body<MT, true>(p, tiles, nch, blockIdx.x, reinterpret_cast<float*>(gemv_smem), PdlWait{});
-}
-
 // ---- SSM step --------------------------------------------------------------------------------
 constexpr int kSsmThreads = 256;
 constexpr int kSsmPSplit = 2;
 
-// One block: head h of sequence b, rows p of the head's split zi of nz (P / nz rows).
-template <bool F16, class Wait>
-__device__ __forceinline__ void ssm_body(const SsmArgs& a, int h, int b, int zi, int nz, Wait wait) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+template <bool F16>
+__global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
+  const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nw = blockDim.x >> 5;
   const int H = a.H, P = a.P, N = a.N, di = H * P;
-  const int pb = P / nz, p0 = zi * pb;
+  const int pb = P / gridDim.z, p0 = blockIdx.z * pb;
   // ---- before the wait: this layer's state (only this kernel writes it, once per step) and the
   // head's parameters. Each warp owns up to kPPW rows p; each lane n = 4*(lane + 32j), j = 0, 1.
   const float dt_bias = a.dt_bias[h], Ah = a.A[h], Dh = a.Dskip[h];
@@ -528,11 +430,11 @@ __device__ __forceinline__ void ssm_body(const SsmArgs& a, int h, int b, int zi,
       }
     }
   }
-  wait();
+  pdl_trigger();
+  pdl_wait();
   // ---- after the wait: this token's activations ----
   const float* xbc = a.xbc + int64_t(b) * a.D;
-  const float dt_in = ldact<Wait>(a.dt_raw + int64_t(b) * a.ld_dt + h);
-  const float dt = fminf(fmaxf(softplus20(dt_in + dt_bias), a.dt_min), a.dt_max);
+  const float dt = fminf(fmaxf(softplus20(a.dt_raw[int64_t(b) * a.ld_dt + h] + dt_bias), a.dt_min), a.dt_max);
   const float dA = expf(dt * Ah);
   const int grp = h / (H / a.G);
   const float* Bv = xbc + di + grp * N;
@@ -541,17 +443,14 @@ __device__ __forceinline__ void ssm_body(const SsmArgs& a, int h, int b, int zi,
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     const int n = 4 * (lane + 32 * j);
-    auto ld4 = [&](const float* v) {
-      return make_float4(ldact<Wait>(v), ldact<Wait>(v + 1), ldact<Wait>(v + 2), ldact<Wait>(v + 3));
-    };
-    Bn[j] = n < N ? ld4(Bv + n) : make_float4(0, 0, 0, 0);
-    Cn[j] = n < N ? ld4(Cv + n) : make_float4(0, 0, 0, 0);
+    Bn[j] = n < N ? make_float4(Bv[n], Bv[n + 1], Bv[n + 2], Bv[n + 3]) : make_float4(0, 0, 0, 0);
+    Cn[j] = n < N ? make_float4(Cv[n], Cv[n + 1], Cv[n + 2], Cv[n + 3]) : make_float4(0, 0, 0, 0);
   }
   float xs[kPPW];
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
     const int p = p0 + warp + i * nw;
-    xs[i] = p < p0 + pb ? ldact<Wait>(xbc + h * P + p) : 0.f;
+    xs[i] = p < p0 + pb ? xbc[h * P + p] : 0.f;
   }
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
@@ -585,11 +484,6 @@ __device__ __forceinline__ void ssm_body(const SsmArgs& a, int h, int b, int zi,
     acc = warp_sum(acc);
     if (lane == 0) a.y[int64_t(b) * di + h * P + p] = acc + Dh * x;
   }
-}
-
-template <bool F16>
-__global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
-  ssm_body<F16>(a, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.z, PdlWait{});
 }
 
 // ---- int8 LM head ----------------------------------------------------------------------------
@@ -687,96 +581,6 @@ __global__ void embed_rows_kernel(const int32_t* __restrict__ tokens, const int8
   }
 }
 
-// ---- persistent decode: every layer in one kernel ---------------------------------------------
-// The five phases of a layer (norm, in_proj + conv, SSM, gated norm, out_proj) run the same
-// bodies as the kernels above, over "virtual blocks" (what the kernel's blockIdx was), with a
-// grid-wide barrier where the kernel would wait for its predecessor: each block still loads its
-// first virtual block's weights and state before the barrier, so the DRAM latency overlaps the
-// barrier as it overlaps the previous kernel under PDL. All blocks must be co-resident (the
-// launch is cooperative). 239 barriers at 1.3B instead of 240 kernel boundaries.
-constexpr int kPersistThreads = 256;
-constexpr int kPersistMaxMT = 3;
-
-// Monotonic arrival counter (zeroed before each launch): barrier k completes when the counter
-// reaches (k + 1) * gridDim.x. The release arrival publishes this block's writes; the fence after
-// the polling orders the block's later reads after everyone's arrival (and activation reads go
-// through L2, see ldact).
-__device__ __forceinline__ void grid_barrier(unsigned* ctr, unsigned target) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    // release: this block's writes (ordered before by bar.sync) before the arrival
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(ctr) : "memory");
-    unsigned v;
-    do {  // relaxed polling (an acquire per poll would be far more expensive), one fence after
-      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(ctr) : "memory");
-    } while (v < target);
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");
-  }
-  __syncthreads();
-}
-
-// Runs body(vb, wait) for this block's virtual blocks vb = blockIdx.x, + gridDim.x, ... < nvb.
-// The barrier (when `sync`) happens exactly once per block: inside the first body's wait(), or
-// after the loop for a block with no virtual block in this phase.
-struct GridWait {
-  static constexpr bool kL2Loads = true;
-  bool* waited;
-  unsigned* bar;
-  unsigned* epoch;
-  __device__ __forceinline__ void operator()() const {
-    if (!*waited) {
-      *epoch += gridDim.x;
-      grid_barrier(bar, *epoch);
-      *waited = true;
-    }
-  }
-};
-
-template <class Body>
-__device__ __forceinline__ void persistent_phase(int nvb, unsigned* bar, unsigned& epoch, bool sync, Body body) {
-  bool waited = !sync;
-  const GridWait wait{&waited, bar, &epoch};
-  for (int vb = blockIdx.x; vb < nvb; vb += gridDim.x) {
-    body(vb, wait);
-    __syncthreads();  // the next virtual block reuses shared memory
-  }
-  wait();
-}
-
-template <class Wait>
-__device__ __forceinline__ void gemv_dispatch(const SignGemvArgs& p, int mt, int vb, float* smem, Wait wait) {
-  const int tiles = int((p.R + 15) / 16), nch = int((p.C + kChunkCols - 1) / kChunkCols);
-  if (mt == 1) gemv_body<1, false>(p, tiles, nch, vb, smem, wait);
-  else if (mt == 2) gemv_body<2, false>(p, tiles, nch, vb, smem, wait);
-  else gemv_body<3, false>(p, tiles, nch, vb, smem, wait);
-}
-
-__global__ void __launch_bounds__(kPersistThreads, 2)
-    decode_persistent_kernel(const DecodeLayerArgs* __restrict__ layers, int n_layer, int B, unsigned* bar) {
-  extern __shared__ float4 persist_smem[];
-  float* smem = reinterpret_cast<float*>(persist_smem);
-  unsigned epoch = 0;
-  for (int l = 0; l < n_layer; ++l) {
-    const DecodeLayerArgs& L = layers[l];
-    persistent_phase(B * L.ns_in, bar, epoch, l > 0, [&](int vb, auto wait) {
-      norm_body(L.norm, L.ns_in, vb / L.ns_in, vb % L.ns_in, smem, wait);
-    });
-    const int tiles_in = int((L.in.R + 15) / 16), tiles_out = int((L.out.R + 15) / 16);
-    persistent_phase((tiles_in + L.mt_in - 1) / L.mt_in, bar, epoch, true,
-                     [&](int vb, auto wait) { gemv_dispatch(L.in, L.mt_in, vb, smem, wait); });
-    persistent_phase(L.ssm.H * B * kSsmPSplit, bar, epoch, true, [&](int vb, auto wait) {
-      const int zi = vb % kSsmPSplit, hb = vb / kSsmPSplit;
-      if (L.ssm.f16) ssm_body<true>(L.ssm, hb % L.ssm.H, hb / L.ssm.H, zi, kSsmPSplit, wait);
-      else ssm_body<false>(L.ssm, hb % L.ssm.H, hb / L.ssm.H, zi, kSsmPSplit, wait);
-    });
-    persistent_phase(B * L.ns_out, bar, epoch, true, [&](int vb, auto wait) {
-      norm_body(L.gnorm, L.ns_out, vb / L.ns_out, vb % L.ns_out, smem, wait);
-    });
-    persistent_phase((tiles_out + L.mt_out - 1) / L.mt_out, bar, epoch, true,
-                     [&](int vb, auto wait) { gemv_dispatch(L.out, L.mt_out, vb, smem, wait); });
-  }
-}
-
 }  // namespace
 
 cudaError_t embed_rows(const int32_t* tokens, int64_t T, const int8_t* emb, const float* scale, int64_t d, float* out,
@@ -800,24 +604,13 @@ int norm_splits(const NormArgs& a) {
   return a.plain ? 1 : int(round_up(a.n, kChunkCols) + kSliceCols - 1) / kSliceCols;
 }
 
-namespace {
-bool norm_ok(const NormArgs& a, int B) {
-  return !(B < 1 || B > kMaxBatch || a.r > kMaxRank || a.n % 4 != 0 || a.G < 1 ||
-           (a.mode == 1 && (a.G > kMaxGroups || a.n % (4 * a.G) != 0)) || (a.plain && a.n % 2));
-}
-bool gemv_ok(const SignGemvArgs& a) {
-  return !(a.B < 1 || a.B > kMaxBatch || a.r > kMaxRank || (a.conv_D > 0 && (a.conv_K < 1 || a.conv_K > 8)));
-}
-bool ssm_ok(const SsmArgs& a, int B) {
-  return !(B < 1 || a.N % 4 != 0 || a.N > 256 || a.P % kSsmPSplit != 0 ||
-           a.P / kSsmPSplit > (kSsmThreads / 32) * 4 || a.H % a.G != 0);
-}
-}  // namespace
-
 cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
-  if (!norm_ok(a, B)) return cudaErrorInvalidValue;
+  if (B < 1 || B > kMaxBatch || a.r > kMaxRank || a.n % 4 != 0 || a.G < 1 ||
+      (a.mode == 1 && (a.G > kMaxGroups || a.n % (4 * a.G) != 0)) || (a.plain && a.n % 2)) {
+    return cudaErrorInvalidValue;
+  }
   const int ns = norm_splits(a);
-  const size_t smem = size_t(norm_smem_floats(a.n)) * sizeof(float);
+  const size_t smem = size_t(a.n) * sizeof(float);
   if (smem > 48 * 1024) {
     const cudaError_t e =
         cudaFuncSetAttribute(norm_prologue_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -827,7 +620,8 @@ cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
 }
 
 cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
-  if (!gemv_ok(a)) return cudaErrorInvalidValue;
+  if (a.B < 1 || a.B > kMaxBatch || a.r > kMaxRank || (a.conv_D > 0 && (a.conv_K < 1 || a.conv_K > 8)))
+    return cudaErrorInvalidValue;
   const int tiles = int(round_up(a.R, 16) / 16), nch = int(round_up(a.C, kChunkCols) / kChunkCols);
   int KS = 1;  // warps splitting the chunks: at least 2 chunks per warp where possible
   for (int k : {8, 4, 2})
@@ -845,15 +639,15 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     return e ? std::atoi(e) : 0;
   }();
   if (force_mt == 2 || (force_mt != 1 && tiles >= 4 * sms)) {
-    return launch(sign_gemv_kernel<2>, dim3(unsigned((tiles + 1) / 2)), dim3(unsigned(32 * KS)),
-                  size_t(gemv_smem_floats(KS, 2)) * 4, s, pdl, a, tiles, nch);
+    return launch(sign_gemv_kernel<2>, dim3(unsigned((tiles + 1) / 2)), dim3(unsigned(32 * KS)), 0, s, pdl, a, tiles, nch);
   }
-  return launch(sign_gemv_kernel<1>, dim3(unsigned(tiles)), dim3(unsigned(32 * KS)), size_t(gemv_smem_floats(KS, 1)) * 4,
-                s, pdl, a, tiles, nch);
+  return launch(sign_gemv_kernel<1>, dim3(unsigned(tiles)), dim3(unsigned(32 * KS)), 0, s, pdl, a, tiles, nch);
 }
 
 cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl) {
-  if (!ssm_ok(a, B)) return cudaErrorInvalidValue;
+  if (B < 1 || a.N % 4 != 0 || a.N > 256 || a.P % kSsmPSplit != 0 || a.P / kSsmPSplit > (kSsmThreads / 32) * 4 ||
+      a.H % a.G != 0)
+    return cudaErrorInvalidValue;
   const dim3 grid(unsigned(a.H), unsigned(B), kSsmPSplit);
   return a.f16 ? launch(ssm_step_kernel<true>, grid, dim3(kSsmThreads), 0, s, pdl, a)
                : launch(ssm_step_kernel<false>, grid, dim3(kSsmThreads), 0, s, pdl, a);
@@ -863,74 +657,6 @@ cudaError_t lm_head_i8(const LmHeadArgs& a, cudaStream_t s, bool pdl) {
   if (a.B < 1 || a.B > kMaxBatch || a.d % 64 != 0) return cudaErrorInvalidValue;
   const unsigned blocks = unsigned((a.V + 15) / 16);
   return launch(lm_head_kernel, dim3(blocks), dim3(kLmWarps * 32), 0, s, pdl, a);
-}
-
-cudaError_t persistent_config(int max_n, PersistentConfig* cfg) {
-  *cfg = PersistentConfig{};
-  const size_t smem =
-      size_t(std::max(norm_smem_floats(max_n), gemv_smem_floats(kPersistThreads / 32, kPersistMaxMT))) * sizeof(float);
-  if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(decode_persistent_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return e;
-  }
-  int dev = 0, sms = 0, bps = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (e == cudaSuccess)
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, decode_persistent_kernel, kPersistThreads, smem);
-  if (e != cudaSuccess) return e;
-  // Debug switch DFSSM_CUDA_PERSIST_BPS=N: blocks per SM (default 2, capped by the occupancy).
-  static const int want = [] {
-    const char* v = std::getenv("DFSSM_CUDA_PERSIST_BPS");
-    return v ? std::max(1, std::atoi(v)) : 2;
-  }();
-  bps = std::min(bps, want);
-  if (bps < 1) return cudaErrorInvalidConfiguration;
-  cfg->blocks = sms * bps;
-  cfg->threads = kPersistThreads;
-  cfg->smem = smem;
-  cfg->max_n = max_n;
-  return cudaSuccess;
-}
-
-cudaError_t persistent_prepare(DecodeLayerArgs& L, int B, const PersistentConfig& cfg) {
-  if (cfg.blocks < 1 || !norm_ok(L.norm, B) || !norm_ok(L.gnorm, B) || !gemv_ok(L.in) || !gemv_ok(L.out) ||
-      !ssm_ok(L.ssm, B) || L.in.B != B || L.out.B != B || L.norm.n > cfg.max_n || L.gnorm.n > cfg.max_n ||
-      L.norm.plain || L.gnorm.plain)
-    return cudaErrorInvalidValue;
-  L.ns_in = norm_splits(L.norm);
-  L.ns_out = norm_splits(L.gnorm);
-  L.in.nsplit = L.ns_in;
-  L.out.nsplit = L.ns_out;
-  // Fewest tiles per block that still gives every virtual block its own block.
-  auto mt = [&](int64_t R) {
-    const int64_t tiles = round_up(R, 16) / 16;
-    for (int m = 1; m < kPersistMaxMT; ++m)
-      if ((tiles + m - 1) / m <= cfg.blocks) return m;
-    return kPersistMaxMT;
-  };
-  L.mt_in = mt(L.in.R);
-  L.mt_out = mt(L.out.R);
-  return cudaSuccess;
-}
-
-cudaError_t decode_layers_persistent(const DecodeLayerArgs* layers, int n_layer, int B, unsigned* barrier,
-                                     const PersistentConfig& pc, cudaStream_t s) {
-  if (n_layer < 1 || B < 1 || B > kMaxBatch || pc.blocks < 1) return cudaErrorInvalidValue;
-  cudaError_t e = cudaMemsetAsync(barrier, 0, sizeof(unsigned), s);
-  if (e != cudaSuccess) return e;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(unsigned(pc.blocks));
-  cfg.blockDim = dim3(unsigned(pc.threads));
-  cfg.dynamicSmemBytes = pc.smem;
-  cfg.stream = s;
-  cudaLaunchAttribute at[1];
-  at[0].id = cudaLaunchAttributeCooperative;  // the barrier needs every block resident
-  at[0].val.cooperative = 1;
-  cfg.attrs = at;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, decode_persistent_kernel, layers, n_layer, B, barrier);
 }
 
 }  // namespace dfssm::kernels::cuda

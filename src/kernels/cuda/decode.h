@@ -154,31 +154,14 @@ cudaError_t lm_head_i8(const LmHeadArgs& a, cudaStream_t s, bool pdl);
 cudaError_t embed_rows(const int32_t* tokens, int64_t T, const int8_t* emb, const float* scale, int64_t d, float* out,
                        cudaStream_t s);
 
-// ---- persistent decode: all layers of one step in one cooperative kernel ----------------------
-// The same five phases per layer as the kernels above (identical math; the block size, and with
-// it the order of a few fp32 sums, differs), separated by grid-wide barriers instead of kernel
-// boundaries. Layer arguments live in device memory (an array of DecodeLayerArgs, which the
-// caller fills as for the single kernels and finishes with persistent_prepare).
+// The five kernels' arguments of one decode layer (the runtime builds them per layer).
 struct DecodeLayerArgs {
-  NormArgs norm;   // mode 0 (fragments + partials for in_proj)
+  NormArgs norm;  // mode 0 (fragments + partials for in_proj)
   SignGemvArgs in;
   SsmArgs ssm;
   NormArgs gnorm;  // mode 1 (for out_proj)
   SignGemvArgs out;
-  int ns_in = 1, ns_out = 1, mt_in = 1, mt_out = 1;  // set by persistent_prepare
+  int ns_in = 1, ns_out = 1;  // norm_splits of norm / gnorm
 };
-struct PersistentConfig {
-  int blocks = 0, threads = 0, max_n = 0;
-  size_t smem = 0;
-};
-// Grid for rows up to max_n (max(d_model, d_inner)) on the current device: SMs x blocks per SM
-// (2, or DFSSM_CUDA_PERSIST_BPS, capped by the occupancy).
-cudaError_t persistent_config(int max_n, PersistentConfig* cfg);
-// Validates one layer's arguments for batch B and fills its split / tile counts (and the GEMVs'
-// nsplit).
-cudaError_t persistent_prepare(DecodeLayerArgs& L, int B, const PersistentConfig& cfg);
-// layers: device array [n_layer]; barrier: one device unsigned (zeroed here, on s).
-cudaError_t decode_layers_persistent(const DecodeLayerArgs* layers, int n_layer, int B, unsigned* barrier,
-                                     const PersistentConfig& cfg, cudaStream_t s);
 
 }  // namespace dfssm::kernels::cuda

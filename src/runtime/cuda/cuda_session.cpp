@@ -77,11 +77,6 @@ struct CudaSession::Dev {
   int32_t* tok = nullptr;   // [batch] tokens of the current step
   int32_t* prompt = nullptr;
   int64_t prompt_cap = 0;
-  // Persistent decode: grid configuration, barrier counter, per-(rows, seq0) argument arrays.
-  kc::PersistentConfig pcfg;
-  unsigned* barrier = nullptr;
-  std::map<std::pair<int64_t, int64_t>, kc::DecodeLayerArgs*> plans;
-
   int32_t* h_tok = nullptr;    // pinned
   float* h_logits = nullptr;   // pinned [batch, V]
 
@@ -217,15 +212,6 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   CUDA_CHECK(cudaMemsetAsync(g.hidden, 0, MB * size_t(d) * 4, g.stream));
   g.state = g.alloc<uint8_t>(size_t(batch) * state_bytes_);
   g.tok = g.alloc<int32_t>(MB);
-  if (opt_.persistent) {
-    int coop = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, opt_.device));
-    opt_.persistent = coop != 0;  // (every sm_90 GPU has it) otherwise: kernel by kernel
-  }
-  if (opt_.persistent) {
-    g.barrier = g.alloc<unsigned>(1);
-    CUDA_CHECK(kc::persistent_config(int(std::max(d, di)), &g.pcfg));
-  }
   CUDA_CHECK(cudaMallocHost(&g.h_tok, MB * sizeof(int32_t)));
   CUDA_CHECK(cudaMallocHost(&g.h_logits, size_t(batch) * size_t(V_) * sizeof(float)));
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -263,8 +249,7 @@ void CudaSession::check_tokens(const int32_t* tokens, int64_t n) const {
 }
 
 // The decode step for sequences [seq0, seq0 + rows), tokens in dev_->tok[0..rows).
-// The five kernels' arguments of layer l for B rows starting at sequence seq0 (the same for the
-// launch-by-launch path and the persistent kernel).
+// The five kernels' arguments of layer l for B rows starting at sequence seq0.
 kernels::cuda::DecodeLayerArgs CudaSession::layer_args(int64_t l, int B, int64_t seq0) const {
   const Dev& g = *dev_;
   const auto& c = model_->config();
@@ -323,24 +308,6 @@ kernels::cuda::DecodeLayerArgs CudaSession::layer_args(int64_t l, int B, int64_t
   return A;
 }
 
-// The device array of persistent-kernel arguments for (B rows, seq0), built at first use.
-const kernels::cuda::DecodeLayerArgs* CudaSession::persistent_plan(int B, int64_t seq0) {
-  Dev& g = *dev_;
-  const auto key = std::make_pair(int64_t(B), seq0);
-  auto it = g.plans.find(key);
-  if (it != g.plans.end()) return it->second;
-  const int64_t n_layer = model_->config().n_layer;
-  std::vector<kc::DecodeLayerArgs> host(static_cast<size_t>(n_layer));
-  for (int64_t l = 0; l < n_layer; ++l) {
-    host[size_t(l)] = layer_args(l, B, seq0);
-    CUDA_CHECK(kc::persistent_prepare(host[size_t(l)], B, g.pcfg));
-  }
-  kc::DecodeLayerArgs* dptr = g.upload(host.data(), host.size());
-  CUDA_CHECK(cudaStreamSynchronize(g.stream));  // `host` goes out of scope
-  g.plans.emplace(key, dptr);
-  return dptr;
-}
-
 void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
                           std::vector<std::pair<std::string, void*>>* events) {
   Dev& g = *dev_;
@@ -372,13 +339,7 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     events->emplace_back(kind, ev);
   };
   mark("start");
-  const bool persistent = opt_.persistent && !events && !sync_each && !dump;
-  if (persistent) {
-    // One cooperative kernel for all layers (no PDL into it: it follows a memcpy or the
-    // previous step's LM head).
-    CUDA_CHECK(kc::decode_layers_persistent(persistent_plan(B, seq0), int(c.n_layer), B, g.barrier, g.pcfg, s));
-  }
-  for (int64_t l = 0; !persistent && l < c.n_layer; ++l) {
+  for (int64_t l = 0; l < c.n_layer; ++l) {
     const kc::DecodeLayerArgs A = layer_args(l, B, seq0);
     CUDA_CHECK(kc::norm_prologue(A.norm, B, s, pdl && l > 0));  // the first launch follows a memcpy
     mark("norm");
@@ -431,7 +392,6 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
 }
 
 void CudaSession::run_forward(int64_t rows, int64_t seq0, bool head) {
-  if (opt_.persistent) persistent_plan(int(rows), seq0);  // uploads: never inside a capture
   if (!opt_.cuda_graph) {
     forward(rows, seq0, head, opt_.pdl, nullptr);
     return;

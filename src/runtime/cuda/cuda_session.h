@@ -51,9 +51,6 @@ struct CudaSessionOptions {
   std::string state_dtype = "f32";  // f32 | f16 (SSM state storage; math is fp32)
   bool cuda_graph = true;           // capture and replay the decode step
   bool pdl = true;                  // programmatic dependent launch between kernels
-  // All layers of a decode step in one cooperative kernel with grid barriers between phases.
-  // Off by default: measured 2x slower than the PDL chain (docs/runtime.md).
-  bool persistent = false;
   int device = 0;
   bool int8_prefill = true;       // the INT8 GEMM prefill (else: prefill = a loop of decode steps)
   int64_t int8_prefill_min = 16;  // prompts shorter than this run as decode steps
@@ -103,7 +100,6 @@ class CudaSession {
   void forward(int64_t rows, int64_t seq0, bool head, bool pdl, std::vector<std::pair<std::string, void*>>* events);
   void run_forward(int64_t rows, int64_t seq0, bool head);
   kernels::cuda::DecodeLayerArgs layer_args(int64_t l, int B, int64_t seq0) const;
-  const kernels::cuda::DecodeLayerArgs* persistent_plan(int B, int64_t seq0);
   void check_tokens(const int32_t* tokens, int64_t n) const;
   void prefill_steps(int64_t seq, int64_t n, float* all_logits);
   void prefill_int8(int64_t seq, int64_t n, float* all_logits);
