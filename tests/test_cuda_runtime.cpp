@@ -243,7 +243,8 @@ std::shared_ptr<runtime::Model> small_model(uint64_t seed, const std::string& ge
 // Prefill sequences with different prompt lengths, then `steps` decode steps of all sequences;
 // returns the worst relative logit error per step and checks it.
 double compare_engines(const std::shared_ptr<runtime::Model>& model, int64_t B, int steps, const std::string& state,
-                       double tol, const std::string& cpu_isa = "", bool graph = true, bool pdl = true) {
+                       double tol, const std::string& cpu_isa = "", bool graph = true, bool pdl = true,
+                       bool fold = true) {
   runtime::SessionOptions so;
   so.state_dtype = state;
   so.isa = cpu_isa;  // "": DFSSM_CPU_ISA or the best the CPU has
@@ -251,6 +252,7 @@ double compare_engines(const std::shared_ptr<runtime::Model>& model, int64_t B, 
   co.state_dtype = state;
   co.cuda_graph = graph;
   co.pdl = pdl;
+  co.fold_norms = fold;
   co.int8_prefill = false;  // the decode path (the INT8 prefill has its own test below)
   runtime::Session cpu_s(model, B, so);
   runtime::CudaSession gpu_s(model, B, co);
@@ -281,9 +283,11 @@ double compare_engines(const std::shared_ptr<runtime::Model>& model, int64_t B, 
     for (int64_t s = 0; s < B; ++s)  // feed the CPU engine's greedy tokens to both
       toks[size_t(s)] = int32_t(std::max_element(ca.begin() + s * V, ca.begin() + s * V + vs) - (ca.begin() + s * V));
   }
-  std::printf("engines (%s state, batch %lld, %d steps, cpu isa %s, graph %d, pdl %d): worst rel logit err %.2e "
-              "(tolerance %.0e)\n",
-              state.c_str(), (long long)B, steps, kernels::cpu::isa_name(cpu_s.isa()), int(graph), int(pdl), worst, tol);
+  std::printf("engines (%s state, batch %lld, %d steps, cpu isa %s, graph %d, pdl %d, folded norms %d): worst rel "
+              "logit err %.2e (tolerance %.0e)\n",
+              state.c_str(), (long long)B, steps, kernels::cpu::isa_name(cpu_s.isa()), int(graph), int(pdl),
+              int(gpu_s.folded()), worst, tol);
+  CHECK(gpu_s.folded() == fold);
   CHECK(worst < tol);
   return worst;
 }
@@ -296,6 +300,37 @@ TEST_CASE("CUDA session matches the CPU session: prefill + 64 decode steps", "[g
   compare_engines(model, 3, 64, "f32", 2e-2);
   compare_engines(model, 1, 64, "f16", 2e-2);
   compare_engines(model, 8, 16, "f32", 2e-2);
+  compare_engines(model, 3, 16, "f32", 2e-2, "", true, true, false);  // the five-kernel layers
+  compare_engines(model, 8, 8, "f16", 2e-2, "", false, false, false);
+}
+
+TEST_CASE("Folded norms: as close to the CPU engine as the five-kernel layers, at 1.3B", "[gpu][cuda_runtime]") {
+  // Folding moves 1/rms from the fp16 fragments into the fp32 epilogue, so the fp16 roundings
+  // differ from the five-kernel path's (and decorrelate over layers); both must stay as close to
+  // the CPU engine (fp32 activations) as each other.
+  auto full = runtime::Model::random(Mamba2Config::geometry("mamba2-1.3b"), quant::QuantConfig{}, test_seed() + 5);
+  const int64_t V = full->config().padded_vocab();
+  const std::vector<int32_t> ids = {7, 70, 700, 7000, 17, 170};
+  for (int64_t k : {1, 2, 48}) {
+    auto m = runtime::Model::first_layers(full, k);
+    runtime::SessionOptions so;
+    so.act = "f32";
+    runtime::Session cs(m, 1, so);
+    const float* c = cs.prefill(0, ids.data(), int64_t(ids.size()));
+    const std::vector<float> cpu(c, c + V);
+    double err[2];
+    for (int f = 0; f < 2; ++f) {
+      runtime::CudaSessionOptions co;
+      co.fold_norms = f == 1;
+      runtime::CudaSession g(m, 2, co);  // batch 2: sequence 1 is prefilled, sequence 0 idle
+      REQUIRE(g.folded() == (f == 1));
+      const float* lg = g.prefill(1, ids.data(), int64_t(ids.size()));
+      err[f] = rel_err(std::vector<float>(lg, lg + V), cpu);
+    }
+    std::printf("folded norms, %2lld layers: vs cpu %.2e (five kernels: %.2e)\n", (long long)k, err[1], err[0]);
+    CHECK(err[1] < 1.5 * err[0] + 2e-4);
+    CHECK(err[1] < 2e-2);
+  }
 }
 
 TEST_CASE("CUDA session matches the CPU session at the 1.3B geometry", "[gpu][cuda_runtime]") {

@@ -23,6 +23,7 @@ timeout 60 $BUILD/bin/test_cuda_kernels >$OUT/test_cuda_kernels.txt 2>&1; echo "
 B=$BUILD/bin/dfssm
 timeout 120 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 2048 2>&1 | tee $OUT/bench_cuda.txt
 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --state-dtype f16 --prefill 2048 --batches 1,8 --no-membw 2>&1 | grep -E "engine|decode|prefill" | tee -a $OUT/bench_cuda.txt
+timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-fold --prefill 16 --batches 1,8 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-pdl --prefill 16 --batches 1 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
 [[ ${QUICK:-0} == 1 ]] && { echo "total $(( $(date +%s) - t0 )) s"; exit 0; }
 CS=/usr/local/cuda/bin/compute-sanitizer

@@ -100,6 +100,7 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
   __shared__ float scratch[33];
   __shared__ float rs[kMaxGroups];
   __shared__ float red[kNormThreads / 32][kMaxRank];
+  __shared__ float sst;  // Σx² of the row (fold)
   const int bseq = blockIdx.x, split = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
   const int n = a.n, n4 = n / 4;
   const int c0 = split * kSliceCols;
@@ -159,8 +160,10 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
         ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
       }
     }
-    const float rstd = rsqrtf(block_sum(ss, scratch) / float(n) + a.eps);  // (syncs: row is complete)
-    if (tid == 0) rs[0] = rstd;
+    const float tot = block_sum(ss, scratch);  // (syncs: row is complete)
+    // fold: the consumer applies 1/rms; here x ⊙ w only (multiplying by 1 is exact)
+    const float rstd = a.fold ? 1.f : rsqrtf(tot / float(n) + a.eps);
+    if (tid == 0) rs[0] = rstd, sst = tot;
     if (split == 0 && a.res_out) {
       float4* ro = reinterpret_cast<float4*>(a.res_out + int64_t(bseq) * n);
       for (int i = tid; i < n4; i += nt) ro[i] = row4[i];
@@ -237,9 +240,11 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
     if (tid < a.r) {
       float s = 0;
       for (int w = 0; w < nw; ++w) s += red[w][tid];
-      a.zp[(int64_t(bseq) * nsplit + split) * a.r + tid] = s;
+      if (a.fold) a.parts[(int64_t(bseq) * (kMaxRank + 1) + tid) * kMaxParts + split] = s;
+      else a.zp[(int64_t(bseq) * nsplit + split) * a.r + tid] = s;
     }
   }
+  if (a.fold && tid == 0) a.parts[(int64_t(bseq) * (kMaxRank + 1) + a.r) * kMaxParts + split] = split == 0 ? sst : 0.f;
 }
 
 // ---- packed-sign GEMV ------------------------------------------------------------------------
@@ -251,10 +256,19 @@ struct EpiOperands {
   float a = 0.f, cb = 0.f;
   int8_t u[kMaxRank];
   float sv[8], wv[8];
+  float nw = 0.f, nb = 1.f;  // NEXT: the next layer's norm weight and field b at this row
+  int8_t nv[kMaxRank];       // NEXT: the next in_proj's V row
 };
 
+template <bool NEXT>
 __device__ __forceinline__ void load_epilogue(const SignGemvArgs& p, int64_t row, int n, EpiOperands& e) {
   e.a = p.a[row];
+  if (NEXT) {
+    e.nw = p.nw[row];
+    e.nb = p.nb ? p.nb[row] : 1.f;
+#pragma unroll
+    for (int k = 0; k < kMaxRank; ++k) e.nv[k] = k < p.nr ? p.nV[row * p.nr + k] : int8_t(0);
+  }
 #pragma unroll
   for (int k = 0; k < kMaxRank; ++k) e.u[k] = (p.r > 0 && k < p.r) ? p.U[row * p.r + k] : int8_t(0);
   const bool conv = p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D;
@@ -269,10 +283,53 @@ __device__ __forceinline__ void load_epilogue(const SignGemvArgs& p, int64_t row
   e.cb = conv && p.conv_b ? p.conv_b[ch] : 0.f;
 }
 
-template <int MT>
+// Folded norm, after the wait: per sequence n, the sums over the producer's parts of the
+// low-rank partials (zsum) and rstd (rsq). A warp per (n, k), its lanes over the parts (float4
+// of 4 consecutive parts, fixed order); U outputs per warp have their loads issued together.
+__device__ __forceinline__ void reduce_parts(const SignGemvArgs& p, float* zsum, float* rsq) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
+  const int R1 = p.r + 1, total = p.B * R1, np = p.nparts;
+  constexpr int U = 4;
+  for (int o0 = warp; o0 < total; o0 += KS * U) {
+    float4 v[U][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int o = o0 + u * KS;
+      const float* src = p.parts + (int64_t(o / R1) * (kMaxRank + 1) + o % R1) * kMaxParts;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int i = 4 * lane + 128 * h;
+        v[u][h] = (o < total && i < np) ? *reinterpret_cast<const float4*>(src + i) : make_float4(0, 0, 0, 0);
+        if (i + 1 >= np) v[u][h].y = 0.f;  // parts past nparts: not this step's (or never written)
+        if (i + 2 >= np) v[u][h].z = 0.f;
+        if (i + 3 >= np) v[u][h].w = 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int o = o0 + u * KS;
+      if (o >= total) break;  // uniform per warp
+      float t = 0.f;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) t += (v[u][h].x + v[u][h].y) + (v[u][h].z + v[u][h].w);
+      t = warp_sum(t);
+      const int n = o / R1, k = o % R1;
+      if (lane == 0) {
+        if (k < p.r) zsum[n * kMaxRank + k] = t;
+        else rsq[n] = rsqrtf(t / float(p.n_norm) + p.eps);
+      }
+    }
+  }
+}
+
+template <int MT, bool NEXT>
 __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
   __shared__ float red[8][MT][4][32];
   __shared__ float zs[kMaxBatch * kMaxRank];
+  __shared__ float zsum[kMaxBatch * kMaxRank];
+  __shared__ float rsq[kMaxBatch];
+  // NEXT: per output, its contributions to the next layer's parts (V' ⊙ w' ⊙ x, and x²).
+  __shared__ float contrib[NEXT ? MT * 16 * kMaxBatch : 1][kMaxRank + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
   const int g = lane >> 2;
   const int tile0 = blockIdx.x * MT;
@@ -306,17 +363,28 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
   {
     int m, rr, n;
     const int64_t row = threadIdx.x < nout ? out_row(threadIdx.x, m, rr, n) : -1;
-    if (row >= 0) load_epilogue(p, row, n, first);
+    if (row >= 0) load_epilogue<NEXT>(p, row, n, first);
   }
   pdl_trigger();
   pdl_wait();
 
-  // ---- phase 1: low-rank partials (summed over the prologue's splits) ----
-  for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
-    const int n = idx / p.r, k = idx % p.r;
-    float s = 0;
-    for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
-    zs[idx] = s * p.vs[k] * p.us[k];
+  // ---- phase 1: low-rank partials (summed over the prologue's splits, or the folded norm's
+  // parts, which also give rstd) ----
+  const bool fold = p.parts != nullptr;
+  if (fold) {
+    reduce_parts(p, zsum, rsq);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
+      const int n = idx / p.r, k = idx % p.r;
+      zs[idx] = zsum[n * kMaxRank + k] * rsq[n] * p.vs[k] * p.us[k];
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
+      const int n = idx / p.r, k = idx % p.r;
+      float s = 0;
+      for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
+      zs[idx] = s * p.vs[k] * p.us[k];
+    }
   }
 
   // ---- phase 2: the 1-bit GEMV on tensor cores (two chunks of signs in flight) ----
@@ -356,17 +424,21 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
   for (int o = threadIdx.x; o < nout; o += blockDim.x) {
     int m, rr, n;
     const int64_t row = out_row(o, m, rr, n);
-    if (row < 0) continue;
+    if (row < 0) {
+      if (NEXT)
+        for (int k = 0; k <= kMaxRank; ++k) contrib[o][k] = 0.f;
+      continue;
+    }
     EpiOperands e;
     if (o == int(threadIdx.x)) {
       e = first;
     } else {
-      load_epilogue(p, row, n, e);
+      load_epilogue<NEXT>(p, row, n, e);
     }
     const int ln = (rr & 7) * 4 + (n >> 1), j = (rr >= 8 ? 2 : 0) + (n & 1);
     float sum = 0;
     for (int w = 0; w < KS; ++w) sum += red[w][m][j][ln];
-    float v = e.a * sum;
+    float v = fold ? e.a * sum * rsq[n] : e.a * sum;
     if (p.r > 0) {
       float lr = 0;
 #pragma unroll
@@ -391,6 +463,29 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
       p.conv_out[int64_t(n) * D + ch] = silu(cacc);
     }
     p.y[int64_t(n) * p.ldy + row] = v;
+    if (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
+      const float x = p.res_in[int64_t(n) * p.R + row] + v;
+      p.res_out[int64_t(n) * p.R + row] = x;
+      const float xw = e.nw * x;
+      const int c = int(row), s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
+      reinterpret_cast<__half*>(p.nxf)[((int64_t(s16) * 32 + n * 4 + t) * 2 + hi) * 2 + (c & 1)] =
+          __float2half_rn(e.nb * xw);
+#pragma unroll
+      for (int k = 0; k < kMaxRank; ++k)
+        if (k < p.nr) contrib[o][k] = float(e.nv[k]) * xw;
+      contrib[o][p.nr] = x * x;
+    }
+  }
+  if (NEXT) {  // this block's parts: per (sequence, k), its rows in a fixed order
+    __syncthreads();
+    const int R1 = p.nr + 1;
+    for (int idx = threadIdx.x; idx < B * R1; idx += blockDim.x) {
+      const int n = idx / R1, k = idx % R1;
+      float s = 0.f;
+      for (int m = 0; m < MT; ++m)
+        for (int rr = 0; rr < 16; ++rr) s += contrib[m * 16 * B + rr * B + n][k];
+      p.nparts_out[(int64_t(n) * (kMaxRank + 1) + k) * kMaxParts + blockIdx.x] = s;
+    }
   }
 }
 
@@ -400,6 +495,8 @@ constexpr int kSsmPSplit = 2;
 
 template <bool F16>
 __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
+  // fold: per local row j (= p - p0), its contributions to out_proj's parts
+  __shared__ float contrib[(kSsmThreads / 32) * 4][kMaxRank + 1];
   const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nw = blockDim.x >> 5;
   const int H = a.H, P = a.P, N = a.N, di = H * P;
@@ -430,6 +527,17 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
       }
     }
   }
+  // fold: the gated norm's weight, out_proj's field b and V row (lane k holds V[c, k]) per row
+  const bool fold = a.xf != nullptr;
+  float gwv[kPPW], obv[kPPW], vk[kPPW];
+#pragma unroll
+  for (int i = 0; i < kPPW; ++i) {
+    const int p = p0 + warp + i * nw;
+    const int64_t c = int64_t(h) * P + (p < p0 + pb ? p : p0);
+    gwv[i] = fold ? a.gw[c] : 0.f;
+    obv[i] = fold && a.ob ? a.ob[c] : 1.f;
+    vk[i] = fold && lane < a.orank ? float(a.oV[c * a.orank + lane]) : 0.f;
+  }
   pdl_trigger();
   pdl_wait();
   // ---- after the wait: this token's activations ----
@@ -446,11 +554,12 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
     Bn[j] = n < N ? make_float4(Bv[n], Bv[n + 1], Bv[n + 2], Bv[n + 3]) : make_float4(0, 0, 0, 0);
     Cn[j] = n < N ? make_float4(Cv[n], Cv[n + 1], Cv[n + 2], Cv[n + 3]) : make_float4(0, 0, 0, 0);
   }
-  float xs[kPPW];
+  float xs[kPPW], zv[kPPW];
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
     const int p = p0 + warp + i * nw;
     xs[i] = p < p0 + pb ? xbc[h * P + p] : 0.f;
+    zv[i] = fold && p < p0 + pb ? a.z[int64_t(b) * a.ldz + h * P + p] : 0.f;
   }
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
@@ -481,8 +590,29 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
       }
       acc += Cn[j].x * v.x + Cn[j].y * v.y + Cn[j].z * v.z + Cn[j].w * v.w;
     }
-    acc = warp_sum(acc);
-    if (lane == 0) a.y[int64_t(b) * di + h * P + p] = acc + Dh * x;
+    acc = warp_sum(acc);  // every lane holds it
+    const float y = acc + Dh * x;
+    if (lane == 0) a.y[int64_t(b) * di + h * P + p] = y;
+    if (fold) {  // gate, out_proj fragment, parts contributions
+      const float g = y * silu(zv[i]), gx = gwv[i] * g;
+      const int c = h * P + p, jl = p - p0;
+      if (lane == 0) {
+        const int s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
+        reinterpret_cast<__half*>(a.xf)[((int64_t(s16) * 32 + b * 4 + t) * 2 + hi) * 2 + (c & 1)] =
+            __float2half_rn(obv[i] * gx);
+        contrib[jl][a.orank] = g * g;
+      }
+      if (lane < a.orank) contrib[jl][lane] = vk[i] * gx;
+    }
+  }
+  if (fold) {  // this block's parts: per k, its rows in a fixed order
+    __syncthreads();
+    const int part = blockIdx.x * gridDim.z + blockIdx.z;
+    if (int(threadIdx.x) <= a.orank) {
+      float s = 0.f;
+      for (int j = 0; j < pb; ++j) s += contrib[j][threadIdx.x];
+      a.parts[(int64_t(b) * (kMaxRank + 1) + threadIdx.x) * kMaxParts + part] = s;
+    }
   }
 }
 
@@ -606,7 +736,8 @@ int norm_splits(const NormArgs& a) {
 
 cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
   if (B < 1 || B > kMaxBatch || a.r > kMaxRank || a.n % 4 != 0 || a.G < 1 ||
-      (a.mode == 1 && (a.G > kMaxGroups || a.n % (4 * a.G) != 0)) || (a.plain && a.n % 2)) {
+      (a.mode == 1 && (a.G > kMaxGroups || a.n % (4 * a.G) != 0)) || (a.plain && a.n % 2) ||
+      (a.fold && (a.mode != 0 || a.plain || !a.parts || norm_splits(a) > kMaxParts))) {
     return cudaErrorInvalidValue;
   }
   const int ns = norm_splits(a);
@@ -619,16 +750,9 @@ cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
   return launch(norm_prologue_kernel, dim3(unsigned(B), unsigned(ns)), dim3(kNormThreads), smem, s, pdl, a, ns);
 }
 
-cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
-  if (a.B < 1 || a.B > kMaxBatch || a.r > kMaxRank || (a.conv_D > 0 && (a.conv_K < 1 || a.conv_K > 8)))
-    return cudaErrorInvalidValue;
-  const int tiles = int(round_up(a.R, 16) / 16), nch = int(round_up(a.C, kChunkCols) / kChunkCols);
-  int KS = 1;  // warps splitting the chunks: at least 2 chunks per warp where possible
-  for (int k : {8, 4, 2})
-    if (nch % k == 0 && nch / k >= 2) {
-      KS = k;
-      break;
-    }
+namespace {
+int gemv_mt(int64_t R) {
+  const int64_t tiles = round_up(R, 16) / 16;
   int sms = 132;
   {
     int dev = 0;
@@ -638,15 +762,49 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     const char* e = std::getenv("DFSSM_CUDA_MT");
     return e ? std::atoi(e) : 0;
   }();
-  if (force_mt == 2 || (force_mt != 1 && tiles >= 4 * sms)) {
-    return launch(sign_gemv_kernel<2>, dim3(unsigned((tiles + 1) / 2)), dim3(unsigned(32 * KS)), 0, s, pdl, a, tiles, nch);
+  return (force_mt == 2 || (force_mt != 1 && tiles >= 4 * sms)) ? 2 : 1;
+}
+}  // namespace
+
+int sign_gemv_grid(int64_t R) {
+  const int64_t tiles = round_up(R, 16) / 16, mt = gemv_mt(R);
+  return int((tiles + mt - 1) / mt);
+}
+
+int ssm_parts(int H) { return H * kSsmPSplit; }
+
+cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
+  if (a.B < 1 || a.B > kMaxBatch || a.r > kMaxRank || (a.conv_D > 0 && (a.conv_K < 1 || a.conv_K > 8)))
+    return cudaErrorInvalidValue;
+  if (a.parts && (a.nparts < 1 || a.nparts > kMaxParts || a.n_norm < 1)) return cudaErrorInvalidValue;
+  const bool next = a.nxf != nullptr;
+  if (next && (!a.parts || !a.res_in || !a.res_out || !a.nw || !a.nparts_out || a.nr < 0 || a.nr > kMaxRank ||
+               (a.nr > 0 && !a.nV) || sign_gemv_grid(a.R) > kMaxParts))
+    return cudaErrorInvalidValue;
+  const int tiles = int(round_up(a.R, 16) / 16), nch = int(round_up(a.C, kChunkCols) / kChunkCols);
+  int KS = 1;  // warps splitting the chunks: at least 2 chunks per warp where possible
+  for (int k : {8, 4, 2})
+    if (nch % k == 0 && nch / k >= 2) {
+      KS = k;
+      break;
+    }
+  const dim3 block{unsigned(32 * KS)};
+  if (gemv_mt(a.R) == 2) {
+    const dim3 grid{unsigned((tiles + 1) / 2)};
+    return next ? launch(sign_gemv_kernel<2, true>, grid, block, 0, s, pdl, a, tiles, nch)
+                : launch(sign_gemv_kernel<2, false>, grid, block, 0, s, pdl, a, tiles, nch);
   }
-  return launch(sign_gemv_kernel<1>, dim3(unsigned(tiles)), dim3(unsigned(32 * KS)), 0, s, pdl, a, tiles, nch);
+  const dim3 grid{unsigned(tiles)};
+  return next ? launch(sign_gemv_kernel<1, true>, grid, block, 0, s, pdl, a, tiles, nch)
+              : launch(sign_gemv_kernel<1, false>, grid, block, 0, s, pdl, a, tiles, nch);
 }
 
 cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl) {
   if (B < 1 || a.N % 4 != 0 || a.N > 256 || a.P % kSsmPSplit != 0 || a.P / kSsmPSplit > (kSsmThreads / 32) * 4 ||
       a.H % a.G != 0)
+    return cudaErrorInvalidValue;
+  if (a.xf && (a.G != 1 || !a.z || !a.gw || !a.parts || a.orank < 0 || a.orank > kMaxRank ||
+               (a.orank > 0 && !a.oV) || ssm_parts(a.H) > kMaxParts))
     return cudaErrorInvalidValue;
   const dim3 grid(unsigned(a.H), unsigned(B), kSsmPSplit);
   return a.f16 ? launch(ssm_step_kernel<true>, grid, dim3(kSsmThreads), 0, s, pdl, a)

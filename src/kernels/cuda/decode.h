@@ -13,6 +13,21 @@
 //   sign_gemv (out_proj)   hidden = a ⊙ (S xb) + U (us ⊙ vs ⊙ Vᵀg)
 // then norm_f (norm_prologue, plain fp16 rows) and the int8 LM head.
 //
+// Folded norms (ngroups = 1, the default path): three launches per layer. RMSNorm scales a
+// token's row by one scalar rstd = rsqrt(mean(x²) + eps), and the projections are linear, so a
+// GEMV can run on the un-normalised input and multiply its output (and its low-rank term) by
+// rstd in the epilogue. The producer of a projection's input writes the fragments of
+// b ⊙ w ⊙ x (w: the norm weight) and per-block partial sums ("parts") of Vᵀ(w ⊙ x) and Σx²:
+//   sign_gemv (in_proj)    reads parts: rstd and the low-rank term; + conv (as above)
+//   ssm_step (fold)        + g = y ⊙ silu(z), the out_proj fragments of b ⊙ w_g ⊙ g, parts
+//   sign_gemv (out_proj)   reads parts; residual += y (res_in -> res_out), and the next layer's
+//                          in_proj fragments of b' ⊙ w' ⊙ residual, parts
+// Layer 0's input comes from norm_prologue with fold = 1 (the embedding row, un-normalised).
+// Parts layout: float [kMaxBatch][kMaxRank + 1][kMaxParts]: parts[(n*(kMaxRank+1) + k)*kMaxParts
+// + i] is producer block i's sum for sequence n, k < r: Σ V[c,k]·w[c]·x[c], k = r: Σ x[c]². A
+// consumer sums parts 0..nparts-1 in a fixed order (deterministic). fp16 range: the fragments
+// are no longer normalised, so |b·w·x| must stay below 65504.
+//
 // Layouts (all device pointers):
 //   * activations fp32 row-major [B, n] (sequence b at b*n), as the CPU runtime's;
 //   * "fragments": the sign GEMV's activation operand, fp16, in the register order of
@@ -45,6 +60,9 @@ constexpr int kMaxBatch = 8;   // sequences per decode step (mma N = 8)
 constexpr int kMaxRank = 32;   // low-rank rank the kernels support
 constexpr int kChunkCols = 256;
 constexpr int kSliceCols = 512;  // norm_prologue: fragment columns per block
+constexpr int kMaxParts = 256;   // producer blocks of a folded norm's partial sums
+// Floats of a parts buffer (all batch rows).
+inline size_t parts_floats() { return size_t(kMaxBatch) * (kMaxRank + 1) * kMaxParts; }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // Bytes of the repacked signs of an R x C projection.
@@ -86,6 +104,10 @@ struct NormArgs {
   const int8_t* V = nullptr;  // [n, r] or null
   int r = 0;
   float* zp = nullptr;
+  // fold = 1 (mode 0 only): fragments of b ⊙ w ⊙ x without the 1/rms, and parts (see above) at
+  // parts[.. + split] instead of zp (split 0 carries Σx²).
+  int fold = 0;
+  float* parts = nullptr;
 };
 int norm_splits(const NormArgs& a);
 cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl);
@@ -114,7 +136,26 @@ struct SignGemvArgs {
   const float* conv_w = nullptr;  // [K, D] tap-major
   const float* conv_b = nullptr;  // [D] or null
   float* conv_out = nullptr;
+  // Folded norm: parts of the input (nparts producer blocks; n_norm = the normalised row length);
+  // replaces zp / nsplit. The output (and the conv input) is scaled by rstd.
+  const float* parts = nullptr;
+  int nparts = 0;
+  int64_t n_norm = 0;
+  float eps = 0.f;
+  // out_proj with a next layer (needs parts): x = res_in + y written to res_out, and the next
+  // in_proj's input: fragments of nb ⊙ nw ⊙ x into nxf, parts into nparts_out (this kernel's
+  // block i is part i; sign_gemv_grid gives their number). R must equal the next layer's C.
+  const float* res_in = nullptr;
+  float* res_out = nullptr;
+  const float* nw = nullptr;  // next layer's norm weight [R]
+  const float* nb = nullptr;  // next in_proj's field b [R] or null
+  const int8_t* nV = nullptr;  // next in_proj's V [R, nr] or null
+  int nr = 0;
+  void* nxf = nullptr;
+  float* nparts_out = nullptr;
 };
+// Blocks sign_gemv launches for R rows (the parts a next-layer output produces).
+int sign_gemv_grid(int64_t R);
 cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl);
 
 // The SSM recurrence for B sequences (ops.h SsmStepArgs), one layer. xbc: post-conv [B, D_conv]
@@ -134,7 +175,19 @@ struct SsmArgs {
   float* y = nullptr;  // [B, H*P]
   float dt_min = 0, dt_max = 0;
   int H = 0, P = 0, N = 0, G = 1;
+  // Folded gated norm (G == 1; xf set): g = y ⊙ silu(z[b * ldz + c]), out_proj fragments of
+  // ob ⊙ gw ⊙ g into xf and parts (ssm_parts(H) producer blocks) for out_proj.
+  const float* z = nullptr;
+  int64_t ldz = 0;
+  const float* gw = nullptr;  // gated-norm weight [H*P]
+  const float* ob = nullptr;  // out_proj field b [H*P] or null
+  const int8_t* oV = nullptr;  // out_proj V [H*P, orank] or null
+  int orank = 0;
+  void* xf = nullptr;
+  float* parts = nullptr;
 };
+// Producer blocks (parts) of ssm_step for H heads.
+int ssm_parts(int H);
 cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl);
 
 // logits[b, row] = scale[row] · Σ_c q[row, c] · x16[b, c]   (int8 q [V, d], x16 plain fp16 [B, d]).

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstdlib>
 #include <cstring>
 
@@ -72,6 +73,7 @@ struct CudaSession::Dev {
   // Activations (kMaxBatch rows each) and state.
   float *res[2] = {nullptr, nullptr}, *hidden = nullptr, *zx = nullptr, *xbc = nullptr, *y = nullptr;
   float *zp_in = nullptr, *zp_out = nullptr, *logits = nullptr;
+  float *parts_in = nullptr, *parts_out = nullptr;  // folded norms (decode.h "parts")
   void *xf_in = nullptr, *xf_out = nullptr, *x16 = nullptr;
   uint8_t* state = nullptr;
   int32_t* tok = nullptr;   // [batch] tokens of the current step
@@ -202,6 +204,14 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   g.y = g.alloc<float>(MB * size_t(di));
   g.zp_in = g.alloc<float>(MB * 64 * size_t(std::max<int64_t>(r, 1)));
   g.zp_out = g.alloc<float>(MB * 64 * size_t(std::max<int64_t>(r, 1)));
+  g.parts_in = g.alloc<float>(kc::parts_floats());
+  g.parts_out = g.alloc<float>(kc::parts_floats());
+  CUDA_CHECK(cudaMemsetAsync(g.parts_in, 0, kc::parts_floats() * 4, g.stream));
+  CUDA_CHECK(cudaMemsetAsync(g.parts_out, 0, kc::parts_floats() * 4, g.stream));
+  // Folded norms need ngroups = 1 (one rstd per row of the gated norm) and few enough producer
+  // blocks; otherwise the five-kernel layer.
+  fold_ = opt_.fold_norms && c.ngroups == 1 && kc::sign_gemv_grid(d) <= kc::kMaxParts &&
+          kc::ssm_parts(int(c.nheads())) <= kc::kMaxParts;
   g.logits = g.alloc<float>(MB * size_t(V_));
   g.xf_in = g.alloc<uint8_t>(kc::fragment_bytes(d));
   g.xf_out = g.alloc<uint8_t>(kc::fragment_bytes(di));
@@ -308,6 +318,56 @@ kernels::cuda::DecodeLayerArgs CudaSession::layer_args(int64_t l, int B, int64_t
   return A;
 }
 
+// The layers with folded norms (decode.h): the embedding rows through norm_prologue (fold), then
+// per layer in_proj + conv, SSM + gate, out_proj + residual + the next layer's input. The
+// residual stream ends in res[n_layer % 2].
+void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::function<void(const char*)>& mark) {
+  Dev& g = *dev_;
+  const auto& c = model_->config();
+  const int64_t d = c.d_model, di = c.d_inner(), dip = c.d_in_proj();
+  const float eps = float(c.norm_eps);
+  cudaStream_t s = g.stream;
+  kc::DecodeLayerArgs A = layer_args(0, B, seq0);
+  kc::NormArgs k0 = A.norm;
+  k0.fold = 1;
+  k0.parts = g.parts_in;
+  k0.res_out = g.res[0];
+  CUDA_CHECK(kc::norm_prologue(k0, B, s, false));  // follows a memcpy
+  mark("norm");
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    if (l > 0) A = layer_args(l, B, seq0);
+    const auto& L = g.layers[size_t(l)];
+    A.in.parts = g.parts_in;
+    A.in.nparts = l == 0 ? kc::norm_splits(k0) : kc::sign_gemv_grid(d);
+    A.in.n_norm = d;
+    A.in.eps = eps;
+    CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
+    mark("in_proj");
+    A.ssm.z = g.zx, A.ssm.ldz = dip;
+    A.ssm.gw = L.gnorm, A.ssm.ob = L.out.b, A.ssm.oV = L.out.V, A.ssm.orank = int(L.out.r);
+    A.ssm.xf = g.xf_out, A.ssm.parts = g.parts_out;
+    CUDA_CHECK(kc::ssm_step(A.ssm, B, s, pdl));
+    mark("ssm");
+    A.out.parts = g.parts_out;
+    A.out.nparts = kc::ssm_parts(int(c.nheads()));
+    A.out.n_norm = di;
+    A.out.eps = eps;
+    A.out.res_in = g.res[l % 2];
+    A.out.res_out = g.res[(l + 1) % 2];
+    A.out.nxf = g.xf_in;
+    A.out.nparts_out = g.parts_in;
+    if (l + 1 < c.n_layer) {
+      const auto& N = g.layers[size_t(l + 1)];
+      A.out.nw = N.norm, A.out.nb = N.in.b, A.out.nV = N.in.V, A.out.nr = int(N.in.r);
+    } else {  // the residual only (the next-layer outputs land in buffers nobody reads)
+      A.out.nw = g.norm_f, A.out.nb = nullptr, A.out.nV = nullptr, A.out.nr = 0;
+    }
+    CUDA_CHECK(kc::sign_gemv(A.out, s, pdl));
+    mark("out_proj");
+  }
+  (void)di;
+}
+
 void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
                           std::vector<std::pair<std::string, void*>>* events) {
   Dev& g = *dev_;
@@ -339,7 +399,10 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     events->emplace_back(kind, ev);
   };
   mark("start");
-  for (int64_t l = 0; l < c.n_layer; ++l) {
+  if (fold_) {
+    forward_folded(B, seq0, pdl, mark);
+  }
+  for (int64_t l = 0; !fold_ && l < c.n_layer; ++l) {
     const kc::DecodeLayerArgs A = layer_args(l, B, seq0);
     CUDA_CHECK(kc::norm_prologue(A.norm, B, s, pdl && l > 0));  // the first launch follows a memcpy
     mark("norm");
@@ -379,7 +442,7 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
   nf.eps = float(c.norm_eps);
   nf.w = g.norm_f;
   nf.res_in = g.res[c.n_layer % 2];
-  nf.hidden = g.hidden;
+  nf.hidden = fold_ ? nullptr : g.hidden;  // (folded: the last out_proj added the residual)
   nf.res_out = g.res[(c.n_layer + 1) % 2];
   nf.out16 = g.x16;
   nf.plain = 1;

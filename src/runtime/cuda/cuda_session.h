@@ -36,6 +36,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,6 +52,9 @@ struct CudaSessionOptions {
   std::string state_dtype = "f32";  // f32 | f16 (SSM state storage; math is fp32)
   bool cuda_graph = true;           // capture and replay the decode step
   bool pdl = true;                  // programmatic dependent launch between kernels
+  // Decode layers with the RMSNorms folded into their neighbours: 3 kernels per layer instead of
+  // 5 (needs ngroups = 1; kernels/cuda/decode.h).
+  bool fold_norms = true;
   int device = 0;
   bool int8_prefill = true;       // the INT8 GEMM prefill (else: prefill = a loop of decode steps)
   int64_t int8_prefill_min = 16;  // prompts shorter than this run as decode steps
@@ -70,6 +74,7 @@ class CudaSession {
   int64_t vocab() const { return V_; }
   const Model& model() const { return *model_; }
   const CudaSessionOptions& options() const { return opt_; }
+  bool folded() const { return fold_; }  // decode layers run with folded norms
   std::string device_name() const;
 
   void reset();
@@ -100,6 +105,7 @@ class CudaSession {
   void forward(int64_t rows, int64_t seq0, bool head, bool pdl, std::vector<std::pair<std::string, void*>>* events);
   void run_forward(int64_t rows, int64_t seq0, bool head);
   kernels::cuda::DecodeLayerArgs layer_args(int64_t l, int B, int64_t seq0) const;
+  void forward_folded(int B, int64_t seq0, bool pdl, const std::function<void(const char*)>& mark);
   void check_tokens(const int32_t* tokens, int64_t n) const;
   void prefill_steps(int64_t seq, int64_t n, float* all_logits);
   void prefill_int8(int64_t seq, int64_t n, float* all_logits);
@@ -109,6 +115,7 @@ class CudaSession {
   CudaSessionOptions opt_;
   int64_t batch_, V_;
   bool f16_state_;
+  bool fold_ = false;  // folded norms in use (options and model permitting)
   uint64_t conv_bytes_, ssm_bytes_, state_bytes_, weight_bytes_ = 0, prefill_bytes_ = 0;
   std::vector<int64_t> pos_;
   std::unique_ptr<Dev> dev_;
