@@ -244,7 +244,7 @@ std::shared_ptr<runtime::Model> small_model(uint64_t seed, const std::string& ge
 // returns the worst relative logit error per step and checks it.
 double compare_engines(const std::shared_ptr<runtime::Model>& model, int64_t B, int steps, const std::string& state,
                        double tol, const std::string& cpu_isa = "", bool graph = true, bool pdl = true,
-                       bool fold = true) {
+                       bool fold = true, int64_t fold_max_rows = 1) {
   runtime::SessionOptions so;
   so.state_dtype = state;
   so.isa = cpu_isa;  // "": DFSSM_CPU_ISA or the best the CPU has
@@ -253,6 +253,7 @@ double compare_engines(const std::shared_ptr<runtime::Model>& model, int64_t B, 
   co.cuda_graph = graph;
   co.pdl = pdl;
   co.fold_norms = fold;
+  co.fold_max_rows = fold_max_rows;
   co.int8_prefill = false;  // the decode path (the INT8 prefill has its own test below)
   runtime::Session cpu_s(model, B, so);
   runtime::CudaSession gpu_s(model, B, co);
@@ -286,8 +287,8 @@ double compare_engines(const std::shared_ptr<runtime::Model>& model, int64_t B, 
   std::printf("engines (%s state, batch %lld, %d steps, cpu isa %s, graph %d, pdl %d, folded norms %d): worst rel "
               "logit err %.2e (tolerance %.0e)\n",
               state.c_str(), (long long)B, steps, kernels::cpu::isa_name(cpu_s.isa()), int(graph), int(pdl),
-              int(gpu_s.folded()), worst, tol);
-  CHECK(gpu_s.folded() == fold);
+              int(gpu_s.folded(B)), worst, tol);
+  CHECK(gpu_s.folded(1) == fold);
   CHECK(worst < tol);
   return worst;
 }
@@ -300,6 +301,7 @@ TEST_CASE("CUDA session matches the CPU session: prefill + 64 decode steps", "[g
   compare_engines(model, 3, 64, "f32", 2e-2);
   compare_engines(model, 1, 64, "f16", 2e-2);
   compare_engines(model, 8, 16, "f32", 2e-2);
+  compare_engines(model, 8, 16, "f32", 2e-2, "", true, true, true, 8);  // folded at batch 8 as well
   compare_engines(model, 3, 16, "f32", 2e-2, "", true, true, false);  // the five-kernel layers
   compare_engines(model, 8, 8, "f16", 2e-2, "", false, false, false);
 }
@@ -323,7 +325,7 @@ TEST_CASE("Folded norms: as close to the CPU engine as the five-kernel layers, a
       runtime::CudaSessionOptions co;
       co.fold_norms = f == 1;
       runtime::CudaSession g(m, 2, co);  // batch 2: sequence 1 is prefilled, sequence 0 idle
-      REQUIRE(g.folded() == (f == 1));
+      REQUIRE(g.folded(1) == (f == 1));
       const float* lg = g.prefill(1, ids.data(), int64_t(ids.size()));
       err[f] = rel_err(std::vector<float>(lg, lg + V), cpu);
     }

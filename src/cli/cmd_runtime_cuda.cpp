@@ -105,7 +105,7 @@ int cmd_bench_cuda(int argc, char** argv) {
   std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s, folded norms %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
               "  (upload + repack %.0f ms)\n",
               probe.device_name().c_str(), o.state_dtype.c_str(), o.cuda_graph ? "on" : "off", o.pdl ? "on" : "off",
-              probe.folded() ? "on" : "off", what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
+              probe.folded(1) ? "batch 1" : "off", what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
               ms_since(t_up));
   const double bw = membw ? copy_bandwidth_gbs() : 0.0;
   if (membw) std::printf("device copy bandwidth (1 GiB D2D, read + write): %.0f GB/s\n", bw);

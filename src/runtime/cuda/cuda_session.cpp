@@ -399,10 +399,9 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
     events->emplace_back(kind, ev);
   };
   mark("start");
-  if (fold_) {
-    forward_folded(B, seq0, pdl, mark);
-  }
-  for (int64_t l = 0; !fold_ && l < c.n_layer; ++l) {
+  const bool fold = folded(rows);
+  if (fold) forward_folded(B, seq0, pdl, mark);
+  for (int64_t l = 0; !fold && l < c.n_layer; ++l) {
     const kc::DecodeLayerArgs A = layer_args(l, B, seq0);
     CUDA_CHECK(kc::norm_prologue(A.norm, B, s, pdl && l > 0));  // the first launch follows a memcpy
     mark("norm");
@@ -442,7 +441,7 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
   nf.eps = float(c.norm_eps);
   nf.w = g.norm_f;
   nf.res_in = g.res[c.n_layer % 2];
-  nf.hidden = fold_ ? nullptr : g.hidden;  // (folded: the last out_proj added the residual)
+  nf.hidden = fold ? nullptr : g.hidden;  // (folded: the last out_proj added the residual)
   nf.res_out = g.res[(c.n_layer + 1) % 2];
   nf.out16 = g.x16;
   nf.plain = 1;
