@@ -322,12 +322,16 @@ __device__ __forceinline__ void reduce_parts(const SignGemvArgs& p, float* zsum,
   }
 }
 
-template <int MT, bool NEXT>
+// FOLD: 0 the five-kernel layer (zp from norm_prologue), 1 folded-norm input (parts), 2 folded
+// input and the next layer's input (out_proj). Separate instantiations: the unfolded kernel
+// carries none of the folded code (measured: it costs registers and ~10% at batch 8).
+template <int MT, int FOLD>
 __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
+  constexpr bool fold = FOLD >= 1, NEXT = FOLD == 2;
   __shared__ float red[8][MT][4][32];
   __shared__ float zs[kMaxBatch * kMaxRank];
-  __shared__ float zsum[kMaxBatch * kMaxRank];
-  __shared__ float rsq[kMaxBatch];
+  __shared__ float zsum[fold ? kMaxBatch * kMaxRank : 1];
+  __shared__ float rsq[fold ? kMaxBatch : 1];
   // NEXT: per output, its contributions to the next layer's parts (V' ⊙ w' ⊙ x, and x²).
   __shared__ float contrib[NEXT ? MT * 16 * kMaxBatch : 1][kMaxRank + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
@@ -370,8 +374,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
 
   // ---- phase 1: low-rank partials (summed over the prologue's splits, or the folded norm's
   // parts, which also give rstd) ----
-  const bool fold = p.parts != nullptr;
-  if (fold) {
+  if constexpr (fold) {
     reduce_parts(p, zsum, rsq);
     __syncthreads();
     for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
@@ -425,7 +428,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
     int m, rr, n;
     const int64_t row = out_row(o, m, rr, n);
     if (row < 0) {
-      if (NEXT)
+      if constexpr (NEXT)
         for (int k = 0; k <= kMaxRank; ++k) contrib[o][k] = 0.f;
       continue;
     }
@@ -438,7 +441,8 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
     const int ln = (rr & 7) * 4 + (n >> 1), j = (rr >= 8 ? 2 : 0) + (n & 1);
     float sum = 0;
     for (int w = 0; w < KS; ++w) sum += red[w][m][j][ln];
-    float v = fold ? e.a * sum * rsq[n] : e.a * sum;
+    float v = e.a * sum;
+    if constexpr (fold) v *= rsq[n];
     if (p.r > 0) {
       float lr = 0;
 #pragma unroll
@@ -463,7 +467,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
       p.conv_out[int64_t(n) * D + ch] = silu(cacc);
     }
     p.y[int64_t(n) * p.ldy + row] = v;
-    if (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
+    if constexpr (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
       const float x = p.res_in[int64_t(n) * p.R + row] + v;
       p.res_out[int64_t(n) * p.R + row] = x;
       const float xw = e.nw * x;
@@ -476,7 +480,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
       contrib[o][p.nr] = x * x;
     }
   }
-  if (NEXT) {  // this block's parts: per (sequence, k), its rows in a fixed order
+  if constexpr (NEXT) {  // this block's parts: per (sequence, k), its rows in a fixed order
     __syncthreads();
     const int R1 = p.nr + 1;
     for (int idx = threadIdx.x; idx < B * R1; idx += blockDim.x) {
@@ -493,10 +497,11 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
 constexpr int kSsmThreads = 256;
 constexpr int kSsmPSplit = 2;
 
-template <bool F16>
+// FOLD: the folded gated norm (a separate instantiation, so the plain kernel is unchanged).
+template <bool F16, bool FOLD>
 __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
   // fold: per local row j (= p - p0), its contributions to out_proj's parts
-  __shared__ float contrib[(kSsmThreads / 32) * 4][kMaxRank + 1];
+  __shared__ float contrib[FOLD ? (kSsmThreads / 32) * 4 : 1][kMaxRank + 1];
   const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nw = blockDim.x >> 5;
   const int H = a.H, P = a.P, N = a.N, di = H * P;
@@ -528,7 +533,7 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
     }
   }
   // fold: the gated norm's weight, out_proj's field b and V row (lane k holds V[c, k]) per row
-  const bool fold = a.xf != nullptr;
+  constexpr bool fold = FOLD;
   float gwv[kPPW], obv[kPPW], vk[kPPW];
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
@@ -593,7 +598,7 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
     acc = warp_sum(acc);  // every lane holds it
     const float y = acc + Dh * x;
     if (lane == 0) a.y[int64_t(b) * di + h * P + p] = y;
-    if (fold) {  // gate, out_proj fragment, parts contributions
+    if constexpr (fold) {  // gate, out_proj fragment, parts contributions
       const float g = y * silu(zv[i]), gx = gwv[i] * g;
       const int c = h * P + p, jl = p - p0;
       if (lane == 0) {
@@ -605,7 +610,7 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
       if (lane < a.orank) contrib[jl][lane] = vk[i] * gx;
     }
   }
-  if (fold) {  // this block's parts: per k, its rows in a fixed order
+  if constexpr (fold) {  // this block's parts: per k, its rows in a fixed order
     __syncthreads();
     const int part = blockIdx.x * gridDim.z + blockIdx.z;
     if (int(threadIdx.x) <= a.orank) {
@@ -789,14 +794,21 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
       break;
     }
   const dim3 block{unsigned(32 * KS)};
+  const int mode = next ? 2 : a.parts ? 1 : 0;
   if (gemv_mt(a.R) == 2) {
     const dim3 grid{unsigned((tiles + 1) / 2)};
-    return next ? launch(sign_gemv_kernel<2, true>, grid, block, 0, s, pdl, a, tiles, nch)
-                : launch(sign_gemv_kernel<2, false>, grid, block, 0, s, pdl, a, tiles, nch);
+    switch (mode) {
+      case 0: return launch(sign_gemv_kernel<2, 0>, grid, block, 0, s, pdl, a, tiles, nch);
+      case 1: return launch(sign_gemv_kernel<2, 1>, grid, block, 0, s, pdl, a, tiles, nch);
+      default: return launch(sign_gemv_kernel<2, 2>, grid, block, 0, s, pdl, a, tiles, nch);
+    }
   }
   const dim3 grid{unsigned(tiles)};
-  return next ? launch(sign_gemv_kernel<1, true>, grid, block, 0, s, pdl, a, tiles, nch)
-              : launch(sign_gemv_kernel<1, false>, grid, block, 0, s, pdl, a, tiles, nch);
+  switch (mode) {
+    case 0: return launch(sign_gemv_kernel<1, 0>, grid, block, 0, s, pdl, a, tiles, nch);
+    case 1: return launch(sign_gemv_kernel<1, 1>, grid, block, 0, s, pdl, a, tiles, nch);
+    default: return launch(sign_gemv_kernel<1, 2>, grid, block, 0, s, pdl, a, tiles, nch);
+  }
 }
 
 cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl) {
@@ -807,8 +819,12 @@ cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl) {
                (a.orank > 0 && !a.oV) || ssm_parts(a.H) > kMaxParts))
     return cudaErrorInvalidValue;
   const dim3 grid(unsigned(a.H), unsigned(B), kSsmPSplit);
-  return a.f16 ? launch(ssm_step_kernel<true>, grid, dim3(kSsmThreads), 0, s, pdl, a)
-               : launch(ssm_step_kernel<false>, grid, dim3(kSsmThreads), 0, s, pdl, a);
+  const dim3 block(kSsmThreads);
+  if (a.xf)
+    return a.f16 ? launch(ssm_step_kernel<true, true>, grid, block, 0, s, pdl, a)
+                 : launch(ssm_step_kernel<false, true>, grid, block, 0, s, pdl, a);
+  return a.f16 ? launch(ssm_step_kernel<true, false>, grid, block, 0, s, pdl, a)
+               : launch(ssm_step_kernel<false, false>, grid, block, 0, s, pdl, a);
 }
 
 cudaError_t lm_head_i8(const LmHeadArgs& a, cudaStream_t s, bool pdl) {

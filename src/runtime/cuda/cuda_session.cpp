@@ -27,9 +27,6 @@ namespace kc = kernels::cuda;
 
 struct CudaSession::Dev {
   cudaStream_t stream = nullptr;
-  // INT8 prefill: lowrank_down runs on `side` while the INT8 GEMM runs on `stream` (fork/join).
-  cudaStream_t side = nullptr;
-  cudaEvent_t ev_fork = nullptr, ev_join = nullptr;
   std::vector<void*> allocs;
   uint64_t bytes = 0;
 
@@ -98,9 +95,6 @@ struct CudaSession::Dev {
     if (prompt) cudaFree(prompt);
     if (h_tok) cudaFreeHost(h_tok);
     if (h_logits) cudaFreeHost(h_logits);
-    if (ev_fork) cudaEventDestroy(ev_fork);
-    if (ev_join) cudaEventDestroy(ev_join);
-    if (side) cudaStreamDestroy(side);
     if (stream) cudaStreamDestroy(stream);
   }
 };
@@ -144,9 +138,6 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   dev_ = std::make_unique<Dev>();
   Dev& g = *dev_;
   CUDA_CHECK(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
-  CUDA_CHECK(cudaStreamCreateWithFlags(&g.side, cudaStreamNonBlocking));
-  CUDA_CHECK(cudaEventCreateWithFlags(&g.ev_fork, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventCreateWithFlags(&g.ev_join, cudaEventDisableTiming));
 
   // ---- weights ----
   uint64_t wbytes = 0;
@@ -581,19 +572,11 @@ void CudaSession::prefill_int8(int64_t seq, int64_t n, float* all_logits) {
   uint8_t* st0 = g.state + uint64_t(seq) * state_bytes_;
   const uint64_t layer_bytes = conv_bytes_ + ssm_bytes_;
   // x: the projection's input, already quantized into pf_q / pf_sx by the fused norm kernel.
-  // The low-rank down-projection (memory-bound, reads x) overlaps the INT8 GEMM (tensor cores,
-  // reads q) on the side stream; the epilogue waits for both.
   auto project = [&](const Dev::Proj& p, const float* x, int64_t T, float* y, int64_t ldy) {
-    if (p.r > 0) {
-      CUDA_CHECK(cudaEventRecord(g.ev_fork, s));
-      CUDA_CHECK(cudaStreamWaitEvent(g.side, g.ev_fork, 0));
-      CUDA_CHECK(kc::lowrank_down(x, p.C, p.V, p.vs, T, p.C, p.r, g.pf_zl, g.side));
-      CUDA_CHECK(cudaEventRecord(g.ev_join, g.side));
-    }
+    if (p.r > 0) CUDA_CHECK(kc::lowrank_down(x, p.C, p.V, p.vs, T, p.C, p.r, g.pf_zl, s));
     const cudaError_t e = g.gemm->run(g.pf_q, p.S, g.pf_acc, T, p.R, p.ldq, g.ldacc, s);
     DFSSM_CHECK(e == cudaSuccess, "cuBLASLt INT8 GEMM (", T, " x ", p.R, " x ", p.ldq, ") failed: ",
                 cudaGetErrorString(e), " (cublas status ", g.gemm->last_status(), ")");
-    if (p.r > 0) CUDA_CHECK(cudaStreamWaitEvent(s, g.ev_join, 0));
     CUDA_CHECK(kc::proj_epilogue(g.pf_acc, g.ldacc, T, p.R, p.a, g.pf_sx, p.r > 0 ? p.U : nullptr, p.us, g.pf_zl,
                                  p.r, y, ldy, s));
   };
