@@ -26,6 +26,7 @@
 #include "catch_compat.h"
 #include "kernels/cpu/isa.h"
 #include "model_test_util.h"
+#include "runtime_test_util.h"
 #include "quant/student.h"
 #include "runtime/model.h"
 #include "runtime/sampler.h"
@@ -39,7 +40,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using test::engine_vs_trainer;
+using test::Exported;
+using test::random_ids;
+using test::rel_l2;
 std::string tmp_path(const std::string& name) { return test::tmp_path("runtime", name); }
+Exported make_exported(const Mamba2Config& cfg, const quant::QuantConfig& q, const std::string& name, uint64_t seed) {
+  return test::make_exported(cfg, q, tmp_path(name), seed);
+}
 
 Mamba2Config small_config(int64_t ngroups) {
   auto c = Mamba2Config::geometry("test");
@@ -50,82 +58,18 @@ Mamba2Config small_config(int64_t ngroups) {
   return c;
 }
 
-struct Exported {
-  std::unique_ptr<quant::Student> student;
-  std::string path;
-};
-
-// A student initialised from a random teacher, with its latents/fields nudged by noise (so the
-// test does not only see an init-only student), exported to a packed file.
-Exported make_exported(const Mamba2Config& cfg, const quant::QuantConfig& q, const std::string& name, uint64_t seed) {
-  auto teacher = test::make_test_model(cfg, seed);
-  Exported e;
-  e.student = quant::make_student(teacher, q, seed);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed + 7);
-  at::NoGradGuard ng;
-  for (auto& sc : e.student->scaffolds())
-    if (sc) sc->w_lat.add_(at::randn(sc->w_lat.sizes(), gen) * 0.05);
-  e.path = tmp_path(name);
-  quant::export_packed(*e.student, e.path);
-  // The file stores conv1d and the norms in small_dtype and dense projections in fp16, rounded
-  // from the fp32 masters (docs/format.md). Round the LibTorch student the same way, so the two
-  // sides hold the same weights and only the arithmetic differs.
-  for (auto& [key, t] : e.student->model->named_parameters()) {
-    const bool dense_proj = key.find("_proj.weight") != std::string::npos;
-    const bool small = key.find("conv1d") != std::string::npos || key.find("norm") != std::string::npos;
-    if (dense_proj || (small && q.small_dtype == "f16")) t.copy_(t.to(at::kHalf).to(at::kFloat));
-  }
-  return e;
-}
-
 // Per activation precision of the sign GEMM (see the header comment): f32 only reorders sums;
 // i16 quantizes b ⊙ x per token to 15 bits (~3e-5 per element relative to max|x|, averaging
 // down in the sums; measured ~1e-5 on the logits); i8 to 7 bits (measured ~3e-2).
 const std::map<std::string, double> kActTolerance = {{"f32", 1e-5}, {"i16", 2e-4}, {"i8", 6e-2}};
 
-double rel_l2(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    REQUIRE(std::isfinite(a[i]));
-    num += double(a[i] - b[i]) * double(a[i] - b[i]);
-    den += double(b[i]) * double(b[i]);
-  }
-  return std::sqrt(num / den);
-}
-
-std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> ids(static_cast<size_t>(n));
-  for (auto& t : ids) t = int32_t(rng() % uint64_t(vocab));
-  return ids;
-}
-
 // Compares the runtime on `path` with the LibTorch student: prefill of `ids`, then `steps`
 // greedy-free decode steps on fixed ids. Returns the worst relative error over all positions.
 double runtime_vs_trainer(const Exported& e, const std::vector<int32_t>& ids, int steps,
                           const runtime::SessionOptions& opt) {
-  const auto& model = *e.student->model;
-  const int64_t V = model.config().padded_vocab(), n = int64_t(ids.size());
-  at::NoGradGuard ng;
-  auto ids_t = at::empty({1, n}, at::kLong);
-  for (int64_t i = 0; i < n; ++i) ids_t[0][i] = ids[size_t(i)];
-  auto state = model.new_state(1);
-  const auto ref_prefill = model.forward(ids_t, &state).contiguous();  // (1, n, V) fp32
-
   auto rt_model = runtime::Model::load(e.path);
   runtime::Session s(rt_model, 1, opt);
-  std::vector<float> all(static_cast<size_t>(n * V));
-  s.prefill(0, ids.data(), n, all.data());
-  double worst = 0;
-  for (int64_t t = 0; t < n; ++t)
-    worst = std::max(worst, rel_l2(all.data() + t * V, ref_prefill.data_ptr<float>() + t * V, V));
-  const auto next_ids = random_ids(steps, model.config().vocab_size, 99);
-  for (int i = 0; i < steps; ++i) {
-    const auto ref = model.step(at::full({1}, int64_t(next_ids[size_t(i)]), at::kLong), state).contiguous();
-    const float* got = s.step(&next_ids[size_t(i)]);
-    worst = std::max(worst, rel_l2(got, ref.data_ptr<float>(), V));
-  }
-  return worst;
+  return engine_vs_trainer(e, s, ids, steps);
 }
 
 }  // namespace
