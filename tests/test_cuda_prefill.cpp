@@ -347,6 +347,9 @@ TEST_CASE("ssm_scan matches T steps of ssm_step_ref (fp32 and fp16 state)", "[gp
       g.N = N;
       cases.push_back({g, 45, f16});
     }
+    // headdim 16, d_state 16: 16 threads per block at 16 state elements per thread; the scan
+    // falls back to 8 (2 lanes per row, one warp).
+    cases.push_back({Geo{128, 256, 16, 16, 16, 1, 4, 19}, 45, f16});
   }
   for (const ScanCase& c : cases) {
     const Geo& g = c.g;

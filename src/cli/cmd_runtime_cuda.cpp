@@ -123,7 +123,7 @@ int cmd_bench_cuda(int argc, char** argv) {
     pre.push_back(ms_since(t0));
   }
   std::sort(pre.begin(), pre.end());
-  const bool int8 = o.int8_prefill && L >= o.int8_prefill_min;
+  const bool int8 = probe.options().int8_prefill && L >= o.int8_prefill_min;  // (as the session runs it)
   std::printf("prefill 1x%lld: %.1f ms (%.0f tokens/s; %s)\n", (long long)L, pre[1], double(L) / pre[1] * 1e3,
               int8 ? ("INT8 tensor-core GEMMs, chunks of " + std::to_string(o.prefill_chunk) + " tokens, " +
                       std::to_string(probe.prefill_weight_bytes() / 1000000) + " MB of int8 scaffold copies")

@@ -989,26 +989,50 @@ cudaError_t conv_prefill(const float* xbc_raw, int64_t ld_in, float* conv_state,
   }
 }
 
+namespace {
+// The block configuration of ssm_scan for these shapes: NT state elements per thread (the
+// tuning's, or 8 when that leaves a block that is not a whole number of warps, e.g. P = 16 and
+// N = 16), TPR lanes per row, PB rows per block, TC tokens per staged chunk. False: unsupported.
+struct ScanPlan {
+  int NT = 0, TPR = 0, PB = 0, threads = 0, TC = 0;
+};
+bool scan_plan(int H, int P, int N, int G, const ScanTuning& tuning, ScanPlan* out) {
+  if (H < 1 || P < 4 || P % 4 != 0 || G < 1 || H % G != 0) return false;
+  int dev = 0, smem_max = 48 * 1024;
+  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  for (int NT : {tuning.elems_per_thread, 8}) {
+    if (!(NT == 8 || NT == 16) || N < NT || N % NT != 0) continue;
+    ScanPlan pl;
+    pl.NT = NT;
+    pl.TPR = N / NT;
+    if ((pl.TPR & (pl.TPR - 1)) != 0 || pl.TPR > 32) continue;
+    const int max_threads = std::min(256, std::max(32, tuning.max_threads));
+    pl.PB = P;  // rows per block: a multiple of 4 dividing P
+    while (pl.PB * pl.TPR > max_threads && pl.PB % 8 == 0) pl.PB /= 2;
+    pl.threads = pl.PB * pl.TPR;
+    if (pl.threads > 256 || pl.threads % 32 != 0) continue;
+    // Tokens per staged chunk: 32, fewer where the double buffer would not fit in shared memory.
+    pl.TC = 32;
+    while (pl.TC > 4 && scan_smem_bytes(N, pl.PB, pl.TC) > size_t(smem_max)) pl.TC /= 2;
+    if (scan_smem_bytes(N, pl.PB, pl.TC) > size_t(smem_max)) continue;
+    *out = pl;
+    return true;
+  }
+  return false;
+}
+}  // namespace
+
+bool ssm_scan_supported(int H, int P, int N, int G, const ScanTuning& tuning) {
+  ScanPlan pl;
+  return scan_plan(H, P, N, G, tuning, &pl);
+}
+
 cudaError_t ssm_scan(void* state, bool f16, const float* xbc, const float* dt_raw, int64_t ld_dt, const float* dt_bias,
                      const float* A, const float* Dskip, float* y, int64_t T, int H, int P, int N, int G, float dt_min,
                      float dt_max, cudaStream_t stream, const ScanTuning& tuning) {
-  const int NT = tuning.elems_per_thread;
-  if (T < 0 || H < 1 || P < 4 || P % 4 != 0 || G < 1 || H % G != 0 || !(NT == 8 || NT == 16) || N < NT ||
-      N % NT != 0 || !aligned16(xbc) || !aligned16(state))
-    return cudaErrorInvalidValue;
-  const int TPR = N / NT;
-  if ((TPR & (TPR - 1)) != 0 || TPR > 32) return cudaErrorInvalidValue;
-  const int max_threads = std::min(256, std::max(32, tuning.max_threads));
-  int PB = P;  // rows per block: a multiple of 4 dividing P
-  while (PB * TPR > max_threads && PB % 8 == 0) PB /= 2;
-  const int threads = PB * TPR;
-  if (threads > 256 || threads % 32 != 0) return cudaErrorInvalidValue;
-  // Tokens per staged chunk: 32, fewer where the double buffer would not fit in shared memory.
-  int dev = 0, smem_max = 48 * 1024;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  int TC = 32;
-  while (TC > 4 && scan_smem_bytes(N, PB, TC) > size_t(smem_max)) TC /= 2;
-  if (scan_smem_bytes(N, PB, TC) > size_t(smem_max)) return cudaErrorInvalidValue;
+  ScanPlan pl;
+  if (T < 0 || !scan_plan(H, P, N, G, tuning, &pl) || !aligned16(xbc) || !aligned16(state)) return cudaErrorInvalidValue;
+  const int NT = pl.NT, TPR = pl.TPR, PB = pl.PB, threads = pl.threads, TC = pl.TC;
   if (T == 0) return cudaSuccess;
   ScanParams p;
   p.state = state, p.xbc = xbc, p.dt_raw = dt_raw, p.ld_dt = ld_dt, p.dt_bias = dt_bias, p.A = A, p.Dskip = Dskip;

@@ -109,9 +109,10 @@ cudaError_t conv_prefill(const float* xbc_raw, int64_t ld_in, float* conv_state,
 // once per token, y uses the rounded state) is updated in place to the final state.
 //   xbc [T, Dc] post-conv, Dc = H*P + 2*G*N: x = columns [0, H*P), B = [H*P, H*P + G*N), C = the rest;
 //   dt_raw[t*ld_dt + h]; dt_bias, A (= -exp(A_log)), Dskip [H];  y [T, H*P] dense.
-// Requirements (checked): N = ScanTuning::elems_per_thread * TPR with TPR a power of two <= 32 (a
-// thread owns elems_per_thread of a row's N state elements, TPR lanes share a row), P % 4 == 0,
-// H % G == 0, state and xbc 16-byte aligned.
+// Requirements (checked): N = NT * TPR with TPR a power of two <= 32 (a thread owns NT of a row's
+// N state elements, TPR lanes share a row; NT = ScanTuning::elems_per_thread, or 8 where that
+// leaves a block of whole warps, e.g. P = N = 16), P % 4 == 0, H % G == 0, state and xbc 16-byte
+// aligned.
 struct ScanTuning {
   int elems_per_thread = 16;  // 8 or 16
   int max_threads = 256;      // threads per block (a block owns one head and a slice of its P rows)
@@ -119,6 +120,8 @@ struct ScanTuning {
 cudaError_t ssm_scan(void* state, bool f16, const float* xbc, const float* dt_raw, int64_t ld_dt, const float* dt_bias,
                      const float* A, const float* Dskip, float* y, int64_t T, int H, int P, int N, int G, float dt_min,
                      float dt_max, cudaStream_t stream, const ScanTuning& tuning = ScanTuning());
+// Whether ssm_scan supports these shapes (the runtime falls back to decode-step prefill if not).
+bool ssm_scan_supported(int H, int P, int N, int G, const ScanTuning& tuning = ScanTuning());
 
 // Residual add + RMSNorm of T rows (add_rmsnorm_ref per row): res[t] += hidden[t] (hidden may be
 // null), out[t] = res[t] · rsqrt(mean(res[t]²) + eps) ⊙ w. res, hidden, out dense [T, n].

@@ -138,6 +138,10 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   dev_ = std::make_unique<Dev>();
   Dev& g = *dev_;
   CUDA_CHECK(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking));
+  // The INT8 prefill's scan must support the head shapes; otherwise prompts run as decode steps.
+  if (opt_.int8_prefill &&
+      !kc::ssm_scan_supported(int(c.nheads()), int(c.headdim), int(c.d_state), int(c.ngroups)))
+    opt_.int8_prefill = false;
 
   // ---- weights ----
   uint64_t wbytes = 0;

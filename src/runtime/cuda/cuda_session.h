@@ -60,7 +60,9 @@ struct CudaSessionOptions {
   bool fold_norms = true;
   int64_t fold_max_rows = 1;
   int device = 0;
-  bool int8_prefill = true;       // the INT8 GEMM prefill (else: prefill = a loop of decode steps)
+  // The INT8 GEMM prefill (else: prefill = a loop of decode steps). Turned off at construction
+  // (options() shows it) for head shapes the scan kernel does not support.
+  bool int8_prefill = true;
   int64_t int8_prefill_min = 16;  // prompts shorter than this run as decode steps
   // Tokens per chunk of the INT8 prefill. Each chunk launches ~12 kernels per layer: 1x2048 on
   // an H200 took 47.8 ms in chunks of 512, 40.9 ms in 1024, 37.7 ms in one chunk of 2048.
