@@ -3,7 +3,8 @@
 // references are the `_ref` functions of src/kernels/cpu/ops_ref.cpp (compositions of them for
 // the fused kernels, see tests/test_cuda_runtime.cpp).
 //
-// One decode layer is five launches (the runtime captures the whole step in a CUDA graph):
+// The five-kernel decode layer (the runtime captures the whole step in a CUDA graph; see
+// "Folded norms" below for the three-kernel layer it runs at batch 1):
 //   norm_prologue (rms)    residual += hidden; x = RMSNorm(residual) ⊙ w; writes the in_proj
 //                          input fragments fp16(b ⊙ x) and the low-rank partials Vᵀx
 //   sign_gemv (in_proj)    y = a ⊙ (S xb) + U (us ⊙ vs ⊙ Vᵀx), + conv1d step + SiLU fused on the
