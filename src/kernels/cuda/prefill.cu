@@ -576,16 +576,13 @@ constexpr int64_t kNormSmemMax = 12 * 1024;  // floats (48 KB)
 
 constexpr int kNormBatch = 8;  // elements per thread whose loads are issued together
 
+// The first pass of the row norms (shared by the norm kernels and the fused norm + quantize, so
+// both compute the same values in the same order): this thread's elements of the row, kept in
+// norm_row when SM, and this thread's part of Σ v². Residual: v = r + hd (written back to r when
+// hd is set); gated: v = y ⊙ silu(z) over columns [i0, i1).
 template <bool SM>
-__global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(const float* __restrict__ hidden,
-                                                               float* __restrict__ res, const float* __restrict__ w,
-                                                               float* __restrict__ out, int64_t n, float eps) {
-  extern __shared__ float norm_row[];
-  __shared__ float scratch[32];
-  const int64_t t = blockIdx.x;
+__device__ __forceinline__ float residual_row_pass(float* r, const float* hd, float* norm_row, int64_t n) {
   const int nt = blockDim.x;
-  float* r = res + t * n;
-  const float* hd = hidden ? hidden + t * n : nullptr;
   float ss = 0.f;
   for (int64_t base = threadIdx.x; base < n; base += kNormBatch * nt) {
     float v[kNormBatch], hv[kNormBatch];
@@ -608,6 +605,45 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(const float* __re
       }
     }
   }
+  return ss;
+}
+
+template <bool SM>
+__device__ __forceinline__ float gated_row_pass(const float* yr, const float* zr, float* norm_row, int64_t i0,
+                                                int64_t i1) {
+  const int nt = blockDim.x;
+  float ss = 0.f;
+  for (int64_t base = i0 + threadIdx.x; base < i1; base += kNormBatch * nt) {
+    float yv[kNormBatch], zv[kNormBatch];
+#pragma unroll
+    for (int j = 0; j < kNormBatch; ++j) {
+      const int64_t i = base + int64_t(j) * nt;
+      yv[j] = i < i1 ? yr[i] : 0.f;
+      zv[j] = i < i1 ? zr[i] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kNormBatch; ++j) {
+      const int64_t i = base + int64_t(j) * nt;
+      const float v = yv[j] * pf_silu(zv[j]);
+      if (i < i1) {
+        if (SM) norm_row[i] = v;
+        ss += v * v;
+      }
+    }
+  }
+  return ss;
+}
+
+template <bool SM>
+__global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(const float* __restrict__ hidden,
+                                                               float* __restrict__ res, const float* __restrict__ w,
+                                                               float* __restrict__ out, int64_t n, float eps) {
+  extern __shared__ float norm_row[];
+  __shared__ float scratch[32];
+  const int64_t t = blockIdx.x;
+  const int nt = blockDim.x;
+  float* r = res + t * n;
+  const float ss = residual_row_pass<SM>(r, hidden ? hidden + t * n : nullptr, norm_row, n);
   const float rstd = 1.f / sqrtf(pf_block_sum(ss, scratch) / float(n) + eps);
   float* o = out + t * n;
 #pragma unroll 4
@@ -629,25 +665,7 @@ __global__ void __launch_bounds__(kNormThreads) gated_rmsnorm_kernel(const float
   float* o = out + t * n;
   for (int g = 0; g < G; ++g) {
     const int64_t i0 = g * gs, i1 = i0 + gs;
-    float ss = 0.f;
-    for (int64_t base = i0 + threadIdx.x; base < i1; base += kNormBatch * nt) {
-      float yv[kNormBatch], zv[kNormBatch];
-#pragma unroll
-      for (int j = 0; j < kNormBatch; ++j) {
-        const int64_t i = base + int64_t(j) * nt;
-        yv[j] = i < i1 ? yr[i] : 0.f;
-        zv[j] = i < i1 ? zr[i] : 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < kNormBatch; ++j) {
-        const int64_t i = base + int64_t(j) * nt;
-        const float v = yv[j] * pf_silu(zv[j]);
-        if (i < i1) {
-          if (SM) norm_row[i] = v;
-          ss += v * v;
-        }
-      }
-    }
+    const float ss = gated_row_pass<SM>(yr, zr, norm_row, i0, i1);
     const float rstd = 1.f / sqrtf(pf_block_sum(ss, scratch) / float(gs) + eps);
 #pragma unroll 4
     for (int64_t i = i0 + threadIdx.x; i < i1; i += nt)
@@ -658,7 +676,7 @@ __global__ void __launch_bounds__(kNormThreads) gated_rmsnorm_kernel(const float
 
 // ---- norm + quantize -------------------------------------------------------------------------
 // A projection's input in one pass over the row (one block per token, the row in shared memory):
-// the norm (rmsnorm_kernel's or gated_rmsnorm_kernel's first pass, same threads, same order), its
+// the norm (residual_row_pass / gated_row_pass, as in the norm kernels), its
 // output x (still written: lowrank_down reads it), then quantize_kernel's per-token int8 of b ⊙ x
 // from shared memory instead of a second kernel re-reading x from DRAM. Every value is computed by
 // the same IEEE operations as the two-kernel path, so the outputs are bit-identical to it.
@@ -693,53 +711,8 @@ __global__ void __launch_bounds__(kNormThreads) norm_quant_kernel(NormQuantParam
   // ---- pass 1: the row and its statistic per group ----
   for (int g = 0; g < G; ++g) {
     const int64_t i0 = g * gs, i1 = i0 + gs;
-    float ss = 0.f;
-    if (GATED) {
-      const float* yr = p.y + t * n;
-      const float* zr = p.z + t * p.ldz;
-      for (int64_t base = i0 + threadIdx.x; base < i1; base += kNormBatch * nt) {
-        float yv[kNormBatch], zv[kNormBatch];
-#pragma unroll
-        for (int j = 0; j < kNormBatch; ++j) {
-          const int64_t i = base + int64_t(j) * nt;
-          yv[j] = i < i1 ? yr[i] : 0.f;
-          zv[j] = i < i1 ? zr[i] : 0.f;
-        }
-#pragma unroll
-        for (int j = 0; j < kNormBatch; ++j) {
-          const int64_t i = base + int64_t(j) * nt;
-          const float v = yv[j] * pf_silu(zv[j]);
-          if (i < i1) {
-            norm_row[i] = v;
-            ss += v * v;
-          }
-        }
-      }
-    } else {
-      float* r = p.res + t * n;
-      const float* hd = p.hidden ? p.hidden + t * n : nullptr;
-      for (int64_t base = threadIdx.x; base < n; base += kNormBatch * nt) {
-        float v[kNormBatch], hv[kNormBatch];
-#pragma unroll
-        for (int j = 0; j < kNormBatch; ++j) {
-          const int64_t i = base + int64_t(j) * nt;
-          v[j] = i < n ? r[i] : 0.f;
-          hv[j] = (hd && i < n) ? hd[i] : 0.f;
-        }
-#pragma unroll
-        for (int j = 0; j < kNormBatch; ++j) {
-          const int64_t i = base + int64_t(j) * nt;
-          if (i < n) {
-            if (hd) {
-              v[j] += hv[j];
-              r[i] = v[j];
-            }
-            norm_row[i] = v[j];
-            ss += v[j] * v[j];
-          }
-        }
-      }
-    }
+    const float ss = GATED ? gated_row_pass<true>(p.y + t * n, p.z + t * p.ldz, norm_row, i0, i1)
+                           : residual_row_pass<true>(p.res + t * n, p.hidden ? p.hidden + t * n : nullptr, norm_row, n);
     const float rstd = 1.f / sqrtf(pf_block_sum(ss, scratch) / float(gs) + p.eps);
     if (threadIdx.x == 0) rs[g] = rstd;
   }

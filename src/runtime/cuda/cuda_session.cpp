@@ -369,7 +369,6 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     CUDA_CHECK(kc::sign_gemv(A.out, s, pdl));
     mark("out_proj");
   }
-  (void)di;
 }
 
 void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
