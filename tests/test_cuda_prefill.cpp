@@ -372,6 +372,10 @@ TEST_CASE("ssm_scan matches T steps of ssm_step_ref (fp32 and fp16 state)", "[gp
     if ((g.N == 128 && T == 256) || T == 100)
       for (int nt : {8, 16})
         for (int mt : {32, 64, 128, 256}) tunes.push_back(kc::ScanTuning{nt, mt});
+    if (g.N == 128 && (T == 256 || T == 7))  // several rows per thread (instantiated for N = 128)
+      for (const auto& v : {std::make_pair(16, 2), std::make_pair(8, 2), std::make_pair(4, 2), std::make_pair(8, 4),
+                            std::make_pair(4, 4)})
+        tunes.push_back(kc::ScanTuning{v.first, 256, v.second});
     for (const kc::ScanTuning& tu : tunes) {
       DevBuf<float> st(in.st);
       DevBuf<uint16_t> st16(in.st16);
@@ -381,9 +385,9 @@ TEST_CASE("ssm_scan matches T steps of ssm_step_ref (fp32 and fp16 state)", "[gp
       const double ey = rel_err(y.get(), y_ref);
       const double es = c.f16 ? rel_err(half_vec_to_float(st16.get()), half_vec_to_float(st16_ref))
                               : rel_err(st.get(), st_ref);
-      std::printf("scan H=%lld N=%lld G=%lld T=%lld %s (elems/thread %d, threads<=%d)%s: rel err y %.2e  state %.2e\n",
+      std::printf("scan H=%lld N=%lld G=%lld T=%lld %s (elems/thread %d, threads<=%d, rows/thread %d)%s: rel err y %.2e  state %.2e\n",
                   (long long)H, (long long)N, (long long)G, (long long)T, c.f16 ? "f16" : "f32", tu.elems_per_thread,
-                  tu.max_threads, c.dt_max < INFINITY ? " dt clamped" : "", ey, es);
+                  tu.max_threads, tu.rows_per_thread, c.dt_max < INFINITY ? " dt clamped" : "", ey, es);
       // fp32: FMA vs separate multiply-add and the order of the N-sum; the per-token differences
       // decay with dA < 1, so they do not grow with T. fp16: such a difference can round a state
       // element to the neighbouring half (2^-11 relative), as in the decode kernel's test.
@@ -606,14 +610,16 @@ TEST_CASE("Prefill kernel timings (1.3B layer, T = 2048)", "[.][bench]") {
   total += timeit("conv_prefill",
                   [&] { return kc::conv_prefill(zx.p + di, dip, cst.p, cw.p, cb.p, xbc.p, T, D, int(g.K), nullptr); });
   total += timeit("ssm_scan f32 (default)", [&] { return scan(false, kc::ScanTuning()); });
-  for (int nt : {8, 16})
-    for (int mt : {128, 256}) {
-      char name[64];
-      std::snprintf(name, sizeof(name), "  ssm_scan f32 nt=%d threads<=%d", nt, mt);
-      timeit(name, [&] { return scan(false, kc::ScanTuning{nt, mt}); });
-      std::snprintf(name, sizeof(name), "  ssm_scan f16 nt=%d threads<=%d", nt, mt);
-      timeit(name, [&] { return scan(true, kc::ScanTuning{nt, mt}); });
-    }
+  const int variants[][3] = {{16, 256, 1}, {8, 256, 1}, {16, 128, 1}, {16, 256, 2}, {8, 256, 2},
+                             {4, 256, 2}, {8, 256, 4}, {4, 256, 4}, {8, 128, 2}, {4, 128, 4}};
+  for (const auto& v : variants) {
+    const kc::ScanTuning tu{v[0], v[1], v[2]};
+    char name[64];
+    std::snprintf(name, sizeof(name), "  ssm_scan f32 nt=%d threads<=%d rp=%d", v[0], v[1], v[2]);
+    timeit(name, [&] { return scan(false, tu); });
+    std::snprintf(name, sizeof(name), "  ssm_scan f16 nt=%d threads<=%d rp=%d", v[0], v[1], v[2]);
+    timeit(name, [&] { return scan(true, tu); });
+  }
   total += timeit("gated_rmsnorm_rows",
                   [&] { return kc::gated_rmsnorm_rows(y.p, zx.p, dip, gw.p, gn.p, T, di, 1, 1e-5f, nullptr); });
   total += timeit("quantize_act_i8 (di)",

@@ -4,6 +4,9 @@
 # tests and the engine, the 1.3B benchmarks, per-kernel durations from ncu (kernels serialized),
 # and with HF=1 the HF transformers baseline (scripts/device/bench_hf.py). Logs to $OUT.
 # QUICK=1: build, tests and benches only (no memcheck, no ncu).
+# KBENCH=1: also the per-kernel prefill timings (test_cuda_prefill "[bench]", every scan variant).
+# STUDENT=1: also test_cuda_student (the engine against the LibTorch student; a torch build in
+#            build-device, started in the background at once and run after the benches).
 # (The LibTorch fp16 teacher baseline needs the torch build: scripts/device/build_and_test.sh bench.)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,6 +14,11 @@ OUT=${OUT:-/tmp/o}; mkdir -p $OUT
 BUILD=build-cudart
 t0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+if [[ ${STUDENT:-0} == 1 ]]; then
+  ( cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DDFSSM_TORCH_PYTHON="$(command -v python3)" \
+      -DDFSSM_CUDA=ON >$OUT/configure_torch.log 2>&1 &&
+    nice cmake --build build-device -j 8 --target test_cuda_student >$OUT/build_torch.log 2>&1; echo $? >$OUT/torch_build.rc ) &
+fi
 cmake -S . -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release -DDFSSM_WITH_TORCH=OFF -DDFSSM_CUDA=ON >$OUT/configure.log 2>&1 || { tail -20 $OUT/configure.log; exit 1; }
 cmake --build $BUILD -j 16 --target dfssm test_cuda_runtime test_cuda_prefill test_cuda_kernels >$OUT/build.log 2>&1 || { grep error $OUT/build.log | head; exit 1; }
 echo "build ok ($(( $(date +%s) - t0 )) s)"
@@ -25,6 +33,16 @@ timeout 120 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 204
 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --state-dtype f16 --prefill 2048 --batches 1,8 --no-membw 2>&1 | grep -E "engine|decode|prefill" | tee -a $OUT/bench_cuda.txt
 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-fold --prefill 16 --batches 1,8 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-pdl --prefill 16 --batches 1 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
+if [[ ${KBENCH:-0} == 1 ]]; then
+  timeout 120 $BUILD/bin/test_cuda_prefill "[bench]" 2>&1 | grep -E "us$|layer total" | tee $OUT/kbench.txt
+fi
+if [[ ${STUDENT:-0} == 1 ]]; then
+  wait
+  echo "torch build rc=$(cat $OUT/torch_build.rc 2>/dev/null) ($(( $(date +%s) - t0 )) s)"
+  grep -E "error" $OUT/build_torch.log | head -5
+  timeout 240 build-device/bin/test_cuda_student >$OUT/test_cuda_student.txt 2>&1; echo "test_cuda_student rc=$?"
+  grep -E "rel|err|FAILED|passed|failed" $OUT/test_cuda_student.txt | tail -30
+fi
 [[ ${QUICK:-0} == 1 ]] && { echo "total $(( $(date +%s) - t0 )) s"; exit 0; }
 CS=/usr/local/cuda/bin/compute-sanitizer
 for t in "CUDA in_proj path*" "CUDA out_proj path*" "CUDA SSM step*" "CUDA int8 LM head*" "CUDA session state save*"; do

@@ -13,6 +13,7 @@
 #include "cli/args.h"
 #include "cli/runtime_cli.h"
 #include "core/error.h"
+#include "kernels/cuda/probe.h"
 #include "quant/quant_config.h"
 #include "runtime/cuda/cuda_session.h"
 #include "runtime/sampler.h"
@@ -60,6 +61,24 @@ double copy_bandwidth_gbs() {
   cudaFree(b);
   std::sort(t.begin(), t.end());
   return 2.0 * double(n) / (t[t.size() / 2] / 1e3) / 1e9;
+}
+// The launch floor of a decode step: the same number of dependent kernels with empty bodies
+// (kernels/cuda/probe.h), at the decode kernels' typical grid and at one block. A decode step at
+// batch 1 is 3 kernels per layer + 3 (folded norms; 5 per layer + 2 without).
+void launch_floor(int64_t kernels, double step_ms, bool pdl) {
+  float full = 0, one = 0;
+  int sms = 0, dev = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (kernels::cuda::launch_floor_ms(int(kernels), sms, 256, pdl, 20, &full) != cudaSuccess ||
+      kernels::cuda::launch_floor_ms(int(kernels), 1, 32, pdl, 20, &one) != cudaSuccess) {
+    std::printf("  launch floor: probe failed\n");
+    return;
+  }
+  std::printf("  launch floor: %lld empty dependent kernels in a graph (%s): %.4f ms at %d x 256 threads (%.2f us each), "
+              "%.4f ms at 1 x 32 -> kernel bodies ~%.4f ms of the %.4f ms step\n",
+              (long long)kernels, pdl ? "PDL" : "no PDL", full, sms, 1e3 * full / double(kernels), one,
+              step_ms - double(full), step_ms);
 }
 }  // namespace
 
@@ -146,6 +165,7 @@ int cmd_bench_cuda(int argc, char** argv) {
     if (bw > 0) std::printf(", floor %.4f ms (%.0f%% of it)", bytes / (bw * 1e9) * 1e3, bytes / (bw * 1e9) * 1e3 / dev_ms * 100);
     std::printf("\n");
     if (B == bs.front()) {
+      launch_floor(s.folded(B) ? 3 * cfg.n_layer + 3 : 5 * cfg.n_layer + 2, dev_ms, o.pdl);
       const auto prof = s.profile_step_ms();
       double total = 0;
       for (const auto& [k, v] : prof) total += v;

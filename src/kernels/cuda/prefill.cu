@@ -356,8 +356,8 @@ inline size_t scan_smem_bytes(int N, int PB, int TC) {
 }
 
 // NT state elements of a row per thread, TPR = N / NT lanes per row, RP rows per thread (the B
-// and C values a thread loads from shared memory serve its RP rows; RP = 2 measured no faster than
-// 1 on an H200, so only RP = 1 is instantiated).
+// and C values a thread loads from shared memory serve its RP rows). RP > 1 is instantiated only
+// for the shapes of rp_supported (N = 128); ScanTuning::rows_per_thread selects it.
 template <int NT, int TPR, int RP, bool F16>
 __global__ void __launch_bounds__(256, 1) ssm_scan_kernel(ScanParams p) {
   extern __shared__ float4 scan_smem4[];
@@ -489,17 +489,24 @@ __global__ void __launch_bounds__(256, 1) ssm_scan_kernel(ScanParams p) {
           for (int r = 0; r < RP; ++r) part[u][r] = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
         }
       }
+      // Every loop here has a compile-time trip count, so that all of them unroll and part stays
+      // in registers (with `sft >>= 1` and `i < sft` nvcc kept a loop for TPR >= 16 and put part
+      // in local memory).
+      constexpr int kLevels = TPR >= 32 ? 5 : TPR >= 16 ? 4 : TPR >= 8 ? 3 : TPR >= 4 ? 2 : TPR >= 2 ? 1 : 0;
 #pragma unroll
-      for (int sft = TPR / 2; sft >= 1; sft >>= 1) {
+      for (int lvl = 0; lvl < kLevels; ++lvl) {
+        const int sft = TPR >> (lvl + 1);
         const bool up = (q & sft) != 0;
 #pragma unroll
-        for (int i = 0; i < sft; ++i)
+        for (int i = 0; i < (TPR > 1 ? TPR / 2 : 1); ++i)
+          if (i < sft)
 #pragma unroll
-          for (int r = 0; r < RP; ++r) {
-            const float send = up ? part[i][r] : part[i + sft][r];
-            const float keep = up ? part[i + sft][r] : part[i][r];
-            part[i][r] = keep + __shfl_xor_sync(0xffffffffu, send, sft);
-          }
+            for (int r = 0; r < RP; ++r) {
+              const float lo = part[i][r], hi = part[i + sft][r];  // values, not a select of addresses
+              const float send = up ? lo : hi;
+              const float keep = up ? hi : lo;
+              part[i][r] = keep + __shfl_xor_sync(0xffffffffu, send, sft);
+            }
       }
       const int tt = g0 + q;
       if (tt < nt)
@@ -536,9 +543,8 @@ __global__ void __launch_bounds__(256, 1) ssm_scan_kernel(ScanParams p) {
   }
 }
 
-template <int NT, int TPR, bool F16>
+template <int NT, int TPR, int RP, bool F16>
 cudaError_t launch_scan(const ScanParams& p, int threads, cudaStream_t s) {
-  constexpr int RP = 1;
   const size_t smem = scan_smem_bytes(p.N, p.PB, p.TC);
   if (cudaFuncSetAttribute(ssm_scan_kernel<NT, TPR, RP, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            int(smem)) != cudaSuccess) {
@@ -552,19 +558,37 @@ cudaError_t launch_scan(const ScanParams& p, int threads, cudaStream_t s) {
 template <int NT>
 cudaError_t launch_scan_nt(const ScanParams& p, int tpr, bool f16, int threads, cudaStream_t s) {
   switch (tpr * 2 + (f16 ? 1 : 0)) {
-    case 2: return launch_scan<NT, 1, false>(p, threads, s);
-    case 3: return launch_scan<NT, 1, true>(p, threads, s);
-    case 4: return launch_scan<NT, 2, false>(p, threads, s);
-    case 5: return launch_scan<NT, 2, true>(p, threads, s);
-    case 8: return launch_scan<NT, 4, false>(p, threads, s);
-    case 9: return launch_scan<NT, 4, true>(p, threads, s);
-    case 16: return launch_scan<NT, 8, false>(p, threads, s);
-    case 17: return launch_scan<NT, 8, true>(p, threads, s);
-    case 32: return launch_scan<NT, 16, false>(p, threads, s);
-    case 33: return launch_scan<NT, 16, true>(p, threads, s);
-    case 64: return launch_scan<NT, 32, false>(p, threads, s);
-    default: return launch_scan<NT, 32, true>(p, threads, s);
+    case 2: return launch_scan<NT, 1, 1, false>(p, threads, s);
+    case 3: return launch_scan<NT, 1, 1, true>(p, threads, s);
+    case 4: return launch_scan<NT, 2, 1, false>(p, threads, s);
+    case 5: return launch_scan<NT, 2, 1, true>(p, threads, s);
+    case 8: return launch_scan<NT, 4, 1, false>(p, threads, s);
+    case 9: return launch_scan<NT, 4, 1, true>(p, threads, s);
+    case 16: return launch_scan<NT, 8, 1, false>(p, threads, s);
+    case 17: return launch_scan<NT, 8, 1, true>(p, threads, s);
+    case 32: return launch_scan<NT, 16, 1, false>(p, threads, s);
+    case 33: return launch_scan<NT, 16, 1, true>(p, threads, s);
+    case 64: return launch_scan<NT, 32, 1, false>(p, threads, s);
+    default: return launch_scan<NT, 32, 1, true>(p, threads, s);
   }
+}
+
+// Several rows per thread: instantiated only for the shapes scan_plan allows (rp_supported).
+constexpr bool rp_supported(int NT, int TPR, int RP) {
+  return (RP == 2 && ((NT == 16 && TPR == 8) || (NT == 8 && TPR == 16) || (NT == 4 && TPR == 32))) ||
+         (RP == 4 && ((NT == 8 && TPR == 16) || (NT == 4 && TPR == 32)));
+}
+cudaError_t launch_scan_rp(const ScanParams& p, int NT, int RP, bool f16, int threads, cudaStream_t s) {
+#define DFSSM_SCAN_RP(nt, tpr, rp)                                                                        \
+  if (NT == nt && RP == rp)                                                                               \
+    return f16 ? launch_scan<nt, tpr, rp, true>(p, threads, s) : launch_scan<nt, tpr, rp, false>(p, threads, s);
+  DFSSM_SCAN_RP(16, 8, 2)
+  DFSSM_SCAN_RP(8, 16, 2)
+  DFSSM_SCAN_RP(4, 32, 2)
+  DFSSM_SCAN_RP(8, 16, 4)
+  DFSSM_SCAN_RP(4, 32, 4)
+#undef DFSSM_SCAN_RP
+  return cudaErrorInvalidValue;
 }
 
 // ---- norms -----------------------------------------------------------------------------------
@@ -967,22 +991,26 @@ namespace {
 // tuning's, or 8 when that leaves a block that is not a whole number of warps, e.g. P = 16 and
 // N = 16), TPR lanes per row, PB rows per block, TC tokens per staged chunk. False: unsupported.
 struct ScanPlan {
-  int NT = 0, TPR = 0, PB = 0, threads = 0, TC = 0;
+  int NT = 0, TPR = 0, RP = 1, PB = 0, threads = 0, TC = 0;
 };
 bool scan_plan(int H, int P, int N, int G, const ScanTuning& tuning, ScanPlan* out) {
   if (H < 1 || P < 4 || P % 4 != 0 || G < 1 || H % G != 0) return false;
   int dev = 0, smem_max = 48 * 1024;
   if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  for (int NT : {tuning.elems_per_thread, 8}) {
-    if (!(NT == 8 || NT == 16) || N < NT || N % NT != 0) continue;
+  const int max_threads = std::min(256, std::max(32, tuning.max_threads));
+  // The tuning's (NT, RP); then NT = 8, one row per thread (always instantiated).
+  const int tries[2][2] = {{tuning.elems_per_thread, tuning.rows_per_thread}, {8, 1}};
+  for (const auto& tr : tries) {
     ScanPlan pl;
-    pl.NT = NT;
-    pl.TPR = N / NT;
+    pl.NT = tr[0], pl.RP = tr[1];
+    if (!(pl.NT == 4 || pl.NT == 8 || pl.NT == 16) || N < pl.NT || N % pl.NT != 0) continue;
+    pl.TPR = N / pl.NT;
     if ((pl.TPR & (pl.TPR - 1)) != 0 || pl.TPR > 32) continue;
-    const int max_threads = std::min(256, std::max(32, tuning.max_threads));
-    pl.PB = P;  // rows per block: a multiple of 4 dividing P
-    while (pl.PB * pl.TPR > max_threads && pl.PB % 8 == 0) pl.PB /= 2;
-    pl.threads = pl.PB * pl.TPR;
+    if (pl.RP == 1 ? pl.NT == 4 : !rp_supported(pl.NT, pl.TPR, pl.RP)) continue;
+    if (P % (4 * pl.RP) != 0) continue;
+    pl.PB = P;  // rows per block: a multiple of 4 * RP dividing P
+    while (pl.PB / pl.RP * pl.TPR > max_threads && pl.PB % (8 * pl.RP) == 0) pl.PB /= 2;
+    pl.threads = pl.PB / pl.RP * pl.TPR;
     if (pl.threads > 256 || pl.threads % 32 != 0) continue;
     // Tokens per staged chunk: 32, fewer where the double buffer would not fit in shared memory.
     pl.TC = 32;
@@ -1005,12 +1033,13 @@ cudaError_t ssm_scan(void* state, bool f16, const float* xbc, const float* dt_ra
                      float dt_max, cudaStream_t stream, const ScanTuning& tuning) {
   ScanPlan pl;
   if (T < 0 || !scan_plan(H, P, N, G, tuning, &pl) || !aligned16(xbc) || !aligned16(state)) return cudaErrorInvalidValue;
-  const int NT = pl.NT, TPR = pl.TPR, PB = pl.PB, threads = pl.threads, TC = pl.TC;
+  const int NT = pl.NT, TPR = pl.TPR, RP = pl.RP, PB = pl.PB, threads = pl.threads, TC = pl.TC;
   if (T == 0) return cudaSuccess;
   ScanParams p;
   p.state = state, p.xbc = xbc, p.dt_raw = dt_raw, p.ld_dt = ld_dt, p.dt_bias = dt_bias, p.A = A, p.Dskip = Dskip;
   p.y = y, p.T = T, p.Dc = int64_t(H) * P + 2 * int64_t(G) * N, p.H = H, p.P = P, p.N = N, p.G = G, p.PB = PB;
   p.TC = TC, p.dt_min = dt_min, p.dt_max = dt_max;
+  if (RP > 1) return launch_scan_rp(p, NT, RP, f16, threads, stream);
   return NT == 8 ? launch_scan_nt<8>(p, TPR, f16, threads, stream) : launch_scan_nt<16>(p, TPR, f16, threads, stream);
 }
 

@@ -116,6 +116,7 @@ cudaError_t conv_prefill(const float* xbc_raw, int64_t ld_in, float* conv_state,
 struct ScanTuning {
   int elems_per_thread = 16;  // 8 or 16
   int max_threads = 256;      // threads per block (a block owns one head and a slice of its P rows)
+  int rows_per_thread = 1;    // RP: rows a thread owns (its B and C loads serve RP rows); 1, 2 or 4
 };
 cudaError_t ssm_scan(void* state, bool f16, const float* xbc, const float* dt_raw, int64_t ld_dt, const float* dt_bias,
                      const float* A, const float* Dskip, float* y, int64_t T, int H, int P, int N, int G, float dt_min,
