@@ -371,7 +371,7 @@ TEST_CASE("ssm_scan matches T steps of ssm_step_ref (fp32 and fp16 state)", "[gp
     std::vector<kc::ScanTuning> tunes = {kc::ScanTuning()};
     if ((g.N == 128 && T == 256) || T == 100)
       for (int nt : {8, 16})
-        for (int mt : {32, 64, 128, 256}) tunes.push_back(kc::ScanTuning{nt, mt});
+        for (int mt : {32, 64, 128, 256}) tunes.push_back(kc::ScanTuning{nt, mt, 1});
     if (g.N == 128 && (T == 256 || T == 7))  // several rows per thread (instantiated for N = 128)
       for (const auto& v : {std::make_pair(16, 2), std::make_pair(8, 2), std::make_pair(4, 2), std::make_pair(8, 4),
                             std::make_pair(4, 4)})
@@ -609,7 +609,7 @@ TEST_CASE("Prefill kernel timings (1.3B layer, T = 2048)", "[.][bench]") {
   CUDA_OK(cudaMemset(zx.p, 0, zx.n * 4));  // keep the scan's inputs tame
   total += timeit("conv_prefill",
                   [&] { return kc::conv_prefill(zx.p + di, dip, cst.p, cw.p, cb.p, xbc.p, T, D, int(g.K), nullptr); });
-  total += timeit("ssm_scan f32 (default)", [&] { return scan(false, kc::ScanTuning()); });
+  total += timeit("ssm_scan f32 (default: nt=8 rp=2)", [&] { return scan(false, kc::ScanTuning()); });
   const int variants[][3] = {{16, 256, 1}, {8, 256, 1}, {16, 128, 1}, {16, 256, 2}, {8, 256, 2},
                              {4, 256, 2}, {8, 256, 4}, {4, 256, 4}, {8, 128, 2}, {4, 128, 4}};
   for (const auto& v : variants) {

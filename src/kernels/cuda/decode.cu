@@ -251,14 +251,31 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
 // Before the PDL wait each warp loads its first two chunks of signs, and each thread the
 // epilogue operands of its first output (field a, the U row, the conv weights and this layer's
 // conv state: nothing the previous kernels of the step write), so that with PDL the DRAM
-// latency overlaps the previous kernel; the main loop keeps two chunks in flight.
+// latency overlaps the previous kernel; the main loop keeps two chunks in flight. Right after
+// the wait every activation load is issued at once (x fragments of the first two chunks, the
+// residual input, the folded norm's parts): at batch 1 the kernel is a chain of dependent
+// latencies (measured: 147 empty dependent kernels take 0.098 ms of the 0.91 ms step), and each
+// L2 round trip taken in turn costs ~0.5 us.
 struct EpiOperands {
   float a = 0.f, cb = 0.f;
-  int8_t u[kMaxRank];
+  uint32_t u4[kMaxRank / 4];  // the U row's int8 values, 4 per word (packed: registers are scarce)
   float sv[8], wv[8];
   float nw = 0.f, nb = 1.f;  // NEXT: the next layer's norm weight and field b at this row
-  int8_t nv[kMaxRank];       // NEXT: the next in_proj's V row
+  uint32_t nv4[kMaxRank / 4];  // NEXT: the next in_proj's V row, packed as u4
+  float res = 0.f;           // NEXT: res_in at (sequence, row); an activation: read after the wait
 };
+
+// Bytes k0 .. k0 + 3 of an int8 row of length r (0 past its end), packed little-endian.
+__device__ __forceinline__ uint32_t pack_i8x4(const int8_t* row, int r, int k0) {
+  uint32_t w = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    if (k0 + i < r) w |= uint32_t(uint8_t(row[k0 + i])) << (8 * i);
+  return w;
+}
+__device__ __forceinline__ int unpack_i8(const uint32_t* w, int k) {
+  return int(w[k >> 2] << (24 - 8 * (k & 3))) >> 24;  // sign-extending
+}
 
 template <bool NEXT>
 __device__ __forceinline__ void load_epilogue(const SignGemvArgs& p, int64_t row, int n, EpiOperands& e) {
@@ -267,10 +284,10 @@ __device__ __forceinline__ void load_epilogue(const SignGemvArgs& p, int64_t row
     e.nw = p.nw[row];
     e.nb = p.nb ? p.nb[row] : 1.f;
 #pragma unroll
-    for (int k = 0; k < kMaxRank; ++k) e.nv[k] = k < p.nr ? p.nV[row * p.nr + k] : int8_t(0);
+    for (int w = 0; w < kMaxRank / 4; ++w) e.nv4[w] = pack_i8x4(p.nV + row * p.nr, p.nr, 4 * w);
   }
 #pragma unroll
-  for (int k = 0; k < kMaxRank; ++k) e.u[k] = (p.r > 0 && k < p.r) ? p.U[row * p.r + k] : int8_t(0);
+  for (int w = 0; w < kMaxRank / 4; ++w) e.u4[w] = p.r > 0 ? pack_i8x4(p.U + row * p.r, p.r, 4 * w) : 0u;
   const bool conv = p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D;
   const int64_t ch = row - p.conv_lo, D = p.conv_D;
   const int K = p.conv_K;
@@ -325,8 +342,10 @@ __device__ __forceinline__ void reduce_parts(const SignGemvArgs& p, float* zsum,
 // FOLD: 0 the five-kernel layer (zp from norm_prologue), 1 folded-norm input (parts), 2 folded
 // input and the next layer's input (out_proj). Separate instantiations: the unfolded kernel
 // carries none of the folded code (measured: it costs registers and ~10% at batch 8).
+// MT = 2 (the wide in_proj: > 4 tiles per SM) runs at most 4 warps per block and keeps 3 blocks
+// per SM: 266 blocks at 1.3B must all be resident (264 would leave a second wave).
 template <int MT, int FOLD>
-__global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
+__global__ void __launch_bounds__(MT == 2 ? 128 : 256, MT == 2 ? 3 : 1) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
   constexpr bool fold = FOLD >= 1, NEXT = FOLD == 2;
   __shared__ float red[8][MT][4][32];
   __shared__ float zs[kMaxBatch * kMaxRank];
@@ -364,13 +383,30 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
   load(ch0, cur);
   load(ch0 + 1, nxt);
   EpiOperands first;
+  int64_t first_row = -1;
+  int first_n = 0;
   {
-    int m, rr, n;
-    const int64_t row = threadIdx.x < nout ? out_row(threadIdx.x, m, rr, n) : -1;
-    if (row >= 0) load_epilogue<NEXT>(p, row, n, first);
+    int m, rr;
+    first_row = threadIdx.x < nout ? out_row(threadIdx.x, m, rr, first_n) : -1;
+    if (first_row >= 0) load_epilogue<NEXT>(p, first_row, first_n, first);
   }
   pdl_trigger();
   pdl_wait();
+
+  // ---- right after the wait, every activation load at once: the first two chunks of x
+  // fragments, this thread's residual input and (phase 1) the low-rank partials. Issued together
+  // they cost one L2 round trip instead of one per chunk and one more in the epilogue. ----
+  const bool active = g < B;
+  auto load_x = [&](int ch, uint2 (&bx)[16]) {
+    const uint2* xc = XF + int64_t(ch) * 16 * 32 + lane;
+#pragma unroll
+    for (int s = 0; s < 16; ++s) bx[s] = (active && ch < ch1) ? xc[s * 32] : make_uint2(0, 0);
+  };
+  uint2 bxa[16], bxb[16];
+  load_x(ch0, bxa);
+  load_x(ch0 + 1, bxb);
+  if constexpr (NEXT)
+    if (first_row >= 0) first.res = p.res_in[int64_t(first_n) * p.R + first_row];
 
   // ---- phase 1: low-rank partials (summed over the prologue's splits, or the folded norm's
   // parts, which also give rstd) ----
@@ -390,18 +426,17 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
     }
   }
 
-  // ---- phase 2: the 1-bit GEMV on tensor cores (two chunks of signs in flight) ----
-  float acc[MT][4];
+  // ---- phase 2: the 1-bit GEMV on tensor cores (two chunks of signs and of x in flight) ----
+  // Two accumulators per tile (even and odd steps s): two independent chains of dependent mma
+  // instead of one twice as long (at batch 1 the chain's latency is on the critical path).
+  float acc[MT][4], acc2[MT][4];
 #pragma unroll
-  for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
-  const bool active = g < B;
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[m][j] = acc2[m][j] = 0.f;
   for (int ch = ch0; ch < ch1; ++ch) {
     uint4 nn[MT];
     load(ch + 2, nn);
-    uint2 bx[16];
-    const uint2* xc = XF + int64_t(ch) * 16 * 32 + lane;
-#pragma unroll
-    for (int s = 0; s < 16; ++s) bx[s] = active ? xc[s * 32] : make_uint2(0, 0);
 #pragma unroll
     for (int s = 0; s < 16; ++s) {
 #pragma unroll
@@ -410,11 +445,14 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
         const uint32_t a1 = ((cur[m].y << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
         const uint32_t a2 = ((cur[m].z << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
         const uint32_t a3 = ((cur[m].w << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
-        mma16816(acc[m], a0, a1, a2, a3, bx[s].x, bx[s].y);
+        mma16816((s & 1) ? acc2[m] : acc[m], a0, a1, a2, a3, bxa[s].x, bxa[s].y);
       }
     }
 #pragma unroll
     for (int m = 0; m < MT; ++m) cur[m] = nxt[m], nxt[m] = nn[m];
+#pragma unroll
+    for (int s = 0; s < 16; ++s) bxa[s] = bxb[s];
+    if (ch + 2 < ch1) load_x(ch + 2, bxb);
   }
 
   // ---- phase 3: partials to shared memory; one thread per output (row, sequence) sums them in
@@ -422,7 +460,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j];
+    for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j] + acc2[m][j];
   __syncthreads();
   for (int o = threadIdx.x; o < nout; o += blockDim.x) {
     int m, rr, n;
@@ -437,6 +475,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
       e = first;
     } else {
       load_epilogue<NEXT>(p, row, n, e);
+      if constexpr (NEXT) e.res = p.res_in[int64_t(n) * p.R + row];
     }
     const int ln = (rr & 7) * 4 + (n >> 1), j = (rr >= 8 ? 2 : 0) + (n & 1);
     float sum = 0;
@@ -447,7 +486,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
       float lr = 0;
 #pragma unroll
       for (int k = 0; k < kMaxRank; ++k)
-        if (k < p.r) lr += float(e.u[k]) * zs[n * p.r + k];
+        if (k < p.r) lr += float(unpack_i8(e.u4, k)) * zs[n * p.r + k];
       v += lr;
     }
     if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
@@ -468,7 +507,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
     }
     p.y[int64_t(n) * p.ldy + row] = v;
     if constexpr (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
-      const float x = p.res_in[int64_t(n) * p.R + row] + v;
+      const float x = e.res + v;
       p.res_out[int64_t(n) * p.R + row] = x;
       const float xw = e.nw * x;
       const int c = int(row), s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
@@ -476,7 +515,7 @@ __global__ void __launch_bounds__(256) sign_gemv_kernel(SignGemvArgs p, int tile
           __float2half_rn(e.nb * xw);
 #pragma unroll
       for (int k = 0; k < kMaxRank; ++k)
-        if (k < p.nr) contrib[o][k] = float(e.nv[k]) * xw;
+        if (k < p.nr) contrib[o][k] = float(unpack_i8(e.nv4, k)) * xw;
       contrib[o][p.nr] = x * x;
     }
   }
@@ -787,15 +826,16 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
                (a.nr > 0 && !a.nV) || sign_gemv_grid(a.R) > kMaxParts))
     return cudaErrorInvalidValue;
   const int tiles = int(round_up(a.R, 16) / 16), nch = int(round_up(a.C, kChunkCols) / kChunkCols);
+  const int mt = gemv_mt(a.R);
   int KS = 1;  // warps splitting the chunks: at least 2 chunks per warp where possible
   for (int k : {8, 4, 2})
-    if (nch % k == 0 && nch / k >= 2) {
+    if (nch % k == 0 && nch / k >= 2 && (mt == 1 || k <= 4)) {  // (MT = 2: launch bound 128 threads)
       KS = k;
       break;
     }
   const dim3 block{unsigned(32 * KS)};
   const int mode = next ? 2 : a.parts ? 1 : 0;
-  if (gemv_mt(a.R) == 2) {
+  if (mt == 2) {
     const dim3 grid{unsigned((tiles + 1) / 2)};
     switch (mode) {
       case 0: return launch(sign_gemv_kernel<2, 0>, grid, block, 0, s, pdl, a, tiles, nch);

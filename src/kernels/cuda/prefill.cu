@@ -18,18 +18,22 @@
 //                         DRAM-bound, 24 us. The slice-0 thread of a channel is the only reader of
 //                         that channel's old state, so it also writes the new state (no race).
 //   ssm_scan_kernel<NT, TPR, RP, F16>  block = one head h x PB rows p; a row's N state elements
-//                         are split over TPR = N / NT lanes (NT = 16 per thread, in registers for all
-//                         T tokens); the loop over tokens is sequential. Chunks of 32 tokens of x, B,
+//                         are split over TPR = N / NT lanes, and a thread owns NT elements of each
+//                         of RP rows (default NT = 8, RP = 2: 16 in registers for all T tokens, and
+//                         each B and C value a thread loads serves 2 rows); the loop over tokens is
+//                         sequential. Chunks of 32 tokens of x, B,
 //                         C and dt are staged into shared memory with cp.async, double-buffered
 //                         (chunk c+1 loads while chunk c is scanned); dt/dA computed once per (token,
 //                         head) per chunk; tokens are processed in groups of TPR whose y partial sums
 //                         are reduced together (one reduce-scatter: TPR - 1 shuffles per TPR
-//                         tokens); y goes through shared memory and is written per chunk, coalesced.
-//                         Bound: instruction issue with too few warps to hide latency. Per state
-//                         element and token: FMUL + 2 FFMA + 1/2 LDS.128 (~100 instructions per warp
-//                         and token); only H*P*N/16 = 32K threads at 1.3B, 2 warps per scheduler,
-//                         which issue every ~2 cycles (ncu: 0.48 IPC per scheduler, stalls on the
-//                         shared-memory loads). 417 us (fp16 state: 431 us), ~53% of the layer.
+//                         tokens and row); y goes through shared memory and is written per chunk,
+//                         coalesced. Bound: instruction issue with few warps (H*P*N/16 = 32K threads
+//                         at 1.3B, 2 warps per scheduler) and the shared-memory loads of B and C
+//                         (ncu on NT = 16, RP = 1: 0.48 IPC per scheduler, stalls on them). 346 us
+//                         (fp16 state 385) at NT = 8, RP = 2; 419 (432) at NT = 16, RP = 1, the
+//                         previous default. The reduce-scatter's loops must all have compile-time
+//                         trip counts: for TPR >= 16 nvcc once kept one, and part went to local
+//                         memory (that made NT = 8 look slower than 16).
 //   rmsnorm_kernel / gated_rmsnorm_kernel   one block per row, the row kept in shared memory
 //                         between the two passes: 21 / 59 us (the gated one is ~3x its DRAM time;
 //                         not investigated further).
@@ -998,8 +1002,8 @@ bool scan_plan(int H, int P, int N, int G, const ScanTuning& tuning, ScanPlan* o
   int dev = 0, smem_max = 48 * 1024;
   if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   const int max_threads = std::min(256, std::max(32, tuning.max_threads));
-  // The tuning's (NT, RP); then NT = 8, one row per thread (always instantiated).
-  const int tries[2][2] = {{tuning.elems_per_thread, tuning.rows_per_thread}, {8, 1}};
+  // The tuning's (NT, RP); then 16 x 1 and 8 x 1 (instantiated for every lanes-per-row count).
+  const int tries[3][2] = {{tuning.elems_per_thread, tuning.rows_per_thread}, {16, 1}, {8, 1}};
   for (const auto& tr : tries) {
     ScanPlan pl;
     pl.NT = tr[0], pl.RP = tr[1];
