@@ -344,8 +344,10 @@ __device__ __forceinline__ void reduce_parts(const SignGemvArgs& p, float* zsum,
 // carries none of the folded code (measured: it costs registers and ~10% at batch 8).
 // MT = 2 (the wide in_proj: > 4 tiles per SM) runs at most 4 warps per block and keeps 3 blocks
 // per SM: 266 blocks at 1.3B must all be resident (264 would leave a second wave).
-template <int MT, int FOLD>
-__global__ void __launch_bounds__(MT == 2 ? 128 : 256, MT == 2 ? 3 : 1) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
+// TIGHT (experiment, DFSSM_CUDA_TIGHT=1): at most 128 registers, so that a block of the next
+// kernel of the chain fits beside a running one and its pre-wait weight loads really overlap.
+template <int MT, int FOLD, bool TIGHT>
+__global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1)) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
   constexpr bool fold = FOLD >= 1, NEXT = FOLD == 2;
   __shared__ float red[8][MT][4][32];
   __shared__ float zs[kMaxBatch * kMaxRank];
@@ -835,20 +837,27 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     }
   const dim3 block{unsigned(32 * KS)};
   const int mode = next ? 2 : a.parts ? 1 : 0;
+  static const bool tight = [] {
+    const char* e = std::getenv("DFSSM_CUDA_TIGHT");
+    return e && std::atoi(e) == 1;
+  }();
+  const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
+#define DFSSM_GEMV(M, F)                                                                                  \
+  return tight ? launch(sign_gemv_kernel<M, F, true>, grid, block, 0, s, pdl, a, tiles, nch)             \
+               : launch(sign_gemv_kernel<M, F, false>, grid, block, 0, s, pdl, a, tiles, nch)
   if (mt == 2) {
-    const dim3 grid{unsigned((tiles + 1) / 2)};
     switch (mode) {
-      case 0: return launch(sign_gemv_kernel<2, 0>, grid, block, 0, s, pdl, a, tiles, nch);
-      case 1: return launch(sign_gemv_kernel<2, 1>, grid, block, 0, s, pdl, a, tiles, nch);
-      default: return launch(sign_gemv_kernel<2, 2>, grid, block, 0, s, pdl, a, tiles, nch);
+      case 0: DFSSM_GEMV(2, 0);
+      case 1: DFSSM_GEMV(2, 1);
+      default: DFSSM_GEMV(2, 2);
     }
   }
-  const dim3 grid{unsigned(tiles)};
   switch (mode) {
-    case 0: return launch(sign_gemv_kernel<1, 0>, grid, block, 0, s, pdl, a, tiles, nch);
-    case 1: return launch(sign_gemv_kernel<1, 1>, grid, block, 0, s, pdl, a, tiles, nch);
-    default: return launch(sign_gemv_kernel<1, 2>, grid, block, 0, s, pdl, a, tiles, nch);
+    case 0: DFSSM_GEMV(1, 0);
+    case 1: DFSSM_GEMV(1, 1);
+    default: DFSSM_GEMV(1, 2);
   }
+#undef DFSSM_GEMV
 }
 
 cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl) {
