@@ -8,6 +8,8 @@
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <sstream>
 
 #include "cli/args.h"
@@ -79,6 +81,40 @@ void launch_floor(int64_t kernels, double step_ms, bool pdl) {
               "%.4f ms at 1 x 32 -> kernel bodies ~%.4f ms of the %.4f ms step\n",
               (long long)kernels, pdl ? "PDL" : "no PDL", full, sms, 1e3 * full / double(kernels), one,
               step_ms - double(full), step_ms);
+}
+// Debug switch DFSSM_CUDA_TRACE=1: the timeline of one graph-replayed step (CudaSession::
+// trace_step), per kernel kind averaged over the layers but the first and last two, in us:
+// gap = first block's entry after the previous kernel's last exit (negative: pre-launched by
+// PDL), wait = block 0's PDL wait release after the previous kernel's last exit, then block 0's
+// phases, tail = last exit after block 0's, total = last exit after the previous last exit.
+void print_trace(const std::vector<std::pair<std::string, std::vector<uint64_t>>>& tr) {
+  namespace kc = kernels::cuda;
+  if (tr.size() < 12) return;
+  struct Acc {
+    double gap = 0, wait = 0, lastwait = 0, p1 = 0, comp = 0, epi = 0, tail = 0, total = 0;
+    int n = 0;
+  };
+  std::map<std::string, Acc> acc;
+  for (size_t i = 3; i + 6 < tr.size(); ++i) {
+    const auto& t = tr[i].second;
+    const double prev = double(tr[i - 1].second[kc::kLastExit]);
+    Acc& a = acc[tr[i].first];
+    a.gap += (double(t[kc::kFirstEntry]) - prev) / 1e3;
+    a.wait += (double(t[kc::kWaited]) - prev) / 1e3;
+    a.lastwait += (double(t[kc::kLastWaited]) - double(t[kc::kWaited])) / 1e3;
+    a.p1 += (double(t[kc::kPhase1]) - double(t[kc::kWaited])) / 1e3;
+    a.comp += (double(t[kc::kCompute]) - double(t[kc::kPhase1])) / 1e3;
+    a.epi += (double(t[kc::kEpilogue]) - double(t[kc::kCompute])) / 1e3;
+    a.tail += (double(t[kc::kLastExit]) - double(t[kc::kEpilogue])) / 1e3;
+    a.total += (double(t[kc::kLastExit]) - prev) / 1e3;
+    a.n++;
+  }
+  std::printf("  trace (graph replay, us, mean over %d layers): kernel: gap | wait | last wait - block 0's | "
+              "phase1 | compute | epilogue | tail | total\n",
+              acc.begin()->second.n);
+  for (const auto& [k, a] : acc)
+    std::printf("    %-8s %6.2f | %5.2f | %5.2f | %5.2f | %5.2f | %5.2f | %5.2f | %5.2f\n", k.c_str(), a.gap / a.n,
+                a.wait / a.n, a.lastwait / a.n, a.p1 / a.n, a.comp / a.n, a.epi / a.n, a.tail / a.n, a.total / a.n);
 }
 }  // namespace
 
@@ -166,6 +202,7 @@ int cmd_bench_cuda(int argc, char** argv) {
     std::printf("\n");
     if (B == bs.front()) {
       launch_floor(s.folded(B) ? 3 * cfg.n_layer + 3 : 5 * cfg.n_layer + 2, dev_ms, o.pdl);
+      if (std::getenv("DFSSM_CUDA_TRACE")) print_trace(s.trace_step());
       const auto prof = s.profile_step_ms();
       double total = 0;
       for (const auto& [k, v] : prof) total += v;

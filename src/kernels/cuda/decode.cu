@@ -18,6 +18,21 @@ namespace {
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
+__device__ __forceinline__ unsigned long long gtimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// Debug timeline (TraceSlot): block 0 records its phases, every block the min / max ones.
+__device__ __forceinline__ void trace_mark(unsigned long long* tr, int slot) {
+  if (!tr || threadIdx.x != 0) return;
+  const unsigned long long t = gtimer();
+  if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) tr[slot] = t;
+  if (slot == kEntry) atomicMin(tr + kFirstEntry, t);
+  if (slot == kWaited) atomicMax(tr + kLastWaited, t);
+  if (slot == kEpilogue) atomicMax(tr + kLastExit, t);
+}
+
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float softplus20(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
@@ -380,6 +395,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
     return (T < tiles && row < p.R) ? row : -1;
   };
 
+  trace_mark(p.trace, kEntry);
   // ---- phase 0 (before the wait): weights and this thread's first epilogue operands ----
   uint4 cur[MT], nxt[MT];
   load(ch0, cur);
@@ -394,6 +410,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   }
   pdl_trigger();
   pdl_wait();
+  trace_mark(p.trace, kWaited);
 
   // ---- right after the wait, every activation load at once: the first two chunks of x
   // fragments, this thread's residual input and (phase 1) the low-rank partials. Issued together
@@ -428,6 +445,8 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
     }
   }
 
+  if (p.trace) __syncthreads();  // (debug timeline only: phase 1 complete in the block)
+  trace_mark(p.trace, kPhase1);
   // ---- phase 2: the 1-bit GEMV on tensor cores (two chunks of signs and of x in flight) ----
   // Two accumulators per tile (even and odd steps s): two independent chains of dependent mma
   // instead of one twice as long (at batch 1 the chain's latency is on the critical path).
@@ -464,6 +483,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 #pragma unroll
     for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j] + acc2[m][j];
   __syncthreads();
+  trace_mark(p.trace, kCompute);
   for (int o = threadIdx.x; o < nout; o += blockDim.x) {
     int m, rr, n;
     const int64_t row = out_row(o, m, rr, n);
@@ -532,6 +552,10 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
       p.nparts_out[(int64_t(n) * (kMaxRank + 1) + k) * kMaxParts + blockIdx.x] = s;
     }
   }
+  if (p.trace) {
+    __syncthreads();
+    trace_mark(p.trace, kEpilogue);
+  }
 }
 
 // ---- SSM step --------------------------------------------------------------------------------
@@ -547,6 +571,7 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
   const int nw = blockDim.x >> 5;
   const int H = a.H, P = a.P, N = a.N, di = H * P;
   const int pb = P / gridDim.z, p0 = blockIdx.z * pb;
+  trace_mark(a.trace, kEntry);
   // ---- before the wait: this layer's state (only this kernel writes it, once per step) and the
   // head's parameters. Each warp owns up to kPPW rows p; each lane n = 4*(lane + 32j), j = 0, 1.
   const float dt_bias = a.dt_bias[h], Ah = a.A[h], Dh = a.Dskip[h];
@@ -586,6 +611,7 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
   }
   pdl_trigger();
   pdl_wait();
+  trace_mark(a.trace, kWaited);
   // ---- after the wait: this token's activations ----
   const float* xbc = a.xbc + int64_t(b) * a.D;
   const float dt = fminf(fmaxf(softplus20(a.dt_raw[int64_t(b) * a.ld_dt + h] + dt_bias), a.dt_min), a.dt_max);
@@ -606,6 +632,12 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
     const int p = p0 + warp + i * nw;
     xs[i] = p < p0 + pb ? xbc[h * P + p] : 0.f;
     zv[i] = fold && p < p0 + pb ? a.z[int64_t(b) * a.ldz + h * P + p] : 0.f;
+  }
+  if (a.trace) {  // (debug timeline only: the loads complete)
+    volatile float sink = Bn[0].x + Cn[0].x + xs[0] + zv[0] + dA;
+    (void)sink;
+    __syncthreads();
+    trace_mark(a.trace, kPhase1);
   }
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
@@ -651,6 +683,10 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
       if (lane < a.orank) contrib[jl][lane] = vk[i] * gx;
     }
   }
+  if (a.trace) {
+    __syncthreads();
+    trace_mark(a.trace, kCompute);
+  }
   if constexpr (fold) {  // this block's parts: per k, its rows in a fixed order
     __syncthreads();
     const int part = blockIdx.x * gridDim.z + blockIdx.z;
@@ -659,6 +695,10 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
       for (int j = 0; j < pb; ++j) s += contrib[j][threadIdx.x];
       a.parts[(int64_t(b) * (kMaxRank + 1) + threadIdx.x) * kMaxParts + part] = s;
     }
+  }
+  if (a.trace) {
+    __syncthreads();
+    trace_mark(a.trace, kEpilogue);
   }
 }
 

@@ -62,6 +62,11 @@ constexpr int kMaxRank = 32;   // low-rank rank the kernels support
 constexpr int kChunkCols = 256;
 constexpr int kSliceCols = 512;  // norm_prologue: fragment columns per block
 constexpr int kMaxParts = 256;   // producer blocks of a folded norm's partial sums
+// Timeline of one kernel launch (debug, DFSSM_CUDA_TRACE): block 0's entry, PDL wait release,
+// end of its activation phase (sign_gemv: partial sums reduced; ssm_step: inputs loaded), end of
+// its main compute, end of its epilogue; over all blocks: first entry (min), last wait release
+// and last exit (max). Initialise kFirstEntry to ~0, the rest to 0.
+enum TraceSlot { kEntry, kWaited, kPhase1, kCompute, kEpilogue, kFirstEntry, kLastWaited, kLastExit, kTraceSlots };
 // Floats of a parts buffer (all batch rows).
 inline size_t parts_floats() { return size_t(kMaxBatch) * (kMaxRank + 1) * kMaxParts; }
 
@@ -154,6 +159,9 @@ struct SignGemvArgs {
   int nr = 0;
   void* nxf = nullptr;
   float* nparts_out = nullptr;
+  // Debug timeline (CudaSession::trace_step; null otherwise): kTraceSlots u64 of %globaltimer
+  // (ns): see TraceSlot.
+  unsigned long long* trace = nullptr;
 };
 // Blocks sign_gemv launches for R rows (the parts a next-layer output produces).
 int sign_gemv_grid(int64_t R);
@@ -186,6 +194,9 @@ struct SsmArgs {
   int orank = 0;
   void* xf = nullptr;
   float* parts = nullptr;
+  // Debug timeline (CudaSession::trace_step; null otherwise): kTraceSlots u64 of %globaltimer
+  // (ns): see TraceSlot.
+  unsigned long long* trace = nullptr;
 };
 // Producer blocks (parts) of ssm_step for H heads.
 int ssm_parts(int H);

@@ -345,8 +345,15 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.in.nparts = l == 0 ? kc::norm_splits(k0) : kc::sign_gemv_grid(d);
     A.in.n_norm = d;
     A.in.eps = eps;
+    auto traced = [&](const char* name) {  // trace_step only
+      if (!trace_) return static_cast<unsigned long long*>(nullptr);
+      trace_names_.push_back(name);
+      return trace_ + (trace_names_.size() - 1) * kc::kTraceSlots;
+    };
+    A.in.trace = traced("in_proj");
     CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
     mark("in_proj");
+    A.ssm.trace = traced("ssm");
     A.ssm.z = g.zx, A.ssm.ldz = dip;
     A.ssm.gw = L.gnorm, A.ssm.ob = L.out.b, A.ssm.oV = L.out.V, A.ssm.orank = int(L.out.r);
     A.ssm.xf = g.xf_out, A.ssm.parts = g.parts_out;
@@ -366,6 +373,7 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     } else {  // the residual only (the next-layer outputs land in buffers nobody reads)
       A.out.nw = g.norm_f, A.out.nb = nullptr, A.out.nV = nullptr, A.out.nr = 0;
     }
+    A.out.trace = traced("out_proj");
     CUDA_CHECK(kc::sign_gemv(A.out, s, pdl));
     mark("out_proj");
   }
@@ -623,6 +631,40 @@ double CudaSession::time_steps_ms(int iters) {
   cudaEventDestroy(e1);
   for (auto& p : pos_) p += iters + 1;
   return double(ms) / iters;
+}
+
+std::vector<std::pair<std::string, std::vector<uint64_t>>> CudaSession::trace_step() {
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> out;
+  if (!folded(batch_)) return out;
+  Dev& g = *dev_;
+  const size_t launches = size_t(3 * model_->config().n_layer), n = launches * kc::kTraceSlots;
+  std::vector<unsigned long long> init(n, 0ull), got(n);
+  for (size_t i = 0; i < launches; ++i) init[i * kc::kTraceSlots + kc::kFirstEntry] = ~0ull;
+  unsigned long long* buf = nullptr;
+  CUDA_CHECK(cudaMalloc(&buf, n * sizeof(unsigned long long)));
+  trace_ = buf;
+  trace_names_.clear();
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal));
+  forward(batch_, 0, true, opt_.pdl, nullptr);
+  CUDA_CHECK(cudaStreamEndCapture(g.stream, &graph));
+  trace_ = nullptr;
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 2; ++rep) {  // the first replay warms up
+    CUDA_CHECK(cudaMemcpyAsync(buf, init.data(), n * sizeof(unsigned long long), cudaMemcpyHostToDevice, g.stream));
+    CUDA_CHECK(cudaGraphLaunch(exec, g.stream));
+  }
+  CUDA_CHECK(cudaMemcpyAsync(got.data(), buf, n * sizeof(unsigned long long), cudaMemcpyDeviceToHost, g.stream));
+  CUDA_CHECK(cudaStreamSynchronize(g.stream));
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  CUDA_CHECK(cudaFree(buf));
+  for (size_t i = 0; i < launches && i < trace_names_.size(); ++i)
+    out.emplace_back(trace_names_[i], std::vector<uint64_t>(got.begin() + long(i * kc::kTraceSlots),
+                                                            got.begin() + long((i + 1) * kc::kTraceSlots)));
+  for (auto& p : pos_) p += 2;
+  return out;
 }
 
 std::map<std::string, double> CudaSession::profile_step_ms() {

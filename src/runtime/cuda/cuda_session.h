@@ -107,6 +107,10 @@ class CudaSession {
   // Device time per kernel kind of one decode step launched kernel by kernel (no graph, no
   // PDL; events between launches): {"norm", "in_proj", "ssm", "gnorm", "out_proj", "lm_head"}.
   std::map<std::string, double> profile_step_ms();
+  // Debug timeline of one folded decode step (batch 1; empty otherwise): a graph captured with
+  // the kernels' trace slots set (kernels/cuda/decode.h TraceSlot), replayed twice, the second
+  // replay's %globaltimer stamps (ns) per in_proj / ssm / out_proj launch, in launch order.
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> trace_step();
 
  private:
   struct Dev;  // device buffers
@@ -128,6 +132,8 @@ class CudaSession {
   std::vector<int64_t> pos_;
   std::unique_ptr<Dev> dev_;
   std::map<std::tuple<int64_t, int64_t, bool>, void*> graphs_;  // cudaGraphExec_t
+  unsigned long long* trace_ = nullptr;  // trace_step: slots of the next launch
+  std::vector<std::string> trace_names_;
 };
 
 }  // namespace dfssm::runtime
