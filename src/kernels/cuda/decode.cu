@@ -33,6 +33,12 @@ __device__ __forceinline__ void trace_mark(unsigned long long* tr, int slot) {
   if (slot == kEpilogue) atomicMax(tr + kLastExit, t);
 }
 
+// An empty asm that uses v: the thread cannot pass it before v's load has landed.
+__device__ __forceinline__ void consume(uint32_t v) { asm volatile("" ::"r"(v)); }
+__device__ __forceinline__ void consume(float v) { asm volatile("" ::"f"(v)); }
+__device__ __forceinline__ void consume(const uint4& v) { consume(v.x), consume(v.y), consume(v.z), consume(v.w); }
+__device__ __forceinline__ void consume(const float4& v) { consume(v.x), consume(v.y), consume(v.z), consume(v.w); }
+
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float softplus20(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
@@ -408,6 +414,15 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
     first_row = threadIdx.x < nout ? out_row(threadIdx.x, m, rr, first_n) : -1;
     if (first_row >= 0) load_epilogue<NEXT>(p, first_row, first_n, first);
   }
+  if (p.preload_sync) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) consume(cur[m]), consume(nxt[m]);
+    consume(first.a), consume(first.cb), consume(first.nw), consume(first.nb);
+#pragma unroll
+    for (int k = 0; k < kMaxRank / 4; ++k) consume(first.u4[k]), consume(first.nv4[k]);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) consume(first.sv[k]), consume(first.wv[k]);
+  }
   pdl_trigger();
   pdl_wait();
   trace_mark(p.trace, kWaited);
@@ -608,6 +623,13 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
     gwv[i] = fold ? a.gw[c] : 0.f;
     obv[i] = fold && a.ob ? a.ob[c] : 1.f;
     vk[i] = fold && lane < a.orank ? float(a.oV[c * a.orank + lane]) : 0.f;
+  }
+  if (a.preload_sync) {
+    consume(dt_bias), consume(Ah), consume(Dh);
+#pragma unroll
+    for (int i = 0; i < kPPW; ++i) {
+      consume(s[i][0]), consume(s[i][1]), consume(gwv[i]), consume(obv[i]), consume(vk[i]);
+    }
   }
   pdl_trigger();
   pdl_wait();
