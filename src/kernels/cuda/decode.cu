@@ -899,10 +899,13 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     }
   const dim3 block{unsigned(32 * KS)};
   const int mode = next ? 2 : a.parts ? 1 : 0;
-  static const bool tight = [] {
+  // Register cap (TIGHT instantiations): 0 none, 1 every kernel, 2 out_proj with the next
+  // layer's input only (mode 2). Debug switch DFSSM_CUDA_TIGHT overrides the default.
+  static const int tight_mode = [] {
     const char* e = std::getenv("DFSSM_CUDA_TIGHT");
-    return e && std::atoi(e) == 1;
+    return e ? std::atoi(e) : 0;
   }();
+  const bool tight = tight_mode == 1 || (tight_mode == 2 && mode == 2);
   const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
 #define DFSSM_GEMV(M, F)                                                                                  \
   return tight ? launch(sign_gemv_kernel<M, F, true>, grid, block, 0, s, pdl, a, tiles, nch)             \
