@@ -564,3 +564,29 @@ TEST_CASE("CUDA session state save/restore, to and from the CPU session", "[gpu]
   CHECK(std::memcmp(f, f + V, size_t(V) * 4) == 0);
   REQUIRE_THROWS(gpu_s.restore_state(0, std::vector<uint8_t>(10)));
 }
+
+TEST_CASE("Decode timeline (DFSSM_CUDA_TRACE): one entry per launch, stamps in order", "[gpu][cuda_runtime]") {
+  auto model = small_model(test_seed() + 10);
+  runtime::CudaSession s(model, 1);
+  int32_t tok = 5;
+  s.step(&tok);
+  const auto tr = s.trace_step();
+  REQUIRE(tr.size() == size_t(3 * model->config().n_layer));
+  for (size_t i = 0; i < tr.size(); ++i) {
+    INFO("launch " << i << " " << tr[i].first);
+    CHECK(tr[i].first == (i % 3 == 0 ? "in_proj" : i % 3 == 1 ? "ssm" : "out_proj"));
+    const auto& t = tr[i].second;
+    REQUIRE(t.size() == size_t(kc::kTraceSlots));
+    CHECK(t[kc::kFirstEntry] <= t[kc::kEntry]);
+    CHECK(t[kc::kEntry] <= t[kc::kWaited]);
+    CHECK(t[kc::kWaited] <= t[kc::kPhase1]);
+    CHECK(t[kc::kPhase1] <= t[kc::kCompute]);
+    CHECK(t[kc::kCompute] <= t[kc::kEpilogue]);
+    CHECK(t[kc::kEpilogue] <= t[kc::kLastExit]);
+    CHECK(t[kc::kWaited] <= t[kc::kLastWaited]);
+    if (i > 0) CHECK(tr[i - 1].second[kc::kLastExit] <= t[kc::kWaited]);  // PDL: the wait orders them
+  }
+  // A batch that does not run the folded layers has no timeline.
+  runtime::CudaSession s8(model, 8);
+  CHECK(s8.trace_step().empty());
+}

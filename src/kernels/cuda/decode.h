@@ -162,10 +162,6 @@ struct SignGemvArgs {
   // Debug timeline (CudaSession::trace_step; null otherwise): kTraceSlots u64 of %globaltimer
   // (ns): see TraceSlot.
   unsigned long long* trace = nullptr;
-  // Stall before the PDL wait until the pre-wait loads (weights, state, epilogue operands) have
-  // landed, so that none of them can be left on the critical path after the wait
-  // (experiment: DFSSM_CUDA_PRELOAD_SYNC).
-  bool preload_sync = false;
 };
 // Blocks sign_gemv launches for R rows (the parts a next-layer output produces).
 int sign_gemv_grid(int64_t R);
@@ -201,10 +197,6 @@ struct SsmArgs {
   // Debug timeline (CudaSession::trace_step; null otherwise): kTraceSlots u64 of %globaltimer
   // (ns): see TraceSlot.
   unsigned long long* trace = nullptr;
-  // Stall before the PDL wait until the pre-wait loads (weights, state, epilogue operands) have
-  // landed, so that none of them can be left on the critical path after the wait
-  // (experiment: DFSSM_CUDA_PRELOAD_SYNC).
-  bool preload_sync = false;
 };
 // Producer blocks (parts) of ssm_step for H heads.
 int ssm_parts(int H);

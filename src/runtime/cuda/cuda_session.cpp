@@ -350,11 +350,6 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
       trace_names_.push_back(name);
       return trace_ + (trace_names_.size() - 1) * kc::kTraceSlots;
     };
-    static const bool preload_sync = [] {  // experiment switch (decode.h preload_sync)
-      const char* e = std::getenv("DFSSM_CUDA_PRELOAD_SYNC");
-      return e && std::atoi(e) == 1;
-    }();
-    A.in.preload_sync = A.ssm.preload_sync = A.out.preload_sync = preload_sync;
     A.in.trace = traced("in_proj");
     CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
     mark("in_proj");
