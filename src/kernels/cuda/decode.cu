@@ -408,6 +408,10 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
     first_row = threadIdx.x < nout ? out_row(threadIdx.x, m, rr, first_n) : -1;
     if (first_row >= 0) load_epilogue<NEXT>(p, first_row, first_n, first);
   }
+  // The low-rank scales of this thread's first (sequence, k) of phase 1 (weights: before the wait).
+  const int k_first = p.r > 0 ? int(threadIdx.x) % p.r : 0;
+  const bool has_first_k = int(threadIdx.x) < B * p.r;
+  const float vs_first = has_first_k ? p.vs[k_first] : 0.f, us_first = has_first_k ? p.us[k_first] : 0.f;
   pdl_trigger();
   pdl_wait();
   trace_mark(p.trace, kWaited);
@@ -434,14 +438,16 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
     __syncthreads();
     for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
       const int n = idx / p.r, k = idx % p.r;
-      zs[idx] = zsum[n * kMaxRank + k] * rsq[n] * p.vs[k] * p.us[k];
+      const bool first_k = idx == int(threadIdx.x);
+      zs[idx] = zsum[n * kMaxRank + k] * rsq[n] * (first_k ? vs_first : p.vs[k]) * (first_k ? us_first : p.us[k]);
     }
   } else {
     for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
       const int n = idx / p.r, k = idx % p.r;
       float s = 0;
       for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
-      zs[idx] = s * p.vs[k] * p.us[k];
+      const bool first_k = idx == int(threadIdx.x);
+      zs[idx] = s * (first_k ? vs_first : p.vs[k]) * (first_k ? us_first : p.us[k]);
     }
   }
 
