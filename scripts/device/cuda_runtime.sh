@@ -68,6 +68,14 @@ if [[ -n $NCU ]]; then  # one layer's kernels of a decode step, launched one by 
     $B bench --device cuda --geometry mamba2-1.3b --random --no-graph --no-pdl --no-int8-prefill --prefill 8 \
     --batches 1 --steps 8 --warmup 1 --no-membw >$OUT/ncu.txt 2>&1
   grep -E "^  [a-z_ ]+.*\(|gpu__time_duration" $OUT/ncu.txt | sed -E 's/\(SignGemvArgs, int, int\)|\(NormArgs, int\)|\(SsmArgs\)|, Context.*//' | paste - - | head -12
+  # Warp states and where the stalls are (source lines: the kernels carry -lineinfo) of one
+  # layer's folded batch-1 kernels; the full report in $OUT/ncu_stalls.ncu-rep.
+  timeout 150 "$NCU" --clock-control none --section WarpStateStats --section SchedulerStats --section SourceCounters \
+    -k regex:"sign_gemv|ssm_step" --launch-skip 150 --launch-count 3 -o $OUT/ncu_stalls -f \
+    $B bench --device cuda --geometry mamba2-1.3b --random --no-graph --no-int8-prefill --prefill 4 --batches 1 \
+    --steps 4 --warmup 1 --no-membw >/dev/null 2>&1
+  "$NCU" --import $OUT/ncu_stalls.ncu-rep --print-details all 2>/dev/null >$OUT/ncu_stalls.txt
+  grep -E "_kernel<|Issued Warp|Eligible Warps|barrier|Stall|stall" $OUT/ncu_stalls.txt | head -30
 fi
 [[ ${HF:-0} == 1 ]] && PYTHONUNBUFFERED=1 timeout 200 python3 scripts/device/bench_hf.py --prefill 2048 --steps 24 \
   --batches 1,8 2>&1 | grep -v -E "Warning|falling back" | tee $OUT/bench_hf.txt
