@@ -565,6 +565,15 @@ TEST_CASE("CUDA session state save/restore, to and from the CPU session", "[gpu]
   REQUIRE_THROWS(gpu_s.restore_state(0, std::vector<uint8_t>(10)));
 }
 
+TEST_CASE("Folded GEMV epilogue spread over the warps gives the same bits", "[gpu][cuda_runtime]") {
+  auto model = small_model(test_seed() + 11);
+  runtime::CudaSessionOptions a, b;
+  b.spread_epilogue = true;
+  const auto ra = decode_run(model, 1, a), rb = decode_run(model, 1, b);
+  REQUIRE(ra.size() == rb.size());
+  CHECK(std::memcmp(ra.data(), rb.data(), ra.size() * 4) == 0);
+}
+
 TEST_CASE("Decode timeline (DFSSM_CUDA_TRACE): one entry per launch, stamps in order", "[gpu][cuda_runtime]") {
   auto model = small_model(test_seed() + 10);
   runtime::CudaSession s(model, 1);

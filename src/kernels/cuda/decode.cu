@@ -372,6 +372,11 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   __shared__ float contrib[NEXT ? MT * 16 * kMaxBatch : 1][kMaxRank + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
   const int g = lane >> 2;
+  // This thread's first output of the epilogue and first task of the parts reduction: itself, or
+  // (spread, experiment DFSSM_CUDA_SPREAD=1) lane * KS + warp, so that at batch 1 the few outputs
+  // of a block run on every warp instead of all on warp 0 (ncu: out_proj's warps spend 44% of
+  // their stalls at a barrier waiting for it). A permutation of the block's threads.
+  const int me = p.spread ? lane * KS + warp : int(threadIdx.x);
   const int tile0 = blockIdx.x * MT;
   const int per = nch / KS, ch0 = warp * per, ch1 = ch0 + per;
   const uint4* W = reinterpret_cast<const uint4*>(p.w);
@@ -405,7 +410,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   int first_n = 0;
   {
     int m, rr;
-    first_row = threadIdx.x < nout ? out_row(threadIdx.x, m, rr, first_n) : -1;
+    first_row = me < nout ? out_row(me, m, rr, first_n) : -1;
     if (first_row >= 0) load_epilogue<NEXT>(p, first_row, first_n, first);
   }
   // The low-rank scales of this thread's first (sequence, k) of phase 1 (weights: before the wait).
@@ -490,7 +495,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
     for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j] + acc2[m][j];
   __syncthreads();
   trace_mark(p.trace, kCompute);
-  for (int o = threadIdx.x; o < nout; o += blockDim.x) {
+  for (int o = me; o < nout; o += blockDim.x) {
     int m, rr, n;
     const int64_t row = out_row(o, m, rr, n);
     if (row < 0) {
@@ -499,7 +504,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
       continue;
     }
     EpiOperands e;
-    if (o == int(threadIdx.x)) {
+    if (o == me) {
       e = first;
     } else {
       load_epilogue<NEXT>(p, row, n, e);
@@ -550,7 +555,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   if constexpr (NEXT) {  // this block's parts: per (sequence, k), its rows in a fixed order
     __syncthreads();
     const int R1 = p.nr + 1;
-    for (int idx = threadIdx.x; idx < B * R1; idx += blockDim.x) {
+    for (int idx = me; idx < B * R1; idx += blockDim.x) {
       const int n = idx / R1, k = idx % R1;
       float s = 0.f;
       for (int m = 0; m < MT; ++m)

@@ -162,6 +162,8 @@ struct SignGemvArgs {
   // Debug timeline (CudaSession::trace_step; null otherwise): kTraceSlots u64 of %globaltimer
   // (ns): see TraceSlot.
   unsigned long long* trace = nullptr;
+  // Epilogue outputs spread over the warps (experiment, DFSSM_CUDA_SPREAD=1; same results).
+  bool spread = false;
 };
 // Blocks sign_gemv launches for R rows (the parts a next-layer output produces).
 int sign_gemv_grid(int64_t R);

@@ -350,6 +350,11 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
       trace_names_.push_back(name);
       return trace_ + (trace_names_.size() - 1) * kc::kTraceSlots;
     };
+    static const bool spread_env = [] {  // debug switch (CudaSessionOptions::spread_epilogue)
+      const char* e = std::getenv("DFSSM_CUDA_SPREAD");
+      return e && std::atoi(e) == 1;
+    }();
+    A.in.spread = A.out.spread = opt_.spread_epilogue || spread_env;
     A.in.trace = traced("in_proj");
     CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
     mark("in_proj");

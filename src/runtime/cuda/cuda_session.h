@@ -68,6 +68,10 @@ struct CudaSessionOptions {
   // Tokens per chunk of the INT8 prefill. Each chunk launches ~12 kernels per layer: 1x2048 on
   // an H200 took 47.8 ms in chunks of 512, 40.9 ms in 1024, 37.7 ms in one chunk of 2048.
   int64_t prefill_chunk = 2048;
+  // Experiment (not yet measured on a GPU; debug switch DFSSM_CUDA_SPREAD=1 turns it on): the
+  // folded GEMVs run their few batch-1 epilogue outputs on every warp instead of all on warp 0.
+  // Same results bit for bit.
+  bool spread_epilogue = false;
 };
 
 class CudaSession {
