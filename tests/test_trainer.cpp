@@ -353,9 +353,14 @@ TEST_CASE("distill with the hidden-state term logs it and trains", "[trainer][lo
   const auto job = fx.job("hid");
   REQUIRE(run_dfssm({"distill", job, "distill.hidden_mse=0.5", "distill.hidden_mse_layers=0,1", "distill.steps=3"}) == 0);
   std::ifstream in(fx.root + "/hid/student/metrics.jsonl");
-  int n = 0;
+  int n = 0, init_evals = 0;
   for (std::string line; std::getline(in, line);) {
     const auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == "eval" && j.at("step").get<int64_t>() == 0) {  // the init-only student
+      REQUIRE(j.at("student_ce").get<double>() > 0);
+      REQUIRE(j.at("teacher_ce").get<double>() > 0);
+      ++init_evals;
+    }
     if (!j.contains("loss")) continue;
     REQUIRE(j.contains("hidden_mse"));
     REQUIRE(j.at("hidden_mse").get<double>() > 0);
@@ -363,6 +368,7 @@ TEST_CASE("distill with the hidden-state term logs it and trains", "[trainer][lo
     ++n;
   }
   REQUIRE(n == 3);
+  REQUIRE(init_evals == 1);
 }
 
 TEST_CASE("top-k KL: k = V is the full KL; k < V is the renormalised top-k, value and gradients", "[trainer][loss]") {

@@ -6,8 +6,10 @@
 #                                          (it outlives the call), progress until ~9.5 min
 #   scripts/device/quality_run.sh wait     progress for another ~9.5 min
 #   scripts/device/quality_run.sh report   progress until done or ~9 min, then the results
-# Every call copies the metrics and the evaluation summary it has to $OUT. The pipeline resumes
-# from its checkpoints if it is started again on the same (warm) machine.
+# Every call copies the metrics and the evaluation summary it has to $OUT and prints
+# scripts/run_summary.py (teacher, init-only and student held-out CE from the trainer's evals, and
+# the fraction of the configured steps that ran), so a run cut short still reports. The pipeline
+# resumes from its checkpoints if it is started again on the same (warm) machine.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
@@ -22,11 +24,12 @@ progress() {  # until $1 seconds have passed or the pipeline has finished
     tail -c 400 $LOG | tr '\r' '\n' | grep -v '^$' | tail -1
   done
 }
-collect() {
+collect() {  # (also when the pipeline is cut short: the summary reads the trainer's evals)
   for f in $RUN/teacher/metrics.jsonl $RUN/student/metrics.jsonl $RUN/eval.json; do
     [[ -f $f ]] && cp "$f" "$OUT/$(echo "$f" | tr '/' '_')"
   done
   cp $LOG "$OUT/quality.log" 2>/dev/null
+  python3 scripts/run_summary.py $RUN configs/quality_100m.yaml | tee "$OUT/summary.txt"
   true
 }
 if [[ $PHASE == start ]]; then

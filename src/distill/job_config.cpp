@@ -62,7 +62,7 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
   k("dp_bucket_mb", 'f', "25", "data parallel: gradients all-reduced in buckets of this many MB as backward produces "
     "them (0 = one all-reduce after backward)", 0, 1e6);
   k("log_every", 'i', "10", "print and log metrics every N steps", 1, 1e9);
-  k("eval_every", 'i', "100", "held-out evaluation every N steps (0 = only at the end)", 0, 1e12);
+  k("eval_every", 'i', "100", "held-out evaluation every N steps (0 = only at the end; a fresh distillation with N > 0 also evaluates at step 0: the init-only student)", 0, 1e12);
   k("eval_batches", 'i', "8", "batches of the validation split per evaluation (0 = all)", 0, 1e9);
   k("checkpoint_every", 'i', "100", "checkpoint every N steps (and always at the end; 0 = only at the end)", 0, 1e12);
   k("keep_checkpoints", 'i', "2", "keep the newest K checkpoints", 1, 1e6);

@@ -478,6 +478,9 @@ void Run::loop() {
   const char* kill_env = std::getenv("DFSSM_DEBUG_KILL_AT_STEP");  // test hook: simulate a crash
   const int64_t kill_at = kill_env ? std::atoll(kill_env) : -1;
   std::vector<data::Batch> mb(size_t(tc.grad_accum));
+  // A fresh distillation first evaluates the init-only student (binarized from the teacher,
+  // untrained): the baseline of every later eval, and in the metrics even if the run is cut short.
+  if (distill() && start == 0 && tc.eval_every > 0 && comm->is_root()) evaluate();
   while (step < tc.steps) {
     for (auto& b : mb) DFSSM_CHECK(loader->next(&b), "the training loader ran dry");
     LmLossStats st;
