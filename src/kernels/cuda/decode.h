@@ -162,7 +162,7 @@ struct SignGemvArgs {
   // Debug timeline (CudaSession::trace_step; null otherwise): kTraceSlots u64 of %globaltimer
   // (ns): see TraceSlot.
   unsigned long long* trace = nullptr;
-  // Epilogue outputs spread over the warps (experiment, DFSSM_CUDA_SPREAD=1; same results).
+  // Epilogue outputs spread over the warps (experiment, DFSSM_CUDA_SPREAD=1; same arithmetic).
   bool spread = false;
 };
 // Blocks sign_gemv launches for R rows (the parts a next-layer output produces).

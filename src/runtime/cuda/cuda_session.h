@@ -70,7 +70,7 @@ struct CudaSessionOptions {
   int64_t prefill_chunk = 2048;
   // Experiment (not yet measured on a GPU; debug switch DFSSM_CUDA_SPREAD=1 turns it on): the
   // folded GEMVs run their few batch-1 epilogue outputs on every warp instead of all on warp 0.
-  // Same results bit for bit.
+  // Each output's arithmetic is unchanged, so the bits should be too (test_cuda_runtime checks).
   bool spread_epilogue = false;
 };
 
