@@ -65,8 +65,7 @@ double copy_bandwidth_gbs() {
   return 2.0 * double(n) / (t[t.size() / 2] / 1e3) / 1e9;
 }
 // The launch floor of a decode step: the same number of dependent kernels with empty bodies
-// (kernels/cuda/probe.h), at the decode kernels' typical grid and at one block. A decode step at
-// batch 1 is 3 kernels per layer + 3 (folded norms; 5 per layer + 2 without).
+// (kernels/cuda/probe.h), at the decode kernels' typical grid and at one block.
 void launch_floor(int64_t kernels, double step_ms, bool pdl) {
   float full = 0, one = 0;
   int sms = 0, dev = 0;
@@ -201,7 +200,7 @@ int cmd_bench_cuda(int argc, char** argv) {
     if (bw > 0) std::printf(", floor %.4f ms (%.0f%% of it)", bytes / (bw * 1e9) * 1e3, bytes / (bw * 1e9) * 1e3 / dev_ms * 100);
     std::printf("\n");
     if (B == bs.front()) {
-      launch_floor(s.folded(B) ? 3 * cfg.n_layer + 3 : 5 * cfg.n_layer + 2, dev_ms, o.pdl);
+      launch_floor(s.kernels_per_step(B), dev_ms, o.pdl);
       if (std::getenv("DFSSM_CUDA_TRACE")) print_trace(s.trace_step());
       const auto prof = s.profile_step_ms();
       double total = 0;

@@ -359,11 +359,12 @@ __device__ __forceinline__ void reduce_parts(const SignGemvArgs& p, float* zsum,
 // carries none of the folded code (measured: it costs registers and ~10% at batch 8).
 // MT = 2 (the wide in_proj: > 4 tiles per SM) runs at most 4 warps per block and keeps 3 blocks
 // per SM: 266 blocks at 1.3B must all be resident (264 would leave a second wave).
-// TIGHT: at most 128 registers, so that a block fits beside a running block of the previous
-// kernel of the chain (PDL pre-launch); used for out_proj at batch 1 (see sign_gemv).
+// TIGHT (FOLD = 2 only): at most 128 registers, so that a block fits beside a running block of
+// the previous kernel of the chain (PDL pre-launch); see sign_gemv.
 template <int MT, int FOLD, bool TIGHT>
 __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1)) sign_gemv_kernel(SignGemvArgs p, int tiles, int nch) {
   constexpr bool fold = FOLD >= 1, NEXT = FOLD == 2;
+  static_assert(!TIGHT || NEXT, "only out_proj with the next layer's input runs register-capped");
   __shared__ float red[8][MT][4][32];
   __shared__ float zs[kMaxBatch * kMaxRank];
   __shared__ float zsum[fold ? kMaxBatch * kMaxRank : 1];
@@ -437,22 +438,24 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
     if (first_row >= 0) first.res = p.res_in[int64_t(first_n) * p.R + first_row];
 
   // ---- phase 1: low-rank partials (summed over the prologue's splits, or the folded norm's
-  // parts, which also give rstd) ----
+  // parts, which also give rstd), times vs[k] · us[k] (this thread's first pair preloaded) ----
+  auto scaled = [&](float x, int idx, int k) {
+    const bool first_k = idx == int(threadIdx.x);
+    return x * (first_k ? vs_first : p.vs[k]) * (first_k ? us_first : p.us[k]);
+  };
   if constexpr (fold) {
     reduce_parts(p, zsum, rsq);
     __syncthreads();
     for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
       const int n = idx / p.r, k = idx % p.r;
-      const bool first_k = idx == int(threadIdx.x);
-      zs[idx] = zsum[n * kMaxRank + k] * rsq[n] * (first_k ? vs_first : p.vs[k]) * (first_k ? us_first : p.us[k]);
+      zs[idx] = scaled(zsum[n * kMaxRank + k] * rsq[n], idx, k);
     }
   } else {
     for (int idx = threadIdx.x; idx < B * p.r; idx += blockDim.x) {
       const int n = idx / p.r, k = idx % p.r;
       float s = 0;
       for (int sp = 0; sp < p.nsplit; ++sp) s += p.zp[(int64_t(n) * p.nsplit + sp) * p.r + k];
-      const bool first_k = idx == int(threadIdx.x);
-      zs[idx] = s * (first_k ? vs_first : p.vs[k]) * (first_k ? us_first : p.us[k]);
+      zs[idx] = scaled(s, idx, k);
     }
   }
 
@@ -888,32 +891,29 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     }
   const dim3 block{unsigned(32 * KS)};
   const int mode = next ? 2 : a.parts ? 1 : 0;
-  // Register cap (TIGHT instantiations): 0 none, 1 every kernel, 2 (default) out_proj with the
-  // next layer's input only (mode 2). Measured (H200, 1.3B, batch 1): 2 gives 0.881 ms/step
-  // against 0.911 for 0 and 0.921 for 1; the trace (DFSSM_CUDA_TRACE) shows why: capped,
+  // Register cap (TIGHT) for out_proj with the next layer's input (mode 2), the default; debug
+  // switch DFSSM_CUDA_TIGHT=0 turns it off. Measured (H200, 1.3B, batch 1, same call): 0.881
+  // ms/step capped against 0.911 uncapped; the trace (DFSSM_CUDA_TRACE) shows why: capped,
   // out_proj's blocks fit beside the SSM kernel's and all pass the PDL wait together (the last
-  // 0.7 us after the first, against 2.6 uncapped), while capping in_proj only adds spills to its
-  // main loop. Batch 4 and 8 (mode 0) are unchanged. Debug switch DFSSM_CUDA_TIGHT=0|1|2.
-  static const int tight_mode = [] {
+  // 0.7 us after the first, against 2.6 uncapped). Capping in_proj as well only added spills to
+  // its main loop and slowed batch 8 (1.735 vs 1.631 ms/step), so modes 0 and 1 are never capped.
+  static const bool tight = [] {
     const char* e = std::getenv("DFSSM_CUDA_TIGHT");
-    return e ? std::atoi(e) : 2;
+    return !(e && std::atoi(e) == 0);
   }();
-  const bool tight = tight_mode == 1 || (tight_mode == 2 && mode == 2);
   const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
-#define DFSSM_GEMV(M, F)                                                                                  \
-  return tight ? launch(sign_gemv_kernel<M, F, true>, grid, block, 0, s, pdl, a, tiles, nch)             \
-               : launch(sign_gemv_kernel<M, F, false>, grid, block, 0, s, pdl, a, tiles, nch)
+#define DFSSM_GEMV(M, F, T) return launch(sign_gemv_kernel<M, F, T>, grid, block, 0, s, pdl, a, tiles, nch)
   if (mt == 2) {
     switch (mode) {
-      case 0: DFSSM_GEMV(2, 0);
-      case 1: DFSSM_GEMV(2, 1);
-      default: DFSSM_GEMV(2, 2);
+      case 0: DFSSM_GEMV(2, 0, false);
+      case 1: DFSSM_GEMV(2, 1, false);
+      default: if (tight) DFSSM_GEMV(2, 2, true); else DFSSM_GEMV(2, 2, false);
     }
   }
   switch (mode) {
-    case 0: DFSSM_GEMV(1, 0);
-    case 1: DFSSM_GEMV(1, 1);
-    default: DFSSM_GEMV(1, 2);
+    case 0: DFSSM_GEMV(1, 0, false);
+    case 1: DFSSM_GEMV(1, 1, false);
+    default: if (tight) DFSSM_GEMV(1, 2, true); else DFSSM_GEMV(1, 2, false);
   }
 #undef DFSSM_GEMV
 }

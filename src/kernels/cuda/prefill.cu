@@ -2,7 +2,8 @@
 // and the memory layouts are in prefill.h; the exact op definitions in src/kernels/cpu/ops.h.
 //
 // Kernel map and what bounds each. Times: one 1.3B layer at T = 2048 on an H200 (test_cuda_prefill
-// "[bench]"): whole layer ~713 us (scan 346), i.e. ~60k tokens/s for 48 layers, kernels only.
+// "[bench]"): whole layer ~713 us (scan 346; the kernels' times summed), i.e. ~60k tokens/s for 48
+// layers, kernels only.
 //   expand_signs_kernel   one thread per 4 output bytes; load time only.
 //   quantize_kernel       one block per token (reads the row twice, the second from L1/L2);
 //                         DRAM-bound, 9 / 13 us (d / d_inner columns).
@@ -361,7 +362,7 @@ inline size_t scan_smem_bytes(int N, int PB, int TC) {
 
 // NT state elements of a row per thread, TPR = N / NT lanes per row, RP rows per thread (the B
 // and C values a thread loads from shared memory serve its RP rows). RP > 1 is instantiated only
-// for the shapes of rp_supported (N = 128); ScanTuning::rows_per_thread selects it.
+// for NT = 8, TPR = 16 (N = 128), RP = 2; ScanTuning::rows_per_thread selects it.
 template <int NT, int TPR, int RP, bool F16>
 __global__ void __launch_bounds__(256, 1) ssm_scan_kernel(ScanParams p) {
   extern __shared__ float4 scan_smem4[];
@@ -577,23 +578,9 @@ cudaError_t launch_scan_nt(const ScanParams& p, int tpr, bool f16, int threads, 
   }
 }
 
-// Several rows per thread: instantiated only for the shapes scan_plan allows (rp_supported).
-constexpr bool rp_supported(int NT, int TPR, int RP) {
-  return (RP == 2 && ((NT == 16 && TPR == 8) || (NT == 8 && TPR == 16) || (NT == 4 && TPR == 32))) ||
-         (RP == 4 && ((NT == 8 && TPR == 16) || (NT == 4 && TPR == 32)));
-}
-cudaError_t launch_scan_rp(const ScanParams& p, int NT, int RP, bool f16, int threads, cudaStream_t s) {
-#define DFSSM_SCAN_RP(nt, tpr, rp)                                                                        \
-  if (NT == nt && RP == rp)                                                                               \
-    return f16 ? launch_scan<nt, tpr, rp, true>(p, threads, s) : launch_scan<nt, tpr, rp, false>(p, threads, s);
-  DFSSM_SCAN_RP(16, 8, 2)
-  DFSSM_SCAN_RP(8, 16, 2)
-  DFSSM_SCAN_RP(4, 32, 2)
-  DFSSM_SCAN_RP(8, 16, 4)
-  DFSSM_SCAN_RP(4, 32, 4)
-#undef DFSSM_SCAN_RP
-  return cudaErrorInvalidValue;
-}
+// Two rows per thread: instantiated for one shape only, the default's at N = 128 (8 x 2; the
+// other multi-row shapes measured slower, docs/benchmarks.md, and were dropped).
+constexpr int kRpNT = 8, kRpTPR = 16, kRpRP = 2;
 
 // ---- norms -----------------------------------------------------------------------------------
 // One block per row. SM: the row is kept in (dynamic) shared memory between the statistic and
@@ -991,9 +978,10 @@ cudaError_t conv_prefill(const float* xbc_raw, int64_t ld_in, float* conv_state,
 }
 
 namespace {
-// The block configuration of ssm_scan for these shapes: NT state elements per thread (the
-// tuning's, or 8 when that leaves a block that is not a whole number of warps, e.g. P = 16 and
-// N = 16), TPR lanes per row, PB rows per block, TC tokens per staged chunk. False: unsupported.
+// The block configuration of ssm_scan for these shapes: NT state elements of RP rows per thread
+// (the tuning's; else 16 x 1, else 8 x 1 when 16 leaves a block that is not a whole number of
+// warps, e.g. P = 16 and N = 16), TPR lanes per row, PB rows per block, TC tokens per staged
+// chunk. False: unsupported.
 struct ScanPlan {
   int NT = 0, TPR = 0, RP = 1, PB = 0, threads = 0, TC = 0;
 };
@@ -1007,10 +995,10 @@ bool scan_plan(int H, int P, int N, int G, const ScanTuning& tuning, ScanPlan* o
   for (const auto& tr : tries) {
     ScanPlan pl;
     pl.NT = tr[0], pl.RP = tr[1];
-    if (!(pl.NT == 4 || pl.NT == 8 || pl.NT == 16) || N < pl.NT || N % pl.NT != 0) continue;
+    if (!(pl.NT == 8 || pl.NT == 16) || N < pl.NT || N % pl.NT != 0) continue;
     pl.TPR = N / pl.NT;
     if ((pl.TPR & (pl.TPR - 1)) != 0 || pl.TPR > 32) continue;
-    if (pl.RP == 1 ? pl.NT == 4 : !rp_supported(pl.NT, pl.TPR, pl.RP)) continue;
+    if (pl.RP != 1 && !(pl.NT == kRpNT && pl.TPR == kRpTPR && pl.RP == kRpRP)) continue;
     if (P % (4 * pl.RP) != 0) continue;
     pl.PB = P;  // rows per block: a multiple of 4 * RP dividing P
     while (pl.PB / pl.RP * pl.TPR > max_threads && pl.PB % (8 * pl.RP) == 0) pl.PB /= 2;
@@ -1043,7 +1031,9 @@ cudaError_t ssm_scan(void* state, bool f16, const float* xbc, const float* dt_ra
   p.state = state, p.xbc = xbc, p.dt_raw = dt_raw, p.ld_dt = ld_dt, p.dt_bias = dt_bias, p.A = A, p.Dskip = Dskip;
   p.y = y, p.T = T, p.Dc = int64_t(H) * P + 2 * int64_t(G) * N, p.H = H, p.P = P, p.N = N, p.G = G, p.PB = PB;
   p.TC = TC, p.dt_min = dt_min, p.dt_max = dt_max;
-  if (RP > 1) return launch_scan_rp(p, NT, RP, f16, threads, stream);
+  if (RP > 1)  // (scan_plan allows only the one instantiated multi-row shape)
+    return f16 ? launch_scan<kRpNT, kRpTPR, kRpRP, true>(p, threads, stream)
+               : launch_scan<kRpNT, kRpTPR, kRpRP, false>(p, threads, stream);
   return NT == 8 ? launch_scan_nt<8>(p, TPR, f16, threads, stream) : launch_scan_nt<16>(p, TPR, f16, threads, stream);
 }
 

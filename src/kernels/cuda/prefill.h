@@ -114,12 +114,12 @@ cudaError_t conv_prefill(const float* xbc_raw, int64_t ld_in, float* conv_state,
 // fallbacks below where those do not fit, e.g. P = N = 16), P % 4 == 0, H % G == 0, state and xbc
 // 16-byte aligned.
 // Default: 8 elements x 2 rows per thread (H200, 1.3B layer at T = 2048: 346 us against 419 for
-// 16 x 1; test_cuda_prefill "[bench]" times every variant). Shapes that variant does not support
-// (rows per thread > 1 is instantiated for N = 128 only) take 16 x 1, then 8 x 1.
+// 16 x 1; test_cuda_prefill "[bench]" times the variants). Shapes that variant does not support
+// (2 rows per thread is instantiated for 8 elements at N = 128 only) take 16 x 1, then 8 x 1.
 struct ScanTuning {
-  int elems_per_thread = 8;  // NT: 4 (rows_per_thread > 1 only), 8 or 16
+  int elems_per_thread = 8;  // NT: 8 or 16
   int max_threads = 256;     // threads per block (a block owns one head and a slice of its P rows)
-  int rows_per_thread = 2;   // RP: rows a thread owns (its B and C loads serve RP rows); 1, 2 or 4
+  int rows_per_thread = 2;   // RP: rows a thread owns (its B and C loads serve RP rows); 1, or 2 with NT = 8
 };
 cudaError_t ssm_scan(void* state, bool f16, const float* xbc, const float* dt_raw, int64_t ld_dt, const float* dt_bias,
                      const float* A, const float* Dskip, float* y, int64_t T, int H, int P, int N, int G, float dt_min,

@@ -338,6 +338,16 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
   k0.res_out = g.res[0];
   CUDA_CHECK(kc::norm_prologue(k0, B, s, false));  // follows a memcpy
   mark("norm");
+  static const bool spread_env = [] {  // debug switch (CudaSessionOptions::spread_epilogue)
+    const char* e = std::getenv("DFSSM_CUDA_SPREAD");
+    return e && std::atoi(e) == 1;
+  }();
+  const bool spread = opt_.spread_epilogue || spread_env;
+  auto traced = [&](const char* name) {  // trace_step only: the next launch's timeline slots
+    if (!trace_) return static_cast<unsigned long long*>(nullptr);
+    trace_names_.push_back(name);
+    return trace_ + (trace_names_.size() - 1) * kc::kTraceSlots;
+  };
   for (int64_t l = 0; l < c.n_layer; ++l) {
     if (l > 0) A = layer_args(l, B, seq0);
     const auto& L = g.layers[size_t(l)];
@@ -345,16 +355,7 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.in.nparts = l == 0 ? kc::norm_splits(k0) : kc::sign_gemv_grid(d);
     A.in.n_norm = d;
     A.in.eps = eps;
-    auto traced = [&](const char* name) {  // trace_step only
-      if (!trace_) return static_cast<unsigned long long*>(nullptr);
-      trace_names_.push_back(name);
-      return trace_ + (trace_names_.size() - 1) * kc::kTraceSlots;
-    };
-    static const bool spread_env = [] {  // debug switch (CudaSessionOptions::spread_epilogue)
-      const char* e = std::getenv("DFSSM_CUDA_SPREAD");
-      return e && std::atoi(e) == 1;
-    }();
-    A.in.spread = A.out.spread = opt_.spread_epilogue || spread_env;
+    A.in.spread = A.out.spread = spread;
     A.in.trace = traced("in_proj");
     CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
     mark("in_proj");
@@ -469,6 +470,17 @@ void CudaSession::forward(int64_t rows, int64_t seq0, bool head, bool pdl,
   mark("lm_head");
 }
 
+void* CudaSession::capture_forward(int64_t rows, int64_t seq0, bool head) {
+  cudaGraph_t graph;
+  CUDA_CHECK(cudaStreamBeginCapture(dev_->stream, cudaStreamCaptureModeThreadLocal));
+  forward(rows, seq0, head, opt_.pdl, nullptr);
+  CUDA_CHECK(cudaStreamEndCapture(dev_->stream, &graph));
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  return static_cast<void*>(exec);
+}
+
 void CudaSession::run_forward(int64_t rows, int64_t seq0, bool head) {
   if (!opt_.cuda_graph) {
     forward(rows, seq0, head, opt_.pdl, nullptr);
@@ -476,16 +488,7 @@ void CudaSession::run_forward(int64_t rows, int64_t seq0, bool head) {
   }
   const auto key = std::make_tuple(rows, seq0, head);
   auto it = graphs_.find(key);
-  if (it == graphs_.end()) {
-    cudaGraph_t graph;
-    CUDA_CHECK(cudaStreamBeginCapture(dev_->stream, cudaStreamCaptureModeThreadLocal));
-    forward(rows, seq0, head, opt_.pdl, nullptr);
-    CUDA_CHECK(cudaStreamEndCapture(dev_->stream, &graph));
-    cudaGraphExec_t exec;
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    CUDA_CHECK(cudaGraphDestroy(graph));
-    it = graphs_.emplace(key, static_cast<void*>(exec)).first;
-  }
+  if (it == graphs_.end()) it = graphs_.emplace(key, capture_forward(rows, seq0, head)).first;
   CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(it->second), dev_->stream));
 }
 
@@ -649,13 +652,8 @@ std::vector<std::pair<std::string, std::vector<uint64_t>>> CudaSession::trace_st
   CUDA_CHECK(cudaMalloc(&buf, n * sizeof(unsigned long long)));
   trace_ = buf;
   trace_names_.clear();
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CUDA_CHECK(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal));
-  forward(batch_, 0, true, opt_.pdl, nullptr);
-  CUDA_CHECK(cudaStreamEndCapture(g.stream, &graph));
+  const auto exec = static_cast<cudaGraphExec_t>(capture_forward(batch_, 0, true));
   trace_ = nullptr;
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
   for (int rep = 0; rep < 2; ++rep) {  // the first replay warms up
     CUDA_CHECK(cudaMemcpyAsync(buf, init.data(), n * sizeof(unsigned long long), cudaMemcpyHostToDevice, g.stream));
     CUDA_CHECK(cudaGraphLaunch(exec, g.stream));
@@ -663,7 +661,6 @@ std::vector<std::pair<std::string, std::vector<uint64_t>>> CudaSession::trace_st
   CUDA_CHECK(cudaMemcpyAsync(got.data(), buf, n * sizeof(unsigned long long), cudaMemcpyDeviceToHost, g.stream));
   CUDA_CHECK(cudaStreamSynchronize(g.stream));
   CUDA_CHECK(cudaGraphExecDestroy(exec));
-  CUDA_CHECK(cudaGraphDestroy(graph));
   CUDA_CHECK(cudaFree(buf));
   for (size_t i = 0; i < launches && i < trace_names_.size(); ++i)
     out.emplace_back(trace_names_[i], std::vector<uint64_t>(got.begin() + long(i * kc::kTraceSlots),

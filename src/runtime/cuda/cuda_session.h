@@ -87,6 +87,11 @@ class CudaSession {
   const CudaSessionOptions& options() const { return opt_; }
   // Whether steps of `rows` sequences run with folded norms.
   bool folded(int64_t rows = 1) const { return fold_ && rows <= opt_.fold_max_rows; }
+  // Kernels of one decode step of `rows` sequences: 3 per layer + the embedding's norm, norm_f
+  // and the LM head (folded norms), else 5 per layer + norm_f and the LM head.
+  int64_t kernels_per_step(int64_t rows) const {
+    return folded(rows) ? 3 * model_->config().n_layer + 3 : 5 * model_->config().n_layer + 2;
+  }
   std::string device_name() const;
 
   void reset();
@@ -120,6 +125,7 @@ class CudaSession {
   struct Dev;  // device buffers
   void forward(int64_t rows, int64_t seq0, bool head, bool pdl, std::vector<std::pair<std::string, void*>>* events);
   void run_forward(int64_t rows, int64_t seq0, bool head);
+  void* capture_forward(int64_t rows, int64_t seq0, bool head);  // an instantiated cudaGraphExec_t
   kernels::cuda::DecodeLayerArgs layer_args(int64_t l, int B, int64_t seq0) const;
   void forward_folded(int B, int64_t seq0, bool pdl, const std::function<void(const char*)>& mark);
   void check_tokens(const int32_t* tokens, int64_t n) const;
