@@ -599,3 +599,14 @@ TEST_CASE("Decode timeline (DFSSM_CUDA_TRACE): one entry per launch, stamps in o
   runtime::CudaSession s8(model, 8);
   CHECK(s8.trace_step().empty());
 }
+
+TEST_CASE("Launch-floor probe: a timed chain of empty dependent kernels", "[gpu][cuda_runtime]") {
+  float ms = -1.f;
+  for (bool pdl : {false, true}) {
+    INFO("pdl " << pdl);
+    REQUIRE(kc::launch_floor_ms(16, 4, 64, pdl, 3, &ms) == cudaSuccess);
+    CHECK(ms > 0.f);  // a measured time, filled in (no bound on it: tests assert no timings)
+  }
+  CHECK(kc::launch_floor_ms(0, 4, 64, true, 3, &ms) == cudaErrorInvalidValue);
+  CHECK(kc::launch_floor_ms(16, 4, 64, true, 3, nullptr) == cudaErrorInvalidValue);
+}

@@ -15,7 +15,7 @@
 #include "cli/args.h"
 #include "cli/runtime_cli.h"
 #include "core/error.h"
-#include "kernels/cuda/probe.h"
+#include "kernels/cuda/decode.h"
 #include "quant/quant_config.h"
 #include "runtime/cuda/cuda_session.h"
 #include "runtime/sampler.h"
@@ -65,7 +65,7 @@ double copy_bandwidth_gbs() {
   return 2.0 * double(n) / (t[t.size() / 2] / 1e3) / 1e9;
 }
 // The launch floor of a decode step: the same number of dependent kernels with empty bodies
-// (kernels/cuda/probe.h), at the decode kernels' typical grid and at one block.
+// (kernels/cuda/decode.h launch_floor_ms), at the decode kernels' typical grid and at one block.
 void launch_floor(int64_t kernels, double step_ms, bool pdl) {
   float full = 0, one = 0;
   int sms = 0, dev = 0;

@@ -8,7 +8,9 @@
 // round trip overlap the previous kernel. Without PDL both instructions are no-ops.
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <vector>
 
 #include "kernels/cuda/decode.h"
 
@@ -811,6 +813,13 @@ __global__ void embed_rows_kernel(const int32_t* __restrict__ tokens, const int8
   }
 }
 
+// The launch-floor probe's kernel (launch_floor_ms).
+__global__ void empty_chain_kernel(int* flag) {
+  pdl_trigger();
+  pdl_wait();
+  if (blockIdx.x == 0 && threadIdx.x == 0) flag[0] += 1;
+}
+
 }  // namespace
 
 cudaError_t embed_rows(const int32_t* tokens, int64_t T, const int8_t* emb, const float* scale, int64_t d, float* out,
@@ -938,6 +947,49 @@ cudaError_t lm_head_i8(const LmHeadArgs& a, cudaStream_t s, bool pdl) {
   if (a.B < 1 || a.B > kMaxBatch || a.d % 64 != 0) return cudaErrorInvalidValue;
   const unsigned blocks = unsigned((a.V + 15) / 16);
   return launch(lm_head_kernel, dim3(blocks), dim3(kLmWarps * 32), 0, s, pdl, a);
+}
+
+cudaError_t launch_floor_ms(int kernels, int blocks, int threads, bool pdl, int reps, float* ms_per_chain) {
+  if (kernels < 1 || blocks < 1 || threads < 1 || reps < 1 || !ms_per_chain) return cudaErrorInvalidValue;
+  int* flag = nullptr;
+  cudaStream_t s = nullptr;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  cudaError_t err = cudaMalloc(&flag, sizeof(int));
+  if (err == cudaSuccess) err = cudaMemset(flag, 0, sizeof(int));
+  if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+  if (err == cudaSuccess) err = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+  if (err == cudaSuccess) {
+    for (int k = 0; k < kernels && err == cudaSuccess; ++k)
+      err = launch(empty_chain_kernel, dim3(unsigned(blocks)), dim3(unsigned(threads)), 0, s, pdl, flag);
+    const cudaError_t e2 = cudaStreamEndCapture(s, &graph);
+    if (err == cudaSuccess) err = e2;
+  }
+  if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+  if (err == cudaSuccess) err = cudaEventCreate(&e0);
+  if (err == cudaSuccess) err = cudaEventCreate(&e1);
+  std::vector<float> t;
+  for (int b = 0; b < 6 && err == cudaSuccess; ++b) {  // batch 0 warms up
+    err = cudaEventRecord(e0, s);
+    for (int r = 0; r < reps && err == cudaSuccess; ++r) err = cudaGraphLaunch(exec, s);
+    if (err == cudaSuccess) err = cudaEventRecord(e1, s);
+    if (err == cudaSuccess) err = cudaEventSynchronize(e1);
+    float ms = 0;
+    if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, e0, e1);
+    if (b > 0) t.push_back(ms / float(reps));
+  }
+  if (err == cudaSuccess) {
+    std::sort(t.begin(), t.end());
+    *ms_per_chain = t[t.size() / 2];
+  }
+  if (e0) cudaEventDestroy(e0);
+  if (e1) cudaEventDestroy(e1);
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  if (s) cudaStreamDestroy(s);
+  if (flag) cudaFree(flag);
+  return err;
 }
 
 }  // namespace dfssm::kernels::cuda

@@ -216,6 +216,13 @@ struct LmHeadArgs {
 };
 cudaError_t lm_head_i8(const LmHeadArgs& a, cudaStream_t s, bool pdl);
 
+// Launch floor (dfssm bench): what a chain of `kernels` dependent kernels costs when they do
+// nothing but what every decode kernel does around its body (launch_dependents, wait; one thread
+// writes a word), launched like them (grid `blocks` x `threads`, PDL when `pdl`) in one CUDA
+// graph. *ms_per_chain: milliseconds per graph replay (median of 5 timed batches of `reps`).
+// The decode step's time minus this is what its kernel bodies cost.
+cudaError_t launch_floor_ms(int kernels, int blocks, int threads, bool pdl, int reps, float* ms_per_chain);
+
 // Embedding rows of T tokens (device ids): out[t, c] = emb[tok[t], c] · scale[tok[t]] (fp32 [T, d]),
 // the prefill's residual stream at layer 0. d % 4 == 0.
 cudaError_t embed_rows(const int32_t* tokens, int64_t T, const int8_t* emb, const float* scale, int64_t d, float* out,
