@@ -568,10 +568,31 @@ TEST_CASE("CUDA session state save/restore, to and from the CPU session", "[gpu]
 TEST_CASE("Folded GEMV epilogue spread over the warps gives the same bits", "[gpu][cuda_runtime]") {
   auto model = small_model(test_seed() + 11);
   runtime::CudaSessionOptions a, b;
+  a.lean_batch1 = b.lean_batch1 = false;  // (the lean batch-1 kernel has no spread variant)
   b.spread_epilogue = true;
   const auto ra = decode_run(model, 1, a), rb = decode_run(model, 1, b);
   REQUIRE(ra.size() == rb.size());
   CHECK(std::memcmp(ra.data(), rb.data(), ra.size() * 4) == 0);
+}
+
+TEST_CASE("Lean batch-1 GEMV: as the general kernel at the 1.3B widths; graph and launches agree", "[gpu][cuda_runtime]") {
+  // The lean kernel runs at batch 1 where its shape conditions hold (1.3B widths: in_proj 2 tiles
+  // x 4 warps, out_proj 1 tile x 8 warps). It sums in another order, so the logits are close to
+  // the general kernel's, not equal; a wrong row, tile or low-rank term would be O(1) off.
+  auto full = runtime::Model::random(Mamba2Config::geometry("mamba2-1.3b"), quant::QuantConfig{}, test_seed() + 13);
+  for (int64_t k : {2, 6}) {
+    auto m = runtime::Model::first_layers(full, k);
+    runtime::CudaSessionOptions lean, general, lean_nograph;
+    general.lean_batch1 = false;
+    lean_nograph.cuda_graph = false;
+    lean_nograph.pdl = false;
+    const auto rl = decode_run(m, 1, lean, 8), rg = decode_run(m, 1, general, 8), rn = decode_run(m, 1, lean_nograph, 8);
+    REQUIRE(rl.size() == rg.size());
+    const double e = rel_err(rl, rg);
+    std::printf("lean batch-1 GEMV, %lld layers: vs the general kernel %.2e\n", (long long)k, e);
+    CHECK(e < 5e-3);
+    CHECK(std::memcmp(rl.data(), rn.data(), rl.size() * 4) == 0);
+  }
 }
 
 TEST_CASE("Decode timeline (DFSSM_CUDA_TRACE): one entry per launch, stamps in order", "[gpu][cuda_runtime]") {

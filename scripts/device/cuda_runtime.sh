@@ -5,8 +5,9 @@
 # and with HF=1 the HF transformers baseline (scripts/device/bench_hf.py). Logs to $OUT.
 # QUICK=1: build, tests and benches only (no memcheck, no ncu).
 # KBENCH=1: also the per-kernel prefill timings (test_cuda_prefill "[bench]", every scan variant).
-# VARIANTS="ENV=V ...": after the benches, for each debug switch: test_cuda_runtime and the
-#            batch 1 / 8 decode bench under it (A/B of a kernel variant in the same call).
+# VARIANTS="ENV=V ...": after the benches, for each debug switch (A=1,B=2: two at once): test_cuda_runtime and the
+#            batch 1 / 8 decode bench under it (A/B of a kernel variant in the same call);
+#            with TRACE=1 also the timeline of one step (DFSSM_CUDA_TRACE) with and without it.
 # STUDENT=1: also test_cuda_student (the engine against the LibTorch student; a torch build in
 #            build-device, started in the background at once and run after the benches).
 # (The LibTorch fp16 teacher baseline needs the torch build: scripts/device/build_and_test.sh bench.)
@@ -37,13 +38,19 @@ timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-fold --pr
 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --no-pdl --prefill 16 --batches 1 --no-membw 2>&1 | grep -E "engine|decode b" | tee -a $OUT/bench_cuda.txt
 for v in ${VARIANTS:-}; do
   echo "== variant $v"
-  env $v timeout 200 $T >$OUT/test_cuda_runtime_$v.txt 2>&1; echo "test_cuda_runtime ($v) rc=$?"
+  env ${v//,/ } timeout 200 $T >$OUT/test_cuda_runtime_$v.txt 2>&1; echo "test_cuda_runtime ($v) rc=$?"
   for r in 1 2; do
-    env $v timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 16 --batches 1,8 --no-membw 2>&1 |
+    env ${v//,/ } timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 16 --batches 1,8 --no-membw 2>&1 |
       grep -E "decode b|launch floor"
   done
   timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 16 --batches 1,8 --no-membw 2>&1 |
     grep -E "decode b" | sed 's/^/(default) /'
+  if [[ ${TRACE:-0} == 1 ]]; then  # the timeline of one step, variant and default
+    env ${v//,/ } DFSSM_CUDA_TRACE=1 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 16 --batches 1 \
+      --no-membw 2>&1 | grep -A4 "trace ("
+    DFSSM_CUDA_TRACE=1 timeout 60 $B bench --device cuda --geometry mamba2-1.3b --random --prefill 16 --batches 1 \
+      --no-membw 2>&1 | grep -A4 "trace (" | sed 's/^/(default) /'
+  fi
 done
 if [[ ${KBENCH:-0} == 1 ]]; then
   timeout 120 $BUILD/bin/test_cuda_prefill "[bench]" 2>&1 | grep -E "us$|layer total" | tee $OUT/kbench.txt

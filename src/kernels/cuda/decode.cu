@@ -63,6 +63,15 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// Bits 15 and 31 of w (one sign each) as a half2 of ±1: (w & 0x80008000) ^ 0xBC00BC00 in one
+// LOP3 (nvcc emitted an AND and an XOR: 3 instructions per register with the shift, now 2; the
+// expansion is most of the 1-bit GEMV's instructions at batch 1).
+__device__ __forceinline__ uint32_t sign_half2(uint32_t w) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(r) : "r"(w), "n"(0x80008000u), "n"(0xBC00BC00u));
+  return r;
+}
+
 template <typename F, typename... Args>
 cudaError_t launch(F kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl, Args... args) {
   cudaLaunchConfig_t cfg = {};
@@ -356,6 +365,71 @@ __device__ __forceinline__ void reduce_parts(const SignGemvArgs& p, float* zsum,
   }
 }
 
+// The GEMV's operand loads and its main loop (shared by sign_gemv_kernel and the batch-1 kernel).
+// One chunk of signs for the MT tiles from tile0 (zeros past the warp's chunks or the tiles).
+template <int MT>
+__device__ __forceinline__ void load_sign_chunk(const uint4* W, int tile0, int tiles, int nch, int ch, int ch1,
+                                                uint4 (&q)[MT]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const int T = tile0 + m;
+    q[m] = (ch < ch1 && T < tiles) ? __ldg(&W[(int64_t(T) * nch + ch) * 32 + lane]) : make_uint4(0, 0, 0, 0);
+  }
+}
+// One chunk (16 steps) of x fragments; lanes of sequences >= B (inactive) hold zeros.
+__device__ __forceinline__ void load_x_chunk(const uint2* XF, int ch, int ch1, bool active, uint2 (&bx)[16]) {
+  const uint2* xc = XF + int64_t(ch) * 16 * 32 + (threadIdx.x & 31);
+#pragma unroll
+  for (int s = 0; s < 16; ++s) bx[s] = (active && ch < ch1) ? xc[s * 32] : make_uint2(0, 0);
+}
+// Phase 2: the 1-bit GEMV over chunks ch0 .. ch1-1 on tensor cores, two chunks of signs and of x
+// in flight (cur/nxt and bxa/bxb hold the first two, loaded by the caller). Two accumulators per
+// tile (even and odd steps s): two independent chains of dependent mma instead of one twice as
+// long (at batch 1 the chain's latency is on the critical path). acc: their sum.
+template <int MT>
+__device__ __forceinline__ void sign_mma_chunk(const uint4 (&q)[MT], const uint2 (&bx)[16], float (&acc)[MT][4],
+                                               float (&acc2)[MT][4]) {
+#pragma unroll
+  for (int s = 0; s < 16; ++s)
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+      mma16816((s & 1) ? acc2[m] : acc[m], sign_half2(q[m].x << (15 - s)), sign_half2(q[m].y << (15 - s)),
+               sign_half2(q[m].z << (15 - s)), sign_half2(q[m].w << (15 - s)), bx[s].x, bx[s].y);
+}
+// Phase 2: the 1-bit GEMV over chunks ch0 .. ch1-1 on tensor cores, two chunks of signs and of x
+// in flight (the caller loaded the first two into cur/bxa and nxt/bxb; the loop runs them in
+// turn, unrolled by two so that the buffers are never copied). Two accumulators per tile (even
+// and odd steps s): two independent chains of dependent mma instead of one twice as long (at
+// batch 1 the chain's latency is on the critical path). acc: their sum.
+template <int MT>
+__device__ __forceinline__ void sign_mma_chunks(const uint4* W, const uint2* XF, int tile0, int tiles, int nch,
+                                                int ch0, int ch1, bool active, uint4 (&cur)[MT], uint4 (&nxt)[MT],
+                                                uint2 (&bxa)[16], uint2 (&bxb)[16], float (&acc)[MT][4]) {
+  float acc2[MT][4];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[m][j] = acc2[m][j] = 0.f;
+  for (int ch = ch0; ch < ch1; ch += 2) {
+    sign_mma_chunk<MT>(cur, bxa, acc, acc2);
+    if (ch + 2 < ch1) {
+      load_sign_chunk<MT>(W, tile0, tiles, nch, ch + 2, ch1, cur);
+      load_x_chunk(XF, ch + 2, ch1, active, bxa);
+    }
+    if (ch + 1 >= ch1) break;
+    sign_mma_chunk<MT>(nxt, bxb, acc, acc2);
+    if (ch + 3 < ch1) {
+      load_sign_chunk<MT>(W, tile0, tiles, nch, ch + 3, ch1, nxt);
+      load_x_chunk(XF, ch + 3, ch1, active, bxb);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[m][j] += acc2[m][j];
+}
+
 // FOLD: 0 the five-kernel layer (zp from norm_prologue), 1 folded-norm input (parts), 2 folded
 // input and the next layer's input (out_proj). Separate instantiations: the unfolded kernel
 // carries none of the folded code (measured: it costs registers and ~10% at batch 8).
@@ -386,13 +460,6 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   const uint2* XF = reinterpret_cast<const uint2*>(p.xf);
   const int B = p.B, nout = MT * 16 * B;
 
-  auto load = [&](int ch, uint4 (&q)[MT]) {
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      const int T = tile0 + m;
-      q[m] = (ch < ch1 && T < tiles) ? __ldg(&W[(int64_t(T) * nch + ch) * 32 + lane]) : make_uint4(0, 0, 0, 0);
-    }
-  };
   // Output o -> (tile m, row in tile rr, sequence n).
   auto out_row = [&](int o, int& m, int& rr, int& n) -> int64_t {
     m = o / (16 * B);
@@ -406,8 +473,8 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   trace_mark(p.trace, kEntry);
   // ---- phase 0 (before the wait): weights and this thread's first epilogue operands ----
   uint4 cur[MT], nxt[MT];
-  load(ch0, cur);
-  load(ch0 + 1, nxt);
+  load_sign_chunk<MT>(W, tile0, tiles, nch, ch0, ch1, cur);
+  load_sign_chunk<MT>(W, tile0, tiles, nch, ch0 + 1, ch1, nxt);
   EpiOperands first;
   int64_t first_row = -1;
   int first_n = 0;
@@ -428,14 +495,9 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   // fragments, this thread's residual input and (phase 1) the low-rank partials. Issued together
   // they cost one L2 round trip instead of one per chunk and one more in the epilogue. ----
   const bool active = g < B;
-  auto load_x = [&](int ch, uint2 (&bx)[16]) {
-    const uint2* xc = XF + int64_t(ch) * 16 * 32 + lane;
-#pragma unroll
-    for (int s = 0; s < 16; ++s) bx[s] = (active && ch < ch1) ? xc[s * 32] : make_uint2(0, 0);
-  };
   uint2 bxa[16], bxb[16];
-  load_x(ch0, bxa);
-  load_x(ch0 + 1, bxb);
+  load_x_chunk(XF, ch0, ch1, active, bxa);
+  load_x_chunk(XF, ch0 + 1, ch1, active, bxb);
   if constexpr (NEXT)
     if (first_row >= 0) first.res = p.res_in[int64_t(first_n) * p.R + first_row];
 
@@ -463,41 +525,16 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 
   if (p.trace) __syncthreads();  // (debug timeline only: phase 1 complete in the block)
   trace_mark(p.trace, kPhase1);
-  // ---- phase 2: the 1-bit GEMV on tensor cores (two chunks of signs and of x in flight) ----
-  // Two accumulators per tile (even and odd steps s): two independent chains of dependent mma
-  // instead of one twice as long (at batch 1 the chain's latency is on the critical path).
-  float acc[MT][4], acc2[MT][4];
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[m][j] = acc2[m][j] = 0.f;
-  for (int ch = ch0; ch < ch1; ++ch) {
-    uint4 nn[MT];
-    load(ch + 2, nn);
-#pragma unroll
-    for (int s = 0; s < 16; ++s) {
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        const uint32_t a0 = ((cur[m].x << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
-        const uint32_t a1 = ((cur[m].y << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
-        const uint32_t a2 = ((cur[m].z << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
-        const uint32_t a3 = ((cur[m].w << (15 - s)) & 0x80008000u) ^ 0xBC00BC00u;
-        mma16816((s & 1) ? acc2[m] : acc[m], a0, a1, a2, a3, bxa[s].x, bxa[s].y);
-      }
-    }
-#pragma unroll
-    for (int m = 0; m < MT; ++m) cur[m] = nxt[m], nxt[m] = nn[m];
-#pragma unroll
-    for (int s = 0; s < 16; ++s) bxa[s] = bxb[s];
-    if (ch + 2 < ch1) load_x(ch + 2, bxb);
-  }
+  // ---- phase 2: the 1-bit GEMV on tensor cores ----
+  float acc[MT][4];
+  sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
 
   // ---- phase 3: partials to shared memory; one thread per output (row, sequence) sums them in
   // a fixed order (deterministic) and runs the epilogue: field a, low-rank up, conv + SiLU ----
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j] + acc2[m][j];
+    for (int j = 0; j < 4; ++j) red[warp][m][j][lane] = acc[m][j];
   __syncthreads();
   trace_mark(p.trace, kCompute);
   for (int o = me; o < nout; o += blockDim.x) {
@@ -566,6 +603,162 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
       for (int m = 0; m < MT; ++m)
         for (int rr = 0; rr < 16; ++rr) s += contrib[m * 16 * B + rr * B + n][k];
       p.nparts_out[(int64_t(n) * (kMaxRank + 1) + k) * kMaxParts + blockIdx.x] = s;
+    }
+  }
+  if (p.trace) {
+    __syncthreads();
+    trace_mark(p.trace, kEpilogue);
+  }
+}
+
+// ---- batch-1 folded GEMV -------------------------------------------------------------------
+// The decode step's hot path (B = 1, folded norm: modes 1 and 2 of sign_gemv_kernel, same
+// arithmetic up to rounding order). At batch 1 a kernel's time is the length of its post-wait
+// instruction chain (~5 cycles per instruction with 2-3 warps per scheduler; docs/runtime.md),
+// so this kernel keeps only what batch 1 needs: no divisions (output o = tile row, sequence 0),
+// one barrier between the main loop and the epilogue, and the folded norm's parts reduced after
+// the main loop (their loads are issued with the x loads, so their latency overlaps the mma).
+//   pre-wait   signs of the first two chunks; output o = threadIdx.x < MT*16: its epilogue
+//              operands; zs[r .. kMaxRank) = 0 (so the low-rank loop runs whole words)
+//   post-wait  x fragments (2 chunks), res_in (NEXT), this warp's parts: outputs k = warp +
+//              KS*u (u < kU) of the r + 1 sums (k < r: Vᵀx partials, k = r: Σx²)
+//   loop       sign_mma_chunks
+//   reduce     per k: Σ parts (warp_sum) -> zs[k] = Σ · vs[k] · us[k], or rstd; the warp's
+//              partial dots (lanes t = 0: column 0 of the mma = sequence 0) -> red
+//   epilogue   v = rstd · (a · Σ_warps red + Σ_k U[row,k] zs[k]); conv; NEXT: residual, next
+//              input fragment and its parts (as sign_gemv_kernel)
+template <int MT, bool NEXT, bool TIGHT>
+__global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
+    sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch) {
+  constexpr int NOUT = MT * 16;
+  constexpr int kU = MT == 2 ? (kMaxRank + 1 + 3) / 4 : (kMaxRank + 1 + 7) / 8;  // sums per warp (KS >= 4 / 8)
+  __shared__ float red[8][NOUT];
+  __shared__ float zs[kMaxRank];
+  __shared__ float rstd_s;
+  __shared__ float contrib[NEXT ? NOUT : 1][kMaxRank + 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
+  const int o = threadIdx.x;  // this thread's epilogue output (if o < NOUT): tile o >> 4, row o & 15
+  const int tile0 = blockIdx.x * MT;
+  const int per = nch / KS, ch0 = warp * per, ch1 = ch0 + per;
+  const uint4* W = reinterpret_cast<const uint4*>(p.w);
+  const uint2* XF = reinterpret_cast<const uint2*>(p.xf);
+  const int R1 = p.r + 1;
+  trace_mark(p.trace, kEntry);
+
+  // ---- pre-wait: weights ----
+  uint4 cur[MT], nxt[MT];
+  load_sign_chunk<MT>(W, tile0, tiles, nch, ch0, ch1, cur);
+  load_sign_chunk<MT>(W, tile0, tiles, nch, ch0 + 1, ch1, nxt);
+  const int T = tile0 + (o >> 4);
+  const int64_t row = int64_t(T) * 16 + (o & 15);
+  const bool has_row = o < NOUT && T < tiles && row < p.R;
+  EpiOperands e;
+  if (has_row) load_epilogue<NEXT>(p, row, 0, e);
+  float vsus[kU];  // this warp's lane 0: vs[k] · us[k] of its sums k < r
+#pragma unroll
+  for (int u = 0; u < kU; ++u) {
+    const int k = warp + KS * u;
+    vsus[u] = (lane == 0 && k < p.r) ? p.vs[k] * p.us[k] : 0.f;
+  }
+  if (o >= p.r && o < kMaxRank) zs[o] = 0.f;
+  pdl_trigger();
+  pdl_wait();
+  trace_mark(p.trace, kWaited);
+
+  // ---- post-wait: every activation load at once ----
+  const bool active = (lane >> 2) == 0;  // sequence 0's lanes of the x fragments
+  uint2 bxa[16], bxb[16];
+  load_x_chunk(XF, ch0, ch1, active, bxa);
+  load_x_chunk(XF, ch0 + 1, ch1, active, bxb);
+  if constexpr (NEXT)
+    if (has_row) e.res = p.res_in[row];
+  const int np = p.nparts;  // <= 128 (sign_gemv): one float4 of parts per lane and sum
+  float4 pv[kU];
+#pragma unroll
+  for (int u = 0; u < kU; ++u) {
+    const int k = warp + KS * u, i = 4 * lane;
+    pv[u] = (k < R1 && i < np) ? *reinterpret_cast<const float4*>(p.parts + int64_t(k) * kMaxParts + i)
+                               : make_float4(0, 0, 0, 0);
+    if (i + 1 >= np) pv[u].y = 0.f;  // parts past nparts: not this step's
+    if (i + 2 >= np) pv[u].z = 0.f;
+    if (i + 3 >= np) pv[u].w = 0.f;
+  }
+
+  // ---- main loop ----
+  float acc[MT][4];
+  sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
+
+  // ---- the parts' sums and the warp's partial dots ----
+#pragma unroll
+  for (int u = 0; u < kU; ++u) {
+    const int k = warp + KS * u;
+    if (k >= R1) break;  // uniform per warp
+    const float t = warp_sum((pv[u].x + pv[u].y) + (pv[u].z + pv[u].w));
+    if (lane == 0) {
+      if (k < p.r) zs[k] = t * vsus[u];
+      else rstd_s = rsqrtf(t / float(p.n_norm) + p.eps);
+    }
+  }
+  if (p.trace) __syncthreads();  // (debug timeline only: the sums complete in the block)
+  trace_mark(p.trace, kPhase1);
+  if ((lane & 3) == 0) {  // column 0 of the mma (sequence 0): rows g and g + 8 of each tile
+    const int g = lane >> 2;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) red[warp][m * 16 + g] = acc[m][0], red[warp][m * 16 + g + 8] = acc[m][2];
+  }
+  __syncthreads();
+  trace_mark(p.trace, kCompute);
+
+  // ---- epilogue (threads o < NOUT) ----
+  if (has_row) {
+    float sum = 0.f;
+    for (int w = 0; w < KS; ++w) sum += red[w][o];
+    float lr[4] = {0.f, 0.f, 0.f, 0.f};  // four chains (one per byte of a U word)
+#pragma unroll
+    for (int w = 0; w < kMaxRank / 4; ++w)
+      if (4 * w < p.r)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) lr[j] += float(unpack_i8(e.u4, 4 * w + j)) * zs[4 * w + j];
+    const float v = rstd_s * (e.a * sum + ((lr[0] + lr[1]) + (lr[2] + lr[3])));
+    if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
+      const int64_t ch = row - p.conv_lo, D = p.conv_D;
+      const int K = p.conv_K;
+      float cacc = e.cb;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        if (k + 1 < K) cacc += e.wv[k] * e.sv[k];
+        else if (k + 1 == K) cacc += e.wv[k] * v;
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (k + 1 < K) p.conv_state[k * D + ch] = e.sv[k];
+      p.conv_state[(K - 1) * D + ch] = v;
+      p.conv_out[ch] = silu(cacc);
+    }
+    p.y[row] = v;
+    if constexpr (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
+      const float x = e.res + v;
+      p.res_out[row] = x;
+      const float xw = e.nw * x;
+      const int c = int(row), s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
+      reinterpret_cast<__half*>(p.nxf)[((int64_t(s16) * 32 + t) * 2 + hi) * 2 + (c & 1)] = __float2half_rn(e.nb * xw);
+#pragma unroll
+      for (int w = 0; w < kMaxRank / 4; ++w)
+        if (4 * w < p.nr)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) contrib[o][4 * w + j] = float(unpack_i8(e.nv4, 4 * w + j)) * xw;
+      contrib[o][p.nr] = x * x;  // (after the words: they may have written a zero there)
+    }
+  } else if (NEXT && o < NOUT) {
+    for (int k = 0; k <= p.nr; ++k) contrib[o][k] = 0.f;
+  }
+  if constexpr (NEXT) {  // this block's parts: per k, its rows in a fixed order (two chains)
+    __syncthreads();
+    if (o <= p.nr) {
+      float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+      for (int rr = 0; rr < NOUT; rr += 2) s0 += contrib[rr][o], s1 += contrib[rr + 1][o];
+      p.nparts_out[int64_t(o) * kMaxParts + blockIdx.x] = s0 + s1;
     }
   }
   if (p.trace) {
@@ -911,6 +1104,22 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     return !(e && std::atoi(e) == 0);
   }();
   const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
+  static const bool lean_env = [] {  // debug switch: DFSSM_CUDA_LEAN=0 runs the general kernel at batch 1
+    const char* e = std::getenv("DFSSM_CUDA_LEAN");
+    return !(e && std::atoi(e) == 0);
+  }();
+  if (a.lean && lean_env && a.B == 1 && mode >= 1 && a.nparts <= 128 && KS >= (mt == 2 ? 4 : 8) && nch % (2 * KS) == 0) {
+#define DFSSM_GEMV1(M, N, T) return launch(sign_gemv_b1_kernel<M, N, T>, grid, block, 0, s, pdl, a, tiles, nch)
+    if (mt == 2) {
+      if (mode == 1) DFSSM_GEMV1(2, false, false);
+      if (tight) DFSSM_GEMV1(2, true, true);
+      DFSSM_GEMV1(2, true, false);
+    }
+    if (mode == 1) DFSSM_GEMV1(1, false, false);
+    if (tight) DFSSM_GEMV1(1, true, true);
+    DFSSM_GEMV1(1, true, false);
+#undef DFSSM_GEMV1
+  }
 #define DFSSM_GEMV(M, F, T) return launch(sign_gemv_kernel<M, F, T>, grid, block, 0, s, pdl, a, tiles, nch)
   if (mt == 2) {
     switch (mode) {

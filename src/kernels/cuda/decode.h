@@ -164,6 +164,9 @@ struct SignGemvArgs {
   unsigned long long* trace = nullptr;
   // Epilogue outputs spread over the warps (experiment, DFSSM_CUDA_SPREAD=1; same arithmetic).
   bool spread = false;
+  // Batch 1 with a folded norm runs the lean batch-1 kernel (sign_gemv_b1_kernel; the same sums
+  // in another rounding order). false: the general kernel (debug switch DFSSM_CUDA_LEAN=0).
+  bool lean = true;
 };
 // Blocks sign_gemv launches for R rows (the parts a next-layer output produces).
 int sign_gemv_grid(int64_t R);

@@ -356,6 +356,7 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.in.n_norm = d;
     A.in.eps = eps;
     A.in.spread = A.out.spread = spread;
+    A.in.lean = A.out.lean = opt_.lean_batch1;
     A.in.trace = traced("in_proj");
     CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
     mark("in_proj");

@@ -72,6 +72,10 @@ struct CudaSessionOptions {
   // folded GEMVs run their few batch-1 epilogue outputs on every warp instead of all on warp 0.
   // Each output's arithmetic is unchanged, so the bits should be too (test_cuda_runtime checks).
   bool spread_epilogue = false;
+  // Batch 1 (folded) runs the lean batch-1 GEMV kernel (kernels/cuda/decode.cu,
+  // sign_gemv_b1_kernel): the same sums in another rounding order. false (or the debug switch
+  // DFSSM_CUDA_LEAN=0): the general kernel, as at batch > 1.
+  bool lean_batch1 = true;
 };
 
 class CudaSession {
