@@ -394,14 +394,15 @@ __device__ __forceinline__ void sign_mma_chunk(const uint4 (&q)[MT], const uint2
   for (int s = 0; s < 16; ++s)
 #pragma unroll
     for (int m = 0; m < MT; ++m)
-      mma16816((s & 1) ? acc2[m] : acc[m], sign_half2(q[m].x << (15 - s)), sign_half2(q[m].y << (15 - s)),
+      mma16816((MT == 1 && (s & 1)) ? acc2[m] : acc[m], sign_half2(q[m].x << (15 - s)), sign_half2(q[m].y << (15 - s)),
                sign_half2(q[m].z << (15 - s)), sign_half2(q[m].w << (15 - s)), bx[s].x, bx[s].y);
 }
 // Phase 2: the 1-bit GEMV over chunks ch0 .. ch1-1 on tensor cores, two chunks of signs and of x
 // in flight (the caller loaded the first two into cur/bxa and nxt/bxb; the loop runs them in
-// turn, unrolled by two so that the buffers are never copied). Two accumulators per tile (even
-// and odd steps s): two independent chains of dependent mma instead of one twice as long (at
-// batch 1 the chain's latency is on the critical path). acc: their sum.
+// turn, unrolled by two so that the buffers are never copied). With one tile, two accumulators
+// (even and odd steps s): two independent chains of dependent mma instead of one twice as long
+// (at batch 1 the chain's latency is on the critical path); MT >= 2 tiles are MT chains already
+// (and the registers are scarce). acc: the sum.
 template <int MT>
 __device__ __forceinline__ void sign_mma_chunks(const uint4* W, const uint2* XF, int tile0, int tiles, int nch,
                                                 int ch0, int ch1, bool active, uint4 (&cur)[MT], uint4 (&nxt)[MT],
@@ -619,7 +620,8 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 // one barrier between the main loop and the epilogue, and the folded norm's parts reduced after
 // the main loop (their loads are issued with the x loads, so their latency overlaps the mma).
 //   pre-wait   signs of the first two chunks; output o = threadIdx.x < MT*16: its epilogue
-//              operands; zs[r .. kMaxRank) = 0 (so the low-rank loop runs whole words)
+//              operands, into shared memory; zs[r .. kMaxRank) = 0 (so the low-rank loop runs
+//              whole words)
 //   post-wait  x fragments (2 chunks), res_in (NEXT), this warp's parts: outputs k = warp +
 //              KS*u (u < kU) of the r + 1 sums (k < r: Vᵀx partials, k = r: Σx²)
 //   loop       sign_mma_chunks
@@ -627,11 +629,21 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 //              partial dots (lanes t = 0: column 0 of the mma = sequence 0) -> red
 //   epilogue   v = rstd · (a · Σ_warps red + Σ_k U[row,k] zs[k]); conv; NEXT: residual, next
 //              input fragment and its parts (as sign_gemv_kernel)
+// Registers decide residency: with PDL a block starts (and loads its weights) while the previous
+// kernel runs only if it fits beside that kernel's blocks. in_proj (MT = 2, 266 blocks at 1.3B)
+// follows out_proj (one 256 x 128-register block per SM), so it is capped at 128 registers: two
+// blocks beside out_proj's on every SM. What would not fit in them lives in shared memory (the
+// epilogue operands, written before the wait) or is dropped (the second accumulator chain when
+// MT = 2; at most kB1Sums(MT) parts' sums per warp: ranks up to 19 at 1.3B, else sign_gemv runs
+// the general kernel).
+__host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
 template <int MT, bool NEXT, bool TIGHT>
-__global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
+__global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
     sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch) {
   constexpr int NOUT = MT * 16;
-  constexpr int kU = MT == 2 ? (kMaxRank + 1 + 3) / 4 : (kMaxRank + 1 + 7) / 8;  // sums per warp (KS >= 4 / 8)
+  constexpr int kU = kB1Sums(MT);  // parts' sums per warp (KS >= 4 / 8 warps)
+  __shared__ alignas(16) unsigned char epi_raw[NOUT * sizeof(EpiOperands)];
+  EpiOperands* epi = reinterpret_cast<EpiOperands*>(epi_raw);
   __shared__ float red[8][NOUT];
   __shared__ float zs[kMaxRank];
   __shared__ float rstd_s;
@@ -652,8 +664,11 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   const int T = tile0 + (o >> 4);
   const int64_t row = int64_t(T) * 16 + (o & 15);
   const bool has_row = o < NOUT && T < tiles && row < p.R;
-  EpiOperands e;
-  if (has_row) load_epilogue<NEXT>(p, row, 0, e);
+  if (has_row) {
+    EpiOperands e;
+    load_epilogue<NEXT>(p, row, 0, e);
+    epi[o] = e;
+  }
   float vsus[kU];  // this warp's lane 0: vs[k] · us[k] of its sums k < r
 #pragma unroll
   for (int u = 0; u < kU; ++u) {
@@ -670,8 +685,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
   uint2 bxa[16], bxb[16];
   load_x_chunk(XF, ch0, ch1, active, bxa);
   load_x_chunk(XF, ch0 + 1, ch1, active, bxb);
-  if constexpr (NEXT)
-    if (has_row) e.res = p.res_in[row];
+  const float res = NEXT && has_row ? p.res_in[row] : 0.f;
   const int np = p.nparts;  // <= 128 (sign_gemv): one float4 of parts per lane and sum
   float4 pv[kU];
 #pragma unroll
@@ -711,6 +725,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 
   // ---- epilogue (threads o < NOUT) ----
   if (has_row) {
+    const EpiOperands& e = epi[o];
     float sum = 0.f;
     for (int w = 0; w < KS; ++w) sum += red[w][o];
     float lr[4] = {0.f, 0.f, 0.f, 0.f};  // four chains (one per byte of a U word)
@@ -737,7 +752,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
     }
     p.y[row] = v;
     if constexpr (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
-      const float x = e.res + v;
+      const float x = res + v;
       p.res_out[row] = x;
       const float xw = e.nw * x;
       const int c = int(row), s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
@@ -899,10 +914,12 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
   if constexpr (fold) {  // this block's parts: per k, its rows in a fixed order
     __syncthreads();
     const int part = blockIdx.x * gridDim.z + blockIdx.z;
-    if (int(threadIdx.x) <= a.orank) {
-      float s = 0.f;
-      for (int j = 0; j < pb; ++j) s += contrib[j][threadIdx.x];
-      a.parts[(int64_t(b) * (kMaxRank + 1) + threadIdx.x) * kMaxParts + part] = s;
+    if (int(threadIdx.x) <= a.orank) {  // (unrolled, four chains: a serial loop of dependent
+      float s4[4] = {0.f, 0.f, 0.f, 0.f};   // shared-memory loads cost ~0.5 us per layer)
+#pragma unroll
+      for (int j = 0; j < (kSsmThreads / 32) * kPPW; ++j)
+        if (j < pb) s4[j & 3] += contrib[j][threadIdx.x];
+      a.parts[(int64_t(b) * (kMaxRank + 1) + threadIdx.x) * kMaxParts + part] = (s4[0] + s4[1]) + (s4[2] + s4[3]);
     }
   }
   if (a.trace) {
@@ -1108,7 +1125,8 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     const char* e = std::getenv("DFSSM_CUDA_LEAN");
     return !(e && std::atoi(e) == 0);
   }();
-  if (a.lean && lean_env && a.B == 1 && mode >= 1 && a.nparts <= 128 && KS >= (mt == 2 ? 4 : 8) && nch % (2 * KS) == 0) {
+  if (a.lean && lean_env && a.B == 1 && mode >= 1 && a.nparts <= 128 && KS >= (mt == 2 ? 4 : 8) &&
+      nch % (2 * KS) == 0 && a.r + 1 <= kB1Sums(mt) * KS) {
 #define DFSSM_GEMV1(M, N, T) return launch(sign_gemv_b1_kernel<M, N, T>, grid, block, 0, s, pdl, a, tiles, nch)
     if (mt == 2) {
       if (mode == 1) DFSSM_GEMV1(2, false, false);
