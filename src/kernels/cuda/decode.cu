@@ -42,6 +42,18 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// N warp sums at once, their butterflies interleaved (N independent shuffles per round instead of
+// N chains of 5 dependent rounds: at batch 1 each round's ~30-cycle latency is on the critical
+// path). Each value is summed exactly as warp_sum would.
+template <int N>
+__device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
+}
+// silu with the fast reciprocal (no IEEE-division slow path on the critical path; ~2 ulp).
+__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
 
 // Block-wide sum (any blockDim multiple of 32, <= 1024); every thread gets the total.
 __device__ float block_sum(float v, float* scratch /* >= 33 floats */) {
@@ -703,16 +715,17 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
 
   // ---- the parts' sums and the warp's partial dots ----
+  float ts[kU];
 #pragma unroll
-  for (int u = 0; u < kU; ++u) {
-    const int k = warp + KS * u;
-    if (k >= R1) break;  // uniform per warp
-    const float t = warp_sum((pv[u].x + pv[u].y) + (pv[u].z + pv[u].w));
-    if (lane == 0) {
-      if (k < p.r) zs[k] = t * vsus[u];
-      else rstd_s = rsqrtf(t / float(p.n_norm) + p.eps);
+  for (int u = 0; u < kU; ++u) ts[u] = (pv[u].x + pv[u].y) + (pv[u].z + pv[u].w);
+  warp_sum_n<kU>(ts);
+  if (lane == 0)
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int k = warp + KS * u;
+      if (k < p.r) zs[k] = ts[u] * vsus[u];
+      else if (k == p.r) rstd_s = rsqrtf(ts[u] / float(p.n_norm) + p.eps);
     }
-  }
   if (p.trace) __syncthreads();  // (debug timeline only: the sums complete in the block)
   trace_mark(p.trace, kPhase1);
   if ((lane & 3) == 0) {  // column 0 of the mma (sequence 0): rows g and g + 8 of each tile
@@ -748,7 +761,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
       for (int k = 0; k < 8; ++k)
         if (k + 1 < K) p.conv_state[k * D + ch] = e.sv[k];
       p.conv_state[(K - 1) * D + ch] = v;
-      p.conv_out[ch] = silu(cacc);
+      p.conv_out[ch] = silu_fast(cacc);
     }
     p.y[row] = v;
     if constexpr (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
@@ -863,13 +876,16 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
     __syncthreads();
     trace_mark(a.trace, kPhase1);
   }
+  // The state update and each row's partial C·h, for all rows first, so that the rows' warp sums
+  // run interleaved (warp_sum_n), then y, the gate and the outputs per row.
+  float acc[kPPW];
 #pragma unroll
   for (int i = 0; i < kPPW; ++i) {
+    acc[i] = 0.f;
     const int p = p0 + warp + i * nw;
     if (p >= p0 + pb) continue;  // uniform per warp
-    const float x = xs[i], xdt = x * dt;
+    const float xdt = xs[i] * dt;
     const int64_t off = (int64_t(h) * P + p) * N;
-    float acc = 0;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int n = 4 * (lane + 32 * j);
@@ -890,13 +906,18 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
       } else {
         *reinterpret_cast<float4*>(reinterpret_cast<float*>(sbase) + off + n) = v;
       }
-      acc += Cn[j].x * v.x + Cn[j].y * v.y + Cn[j].z * v.z + Cn[j].w * v.w;
+      acc[i] += Cn[j].x * v.x + Cn[j].y * v.y + Cn[j].z * v.z + Cn[j].w * v.w;
     }
-    acc = warp_sum(acc);  // every lane holds it
-    const float y = acc + Dh * x;
+  }
+  warp_sum_n<kPPW>(acc);  // every lane holds them
+#pragma unroll
+  for (int i = 0; i < kPPW; ++i) {
+    const int p = p0 + warp + i * nw;
+    if (p >= p0 + pb) continue;  // uniform per warp
+    const float y = acc[i] + Dh * xs[i];
     if (lane == 0) a.y[int64_t(b) * di + h * P + p] = y;
     if constexpr (fold) {  // gate, out_proj fragment, parts contributions
-      const float g = y * silu(zv[i]), gx = gwv[i] * g;
+      const float g = y * silu_fast(zv[i]), gx = gwv[i] * g;
       const int c = h * P + p, jl = p - p0;
       if (lane == 0) {
         const int s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
