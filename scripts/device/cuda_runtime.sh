@@ -64,7 +64,8 @@ if [[ ${STUDENT:-0} == 1 ]]; then
 fi
 [[ ${QUICK:-0} == 1 ]] && { echo "total $(( $(date +%s) - t0 )) s"; exit 0; }
 CS=/usr/local/cuda/bin/compute-sanitizer
-for t in "CUDA in_proj path*" "CUDA out_proj path*" "CUDA SSM step*" "CUDA int8 LM head*" "CUDA session state save*"; do
+for t in "CUDA in_proj path*" "CUDA out_proj path*" "CUDA SSM step*" "CUDA int8 LM head*" "CUDA session state save*" \
+  "Lean batch-1 GEMV*"; do
   timeout 100 $CS --tool memcheck --leak-check no --error-exitcode 9 $T "$t" >>$OUT/memcheck.txt 2>&1 && echo "memcheck ok: $t" || echo "memcheck FAILED ($?): $t"
 done
 DFSSM_DIAG_LAYERS=8 timeout 150 $CS --tool memcheck --error-exitcode 9 $T "[.diag]" >>$OUT/memcheck.txt 2>&1 && echo "memcheck ok: engine 8 layers at 1.3B widths" || echo "memcheck FAILED: engine"
@@ -83,6 +84,10 @@ if [[ -n $NCU ]]; then  # one layer's kernels of a decode step, launched one by 
     --steps 4 --warmup 1 --no-membw >/dev/null 2>&1
   "$NCU" --import $OUT/ncu_stalls.ncu-rep --print-details all 2>/dev/null >$OUT/ncu_stalls.txt
   grep -E "_kernel<|Issued Warp|Eligible Warps|barrier|Stall|stall" $OUT/ncu_stalls.txt | head -30
+  # per source line (CUDA source, -lineinfo) and per SASS instruction: the stall samples
+  "$NCU" --import $OUT/ncu_stalls.ncu-rep --page source --csv --print-source cuda >$OUT/ncu_source_cuda.csv 2>&1
+  "$NCU" --import $OUT/ncu_stalls.ncu-rep --page source --csv --print-source sass >$OUT/ncu_source_sass.csv 2>&1
+  ls -la $OUT/ncu_source_*.csv
 fi
 [[ ${HF:-0} == 1 ]] && PYTHONUNBUFFERED=1 timeout 200 python3 scripts/device/bench_hf.py --prefill 2048 --steps 24 \
   --batches 1,8 2>&1 | grep -v -E "Warning|falling back" | tee $OUT/bench_hf.txt
