@@ -399,14 +399,14 @@ __device__ __forceinline__ void load_x_chunk(const uint2* XF, int ch, int ch1, b
 // in flight (cur/nxt and bxa/bxb hold the first two, loaded by the caller). Two accumulators per
 // tile (even and odd steps s): two independent chains of dependent mma instead of one twice as
 // long (at batch 1 the chain's latency is on the critical path). acc: their sum.
-template <int MT>
+template <int MT, bool TWO>
 __device__ __forceinline__ void sign_mma_chunk(const uint4 (&q)[MT], const uint2 (&bx)[16], float (&acc)[MT][4],
                                                float (&acc2)[MT][4]) {
 #pragma unroll
   for (int s = 0; s < 16; ++s)
 #pragma unroll
     for (int m = 0; m < MT; ++m)
-      mma16816((MT == 1 && (s & 1)) ? acc2[m] : acc[m], sign_half2(q[m].x << (15 - s)), sign_half2(q[m].y << (15 - s)),
+      mma16816((TWO && (s & 1)) ? acc2[m] : acc[m], sign_half2(q[m].x << (15 - s)), sign_half2(q[m].y << (15 - s)),
                sign_half2(q[m].z << (15 - s)), sign_half2(q[m].w << (15 - s)), bx[s].x, bx[s].y);
 }
 // Phase 2: the 1-bit GEMV over chunks ch0 .. ch1-1 on tensor cores, two chunks of signs and of x
@@ -415,7 +415,7 @@ __device__ __forceinline__ void sign_mma_chunk(const uint4 (&q)[MT], const uint2
 // (even and odd steps s): two independent chains of dependent mma instead of one twice as long
 // (at batch 1 the chain's latency is on the critical path); MT >= 2 tiles are MT chains already
 // (and the registers are scarce). acc: the sum.
-template <int MT>
+template <int MT, bool TWO = (MT == 1)>
 __device__ __forceinline__ void sign_mma_chunks(const uint4* W, const uint2* XF, int tile0, int tiles, int nch,
                                                 int ch0, int ch1, bool active, uint4 (&cur)[MT], uint4 (&nxt)[MT],
                                                 uint2 (&bxa)[16], uint2 (&bxb)[16], float (&acc)[MT][4]) {
@@ -425,13 +425,13 @@ __device__ __forceinline__ void sign_mma_chunks(const uint4* W, const uint2* XF,
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[m][j] = acc2[m][j] = 0.f;
   for (int ch = ch0; ch < ch1; ch += 2) {
-    sign_mma_chunk<MT>(cur, bxa, acc, acc2);
+    sign_mma_chunk<MT, TWO>(cur, bxa, acc, acc2);
     if (ch + 2 < ch1) {
       load_sign_chunk<MT>(W, tile0, tiles, nch, ch + 2, ch1, cur);
       load_x_chunk(XF, ch + 2, ch1, active, bxa);
     }
     if (ch + 1 >= ch1) break;
-    sign_mma_chunk<MT>(nxt, bxb, acc, acc2);
+    sign_mma_chunk<MT, TWO>(nxt, bxb, acc, acc2);
     if (ch + 3 < ch1) {
       load_sign_chunk<MT>(W, tile0, tiles, nch, ch + 3, ch1, nxt);
       load_x_chunk(XF, ch + 3, ch1, active, bxb);
@@ -649,7 +649,8 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 // MT = 2; at most kB1Sums(MT) parts' sums per warp: ranks up to 19 at 1.3B, else sign_gemv runs
 // the general kernel).
 __host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
-template <int MT, bool NEXT, bool TIGHT>
+// TWO: two accumulator chains per tile also when MT = 2 (experiment, DFSSM_CUDA_CHAINS=2).
+template <int MT, bool NEXT, bool TIGHT, bool TWO = (MT == 1)>
 __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
     sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch) {
   constexpr int NOUT = MT * 16;
@@ -712,7 +713,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
 
   // ---- main loop ----
   float acc[MT][4];
-  sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
+  sign_mma_chunks<MT, TWO>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
 
   // ---- the parts' sums and the warp's partial dots ----
   float ts[kU];
@@ -1149,7 +1150,13 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
   if (a.lean && lean_env && a.B == 1 && mode >= 1 && a.nparts <= 128 && KS >= (mt == 2 ? 4 : 8) &&
       nch % (2 * KS) == 0 && a.r + 1 <= kB1Sums(mt) * KS) {
 #define DFSSM_GEMV1(M, N, T) return launch(sign_gemv_b1_kernel<M, N, T>, grid, block, 0, s, pdl, a, tiles, nch)
+    static const bool two_env = [] {  // experiment: DFSSM_CUDA_CHAINS=2 (two mma chains per tile at MT = 2)
+      const char* e = std::getenv("DFSSM_CUDA_CHAINS");
+      return e && std::atoi(e) == 2;
+    }();
     if (mt == 2) {
+      if (mode == 1 && two_env)
+        return launch(sign_gemv_b1_kernel<2, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch);
       if (mode == 1) DFSSM_GEMV1(2, false, false);
       if (tight) DFSSM_GEMV1(2, true, true);
       DFSSM_GEMV1(2, true, false);
