@@ -649,8 +649,9 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 // MT = 2; at most kB1Sums(MT) parts' sums per warp: ranks up to 19 at 1.3B, else sign_gemv runs
 // the general kernel).
 __host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
-// TWO: two accumulator chains per tile also when MT = 2 (experiment, DFSSM_CUDA_CHAINS=2).
-template <int MT, bool NEXT, bool TIGHT, bool TWO = (MT == 1)>
+// (Two accumulator chains per tile at MT = 2 as well, as an experiment: 44 bytes of spills at the
+// 128-register cap, 0.6885 against 0.6674-0.6709 ms/step; removed.)
+template <int MT, bool NEXT, bool TIGHT>
 __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
     sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch) {
   constexpr int NOUT = MT * 16;
@@ -713,7 +714,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
 
   // ---- main loop ----
   float acc[MT][4];
-  sign_mma_chunks<MT, TWO>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
+  sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
 
   // ---- the parts' sums and the warp's partial dots ----
   float ts[kU];
@@ -1150,13 +1151,7 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
   if (a.lean && lean_env && a.B == 1 && mode >= 1 && a.nparts <= 128 && KS >= (mt == 2 ? 4 : 8) &&
       nch % (2 * KS) == 0 && a.r + 1 <= kB1Sums(mt) * KS) {
 #define DFSSM_GEMV1(M, N, T) return launch(sign_gemv_b1_kernel<M, N, T>, grid, block, 0, s, pdl, a, tiles, nch)
-    static const bool two_env = [] {  // experiment: DFSSM_CUDA_CHAINS=2 (two mma chains per tile at MT = 2)
-      const char* e = std::getenv("DFSSM_CUDA_CHAINS");
-      return e && std::atoi(e) == 2;
-    }();
     if (mt == 2) {
-      if (mode == 1 && two_env)
-        return launch(sign_gemv_b1_kernel<2, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch);
       if (mode == 1) DFSSM_GEMV1(2, false, false);
       if (tight) DFSSM_GEMV1(2, true, true);
       DFSSM_GEMV1(2, true, false);
