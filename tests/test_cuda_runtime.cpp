@@ -565,16 +565,6 @@ TEST_CASE("CUDA session state save/restore, to and from the CPU session", "[gpu]
   REQUIRE_THROWS(gpu_s.restore_state(0, std::vector<uint8_t>(10)));
 }
 
-TEST_CASE("Folded GEMV epilogue spread over the warps gives the same bits", "[gpu][cuda_runtime]") {
-  auto model = small_model(test_seed() + 11);
-  runtime::CudaSessionOptions a, b;
-  a.lean_batch1 = b.lean_batch1 = false;  // (the lean batch-1 kernel has no spread variant)
-  b.spread_epilogue = true;
-  const auto ra = decode_run(model, 1, a), rb = decode_run(model, 1, b);
-  REQUIRE(ra.size() == rb.size());
-  CHECK(std::memcmp(ra.data(), rb.data(), ra.size() * 4) == 0);
-}
-
 TEST_CASE("Lean batch-1 GEMV: as the general kernel at the 1.3B widths; graph and launches agree", "[gpu][cuda_runtime]") {
   // The lean kernel runs at batch 1 where its shape conditions hold (1.3B widths: in_proj 2 tiles
   // x 4 warps, out_proj 1 tile x 8 warps). It sums in another order, so the logits are close to

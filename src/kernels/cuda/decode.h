@@ -1,7 +1,9 @@
 // CUDA decode kernels for the runtime (batch B = 1..8 sequences per step). Plain C++ header:
 // callers need only the CUDA runtime. Every op is defined in src/kernels/cpu/ops.h; the
 // references are the `_ref` functions of src/kernels/cpu/ops_ref.cpp (compositions of them for
-// the fused kernels, see tests/test_cuda_runtime.cpp).
+// the fused kernels, see tests/test_cuda_runtime.cpp). Implemented in decode.cu (norm, SSM, LM
+// head, embedding, launch-floor probe) and sign_gemv.cu (repack, the sign GEMVs: a general kernel
+// and, at batch 1 with a folded norm, a lean one), with shared helpers in decode_common.cuh.
 //
 // The five-kernel decode layer (the runtime captures the whole step in a CUDA graph; see
 // "Folded norms" below for the three-kernel layer it runs at batch 1):
@@ -162,8 +164,6 @@ struct SignGemvArgs {
   // Debug timeline (CudaSession::trace_step; null otherwise): kTraceSlots u64 of %globaltimer
   // (ns): see TraceSlot.
   unsigned long long* trace = nullptr;
-  // Epilogue outputs spread over the warps (experiment, DFSSM_CUDA_SPREAD=1; same arithmetic).
-  bool spread = false;
   // Batch 1 with a folded norm runs the lean batch-1 kernel (sign_gemv_b1_kernel; the same sums
   // in another rounding order). false: the general kernel (debug switch DFSSM_CUDA_LEAN=0).
   bool lean = true;

@@ -338,11 +338,6 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
   k0.res_out = g.res[0];
   CUDA_CHECK(kc::norm_prologue(k0, B, s, false));  // follows a memcpy
   mark("norm");
-  static const bool spread_env = [] {  // debug switch (CudaSessionOptions::spread_epilogue)
-    const char* e = std::getenv("DFSSM_CUDA_SPREAD");
-    return e && std::atoi(e) == 1;
-  }();
-  const bool spread = opt_.spread_epilogue || spread_env;
   auto traced = [&](const char* name) {  // trace_step only: the next launch's timeline slots
     if (!trace_) return static_cast<unsigned long long*>(nullptr);
     trace_names_.push_back(name);
@@ -355,7 +350,6 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.in.nparts = l == 0 ? kc::norm_splits(k0) : kc::sign_gemv_grid(d);
     A.in.n_norm = d;
     A.in.eps = eps;
-    A.in.spread = A.out.spread = spread;
     A.in.lean = A.out.lean = opt_.lean_batch1;
     A.in.trace = traced("in_proj");
     CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));

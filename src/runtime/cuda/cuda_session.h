@@ -68,11 +68,7 @@ struct CudaSessionOptions {
   // Tokens per chunk of the INT8 prefill. Each chunk launches ~12 kernels per layer: 1x2048 on
   // an H200 took 47.8 ms in chunks of 512, 40.9 ms in 1024, 37.7 ms in one chunk of 2048.
   int64_t prefill_chunk = 2048;
-  // Experiment (not yet measured on a GPU; debug switch DFSSM_CUDA_SPREAD=1 turns it on): the
-  // folded GEMVs run their few batch-1 epilogue outputs on every warp instead of all on warp 0.
-  // Each output's arithmetic is unchanged, so the bits should be too (test_cuda_runtime checks).
-  bool spread_epilogue = false;
-  // Batch 1 (folded) runs the lean batch-1 GEMV kernel (kernels/cuda/decode.cu,
+  // Batch 1 (folded) runs the lean batch-1 GEMV kernel (kernels/cuda/sign_gemv.cu,
   // sign_gemv_b1_kernel): the same sums in another rounding order. false (or the debug switch
   // DFSSM_CUDA_LEAN=0): the general kernel, as at batch > 1.
   bool lean_batch1 = true;

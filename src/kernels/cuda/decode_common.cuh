@@ -1,0 +1,101 @@
+// Device helpers shared by the decode kernels (decode.cu, sign_gemv.cu): PDL, the debug
+// timeline, warp reductions, the fp16 mma, the sign expansion and the PDL launch helper.
+//
+// Every kernel starts with `griddepcontrol.launch_dependents` and waits (`griddepcontrol.wait`)
+// before it reads anything the previous kernel wrote. Launched with programmatic dependent
+// launch (pdl = true), the next kernel's blocks start while this one runs and issue their
+// weight loads (weights are never written) before they wait: launch latency and the first DRAM
+// round trip overlap the previous kernel. Without PDL both instructions are no-ops.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/decode.h"
+
+namespace dfssm::kernels::cuda {
+namespace {  // (each translation unit its own copy: internal linkage, inlined)
+
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+__device__ __forceinline__ unsigned long long gtimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// Debug timeline (TraceSlot): block 0 records its phases, every block the min / max ones.
+__device__ __forceinline__ void trace_mark(unsigned long long* tr, int slot) {
+  if (!tr || threadIdx.x != 0) return;
+  const unsigned long long t = gtimer();
+  if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) tr[slot] = t;
+  if (slot == kEntry) atomicMin(tr + kFirstEntry, t);
+  if (slot == kWaited) atomicMax(tr + kLastWaited, t);
+  if (slot == kEpilogue) atomicMax(tr + kLastExit, t);
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float softplus20(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+// N warp sums at once, their butterflies interleaved (N independent shuffles per round instead of
+// N chains of 5 dependent rounds: at batch 1 each round's ~30-cycle latency is on the critical
+// path). Each value is summed exactly as warp_sum would.
+template <int N>
+__device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
+}
+// silu with the fast reciprocal (no IEEE-division slow path on the critical path; ~2 ulp).
+__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+
+// Block-wide sum (any blockDim multiple of 32, <= 1024); every thread gets the total.
+__device__ float block_sum(float v, float* scratch /* >= 33 floats */) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be in use by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = 0;
+  for (int i = 0; i < nw; ++i) t += scratch[i];  // fixed order: deterministic
+  return t;
+}
+
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Bits 15 and 31 of w (one sign each) as a half2 of ±1: (w & 0x80008000) ^ 0xBC00BC00 in one
+// LOP3 (nvcc emitted an AND and an XOR: 3 instructions per register with the shift, now 2; the
+// expansion is most of the 1-bit GEMV's instructions at batch 1).
+__device__ __forceinline__ uint32_t sign_half2(uint32_t w) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(r) : "r"(w), "n"(0x80008000u), "n"(0xBC00BC00u));
+  return r;
+}
+
+template <typename F, typename... Args>
+cudaError_t launch(F kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+}  // namespace
+}  // namespace dfssm::kernels::cuda
