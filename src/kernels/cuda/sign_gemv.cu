@@ -89,6 +89,29 @@ __device__ __forceinline__ void load_epilogue(const SignGemvArgs& p, int64_t row
   e.cb = conv && p.conv_b ? p.conv_b[ch] : 0.f;
 }
 
+// The conv1d step + SiLU of output (row, sequence n) whose projection value is v, if the row is
+// one of the conv channels: the state's taps (preloaded in e) shift by one, v enters last.
+// FAST: silu with the fast reciprocal (the batch-1 kernel; the general kernel keeps silu).
+template <bool FAST>
+__device__ __forceinline__ void conv_epilogue(const SignGemvArgs& p, const EpiOperands& e, int64_t row, int n,
+                                              float v) {
+  if (p.conv_D <= 0 || row < p.conv_lo || row >= p.conv_lo + p.conv_D) return;
+  const int64_t ch = row - p.conv_lo, D = p.conv_D;
+  const int K = p.conv_K;
+  float* st = p.conv_state + int64_t(n) * p.conv_seq_stride;
+  float cacc = e.cb;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if (k + 1 < K) cacc += e.wv[k] * e.sv[k];
+    else if (k + 1 == K) cacc += e.wv[k] * v;
+  }
+#pragma unroll
+  for (int k = 0; k < 8; ++k)
+    if (k + 1 < K) st[k * D + ch] = e.sv[k];
+  st[(K - 1) * D + ch] = v;
+  p.conv_out[int64_t(n) * D + ch] = FAST ? silu_fast(cacc) : silu(cacc);
+}
+
 // Folded norm, after the wait: per sequence n, the sums over the producer's parts of the
 // low-rank partials (zsum) and rstd (rsq). A warp per (n, k), its lanes over the parts (float4
 // of 4 consecutive parts, fixed order); U outputs per warp have their loads issued together.
@@ -327,22 +350,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
         if (k < p.r) lr += float(unpack_i8(e.u4, k)) * zs[n * p.r + k];
       v += lr;
     }
-    if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
-      const int64_t ch = row - p.conv_lo, D = p.conv_D;
-      const int K = p.conv_K;
-      float* st = p.conv_state + int64_t(n) * p.conv_seq_stride;
-      float cacc = e.cb;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        if (k + 1 < K) cacc += e.wv[k] * e.sv[k];
-        else if (k + 1 == K) cacc += e.wv[k] * v;
-      }
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (k + 1 < K) st[k * D + ch] = e.sv[k];
-      st[(K - 1) * D + ch] = v;
-      p.conv_out[int64_t(n) * D + ch] = silu(cacc);
-    }
+    conv_epilogue<false>(p, e, row, n, v);
     p.y[int64_t(n) * p.ldy + row] = v;
     if constexpr (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
       const float x = e.res + v;
@@ -500,21 +508,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
 #pragma unroll
         for (int j = 0; j < 4; ++j) lr[j] += float(unpack_i8(e.u4, 4 * w + j)) * zs[4 * w + j];
     const float v = rstd_s * (e.a * sum + ((lr[0] + lr[1]) + (lr[2] + lr[3])));
-    if (p.conv_D > 0 && row >= p.conv_lo && row < p.conv_lo + p.conv_D) {
-      const int64_t ch = row - p.conv_lo, D = p.conv_D;
-      const int K = p.conv_K;
-      float cacc = e.cb;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        if (k + 1 < K) cacc += e.wv[k] * e.sv[k];
-        else if (k + 1 == K) cacc += e.wv[k] * v;
-      }
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (k + 1 < K) p.conv_state[k * D + ch] = e.sv[k];
-      p.conv_state[(K - 1) * D + ch] = v;
-      p.conv_out[ch] = silu_fast(cacc);
-    }
+    conv_epilogue<true>(p, e, row, 0, v);
     p.y[row] = v;
     if constexpr (NEXT) {  // residual, and the next layer's in_proj input (column `row` of it)
       const float x = res + v;
