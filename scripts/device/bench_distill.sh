@@ -4,6 +4,9 @@
 # baseline. Needs a build in build-device (scripts/device/build_and_test.sh build).
 #   usage: [AC=all] scripts/device/bench_distill.sh [batch] [steps]     (defaults 4, 8)
 #   AC: distill.activation_checkpointing (none, all, or layer indices)
+#   VARIANTS: runs as "name:overrides|name:overrides" (default: the DF-SSM student, then the plain
+#     one), e.g. VARIANTS="c256:|c128:distill.ssd_chunk=128"
+#   PROFILE=k: DFSSM_PROFILE_STEP=k for the first variant (the kernel profile of step k)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=${1:-4}
@@ -22,12 +25,22 @@ distill: {steps: $STEPS, batch_size: $B, log_every: 1, eval_every: 0, eval_batch
           checkpoint_every: 0, resume: none, activation_checkpointing: ${AC:-none}}
 YAML
 $D distill $W/job.yaml --dry-run
-for variant in dfssm plain; do
-  extra=""
-  [ $variant = plain ] && extra="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
+PLAIN="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
+IFS='|' read -ra RUNS <<< "${VARIANTS:-dfssm:|plain:$PLAIN}"
+first=1
+for run in "${RUNS[@]}"; do
+  variant=${run%%:*}
+  extra=${run#*:}
   rm -rf $W/run
-  echo "== $variant student, batch $B x 2048"
-  $D distill $W/job.yaml $extra 2>&1 | tail -4
+  echo "== $variant ($extra), batch $B x 2048"
+  if [[ $first == 1 && -n ${PROFILE:-} ]]; then
+    # shellcheck disable=SC2086
+    DFSSM_PROFILE_STEP=$PROFILE $D distill $W/job.yaml $extra 2>&1 | grep -v "^\[distill" | tail -120
+  else
+    # shellcheck disable=SC2086
+    $D distill $W/job.yaml $extra 2>&1 | tail -4
+  fi
+  first=0
   python3 - "$W/run/student/metrics.jsonl" "$variant" <<'PY' | tee -a "$OUT/bench_distill.txt"
 import json, sys, statistics
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]

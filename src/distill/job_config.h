@@ -42,6 +42,7 @@ struct TrainConfig {
   double clip_grad_norm = 1.0, spike_factor = 0;  // skip the update when grad norm > factor x running mean
   double alpha = 0.0, temperature = 1.0;          // distill: alpha·T²·KL + (1-alpha)·CE
   int64_t kl_chunk = 1024;                        // tokens per LM-head chunk
+  int64_t ssd_chunk = 0;                          // chunked-SSD length in training (0 = the model's)
   double dp_bucket_mb = 25;                       // gradient all-reduce buckets (grad_buckets.h); 0 = one shot
   std::string activation_checkpointing = "none";  // none | all | "0,1,2"
   double hidden_mse = 0;                          // distill: weight of the hidden-state term

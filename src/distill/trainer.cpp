@@ -35,6 +35,7 @@
 #include "distill/evaluate.h"
 #include "distill/loss.h"
 #include "distill/optim.h"
+#include "distill/profile.h"
 #include "model/checkpoint.h"
 #include "model/checkpoint_files.h"
 #include "quant/student.h"
@@ -206,6 +207,7 @@ void Run::build_model() {
     model = std::make_unique<Mamba2Model>(cfg, at::TensorOptions().dtype(at::kFloat).device(device));
     model->init_random(job.seed);
     trained = model.get();
+    if (tc.ssd_chunk > 0) model->set_chunk_size(tc.ssd_chunk);
     return;
   }
   const auto tdtype = parse_dtype(job.teacher_dtype);
@@ -217,6 +219,7 @@ void Run::build_model() {
   const auto t32 = tdtype == at::kFloat ? nullptr : load_model(job.teacher_dir(), at::kFloat, device);
   student = quant::make_student(t32 ? *t32 : *teacher, job.quant, job.seed, device);
   trained = student->model.get();
+  if (tc.ssd_chunk > 0) teacher->set_chunk_size(tc.ssd_chunk), trained->set_chunk_size(tc.ssd_chunk);
 }
 
 void Run::build_optimizer() {
@@ -478,6 +481,7 @@ void Run::loop() {
   const char* kill_env = std::getenv("DFSSM_DEBUG_KILL_AT_STEP");  // test hook: simulate a crash
   const int64_t kill_at = kill_env ? std::atoll(kill_env) : -1;
   std::vector<data::Batch> mb(size_t(tc.grad_accum));
+  StepProfiler prof(out_dir);  // DFSSM_PROFILE_STEP=k (debug): a kernel profile of the k-th step
   // A fresh distillation first evaluates the init-only student (binarized from the teacher,
   // untrained): the baseline of every later eval, and in the metrics even if the run is cut short.
   if (distill() && start == 0 && tc.eval_every > 0 && comm->is_root()) evaluate();
@@ -487,8 +491,10 @@ void Run::loop() {
     double gn = 0;
     bool skip = false;
     const auto ts = Clock::now();
+    prof.start(step - start, device.is_cuda());
     const double loss = train_step(mb.data(), tc.grad_accum, &st, &gn, &skip);
     const double dt = std::chrono::duration<double>(Clock::now() - ts).count();
+    prof.stop(step - start, device.is_cuda(), dt);
     const double lr = tc.lr * lr_at(tc, step);
     ++step;
     tokens += per_step;

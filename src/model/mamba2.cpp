@@ -2,8 +2,10 @@
 #include "model/recompute.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/record_function.h>
 
 #include <cmath>
+#include <optional>
 
 #include "core/error.h"
 #include "model/ssd.h"
@@ -16,7 +18,30 @@ at::Tensor conv1d_valid(const at::Tensor& x, const at::Tensor& w, const at::Tens
   const int64_t one = 1, zero = 0;
   return at::conv1d(x, w, b, at::IntArrayRef(one), at::IntArrayRef(zero), at::IntArrayRef(one), groups);
 }
+// Consecutive named profiler ranges (user scopes): next() closes one and opens the next. Costs a
+// flag test when no profiler is active.
+class ProfileScope {
+ public:
+  explicit ProfileScope(const char* name) { open(name); }
+  void next(const char* name) {
+    rf_.reset();
+    open(name);
+  }
+
+ private:
+  void open(const char* name) {
+    if (!at::hasCallbacks()) return;
+    rf_.emplace(at::RecordScope::USER_SCOPE);
+    if (rf_->isActive()) rf_->before(name);
+  }
+  std::optional<at::RecordFunction> rf_;
+};
 }  // namespace
+
+void Mamba2Model::set_chunk_size(int64_t c) {
+  DFSSM_CHECK(c >= 1, "chunk size must be positive, got ", c);
+  cfg_.chunk_size = c;
+}
 
 at::Tensor DenseLinear::forward(const at::Tensor& x) const { return at::linear(x, weight); }
 
@@ -140,7 +165,10 @@ at::Tensor Mamba2Model::discretize_dt(const at::Tensor& dt_raw, const at::Tensor
 at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st) const {
   const auto& c = cfg_;
   const int64_t b = u.size(0), l = u.size(1), di = c.d_inner(), gn = c.ngroups * c.d_state, h = c.nheads();
+  // The profiler scopes name the parts for DFSSM_PROFILE_STEP (src/distill/profile.h).
+  ProfileScope scope("dfssm::in_proj");
   const auto zxbcdt = m.in_proj->forward(u);  // (b,l,d_in_proj)
+  scope.next("dfssm::conv");
   const auto z = zxbcdt.narrow(-1, 0, di);
   const auto xBC_raw = zxbcdt.narrow(-1, di, c.conv_dim()).transpose(1, 2);  // (b,conv_dim,l)
   const auto dt_raw = zxbcdt.narrow(-1, di + c.conv_dim(), h);
@@ -161,10 +189,13 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
 
   const auto dt = discretize_dt(dt_raw, m.dt_bias);  // (b,l,h)
   const auto A = -at::exp(m.A_log.to(at::kFloat));
+  scope.next("dfssm::ssd");
   auto [y, final_state] = ssd_chunked(x, dt, A, B, C, c.chunk_size, st ? st->ssm : at::Tensor());
   if (st) st->ssm = final_state.detach();
   y = y + x * m.D.to(at::kFloat).view({1, 1, h, 1});  // D skip, before the gate
+  scope.next("dfssm::gate_norm");
   const auto yn = gated_rmsnorm(y.reshape({b, l, di}), z, m.norm_w);
+  scope.next("dfssm::out_proj");
   return m.out_proj->forward(yn);
 }
 

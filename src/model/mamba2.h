@@ -73,6 +73,9 @@ class Mamba2Model {
   Mamba2Model(const Mamba2Config& cfg, at::TensorOptions opts);
 
   const Mamba2Config& config() const { return cfg_; }
+  // The chunked SSD's chunk length: a compute choice (speed, memory), not a hyperparameter; any
+  // value gives the same outputs up to rounding.
+  void set_chunk_size(int64_t c);
   at::ScalarType dtype() const { return opts_.dtype().toScalarType(); }
   at::Device device() const { return opts_.device(); }
 
