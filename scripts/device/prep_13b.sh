@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shared by the device benchmarks: random token ids (vocab 50277) prepared as a dataset, and a
-# random Mamba-2 1.3B teacher (bf16), under /tmp/dfssm-bench. Idempotent while the machine stays warm.
+# random Mamba-2 teacher (bf16) of geometry $GEOM (default mamba2-1.3b) in /tmp/dfssm-bench/teacher
+# (or teacher-$GEOM for other geometries). Idempotent while the machine stays warm.
 set -uo pipefail
 W=/tmp/dfssm-bench
 D=${D:-build-device/bin/dfssm}
@@ -16,4 +17,6 @@ val_fraction: 0.01
 YAML
   $D data prepare $W/data.yaml --quiet || exit 1
 fi
-[ -f $W/teacher/DONE ] || { $D init -o $W/teacher --geometry mamba2-1.3b --dtype bf16 && touch $W/teacher/DONE; } || exit 1
+GEOM=${GEOM:-mamba2-1.3b}
+T=$W/teacher; [ "$GEOM" = mamba2-1.3b ] || T=$W/teacher-$GEOM
+[ -f $T/DONE ] || { $D init -o $T --geometry "$GEOM" --dtype bf16 && touch $T/DONE; } || exit 1

@@ -8,6 +8,8 @@
 #include <optional>
 
 #include "core/error.h"
+#include "model/conv_fused.h"
+#include "model/gated_norm_fused.h"
 #include "model/ssd.h"
 
 namespace dfssm {
@@ -145,6 +147,9 @@ at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w) const 
 // mamba_ssm's RMSNormGated(norm_before_gate=False): RMSNorm(y * silu(z)) with one RMS per
 // group of d_inner/ngroups channels, fp32 math.
 at::Tensor Mamba2Model::gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w) const {
+  const int64_t gs = cfg_.d_inner() / cfg_.ngroups;
+  if (y.dim() == 3 && gated_norm_fused_available(y, gs))  // full sequences on CUDA: one kernel each way
+    return gated_norm_fused(y, z, w, gs, cfg_.norm_eps).to(dtype());
   const auto x = y.to(at::kFloat) * at::silu(z.to(at::kFloat));
   auto sizes = x.sizes().vec();
   auto gsizes = sizes;
@@ -162,6 +167,22 @@ at::Tensor Mamba2Model::discretize_dt(const at::Tensor& dt_raw, const at::Tensor
   return dt;
 }
 
+// Causal depthwise conv + SiLU in ATen, (b,l,conv_dim) -> (b,l,conv_dim) channels-last. The left
+// context is d_conv-1 zeros for a fresh sequence, or the cached raw columns when continuing;
+// either way one padded tensor and a valid convolution. Leaves the new conv cache in `st`.
+at::Tensor Mamba2Model::conv_silu_aten(const at::Tensor& xBC_in, const Mamba2Mixer& m, LayerState* st) const {
+  const auto& c = cfg_;
+  const auto xBC_raw = xBC_in.transpose(1, 2);  // (b,conv_dim,l)
+  const auto left = st ? st->conv.narrow(-1, 1, c.d_conv - 1).to(xBC_raw.scalar_type())
+                       : at::zeros({xBC_in.size(0), c.conv_dim(), c.d_conv - 1}, xBC_raw.options());
+  const auto xpad = at::cat({left, xBC_raw}, -1);
+  if (st) {
+    at::NoGradGuard ng;
+    st->conv = xpad.narrow(-1, xpad.size(-1) - c.d_conv, c.d_conv).detach().contiguous();
+  }
+  return at::silu(conv1d_valid(xpad, m.conv_w, m.conv_b, c.conv_dim())).transpose(1, 2);
+}
+
 at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st) const {
   const auto& c = cfg_;
   const int64_t b = u.size(0), l = u.size(1), di = c.d_inner(), gn = c.ngroups * c.d_state, h = c.nheads();
@@ -170,19 +191,10 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const auto zxbcdt = m.in_proj->forward(u);  // (b,l,d_in_proj)
   scope.next("dfssm::conv");
   const auto z = zxbcdt.narrow(-1, 0, di);
-  const auto xBC_raw = zxbcdt.narrow(-1, di, c.conv_dim()).transpose(1, 2);  // (b,conv_dim,l)
   const auto dt_raw = zxbcdt.narrow(-1, di + c.conv_dim(), h);
-
-  // Causal depthwise conv: the left context is d_conv-1 zeros for a fresh sequence, or the
-  // cached raw columns when continuing; either way one padded tensor and a valid convolution.
-  const auto left = st ? st->conv.narrow(-1, 1, c.d_conv - 1).to(xBC_raw.scalar_type())
-                       : at::zeros({b, c.conv_dim(), c.d_conv - 1}, xBC_raw.options());
-  const auto xpad = at::cat({left, xBC_raw}, -1);
-  if (st) {
-    at::NoGradGuard ng;
-    st->conv = xpad.narrow(-1, xpad.size(-1) - c.d_conv, c.d_conv).detach().contiguous();
-  }
-  const auto xBC = at::silu(conv1d_valid(xpad, m.conv_w, m.conv_b, c.conv_dim())).transpose(1, 2);
+  const auto xBC = st == nullptr && conv_fused_available(u, c.d_conv)
+                       ? conv_silu_fused(zxbcdt.narrow(-1, di, c.conv_dim()), m.conv_w, m.conv_b)  // fp32, in place
+                       : conv_silu_aten(zxbcdt.narrow(-1, di, c.conv_dim()), m, st);
   const auto x = xBC.narrow(-1, 0, di).to(at::kFloat).view({b, l, h, c.headdim});
   const auto B = xBC.narrow(-1, di, gn).to(at::kFloat).view({b, l, c.ngroups, c.d_state});
   const auto C = xBC.narrow(-1, di + gn, gn).to(at::kFloat).view({b, l, c.ngroups, c.d_state});

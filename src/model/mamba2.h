@@ -122,6 +122,7 @@ class Mamba2Model {
 
  private:
   at::Tensor mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st) const;
+  at::Tensor conv_silu_aten(const at::Tensor& xBC, const Mamba2Mixer& m, LayerState* st) const;
   at::Tensor mixer_step(const Mamba2Mixer& m, const at::Tensor& u, LayerState& st) const;
   at::Tensor embed(const at::Tensor& ids) const;
   at::Tensor logits(const at::Tensor& hidden) const;

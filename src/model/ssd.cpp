@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "model/ssd_fused.h"
 
 namespace dfssm {
 
@@ -65,11 +66,16 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x_in, const at::
   //    form mamba_ssm's kernels use: one subtraction of in-chunk cumsums (fp32), no (l x l) cumsum.
   const auto CB = at::matmul(Cg, Bg.transpose(-1, -2));                                      // (b,c,g,l,s)
   const auto acs = A_cumsum.permute({0, 2, 1, 3});                                             // (b,c,h,l)
-  const auto causal = at::tril(at::ones({chunk, chunk}, acs.options().dtype(at::kBool)));
-  const auto Lmat = at::exp((acs.unsqueeze(-1) - acs.unsqueeze(-2))
-                                .masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()));  // (b,c,h,l,s)
-  const auto M = (Lmat.view({b, nc, g, hg, chunk, chunk}) * CB.unsqueeze(3)).view({b, nc, h, chunk, chunk});
-  const auto Y_diag = at::matmul(M, X.permute({0, 1, 3, 2, 4}));                               // (b,c,h,l,p)
+  at::Tensor Y_diag;                                                                           // (b,c,h,l,p)
+  if (ssd_diag_fused_available(x_in, chunk)) {
+    Y_diag = ssd_diag_fused(acs, CB, X.permute({0, 1, 3, 2, 4}));  // the same math in two CUDA kernels
+  } else {
+    const auto causal = at::tril(at::ones({chunk, chunk}, acs.options().dtype(at::kBool)));
+    const auto Lmat = at::exp((acs.unsqueeze(-1) - acs.unsqueeze(-2))
+                                  .masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity()));
+    const auto M = (Lmat.view({b, nc, g, hg, chunk, chunk}) * CB.unsqueeze(3)).view({b, nc, h, chunk, chunk});
+    Y_diag = at::matmul(M, X.permute({0, 1, 3, 2, 4}));
+  }
 
   // 2. Each chunk's own contribution to the state at its end, one matmul per group.
   const auto decay_states = at::exp(A_cumsum.narrow(-1, chunk - 1, 1) - A_cumsum);           // (b,h,c,l)

@@ -1,0 +1,34 @@
+// Mamba-2's causal depthwise conv1d + SiLU for training (forward and backward) on CUDA, reading
+// the conv channels straight out of in_proj's output. The LibTorch autograd wrapper is
+// src/model/conv_fused.cpp; the scalar reference twins are src/kernels/cpu/conv_train_ref.h.
+//
+//   pre[b,t,c] = bias[c] + sum_k w[c,k] * x[b, t-K+1+k, c]   (x = 0 before t = 0)
+//   out[b,t,c] = silu(pre[b,t,c])
+//
+// Layout: x (B, L, C) with row stride ldx elements (a column slice of in_proj's output), fp32 or
+// bf16; w (C, K) and bias (C) fp32; out and dout (B, L, C) contiguous fp32; dx (B, L, C)
+// contiguous in x's dtype. Plain C++ header: the CUDA runtime only.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace dfssm::kernels {
+
+enum class ConvDtype { f32, bf16 };
+
+cudaError_t conv_silu_fwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias, float* out,
+                               int64_t B, int64_t L, int C, int K, cudaStream_t stream);
+
+// Number of floats conv_silu_bwd_cuda needs in `partial` (per-block sums of dw and dbias).
+int64_t conv_silu_bwd_partial_size(int64_t B, int64_t L, int C, int K);
+
+// dx = the input gradient; partial receives per-block sums, rows of C*(K+1): dw (C,K) then dbias
+// (C). Sum its rows (leading dimension conv_silu_bwd_partial_size / (C*(K+1))) for dw and dbias:
+// deterministic, no atomics.
+cudaError_t conv_silu_bwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias,
+                               const float* dout, void* dx, float* partial, int64_t B, int64_t L, int C, int K,
+                               cudaStream_t stream);
+
+}  // namespace dfssm::kernels

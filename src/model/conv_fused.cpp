@@ -1,0 +1,119 @@
+#include "model/conv_fused.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "core/error.h"
+
+#if defined(DFSSM_HAVE_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "kernels/cuda/conv_train.h"
+#define DFSSM_CONV_FUSED_BUILT 1
+#endif
+
+namespace dfssm {
+
+namespace {
+std::atomic<bool>& fused_enabled() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("DFSSM_CONV_FUSED");
+    return !(e && std::string(e) == "0");
+  }()};
+  return on;
+}
+}  // namespace
+
+void set_conv_fused_enabled(bool on) { fused_enabled() = on; }
+
+#ifdef DFSSM_CONV_FUSED_BUILT
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+namespace k = dfssm::kernels;
+
+void check_cuda(cudaError_t e, const char* what) {
+  DFSSM_ASSERT(e == cudaSuccess, std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// x viewed as rows of a (b*l, ldx) matrix: a slice with unit channel stride and rows at a fixed
+// stride. Anything else is made contiguous first.
+at::Tensor rows_view(const at::Tensor& x, int64_t* ldx) {
+  const bool ok = x.stride(2) == 1 && x.stride(0) == x.size(1) * x.stride(1) && x.stride(1) >= x.size(2);
+  const auto r = ok ? x : x.contiguous();
+  *ldx = r.stride(1);
+  return r;
+}
+
+struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in,
+                            const at::Tensor& bias_in) {
+    const auto dt = x_in.scalar_type() == at::kBFloat16 ? k::ConvDtype::bf16 : k::ConvDtype::f32;
+    const auto xs = x_in.scalar_type() == at::kBFloat16 ? x_in : x_in.to(at::kFloat);
+    int64_t ldx = 0;
+    const auto x = rows_view(xs, &ldx);
+    const auto w = w_in.to(at::kFloat).reshape({w_in.size(0), w_in.size(-1)}).contiguous();
+    const auto bias = bias_in.defined() ? bias_in.to(at::kFloat).contiguous() : at::Tensor();
+    const int64_t B = x.size(0), L = x.size(1), C = x.size(2), K = w.size(1);
+    auto out = at::empty({B, L, C}, x.options().dtype(at::kFloat));
+    const c10::cuda::CUDAGuard guard(x.device());
+    check_cuda(k::conv_silu_fwd_cuda(x.data_ptr(), dt, ldx, w.data_ptr<float>(),
+                                     bias.defined() ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>(), B, L,
+                                     int(C), int(K), c10::cuda::getCurrentCUDAStream()),
+               "conv_silu_fwd_cuda");
+    ctx->save_for_backward({x, w, bias.defined() ? bias : at::Tensor()});
+    ctx->saved_data["ldx"] = ldx;
+    ctx->saved_data["x_dtype"] = int64_t(x_in.scalar_type());
+    ctx->saved_data["w_dtype"] = int64_t(w_in.scalar_type());
+    ctx->saved_data["has_bias"] = bias_in.defined();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1], &bias = saved[2];
+    const int64_t ldx = ctx->saved_data["ldx"].toInt();
+    const auto dt = x.scalar_type() == at::kBFloat16 ? k::ConvDtype::bf16 : k::ConvDtype::f32;
+    const int64_t B = x.size(0), L = x.size(1), C = x.size(2), K = w.size(1);
+    const auto dout = grad_out[0].to(at::kFloat).contiguous();
+    auto dx = at::empty({B, L, C}, x.options());
+    auto partial = at::empty({k::conv_silu_bwd_partial_size(B, L, int(C), int(K))}, dout.options());
+    const c10::cuda::CUDAGuard guard(x.device());
+    check_cuda(k::conv_silu_bwd_cuda(x.data_ptr(), dt, ldx, w.data_ptr<float>(),
+                                     bias.defined() ? bias.data_ptr<float>() : nullptr, dout.data_ptr<float>(),
+                                     dx.data_ptr(), partial.data_ptr<float>(), B, L, int(C), int(K),
+                                     c10::cuda::getCurrentCUDAStream()),
+               "conv_silu_bwd_cuda");
+    const auto sums = partial.view({-1, C, K + 1}).sum(0);  // (C, K+1): dw then dbias
+    const auto w_dtype = at::ScalarType(ctx->saved_data["w_dtype"].toInt());
+    const auto dw = sums.narrow(1, 0, K).reshape({C, 1, K}).to(w_dtype);
+    const auto db = ctx->saved_data["has_bias"].toBool() ? sums.select(1, K).contiguous() : at::Tensor();
+    return {dx.to(at::ScalarType(ctx->saved_data["x_dtype"].toInt())), dw, db};
+  }
+};
+}  // namespace
+
+bool conv_fused_available(const at::Tensor& like, int64_t d_conv) {
+  return fused_enabled() && like.is_cuda() && d_conv >= 2 && d_conv <= 4;
+}
+
+at::Tensor conv_silu_fused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  DFSSM_ASSERT(x.dim() == 3 && w.dim() == 3 && w.size(0) == x.size(2) && w.size(1) == 1, "conv_silu_fused: shapes");
+  return ConvSiluFn::apply(x, w, bias);
+}
+
+#else  // no CUDA in this build: mamba2.cpp keeps its ATen path
+
+bool conv_fused_available(const at::Tensor&, int64_t) { return false; }
+
+at::Tensor conv_silu_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  DFSSM_ASSERT(false, "conv_silu_fused: this build has no CUDA kernels");
+  return {};
+}
+
+#endif
+
+}  // namespace dfssm
