@@ -1,22 +1,56 @@
 #!/usr/bin/env bash
-# One device call for the fused training kernels: build dfssm + the gpu SSD test, run the test,
-# then time the 1.3B distillation step (fused vs ATen SSD, chunk sizes; kernel profile of the
-# first variant) and the 130m geometry's step (sizes the quality run).
+# One device call for the trainer's fused CUDA kernels (src/kernels/cuda/{ssd,conv,gated_norm}_train.cu):
+#   1. build dfssm and the gpu tests against the device's torch; run the tests (their measured
+#      errors are printed);
+#   2. time the 1.3B distillation step (scripts/device/bench_distill.sh; V13 = its VARIANTS,
+#      default: the fused DF-SSM student, then the plain student, B=16 x 2048 with activation
+#      checkpointing; PROFILE=k adds the kernel profile of step k to the first variant);
+#   3. time the 130m geometry's distillation (B=32 x 1024) and pretraining steps, which size the
+#      quality run (configs/quality_100m.yaml); V130= skips this;
+#   4. RUNTIME=1: the CUDA runtime's gpu test and its 1.3B decode/prefill bench on the same build.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
 t0=$(date +%s)
+TESTS=${TESTS:-test_gpu_train_kernels test_gpu_model}
+[[ ${RUNTIME:-0} == 1 ]] && TESTS+=" test_cuda_runtime"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DDFSSM_TORCH_PYTHON="$(command -v python3)" \
   -DDFSSM_CUDA=ON >"$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
-cmake --build build-device -j "$(nproc)" --target dfssm ${EXTRA_TARGETS:-test_gpu_train_kernels test_gpu_model} >"$OUT/build.log" 2>&1 ||
+# shellcheck disable=SC2086
+cmake --build build-device -j "$(nproc)" --target dfssm $TESTS >"$OUT/build.log" 2>&1 ||
   { grep -A3 error "$OUT/build.log" | head -40; exit 1; }
 echo "build ok ($(( $(date +%s) - t0 )) s)"
-for t in ${TESTS:-test_gpu_train_kernels test_gpu_model}; do
-  build-device/bin/$t 2>&1 | grep -E "WARN|with expansion|passed|failed|FAILED|REQUIRE|error" | grep -v "^$" | head -60
+for t in $TESTS; do
+  build-device/bin/$t >"$OUT/$t.log" 2>&1; echo "$t: rc $?"
+  grep -A1 -E "^warning:|^[^ ].*(FAILED|failed)" "$OUT/$t.log" | grep -v -E "^--$|^warning:$" | sed 's/^ */  /' | head -40
+  tail -2 "$OUT/$t.log"
 done
 echo "tests done ($(( $(date +%s) - t0 )) s)"
-AC=all PROFILE=${PROFILE-1} VARIANTS="${V13:-f128:distill.ssd_chunk=128|f256:|aten128:DFSSM_SSD_FUSED=0 DFSSM_CONV_FUSED=0 DFSSM_NORM_FUSED=0 distill.ssd_chunk=128}" \
-  bash scripts/device/bench_distill.sh "${B:-16}" 3
-[[ -n ${V130:-x} ]] && GEOM=mamba2-130m L=1024 PROFILE= VARIANTS="${V130:-130m:}" bash scripts/device/bench_distill.sh 32 4
+PLAIN="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
+AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:distill.ssd_chunk=128|plain:distill.ssd_chunk=128 $PLAIN}" \
+  bash scripts/device/bench_distill.sh "${B:-16}" "${STEPS:-4}"
+echo "1.3B done ($(( $(date +%s) - t0 )) s)"
+if [[ -n ${V130-x} ]]; then
+  GEOM=mamba2-130m L=1024 PROFILE= VARIANTS="${V130:-130m:}" bash scripts/device/bench_distill.sh 32 4
+  W=/tmp/dfssm-bench
+  cat > $W/pre.yaml <<YAML
+run_dir: $W/pre
+device: cuda
+data: {dir: $W/data, seq_len: 1024}
+model: {geometry: mamba2-130m}
+pretrain: {steps: 4, batch_size: 32, log_every: 1, eval_every: 0, eval_batches: 1, warmup_steps: 2,
+           checkpoint_every: 0, resume: none}
+YAML
+  rm -rf $W/pre
+  build-device/bin/dfssm pretrain $W/pre.yaml 2>&1 | tail -2
+  python3 -c "
+import json,statistics
+rows=[json.loads(l) for l in open('$W/pre/teacher/metrics.jsonl') if '\"loss\"' in l]
+print(f'pretrain 130m batch 32 x 1024: {statistics.median(r[\"tokens_per_s\"] for r in rows[2:]):,.0f} tokens/s (median of {len(rows[2:])} steps), peak {max(r[\"peak_mem_gb\"] for r in rows):.1f} GiB')
+" | tee -a "$OUT/bench_distill.txt"
+fi
+if [[ ${RUNTIME:-0} == 1 ]]; then
+  build-device/bin/dfssm bench --device cuda --geometry mamba2-1.3b --random 2>&1 | tail -25
+fi
 echo "total $(( $(date +%s) - t0 )) s"

@@ -190,14 +190,17 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   ProfileScope scope("dfssm::in_proj");
   const auto zxbcdt = m.in_proj->forward(u);  // (b,l,d_in_proj)
   scope.next("dfssm::conv");
-  const auto z = zxbcdt.narrow(-1, 0, di);
-  const auto dt_raw = zxbcdt.narrow(-1, di + c.conv_dim(), h);
+  // One split, not three narrows: its backward writes the three gradients into one buffer, where
+  // each narrow's backward would zero-fill a whole (b, l, d_in_proj) tensor and add them up.
+  const auto parts = zxbcdt.split_with_sizes({di, c.conv_dim(), h}, -1);
+  const auto &z = parts[0], &xBC_raw = parts[1], &dt_raw = parts[2];
   const auto xBC = st == nullptr && conv_fused_available(u, c.d_conv)
-                       ? conv_silu_fused(zxbcdt.narrow(-1, di, c.conv_dim()), m.conv_w, m.conv_b)  // fp32, in place
-                       : conv_silu_aten(zxbcdt.narrow(-1, di, c.conv_dim()), m, st);
-  const auto x = xBC.narrow(-1, 0, di).to(at::kFloat).view({b, l, h, c.headdim});
-  const auto B = xBC.narrow(-1, di, gn).to(at::kFloat).view({b, l, c.ngroups, c.d_state});
-  const auto C = xBC.narrow(-1, di + gn, gn).to(at::kFloat).view({b, l, c.ngroups, c.d_state});
+                       ? conv_silu_fused(xBC_raw, m.conv_w, m.conv_b)  // fp32, read in place
+                       : conv_silu_aten(xBC_raw, m, st);
+  const auto xbc = xBC.to(at::kFloat).split_with_sizes({di, gn, gn}, -1);
+  const auto x = xbc[0].view({b, l, h, c.headdim});
+  const auto B = xbc[1].view({b, l, c.ngroups, c.d_state});
+  const auto C = xbc[2].view({b, l, c.ngroups, c.d_state});
 
   const auto dt = discretize_dt(dt_raw, m.dt_bias);  // (b,l,h)
   const auto A = -at::exp(m.A_log.to(at::kFloat));
