@@ -333,7 +333,7 @@ TEST_CASE("ScaffoldLinear: CUDA weight-side W_eff == CPU activation-side forward
   const auto x = at::randn({2, 150, cols}, g), wy = at::randn({2, 150, rows}, g);
   auto run = [&](quant::ScaffoldLinear& m, const at::Device dev) {
     for (auto& [k, p] : m.named_parameters()) p.requires_grad_(true);
-    const auto xd = x.to(dev).requires_grad_(true);
+    const auto xd = x.to(dev).detach().clone().requires_grad_(true);  // a fresh leaf on each device
     const auto y = m.forward(xd);
     (y * wy.to(dev)).sum().backward();
     std::vector<at::Tensor> out = {y.detach().cpu(), xd.grad().cpu()};
