@@ -97,7 +97,9 @@ struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
 }  // namespace
 
 bool conv_fused_available(const at::Tensor& like, int64_t d_conv) {
-  return fused_enabled() && like.is_cuda() && d_conv >= 2 && d_conv <= 4;
+  // The kernels' grid: batch in grid.z (<= 65535), length in runs of 32 in grid.y.
+  return fused_enabled() && like.is_cuda() && d_conv >= 2 && d_conv <= 4 && like.dim() == 3 &&
+         like.size(0) <= 65535 && like.size(1) <= 32 * 65535;
 }
 
 at::Tensor conv_silu_fused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {

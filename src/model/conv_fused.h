@@ -8,8 +8,8 @@
 
 namespace dfssm {
 
-// Whether conv_silu_fused can run: a CUDA build, a CUDA tensor, d_conv in {2, 3, 4}, and the
-// debug switch DFSSM_CONV_FUSED is not 0.
+// Whether conv_silu_fused can run on `like` (b, l, ...): a CUDA build, a CUDA tensor, d_conv in
+// {2, 3, 4}, b <= 65535, l <= 2M, and the debug switch DFSSM_CONV_FUSED is not 0.
 bool conv_fused_available(const at::Tensor& like, int64_t d_conv);
 void set_conv_fused_enabled(bool on);  // tests compare against the ATen path
 

@@ -67,7 +67,7 @@ std::pair<at::Tensor, at::Tensor> ssd_chunked(const at::Tensor& x_in, const at::
   const auto CB = at::matmul(Cg, Bg.transpose(-1, -2));                                      // (b,c,g,l,s)
   const auto acs = A_cumsum.permute({0, 2, 1, 3});                                             // (b,c,h,l)
   at::Tensor Y_diag;                                                                           // (b,c,h,l,p)
-  if (ssd_diag_fused_available(x_in, chunk)) {
+  if (ssd_diag_fused_available(x_in, chunk, b * nc)) {
     Y_diag = ssd_diag_fused(acs, CB, X.permute({0, 1, 3, 2, 4}));  // the same math in two CUDA kernels
   } else {
     const auto causal = at::tril(at::ones({chunk, chunk}, acs.options().dtype(at::kBool)));

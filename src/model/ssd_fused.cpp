@@ -85,8 +85,9 @@ struct SsdDiagFn : public torch::autograd::Function<SsdDiagFn> {
 };
 }  // namespace
 
-bool ssd_diag_fused_available(const at::Tensor& like, int64_t chunk) {
-  return fused_enabled() && like.is_cuda() && (chunk == 32 || chunk == 64 || chunk == 128 || chunk == 256);
+bool ssd_diag_fused_available(const at::Tensor& like, int64_t chunk, int64_t batch_chunks) {
+  return fused_enabled() && like.is_cuda() && like.scalar_type() == at::kFloat &&
+         (chunk == 32 || chunk == 64 || chunk == 128 || chunk == 256) && batch_chunks <= 65535;
 }
 
 at::Tensor ssd_diag_fused(const at::Tensor& acs, const at::Tensor& CB, const at::Tensor& X) {
@@ -101,7 +102,7 @@ at::Tensor ssd_diag_fused(const at::Tensor& acs, const at::Tensor& CB, const at:
 
 #else  // no CUDA in this build: ssd.cpp keeps its ATen path
 
-bool ssd_diag_fused_available(const at::Tensor&, int64_t) { return false; }
+bool ssd_diag_fused_available(const at::Tensor&, int64_t, int64_t) { return false; }
 
 at::Tensor ssd_diag_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   DFSSM_ASSERT(false, "ssd_diag_fused: this build has no CUDA kernels");

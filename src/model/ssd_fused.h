@@ -9,9 +9,9 @@
 
 namespace dfssm {
 
-// Whether ssd_diag_fused can run: a CUDA build, a CUDA tensor, chunk in {32, 64, 128, 256}, and
-// the debug switch DFSSM_SSD_FUSED is not 0.
-bool ssd_diag_fused_available(const at::Tensor& like, int64_t chunk);
+// Whether ssd_diag_fused can run: a CUDA build, an fp32 CUDA tensor, chunk in {32, 64, 128,
+// 256}, at most 65535 (batch x chunks), and the debug switch DFSSM_SSD_FUSED is not 0.
+bool ssd_diag_fused_available(const at::Tensor& like, int64_t chunk, int64_t batch_chunks);
 
 // Tests switch the fused path off to compare against the ATen path (default: on, unless
 // DFSSM_SSD_FUSED=0).
