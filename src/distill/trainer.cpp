@@ -583,15 +583,20 @@ std::string memory_estimate(const JobConfig& job, Mode mode) {
   const double P = double(cfg.num_params());
   const double tok = double(tc.batch_size * tc.seq_len);
   const double tbytes = job.teacher_dtype == "fp32" ? 4 : 2;
-  // Per token and layer the autograd graph of the ATen model keeps about 3 x (2*d_in_proj +
-  // 6*d_inner) floats (in_proj output, conv and chunked-SSD intermediates, gated norm): calibrated
-  // on the H100 (1.3B, batch 1 x 2048: 70.9 GiB peak without checkpointing). A recomputed layer
-  // keeps only its fp32 input; one layer's full graph exists at a time during its backward.
-  const double per_layer = tok * 3.0 * double(2 * cfg.d_in_proj() + 6 * cfg.d_inner()) * 4;
+  // Per token and layer the autograd graph keeps about alpha x (2*d_in_proj + 6*d_inner) floats
+  // (in_proj output, conv and chunked-SSD intermediates, gated norm). alpha was calibrated on
+  // measured peaks: 3 for the ATen model (the CPU path; H100, 1.3B, batch 1 x 2048: 70.9 GiB
+  // without checkpointing), 0.9 with the fused CUDA kernels (H200: 130m at 32 x 1024 without
+  // checkpointing, 43.6 GiB distilling and 41.6 GiB pretraining; 1.3B at 16 x 2048 with every
+  // layer checkpointed, 42.8 GiB; this formula gives 45.3, 45.1 and 40.8). A recomputed layer
+  // keeps only its fp32 input; one layer's full graph and two residual-stream gradients exist
+  // at a time during its backward.
+  const double alpha = job.device == "cuda" ? 0.9 : 3.0;
+  const double per_layer = tok * alpha * double(2 * cfg.d_in_proj() + 6 * cfg.d_inner()) * 4;
+  const double stream = tok * double(cfg.d_model) * 4;  // one fp32 residual stream
   const auto rec = tc.recompute_layers(cfg.n_layer);
   const double n_rec = double(std::count(rec.begin(), rec.end(), true));
-  const double act = (double(cfg.n_layer) - n_rec) * per_layer +
-                     (n_rec > 0 ? n_rec * tok * double(cfg.d_model) * 4 * 2 + per_layer : 0.0);
+  const double act = (double(cfg.n_layer) - n_rec) * per_layer + (n_rec > 0 ? n_rec * stream + per_layer + 2 * stream : 0.0);
   const double head = double(std::min<int64_t>(tc.kl_chunk, int64_t(tok))) * double(cfg.padded_vocab()) * 4 * 6;
   double teacher = 0, weights = 0, optim = 0;
   if (mode == Mode::Distill) {
