@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -94,11 +95,13 @@ struct Fixture {
   }
 };
 
-int run_dfssm(const std::vector<std::string>& args, const std::string& kill_at = "") {
+int run_dfssm(const std::vector<std::string>& args, const std::string& kill_at = "",
+              const std::vector<std::pair<std::string, std::string>>& env = {}) {
   const pid_t pid = fork();
   if (pid == 0) {
     if (!kill_at.empty()) setenv("DFSSM_DEBUG_KILL_AT_STEP", kill_at.c_str(), 1);
     else unsetenv("DFSSM_DEBUG_KILL_AT_STEP");
+    for (const auto& [k, v] : env) setenv(k.c_str(), v.c_str(), 1);
     std::freopen("/dev/null", "w", stdout);
     std::vector<char*> argv;
     const std::string bin = std::string(DFSSM_BIN_DIR) + "/dfssm";
@@ -495,4 +498,36 @@ TEST_CASE("distill with a teacher cache: capture and replay give bit-identical l
   au[0] = "distill.teacher_cache=auto";
   REQUIRE(run_dfssm(args(fx.job("ca"), au)) == 0);
   REQUIRE(losses(fx.root + "/ca/student/metrics.jsonl") == la);
+}
+
+TEST_CASE("DFSSM_PROFILE_STEP writes the step's trace; ssd_chunk changes rounding, not the losses", "[trainer][profile]") {
+  Fixture fx;
+  const auto job = fx.job("prof");
+  REQUIRE(run_dfssm({"distill", job, "distill.steps=3", "distill.eval_every=0", "distill.checkpoint_every=0"}, "",
+                    {{"DFSSM_PROFILE_STEP", "1"}}) == 0);
+  const std::string trace = fx.root + "/prof/student/profile-step1.json";
+  REQUIRE(fs::exists(trace));
+  std::ifstream in(trace);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(text.find("dfssm::ssd") != std::string::npos);  // the model's named scopes are in it
+  REQUIRE(text.find("dfssm::in_proj") != std::string::npos);
+  REQUIRE(!fs::exists(fx.root + "/prof/student/profile-step0.json"));
+  // The SSD's chunk length is a compute choice: another one gives the same losses up to rounding.
+  const auto job2 = fx.job("chunk");
+  REQUIRE(run_dfssm({"distill", job2, "distill.steps=3", "distill.eval_every=0", "distill.checkpoint_every=0",
+                     "distill.ssd_chunk=4"}) == 0);
+  std::map<int64_t, double> a, b;
+  for (auto [path, out] : {std::pair{fx.root + "/prof/student/metrics.jsonl", &a}, std::pair{fx.root + "/chunk/student/metrics.jsonl", &b}}) {
+    std::ifstream m(path);
+    for (std::string line; std::getline(m, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.contains("loss")) (*out)[j.at("step").get<int64_t>()] = j.at("loss").get<double>();
+    }
+  }
+  REQUIRE(a.size() == 3);
+  REQUIRE(b.size() == 3);
+  for (const auto& [step, loss] : a) {
+    INFO("step " << step << ": " << loss << " vs " << b.at(step));
+    REQUIRE(std::abs(loss - b.at(step)) <= 1e-4 * std::abs(loss));
+  }
 }
