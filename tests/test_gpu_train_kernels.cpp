@@ -49,7 +49,6 @@ TEST_CASE("ssd mask kernels vs their scalar references", "[gpu][ssd]") {
   };
   uint64_t seed = 1;
   for (const auto sh : {Shape{2, 64, 1, 256}, Shape{3, 8, 2, 128}, Shape{2, 6, 3, 64}, Shape{1, 4, 1, 32}}) {
-    const int64_t TT = int64_t(sh.T) * sh.T;
     auto g = gen(seed++);
     const auto acs = random_acs(sh.Z, sh.H, sh.T, seed++);
     const auto cb = at::randn({sh.Z, sh.G, sh.T, sh.T}, g);
@@ -59,7 +58,6 @@ TEST_CASE("ssd mask kernels vs their scalar references", "[gpu][ssd]") {
     kernels::ssd_mask_fwd_ref(acs.data_ptr<float>(), cb.data_ptr<float>(), M_ref.data_ptr<float>(), sh.Z, sh.H, sh.G, sh.T);
     kernels::ssd_mask_bwd_ref(acs.data_ptr<float>(), cb.data_ptr<float>(), dM.data_ptr<float>(), dacs_ref.data_ptr<float>(),
                               dcb_ref.data_ptr<float>(), sh.Z, sh.H, sh.G, sh.T);
-    (void)TT;
     // fp32 kernels: only __expf's and the atomics' rounding differ. bf16: inputs rounded to 8 bits.
     for (auto [dt, kdt, tol] : {std::tuple{at::kFloat, kernels::SsdDtype::f32, 1e-5},
                                 std::tuple{at::kBFloat16, kernels::SsdDtype::bf16, 1.5e-2}}) {

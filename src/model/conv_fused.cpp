@@ -1,10 +1,7 @@
 #include "model/conv_fused.h"
 
-#include <atomic>
-#include <cstdlib>
-#include <string>
-
 #include "core/error.h"
+#include "model/fused_util.h"
 
 #if defined(DFSSM_HAVE_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
 #include <c10/cuda/CUDAGuard.h>
@@ -18,35 +15,21 @@
 namespace dfssm {
 
 namespace {
-std::atomic<bool>& fused_enabled() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("DFSSM_CONV_FUSED");
-    return !(e && std::string(e) == "0");
-  }()};
-  return on;
+fused::Switch& fused_switch() {
+  static fused::Switch s("DFSSM_CONV_FUSED");
+  return s;
 }
 }  // namespace
 
-void set_conv_fused_enabled(bool on) { fused_enabled() = on; }
+void set_conv_fused_enabled(bool on) { fused_switch().set(on); }
 
 #ifdef DFSSM_CONV_FUSED_BUILT
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace k = dfssm::kernels;
-
-void check_cuda(cudaError_t e, const char* what) {
-  DFSSM_ASSERT(e == cudaSuccess, std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// x viewed as rows of a (b*l, ldx) matrix: a slice with unit channel stride and rows at a fixed
-// stride. Anything else is made contiguous first.
-at::Tensor rows_view(const at::Tensor& x, int64_t* ldx) {
-  const bool ok = x.stride(2) == 1 && x.stride(0) == x.size(1) * x.stride(1) && x.stride(1) >= x.size(2);
-  const auto r = ok ? x : x.contiguous();
-  *ldx = r.stride(1);
-  return r;
-}
+using fused::check_cuda;
+using fused::rows_view;
 
 struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in,
@@ -98,7 +81,7 @@ struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
 
 bool conv_fused_available(const at::Tensor& like, int64_t d_conv) {
   // The kernels' grid: batch in grid.z (<= 65535), length in runs of 32 in grid.y.
-  return fused_enabled() && like.is_cuda() && d_conv >= 2 && d_conv <= 4 && like.dim() == 3 &&
+  return fused_switch().on() && like.is_cuda() && d_conv >= 2 && d_conv <= 4 && like.dim() == 3 &&
          like.size(0) <= 65535 && like.size(1) <= 32 * 65535;
 }
 

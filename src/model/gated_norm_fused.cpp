@@ -1,10 +1,7 @@
 #include "model/gated_norm_fused.h"
 
-#include <atomic>
-#include <cstdlib>
-#include <string>
-
 #include "core/error.h"
+#include "model/fused_util.h"
 
 #if defined(DFSSM_HAVE_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
 #include <c10/cuda/CUDAGuard.h>
@@ -18,34 +15,21 @@
 namespace dfssm {
 
 namespace {
-std::atomic<bool>& fused_enabled() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("DFSSM_NORM_FUSED");
-    return !(e && std::string(e) == "0");
-  }()};
-  return on;
+fused::Switch& fused_switch() {
+  static fused::Switch s("DFSSM_NORM_FUSED");
+  return s;
 }
 }  // namespace
 
-void set_gated_norm_fused_enabled(bool on) { fused_enabled() = on; }
+void set_gated_norm_fused_enabled(bool on) { fused_switch().set(on); }
 
 #ifdef DFSSM_NORM_FUSED_BUILT
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace k = dfssm::kernels;
-
-void check_cuda(cudaError_t e, const char* what) {
-  DFSSM_ASSERT(e == cudaSuccess, std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// z as rows at a fixed stride with unit channel stride (in place), else a contiguous copy.
-at::Tensor rows_view(const at::Tensor& z, int64_t* ldz) {
-  const bool ok = z.stride(2) == 1 && z.stride(0) == z.size(1) * z.stride(1) && z.stride(1) >= z.size(2);
-  const auto r = ok ? z : z.contiguous();
-  *ldz = r.stride(1);
-  return r;
-}
+using fused::check_cuda;
+using fused::rows_view;
 
 struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& z_in, const at::Tensor& w_in,
@@ -96,7 +80,7 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
 }  // namespace
 
 bool gated_norm_fused_available(const at::Tensor& like, int64_t group_size) {
-  return fused_enabled() && like.is_cuda() && group_size % 32 == 0 && group_size <= 6144;
+  return fused_switch().on() && like.is_cuda() && group_size % 32 == 0 && group_size <= 6144;
 }
 
 at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w, int64_t group_size,

@@ -1,10 +1,7 @@
 #include "model/ssd_fused.h"
 
-#include <atomic>
-#include <cstdlib>
-#include <string>
-
 #include "core/error.h"
+#include "model/fused_util.h"
 
 #if defined(DFSSM_HAVE_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
 #include <ATen/autocast_mode.h>
@@ -19,26 +16,20 @@
 namespace dfssm {
 
 namespace {
-std::atomic<bool>& fused_enabled() {
-  static std::atomic<bool> on{[] {
-    const char* e = std::getenv("DFSSM_SSD_FUSED");
-    return !(e && std::string(e) == "0");
-  }()};
-  return on;
+fused::Switch& fused_switch() {
+  static fused::Switch s("DFSSM_SSD_FUSED");
+  return s;
 }
 }  // namespace
 
-void set_ssd_fused_enabled(bool on) { fused_enabled() = on; }
+void set_ssd_fused_enabled(bool on) { fused_switch().set(on); }
 
 #ifdef DFSSM_SSD_FUSED_BUILT
 namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 namespace k = dfssm::kernels;
-
-void check_cuda(cudaError_t e, const char* what) {
-  DFSSM_ASSERT(e == cudaSuccess, std::string(what) + ": " + cudaGetErrorString(e));
-}
+using fused::check_cuda;
 
 k::SsdDtype kdtype(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? k::SsdDtype::bf16 : k::SsdDtype::f32; }
 
@@ -86,7 +77,7 @@ struct SsdDiagFn : public torch::autograd::Function<SsdDiagFn> {
 }  // namespace
 
 bool ssd_diag_fused_available(const at::Tensor& like, int64_t chunk, int64_t batch_chunks) {
-  return fused_enabled() && like.is_cuda() && like.scalar_type() == at::kFloat &&
+  return fused_switch().on() && like.is_cuda() && like.scalar_type() == at::kFloat &&
          (chunk == 32 || chunk == 64 || chunk == 128 || chunk == 256) && batch_chunks <= 65535;
 }
 

@@ -14,17 +14,14 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/conv_train.h"
+#include "kernels/cuda/train_common.cuh"
 
 namespace dfssm::kernels {
 namespace {
 
 constexpr int kThreads = 128, kFwdRun = 32, kBwdRun = 64;
 
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
+using namespace train;  // ld, st, sigmoid
 
 template <typename E, int K>
 __global__ void __launch_bounds__(kThreads) conv_fwd_kernel(const E* __restrict__ x, int64_t ldx,

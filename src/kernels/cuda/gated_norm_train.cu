@@ -13,17 +13,14 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/gated_norm_train.h"
+#include "kernels/cuda/train_common.cuh"
 
 namespace dfssm::kernels {
 namespace {
 
 constexpr int kThreads = 256, kMaxJ = 24, kRows = 32;
 
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void st(float* p, float v) { *p = v; }
-__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
+using namespace train;  // ld, st, sigmoid
 
 __device__ float block_sum(float v, float* scratch) {  // scratch: kThreads/32 floats + 1
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

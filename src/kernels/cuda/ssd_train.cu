@@ -19,16 +19,14 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/ssd_train.h"
+#include "kernels/cuda/train_common.cuh"
 
 namespace dfssm::kernels {
 namespace {
 
 constexpr int kWarps = 8, kRowsPerWarp = 4, kTileRows = kWarps * kRowsPerWarp;  // 32
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void from_f(float v, float* p) { *p = v; }
-__device__ __forceinline__ void from_f(float v, __nv_bfloat16* p) { *p = __float2bfloat16(v); }
+using namespace train;  // to_f, st
 
 template <typename E>
 struct Vec8 {  // 8 consecutive elements: one 32-byte (fp32) or 16-byte (bf16) access
@@ -52,7 +50,7 @@ __global__ void __launch_bounds__(256) mask_fwd_kernel(const float* __restrict__
   Vec8<E> out;
   if (s0 > l) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) from_f(0.f, &out.v[i]);
+    for (int i = 0; i < 8; ++i) st(&out.v[i], 0.f);
   } else {
     const float* a = acs + zh * T;
     const float al = a[l];
@@ -60,7 +58,7 @@ __global__ void __launch_bounds__(256) mask_fwd_kernel(const float* __restrict__
     const float as[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
     const Vec8<E> c = *reinterpret_cast<const Vec8<E>*>(cb + ((z * G + gi) * T + l) * T + s0);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) from_f(s0 + i <= l ? __expf(al - as[i]) * to_f(c.v[i]) : 0.f, &out.v[i]);
+    for (int i = 0; i < 8; ++i) st(&out.v[i], s0 + i <= l ? __expf(al - as[i]) * to_f(c.v[i]) : 0.f);
   }
   *reinterpret_cast<Vec8<E>*>(M + row * T + s0) = out;
 }
