@@ -42,9 +42,19 @@ if [[ $PHASE == start ]]; then
   sleep 5
   progress 560
 elif [[ $PHASE == wait ]]; then
+  # While the GPU trains, the gpu tests build on spare cores (niced) for the report call.
+  setsid nohup nice -n 19 cmake --build build-device -j 8 --target test_gpu_train_kernels test_cuda_student \
+    >"$OUT/build_tests.log" 2>&1 < /dev/null &
   progress 570
 else
   progress 540
   grep -E "teacher|student|init|CE|ratio" $LOG | tail -30
+  # Left-over time after the pipeline: the gpu tests of the training kernels and of the CUDA
+  # engine against the LibTorch student (EXTRA_TESTS=0 skips them).
+  if [[ ${EXTRA_TESTS:-1} == 1 ]] && ! pgrep -f "dfssm run configs/quality_100m.yaml" >/dev/null && \
+     (( $(date +%s) - t0 < 420 )) && [[ -x build-device/bin/test_gpu_train_kernels ]]; then
+    (cd build-device && timeout 120 bin/test_gpu_train_kernels 2>&1 | tail -5; \
+      timeout 60 bin/test_cuda_student 2>&1 | tail -5) | tee "$OUT/gpu_tests.txt"
+  fi
 fi
 collect

@@ -40,7 +40,7 @@ const char* const kEvalUsage =
     "  --limit N              the first N documents of each task (0 = all)\n"
     "  --max-length N         lm-eval's max_length: rolling window / truncation (default 2048)\n"
     "  --prefix-token T       auto (BOS, else EOS, as lm-eval) | bos | eos | an id\n"
-    "  --device cpu|cuda      LibTorch models' device (packed files run on the CPU runtime)\n"
+    "  --device cpu|cuda      device of the LibTorch models and of the packed file (CUDA runtime)\n"
     "  --teacher-dtype fp32|fp16|bf16   --batch-size N (LibTorch)   --threads N   --seed N (init-only)\n"
     "  --init-only false      leave out the init-only row         --plot false   no PNG\n"
     "  --check-export         only compare the LibTorch student with the packed file on the same inputs\n"

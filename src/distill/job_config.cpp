@@ -84,6 +84,7 @@ std::vector<KeySpec> build_schema() {
       {"teacher.dtype", 's', "fp32", "teacher precision: fp32, fp16 or bf16 (bf16/fp16 need CUDA)", 0, 0,
        {"fp32", "fp16", "bf16"}},
       {"model.geometry", 's', "tiny", "geometry of a teacher pretrained from scratch (see `dfssm init --help`)"},
+      {"eval.limit", 'i', "0", "`dfssm run`'s evaluation stage: first N held-out documents per task (0 = all)", 0, 1e9},
   };
   for (const char* f : {"d_model", "n_layer", "d_state", "headdim", "expand", "ngroups", "chunk_size"})
     s.push_back({std::string("model.") + f, 'i', "0", "override of the geometry's field (0 = keep)", 0, 1e9});
@@ -335,6 +336,7 @@ JobConfig load_job(const std::string& path, const std::vector<std::pair<std::str
   j.teacher_path = m["teacher.path"];
   j.teacher_dtype = m["teacher.dtype"];
   j.geometry = m["model.geometry"];
+  j.eval_limit = geti(m, "eval.limit");
   for (const auto& s : job_schema())
     if (s.key.rfind("model.", 0) == 0 && s.type == 'i' && geti(m, s.key) != 0) j.model_overrides[s.key.substr(6)] = geti(m, s.key);
   for (const auto& s : job_schema()) {

@@ -71,6 +71,7 @@ struct JobConfig {
   quant::QuantConfig quant;
   TrainConfig pretrain, distill;
   std::string eval_dtype;
+  int64_t eval_limit = 0;  // eval.limit: documents per task in `dfssm run`'s eval stage (0 = all)
 
   // Resolved locations (from run_dir when not given).
   std::string teacher_dir() const;  // teacher.path or <run_dir>/teacher

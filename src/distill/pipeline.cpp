@@ -123,6 +123,7 @@ int run_pipeline(const JobConfig& job) {
   ec.device = job.device;
   ec.threads = int(job.threads);
   ec.max_length = job.distill.seq_len;
+  ec.limit = job.eval_limit;
   ec.prefix_token = "eos";  // the trainer's streams separate documents by EOS, never BOS
   ec.seed = job.seed;
   ec.output = eval_dir;

@@ -338,8 +338,10 @@ EvalOutcome run_eval(const EvalConfig& c) {
   if (!c.student.empty()) {
     if (student_packed) {
       packed = runtime::Model::load(rs.packed);
+#ifndef DFSSM_HAVE_CUDA_RUNTIME
       if (c.device == "cuda")
-        say(c, "note: the packed file runs on the CPU runtime (the CUDA runtime backend is not available yet)");
+        say(c, "note: the packed file runs on the CPU runtime (this build has no CUDA runtime: DFSSM_CUDA=ON)");
+#endif
     } else {
       ckpt = quant::load_student(rs.checkpoint, dev);
     }
@@ -375,7 +377,12 @@ EvalOutcome run_eval(const EvalConfig& c) {
                       double(teacher->config().num_params()) * 2 / 1e6, "fp16 params"});
   }
   if (packed) {
-    engines.push_back(std::make_unique<RuntimeEngine>(packed, c.threads));
+#ifdef DFSSM_HAVE_CUDA_RUNTIME
+    if (c.device == "cuda")
+      engines.push_back(std::make_unique<CudaRuntimeEngine>(packed));
+    else
+#endif
+      engines.push_back(std::make_unique<RuntimeEngine>(packed, c.threads));
     models.push_back({"student", "student", rs.packed, engines.back().get(), double(fs::file_size(rs.packed)) / 1e6,
                       "packed file"});
   } else if (ckpt) {

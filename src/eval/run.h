@@ -24,7 +24,7 @@ struct EvalConfig {
   std::string tokenizer;           // SentencePiece .model; "" = the dataset's, else the packed file's
   std::string data;                // a prepared dataset: its tokenizer, and (without tasks) its val split
   std::vector<TaskSpec> tasks;
-  std::string device = "cpu";      // LibTorch models: cpu | cuda. Packed files run on the CPU runtime.
+  std::string device = "cpu";      // cpu | cuda: LibTorch models, and packed files (CUDA runtime when built)
   std::string teacher_dtype = "fp32";
   int threads = 0;                 // runtime and LibTorch CPU threads; 0 = all cores
   int64_t batch_size = 8;          // LibTorch batch (sequences)

@@ -1,10 +1,9 @@
 // The runtime (src/runtime, LibTorch-free) as an evaluation engine, for packed files.
 //
-// Requests are prefilled one at a time (the chunked prefill already reads the 1-bit weights once
-// per 64 tokens, so batching sequences would not save weight traffic on the CPU). Requests of one
-// group (the choices of a multiple-choice document) share their context: it is prefilled once,
-// its recurrent state saved, and each choice continues from a restored copy. This is exact for a
-// recurrent model (the same logits up to summation order).
+// RuntimeEngine runs the CPU runtime; CudaRuntimeEngine the CUDA backend (runtime/cuda, built
+// when DFSSM_HAVE_CUDA_RUNTIME: the INT8 tensor-core prefill). Both feed requests one at a time
+// through eval/runtime_requests.h (the chunked prefill already reads the 1-bit weights once per
+// chunk, so batching sequences would not save weight traffic).
 #pragma once
 
 #include <memory>
@@ -15,6 +14,7 @@
 namespace dfssm::runtime {
 class Model;
 class Session;
+class CudaSession;
 }  // namespace dfssm::runtime
 
 namespace dfssm::eval {
@@ -34,5 +34,22 @@ class RuntimeEngine : public Engine {
   std::unique_ptr<runtime::Session> session_;
   std::vector<float> buf_;
 };
+
+#ifdef DFSSM_HAVE_CUDA_RUNTIME
+class CudaRuntimeEngine : public Engine {
+ public:
+  explicit CudaRuntimeEngine(std::shared_ptr<const runtime::Model> model);
+  ~CudaRuntimeEngine() override;
+  std::string describe() const override;
+  int64_t vocab() const override;
+  int64_t vocab_size() const override;
+  void run(const std::vector<const Request*>& reqs, const Sink& sink) override;
+
+ private:
+  std::shared_ptr<const runtime::Model> model_;
+  std::unique_ptr<runtime::CudaSession> session_;
+  std::vector<float> buf_;
+};
+#endif
 
 }  // namespace dfssm::eval
