@@ -5,6 +5,7 @@
 // agreement); task files in every layout, and their errors (file and line named); the task
 // generator; and the runtime engine's shared-context path against plain prefill.
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -72,6 +73,29 @@ struct FakeEngine : Engine {
       seen.push_back(*reqs[i]);
       std::vector<float> l(reqs[i]->targets.size() * size_t(V), 0.f);
       for (size_t j = 0; j < reqs[i]->targets.size(); ++j) l[j * size_t(V)] = float(boost);
+      sink(i, l.data());
+    }
+  }
+};
+
+// Logits from a hash of (model seed, request input, position): different per model and
+// position, the same whenever asked again.
+struct HashEngine : Engine {
+  int64_t V;
+  uint64_t seed;
+  HashEngine(int64_t v, uint64_t s) : V(v), seed(s) {}
+  std::string describe() const override { return "hash"; }
+  int64_t vocab() const override { return V; }
+  int64_t vocab_size() const override { return V; }
+  void run(const std::vector<const Request*>& reqs, const Sink& sink) override {
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      uint64_t h = seed;
+      for (auto t : reqs[i]->input) h = (h ^ uint64_t(t)) * 0x100000001b3ULL;
+      std::vector<float> l(reqs[i]->targets.size() * size_t(V));
+      for (auto& x : l) {
+        h ^= h >> 29, h *= 0xbf58476d1ce4e5b9ULL, h ^= h >> 32;
+        x = float(int64_t(h % 20001) - 10000) * 1e-3f;
+      }
       sink(i, l.data());
     }
   }
@@ -281,6 +305,46 @@ TEST_CASE("evaluator: exact metrics with fixed log-probabilities", "[eval][scori
     t.lm.push_back({"ab", true, {1, 2}});
     CHECK(contains(error_of([&] { evaluate_task(t, models, 0, &enc, opt); }), "vocabulary mismatch"));
   }
+}
+
+TEST_CASE("evaluator: scoring on 1 or 4 threads gives bit-identical metrics", "[eval][scoring]") {
+  const int64_t V = 1000;
+  CharEncoder enc;
+  HashEngine teacher(V, 1), student(V, 2), other(V, 3);
+  std::vector<ModelUnderTest> models = {{"teacher", "teacher", "t", &teacher, 1, ""},
+                                        {"student", "student", "s", &student, 1, ""},
+                                        {"init_only", "init-only", "", &other, 1, ""}};
+  Task t;
+  t.name = "lm", t.kind = "lm", t.layout = "lm";
+  for (int d = 0; d < 3; ++d) {
+    LmDoc doc;
+    doc.text = std::string(size_t(150 + 40 * d), char('a' + d)) + "\n";
+    doc.has_text = true, doc.tokens = enc.encode(doc.text);
+    t.lm.push_back(doc);
+  }
+  EvalOptions opt;
+  opt.max_length = 64;
+  opt.prefix_token = 1;
+  opt.block_floats = 100 * V;  // several blocks
+  opt.threads = 1;
+  const auto a = evaluate_task(t, models, 0, &enc, opt);
+  opt.threads = 4;
+  const auto b = evaluate_task(t, models, 0, &enc, opt);
+  REQUIRE(a.models.size() == 3);
+  for (size_t m = 0; m < 3; ++m) {
+    REQUIRE(a.models[m].metrics.size() == b.models[m].metrics.size());
+    for (size_t k = 0; k < a.models[m].metrics.size(); ++k) {
+      const auto &x = a.models[m].metrics[k], &y = b.models[m].metrics[k];
+      INFO(models[m].label << " " << x.name);
+      CHECK(x.name == y.name);
+      if (x.name == "examples/s" || x.name == "tokens/s") continue;  // timings
+      CHECK(std::memcmp(&x.value, &y.value, sizeof(double)) == 0);
+    }
+    CHECK(a.models[m].pos_kl == b.models[m].pos_kl);
+  }
+  // The student differs from the teacher, so KL and agreement are real numbers here.
+  CHECK(a.models[1].find("kl")->value > 0.01);
+  CHECK(a.models[1].find("top1_agree")->value < 1.0);
 }
 
 TEST_CASE("task files: layouts, field mapping and errors that name the file and line", "[eval][tasks]") {

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "runtime/thread_pool.h"
 
 namespace dfssm::eval {
 
@@ -83,6 +84,55 @@ nlohmann::ordered_json task_config(const Task& t, const EvalOptions& opt) {
 
 }  // namespace
 
+// One scored position of one model: its log-probability of the target, its greedy token and,
+// against the teacher, the KL and whether the teacher's top token is its top-1 / in its top-5.
+struct RowScore {
+  double lp = 0, kl = 0;
+  int32_t argmax = -1;
+  bool top1 = false, top5 = false;
+};
+
+struct ScoreScratch {
+  std::vector<std::vector<RowScore>> rows;  // [model][position]
+  std::vector<RowStats> ts;                 // the teacher's row statistics
+  std::vector<float> tprob;                 // the teacher's softmax rows, for the KL
+};
+
+// Scores request i of the block (`store[m][i]`: k x V logits of model m) for every model, the
+// positions spread over the pool. Every value is computed exactly as the sequential loop would.
+void score_rows(const std::vector<std::vector<std::vector<float>>>& store, size_t i, const std::vector<int32_t>& targets,
+                int teacher, int64_t V, bool lm, runtime::ThreadPool& pool, ScoreScratch& sc) {
+  const size_t M = store.size(), k = targets.size();
+  sc.rows.resize(M);
+  for (auto& r : sc.rows) r.assign(k, RowScore{});
+  sc.ts.assign(k, RowStats{});
+  if (teacher >= 0 && lm) sc.tprob.resize(k * size_t(V));
+  auto one_model = [&](size_t m) {
+    pool.parallel_ranges(int64_t(k), 1, [&](int64_t j0, int64_t j1) {
+      for (auto j = size_t(j0); j < size_t(j1); ++j) {
+        const float* row = store[m][i].data() + j * size_t(V);
+        const auto s = row_stats(row, V);
+        RowScore& out = sc.rows[m][j];
+        out.lp = log_prob(row, s, targets[j]);
+        out.argmax = s.argmax;
+        if (!lm || teacher < 0) continue;
+        if (int(m) == teacher) {
+          sc.ts[j] = s;
+          softmax_row(row, s, V, sc.tprob.data() + j * size_t(V));
+        } else {
+          const float* trow = store[size_t(teacher)][i].data() + j * size_t(V);
+          out.kl = kl_div_probs(sc.tprob.data() + j * size_t(V), trow, sc.ts[j], row, s, V);
+          out.top1 = s.argmax == sc.ts[j].argmax;
+          out.top5 = in_top5(s, sc.ts[j].argmax);
+        }
+      }
+    });
+  };
+  if (teacher >= 0) one_model(size_t(teacher));  // its rows first: the others' KL reads them
+  for (size_t m = 0; m < M; ++m)
+    if (int(m) != teacher) one_model(m);
+}
+
 TaskResult evaluate_task(const Task& task, const std::vector<ModelUnderTest>& models, int teacher,
                          const TextEncoder* tok, const EvalOptions& opt) {
   DFSSM_CHECK(!models.empty(), "no model to evaluate");
@@ -106,6 +156,10 @@ TaskResult evaluate_task(const Task& task, const std::vector<ModelUnderTest>& mo
   auto last_report = t_start;
 
   std::vector<std::vector<std::vector<float>>> store(M);  // [model][request in block] -> k x V
+  // Scoring a position reads its V logits several times (top-5, log-sum-exp, softmax, KL): at a
+  // 32000-token vocabulary that is the bound of a GPU evaluation unless it runs on every core.
+  runtime::ThreadPool pool(opt.threads);
+  ScoreScratch scratch;
   for (size_t b0 = 0; b0 < R;) {
     // The block: requests [b0, b1) whose scored logits fit in block_floats (at least one).
     size_t b1 = b0;
@@ -126,45 +180,37 @@ TaskResult evaluate_task(const Task& task, const std::vector<ModelUnderTest>& mo
       });
       secs[m] += std::chrono::duration<double>(Clock::now() - t0).count();
     }
-    // Score every position of every model.
-    std::vector<RowStats> ts;
-    std::vector<float> tprob;  // the teacher's softmax of the request's rows, for the KL
+    // Score every position of every model: the rows in parallel (score_rows), then the sums in
+    // request, model and position order, so the result does not depend on the thread count.
     for (size_t i = 0; i < block.size(); ++i) {
       const auto& r = *block[i];
       const size_t k = r.targets.size(), ri = b0 + i;
       const int64_t first_pos = int64_t(r.input.size() - k);
-      ts.assign(k, RowStats{});
-      if (teacher >= 0) tprob.resize(k * size_t(V));
-      for (int pass = 0; pass < 2; ++pass)  // the teacher first, so its rows are known for KL
+      for (size_t m = 0; m < M; ++m)
+        DFSSM_ASSERT(store[m][i].size() == k * size_t(V), "engine ", models[m].label, " returned no logits for a request");
+      score_rows(store, i, r.targets, teacher, V, lm, pool, scratch);
+      for (int pass = 0; pass < 2; ++pass)  // the teacher first (as the scores were computed)
         for (size_t m = 0; m < M; ++m) {
           if ((pass == 0) != (int(m) == teacher)) continue;
           auto& a = acc[m];
           a.fed += int64_t(r.input.size());
-          DFSSM_ASSERT(store[m][i].size() == k * size_t(V), "engine ", models[m].label, " returned no logits for a request");
           for (size_t j = 0; j < k; ++j) {
-            const float* row = store[m][i].data() + j * size_t(V);
-            const auto s = row_stats(row, V);
-            const double lp = log_prob(row, s, r.targets[j]);
-            a.ll[ri] += lp;
-            if (s.argmax != r.targets[j]) a.greedy[ri] = 0;
+            const RowScore& sc = scratch.rows[m][j];
+            a.ll[ri] += sc.lp;
+            if (sc.argmax != r.targets[j]) a.greedy[ri] = 0;
             if (!lm) continue;
-            a.nll -= lp;
+            a.nll -= sc.lp;
             a.scored += 1;
-            a.correct += s.argmax == r.targets[j];
+            a.correct += sc.argmax == r.targets[j];
             const size_t pos = size_t(first_pos) + j;
             if (a.pos_n.size() <= pos) a.pos_n.resize(pos + 1, 0), a.pos_nll.resize(pos + 1, 0), a.pos_kl.resize(pos + 1, 0);
             a.pos_n[pos] += 1;
-            a.pos_nll[pos] -= lp;
-            if (int(m) == teacher) {
-              ts[j] = s;
-              softmax_row(row, s, V, tprob.data() + j * size_t(V));
-            } else if (teacher >= 0) {
-              const float* trow = store[size_t(teacher)][i].data() + j * size_t(V);
-              const double kl = kl_div_probs(tprob.data() + j * size_t(V), trow, ts[j], row, s, V);
-              a.kl += kl;
-              a.pos_kl[pos] += kl;
-              a.top1 += s.argmax == ts[j].argmax;
-              a.top5 += in_top5(s, ts[j].argmax);
+            a.pos_nll[pos] -= sc.lp;
+            if (teacher >= 0 && int(m) != teacher) {
+              a.kl += sc.kl;
+              a.pos_kl[pos] += sc.kl;
+              a.top1 += sc.top1;
+              a.top5 += sc.top5;
             }
           }
         }

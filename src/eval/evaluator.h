@@ -33,6 +33,7 @@ struct EvalOptions {
   int64_t max_length = 2048;     // lm-eval's max_length: rolling window and truncation length
   int32_t prefix_token = -1;     // lm-eval's prefix token (BOS, else EOS; or a custom id)
   int64_t block_floats = int64_t(1) << 24;  // logits kept per model per block (64 MB)
+  int threads = 0;                // threads that score the positions (0 = all cores)
   std::function<void(const std::string&)> progress;  // optional progress lines
 };
 

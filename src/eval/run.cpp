@@ -410,6 +410,7 @@ EvalOutcome run_eval(const EvalConfig& c) {
   opt.max_length = c.max_length;
   opt.prefix_token = prefix_token_of(c, tok.get(), ds);
   opt.progress = [&](const std::string& s) { say(c, "  " + s); };
+  opt.threads = c.threads;
   EvalOutcome out;
   for (const auto& spec : specs) {
     const auto task = load_task(spec, tc, c.limit);
