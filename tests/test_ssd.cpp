@@ -2,6 +2,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "catch_compat.h"
+#include "kernels/cpu/ssd_scan_ref.h"
 #include "model/ssd.h"
 #include "model_test_util.h"
 
@@ -74,4 +75,43 @@ TEST_CASE("a wrong group mapping is detected", "[ssd]") {
   const auto Bw = in.B.flip(2), Cw = in.C.flip(2);  // swaps the two groups
   auto [yw, sw] = ssd_sequential(in.x, in.dt, in.A, Bw, Cw);
   REQUIRE(rel_err(y, yw) > 1e-2);
+}
+
+// The fused forward's scalar twin (kernels/cpu/ssd_scan_ref.h) is the CUDA kernels' reference;
+// here it is checked against the ATen chunked SSD + D skip, reading x, B and C as strided slices
+// of one wider row (as the model hands them over), with a partial last chunk, 2 groups and an
+// initial state or none.
+TEST_CASE("fused SSD forward's scalar reference == ATen chunked SSD + D", "[ssd][ssd_scan]") {
+  const int64_t b = 2, l = 77, h = 4, p = 8, g = 2, n = 16;
+  for (const int64_t T : {16, 32}) {
+    for (const bool with_init : {false, true}) {
+      auto in = random_inputs(b, l, h, p, g, n, 10 + uint64_t(T) + with_init, at::kFloat);
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(99);
+      const auto D = at::randn({h}, gen);
+      // One (b, l, 4 + h·p + 2·g·n) buffer holding x, B and C side by side, like in_proj's output.
+      const int64_t row = 4 + h * p + 2 * g * n;
+      auto buf = at::randn({b, l, row}, gen);
+      auto xv = buf.narrow(2, 4, h * p).view({b, l, h, p});
+      auto Bv = buf.narrow(2, 4 + h * p, g * n).view({b, l, g, n});
+      auto Cv = buf.narrow(2, 4 + h * p + g * n, g * n).view({b, l, g, n});
+      xv.copy_(in.x), Bv.copy_(in.B), Cv.copy_(in.C);
+      const auto init = with_init ? in.init.contiguous() : at::Tensor();
+      auto [ye, se] = ssd_chunked(in.x, in.dt, in.A, in.B, in.C, T, init);
+      ye = ye + in.x * D.view({1, 1, h, 1});
+      if (!with_init) se = se.contiguous();
+      auto y = at::empty({b, l, h, p}), s = at::empty({b, h, p, n});
+      kernels::SsdScanArgs a;
+      a.x = xv.data_ptr<float>(), a.x_row = row;
+      const auto dtc = in.dt.contiguous(), Ac = in.A.contiguous();
+      a.dt = dtc.data_ptr<float>(), a.A = Ac.data_ptr<float>();
+      a.B = Bv.data_ptr<float>(), a.C = Cv.data_ptr<float>(), a.bc_row = row;
+      a.D = D.data_ptr<float>(), a.init = with_init ? init.data_ptr<float>() : nullptr;
+      a.y = y.data_ptr<float>(), a.final_state = s.data_ptr<float>();
+      a.batch = b, a.L = l, a.H = int(h), a.G = int(g), a.P = int(p), a.N = int(n), a.T = int(T);
+      kernels::ssd_scan_fwd_ref(a);
+      INFO("T " << T << " init " << with_init);
+      CHECK(rel_err(y, ye) < 1e-5);
+      CHECK(rel_err(s, se) < 1e-5);
+    }
+  }
 }

@@ -3,8 +3,9 @@
 #   1. build dfssm and the gpu tests against the device's torch; run the tests (their measured
 #      errors are printed);
 #   2. time the 1.3B distillation step (scripts/device/bench_distill.sh; V13 = its VARIANTS,
-#      default: the fused DF-SSM student, then the plain student, B=16 x 2048 with activation
-#      checkpointing; PROFILE=k adds the kernel profile of step k to the first variant);
+#      default: the fused DF-SSM student, the same with the no-grad fused SSD forward
+#      (DFSSM_SSD_SCAN=1: the teacher's and the checkpointed first forward), then the plain
+#      student, B=16 x 2048 with activation checkpointing; PROFILE=k adds the kernel profile of step k to the first variant);
 #   3. time the 130m geometry's distillation (B=32 x 1024) and pretraining steps, which size the
 #      quality run (configs/quality_100m.yaml); V130= skips this;
 #   4. RUNTIME=1: the CUDA runtime's gpu test and its 1.3B decode/prefill bench on the same build.
@@ -28,7 +29,7 @@ for t in $TESTS; do
 done
 echo "tests done ($(( $(date +%s) - t0 )) s)"
 PLAIN="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
-AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:distill.ssd_chunk=128|plain:distill.ssd_chunk=128 $PLAIN}" \
+AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:distill.ssd_chunk=128|scan:DFSSM_SSD_SCAN=1 distill.ssd_chunk=128|plain:distill.ssd_chunk=128 $PLAIN}" \
   bash scripts/device/bench_distill.sh "${B:-16}" "${STEPS:-4}"
 echo "1.3B done ($(( $(date +%s) - t0 )) s)"
 if [[ -n ${V130-x} ]]; then

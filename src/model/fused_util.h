@@ -16,10 +16,12 @@
 
 namespace dfssm::fused {
 
-// On unless the debug variable `env` is "0" at the first use; tests flip it with set().
+// `env` "0" turns it off, "1" on; unset, it is `default_on`. Read at the first use; tests flip it
+// with set().
 class Switch {
  public:
-  explicit Switch(const char* env) : on_(!(std::getenv(env) && std::string(std::getenv(env)) == "0")) {}
+  explicit Switch(const char* env, bool default_on = true)
+      : on_(std::getenv(env) ? std::string(std::getenv(env)) != "0" : default_on) {}
   bool on() const { return on_; }
   void set(bool on) { on_ = on; }
 

@@ -11,6 +11,7 @@
 #include "model/conv_fused.h"
 #include "model/gated_norm_fused.h"
 #include "model/ssd.h"
+#include "model/ssd_scan.h"
 
 namespace dfssm {
 
@@ -205,9 +206,14 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const auto dt = discretize_dt(dt_raw, m.dt_bias);  // (b,l,h)
   const auto A = -at::exp(m.A_log.to(at::kFloat));
   scope.next("dfssm::ssd");
-  auto [y, final_state] = ssd_chunked(x, dt, A, B, C, c.chunk_size, st ? st->ssm : at::Tensor());
+  at::Tensor y, final_state;
+  if (ssd_scan_fused_available(x, dt, A, B, C, m.D, c.chunk_size)) {  // no gradient needed: 4 CUDA kernels
+    std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, c.chunk_size, st ? st->ssm : at::Tensor());
+  } else {
+    std::tie(y, final_state) = ssd_chunked(x, dt, A, B, C, c.chunk_size, st ? st->ssm : at::Tensor());
+    y = y + x * m.D.to(at::kFloat).view({1, 1, h, 1});  // D skip, before the gate
+  }
   if (st) st->ssm = final_state.detach();
-  y = y + x * m.D.to(at::kFloat).view({1, 1, h, 1});  // D skip, before the gate
   scope.next("dfssm::gate_norm");
   const auto yn = gated_rmsnorm(y.reshape({b, l, di}), z, m.norm_w);
   scope.next("dfssm::out_proj");

@@ -1,0 +1,354 @@
+// The chunked SSD forward in four kernels on TF32 tensor cores (ssd_scan.h has the math;
+// kernels/cpu/ssd_scan_ref.cpp is the scalar twin). P = 64, N = 128, T in {64, 128, 256}.
+//
+// Memory layout (fp32, row-major): x (batch, L, H, P) and B, C (batch, L, G, N) with the row
+// strides x_row / bc_row (in place in in_proj's output); dt (batch, L, H); y (batch, L, H, P).
+// Workspace: acs (batch, H, chunks, T); states (batch, chunks, H, P, N), overwritten in place by
+// the state entering each chunk; CB (batch, chunks, G, T, T).
+//
+// Kernels, in launch order (each block has 8 warps; the GEMM parts are WMMA m16n16k8 TF32
+// fragments with fp32 accumulators, fed from shared memory in K-slabs of 32):
+//   1. chunk_state (chunk, head, batch): acs by a block scan of A·dt; w_l = exp(acs_T-1 - acs_l)·
+//      dt_l; states = (w∘x)ᵀ·B, a (P x T)·(T x N) product. Each warp owns one 16-column block
+//      of N and all four 16-row blocks of P.
+//   2. state_pass (P·N/256, head, batch): one thread per state element walks the chunks:
+//      entering_c = S; S = exp(acs_T-1 of c)·S + states_c; the final S is the final state.
+//   3. chunk_cb (T/64, chunk x group, batch): CB = C·Bᵀ for 64 rows of the chunk, once per
+//      group (the heads of a group share it).
+//   4. chunk_scan (chunk, head, batch): y = (L∘CB∘dt)·x + (exp(acs)∘C)·Sᵀ + D·x. The masked
+//      decay matrix is built slab by slab in shared memory, never in HBM; tiles above the
+//      diagonal skip their MMAs; the epilogue adds D·x through a per-warp 16x16 staging tile.
+#include <mma.h>
+
+#include "kernels/cuda/ssd_scan.h"
+
+namespace dfssm::kernels {
+namespace {
+
+using namespace nvcuda;
+constexpr int kThreads = 256, kWarps = 8, KS = 32, P_ = 64, N_ = 128;
+constexpr int LDK = KS + 4;   // shared rows of a K-slab: +4 floats against bank conflicts
+constexpr int LDX = P_ + 4;   // shared rows of x
+constexpr int LDN = N_ + 4;   // shared rows of B
+constexpr int LDE = 16 + 4;   // the epilogue's staging tile
+
+using FragArow = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
+using FragAcol = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
+using FragBrow = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
+using FragBcol = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
+
+template <class F, class Ptr>
+__device__ __forceinline__ void load_tf32(F& f, Ptr p, unsigned ld) {
+  wmma::load_matrix_sync(f, p, ld);
+#pragma unroll
+  for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
+}
+
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void st4(float* p, float4 v) { p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w; }
+
+__host__ __device__ inline int64_t nchunks(const SsdScanArgs& a) { return (a.L + a.T - 1) / a.T; }
+
+struct Ws {  // the workspace's parts
+  float *acs, *states, *cb;
+};
+__host__ __device__ inline Ws split_ws(const SsdScanArgs& a) {
+  const int64_t nc = nchunks(a);
+  Ws w;
+  w.acs = a.workspace;
+  w.states = w.acs + a.batch * a.H * nc * a.T;
+  w.cb = w.states + a.batch * nc * a.H * int64_t(P_) * N_;
+  return w;
+}
+
+// Inclusive prefix sum of v over the block's 256 threads (warp shuffles, then warp totals).
+__device__ float block_scan(float v, float* warp_tot) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  if (lane == 31) warp_tot[w] = v;
+  __syncthreads();
+  float add = 0;
+  for (int i = 0; i < w; ++i) add += warp_tot[i];
+  return v + add;
+}
+
+// ---- 1. chunk states ---------------------------------------------------------------------------
+template <int T>
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdScanArgs a) {
+  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5;
+  const int64_t b = blockIdx.z, nc = nchunks(a), l0 = int64_t(c) * T;
+  const int gi = h / (a.H / a.G);
+  const Ws ws = split_ws(a);
+  __shared__ __align__(128) float xs[KS * LDX];
+  __shared__ __align__(128) float bs[KS * LDN];
+  __shared__ float w[T], warp_tot[kWarps], total;
+
+  // Phase 1: acs (written for kernels 2 and 4) and the weights w_l.
+  const bool in = t < T && l0 + t < a.L;
+  const float dtl = in ? a.dt[(b * a.L + l0 + t) * a.H + h] : 0.f;
+  const float cs = block_scan(a.A[h] * dtl, warp_tot);
+  if (t == T - 1) total = cs;
+  __syncthreads();
+  if (t < T) {
+    ws.acs[((b * a.H + h) * nc + c) * T + t] = cs;
+    w[t] = expf(total - cs) * dtl;
+  }
+  __syncthreads();
+
+  // Phase 2: states (P x N) = (w∘x)ᵀ·B over K-slabs of 32 positions.
+  FragC acc[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) wmma::fill_fragment(acc[i], 0.f);
+  for (int s0 = 0; s0 < T; s0 += KS) {
+    for (int i = t; i < KS * P_ / 4; i += kThreads) {
+      const int r = i / (P_ / 4), q = (i % (P_ / 4)) * 4;
+      const int64_t l = l0 + s0 + r;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (l < a.L) v = ld4(a.x + (b * a.L + l) * a.x_row + int64_t(h) * P_ + q);
+      const float ww = w[s0 + r];
+      st4(xs + r * LDX + q, make_float4(v.x * ww, v.y * ww, v.z * ww, v.w * ww));
+    }
+    for (int i = t; i < KS * N_ / 4; i += kThreads) {
+      const int r = i / (N_ / 4), q = (i % (N_ / 4)) * 4;
+      const int64_t l = l0 + s0 + r;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (l < a.L) v = ld4(a.B + (b * a.L + l) * a.bc_row + int64_t(gi) * N_ + q);
+      st4(bs + r * LDN + q, v);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 8) {
+      FragBrow fb;
+      load_tf32(fb, bs + kk * LDN + warp * 16, LDN);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        FragAcol fa;  // A(p, l) = xs[l][p]
+        load_tf32(fa, xs + kk * LDX + i * 16, LDX);
+        wmma::mma_sync(acc[i], fa, fb, acc[i]);
+      }
+    }
+    __syncthreads();
+  }
+  float* out = ws.states + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) wmma::store_matrix_sync(out + (i * 16) * N_ + warp * 16, acc[i], N_, wmma::mem_row_major);
+}
+
+// ---- 2. state passing --------------------------------------------------------------------------
+__global__ void __launch_bounds__(kThreads) state_pass_kernel(SsdScanArgs a) {
+  const int64_t PN = int64_t(P_) * N_, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z, nc = nchunks(a);
+  const Ws ws = split_ws(a);
+  float S = a.init ? a.init[(b * a.H + h) * PN + e] : 0.f;
+  const float* acs = ws.acs + (b * a.H + h) * nc * a.T;
+  for (int64_t c = 0; c < nc; ++c) {
+    float* p = ws.states + ((b * nc + c) * a.H + h) * PN + e;
+    const float s = *p;
+    *p = S;  // the state entering chunk c
+    S = expf(acs[c * a.T + a.T - 1]) * S + s;
+  }
+  a.final_state[(b * a.H + h) * PN + e] = S;
+}
+
+// ---- 3. CB = C·Bᵀ per group ----------------------------------------------------------------------
+template <int T>
+__global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdScanArgs a) {
+  constexpr int R = 64, PER_WARP = (R / 16) * (T / 16) / kWarps;  // 16x16 tiles per warp
+  const int t = threadIdx.x, warp = t >> 5, r0 = blockIdx.x * R;
+  const int64_t b = blockIdx.z, nc = nchunks(a);
+  const int c = int(blockIdx.y / a.G), gi = int(blockIdx.y % a.G);
+  const int64_t l0 = int64_t(c) * T;
+  const Ws ws = split_ws(a);
+  __shared__ __align__(128) float cs[R * LDK];
+  __shared__ __align__(128) float bs[T * LDK];
+  FragC acc[PER_WARP];
+#pragma unroll
+  for (int i = 0; i < PER_WARP; ++i) wmma::fill_fragment(acc[i], 0.f);
+  for (int n0 = 0; n0 < N_; n0 += KS) {
+    for (int i = t; i < R * KS / 4; i += kThreads) {
+      const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+      const int64_t l = l0 + r0 + r;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (l < a.L) v = ld4(a.C + (b * a.L + l) * a.bc_row + int64_t(gi) * N_ + n0 + q);
+      st4(cs + r * LDK + q, v);
+    }
+    for (int i = t; i < T * KS / 4; i += kThreads) {
+      const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+      const int64_t l = l0 + r;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (l < a.L) v = ld4(a.B + (b * a.L + l) * a.bc_row + int64_t(gi) * N_ + n0 + q);
+      st4(bs + r * LDK + q, v);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 8)
+#pragma unroll
+      for (int i = 0; i < PER_WARP; ++i) {
+        const int tile = warp + kWarps * i, tm = tile % (R / 16), tn = tile / (R / 16);
+        FragArow fa;
+        FragBcol fb;  // B(n, s) = bs[s][n]
+        load_tf32(fa, cs + tm * 16 * LDK + kk, LDK);
+        load_tf32(fb, bs + tn * 16 * LDK + kk, LDK);
+        wmma::mma_sync(acc[i], fa, fb, acc[i]);
+      }
+    __syncthreads();
+  }
+  float* out = ws.cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+#pragma unroll
+  for (int i = 0; i < PER_WARP; ++i) {
+    const int tile = warp + kWarps * i, tm = tile % (R / 16), tn = tile / (R / 16);
+    wmma::store_matrix_sync(out + int64_t(r0 + tm * 16) * T + tn * 16, acc[i], T, wmma::mem_row_major);
+  }
+}
+
+// ---- 4. chunk scan: the output -------------------------------------------------------------------
+template <int T>
+__global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdScanArgs a) {
+  constexpr int PER_WARP = (T / 16) * (P_ / 16) / kWarps;  // 16x16 output tiles per warp
+  constexpr int BUF1 = T * LDK + KS * LDX, BUF2 = T * LDK + P_ * LDK, BUF3 = kWarps * 16 * LDE;
+  constexpr int BUF = BUF1 > BUF2 ? (BUF1 > BUF3 ? BUF1 : BUF3) : (BUF2 > BUF3 ? BUF2 : BUF3);
+  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5, lane = t & 31;
+  const int64_t b = blockIdx.z, nc = nchunks(a), l0 = int64_t(c) * T;
+  const int gi = h / (a.H / a.G);
+  const Ws ws = split_ws(a);
+  __shared__ __align__(128) float buf[BUF];
+  __shared__ float acs[T], dts[T];
+  if (t < T) {
+    acs[t] = ws.acs[((b * a.H + h) * nc + c) * T + t];
+    dts[t] = l0 + t < a.L ? a.dt[(b * a.L + l0 + t) * a.H + h] : 0.f;
+  }
+  __syncthreads();
+  FragC acc[PER_WARP];
+#pragma unroll
+  for (int i = 0; i < PER_WARP; ++i) wmma::fill_fragment(acc[i], 0.f);
+
+  // Phase 1: y += (L∘CB∘dt)·x, K-slabs over the source positions s.
+  float* ms = buf;              // T x KS: the masked, decayed CB
+  float* xs = buf + T * LDK;    // KS x P
+  const float* cb = ws.cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  for (int s0 = 0; s0 < T; s0 += KS) {
+    for (int i = t; i < T * KS; i += kThreads) {
+      const int r = i / KS, k = i % KS, s = s0 + k;
+      ms[r * LDK + k] = s <= r ? expf(acs[r] - acs[s]) * cb[int64_t(r) * T + s] * dts[s] : 0.f;
+    }
+    for (int i = t; i < KS * P_ / 4; i += kThreads) {
+      const int r = i / (P_ / 4), q = (i % (P_ / 4)) * 4;
+      const int64_t l = l0 + s0 + r;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (l < a.L) v = ld4(a.x + (b * a.L + l) * a.x_row + int64_t(h) * P_ + q);
+      st4(xs + r * LDX + q, v);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 8)
+#pragma unroll
+      for (int i = 0; i < PER_WARP; ++i) {
+        const int tile = warp + kWarps * i, tm = tile / (P_ / 16), tn = tile % (P_ / 16);
+        if (s0 + kk >= (tm + 1) * 16) continue;  // above the diagonal: all zeros
+        FragArow fa;
+        FragBrow fb;
+        load_tf32(fa, ms + tm * 16 * LDK + kk, LDK);
+        load_tf32(fb, xs + kk * LDX + tn * 16, LDX);
+        wmma::mma_sync(acc[i], fa, fb, acc[i]);
+      }
+    __syncthreads();
+  }
+
+  // Phase 2: y += (exp(acs)∘C)·Sᵀ with S the state entering the chunk, K-slabs over n.
+  float* cs = buf;             // T x KS
+  float* ss = buf + T * LDK;   // P x KS: S[p][n0 + k]
+  const float* S = ws.states + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
+  for (int n0 = 0; n0 < N_; n0 += KS) {
+    for (int i = t; i < T * KS / 4; i += kThreads) {
+      const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+      const int64_t l = l0 + r;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (l < a.L) {
+        v = ld4(a.C + (b * a.L + l) * a.bc_row + int64_t(gi) * N_ + n0 + q);
+        const float e = expf(acs[r]);
+        v.x *= e, v.y *= e, v.z *= e, v.w *= e;
+      }
+      st4(cs + r * LDK + q, v);
+    }
+    for (int i = t; i < P_ * KS / 4; i += kThreads) {
+      const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+      st4(ss + r * LDK + q, ld4(S + int64_t(r) * N_ + n0 + q));
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 8)
+#pragma unroll
+      for (int i = 0; i < PER_WARP; ++i) {
+        const int tile = warp + kWarps * i, tm = tile / (P_ / 16), tn = tile % (P_ / 16);
+        FragArow fa;
+        FragBcol fb;  // B(n, p) = ss[p][n]
+        load_tf32(fa, cs + tm * 16 * LDK + kk, LDK);
+        load_tf32(fb, ss + tn * 16 * LDK + kk, LDK);
+        wmma::mma_sync(acc[i], fa, fb, acc[i]);
+      }
+    __syncthreads();
+  }
+
+  // Epilogue: each warp stages its tiles through 16x16 floats of shared memory, adds D·x and
+  // writes the rows inside L.
+  float* stage = buf + warp * 16 * LDE;
+  const float D = a.D ? a.D[h] : 0.f;
+#pragma unroll
+  for (int i = 0; i < PER_WARP; ++i) {
+    const int tile = warp + kWarps * i, tm = tile / (P_ / 16), tn = tile % (P_ / 16);
+    wmma::store_matrix_sync(stage, acc[i], LDE, wmma::mem_row_major);
+    __syncwarp();
+    for (int e = lane; e < 256; e += 32) {
+      const int r = e / 16, q = e % 16;
+      const int64_t l = l0 + tm * 16 + r;
+      const int p = tn * 16 + q;
+      if (l < a.L) {
+        const float xv = a.x[(b * a.L + l) * a.x_row + int64_t(h) * P_ + p];
+        a.y[((b * a.L + l) * a.H + h) * int64_t(P_) + p] = stage[r * LDE + q] + D * xv;
+      }
+    }
+    __syncwarp();
+  }
+}
+
+template <int T>
+cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
+  const auto nc = unsigned(nchunks(a)), H = unsigned(a.H), Bz = unsigned(a.batch);
+  chunk_state_kernel<T><<<dim3(nc, H, Bz), kThreads, 0, stream>>>(a);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  state_pass_kernel<<<dim3(P_ * N_ / kThreads, H, Bz), kThreads, 0, stream>>>(a);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  chunk_cb_kernel<T><<<dim3(T / 64, nc * unsigned(a.G), Bz), kThreads, 0, stream>>>(a);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  chunk_scan_kernel<T><<<dim3(nc, H, Bz), kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+bool aligned(const void* p, uintptr_t n) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % n == 0; }
+
+}  // namespace
+
+bool ssd_scan_supported(const SsdScanArgs& a) {
+  return a.P == P_ && a.N == N_ && (a.T == 64 || a.T == 128 || a.T == 256) && a.G > 0 && a.H % a.G == 0 &&
+         a.batch > 0 && a.batch <= 65535 && a.L > 0 && a.H <= 65535 && a.chunks() * a.G <= 65535 &&
+         a.x_row % 4 == 0 && a.bc_row % 4 == 0 && aligned(a.x, 16) && aligned(a.B, 16) && aligned(a.C, 16) &&
+         aligned(a.init, 16) && aligned(a.workspace, 256) && a.x && a.dt && a.A && a.B && a.C && a.y &&
+         a.final_state && a.workspace;
+}
+
+cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream) {
+  if (!ssd_scan_supported(a)) return cudaErrorInvalidValue;
+  switch (a.T) {
+    case 64: return launch<64>(a, stream);
+    case 128: return launch<128>(a, stream);
+    default: return launch<256>(a, stream);
+  }
+}
+
+}  // namespace dfssm::kernels

@@ -1,0 +1,32 @@
+// The whole chunked SSD forward on CUDA, for passes without autograd (the teacher's forward, the
+// student's activation-checkpointed first forward, evaluation): mamba_ssm's chunk-state /
+// state-passing / chunk-scan decomposition in four kernels, on TF32 tensor cores with fp32
+// accumulation. The scalar reference twin is src/kernels/cpu/ssd_scan_ref.h; the LibTorch
+// wrapper src/model/ssd_scan.cpp. Plain C++ header: the CUDA runtime only, no LibTorch.
+//
+// Math (chunks of T tokens; head h reads group gi = h / (H/G) of B and C; a_l = A_h·dt_l):
+//   acs_l    = Σ_{k<=l} a_k                                   in-chunk cumulative sum
+//   states_c = Σ_l exp(acs_{T-1} - acs_l)·dt_l·x_l ⊗ B_l        (P x N) per chunk and head
+//   S_c      = exp(acs_{T-1} of chunk c-1)·S_{c-1} + states_{c-1}, S_0 = init (or 0)
+//   y_l      = Σ_{s<=l} exp(acs_l - acs_s)·(C_l·B_s)·dt_s·x_s + exp(acs_l)·S_c·C_l + D_h·x_l
+//   final    = the state after the last chunk.
+// Positions past L (the last chunk's padding) read as dt = x = B = C = 0.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/ssd_scan_args.h"
+
+namespace dfssm::kernels {
+
+// Whether the CUDA kernels take this shape: P == 64, N == 128, T in {64, 128, 256}, H % G == 0,
+// x_row and bc_row multiples of 4, every pointer 16-byte aligned, the workspace 256-byte
+// aligned and at least ssd_scan_workspace_floats(a) long.
+bool ssd_scan_supported(const SsdScanArgs& a);
+
+// Runs the four kernels on `stream`. Returns the first launch error.
+cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream);
+
+}  // namespace dfssm::kernels

@@ -1,0 +1,38 @@
+// The arguments of the fused chunked-SSD forward (kernels/cuda/ssd_scan.h states the math) and of
+// its scalar reference (kernels/cpu/ssd_scan_ref.h). Plain C++: no CUDA, no LibTorch.
+#pragma once
+
+#include <cstdint>
+
+namespace dfssm::kernels {
+
+struct SsdScanArgs {
+  // Inputs, fp32. x: (batch, L, H, P) whose (batch, l) rows are x_row floats apart; B and C:
+  // (batch, L, G, N) with rows bc_row floats apart (slices of in_proj's output, read in place).
+  const float* x = nullptr;
+  int64_t x_row = 0;
+  const float* dt = nullptr;  // (batch, L, H), contiguous
+  const float* A = nullptr;   // (H)
+  const float* B = nullptr;
+  const float* C = nullptr;
+  int64_t bc_row = 0;
+  const float* D = nullptr;     // (H), or null: no skip term
+  const float* init = nullptr;  // (batch, H, P, N), or null: a zero state
+  // Outputs, fp32: y (batch, L, H, P) contiguous; final_state (batch, H, P, N).
+  float* y = nullptr;
+  float* final_state = nullptr;
+  // Workspace of the CUDA kernels (ssd_scan_workspace_floats; the reference ignores it): acs
+  // (batch, H, chunks, T), states (batch, chunks, H, P, N), CB (batch, chunks, G, T, T).
+  float* workspace = nullptr;
+  int64_t batch = 0, L = 0;
+  int H = 0, G = 1, P = 0, N = 0, T = 0;
+
+  int64_t chunks() const { return (L + T - 1) / T; }
+};
+
+inline int64_t ssd_scan_workspace_floats(const SsdScanArgs& a) {
+  const int64_t nc = a.chunks();
+  return a.batch * a.H * nc * a.T + a.batch * nc * a.H * int64_t(a.P) * a.N + a.batch * nc * a.G * int64_t(a.T) * a.T;
+}
+
+}  // namespace dfssm::kernels
