@@ -115,3 +115,44 @@ TEST_CASE("fused SSD forward's scalar reference == ATen chunked SSD + D", "[ssd]
     }
   }
 }
+
+// The backward's scalar reference (the math the fused backward kernels are to implement) against
+// autograd through the ATen chunked SSD + D skip: every input's gradient, with a partial last
+// chunk, 2 groups of 2 heads, with and without an initial state and a final-state gradient.
+TEST_CASE("fused SSD backward's scalar reference == autograd of the ATen chunked SSD", "[ssd][ssd_scan]") {
+  const int64_t b = 2, l = 45, h = 4, p = 6, g = 2, n = 5, T = 16;
+  for (const bool with_init : {false, true}) {
+    auto in = random_inputs(b, l, h, p, g, n, 40 + with_init, at::kFloat);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+    const auto D = at::randn({h}, gen), wy = at::randn({b, l, h, p}, gen), ws = at::randn({b, h, p, n}, gen);
+    std::vector<at::Tensor> v = {in.x, in.dt, in.A, in.B, in.C, D, in.init};
+    for (auto& t : v) t = t.detach().clone().requires_grad_(true);
+    auto [y, s] = ssd_chunked(v[0], v[1], v[2], v[3], v[4], T, with_init ? v[6] : at::Tensor());
+    y = y + v[0] * v[5].view({1, 1, h, 1});
+    ((y * wy).sum() + (s * ws).sum()).backward();
+
+    kernels::SsdScanArgs a;
+    const auto x = in.x.contiguous(), dt = in.dt.contiguous(), A = in.A.contiguous(), Bc = in.B.contiguous(),
+               Cc = in.C.contiguous(), init = in.init.contiguous();
+    a.x = x.data_ptr<float>(), a.x_row = h * p, a.dt = dt.data_ptr<float>(), a.A = A.data_ptr<float>();
+    a.B = Bc.data_ptr<float>(), a.C = Cc.data_ptr<float>(), a.bc_row = g * n, a.D = D.data_ptr<float>();
+    a.init = with_init ? init.data_ptr<float>() : nullptr;
+    a.batch = b, a.L = l, a.H = int(h), a.G = int(g), a.P = int(p), a.N = int(n), a.T = int(T);
+    auto dx = at::empty_like(x), ddt = at::empty_like(dt), dA = at::empty_like(A), dB = at::empty_like(Bc),
+         dC = at::empty_like(Cc), dD = at::empty_like(D), dinit = at::empty_like(init);
+    kernels::SsdScanGrads gr;
+    gr.dy = wy.data_ptr<float>(), gr.dfinal = ws.data_ptr<float>();
+    gr.dx = dx.data_ptr<float>(), gr.ddt = ddt.data_ptr<float>(), gr.dA = dA.data_ptr<float>();
+    gr.dB = dB.data_ptr<float>(), gr.dC = dC.data_ptr<float>(), gr.dD = dD.data_ptr<float>();
+    gr.dinit = with_init ? dinit.data_ptr<float>() : nullptr;
+    kernels::ssd_scan_bwd_ref(a, gr);
+    INFO("init " << with_init);
+    CHECK(rel_err(dx, v[0].grad()) < 1e-5);
+    CHECK(rel_err(ddt, v[1].grad()) < 1e-5);
+    CHECK(rel_err(dA, v[2].grad()) < 1e-5);
+    CHECK(rel_err(dB, v[3].grad()) < 1e-5);
+    CHECK(rel_err(dC, v[4].grad()) < 1e-5);
+    CHECK(rel_err(dD, v[5].grad()) < 1e-5);
+    if (with_init) CHECK(rel_err(dinit, v[6].grad()) < 1e-5);
+  }
+}

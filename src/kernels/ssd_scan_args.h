@@ -30,6 +30,16 @@ struct SsdScanArgs {
   int64_t chunks() const { return (L + T - 1) / T; }
 };
 
+// The backward pass: the forward's inputs (`fwd`; its outputs and workspace are not read), the
+// output gradient dy (batch, L, H, P) contiguous and d final_state (batch, H, P, N) or null.
+// Gradients, fp32, overwritten: dx (batch, L, H, P), ddt (batch, L, H), dB and dC (batch, L, G,
+// N), all contiguous; dA and dD (H); dinit (batch, H, P, N) when fwd.init is given.
+struct SsdScanGrads {
+  const float* dy = nullptr;
+  const float* dfinal = nullptr;
+  float *dx = nullptr, *ddt = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr, *dD = nullptr, *dinit = nullptr;
+};
+
 inline int64_t ssd_scan_workspace_floats(const SsdScanArgs& a) {
   const int64_t nc = a.chunks();
   return a.batch * a.H * nc * a.T + a.batch * nc * a.H * int64_t(a.P) * a.N + a.batch * nc * a.G * int64_t(a.T) * a.T;

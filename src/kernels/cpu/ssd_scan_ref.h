@@ -8,4 +8,9 @@ namespace dfssm::kernels {
 
 void ssd_scan_fwd_ref(const SsdScanArgs& a);
 
+// Every gradient of ssd_scan_fwd_ref's outputs (y + D·x and the final state), by the chunk
+// decomposition run backwards (docs/training.md, "The SSD backward, chunk by chunk"): the
+// math the fused backward kernels implement, in fp64.
+void ssd_scan_bwd_ref(const SsdScanArgs& a, const SsdScanGrads& g);
+
 }  // namespace dfssm::kernels
