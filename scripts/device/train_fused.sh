@@ -8,7 +8,8 @@
 #      student, B=16 x 2048 with activation checkpointing; PROFILE=k adds the kernel profile of step k to the first variant);
 #   3. time the 130m geometry's distillation (B=32 x 1024) and pretraining steps, which size the
 #      quality run (configs/quality_100m.yaml); V130= skips this;
-#   4. RUNTIME=1: the CUDA runtime's gpu test and its 1.3B decode/prefill bench on the same build.
+#   4. RUNTIME=1: the CUDA runtime's gpu test and its 1.3B decode/prefill bench on the same build;
+#   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward kernels after the tests.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
@@ -27,6 +28,12 @@ for t in $TESTS; do
   grep -A1 -E "^warning:|^[^ ].*(FAILED|failed)" "$OUT/$t.log" | grep -v -E "^--$|^warning:$" | sed 's/^ */  /' | head -40
   tail -2 "$OUT/$t.log"
 done
+# MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward kernels (small shapes).
+if [[ ${MEMCHECK:-0} == 1 ]]; then
+  timeout 120 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+    build-device/bin/test_gpu_train_kernels "fused SSD forward kernels (TF32) vs their scalar reference*" \
+    >"$OUT/memcheck.txt" 2>&1 && echo "memcheck ok: ssd_scan kernels" || { echo "memcheck FAILED ($?)"; tail -20 "$OUT/memcheck.txt"; }
+fi
 echo "tests done ($(( $(date +%s) - t0 )) s)"
 PLAIN="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
 AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:distill.ssd_chunk=128|scan:DFSSM_SSD_SCAN=1 distill.ssd_chunk=128|plain:distill.ssd_chunk=128 $PLAIN}" \
