@@ -18,7 +18,14 @@
 //   4. chunk_scan (chunk, head, batch): y = (L∘CB∘dt)·x + (exp(acs)∘C)·Sᵀ + D·x. The masked
 //      decay matrix is built slab by slab in shared memory, never in HBM; tiles above the
 //      diagonal skip their MMAs; the epilogue adds D·x through a per-warp 16x16 staging tile.
+#ifndef DFSSM_CUDA_EMULATE
 #include <mma.h>
+// A kernel launch; tests/cuda_emu/cuda_emu.h (DFSSM_CUDA_EMULATE) runs the same kernels on CPU
+// threads, so their logic is tested where there is no GPU.
+#define DFSSM_LAUNCH(kernel, grid, stream, ...) kernel<<<grid, kThreads, 0, stream>>>(__VA_ARGS__)
+#else
+#define DFSSM_LAUNCH(kernel, grid, stream, ...) ::dfssm::emu::launch(grid, dim3(kThreads), [&] { kernel(__VA_ARGS__); })
+#endif
 
 #include "kernels/cuda/ssd_scan.h"
 
@@ -320,13 +327,13 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdScanArgs a) {
 template <int T>
 cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
   const auto nc = unsigned(nchunks(a)), H = unsigned(a.H), Bz = unsigned(a.batch);
-  chunk_state_kernel<T><<<dim3(nc, H, Bz), kThreads, 0, stream>>>(a);
+  DFSSM_LAUNCH(chunk_state_kernel<T>, dim3(nc, H, Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  state_pass_kernel<<<dim3(P_ * N_ / kThreads, H, Bz), kThreads, 0, stream>>>(a);
+  DFSSM_LAUNCH(state_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  chunk_cb_kernel<T><<<dim3(T / 64, nc * unsigned(a.G), Bz), kThreads, 0, stream>>>(a);
+  DFSSM_LAUNCH(chunk_cb_kernel<T>, dim3(T / 64, nc * unsigned(a.G), Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  chunk_scan_kernel<T><<<dim3(nc, H, Bz), kThreads, 0, stream>>>(a);
+  DFSSM_LAUNCH(chunk_scan_kernel<T>, dim3(nc, H, Bz), stream, a);
   return cudaGetLastError();
 }
 

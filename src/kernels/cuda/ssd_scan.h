@@ -13,7 +13,9 @@
 // Positions past L (the last chunk's padding) read as dt = x = B = C = 0.
 #pragma once
 
+#ifndef DFSSM_CUDA_EMULATE  // tests/cuda_emu/cuda_emu.h stands in for it
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 

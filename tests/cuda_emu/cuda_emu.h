@@ -1,0 +1,191 @@
+// A small CUDA emulator on the CPU, for running kernel *logic* where there is no GPU (the dev
+// box and CI). A kernel source is compiled as C++ with DFSSM_CUDA_EMULATE defined after this
+// header: every block runs as blockDim real threads (std::thread) with real barriers for
+// __syncthreads and __syncwarp, so indexing, masking and synchronisation bugs show up as
+// wrong results or hangs. Blocks run one after another, which is what lets `__shared__` map to
+// a function-local `static`.
+//
+// What it covers is what our kernels use: threadIdx / blockIdx / blockDim, __syncthreads,
+// __syncwarp, __shfl_up_sync, float4, expf, and nvcuda::wmma's m16n16k8 TF32 fragments. A
+// fragment holds its whole tile in every thread (the documented semantics of load / mma /
+// store, computed redundantly per lane; lane 0 alone stores); __float_to_tf32 rounds to 10
+// mantissa bits (nearest, ties away) as cvt.rna.tf32.f32 does. Timing, occupancy, memory
+// ordering between blocks and the hardware's fragment-to-lane mapping are not modelled.
+#pragma once
+
+#include <math.h>
+
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(n)
+#define __align__(n) __attribute__((aligned(n)))
+
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
+using cudaStream_t = void*;
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+struct float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+
+
+namespace dfssm::emu {
+
+class Barrier {  // reusable, generation-counted
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait() {
+    std::unique_lock<std::mutex> lk(mu_);
+    const uint64_t gen = gen_;
+    if (++count_ == n_) {
+      count_ = 0, ++gen_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lk, [&] { return gen_ != gen; });
+    }
+  }
+
+ private:
+  const int n_;
+  int count_ = 0;
+  uint64_t gen_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+struct BlockCtx {
+  std::unique_ptr<Barrier> block;
+  std::vector<std::unique_ptr<Barrier>> warps;
+  std::vector<float> shfl;  // one slot per thread for __shfl_up_sync
+};
+
+inline thread_local dim3 tl_thread, tl_block;
+inline thread_local BlockCtx* tl_ctx = nullptr;
+inline dim3 g_block_dim, g_grid_dim;
+
+// Runs `body` (the kernel call) for every block of `grid`, blockDim.x threads each (1-D blocks,
+// a multiple of 32 threads).
+inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
+  g_block_dim = block, g_grid_dim = grid;
+  const int nt = int(block.x);
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        BlockCtx ctx;
+        ctx.block = std::make_unique<Barrier>(nt);
+        for (int w = 0; w < (nt + 31) / 32; ++w) ctx.warps.push_back(std::make_unique<Barrier>(std::min(32, nt - 32 * w)));
+        ctx.shfl.assign(size_t(nt), 0.f);
+        std::vector<std::thread> ths;
+        for (int t = 0; t < nt; ++t)
+          ths.emplace_back([&, t] {
+            tl_thread = dim3(unsigned(t)), tl_block = dim3(bx, by, bz), tl_ctx = &ctx;
+            body();
+          });
+        for (auto& th : ths) th.join();
+      }
+}
+
+}  // namespace dfssm::emu
+
+#define threadIdx (::dfssm::emu::tl_thread)
+#define blockIdx (::dfssm::emu::tl_block)
+#define blockDim (::dfssm::emu::g_block_dim)
+#define gridDim (::dfssm::emu::g_grid_dim)
+
+inline void __syncthreads() { dfssm::emu::tl_ctx->block->wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { dfssm::emu::tl_ctx->warps[threadIdx.x / 32]->wait(); }
+inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
+  auto& c = *dfssm::emu::tl_ctx;
+  const unsigned t = threadIdx.x, lane = t % 32;
+  c.shfl[t] = v;
+  __syncwarp();
+  const float r = lane >= delta ? c.shfl[t - delta] : v;
+  __syncwarp();
+  return r;
+}
+
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+enum layout_t { mem_row_major, mem_col_major };
+
+// Every fragment is its logical tile, row-major: matrix_a M x K, matrix_b K x N, accumulator M x N.
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
+  static constexpr int num_elements = rows * cols;
+  float x[num_elements];
+};
+
+inline float __float_to_tf32(float f) {
+  if (!std::isfinite(f)) return f;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u = (u + 0x1000u) & 0xffffe000u;  // round the 13 dropped bits to nearest, ties away
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <class Use, int M, int N, int K, class T, class Layout>
+void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const float* p, unsigned ld) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] = std::is_same_v<Layout, row_major> ? p[size_t(r) * ld + c] : p[size_t(c) * ld + r];
+  __syncwarp();  // collective: every lane has read before anyone moves on
+}
+
+template <int M, int N, int K, class LA, class LB>
+void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, precision::tf32, LA>& a,
+              const fragment<matrix_b, M, N, K, precision::tf32, LB>& b,
+              const fragment<accumulator, M, N, K, float>& c) {
+  float out[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float s = c.x[i * N + j];
+      for (int k = 0; k < K; ++k) s += a.x[i * K + k] * b.x[k * N + j];
+      out[i * N + j] = s;
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+template <int M, int N, int K>
+void fill_fragment(fragment<accumulator, M, N, K, float>& f, float v) {
+  for (auto& e : f.x) e = v;
+}
+
+template <int M, int N, int K>
+void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ld, layout_t layout) {
+  __syncwarp();
+  if (threadIdx.x % 32 == 0)
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j)
+        (layout == mem_row_major ? p[size_t(i) * ld + j] : p[size_t(j) * ld + i]) = f.x[i * N + j];
+  __syncwarp();
+}
+}  // namespace nvcuda::wmma
