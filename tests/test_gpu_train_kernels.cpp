@@ -44,6 +44,16 @@ at::Tensor random_acs(int64_t Z, int64_t H, int64_t T, uint64_t seed) {
   auto g = gen(seed);
   return at::cumsum(-at::rand({Z, H, T}, g) * (40.0 / double(T)), -1).to(at::kFloat);
 }
+
+// Two layers at the Mamba-2 1.3B widths (vocab 1000), random fp32 weights on the GPU.
+Mamba2Model two_layer_13b(uint64_t seed) {
+  auto cfg = Mamba2Config::geometry("mamba2-1.3b");
+  cfg.n_layer = 2;
+  cfg.vocab_size = 1000;
+  Mamba2Model m(cfg, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+  m.init_random(seed);
+  return m;
+}
 }  // namespace
 
 TEST_CASE("ssd mask kernels vs their scalar references", "[gpu][ssd]") {
@@ -349,11 +359,8 @@ TEST_CASE("fused SSD forward == ATen chunked SSD + D, 1.3B head shapes, no grad"
 
 TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen path", "[gpu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
-  auto cfg = Mamba2Config::geometry("mamba2-1.3b");
-  cfg.n_layer = 2;
-  cfg.vocab_size = 1000;
-  Mamba2Model m(cfg, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
-  m.init_random(5);
+  auto m = two_layer_13b(5);
+  const auto& cfg = m.config();
   const auto ids = at::randint(cfg.vocab_size, {2, 700}, gen(6), at::kLong).cuda();
   at::NoGradGuard ng;
   set_ssd_scan_enabled(false);
@@ -369,11 +376,8 @@ TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen 
 
 TEST_CASE("2-layer 1.3B-width model, forward + backward: fused kernels == ATen path", "[gpu][model]") {
   REQUIRE(torch::cuda::is_available());
-  auto cfg = Mamba2Config::geometry("mamba2-1.3b");
-  cfg.n_layer = 2;
-  cfg.vocab_size = 1000;
-  Mamba2Model m(cfg, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
-  m.init_random(3);
+  auto m = two_layer_13b(3);
+  const auto& cfg = m.config();
   auto g = gen(4);
   const auto ids = at::randint(cfg.vocab_size, {2, 300}, g, at::kLong).cuda();
   const auto wts = at::randn({2, 300, cfg.d_model}, g).cuda();

@@ -4,6 +4,13 @@
 
 #include <cstdint>
 
+// The kernels (ssd_scan.cu) use the size helpers below on the device too.
+#if defined(__CUDACC__)
+#define DFSSM_HOST_DEVICE __host__ __device__
+#else
+#define DFSSM_HOST_DEVICE
+#endif
+
 namespace dfssm::kernels {
 
 struct SsdScanArgs {
@@ -27,7 +34,11 @@ struct SsdScanArgs {
   int64_t batch = 0, L = 0;
   int H = 0, G = 1, P = 0, N = 0, T = 0;
 
-  int64_t chunks() const { return (L + T - 1) / T; }
+  DFSSM_HOST_DEVICE int64_t chunks() const { return (L + T - 1) / T; }
+  // The workspace's parts, in this order.
+  DFSSM_HOST_DEVICE int64_t acs_floats() const { return batch * H * chunks() * T; }
+  DFSSM_HOST_DEVICE int64_t states_floats() const { return batch * chunks() * H * int64_t(P) * N; }
+  DFSSM_HOST_DEVICE int64_t cb_floats() const { return batch * chunks() * G * int64_t(T) * T; }
 };
 
 // The backward pass: the forward's inputs (`fwd`; its outputs and workspace are not read), the
@@ -40,9 +51,6 @@ struct SsdScanGrads {
   float *dx = nullptr, *ddt = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr, *dD = nullptr, *dinit = nullptr;
 };
 
-inline int64_t ssd_scan_workspace_floats(const SsdScanArgs& a) {
-  const int64_t nc = a.chunks();
-  return a.batch * a.H * nc * a.T + a.batch * nc * a.H * int64_t(a.P) * a.N + a.batch * nc * a.G * int64_t(a.T) * a.T;
-}
+inline int64_t ssd_scan_workspace_floats(const SsdScanArgs& a) { return a.acs_floats() + a.states_floats() + a.cb_floats(); }
 
 }  // namespace dfssm::kernels

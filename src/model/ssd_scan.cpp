@@ -23,14 +23,12 @@ fused::Switch& scan_switch() {
 
 bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 
-// (b, l, k, m) with unit stride inside each row of k*m floats and a fixed row stride: read in
-// place; anything else is made contiguous. Returns the tensor and its row stride in floats.
+// (b, l, k, m) as rows of k*m floats (fused::rows_view: read in place when it can), made
+// contiguous when the kernels' 16-byte alignment does not hold. Returns the tensor to read and
+// its row stride in floats.
 at::Tensor rows_of(const at::Tensor& t, int64_t* row) {
-  const bool ok = t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(0) == t.size(1) * t.stride(1) &&
-                  t.stride(1) >= t.size(2) * t.size(3) && t.stride(1) % 4 == 0 &&
-                  reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  const auto r = ok ? t : t.contiguous();
-  *row = r.stride(1);
+  auto r = fused::rows_view(t.flatten(2), row);
+  if (*row % 4 != 0 || reinterpret_cast<uintptr_t>(r.data_ptr()) % 16 != 0) r = r.contiguous(), *row = r.stride(1);
   return r;
 }
 }  // namespace
@@ -74,7 +72,7 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x_in, const a
   a.B = B.data_ptr<float>(), a.C = C.data_ptr<float>(), a.bc_row = br;
   a.D = Df.defined() ? Df.data_ptr<float>() : nullptr;
   a.init = init.defined() ? init.data_ptr<float>() : nullptr;
-  a.batch = b, a.L = l, a.H = int(h), a.G = int(B.size(2)), a.P = int(p), a.N = int(n), a.T = int(chunk);
+  a.batch = b, a.L = l, a.H = int(h), a.G = int(B_in.size(2)), a.P = int(p), a.N = int(n), a.T = int(chunk);
   auto y = at::empty({b, l, h, p}, x.options().dtype(at::kFloat));
   auto fin = at::empty({b, h, p, n}, x.options().dtype(at::kFloat));
   auto ws = at::empty({kernels::ssd_scan_workspace_floats(a)}, x.options().dtype(at::kFloat));

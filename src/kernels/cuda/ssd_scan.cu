@@ -55,19 +55,38 @@ __device__ __forceinline__ void load_tf32(F& f, Ptr p, unsigned ld) {
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ void st4(float* p, float4 v) { p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w; }
 
-__host__ __device__ inline int64_t nchunks(const SsdScanArgs& a) { return (a.L + a.T - 1) / a.T; }
-
 struct Ws {  // the workspace's parts
   float *acs, *states, *cb;
 };
-__host__ __device__ inline Ws split_ws(const SsdScanArgs& a) {
-  const int64_t nc = nchunks(a);
+__device__ inline Ws split_ws(const SsdScanArgs& a) {
   Ws w;
   w.acs = a.workspace;
-  w.states = w.acs + a.batch * a.H * nc * a.T;
-  w.cb = w.states + a.batch * nc * a.H * int64_t(P_) * N_;
+  w.states = w.acs + a.acs_floats();
+  w.cb = w.states + a.states_floats();
   return w;
 }
+
+// Rows l0 + [0, ROWS) of a (batch, L, ...) matrix whose rows are `stride` floats apart, COLS
+// floats each from `src` (the column offset already applied), into shared memory rows `ld`
+// floats apart, each row times scale(r). Rows at or past L read as zeros (the last chunk's
+// padding). float4 loads: src and stride are 16-byte aligned (ssd_scan_supported).
+template <int ROWS, int COLS, class Scale>
+__device__ __forceinline__ void load_rows(float* dst, int ld, const float* src, int64_t stride, int64_t b,
+                                          int64_t L, int64_t l0, Scale scale) {
+  for (int i = threadIdx.x; i < ROWS * COLS / 4; i += kThreads) {
+    const int r = i / (COLS / 4), q = (i % (COLS / 4)) * 4;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (l0 + r < L) {
+      v = ld4(src + (b * L + l0 + r) * stride + q);
+      const float f = scale(r);
+      v.x *= f, v.y *= f, v.z *= f, v.w *= f;
+    }
+    st4(dst + r * ld + q, v);
+  }
+}
+struct Unscaled {
+  __device__ float operator()(int) const { return 1.f; }
+};
 
 // Inclusive prefix sum of v over the block's 256 threads (warp shuffles, then warp totals).
 __device__ float block_scan(float v, float* warp_tot) {
@@ -88,7 +107,7 @@ __device__ float block_scan(float v, float* warp_tot) {
 template <int T>
 __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdScanArgs a) {
   const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5;
-  const int64_t b = blockIdx.z, nc = nchunks(a), l0 = int64_t(c) * T;
+  const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
   const int gi = h / (a.H / a.G);
   const Ws ws = split_ws(a);
   __shared__ __align__(128) float xs[KS * LDX];
@@ -112,21 +131,8 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdScanArgs a) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) wmma::fill_fragment(acc[i], 0.f);
   for (int s0 = 0; s0 < T; s0 += KS) {
-    for (int i = t; i < KS * P_ / 4; i += kThreads) {
-      const int r = i / (P_ / 4), q = (i % (P_ / 4)) * 4;
-      const int64_t l = l0 + s0 + r;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (l < a.L) v = ld4(a.x + (b * a.L + l) * a.x_row + int64_t(h) * P_ + q);
-      const float ww = w[s0 + r];
-      st4(xs + r * LDX + q, make_float4(v.x * ww, v.y * ww, v.z * ww, v.w * ww));
-    }
-    for (int i = t; i < KS * N_ / 4; i += kThreads) {
-      const int r = i / (N_ / 4), q = (i % (N_ / 4)) * 4;
-      const int64_t l = l0 + s0 + r;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (l < a.L) v = ld4(a.B + (b * a.L + l) * a.bc_row + int64_t(gi) * N_ + q);
-      st4(bs + r * LDN + q, v);
-    }
+    load_rows<KS, P_>(xs, LDX, a.x + int64_t(h) * P_, a.x_row, b, a.L, l0 + s0, [&](int r) { return w[s0 + r]; });
+    load_rows<KS, N_>(bs, LDN, a.B + int64_t(gi) * N_, a.bc_row, b, a.L, l0 + s0, Unscaled{});
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < KS; kk += 8) {
@@ -150,7 +156,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdScanArgs a) {
 __global__ void __launch_bounds__(kThreads) state_pass_kernel(SsdScanArgs a) {
   const int64_t PN = int64_t(P_) * N_, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int h = blockIdx.y;
-  const int64_t b = blockIdx.z, nc = nchunks(a);
+  const int64_t b = blockIdx.z, nc = a.chunks();
   const Ws ws = split_ws(a);
   float S = a.init ? a.init[(b * a.H + h) * PN + e] : 0.f;
   const float* acs = ws.acs + (b * a.H + h) * nc * a.T;
@@ -168,7 +174,7 @@ template <int T>
 __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdScanArgs a) {
   constexpr int R = 64, PER_WARP = (R / 16) * (T / 16) / kWarps;  // 16x16 tiles per warp
   const int t = threadIdx.x, warp = t >> 5, r0 = blockIdx.x * R;
-  const int64_t b = blockIdx.z, nc = nchunks(a);
+  const int64_t b = blockIdx.z, nc = a.chunks();
   const int c = int(blockIdx.y / a.G), gi = int(blockIdx.y % a.G);
   const int64_t l0 = int64_t(c) * T;
   const Ws ws = split_ws(a);
@@ -178,20 +184,8 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdScanArgs a) {
 #pragma unroll
   for (int i = 0; i < PER_WARP; ++i) wmma::fill_fragment(acc[i], 0.f);
   for (int n0 = 0; n0 < N_; n0 += KS) {
-    for (int i = t; i < R * KS / 4; i += kThreads) {
-      const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
-      const int64_t l = l0 + r0 + r;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (l < a.L) v = ld4(a.C + (b * a.L + l) * a.bc_row + int64_t(gi) * N_ + n0 + q);
-      st4(cs + r * LDK + q, v);
-    }
-    for (int i = t; i < T * KS / 4; i += kThreads) {
-      const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
-      const int64_t l = l0 + r;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (l < a.L) v = ld4(a.B + (b * a.L + l) * a.bc_row + int64_t(gi) * N_ + n0 + q);
-      st4(bs + r * LDK + q, v);
-    }
+    load_rows<R, KS>(cs, LDK, a.C + int64_t(gi) * N_ + n0, a.bc_row, b, a.L, l0 + r0, Unscaled{});
+    load_rows<T, KS>(bs, LDK, a.B + int64_t(gi) * N_ + n0, a.bc_row, b, a.L, l0, Unscaled{});
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < KS; kk += 8)
@@ -221,7 +215,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdScanArgs a) {
   constexpr int BUF1 = T * LDK + KS * LDX, BUF2 = T * LDK + P_ * LDK, BUF3 = kWarps * 16 * LDE;
   constexpr int BUF = BUF1 > BUF2 ? (BUF1 > BUF3 ? BUF1 : BUF3) : (BUF2 > BUF3 ? BUF2 : BUF3);
   const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5, lane = t & 31;
-  const int64_t b = blockIdx.z, nc = nchunks(a), l0 = int64_t(c) * T;
+  const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
   const int gi = h / (a.H / a.G);
   const Ws ws = split_ws(a);
   __shared__ __align__(128) float buf[BUF];
@@ -244,13 +238,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdScanArgs a) {
       const int r = i / KS, k = i % KS, s = s0 + k;
       ms[r * LDK + k] = s <= r ? expf(acs[r] - acs[s]) * cb[int64_t(r) * T + s] * dts[s] : 0.f;
     }
-    for (int i = t; i < KS * P_ / 4; i += kThreads) {
-      const int r = i / (P_ / 4), q = (i % (P_ / 4)) * 4;
-      const int64_t l = l0 + s0 + r;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (l < a.L) v = ld4(a.x + (b * a.L + l) * a.x_row + int64_t(h) * P_ + q);
-      st4(xs + r * LDX + q, v);
-    }
+    load_rows<KS, P_>(xs, LDX, a.x + int64_t(h) * P_, a.x_row, b, a.L, l0 + s0, Unscaled{});
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < KS; kk += 8)
@@ -272,17 +260,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdScanArgs a) {
   float* ss = buf + T * LDK;   // P x KS: S[p][n0 + k]
   const float* S = ws.states + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
   for (int n0 = 0; n0 < N_; n0 += KS) {
-    for (int i = t; i < T * KS / 4; i += kThreads) {
-      const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
-      const int64_t l = l0 + r;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (l < a.L) {
-        v = ld4(a.C + (b * a.L + l) * a.bc_row + int64_t(gi) * N_ + n0 + q);
-        const float e = expf(acs[r]);
-        v.x *= e, v.y *= e, v.z *= e, v.w *= e;
-      }
-      st4(cs + r * LDK + q, v);
-    }
+    load_rows<T, KS>(cs, LDK, a.C + int64_t(gi) * N_ + n0, a.bc_row, b, a.L, l0, [&](int r) { return expf(acs[r]); });
     for (int i = t; i < P_ * KS / 4; i += kThreads) {
       const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
       st4(ss + r * LDK + q, ld4(S + int64_t(r) * N_ + n0 + q));
@@ -326,7 +304,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdScanArgs a) {
 
 template <int T>
 cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
-  const auto nc = unsigned(nchunks(a)), H = unsigned(a.H), Bz = unsigned(a.batch);
+  const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
   DFSSM_LAUNCH(chunk_state_kernel<T>, dim3(nc, H, Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(state_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a);
