@@ -12,7 +12,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <torch/cuda.h>
+
+#include <functional>
 
 #include "catch_compat.h"
 #include "kernels/cpu/conv_train_ref.h"
@@ -355,6 +359,43 @@ TEST_CASE("fused SSD forward == ATen chunked SSD + D, 1.3B head shapes, no grad"
                                        at::ones({1, 64, 1, 128}).cuda(), at::ones({1, 64, 1, 128}).cuda(),
                                        at::ones({64}).cuda(), 64));
   set_ssd_scan_enabled(false);
+}
+
+// A benchmark, not a test (hidden; `test_gpu_train_kernels "[bench]"`): the no-grad SSD forward
+// at the 1.3B distillation shape (16 x 2048, 64 heads), fused kernels vs the ATen chunked path.
+TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  const int64_t b = 16, l = 2048, h = 64, p = 64, n = 128;
+  auto gg = gen(90);
+  const auto x = at::randn({b, l, h, p}, gg).cuda(), dt = at::softplus(at::randn({b, l, h}, gg) - 2.0).cuda();
+  const auto A = (-at::exp(at::randn({h}, gg) * 0.5)).cuda(), D = at::randn({h}, gg).cuda();
+  const auto B = at::randn({b, l, 1, n}, gg).cuda(), C = at::randn({b, l, 1, n}, gg).cuda();
+  at::NoGradGuard ng;
+  auto time_ms = [](const std::function<void()>& f) {
+    for (int i = 0; i < 2; ++i) f();
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    cudaEventRecord(e0, c10::cuda::getCurrentCUDAStream());
+    constexpr int reps = 10;
+    for (int i = 0; i < reps; ++i) f();
+    cudaEventRecord(e1, c10::cuda::getCurrentCUDAStream());
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    return double(ms) / reps;
+  };
+  for (const int64_t chunk : {64, 128, 256}) {
+    set_ssd_scan_enabled(true);
+    REQUIRE(ssd_scan_fused_available(x, dt, A, B, C, D, chunk));
+    const double tf = time_ms([&] { ssd_scan_fused(x, dt, A, B, C, D, chunk, at::Tensor()); });
+    set_ssd_scan_enabled(false);
+    const double ta = time_ms([&] {
+      auto r = ssd_chunked(x, dt, A, B, C, chunk, at::Tensor());
+      (void)(r.first + x * D.view({1, 1, h, 1}));
+    });
+    WARN("bench ssd forward 16x2048 chunk " << chunk << ": fused " << tf << " ms, ATen " << ta << " ms");
+  }
 }
 
 TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen path", "[gpu][ssd_scan]") {

@@ -7,7 +7,8 @@
 #   VARIANTS: runs as "name:overrides|name:overrides" (VAR=value tokens set the environment) (default: the DF-SSM student, then the plain
 #     one), e.g. VARIANTS="c256:|c128:distill.ssd_chunk=128"
 #   GEOM (default mamba2-1.3b), L (sequence length, default 2048): another geometry's random teacher
-#   PROFILE=k: DFSSM_PROFILE_STEP=k for the first variant (the kernel profile of step k)
+#   PROFILE=k: DFSSM_PROFILE_STEP=k for the first variant (the kernel profile of step k, and
+#     scripts/device/trace_ops.py's breakdown of it by the launching autograd node and op)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=${1:-4}
@@ -43,6 +44,8 @@ for run in "${RUNS[@]}"; do
   if [[ $first == 1 && -n ${PROFILE:-} ]]; then
     # shellcheck disable=SC2086
     env "${envs[@]}" DFSSM_PROFILE_STEP=$PROFILE $D distill $W/job.yaml $extra 2>&1 | grep -v "^\[distill" | tail -75
+    # which model code launched the hot kernels (autograd node or model scope, then the aten op)
+    python3 scripts/device/trace_ops.py "$W/run/student/profile-step$PROFILE.json" 45 | tee "$OUT/trace_ops.txt"
   else
     # shellcheck disable=SC2086
     env "${envs[@]}" $D distill $W/job.yaml $extra 2>&1 | tail -3

@@ -9,6 +9,7 @@
 #   3. time the 130m geometry's distillation (B=32 x 1024) and pretraining steps, which size the
 #      quality run (configs/quality_100m.yaml); V130= skips this;
 #   4. RUNTIME=1: the CUDA runtime's gpu test and its 1.3B decode/prefill bench on the same build;
+#   BENCH=1: the gpu tests' hidden kernel benchmarks ("[bench]");
 #   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward kernels after the tests.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,6 +35,8 @@ if [[ ${MEMCHECK:-0} == 1 ]]; then
     build-device/bin/test_gpu_train_kernels "fused SSD forward kernels (TF32) vs their scalar reference*" \
     >"$OUT/memcheck.txt" 2>&1 && echo "memcheck ok: ssd_scan kernels" || { echo "memcheck FAILED ($?)"; tail -20 "$OUT/memcheck.txt"; }
 fi
+# BENCH=1: the hidden kernel benchmarks of the gpu tests ("[bench]": printed times, no assertions)
+[[ ${BENCH:-0} == 1 ]] && build-device/bin/test_gpu_train_kernels "[bench]" 2>&1 | grep -E "^  bench" | tee "$OUT/kernel_bench.txt"
 echo "tests done ($(( $(date +%s) - t0 )) s)"
 PLAIN="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
 AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:distill.ssd_chunk=128|scan:DFSSM_SSD_SCAN=1 distill.ssd_chunk=128|plain:distill.ssd_chunk=128 $PLAIN}" \

@@ -88,6 +88,37 @@ struct Unscaled {
   __device__ float operator()(int) const { return 1.f; }
 };
 
+// The same rows held in registers between a load and a later store to shared memory: the
+// kernels issue the next K-slab's loads before the current slab's MMAs (software pipelining), so
+// that each block keeps its DRAM/L2 round trips in flight while it computes, instead of taking
+// one round trip per slab. Rows at or past `valid` read as zeros.
+template <int ROWS, int COLS>
+struct RowsRegs {
+  static constexpr int kQ = COLS / 4, kPer = (ROWS * kQ + kThreads - 1) / kThreads;
+  float4 v[kPer];
+  __device__ __forceinline__ void load(const float* src, int64_t stride, int64_t valid) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / kQ, q = (i % kQ) * 4;
+      v[j] = i < ROWS * kQ && r < valid ? ld4(src + r * stride + q) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  }
+  // Rows l0 + [0, ROWS) of a (batch, L, ...) matrix, as load_rows reads them.
+  __device__ __forceinline__ void load_seq(const float* src, int64_t stride, int64_t b, int64_t L, int64_t l0) {
+    load(src + (b * L + l0) * stride, stride, L - l0);
+  }
+  template <class Scale>
+  __device__ __forceinline__ void store(float* dst, int ld, Scale scale) const {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / kQ, q = (i % kQ) * 4;
+      if (i >= ROWS * kQ) continue;
+      const float f = scale(r);
+      st4(dst + r * ld + q, make_float4(v[j].x * f, v[j].y * f, v[j].z * f, v[j].w * f));
+    }
+  }
+};
+
 // Inclusive prefix sum of v over the block's 256 threads (warp shuffles, then warp totals).
 __device__ float block_scan(float v, float* warp_tot) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -105,7 +136,7 @@ __device__ float block_scan(float v, float* warp_tot) {
 
 // ---- 1. chunk states ---------------------------------------------------------------------------
 template <int T>
-__global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdScanArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) chunk_state_kernel(SsdScanArgs a) {
   const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5;
   const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
   const int gi = h / (a.H / a.G);
@@ -113,6 +144,14 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdScanArgs a) {
   __shared__ __align__(128) float xs[KS * LDX];
   __shared__ __align__(128) float bs[KS * LDN];
   __shared__ float w[T], warp_tot[kWarps], total;
+
+  // The first K-slab's loads go out before the scan, so that their latency overlaps it.
+  RowsRegs<KS, P_> xr;
+  RowsRegs<KS, N_> br;
+  const float* xsrc = a.x + int64_t(h) * P_;
+  const float* bsrc = a.B + int64_t(gi) * N_;
+  xr.load_seq(xsrc, a.x_row, b, a.L, l0);
+  br.load_seq(bsrc, a.bc_row, b, a.L, l0);
 
   // Phase 1: acs (written for kernels 2 and 4) and the weights w_l.
   const bool in = t < T && l0 + t < a.L;
@@ -126,14 +165,19 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdScanArgs a) {
   }
   __syncthreads();
 
-  // Phase 2: states (P x N) = (w∘x)ᵀ·B over K-slabs of 32 positions.
+  // Phase 2: states (P x N) = (w∘x)ᵀ·B over K-slabs of 32 positions; slab s0 + KS is in flight
+  // while slab s0 is multiplied.
   FragC acc[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) wmma::fill_fragment(acc[i], 0.f);
   for (int s0 = 0; s0 < T; s0 += KS) {
-    load_rows<KS, P_>(xs, LDX, a.x + int64_t(h) * P_, a.x_row, b, a.L, l0 + s0, [&](int r) { return w[s0 + r]; });
-    load_rows<KS, N_>(bs, LDN, a.B + int64_t(gi) * N_, a.bc_row, b, a.L, l0 + s0, Unscaled{});
+    xr.store(xs, LDX, [&](int r) { return w[s0 + r]; });
+    br.store(bs, LDN, Unscaled{});
     __syncthreads();
+    if (s0 + KS < T) {
+      xr.load_seq(xsrc, a.x_row, b, a.L, l0 + s0 + KS);
+      br.load_seq(bsrc, a.bc_row, b, a.L, l0 + s0 + KS);
+    }
 #pragma unroll
     for (int kk = 0; kk < KS; kk += 8) {
       FragBrow fb;
@@ -153,25 +197,39 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(SsdScanArgs a) {
 }
 
 // ---- 2. state passing --------------------------------------------------------------------------
+// The chunks' states and decays are loaded kGroup at a time before any is used (the stores of
+// entering states would otherwise keep each load behind the previous chunk's store: one DRAM
+// round trip per chunk).
 __global__ void __launch_bounds__(kThreads) state_pass_kernel(SsdScanArgs a) {
+  constexpr int kGroup = 8;
   const int64_t PN = int64_t(P_) * N_, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int h = blockIdx.y;
-  const int64_t b = blockIdx.z, nc = a.chunks();
+  const int64_t b = blockIdx.z, nc = a.chunks(), cstride = int64_t(a.H) * PN;
   const Ws ws = split_ws(a);
   float S = a.init ? a.init[(b * a.H + h) * PN + e] : 0.f;
-  const float* acs = ws.acs + (b * a.H + h) * nc * a.T;
-  for (int64_t c = 0; c < nc; ++c) {
-    float* p = ws.states + ((b * nc + c) * a.H + h) * PN + e;
-    const float s = *p;
-    *p = S;  // the state entering chunk c
-    S = expf(acs[c * a.T + a.T - 1]) * S + s;
+  const float* acs = ws.acs + (b * a.H + h) * nc * a.T + (a.T - 1);
+  float* st = ws.states + (b * nc * a.H + h) * PN + e;  // chunk c at st[c * cstride]
+  for (int64_t c0 = 0; c0 < nc; c0 += kGroup) {
+    float s[kGroup], d[kGroup];
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+      const bool ok = c0 + j < nc;
+      s[j] = ok ? st[(c0 + j) * cstride] : 0.f;
+      d[j] = ok ? acs[(c0 + j) * a.T] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+      if (c0 + j >= nc) break;
+      st[(c0 + j) * cstride] = S;  // the state entering chunk c0 + j
+      S = expf(d[j]) * S + s[j];
+    }
   }
   a.final_state[(b * a.H + h) * PN + e] = S;
 }
 
 // ---- 3. CB = C·Bᵀ per group ----------------------------------------------------------------------
 template <int T>
-__global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdScanArgs a) {
+__global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_cb_kernel(SsdScanArgs a) {
   constexpr int R = 64, PER_WARP = (R / 16) * (T / 16) / kWarps;  // 16x16 tiles per warp
   const int t = threadIdx.x, warp = t >> 5, r0 = blockIdx.x * R;
   const int64_t b = blockIdx.z, nc = a.chunks();
@@ -209,94 +267,128 @@ __global__ void __launch_bounds__(kThreads) chunk_cb_kernel(SsdScanArgs a) {
 }
 
 // ---- 4. chunk scan: the output -------------------------------------------------------------------
+// D·x rides on the masked matrix's diagonal (M[l][l] += D), so the epilogue reads no x. Each
+// slab's global loads (CB, x; then C, S) are issued before the previous slab's MMAs.
 template <int T>
-__global__ void __launch_bounds__(kThreads) chunk_scan_kernel(SsdScanArgs a) {
+__global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_scan_kernel(SsdScanArgs a) {
   constexpr int PER_WARP = (T / 16) * (P_ / 16) / kWarps;  // 16x16 output tiles per warp
   constexpr int BUF1 = T * LDK + KS * LDX, BUF2 = T * LDK + P_ * LDK, BUF3 = kWarps * 16 * LDE;
   constexpr int BUF = BUF1 > BUF2 ? (BUF1 > BUF3 ? BUF1 : BUF3) : (BUF2 > BUF3 ? BUF2 : BUF3);
+  // A warp's tiles share one column block tn (the B fragment) and step through row blocks.
+  static_assert(kWarps % (P_ / 16) == 0, "tile assignment");
   const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5, lane = t & 31;
+  const int tn = warp % (P_ / 16), tm0 = warp / (P_ / 16);
+  constexpr int TM_STEP = kWarps / (P_ / 16);
   const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
   const int gi = h / (a.H / a.G);
   const Ws ws = split_ws(a);
   __shared__ __align__(128) float buf[BUF];
   __shared__ float acs[T], dts[T];
+
+  const float* cb = ws.cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  const float* xsrc = a.x + int64_t(h) * P_;
+  const float* csrc = a.C + int64_t(gi) * N_;
+  const float* S = ws.states + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
+  RowsRegs<T, KS> mr;   // CB[:, s0 .. s0 + KS), then (phase 2) C[:, n0 .. n0 + KS)
+  RowsRegs<KS, P_> xr;  // x rows s0 .. s0 + KS
+  RowsRegs<P_, KS> sr;  // phase 2: S[:, n0 .. n0 + KS)
+  mr.load(cb, T, T);
+  xr.load_seq(xsrc, a.x_row, b, a.L, l0);
   if (t < T) {
     acs[t] = ws.acs[((b * a.H + h) * nc + c) * T + t];
     dts[t] = l0 + t < a.L ? a.dt[(b * a.L + l0 + t) * a.H + h] : 0.f;
   }
+  const float D = a.D ? a.D[h] : 0.f;
   __syncthreads();
   FragC acc[PER_WARP];
 #pragma unroll
   for (int i = 0; i < PER_WARP; ++i) wmma::fill_fragment(acc[i], 0.f);
 
-  // Phase 1: y += (L∘CB∘dt)·x, K-slabs over the source positions s.
-  float* ms = buf;              // T x KS: the masked, decayed CB
-  float* xs = buf + T * LDK;    // KS x P
-  const float* cb = ws.cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  // Phase 1: y += (L∘CB∘dt + D·I)·x, K-slabs over the source positions s.
+  float* ms = buf;            // T x KS: the masked, decayed CB
+  float* xs = buf + T * LDK;  // KS x P
   for (int s0 = 0; s0 < T; s0 += KS) {
-    for (int i = t; i < T * KS; i += kThreads) {
-      const int r = i / KS, k = i % KS, s = s0 + k;
-      ms[r * LDK + k] = s <= r ? expf(acs[r] - acs[s]) * cb[int64_t(r) * T + s] * dts[s] : 0.f;
-    }
-    load_rows<KS, P_>(xs, LDX, a.x + int64_t(h) * P_, a.x_row, b, a.L, l0 + s0, Unscaled{});
-    __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < KS; kk += 8)
+    for (int j = 0; j < mr.kPer; ++j) {
+      const int i = t + j * kThreads, r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+      const float v[4] = {mr.v[j].x, mr.v[j].y, mr.v[j].z, mr.v[j].w};
+      float m[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int s = s0 + q + k;
+        m[k] = s <= r ? expf(acs[r] - acs[s]) * v[k] * dts[s] + (s == r ? D : 0.f) : 0.f;
+      }
+      st4(ms + r * LDK + q, make_float4(m[0], m[1], m[2], m[3]));
+    }
+    xr.store(xs, LDX, Unscaled{});
+    __syncthreads();
+    if (s0 + KS < T) {
+      mr.load(cb + s0 + KS, T, T);
+      xr.load_seq(xsrc, a.x_row, b, a.L, l0 + s0 + KS);
+    } else {  // phase 2's first slab
+      mr.load_seq(csrc, a.bc_row, b, a.L, l0);
+      sr.load(S, N_, P_);
+    }
+#pragma unroll 2
+    for (int kk = 0; kk < KS; kk += 8) {
+      FragBrow fb;
+      load_tf32(fb, xs + kk * LDX + tn * 16, LDX);
 #pragma unroll
       for (int i = 0; i < PER_WARP; ++i) {
-        const int tile = warp + kWarps * i, tm = tile / (P_ / 16), tn = tile % (P_ / 16);
+        const int tm = tm0 + TM_STEP * i;
         if (s0 + kk >= (tm + 1) * 16) continue;  // above the diagonal: all zeros
         FragArow fa;
-        FragBrow fb;
         load_tf32(fa, ms + tm * 16 * LDK + kk, LDK);
-        load_tf32(fb, xs + kk * LDX + tn * 16, LDX);
         wmma::mma_sync(acc[i], fa, fb, acc[i]);
       }
+    }
     __syncthreads();
   }
 
   // Phase 2: y += (exp(acs)∘C)·Sᵀ with S the state entering the chunk, K-slabs over n.
-  float* cs = buf;             // T x KS
-  float* ss = buf + T * LDK;   // P x KS: S[p][n0 + k]
-  const float* S = ws.states + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
+  float* cs = buf;            // T x KS
+  float* ss = buf + T * LDK;  // P x KS: S[p][n0 + k]
   for (int n0 = 0; n0 < N_; n0 += KS) {
-    load_rows<T, KS>(cs, LDK, a.C + int64_t(gi) * N_ + n0, a.bc_row, b, a.L, l0, [&](int r) { return expf(acs[r]); });
-    for (int i = t; i < P_ * KS / 4; i += kThreads) {
-      const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
-      st4(ss + r * LDK + q, ld4(S + int64_t(r) * N_ + n0 + q));
-    }
+    mr.store(cs, LDK, [&](int r) { return expf(acs[r]); });
+    sr.store(ss, LDK, Unscaled{});
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < KS; kk += 8)
+    if (n0 + KS < N_) {
+      mr.load_seq(csrc + n0 + KS, a.bc_row, b, a.L, l0);
+      sr.load(S + n0 + KS, N_, P_);
+    }
+#pragma unroll 2
+    for (int kk = 0; kk < KS; kk += 8) {
+      FragBcol fb;  // B(n, p) = ss[p][n]
+      load_tf32(fb, ss + tn * 16 * LDK + kk, LDK);
 #pragma unroll
       for (int i = 0; i < PER_WARP; ++i) {
-        const int tile = warp + kWarps * i, tm = tile / (P_ / 16), tn = tile % (P_ / 16);
+        const int tm = tm0 + TM_STEP * i;
         FragArow fa;
-        FragBcol fb;  // B(n, p) = ss[p][n]
         load_tf32(fa, cs + tm * 16 * LDK + kk, LDK);
-        load_tf32(fb, ss + tn * 16 * LDK + kk, LDK);
         wmma::mma_sync(acc[i], fa, fb, acc[i]);
       }
+    }
     __syncthreads();
   }
 
-  // Epilogue: each warp stages its tiles through 16x16 floats of shared memory, adds D·x and
-  // writes the rows inside L.
+  // Epilogue: tiles whose 16 rows are all inside L go straight to y (rows H·P floats apart);
+  // the last chunk's partial tile is staged through shared memory and written row by row.
   float* stage = buf + warp * 16 * LDE;
-  const float D = a.D ? a.D[h] : 0.f;
+  const int64_t ld = int64_t(a.H) * P_;
 #pragma unroll
   for (int i = 0; i < PER_WARP; ++i) {
-    const int tile = warp + kWarps * i, tm = tile / (P_ / 16), tn = tile % (P_ / 16);
+    const int tm = tm0 + TM_STEP * i;
+    const int64_t lt = l0 + tm * 16;
+    float* dst = a.y + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16;
+    if (lt + 16 <= a.L) {
+      wmma::store_matrix_sync(dst, acc[i], unsigned(ld), wmma::mem_row_major);
+      continue;
+    }
     wmma::store_matrix_sync(stage, acc[i], LDE, wmma::mem_row_major);
     __syncwarp();
     for (int e = lane; e < 256; e += 32) {
       const int r = e / 16, q = e % 16;
-      const int64_t l = l0 + tm * 16 + r;
-      const int p = tn * 16 + q;
-      if (l < a.L) {
-        const float xv = a.x[(b * a.L + l) * a.x_row + int64_t(h) * P_ + p];
-        a.y[((b * a.L + l) * a.H + h) * int64_t(P_) + p] = stage[r * LDE + q] + D * xv;
-      }
+      if (lt + r < a.L) dst[r * ld + q] = stage[r * LDE + q];
     }
     __syncwarp();
   }

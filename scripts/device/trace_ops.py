@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Where a profiled step's GPU time comes from, by the op that launched each kernel.
+
+usage: trace_ops.py profile-stepK.json [top]
+
+Reads the Kineto trace that DFSSM_PROFILE_STEP=k writes (src/distill/profile.cpp) and sums the
+kernels' GPU time by (context, launching op): the context is the autograd node whose backward
+launched it ("bwd: MulBackward0") or the innermost dfssm:: model scope of a forward, the op the
+innermost aten:: call. The kernel table the trainer prints says which kernels are hot; this
+says which model code launched them.
+"""
+import bisect
+import collections
+import json
+import sys
+
+
+def main():
+    path = sys.argv[1]
+    top = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+    events = json.load(open(path))["traceEvents"]
+    ops = {}  # External id -> (name, tid, ts)
+    spans = collections.defaultdict(list)  # tid -> [(ts, end, label)]
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        cat, name = e.get("cat", ""), e.get("name", "")
+        if cat == "cpu_op":
+            ext = e.get("args", {}).get("External id")
+            if ext is not None:
+                ops[ext] = (name, e["tid"], e["ts"])
+            if name.startswith("autograd::engine::evaluate_function: "):
+                spans[e["tid"]].append((e["ts"], e["ts"] + e["dur"], "bwd: " + name.split(": ", 1)[1]))
+        elif cat == "user_annotation" and name.startswith("dfssm::"):
+            spans[e["tid"]].append((e["ts"], e["ts"] + e["dur"], "fwd: " + name))
+    starts = {}
+    for tid, v in spans.items():
+        v.sort()
+        starts[tid] = [s for s, _, _ in v]
+
+    def context(tid, ts):
+        v = spans.get(tid)
+        if not v:
+            return "-"
+        i = bisect.bisect_right(starts[tid], ts) - 1
+        while i >= 0:  # the innermost span that contains ts
+            s, end, label = v[i]
+            if end >= ts:
+                return label
+            i -= 1
+        return "-"
+
+    by_pair, by_ctx = collections.Counter(), collections.Counter()
+    total = 0.0
+    for e in events:
+        if e.get("ph") != "X" or e.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        us = float(e.get("dur", 0))
+        total += us
+        op = ops.get(e.get("args", {}).get("External id"))
+        ctx = context(op[1], op[2]) if op else "-"
+        name = op[0] if op else "(no op)"
+        by_pair[(ctx, name)] += us
+        by_ctx[ctx] += us
+    print(f"GPU time {total / 1e3:.1f} ms")
+    print("-- by context (autograd node of the backward, or model scope of the forward)")
+    for ctx, us in by_ctx.most_common(top):
+        print(f"{us / 1e3:10.2f} ms {100 * us / total:5.1f}%  {ctx}")
+    print("-- by (context, op)")
+    for (ctx, name), us in by_pair.most_common(top):
+        print(f"{us / 1e3:10.2f} ms {100 * us / total:5.1f}%  {ctx[:60]:60s} {name[:60]}")
+
+
+if __name__ == "__main__":
+    main()
