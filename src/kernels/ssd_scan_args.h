@@ -45,12 +45,20 @@ struct SsdScanArgs {
 // output gradient dy (batch, L, H, P) contiguous and d final_state (batch, H, P, N) or null.
 // Gradients, fp32, overwritten: dx (batch, L, H, P), ddt (batch, L, H), dB and dC (batch, L, G,
 // N), all contiguous; dA and dD (H); dinit (batch, H, P, N) when fwd.init is given.
+// The CUDA backward also reads the forward's workspace (`fwd.workspace`, as the forward kernels
+// left it: acs, the states entering each chunk, CB) and needs its own, `workspace`
+// (ssd_scan_bwd_workspace_floats): the state gradients (batch, chunks, H, P, N), then dΛ per
+// chunk (batch, H, chunks).
 struct SsdScanGrads {
   const float* dy = nullptr;
   const float* dfinal = nullptr;
   float *dx = nullptr, *ddt = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr, *dD = nullptr, *dinit = nullptr;
+  float* workspace = nullptr;
 };
 
 inline int64_t ssd_scan_workspace_floats(const SsdScanArgs& a) { return a.acs_floats() + a.states_floats() + a.cb_floats(); }
+inline int64_t ssd_scan_bwd_workspace_floats(const SsdScanArgs& a) {
+  return a.states_floats() + a.batch * a.H * a.chunks();
+}
 
 }  // namespace dfssm::kernels

@@ -17,7 +17,7 @@ namespace dfssm {
 
 namespace {
 fused::Switch& scan_switch() {
-  static fused::Switch s("DFSSM_SSD_SCAN", /*default_on=*/false);
+  static fused::Switch s("DFSSM_SSD_SCAN", /*default_on=*/true);
   return s;
 }
 

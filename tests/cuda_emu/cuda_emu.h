@@ -6,7 +6,7 @@
 // a function-local `static`.
 //
 // What it covers is what our kernels use: threadIdx / blockIdx / blockDim, __syncthreads,
-// __syncwarp, __shfl_up_sync, float4, expf, and nvcuda::wmma's m16n16k8 TF32 fragments. A
+// __syncwarp, __shfl_up_sync / __shfl_xor_sync, atomicAdd (float), cudaMemsetAsync, float4, expf, and nvcuda::wmma's m16n16k8 TF32 fragments. A
 // fragment holds its whole tile in every thread (the documented semantics of load / mma /
 // store, computed redundantly per lane; lane 0 alone stores); __float_to_tf32 rounds to 10
 // mantissa bits (nearest, ties away) as cvt.rna.tf32.f32 does. Timing, occupancy, memory
@@ -30,12 +30,21 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
 using cudaStream_t = void*;
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) {
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+template <class F>
+cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -112,6 +121,23 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
 
 inline void __syncthreads() { dfssm::emu::tl_ctx->block->wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { dfssm::emu::tl_ctx->warps[threadIdx.x / 32]->wait(); }
+// Blocks run one at a time, but a block's threads race: one lock makes the add atomic.
+inline float atomicAdd(float* p, float v) {
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lk(mu);
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+inline float __shfl_xor_sync(unsigned, float v, int mask) {
+  auto& c = *dfssm::emu::tl_ctx;
+  const unsigned t = threadIdx.x, lane = t % 32;
+  c.shfl[t] = v;
+  __syncwarp();
+  const float r = c.shfl[t - lane + (lane ^ unsigned(mask))];
+  __syncwarp();
+  return r;
+}
 inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
   auto& c = *dfssm::emu::tl_ctx;
   const unsigned t = threadIdx.x, lane = t % 32;
@@ -158,6 +184,13 @@ void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const float* p, unsi
     for (int c = 0; c < F::cols; ++c)
       f.x[r * F::cols + c] = std::is_same_v<Layout, row_major> ? p[size_t(r) * ld + c] : p[size_t(c) * ld + r];
   __syncwarp();  // collective: every lane has read before anyone moves on
+}
+
+template <int M, int N, int K>
+void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ld, layout_t layout) {
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) f.x[i * N + j] = layout == mem_row_major ? p[size_t(i) * ld + j] : p[size_t(j) * ld + i];
+  __syncwarp();
 }
 
 template <int M, int N, int K, class LA, class LB>

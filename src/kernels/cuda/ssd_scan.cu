@@ -15,124 +15,16 @@
 //      entering_c = S; S = exp(acs_T-1 of c)·S + states_c; the final S is the final state.
 //   3. chunk_cb (T/64, chunk x group, batch): CB = C·Bᵀ for 64 rows of the chunk, once per
 //      group (the heads of a group share it).
-//   4. chunk_scan (chunk, head, batch): y = (L∘CB∘dt)·x + (exp(acs)∘C)·Sᵀ + D·x. The masked
+//   4. chunk_scan (chunk, head, batch): y = (L∘CB∘dt + D·I)·x + (exp(acs)∘C)·Sᵀ. The masked
 //      decay matrix is built slab by slab in shared memory, never in HBM; tiles above the
-//      diagonal skip their MMAs; the epilogue adds D·x through a per-warp 16x16 staging tile.
-#ifndef DFSSM_CUDA_EMULATE
-#include <mma.h>
-// A kernel launch; tests/cuda_emu/cuda_emu.h (DFSSM_CUDA_EMULATE) runs the same kernels on CPU
-// threads, so their logic is tested where there is no GPU.
-#define DFSSM_LAUNCH(kernel, grid, stream, ...) kernel<<<grid, kThreads, 0, stream>>>(__VA_ARGS__)
-#else
-#define DFSSM_LAUNCH(kernel, grid, stream, ...) ::dfssm::emu::launch(grid, dim3(kThreads), [&] { kernel(__VA_ARGS__); })
-#endif
-
-#include "kernels/cuda/ssd_scan.h"
+//      diagonal skip their MMAs; the D skip rides on its diagonal; full tiles go straight to y.
+// Each K-slab's global loads are issued into registers before the previous slab's MMAs
+// (RowsRegs in ssd_scan_common.cuh). The backward kernels are in ssd_scan_bwd.cu.
+#include "kernels/cuda/ssd_scan_common.cuh"
 
 namespace dfssm::kernels {
 namespace {
-
-using namespace nvcuda;
-constexpr int kThreads = 256, kWarps = 8, KS = 32, P_ = 64, N_ = 128;
-constexpr int LDK = KS + 4;   // shared rows of a K-slab: +4 floats against bank conflicts
-constexpr int LDX = P_ + 4;   // shared rows of x
-constexpr int LDN = N_ + 4;   // shared rows of B
-constexpr int LDE = 16 + 4;   // the epilogue's staging tile
-
-using FragArow = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-using FragAcol = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
-using FragBrow = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-using FragBcol = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
-
-template <class F, class Ptr>
-__device__ __forceinline__ void load_tf32(F& f, Ptr p, unsigned ld) {
-  wmma::load_matrix_sync(f, p, ld);
-#pragma unroll
-  for (int t = 0; t < f.num_elements; ++t) f.x[t] = wmma::__float_to_tf32(f.x[t]);
-}
-
-__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ void st4(float* p, float4 v) { p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w; }
-
-struct Ws {  // the workspace's parts
-  float *acs, *states, *cb;
-};
-__device__ inline Ws split_ws(const SsdScanArgs& a) {
-  Ws w;
-  w.acs = a.workspace;
-  w.states = w.acs + a.acs_floats();
-  w.cb = w.states + a.states_floats();
-  return w;
-}
-
-// Rows l0 + [0, ROWS) of a (batch, L, ...) matrix whose rows are `stride` floats apart, COLS
-// floats each from `src` (the column offset already applied), into shared memory rows `ld`
-// floats apart, each row times scale(r). Rows at or past L read as zeros (the last chunk's
-// padding). float4 loads: src and stride are 16-byte aligned (ssd_scan_supported).
-template <int ROWS, int COLS, class Scale>
-__device__ __forceinline__ void load_rows(float* dst, int ld, const float* src, int64_t stride, int64_t b,
-                                          int64_t L, int64_t l0, Scale scale) {
-  for (int i = threadIdx.x; i < ROWS * COLS / 4; i += kThreads) {
-    const int r = i / (COLS / 4), q = (i % (COLS / 4)) * 4;
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (l0 + r < L) {
-      v = ld4(src + (b * L + l0 + r) * stride + q);
-      const float f = scale(r);
-      v.x *= f, v.y *= f, v.z *= f, v.w *= f;
-    }
-    st4(dst + r * ld + q, v);
-  }
-}
-struct Unscaled {
-  __device__ float operator()(int) const { return 1.f; }
-};
-
-// The same rows held in registers between a load and a later store to shared memory: the
-// kernels issue the next K-slab's loads before the current slab's MMAs (software pipelining), so
-// that each block keeps its DRAM/L2 round trips in flight while it computes, instead of taking
-// one round trip per slab. Rows at or past `valid` read as zeros.
-template <int ROWS, int COLS>
-struct RowsRegs {
-  static constexpr int kQ = COLS / 4, kPer = (ROWS * kQ + kThreads - 1) / kThreads;
-  float4 v[kPer];
-  __device__ __forceinline__ void load(const float* src, int64_t stride, int64_t valid) {
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      const int i = threadIdx.x + j * kThreads, r = i / kQ, q = (i % kQ) * 4;
-      v[j] = i < ROWS * kQ && r < valid ? ld4(src + r * stride + q) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-  }
-  // Rows l0 + [0, ROWS) of a (batch, L, ...) matrix, as load_rows reads them.
-  __device__ __forceinline__ void load_seq(const float* src, int64_t stride, int64_t b, int64_t L, int64_t l0) {
-    load(src + (b * L + l0) * stride, stride, L - l0);
-  }
-  template <class Scale>
-  __device__ __forceinline__ void store(float* dst, int ld, Scale scale) const {
-#pragma unroll
-    for (int j = 0; j < kPer; ++j) {
-      const int i = threadIdx.x + j * kThreads, r = i / kQ, q = (i % kQ) * 4;
-      if (i >= ROWS * kQ) continue;
-      const float f = scale(r);
-      st4(dst + r * ld + q, make_float4(v[j].x * f, v[j].y * f, v[j].z * f, v[j].w * f));
-    }
-  }
-};
-
-// Inclusive prefix sum of v over the block's 256 threads (warp shuffles, then warp totals).
-__device__ float block_scan(float v, float* warp_tot) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const float u = __shfl_up_sync(0xffffffffu, v, o);
-    if (lane >= o) v += u;
-  }
-  if (lane == 31) warp_tot[w] = v;
-  __syncthreads();
-  float add = 0;
-  for (int i = 0; i < w; ++i) add += warp_tot[i];
-  return v + add;
-}
+using namespace scan_detail;
 
 // ---- 1. chunk states ---------------------------------------------------------------------------
 template <int T>

@@ -31,4 +31,11 @@ bool ssd_scan_supported(const SsdScanArgs& a);
 // Runs the four kernels on `stream`. Returns the first launch error.
 cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream);
 
+// The backward (ssd_scan_bwd.cu): T in {64, 128}; `a` as given to the forward, whose workspace
+// must still hold what the forward left there; g.workspace 256-byte aligned and at least
+// ssd_scan_bwd_workspace_floats(a) long; dD and dinit optional. dB, dC, dA and dD are sums of
+// per-chunk atomics: their last bits vary from run to run.
+bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g);
+cudaError_t ssd_scan_bwd_cuda(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream);
+
 }  // namespace dfssm::kernels

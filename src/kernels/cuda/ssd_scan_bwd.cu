@@ -1,0 +1,529 @@
+// The chunked SSD backward in three kernels on TF32 tensor cores (the math: ssd_scan.h and
+// docs/training.md "The SSD backward, chunk by chunk"; the scalar twin: ssd_scan_bwd_ref in
+// kernels/cpu/ssd_scan_ref.cpp). P = 64, N = 128, T in {64, 128}.
+//
+// It reads the forward's workspace as ssd_scan.cu left it (acs, the state S entering each chunk,
+// CB per chunk and group) and its own: dstates (batch, chunks, H, P, N), dΛ (batch, H, chunks).
+// Gradients (fp32, contiguous): dx (batch, L, H, P) and ddt (batch, L, H) written; dB, dC
+// (batch, L, G, N), dA, dD (H) accumulated with atomics over heads and chunks (zeroed first).
+//
+// Kernels, in launch order (8 warps per block):
+//   1. dstate_local (chunk, head, batch): dSin_c = Σ_l e_l·dy_l ⊗ C_l (P x N), e_l = exp(acs_l):
+//      the chunk's output's gradient with respect to the state entering it.
+//   2. dstate_pass (P·N/256, head, batch): walks the chunks backwards with the gradient dS of the
+//      state leaving chunk c: dstates[c] = dS; dΛ_c = Σ dS∘e^Λ∘S_c (block sums, an atomic per
+//      block); dS <- dSin_c + e^Λ·dS. The last dS is the initial state's gradient.
+//   3. chunk_bwd (chunk, head, batch), ~190 KB of shared memory, in steps:
+//      1. Z = B·dSᵀ and Yoff = C·Sᵀ (T x P, K = N): dx_l = w_l·Z_l + D·dy_l, dw_l = x_l·Z_l,
+//         dacs from y_off and w;
+//      2. G = dy·xᵀ (T x T, lower tiles only); Pm = exp(acs_l - acs_s)·G masked (s <= l), in
+//         place; its row sums with CB and dt give dacs, its column sums ddt;
+//      3. dx += (M∘dt)ᵀ·dy with M = exp(acs_l - acs_s)·CB built slab by slab; dx to HBM;
+//      4. dC = Pm·(dt∘B) + (e∘dy)·S (T x N), atomically added over the group's heads;
+//      5. dB = dt∘(Pmᵀ·C + (e^(Λ-acs)∘x)·dS), the same;
+//      6. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
+#include <utility>
+
+#include "kernels/cuda/ssd_scan_common.cuh"
+
+namespace dfssm::kernels {
+namespace {
+using namespace scan_detail;
+
+struct BwdWs {
+  float *dstates, *dlam;
+};
+__device__ inline BwdWs split_bwd_ws(const SsdScanArgs& a, const SsdScanGrads& g) {
+  return {g.workspace, g.workspace + a.states_floats()};
+}
+
+// ---- 1. the chunk's own state gradient ------------------------------------------------------------
+template <int T>
+__global__ void __launch_bounds__(kThreads, 2) dstate_local_kernel(SsdScanArgs a, SsdScanGrads g) {
+  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5;
+  const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
+  const int gi = h / (a.H / a.G);
+  const Ws ws = split_ws(a);
+  const BwdWs bw = split_bwd_ws(a, g);
+  __shared__ __align__(128) float ys[KS * LDX];
+  __shared__ __align__(128) float cs[KS * LDN];
+  __shared__ float e[T];
+  const int64_t yrow = int64_t(a.H) * P_;
+  const float* ysrc = g.dy + int64_t(h) * P_;
+  const float* csrc = a.C + int64_t(gi) * N_;
+  RowsRegs<KS, P_> yr;
+  RowsRegs<KS, N_> cr;
+  yr.load_seq(ysrc, yrow, b, a.L, l0);
+  cr.load_seq(csrc, a.bc_row, b, a.L, l0);
+  if (t < T) e[t] = expf(ws.acs[((b * a.H + h) * nc + c) * T + t]);
+  __syncthreads();
+  FragC acc[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) wmma::fill_fragment(acc[i], 0.f);
+  for (int s0 = 0; s0 < T; s0 += KS) {
+    yr.store(ys, LDX, [&](int r) { return e[s0 + r]; });
+    cr.store(cs, LDN, Unscaled{});
+    __syncthreads();
+    if (s0 + KS < T) {
+      yr.load_seq(ysrc, yrow, b, a.L, l0 + s0 + KS);
+      cr.load_seq(csrc, a.bc_row, b, a.L, l0 + s0 + KS);
+    }
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 8) {
+      FragBrow fb;
+      load_tf32(fb, cs + kk * LDN + warp * 16, LDN);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        FragAcol fa;  // A(p, l) = ys[l][p]
+        load_tf32(fa, ys + kk * LDX + i * 16, LDX);
+        wmma::mma_sync(acc[i], fa, fb, acc[i]);
+      }
+    }
+    __syncthreads();
+  }
+  float* out = bw.dstates + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) wmma::store_matrix_sync(out + (i * 16) * N_ + warp * 16, acc[i], N_, wmma::mem_row_major);
+}
+
+// ---- 2. reverse state passing ----------------------------------------------------------------------
+__global__ void __launch_bounds__(kThreads) dstate_pass_kernel(SsdScanArgs a, SsdScanGrads g) {
+  constexpr int kGroup = 4;  // chunks whose loads are issued together
+  const int64_t PN = int64_t(P_) * N_, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  const int h = blockIdx.y, t = threadIdx.x;
+  const int64_t b = blockIdx.z, nc = a.chunks(), cstride = int64_t(a.H) * PN;
+  const Ws ws = split_ws(a);
+  const BwdWs bw = split_bwd_ws(a, g);
+  __shared__ float red[kThreads];
+  float D = g.dfinal ? g.dfinal[(b * a.H + h) * PN + e] : 0.f;
+  const float* acs = ws.acs + (b * a.H + h) * nc * a.T + (a.T - 1);
+  float* ds = bw.dstates + (b * nc * a.H + h) * PN + e;  // chunk c at ds[c * cstride]
+  const float* S = ws.states + (b * nc * a.H + h) * PN + e;
+  float* dlam = bw.dlam + (b * a.H + h) * nc;
+  for (int64_t c1 = nc - 1; c1 >= 0; c1 -= kGroup) {
+    float din[kGroup], sv[kGroup], el[kGroup];
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+      const int64_t c = c1 - j;
+      din[j] = c >= 0 ? ds[c * cstride] : 0.f;
+      sv[j] = c >= 0 ? S[c * cstride] : 0.f;
+      el[j] = c >= 0 ? expf(acs[c * a.T]) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+      const int64_t c = c1 - j;
+      if (c < 0) break;
+      ds[c * cstride] = D;  // the gradient of the state leaving chunk c
+      red[t] = D * el[j] * sv[j];
+      __syncthreads();
+      for (int o = kThreads / 2; o > 0; o >>= 1) {
+        if (t < o) red[t] += red[t + o];
+        __syncthreads();
+      }
+      if (t == 0) atomicAdd(dlam + c, red[0]);
+      __syncthreads();
+      D = din[j] + el[j] * D;
+    }
+  }
+  if (g.dinit) g.dinit[(b * a.H + h) * PN + e] = D;
+}
+
+// The k-th lower-triangular 16x16 tile (row-major order) of an NT x NT tile grid.
+__device__ __forceinline__ void tri_tile(int k, int& tm, int& tn) {
+  tm = 0;
+  while ((tm + 1) * (tm + 2) / 2 <= k) ++tm;
+  tn = k - tm * (tm + 1) / 2;
+}
+
+template <int T>
+struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 32-byte alignment)
+  static constexpr int LDT = T + 4;
+  static constexpr int BIG_A = (2 * T + 2 * P_) * LDK, BIG_G = T * LDT, BIG_Y = T * LDX;
+  static constexpr int BIG = BIG_A > BIG_G ? (BIG_A > BIG_Y ? BIG_A : BIG_Y) : (BIG_G > BIG_Y ? BIG_G : BIG_Y);
+  static constexpr int SLAB = KS * (LDT > LDN ? LDT : LDN);
+  static constexpr int FLOATS = 3 * T * LDX + BIG + SLAB + 4 * T + kWarps + 8;
+  static_assert(SLAB >= kWarps * 16 * LDE, "the epilogue's staging tiles fit in the slab");
+};
+
+// Step 4/5's epilogue: a warp's 16x16 tile of dB or dC (rows l0 + r0 .., group gi), times
+// scale(row), atomically added to the gradient (batch, L, G, N).
+template <class Scale>
+__device__ __forceinline__ void add_tile(float* stage, const FragC& acc, float* dst, const SsdScanArgs& a, int64_t b,
+                                         int64_t l0, int r0, int gi, int n0, Scale scale) {
+  const int lane = threadIdx.x & 31;
+  wmma::store_matrix_sync(stage, acc, LDE, wmma::mem_row_major);
+  __syncwarp();
+  for (int e = lane; e < 256; e += 32) {
+    const int r = e / 16, q = e % 16;
+    const int64_t l = l0 + r0 + r;
+    if (l < a.L) atomicAdd(dst + ((b * a.L + l) * a.G + gi) * int64_t(N_) + n0 + q, scale(r0 + r) * stage[r * LDE + q]);
+  }
+  __syncwarp();
+}
+
+// ---- 3. the chunk's gradients ------------------------------------------------------------------------
+template <int T>
+__global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
+  using SM = BwdSmem<T>;
+  constexpr int LDT = SM::LDT, NT = T / 16;
+  constexpr int TP = NT * (P_ / 16) / kWarps;           // T x P output tiles per warp
+  constexpr int TN = NT * (N_ / 16) / kWarps;           // T x N output tiles per warp
+  constexpr int NLOW = NT * (NT + 1) / 2, TL = (NLOW + kWarps - 1) / kWarps;  // lower T x T tiles
+  constexpr int TM_STEP = kWarps / (P_ / 16);
+  static_assert(N_ / 16 == kWarps && TN == NT, "steps 4-5: warp w owns column block w of N, every row block");
+  DFSSM_DYN_SMEM(smem, SM::FLOATS);
+  float* dys = smem;             // T x P: dy of the chunk
+  float* xsm = dys + T * LDX;    // T x P: x
+  float* zs = xsm + T * LDX;     // T x P: Z, then dx's start, then e∘dy, then e^(Λ-acs)∘x
+  float* big = zs + T * LDX;     // step 1's slabs, then Yoff (T x P), then G / Pm (T x T)
+  float* slab = big + SM::BIG;   // K-slabs of steps 3-5, then the staging tiles
+  float* acs = slab + SM::SLAB;
+  float* dts = acs + T;
+  float* dacs = dts + T;
+  float* ddts = dacs + T;
+  float* warp_tot = ddts + T;
+  float* bcast = warp_tot + kWarps;
+
+  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5, lane = t & 31;
+  const int tn = warp % (P_ / 16), tm0 = warp / (P_ / 16);
+  const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
+  const int gi = h / (a.H / a.G);
+  const Ws ws = split_ws(a);
+  const BwdWs bw = split_bwd_ws(a, g);
+  const int64_t yrow = int64_t(a.H) * P_, sidx = ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
+  const float* bsrc = a.B + int64_t(gi) * N_;
+  const float* csrc = a.C + int64_t(gi) * N_;
+  const float* Sg = ws.states + sidx;
+  const float* dSg = bw.dstates + sidx;
+  const float* cbg = ws.cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  const float Ah = a.A[h], Dh = a.D ? a.D[h] : 0.f;
+
+  if (t < T) {
+    acs[t] = ws.acs[((b * a.H + h) * nc + c) * T + t];
+    dts[t] = l0 + t < a.L ? a.dt[(b * a.L + l0 + t) * a.H + h] : 0.f;
+    dacs[t] = 0.f;
+    ddts[t] = 0.f;
+  }
+  load_rows<T, P_>(dys, LDX, g.dy + int64_t(h) * P_, yrow, b, a.L, l0, Unscaled{});
+  load_rows<T, P_>(xsm, LDX, a.x + int64_t(h) * P_, a.x_row, b, a.L, l0, Unscaled{});
+
+  // Step 1: Z = B·dSᵀ, Yoff = C·Sᵀ over K-slabs of n.
+  {
+    float* bsl = big;
+    float* csl = bsl + T * LDK;
+    float* dsl = csl + T * LDK;
+    float* ssl = dsl + P_ * LDK;
+    FragC az[TP], ay[TP];
+#pragma unroll
+    for (int i = 0; i < TP; ++i) wmma::fill_fragment(az[i], 0.f), wmma::fill_fragment(ay[i], 0.f);
+    for (int n0 = 0; n0 < N_; n0 += KS) {
+      load_rows<T, KS>(bsl, LDK, bsrc + n0, a.bc_row, b, a.L, l0, Unscaled{});
+      load_rows<T, KS>(csl, LDK, csrc + n0, a.bc_row, b, a.L, l0, Unscaled{});
+      for (int i = t; i < P_ * KS / 4; i += kThreads) {
+        const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+        st4(dsl + r * LDK + q, ld4(dSg + int64_t(r) * N_ + n0 + q));
+        st4(ssl + r * LDK + q, ld4(Sg + int64_t(r) * N_ + n0 + q));
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        FragBcol fd, fs;  // B(n, p) = dS[p][n], S[p][n]
+        load_tf32(fd, dsl + tn * 16 * LDK + kk, LDK);
+        load_tf32(fs, ssl + tn * 16 * LDK + kk, LDK);
+#pragma unroll
+        for (int i = 0; i < TP; ++i) {
+          const int tm = tm0 + TM_STEP * i;
+          FragArow fa;
+          load_tf32(fa, bsl + tm * 16 * LDK + kk, LDK);
+          wmma::mma_sync(az[i], fa, fd, az[i]);
+          load_tf32(fa, csl + tm * 16 * LDK + kk, LDK);
+          wmma::mma_sync(ay[i], fa, fs, ay[i]);
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < TP; ++i) {
+      const int tm = tm0 + TM_STEP * i;
+      wmma::store_matrix_sync(zs + tm * 16 * LDX + tn * 16, az[i], LDX, wmma::mem_row_major);
+      wmma::store_matrix_sync(big + tm * 16 * LDX + tn * 16, ay[i], LDX, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  const float lam = acs[T - 1];
+  float lam_part = 0.f, dD_part = 0.f;
+  if (t < T) {  // row t: dw, y_off, the D sums; Z becomes dx's first terms
+    float dw = 0.f, yo = 0.f, dd = 0.f;
+    for (int p = 0; p < P_; ++p) {
+      const float dyv = dys[t * LDX + p], xv = xsm[t * LDX + p];
+      dw += xv * zs[t * LDX + p];
+      yo += dyv * big[t * LDX + p];
+      dd += dyv * xv;
+    }
+    const float wdec = expf(lam - acs[t]), w = wdec * dts[t];
+    dacs[t] += expf(acs[t]) * yo - dw * w;
+    ddts[t] += dw * wdec;
+    lam_part = dw * w;
+    dD_part = dd;
+    for (int p = 0; p < P_; ++p) zs[t * LDX + p] = w * zs[t * LDX + p] + Dh * dys[t * LDX + p];
+  }
+  __syncthreads();
+
+  // Step 2: G = dy·xᵀ on the lower tiles, into big (row stride LDT).
+  {
+    FragC ag[TL];
+#pragma unroll
+    for (int j = 0; j < TL; ++j) wmma::fill_fragment(ag[j], 0.f);
+#pragma unroll
+    for (int kk = 0; kk < P_; kk += 8) {
+#pragma unroll
+      for (int j = 0; j < TL; ++j) {
+        const int k = warp + kWarps * j;
+        if (k >= NLOW) continue;
+        int tm, tq;
+        tri_tile(k, tm, tq);
+        FragArow fa;
+        FragBcol fb;  // B(p, s) = x[s][p]
+        load_tf32(fa, dys + tm * 16 * LDX + kk, LDX);
+        load_tf32(fb, xsm + tq * 16 * LDX + kk, LDX);
+        wmma::mma_sync(ag[j], fa, fb, ag[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < TL; ++j) {
+      const int k = warp + kWarps * j;
+      if (k >= NLOW) continue;
+      int tm, tq;
+      tri_tile(k, tm, tq);
+      wmma::store_matrix_sync(big + tm * 16 * LDT + tq * 16, ag[j], LDT, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  // Pm = exp(acs_l - acs_s)·G (0 above the diagonal), in place; dacs_l += Σ_s CB·Pm·dt_s.
+  for (int i = t; i < T * T; i += kThreads) {
+    const int l = i / T, s = i % T;  // a warp's 32 lanes share l (T >= 32)
+    const float pm = s <= l ? expf(acs[l] - acs[s]) * big[l * LDT + s] : 0.f;
+    big[l * LDT + s] = pm;
+    float q = cbg[int64_t(l) * T + s] * pm * dts[s];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+    if (lane == 0) atomicAdd(dacs + l, q);
+  }
+  __syncthreads();
+  if (t < T) {  // column t: ddt_s += Σ_l M·G = Σ_l CB·Pm; dacs_s -= dt_s·(the same)
+    float cs = 0.f;
+    for (int l = t; l < T; ++l) cs += cbg[int64_t(l) * T + t] * big[l * LDT + t];
+    ddts[t] += cs;
+    dacs[t] -= dts[t] * cs;
+  }
+
+  // Step 3: dx = zs + (M∘dt)ᵀ·dy, M∘dt built KS rows l at a time: slab[k][s] = M[l0'+k][s]·dt_s.
+  {
+    FragC ax[TP];
+#pragma unroll
+    for (int i = 0; i < TP; ++i) {
+      const int tm = tm0 + TM_STEP * i;
+      wmma::load_matrix_sync(ax[i], zs + tm * 16 * LDX + tn * 16, LDX, wmma::mem_row_major);
+    }
+    for (int i0 = 0; i0 < T; i0 += KS) {
+      __syncthreads();  // the previous slab is consumed
+      for (int i = t; i < KS * T; i += kThreads) {
+        const int k = i / T, s = i % T, l = i0 + k;
+        slab[k * LDT + s] = s <= l ? expf(acs[l] - acs[s]) * cbg[int64_t(l) * T + s] * dts[s] : 0.f;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        FragBrow fb;  // B(l, p) = dy[l][p]
+        load_tf32(fb, dys + (i0 + kk) * LDX + tn * 16, LDX);
+#pragma unroll
+        for (int i = 0; i < TP; ++i) {
+          const int tm = tm0 + TM_STEP * i;
+          if (i0 + kk + 8 <= tm * 16) continue;  // every l < every s of the tile: zeros
+          FragAcol fa;                           // A(s, l) = slab[l][s]
+          load_tf32(fa, slab + kk * LDT + tm * 16, LDT);
+          wmma::mma_sync(ax[i], fa, fb, ax[i]);
+        }
+      }
+    }
+    __syncthreads();
+    float* stage = slab + warp * 16 * LDE;
+#pragma unroll
+    for (int i = 0; i < TP; ++i) {
+      const int tm = tm0 + TM_STEP * i;
+      const int64_t lt = l0 + tm * 16;
+      float* dst = g.dx + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16;
+      if (lt + 16 <= a.L) {
+        wmma::store_matrix_sync(dst, ax[i], unsigned(yrow), wmma::mem_row_major);
+        continue;
+      }
+      wmma::store_matrix_sync(stage, ax[i], LDE, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int r = e / 16, q = e % 16;
+        if (lt + r < a.L) dst[r * yrow + q] = stage[r * LDE + q];
+      }
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+
+  // Step 4: dC = Pm·(dt∘B) + (e∘dy)·S. Warp w owns column block w of N, every row block.
+  for (int i = t; i < T * P_; i += kThreads) {
+    const int l = i / P_, p = i % P_;
+    zs[l * LDX + p] = expf(acs[l]) * dys[l * LDX + p];
+  }
+  {
+    FragC acc[TN];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
+    for (int s0 = 0; s0 < T; s0 += KS) {
+      __syncthreads();
+      load_rows<KS, N_>(slab, LDN, bsrc, a.bc_row, b, a.L, l0 + s0, [&](int r) { return dts[s0 + r]; });
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        FragBrow fb;
+        load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {  // row block j
+          if (s0 + kk >= (j + 1) * 16) continue;  // above the diagonal: Pm is 0
+          FragArow fa;
+          load_tf32(fa, big + j * 16 * LDT + s0 + kk, LDT);
+          wmma::mma_sync(acc[j], fa, fb, acc[j]);
+        }
+      }
+    }
+    for (int p0 = 0; p0 < P_; p0 += KS) {
+      __syncthreads();
+      for (int i = t; i < KS * N_ / 4; i += kThreads) {
+        const int r = i / (N_ / 4), q = (i % (N_ / 4)) * 4;
+        st4(slab + r * LDN + q, ld4(Sg + int64_t(p0 + r) * N_ + q));
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        FragBrow fb;
+        load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          FragArow fa;
+          load_tf32(fa, zs + j * 16 * LDX + p0 + kk, LDX);
+          wmma::mma_sync(acc[j], fa, fb, acc[j]);
+        }
+      }
+    }
+    __syncthreads();
+    float* stage = slab + warp * 16 * LDE;
+#pragma unroll
+    for (int j = 0; j < TN; ++j) add_tile(stage, acc[j], g.dC, a, b, l0, j * 16, gi, warp * 16, Unscaled{});
+  }
+  __syncthreads();
+
+  // Step 5: dB = dt∘(Pmᵀ·C + (e^(Λ-acs)∘x)·dS).
+  for (int i = t; i < T * P_; i += kThreads) {
+    const int l = i / P_, p = i % P_;
+    zs[l * LDX + p] = expf(lam - acs[l]) * xsm[l * LDX + p];
+  }
+  {
+    FragC acc[TN];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
+    for (int i0 = 0; i0 < T; i0 += KS) {
+      __syncthreads();
+      load_rows<KS, N_>(slab, LDN, csrc, a.bc_row, b, a.L, l0 + i0, Unscaled{});
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        FragBrow fb;
+        load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {  // row block j of s
+          if (i0 + kk + 8 <= j * 16) continue;  // every l < every s: Pm is 0
+          FragAcol fa;                          // A(s, l) = Pm[l][s]
+          load_tf32(fa, big + (i0 + kk) * LDT + j * 16, LDT);
+          wmma::mma_sync(acc[j], fa, fb, acc[j]);
+        }
+      }
+    }
+    for (int p0 = 0; p0 < P_; p0 += KS) {
+      __syncthreads();
+      for (int i = t; i < KS * N_ / 4; i += kThreads) {
+        const int r = i / (N_ / 4), q = (i % (N_ / 4)) * 4;
+        st4(slab + r * LDN + q, ld4(dSg + int64_t(p0 + r) * N_ + q));
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        FragBrow fb;
+        load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          FragArow fa;
+          load_tf32(fa, zs + j * 16 * LDX + p0 + kk, LDX);
+          wmma::mma_sync(acc[j], fa, fb, acc[j]);
+        }
+      }
+    }
+    __syncthreads();
+    float* stage = slab + warp * 16 * LDE;
+#pragma unroll
+    for (int j = 0; j < TN; ++j)
+      add_tile(stage, acc[j], g.dB, a, b, l0, j * 16, gi, warp * 16, [&](int r) { return dts[r]; });
+  }
+
+  // Step 6: dΛ, the reverse cumulative sum of dacs, ddt, dA, dD.
+  const float lam_sum = block_sum(lam_part, warp_tot, bcast);
+  if (t == 0) dacs[T - 1] += bw.dlam[(b * a.H + h) * nc + c] + lam_sum;
+  __syncthreads();
+  const int k = T - 1 - t;  // thread t carries position k: the inclusive scan is Σ_{k' >= k}
+  const float rev = block_scan(t < T ? dacs[k] : 0.f, warp_tot);
+  float dA_part = 0.f;
+  if (t < T && l0 + k < a.L) {
+    g.ddt[(b * a.L + l0 + k) * a.H + h] = ddts[k] + Ah * rev;
+    dA_part = dts[k] * rev;
+  }
+  __syncthreads();
+  const float dA_sum = block_sum(dA_part, warp_tot, bcast);
+  const float dD_sum = block_sum(dD_part, warp_tot, bcast);
+  if (t == 0) {
+    atomicAdd(g.dA + h, dA_sum);
+    if (g.dD) atomicAdd(g.dD + h, dD_sum);
+  }
+}
+
+template <int T>
+cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
+  const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
+  const size_t bc = size_t(a.batch * a.L * a.G) * N_ * sizeof(float);
+  for (const auto& [p, n] : {std::pair<float*, size_t>{g.dB, bc}, {g.dC, bc}, {g.dA, size_t(a.H) * 4},
+                             {g.dD, size_t(a.H) * 4}, {g.workspace + a.states_floats(), size_t(a.batch * a.H) * nc * 4}})
+    if (p)
+      if (const auto e = cudaMemsetAsync(p, 0, n, stream); e != cudaSuccess) return e;
+  DFSSM_LAUNCH(dstate_local_kernel<T>, dim3(nc, H, Bz), stream, a, g);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  constexpr int smem = BwdSmem<T>::FLOATS * int(sizeof(float));
+  if (const auto e = cudaFuncSetAttribute(chunk_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      e != cudaSuccess)
+    return e;
+  DFSSM_LAUNCH_SMEM(chunk_bwd_kernel<T>, dim3(nc, H, Bz), smem, stream, a, g);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g) {
+  return ssd_scan_supported(a) && (a.T == 64 || a.T == 128) && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
+         g.workspace && (g.dinit == nullptr || a.init != nullptr) &&
+         reinterpret_cast<uintptr_t>(g.dx) % 32 == 0 && reinterpret_cast<uintptr_t>(g.dy) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(g.workspace) % 256 == 0;
+}
+
+cudaError_t ssd_scan_bwd_cuda(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
+  if (!ssd_scan_bwd_supported(a, g)) return cudaErrorInvalidValue;
+  return a.T == 64 ? launch_bwd<64>(a, g, stream) : launch_bwd<128>(a, g, stream);
+}
+
+}  // namespace dfssm::kernels
