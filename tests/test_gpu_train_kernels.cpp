@@ -5,8 +5,9 @@
 // - the conv1d + SiLU kernels (kernels/cuda/conv_train.h) against theirs, reading a strided
 //   slice of an in_proj-shaped tensor, and the autograd function against ATen's conv1d;
 // - the gated RMSNorm kernels (kernels/cuda/gated_norm_train.h) the same way;
-// - the no-grad fused SSD forward (kernels/cuda/ssd_scan.h, TF32 tensor cores) against its scalar
-//   reference, against the ATen chunked SSD at the 1.3B shapes, and a no-grad 2-layer model;
+// - the fused SSD forward and backward (kernels/cuda/ssd_scan.h, TF32 tensor cores) against their
+//   scalar references, against the ATen chunked SSD (and its autograd) at the 1.3B shapes, and
+//   2-layer models (no-grad forward; forward + backward through the train path);
 // - ScaffoldLinear's CUDA forward (W_eff built on the weight side) against its CPU forward
 //   (scales applied to the activations), output and every gradient.
 #include <ATen/CPUGeneratorImpl.h>
@@ -17,6 +18,7 @@
 #include <torch/cuda.h>
 
 #include <functional>
+#include <tuple>
 
 #include "catch_compat.h"
 #include "kernels/cpu/conv_train_ref.h"
@@ -361,6 +363,149 @@ TEST_CASE("fused SSD forward == ATen chunked SSD + D, 1.3B head shapes, no grad"
   set_ssd_scan_enabled(false);
 }
 
+TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small shapes", "[gpu][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  const int64_t b = 2, h = 4, g = 2, p = 64, n = 128;
+  uint64_t seed = 75;
+  for (const int T : {64, 128}) {
+    const int64_t l = T + 37, row = 4 + h * p + 2 * g * n;
+    auto gg = gen(seed++);
+    const auto buf = at::randn({b, l, row}, gg), dt = at::softplus(at::randn({b, l, h}, gg) - 2.0);
+    const auto A = -at::exp(at::randn({h}, gg) * 0.5), D = at::randn({h}, gg), init = at::randn({b, h, p, n}, gg);
+    const auto dy = at::randn({b, l, h, p}, gg), dfin = at::randn({b, h, p, n}, gg);
+    auto fill = [&](kernels::SsdScanArgs& a, const at::Tensor& bb, const at::Tensor& d, const at::Tensor& aa,
+                    const at::Tensor& dd, const at::Tensor& ii) {
+      a.x = bb.data_ptr<float>() + 4, a.x_row = row;
+      a.B = bb.data_ptr<float>() + 4 + h * p, a.C = a.B + g * n, a.bc_row = row;
+      a.dt = d.data_ptr<float>(), a.A = aa.data_ptr<float>(), a.D = dd.data_ptr<float>(), a.init = ii.data_ptr<float>();
+      a.batch = b, a.L = l, a.H = int(h), a.G = int(g), a.P = int(p), a.N = int(n), a.T = T;
+    };
+    // The reference on the CPU.
+    std::vector<at::Tensor> ref = {at::empty({b, l, h, p}), at::empty({b, l, h}), at::empty({h}), at::empty({h}),
+                                   at::empty({b, l, g, n}), at::empty({b, l, g, n}), at::empty({b, h, p, n})};
+    kernels::SsdScanArgs ar;
+    fill(ar, buf, dt, A, D, init);
+    kernels::SsdScanGrads gr;
+    gr.dy = dy.data_ptr<float>(), gr.dfinal = dfin.data_ptr<float>();
+    gr.dx = ref[0].data_ptr<float>(), gr.ddt = ref[1].data_ptr<float>(), gr.dA = ref[2].data_ptr<float>();
+    gr.dD = ref[3].data_ptr<float>(), gr.dB = ref[4].data_ptr<float>(), gr.dC = ref[5].data_ptr<float>();
+    gr.dinit = ref[6].data_ptr<float>();
+    kernels::ssd_scan_bwd_ref(ar, gr);
+    // The kernels: the forward first (its workspace feeds the backward).
+    const auto cb = buf.cuda(), cdt = dt.cuda(), cA = A.cuda(), cD = D.cuda(), ci = init.cuda();
+    const auto cdy = dy.cuda(), cdf = dfin.cuda();
+    kernels::SsdScanArgs ac;
+    fill(ac, cb, cdt, cA, cD, ci);
+    auto y = at::empty({b, l, h, p}, cb.options()), s = at::empty({b, h, p, n}, cb.options());
+    auto ws = at::empty({kernels::ssd_scan_workspace_floats(ac)}, cb.options());
+    auto bws = at::empty({kernels::ssd_scan_bwd_workspace_floats(ac)}, cb.options());
+    ac.y = y.data_ptr<float>(), ac.final_state = s.data_ptr<float>(), ac.workspace = ws.data_ptr<float>();
+    REQUIRE(kernels::ssd_scan_fwd_cuda(ac, nullptr) == cudaSuccess);
+    std::vector<at::Tensor> out;
+    for (const auto& r : ref) out.push_back(at::full(r.sizes(), 7.f, cb.options()));
+    kernels::SsdScanGrads gc;
+    gc.dy = cdy.data_ptr<float>(), gc.dfinal = cdf.data_ptr<float>();
+    gc.dx = out[0].data_ptr<float>(), gc.ddt = out[1].data_ptr<float>(), gc.dA = out[2].data_ptr<float>();
+    gc.dD = out[3].data_ptr<float>(), gc.dB = out[4].data_ptr<float>(), gc.dC = out[5].data_ptr<float>();
+    gc.dinit = out[6].data_ptr<float>(), gc.workspace = bws.data_ptr<float>();
+    REQUIRE(kernels::ssd_scan_bwd_supported(ac, gc));
+    REQUIRE(kernels::ssd_scan_bwd_cuda(ac, gc, nullptr) == cudaSuccess);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    const char* names[] = {"dx", "ddt", "dA", "dD", "dB", "dC", "dinit"};
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double e = rel_err(out[i].cpu(), ref[i]);
+      WARN("ssd_scan bwd T=" << T << ": " << names[i] << " " << e);
+      CHECK(e < 3e-3);
+    }
+  }
+}
+
+// x, B and C as slices of one (b, l, row) buffer like the conv output, dt, A, D and an initial
+// state: the SSD's inputs at the 1.3B head shapes, every one requiring a gradient.
+struct SsdInputs {
+  at::Tensor buf, x, B, C, dt, A, D, init;
+  SsdInputs(int64_t b, int64_t l, int64_t h, uint64_t seed) {
+    const int64_t p = 64, n = 128, row = 4 + h * p + 2 * n;
+    auto gg = gen(seed);
+    buf = at::randn({b, l, row}, gg).cuda().requires_grad_(true);
+    x = buf.narrow(2, 4, h * p).view({b, l, h, p});
+    B = buf.narrow(2, 4 + h * p, n).view({b, l, 1, n});
+    C = buf.narrow(2, 4 + h * p + n, n).view({b, l, 1, n});
+    dt = at::softplus(at::randn({b, l, h}, gg) - 2.0).cuda().requires_grad_(true);
+    A = (-at::exp(at::randn({h}, gg) * 0.5)).cuda().requires_grad_(true);
+    D = at::randn({h}, gg).cuda().requires_grad_(true);
+    init = at::randn({b, h, p, n}, gg).cuda().requires_grad_(true);
+  }
+  std::vector<at::Tensor> leaves() const { return {buf, dt, A, D, init}; }
+};
+
+TEST_CASE("fused SSD forward + backward (TF32) == ATen autograd, 1.3B head shapes", "[gpu][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  uint64_t seed = 100;
+  for (const int64_t chunk : {64, 128}) {
+    const int64_t b = 2, l = 2048 - 37, h = 64;
+    SsdInputs in(b, l, h, seed++);
+    auto gg = gen(seed++);
+    const auto gy = at::randn({b, l, h, 64}, gg).cuda(), gs = at::randn({b, h, 64, 128}, gg).cuda();
+    auto run = [&](bool fused) {
+      for (auto t : in.leaves()) t.mutable_grad() = at::Tensor();
+      at::Tensor y, fin;
+      if (fused) {
+        REQUIRE(ssd_scan_train_available(in.x, in.dt, in.A, in.B, in.C, in.D, chunk));
+        std::tie(y, fin) = ssd_scan_train(in.x, in.dt, in.A, in.B, in.C, in.D, chunk, in.init);
+      } else {
+        std::tie(y, fin) = ssd_chunked(in.x, in.dt, in.A, in.B, in.C, chunk, in.init);
+        y = y + in.x * in.D.view({1, 1, h, 1});
+      }
+      ((y * gy).sum() + (fin * gs).sum()).backward();
+      std::vector<at::Tensor> r = {y.detach(), fin.detach()};
+      for (auto t : in.leaves()) r.push_back(t.grad().clone());
+      return r;
+    };
+    set_ssd_scan_train_enabled(true);
+    const auto f = run(true);
+    set_ssd_scan_train_enabled(false);
+    const auto ref = run(false);
+    const char* names[] = {"y", "final state", "d(x, B, C buffer)", "ddt", "dA", "dD", "dinit"};
+    for (size_t i = 0; i < ref.size(); ++i) {
+      const double e = rel_err(f[i], ref[i]);
+      WARN("ssd_scan_train vs ATen, chunk " << chunk << ": " << names[i] << " " << e);
+      CHECK(e < 3e-3);
+    }
+  }
+}
+
+TEST_CASE("2-layer 1.3B-width model, forward + backward: fused SSD train path == ATen path", "[gpu][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  auto m = two_layer_13b(7);
+  const auto& cfg = m.config();
+  auto g = gen(8);
+  const auto ids = at::randint(cfg.vocab_size, {2, 300}, g, at::kLong).cuda();
+  const auto wts = at::randn({2, 300, cfg.d_model}, g).cuda();
+  auto params = m.named_parameters();
+  for (auto& [k, p] : params) p.requires_grad_(true);
+  auto run = [&](bool fused) {
+    set_ssd_scan_train_enabled(fused);
+    for (auto& [k, p] : params) p.mutable_grad() = at::Tensor();
+    const auto h = m.forward_hidden(ids);
+    (h.to(at::kFloat) * wts).sum().backward();
+    std::vector<at::Tensor> r = {h.detach().to(at::kFloat).cpu()};
+    for (auto& [k, p] : params) r.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros(p.sizes()));
+    set_ssd_scan_train_enabled(false);
+    return r;
+  };
+  const auto ref = run(false), f = run(true);
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double e = rel_err(f[i], ref[i]);
+    INFO((i == 0 ? std::string("hidden") : params[i - 1].first) << ": " << e);
+    CHECK(e < 3e-3);
+    worst = std::max(worst, e);
+  }
+  WARN("2-layer fwd+bwd, fused SSD train path vs ATen, worst over hidden + grads: " << worst);
+  CHECK(worst > 0);  // the fused path did run
+}
+
 // A benchmark, not a test (hidden; `test_gpu_train_kernels "[bench]"`): the no-grad SSD forward
 // at the 1.3B distillation shape (16 x 2048, 64 heads), fused kernels vs the ATen chunked path.
 TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][ssd_scan]") {
@@ -398,6 +543,40 @@ TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][s
   }
 }
 
+TEST_CASE("bench: fused SSD forward + backward vs ATen autograd, 16 x 2048, 64 heads", "[.][bench][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  SsdInputs in(16, 2048, 64, 91);
+  const auto gy = at::randn({16, 2048, 64, 64}, gen(92)).cuda();
+  auto time_ms = [](const std::function<void()>& f) {
+    for (int i = 0; i < 2; ++i) f();
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    cudaEventRecord(e0, c10::cuda::getCurrentCUDAStream());
+    constexpr int reps = 5;
+    for (int i = 0; i < reps; ++i) f();
+    cudaEventRecord(e1, c10::cuda::getCurrentCUDAStream());
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    return double(ms) / reps;
+  };
+  for (const int64_t chunk : {64, 128}) {
+    auto step = [&](bool fused) {
+      for (auto t : in.leaves()) t.mutable_grad() = at::Tensor();
+      at::Tensor y;
+      if (fused) {
+        y = ssd_scan_train(in.x, in.dt, in.A, in.B, in.C, in.D, chunk, at::Tensor()).first;
+      } else {
+        y = ssd_chunked(in.x, in.dt, in.A, in.B, in.C, chunk, at::Tensor()).first + in.x * in.D.view({1, 1, 64, 1});
+      }
+      (y * gy).sum().backward();
+    };
+    const double tf = time_ms([&] { step(true); }), ta = time_ms([&] { step(false); });
+    WARN("bench ssd forward+backward 16x2048 chunk " << chunk << ": fused " << tf << " ms, ATen " << ta << " ms");
+  }
+}
+
 TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen path", "[gpu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
   auto m = two_layer_13b(5);
@@ -424,6 +603,7 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: fused kernels == ATen p
   const auto wts = at::randn({2, 300, cfg.d_model}, g).cuda();
   auto params = m.named_parameters();
   for (auto& [k, p] : params) p.requires_grad_(true);
+  set_ssd_scan_train_enabled(false);  // this test compares the fp32 paths at 1e-4 (the TF32 path: above)
   auto run = [&](bool fused, bool autocast) {
     set_ssd_fused_enabled(fused);
     set_conv_fused_enabled(fused);

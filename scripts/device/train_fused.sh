@@ -10,7 +10,7 @@
 #      quality run (configs/quality_100m.yaml); V130= skips this;
 #   4. RUNTIME=1: the CUDA runtime's gpu test and its 1.3B decode/prefill bench on the same build;
 #   BENCH=1: the gpu tests' hidden kernel benchmarks ("[bench]");
-#   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward kernels after the tests.
+#   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward and backward kernels (small shapes).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
@@ -29,11 +29,11 @@ for t in $TESTS; do
   grep -A1 -E "^warning:|^[^ ].*(FAILED|failed)" "$OUT/$t.log" | grep -v -E "^--$|^warning:$" | sed 's/^ */  /' | head -40
   tail -2 "$OUT/$t.log"
 done
-# MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward kernels (small shapes).
+# MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward and backward kernels (small shapes).
 if [[ ${MEMCHECK:-0} == 1 ]]; then
-  timeout 120 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
-    build-device/bin/test_gpu_train_kernels "fused SSD forward kernels (TF32) vs their scalar reference*" \
-    >"$OUT/memcheck.txt" 2>&1 && echo "memcheck ok: ssd_scan kernels" || { echo "memcheck FAILED ($?)"; tail -20 "$OUT/memcheck.txt"; }
+  timeout 240 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+    build-device/bin/test_gpu_train_kernels "fused SSD forward kernels (TF32) vs their scalar reference*,fused SSD backward kernels (TF32) vs their scalar reference*" \
+    >"$OUT/memcheck.txt" 2>&1 && echo "memcheck ok: ssd_scan forward and backward kernels" || { echo "memcheck FAILED ($?)"; tail -20 "$OUT/memcheck.txt"; }
 fi
 # BENCH=1: the hidden kernel benchmarks of the gpu tests ("[bench]": printed times, no assertions)
 [[ ${BENCH:-0} == 1 ]] && build-device/bin/test_gpu_train_kernels "[bench]" 2>&1 | grep -E "^  bench" | tee "$OUT/kernel_bench.txt"

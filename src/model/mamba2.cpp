@@ -207,11 +207,14 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const auto A = -at::exp(m.A_log.to(at::kFloat));
   scope.next("dfssm::ssd");
   at::Tensor y, final_state;
+  const auto Df = m.D.to(at::kFloat);
   if (ssd_scan_fused_available(x, dt, A, B, C, m.D, c.chunk_size)) {  // no gradient needed: 4 CUDA kernels
     std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, c.chunk_size, st ? st->ssm : at::Tensor());
+  } else if (ssd_scan_train_available(x, dt, A, B, C, Df, c.chunk_size)) {  // CUDA kernels both ways
+    std::tie(y, final_state) = ssd_scan_train(x, dt, A, B, C, Df, c.chunk_size, st ? st->ssm : at::Tensor());
   } else {
     std::tie(y, final_state) = ssd_chunked(x, dt, A, B, C, c.chunk_size, st ? st->ssm : at::Tensor());
-    y = y + x * m.D.to(at::kFloat).view({1, 1, h, 1});  // D skip, before the gate
+    y = y + x * Df.view({1, 1, h, 1});  // D skip, before the gate
   }
   if (st) st->ssm = final_state.detach();
   scope.next("dfssm::gate_norm");

@@ -2,12 +2,17 @@
 
 #include <c10/core/GradMode.h>
 
+#include <initializer_list>
+#include <tuple>
+#include <vector>
+
 #include "core/error.h"
 #include "model/fused_util.h"
 
 #if defined(DFSSM_HAVE_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include "kernels/cuda/ssd_scan.h"
 #define DFSSM_SSD_SCAN_BUILT 1
@@ -18,6 +23,10 @@ namespace dfssm {
 namespace {
 fused::Switch& scan_switch() {
   static fused::Switch s("DFSSM_SSD_SCAN", /*default_on=*/true);
+  return s;
+}
+fused::Switch& train_switch() {
+  static fused::Switch s("DFSSM_SSD_SCAN_TRAIN", /*default_on=*/false);
   return s;
 }
 
@@ -34,31 +43,60 @@ at::Tensor rows_of(const at::Tensor& t, int64_t* row) {
 }  // namespace
 
 void set_ssd_scan_enabled(bool on) { scan_switch().set(on); }
+void set_ssd_scan_train_enabled(bool on) { train_switch().set(on); }
+
+namespace {
+// The kernels' shapes and dtypes (both directions): fp32 CUDA x, dt, B, C; headdim 64, d_state 128.
+bool scan_shapes_ok(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& B, const at::Tensor& C) {
+  if (!x.is_cuda() || x.dim() != 4 || B.dim() != 4) return false;
+  for (const auto* t : {&x, &dt, &B, &C})
+    if (t->scalar_type() != at::kFloat) return false;
+  return x.size(3) == 64 && B.size(3) == 128;
+}
+bool any_needs_grad(std::initializer_list<const at::Tensor*> ts) {
+  if (!c10::GradMode::is_enabled()) return false;
+  for (const auto* t : ts)
+    if (needs_grad(*t)) return true;
+  return false;
+}
+}  // namespace
 
 bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& C, const at::Tensor& D, int64_t chunk) {
 #ifdef DFSSM_SSD_SCAN_BUILT
-  if (!scan_switch().on() || !x.is_cuda() || x.dim() != 4 || B.dim() != 4) return false;
-  if (c10::GradMode::is_enabled() &&
-      (needs_grad(x) || needs_grad(dt) || needs_grad(A) || needs_grad(B) || needs_grad(C) || needs_grad(D)))
-    return false;
-  for (const auto* t : {&x, &dt, &B, &C})
-    if (t->scalar_type() != at::kFloat) return false;
-  return x.size(3) == 64 && B.size(3) == 128 && (chunk == 64 || chunk == 128 || chunk == 256);
+  return scan_switch().on() && scan_shapes_ok(x, dt, B, C) && !any_needs_grad({&x, &dt, &A, &B, &C, &D}) &&
+         (chunk == 64 || chunk == 128 || chunk == 256);
 #else
   (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk;
   return false;
 #endif
 }
 
-std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x_in, const at::Tensor& dt, const at::Tensor& A,
-                                                 const at::Tensor& B_in, const at::Tensor& C_in, const at::Tensor& D,
-                                                 int64_t chunk, const at::Tensor& initial_state) {
+bool ssd_scan_train_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                              const at::Tensor& C, const at::Tensor& D, int64_t chunk) {
 #ifdef DFSSM_SSD_SCAN_BUILT
+  return train_switch().on() && scan_shapes_ok(x, dt, B, C) && (chunk == 64 || chunk == 128) &&
+         (!D.defined() || D.scalar_type() == at::kFloat) && A.scalar_type() == at::kFloat;
+#else
+  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk;
+  return false;
+#endif
+}
+
+#ifdef DFSSM_SSD_SCAN_BUILT
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The kernels' arguments over these tensors (x, B, C read in place where their strides allow).
+// `keep` holds the tensors the pointers refer to.
+kernels::SsdScanArgs make_args(const at::Tensor& x_in, const at::Tensor& dt, const at::Tensor& A,
+                               const at::Tensor& B_in, const at::Tensor& C_in, const at::Tensor& D, int64_t chunk,
+                               const at::Tensor& initial_state, std::vector<at::Tensor>& keep) {
   const int64_t b = x_in.size(0), l = x_in.size(1), h = x_in.size(2), p = x_in.size(3), n = B_in.size(3);
   DFSSM_ASSERT(B_in.sizes() == C_in.sizes() && B_in.size(0) == b && B_in.size(1) == l && dt.size(0) == b &&
                    dt.size(1) == l && dt.size(2) == h && A.numel() == h && (!D.defined() || D.numel() == h),
-               "ssd_scan_fused: shapes");
+               "ssd_scan: shapes");
   kernels::SsdScanArgs a;
   int64_t xr = 0, br = 0, cr = 0;
   const auto x = rows_of(x_in, &xr);
@@ -73,17 +111,91 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x_in, const a
   a.D = Df.defined() ? Df.data_ptr<float>() : nullptr;
   a.init = init.defined() ? init.data_ptr<float>() : nullptr;
   a.batch = b, a.L = l, a.H = int(h), a.G = int(B_in.size(2)), a.P = int(p), a.N = int(n), a.T = int(chunk);
-  auto y = at::empty({b, l, h, p}, x.options().dtype(at::kFloat));
-  auto fin = at::empty({b, h, p, n}, x.options().dtype(at::kFloat));
-  auto ws = at::empty({kernels::ssd_scan_workspace_floats(a)}, x.options().dtype(at::kFloat));
+  keep = {x, B, C, dtc, Af, Df, init};
+  return a;
+}
+
+// Runs the forward; returns y (+ D·x), the final state and the workspace the backward reads.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(kernels::SsdScanArgs& a, const at::Tensor& like) {
+  const auto opts = like.options().dtype(at::kFloat);
+  auto y = at::empty({a.batch, a.L, a.H, a.P}, opts);
+  auto fin = at::empty({a.batch, a.H, a.P, a.N}, opts);
+  auto ws = at::empty({kernels::ssd_scan_workspace_floats(a)}, opts);
   a.y = y.data_ptr<float>(), a.final_state = fin.data_ptr<float>(), a.workspace = ws.data_ptr<float>();
-  DFSSM_ASSERT(kernels::ssd_scan_supported(a), "ssd_scan_fused: shape or alignment the kernels do not take");
-  const c10::cuda::CUDAGuard guard(x.device());
+  DFSSM_ASSERT(kernels::ssd_scan_supported(a), "ssd_scan: shape or alignment the kernels do not take");
+  const c10::cuda::CUDAGuard guard(like.device());
   fused::check_cuda(kernels::ssd_scan_fwd_cuda(a, c10::cuda::getCurrentCUDAStream()), "ssd_scan_fwd_cuda");
+  return {y, fin, ws};
+}
+
+// The SSD with its gradients: the forward kernels, whose workspace (acs, the state entering each
+// chunk, CB) is kept for the backward kernels.
+struct SsdScanFn : public torch::autograd::Function<SsdScanFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                               const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                               const at::Tensor& init, int64_t chunk) {
+    std::vector<at::Tensor> keep;
+    auto a = make_args(x, dt, A, B, C, D, chunk, init, keep);
+    auto [y, fin, ws] = run_forward(a, x);
+    ctx->save_for_backward({x, dt, A, B, C, D, init, ws});
+    ctx->saved_data["chunk"] = chunk;
+    return {y, fin};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto s = ctx->get_saved_variables();
+    const auto &x = s[0], &dt = s[1], &A = s[2], &B = s[3], &C = s[4], &D = s[5], &init = s[6], &ws = s[7];
+    std::vector<at::Tensor> keep;
+    auto a = make_args(x, dt, A, B, C, D, ctx->saved_data["chunk"].toInt(), init, keep);
+    a.workspace = ws.data_ptr<float>();
+    const auto opts = x.options().dtype(at::kFloat);
+    const auto dy = grad_out[0].defined() ? grad_out[0].to(at::kFloat).contiguous()
+                                          : at::zeros({a.batch, a.L, a.H, a.P}, opts);
+    const auto dfin = grad_out[1].defined() ? grad_out[1].to(at::kFloat).contiguous() : at::Tensor();
+    auto dx = at::empty({a.batch, a.L, a.H, a.P}, opts), ddt = at::empty({a.batch, a.L, a.H}, opts);
+    auto dA = at::empty({a.H}, opts), dD = at::empty({a.H}, opts);
+    auto dB = at::empty({a.batch, a.L, a.G, a.N}, opts), dC = at::empty_like(dB);
+    auto dinit = init.defined() ? at::empty({a.batch, a.H, a.P, a.N}, opts) : at::Tensor();
+    auto bws = at::empty({kernels::ssd_scan_bwd_workspace_floats(a)}, opts);
+    kernels::SsdScanGrads g;
+    g.dy = dy.data_ptr<float>(), g.dfinal = dfin.defined() ? dfin.data_ptr<float>() : nullptr;
+    g.dx = dx.data_ptr<float>(), g.ddt = ddt.data_ptr<float>(), g.dA = dA.data_ptr<float>();
+    g.dB = dB.data_ptr<float>(), g.dC = dC.data_ptr<float>(), g.dD = dD.data_ptr<float>();
+    g.dinit = dinit.defined() ? dinit.data_ptr<float>() : nullptr, g.workspace = bws.data_ptr<float>();
+    DFSSM_ASSERT(kernels::ssd_scan_bwd_supported(a, g), "ssd_scan backward: shape or alignment the kernels do not take");
+    const c10::cuda::CUDAGuard guard(x.device());
+    fused::check_cuda(kernels::ssd_scan_bwd_cuda(a, g, c10::cuda::getCurrentCUDAStream()), "ssd_scan_bwd_cuda");
+    return {dx, ddt, dA.to(A.scalar_type()), dB, dC, D.defined() ? dD.to(D.scalar_type()) : at::Tensor(), dinit,
+            at::Tensor()};
+  }
+};
+}  // namespace
+#endif
+
+std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                                 int64_t chunk, const at::Tensor& initial_state) {
+#ifdef DFSSM_SSD_SCAN_BUILT
+  std::vector<at::Tensor> keep;
+  auto a = make_args(x, dt, A, B, C, D, chunk, initial_state, keep);
+  auto [y, fin, ws] = run_forward(a, x);
   return {y, fin};
 #else
-  (void)x_in, (void)dt, (void)A, (void)B_in, (void)C_in, (void)D, (void)chunk, (void)initial_state;
+  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk, (void)initial_state;
   DFSSM_ASSERT(false, "ssd_scan_fused: this build has no CUDA kernels");
+  return {};
+#endif
+}
+
+std::pair<at::Tensor, at::Tensor> ssd_scan_train(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                                 int64_t chunk, const at::Tensor& initial_state) {
+#ifdef DFSSM_SSD_SCAN_BUILT
+  const auto out = SsdScanFn::apply(x, dt, A, B, C, D, initial_state, chunk);
+  return {out[0], out[1]};
+#else
+  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk, (void)initial_state;
+  DFSSM_ASSERT(false, "ssd_scan_train: this build has no CUDA kernels");
   return {};
 #endif
 }

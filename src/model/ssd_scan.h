@@ -1,12 +1,17 @@
 #pragma once
-// The chunked SSD forward plus the D skip as four CUDA kernels (kernels/cuda/ssd_scan.h), for
-// passes that need no gradient: the teacher's forward, the student's activation-checkpointed
-// first forward, evaluation. It reads x, B and C in place from the conv output and never builds
-// the (chunk x chunk) matrices or the permuted copies of the ATen path (ssd.cpp) in HBM.
-// Its GEMMs run on TF32 tensor cores (fp32 accumulation): outputs differ from the fp32 ATen path
-// at the ~1e-3 relative level.
+// The chunked SSD plus the D skip as CUDA kernels (kernels/cuda/ssd_scan.h): four forward
+// kernels and three backward ones. They read x, B and C in place from the conv output and never
+// build the (chunk x chunk) matrices or the permuted copies of the ATen path (ssd.cpp) in HBM.
+// Their GEMMs run on TF32 tensor cores (fp32 accumulation): results differ from the fp32 ATen
+// path at the ~1e-3 relative level.
 //
-// Off by default until measured on a GPU: the debug switch DFSSM_SSD_SCAN=1 turns it on.
+// Two entry points:
+// - ssd_scan_fused: passes that need no gradient (the teacher's forward, the student's
+//   activation-checkpointed first forward, evaluation). On by default; DFSSM_SSD_SCAN=0 turns it
+//   off.
+// - ssd_scan_train: an autograd function over the forward and backward kernels, for chunks of
+//   64 or 128. Its dB, dC, dA and dD are sums of atomics (not bit-reproducible run to run).
+//   DFSSM_SSD_SCAN_TRAIN=1 turns it on.
 #include <ATen/ATen.h>
 
 #include <utility>
@@ -18,12 +23,23 @@ namespace dfssm {
 bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& C, const at::Tensor& D, int64_t chunk);
 
-// Tests flip the switch (default: DFSSM_SSD_SCAN, off when unset).
+// Whether ssd_scan_train can run: its switch is on, a CUDA build, fp32 CUDA tensors, headdim 64,
+// d_state 128, chunk 64 or 128.
+bool ssd_scan_train_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                              const at::Tensor& C, const at::Tensor& D, int64_t chunk);
+
+// Tests flip the switches (DFSSM_SSD_SCAN, on when unset; DFSSM_SSD_SCAN_TRAIN, off when unset).
 void set_ssd_scan_enabled(bool on);
+void set_ssd_scan_train_enabled(bool on);
 
 // x (b,l,h,p), dt (b,l,h), A (h), B and C (b,l,g,n), D (h) or undefined, initial_state (b,h,p,n)
 // or undefined. Returns y + D·x (b,l,h,p) and the final state (b,h,p,n), both fp32.
 std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
+                                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                                 int64_t chunk, const at::Tensor& initial_state);
+
+// The same outputs, differentiable in every input (D and initial_state may be undefined).
+std::pair<at::Tensor, at::Tensor> ssd_scan_train(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                                  int64_t chunk, const at::Tensor& initial_state);
 

@@ -110,7 +110,7 @@ struct RowsRegs {
 };
 
 // Inclusive prefix sum of v over the block's 256 threads (warp shuffles, then warp totals).
-__device__ float block_scan(float v, float* warp_tot) {
+__device__ inline float block_scan(float v, float* warp_tot) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
