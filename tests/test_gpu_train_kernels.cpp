@@ -52,9 +52,10 @@ at::Tensor random_acs(int64_t Z, int64_t H, int64_t T, uint64_t seed) {
 }
 
 // Two layers at the Mamba-2 1.3B widths (vocab 1000), random fp32 weights on the GPU.
-Mamba2Model two_layer_13b(uint64_t seed) {
+Mamba2Model two_layer_13b(uint64_t seed, int64_t chunk = 0) {
   auto cfg = Mamba2Config::geometry("mamba2-1.3b");
   cfg.n_layer = 2;
+  if (chunk > 0) cfg.chunk_size = chunk;
   cfg.vocab_size = 1000;
   Mamba2Model m(cfg, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
   m.init_random(seed);
@@ -477,7 +478,7 @@ TEST_CASE("fused SSD forward + backward (TF32) == ATen autograd, 1.3B head shape
 
 TEST_CASE("2-layer 1.3B-width model, forward + backward: fused SSD train path == ATen path", "[gpu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
-  auto m = two_layer_13b(7);
+  auto m = two_layer_13b(7, 128);  // the train path takes chunks of 64 or 128
   const auto& cfg = m.config();
   auto g = gen(8);
   const auto ids = at::randint(cfg.vocab_size, {2, 300}, g, at::kLong).cuda();
@@ -503,7 +504,7 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: fused SSD train path ==
     worst = std::max(worst, e);
   }
   WARN("2-layer fwd+bwd, fused SSD train path vs ATen, worst over hidden + grads: " << worst);
-  CHECK(worst > 0);  // the fused path did run
+  CHECK(worst > 1e-5);  // the fused path did run (TF32: ~1e-4; the fp32 paths agree to ~1e-6)
 }
 
 // A benchmark, not a test (hidden; `test_gpu_train_kernels "[bench]"`): the no-grad SSD forward

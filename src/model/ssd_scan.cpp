@@ -130,10 +130,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(kernels::SsdScanArgs&
 
 // The SSD with its gradients: the forward kernels, whose workspace (acs, the state entering each
 // chunk, CB) is kept for the backward kernels.
+// An absent D or initial state travels through apply() as an empty tensor: custom functions
+// record every tensor argument's device, which an undefined tensor does not have.
+at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) { return t.defined() ? t : at::empty({0}, like.options()); }
+at::Tensor if_present(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t : at::Tensor(); }
+
 struct SsdScanFn : public torch::autograd::Function<SsdScanFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
-                               const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                               const at::Tensor& init, int64_t chunk) {
+                               const at::Tensor& B, const at::Tensor& C, const at::Tensor& D_in,
+                               const at::Tensor& init_in, int64_t chunk) {
+    const auto D = if_present(D_in), init = if_present(init_in);
     std::vector<at::Tensor> keep;
     auto a = make_args(x, dt, A, B, C, D, chunk, init, keep);
     auto [y, fin, ws] = run_forward(a, x);
@@ -144,7 +150,8 @@ struct SsdScanFn : public torch::autograd::Function<SsdScanFn> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     const auto s = ctx->get_saved_variables();
-    const auto &x = s[0], &dt = s[1], &A = s[2], &B = s[3], &C = s[4], &D = s[5], &init = s[6], &ws = s[7];
+    const auto &x = s[0], &dt = s[1], &A = s[2], &B = s[3], &C = s[4], &ws = s[7];
+    const auto D = if_present(s[5]), init = if_present(s[6]);
     std::vector<at::Tensor> keep;
     auto a = make_args(x, dt, A, B, C, D, ctx->saved_data["chunk"].toInt(), init, keep);
     a.workspace = ws.data_ptr<float>();
@@ -191,7 +198,7 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_train(const at::Tensor& x, const at::
                                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                                  int64_t chunk, const at::Tensor& initial_state) {
 #ifdef DFSSM_SSD_SCAN_BUILT
-  const auto out = SsdScanFn::apply(x, dt, A, B, C, D, initial_state, chunk);
+  const auto out = SsdScanFn::apply(x, dt, A, B, C, or_empty(D, x), or_empty(initial_state, x), chunk);
   return {out[0], out[1]};
 #else
   (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk, (void)initial_state;

@@ -303,13 +303,14 @@ bool aligned(const void* p, uintptr_t n) { return p == nullptr || reinterpret_ca
 
 }  // namespace
 
-bool ssd_scan_supported(const SsdScanArgs& a) {
+bool ssd_scan_inputs_ok(const SsdScanArgs& a) {
   return a.P == P_ && a.N == N_ && (a.T == 64 || a.T == 128 || a.T == 256) && a.G > 0 && a.H % a.G == 0 &&
          a.batch > 0 && a.batch <= 65535 && a.L > 0 && a.H <= 65535 && a.chunks() * a.G <= 65535 &&
          a.x_row % 4 == 0 && a.bc_row % 4 == 0 && aligned(a.x, 16) && aligned(a.B, 16) && aligned(a.C, 16) &&
-         aligned(a.init, 16) && aligned(a.workspace, 256) && a.x && a.dt && a.A && a.B && a.C && a.y &&
-         a.final_state && a.workspace;
+         aligned(a.init, 16) && aligned(a.workspace, 256) && a.x && a.dt && a.A && a.B && a.C && a.workspace;
 }
+
+bool ssd_scan_supported(const SsdScanArgs& a) { return ssd_scan_inputs_ok(a) && a.y && a.final_state; }
 
 cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   if (!ssd_scan_supported(a)) return cudaErrorInvalidValue;

@@ -27,6 +27,8 @@ namespace dfssm::kernels {
 // x_row and bc_row multiples of 4, every pointer 16-byte aligned, the workspace 256-byte
 // aligned and at least ssd_scan_workspace_floats(a) long.
 bool ssd_scan_supported(const SsdScanArgs& a);
+// The same without the outputs (y, final_state): what the backward needs of `a`.
+bool ssd_scan_inputs_ok(const SsdScanArgs& a);
 
 // Runs the four kernels on `stream`. Returns the first launch error.
 cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream);

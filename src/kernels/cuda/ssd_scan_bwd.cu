@@ -515,7 +515,7 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
 }  // namespace
 
 bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g) {
-  return ssd_scan_supported(a) && (a.T == 64 || a.T == 128) && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
+  return ssd_scan_inputs_ok(a) && (a.T == 64 || a.T == 128) && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
          g.workspace && (g.dinit == nullptr || a.init != nullptr) &&
          reinterpret_cast<uintptr_t>(g.dx) % 32 == 0 && reinterpret_cast<uintptr_t>(g.dy) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(g.workspace) % 256 == 0;
