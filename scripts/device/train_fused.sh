@@ -10,6 +10,7 @@
 #      quality run (configs/quality_100m.yaml); V130= skips this;
 #   4. RUNTIME=1: the CUDA runtime's gpu test and its 1.3B decode/prefill bench on the same build;
 #   BENCH=1: the gpu tests' hidden kernel benchmarks ("[bench]");
+#   TEST_FILTER: a Catch2 test spec for the test binaries (e.g. "[ssd_scan]");
 #   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward and backward kernels (small shapes).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +26,8 @@ cmake --build build-device -j "$(nproc)" --target dfssm $TESTS >"$OUT/build.log"
   { grep -A3 error "$OUT/build.log" | head -40; exit 1; }
 echo "build ok ($(( $(date +%s) - t0 )) s)"
 for t in $TESTS; do
-  build-device/bin/$t >"$OUT/$t.log" 2>&1; echo "$t: rc $?"
+  # shellcheck disable=SC2086
+  build-device/bin/$t ${TEST_FILTER:-} >"$OUT/$t.log" 2>&1; echo "$t: rc $?"
   grep -A1 -E "^warning:|^[^ ].*(FAILED|failed)" "$OUT/$t.log" | grep -v -E "^--$|^warning:$" | sed 's/^ */  /' | head -40
   tail -2 "$OUT/$t.log"
 done
