@@ -361,7 +361,7 @@ TEST_CASE("fused SSD forward == ATen chunked SSD + D, 1.3B head shapes, no grad"
   CHECK_FALSE(ssd_scan_fused_available(xg, at::ones({1, 64, 64}).cuda(), at::ones({64}).cuda(),
                                        at::ones({1, 64, 1, 128}).cuda(), at::ones({1, 64, 1, 128}).cuda(),
                                        at::ones({64}).cuda(), 64));
-  set_ssd_scan_enabled(false);
+  set_ssd_scan_enabled(true);  // the default
 }
 
 TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small shapes", "[gpu][ssd_scan]") {
@@ -467,6 +467,7 @@ TEST_CASE("fused SSD forward + backward (TF32) == ATen autograd, 1.3B head shape
     const auto f = run(true);
     set_ssd_scan_train_enabled(false);
     const auto ref = run(false);
+    set_ssd_scan_train_enabled(true);  // the default
     const char* names[] = {"y", "final state", "d(x, B, C buffer)", "ddt", "dA", "dD", "dinit"};
     for (size_t i = 0; i < ref.size(); ++i) {
       const double e = rel_err(f[i], ref[i]);
@@ -492,7 +493,7 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: fused SSD train path ==
     (h.to(at::kFloat) * wts).sum().backward();
     std::vector<at::Tensor> r = {h.detach().to(at::kFloat).cpu()};
     for (auto& [k, p] : params) r.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros(p.sizes()));
-    set_ssd_scan_train_enabled(false);
+    set_ssd_scan_train_enabled(true);  // the default
     return r;
   };
   const auto ref = run(false), f = run(true);
@@ -542,6 +543,7 @@ TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][s
     });
     WARN("bench ssd forward 16x2048 chunk " << chunk << ": fused " << tf << " ms, ATen " << ta << " ms");
   }
+  set_ssd_scan_enabled(true);  // the default
 }
 
 TEST_CASE("bench: fused SSD forward + backward vs ATen autograd, 16 x 2048, 64 heads", "[.][bench][ssd_scan]") {
@@ -588,7 +590,6 @@ TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen 
   const auto ref = m.forward_hidden(ids);
   set_ssd_scan_enabled(true);
   const auto fused = m.forward_hidden(ids);
-  set_ssd_scan_enabled(false);
   const double e = rel_err(fused, ref);
   WARN("2-layer no-grad hidden, fused SSD forward vs ATen: " << e);
   CHECK(e < 3e-3);
@@ -635,6 +636,7 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: fused kernels == ATen p
   }
   WARN("model fwd+bwd, worst over hidden + " << params.size() << " grads: fused fp32 " << worst32 << ", fused bf16 "
                                               << worst16 << " (ATen bf16 " << worst16a << ")");
+  set_ssd_scan_train_enabled(true);  // the default
 }
 
 TEST_CASE("ScaffoldLinear: CUDA weight-side W_eff == CPU activation-side forward, with gradients", "[gpu][quant]") {

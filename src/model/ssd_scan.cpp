@@ -26,7 +26,7 @@ fused::Switch& scan_switch() {
   return s;
 }
 fused::Switch& train_switch() {
-  static fused::Switch s("DFSSM_SSD_SCAN_TRAIN", /*default_on=*/false);
+  static fused::Switch s("DFSSM_SSD_SCAN_TRAIN", /*default_on=*/true);
   return s;
 }
 

@@ -11,7 +11,7 @@
 //   off.
 // - ssd_scan_train: an autograd function over the forward and backward kernels, for chunks of
 //   64 or 128. Its dB, dC, dA and dD are sums of atomics (not bit-reproducible run to run).
-//   DFSSM_SSD_SCAN_TRAIN=1 turns it on.
+//   On by default; DFSSM_SSD_SCAN_TRAIN=0 turns it off (the model then keeps the ATen path).
 #include <ATen/ATen.h>
 
 #include <utility>
@@ -28,7 +28,7 @@ bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const a
 bool ssd_scan_train_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& C, const at::Tensor& D, int64_t chunk);
 
-// Tests flip the switches (DFSSM_SSD_SCAN, on when unset; DFSSM_SSD_SCAN_TRAIN, off when unset).
+// Tests flip the switches (DFSSM_SSD_SCAN and DFSSM_SSD_SCAN_TRAIN, both on when unset).
 void set_ssd_scan_enabled(bool on);
 void set_ssd_scan_train_enabled(bool on);
 
