@@ -54,6 +54,9 @@ struct SsdScanGrads {
   const float* dfinal = nullptr;
   float *dx = nullptr, *ddt = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr, *dD = nullptr, *dinit = nullptr;
   float* workspace = nullptr;
+  // The per-chunk kernel's second version (warp-per-row passes, prefetched slabs; same math):
+  // written after the first was measured, not yet measured itself.
+  bool v2 = false;
 };
 
 inline int64_t ssd_scan_workspace_floats(const SsdScanArgs& a) { return a.acs_floats() + a.states_floats() + a.cb_floats(); }

@@ -22,6 +22,9 @@
 //      4. dC = Pm·(dt∘B) + (e∘dy)·S (T x N), atomically added over the group's heads;
 //      5. dB = dt∘(Pmᵀ·C + (e^(Λ-acs)∘x)·dS), the same;
 //      6. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
+//      Two versions (SsdScanGrads::v2): the first, measured on the H200 at 18.4 ms per call at
+//      16 x 2048 x 64 heads; the second, with a warp per row in the row passes and the slabs of
+//      steps 4-5 prefetched, the same math (emulated: the same errors), not yet measured.
 #include <utility>
 
 #include "kernels/cuda/ssd_scan_common.cuh"
@@ -143,6 +146,7 @@ struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 
   static constexpr int SLAB = KS * (LDT > LDN ? LDT : LDN);
   static constexpr int FLOATS = 3 * T * LDX + BIG + SLAB + 4 * T + kWarps + 8;
   static_assert(SLAB >= kWarps * 16 * LDE, "the epilogue's staging tiles fit in the slab");
+  static_assert(SLAB >= kWarps * T, "the second version's per-warp column sums fit in the slab");
 };
 
 // Step 4/5's epilogue: a warp's 16x16 tile of dB or dC (rows l0 + r0 .., group gi), times
@@ -161,8 +165,67 @@ __device__ __forceinline__ void add_tile(float* stage, const FragC& acc, float* 
   __syncwarp();
 }
 
+// Steps 4-5's GEMM: acc[j] (row block j of the chunk, column block `warp` of N) += Σ over
+// K-slabs: first the T/KS slabs of the (chunk x chunk) part, A from Pm (rows if !TRANS, columns
+// if TRANS; tiles that are all zeros skip their MMAs) times KS rows of src1 (B or C, each row
+// times scale1[row] when given); then the P/KS slabs of the state part, A from zsm (rows, K = p)
+// times KS rows of src2 (S or dS, P x N). PREFETCH issues the next slab's loads before the
+// current slab's MMAs; without it each slab is loaded and stored in turn. Both orders do the
+// same arithmetic in the same order.
+template <int T, bool PREFETCH, bool TRANS>
+__device__ __forceinline__ void dbc_gemm(FragC (&acc)[T / 16], float* slab, const float* pm, const float* zsm,
+                                         const float* src1, int64_t src1_row, int64_t b, int64_t L, int64_t l0,
+                                         const float* scale1, const float* src2) {
+  constexpr int LDT = T + 4, NS1 = T / KS, NS = NS1 + P_ / KS;
+  const int warp = threadIdx.x >> 5;
+  RowsRegs<KS, N_> rr;
+  auto load = [&](int k) {
+    if (k < NS1) rr.load_seq(src1, src1_row, b, L, l0 + k * KS);
+    else rr.load(src2 + int64_t(k - NS1) * KS * N_, N_, KS);
+  };
+  if (PREFETCH) load(0);
+  for (int k = 0; k < NS; ++k) {
+    __syncthreads();  // the previous slab is consumed
+    if (!PREFETCH) load(k);
+    if (k < NS1 && scale1) rr.store(slab, LDN, [&](int r) { return scale1[k * KS + r]; });
+    else rr.store(slab, LDN, Unscaled{});
+    __syncthreads();
+    if (PREFETCH && k + 1 < NS) load(k + 1);
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 8) {
+      FragBrow fb;
+      load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
+#pragma unroll
+      for (int j = 0; j < T / 16; ++j) {
+        if (k < NS1) {
+          const int s0 = k * KS;
+          if (!TRANS) {
+            if (s0 + kk >= (j + 1) * 16) continue;  // above the diagonal: Pm is 0
+            FragArow fa;
+            load_tf32(fa, pm + j * 16 * LDT + s0 + kk, LDT);
+            wmma::mma_sync(acc[j], fa, fb, acc[j]);
+          } else {
+            if (s0 + kk + 8 <= j * 16) continue;  // every l < every s: Pm is 0
+            FragAcol fa;                          // A(s, l) = Pm[l][s]
+            load_tf32(fa, pm + (s0 + kk) * LDT + j * 16, LDT);
+            wmma::mma_sync(acc[j], fa, fb, acc[j]);
+          }
+        } else {
+          FragArow fa;
+          load_tf32(fa, zsm + j * 16 * LDX + (k - NS1) * KS + kk, LDX);
+          wmma::mma_sync(acc[j], fa, fb, acc[j]);
+        }
+      }
+    }
+  }
+  __syncthreads();
+}
+
 // ---- 3. the chunk's gradients ------------------------------------------------------------------------
-template <int T>
+// FAST (g.v2): the row passes of steps 1-2 with a warp per row (no shared atomics, the C·Bᵀ
+// loads of a row issued together, the column sums folded into the same pass) and the slabs of
+// steps 4-5 prefetched. Same math; not yet measured against the first version.
+template <int T, bool FAST>
 __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
   using SM = BwdSmem<T>;
   constexpr int LDT = SM::LDT, NT = T / 16;
@@ -252,7 +315,35 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
   __syncthreads();
   const float lam = acs[T - 1];
   float lam_part = 0.f, dD_part = 0.f;
-  if (t < T) {  // row t: dw, y_off, the D sums; Z becomes dx's first terms
+  if constexpr (FAST) {  // a warp per row, its lanes over p
+    for (int l = warp; l < T; l += kWarps) {
+      float dw = 0.f, yo = 0.f;
+#pragma unroll
+      for (int j = 0; j < P_ / 32; ++j) {
+        const int p = lane + 32 * j;
+        const float dyv = dys[l * LDX + p], xv = xsm[l * LDX + p];
+        dw += xv * zs[l * LDX + p];
+        yo += dyv * big[l * LDX + p];
+        dD_part += dyv * xv;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        dw += __shfl_xor_sync(0xffffffffu, dw, o);
+        yo += __shfl_xor_sync(0xffffffffu, yo, o);
+      }
+      const float wdec = expf(lam - acs[l]), w = wdec * dts[l];
+      if (lane == 0) {
+        dacs[l] += expf(acs[l]) * yo - dw * w;
+        ddts[l] += dw * wdec;
+        lam_part += dw * w;
+      }
+#pragma unroll
+      for (int j = 0; j < P_ / 32; ++j) {
+        const int p = lane + 32 * j;
+        zs[l * LDX + p] = w * zs[l * LDX + p] + Dh * dys[l * LDX + p];
+      }
+    }
+  } else if (t < T) {  // row t: dw, y_off, the D sums; Z becomes dx's first terms
     float dw = 0.f, yo = 0.f, dd = 0.f;
     for (int p = 0; p < P_; ++p) {
       const float dyv = dys[t * LDX + p], xv = xsm[t * LDX + p];
@@ -299,22 +390,62 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
     }
   }
   __syncthreads();
-  // Pm = exp(acs_l - acs_s)·G (0 above the diagonal), in place; dacs_l += Σ_s CB·Pm·dt_s.
-  for (int i = t; i < T * T; i += kThreads) {
-    const int l = i / T, s = i % T;  // a warp's 32 lanes share l (T >= 32)
-    const float pm = s <= l ? expf(acs[l] - acs[s]) * big[l * LDT + s] : 0.f;
-    big[l * LDT + s] = pm;
-    float q = cbg[int64_t(l) * T + s] * pm * dts[s];
+  // Pm = exp(acs_l - acs_s)·G (0 above the diagonal), in place; dacs_l += Σ_s CB·Pm·dt_s; then
+  // per column: ddt_s += Σ_l M·G = Σ_l CB·Pm and dacs_s -= dt_s·(the same).
+  if constexpr (FAST) {  // a warp per row, lane j's columns lane + 32j; column sums per warp
+    constexpr int NJ = T / 32;
+    float csum[NJ];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
-    if (lane == 0) atomicAdd(dacs + l, q);
-  }
-  __syncthreads();
-  if (t < T) {  // column t: ddt_s += Σ_l M·G = Σ_l CB·Pm; dacs_s -= dt_s·(the same)
-    float cs = 0.f;
-    for (int l = t; l < T; ++l) cs += cbg[int64_t(l) * T + t] * big[l * LDT + t];
-    ddts[t] += cs;
-    dacs[t] -= dts[t] * cs;
+    for (int j = 0; j < NJ; ++j) csum[j] = 0.f;
+    for (int l = warp; l < T; l += kWarps) {
+      float cbv[NJ], gv[NJ];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        cbv[j] = cbg[int64_t(l) * T + lane + 32 * j];
+        gv[j] = big[l * LDT + lane + 32 * j];
+      }
+      float q = 0.f;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const int s = lane + 32 * j;
+        const float pm = s <= l ? expf(acs[l] - acs[s]) * gv[j] : 0.f;
+        big[l * LDT + s] = pm;
+        const float cp = cbv[j] * pm;
+        q += cp * dts[s];
+        csum[j] += cp;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+      if (lane == 0) dacs[l] += q;
+    }
+    float* colp = slab;  // kWarps x T: each warp's column sums (the slab is free until step 3)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) colp[warp * T + lane + 32 * j] = csum[j];
+    __syncthreads();
+    if (t < T) {
+      float cs = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) cs += colp[w * T + t];
+      ddts[t] += cs;
+      dacs[t] -= dts[t] * cs;
+    }
+  } else {
+    for (int i = t; i < T * T; i += kThreads) {
+      const int l = i / T, s = i % T;  // a warp's 32 lanes share l (T >= 32)
+      const float pm = s <= l ? expf(acs[l] - acs[s]) * big[l * LDT + s] : 0.f;
+      big[l * LDT + s] = pm;
+      float q = cbg[int64_t(l) * T + s] * pm * dts[s];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+      if (lane == 0) atomicAdd(dacs + l, q);
+    }
+    __syncthreads();
+    if (t < T) {
+      float cs = 0.f;
+      for (int l = t; l < T; ++l) cs += cbg[int64_t(l) * T + t] * big[l * LDT + t];
+      ddts[t] += cs;
+      dacs[t] -= dts[t] * cs;
+    }
   }
 
   // Step 3: dx = zs + (M∘dt)ᵀ·dy, M∘dt built KS rows l at a time: slab[k][s] = M[l0'+k][s]·dt_s.
@@ -377,43 +508,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
     FragC acc[TN];
 #pragma unroll
     for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
-    for (int s0 = 0; s0 < T; s0 += KS) {
-      __syncthreads();
-      load_rows<KS, N_>(slab, LDN, bsrc, a.bc_row, b, a.L, l0 + s0, [&](int r) { return dts[s0 + r]; });
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < KS; kk += 8) {
-        FragBrow fb;
-        load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {  // row block j
-          if (s0 + kk >= (j + 1) * 16) continue;  // above the diagonal: Pm is 0
-          FragArow fa;
-          load_tf32(fa, big + j * 16 * LDT + s0 + kk, LDT);
-          wmma::mma_sync(acc[j], fa, fb, acc[j]);
-        }
-      }
-    }
-    for (int p0 = 0; p0 < P_; p0 += KS) {
-      __syncthreads();
-      for (int i = t; i < KS * N_ / 4; i += kThreads) {
-        const int r = i / (N_ / 4), q = (i % (N_ / 4)) * 4;
-        st4(slab + r * LDN + q, ld4(Sg + int64_t(p0 + r) * N_ + q));
-      }
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < KS; kk += 8) {
-        FragBrow fb;
-        load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          FragArow fa;
-          load_tf32(fa, zs + j * 16 * LDX + p0 + kk, LDX);
-          wmma::mma_sync(acc[j], fa, fb, acc[j]);
-        }
-      }
-    }
-    __syncthreads();
+    dbc_gemm<T, FAST, false>(acc, slab, big, zs, bsrc, a.bc_row, b, a.L, l0, dts, Sg);
     float* stage = slab + warp * 16 * LDE;
 #pragma unroll
     for (int j = 0; j < TN; ++j) add_tile(stage, acc[j], g.dC, a, b, l0, j * 16, gi, warp * 16, Unscaled{});
@@ -429,43 +524,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
     FragC acc[TN];
 #pragma unroll
     for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
-    for (int i0 = 0; i0 < T; i0 += KS) {
-      __syncthreads();
-      load_rows<KS, N_>(slab, LDN, csrc, a.bc_row, b, a.L, l0 + i0, Unscaled{});
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < KS; kk += 8) {
-        FragBrow fb;
-        load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {  // row block j of s
-          if (i0 + kk + 8 <= j * 16) continue;  // every l < every s: Pm is 0
-          FragAcol fa;                          // A(s, l) = Pm[l][s]
-          load_tf32(fa, big + (i0 + kk) * LDT + j * 16, LDT);
-          wmma::mma_sync(acc[j], fa, fb, acc[j]);
-        }
-      }
-    }
-    for (int p0 = 0; p0 < P_; p0 += KS) {
-      __syncthreads();
-      for (int i = t; i < KS * N_ / 4; i += kThreads) {
-        const int r = i / (N_ / 4), q = (i % (N_ / 4)) * 4;
-        st4(slab + r * LDN + q, ld4(dSg + int64_t(p0 + r) * N_ + q));
-      }
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < KS; kk += 8) {
-        FragBrow fb;
-        load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          FragArow fa;
-          load_tf32(fa, zs + j * 16 * LDX + p0 + kk, LDX);
-          wmma::mma_sync(acc[j], fa, fb, acc[j]);
-        }
-      }
-    }
-    __syncthreads();
+    dbc_gemm<T, FAST, true>(acc, slab, big, zs, csrc, a.bc_row, b, a.L, l0, nullptr, dSg);
     float* stage = slab + warp * 16 * LDE;
 #pragma unroll
     for (int j = 0; j < TN; ++j)
@@ -492,6 +551,17 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
   }
 }
 
+template <int T, bool FAST>
+cudaError_t launch_chunk_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
+  const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
+  constexpr int smem = BwdSmem<T>::FLOATS * int(sizeof(float));
+  if (const auto e = cudaFuncSetAttribute(chunk_bwd_kernel<T, FAST>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      e != cudaSuccess)
+    return e;
+  DFSSM_LAUNCH_SMEM((chunk_bwd_kernel<T, FAST>), dim3(nc, H, Bz), smem, stream, a, g);
+  return cudaGetLastError();
+}
+
 template <int T>
 cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
@@ -504,12 +574,7 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  constexpr int smem = BwdSmem<T>::FLOATS * int(sizeof(float));
-  if (const auto e = cudaFuncSetAttribute(chunk_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-      e != cudaSuccess)
-    return e;
-  DFSSM_LAUNCH_SMEM(chunk_bwd_kernel<T>, dim3(nc, H, Bz), smem, stream, a, g);
-  return cudaGetLastError();
+  return g.v2 ? launch_chunk_bwd<T, true>(a, g, stream) : launch_chunk_bwd<T, false>(a, g, stream);
 }
 
 }  // namespace
