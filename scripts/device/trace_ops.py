@@ -6,8 +6,9 @@ usage: trace_ops.py profile-stepK.json [top]
 Reads the Kineto trace that DFSSM_PROFILE_STEP=k writes (src/distill/profile.cpp) and sums the
 kernels' GPU time by (context, launching op): the context is the autograd node whose backward
 launched it ("bwd: MulBackward0") or the innermost dfssm:: model scope of a forward, the op the
-innermost aten:: call. The kernel table the trainer prints says which kernels are hot; this
-says which model code launched them.
+innermost aten:: call (or, for our own kernels, which no aten op wraps, the kernel's name, with
+the context of the runtime call that launched it). The kernel table the trainer prints says
+which kernels are hot; this says which model code launched them.
 """
 import bisect
 import collections
@@ -20,6 +21,7 @@ def main():
     top = int(sys.argv[2]) if len(sys.argv) > 2 else 40
     events = json.load(open(path))["traceEvents"]
     ops = {}  # External id -> (name, tid, ts)
+    launches = {}  # correlation id -> (tid, ts) of the CUDA runtime call that launched a kernel
     spans = collections.defaultdict(list)  # tid -> [(ts, end, label)]
     for e in events:
         if e.get("ph") != "X":
@@ -31,6 +33,10 @@ def main():
                 ops[ext] = (name, e["tid"], e["ts"])
             if name.startswith("autograd::engine::evaluate_function: "):
                 spans[e["tid"]].append((e["ts"], e["ts"] + e["dur"], "bwd: " + name.split(": ", 1)[1]))
+        elif cat == "cuda_runtime":
+            corr = e.get("args", {}).get("correlation")
+            if corr is not None:
+                launches[corr] = (e["tid"], e["ts"])
         elif cat == "user_annotation" and name.startswith("dfssm::"):
             spans[e["tid"]].append((e["ts"], e["ts"] + e["dur"], "fwd: " + name))
     starts = {}
@@ -57,9 +63,14 @@ def main():
             continue
         us = float(e.get("dur", 0))
         total += us
-        op = ops.get(e.get("args", {}).get("External id"))
-        ctx = context(op[1], op[2]) if op else "-"
-        name = op[0] if op else "(no op)"
+        args = e.get("args", {})
+        op = ops.get(args.get("External id"))
+        if op:
+            ctx, name = context(op[1], op[2]), op[0]
+        else:  # launched outside any aten op (our own kernels): the launch call's context
+            launch = launches.get(args.get("correlation"))
+            ctx = context(*launch) if launch else "-"
+            name = "kernel " + e.get("name", "?").split("(")[0][-50:]
         by_pair[(ctx, name)] += us
         by_ctx[ctx] += us
     print(f"GPU time {total / 1e3:.1f} ms")

@@ -53,12 +53,16 @@ void set_ssd_scan_train_enabled(bool on) { train_switch().set(on); }
 void set_ssd_bwd_v2_enabled(bool on) { bwd_v2_switch().set(on); }
 
 namespace {
-// The kernels' shapes and dtypes (both directions): fp32 CUDA x, dt, B, C; headdim 64, d_state 128.
-bool scan_shapes_ok(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& B, const at::Tensor& C) {
-  if (!x.is_cuda() || x.dim() != 4 || B.dim() != 4) return false;
+// The kernels' shapes and dtypes (both directions): fp32 CUDA x, dt, B, C; headdim 64, d_state 128;
+// and the grid limits (batch, heads and chunks x groups within 65535; the latter bounds L).
+bool scan_shapes_ok(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& B, const at::Tensor& C,
+                    int64_t chunk) {
+  if (!x.is_cuda() || x.dim() != 4 || B.dim() != 4 || chunk <= 0) return false;
   for (const auto* t : {&x, &dt, &B, &C})
     if (t->scalar_type() != at::kFloat) return false;
-  return x.size(3) == 64 && B.size(3) == 128;
+  const int64_t chunks = (x.size(1) + chunk - 1) / chunk;
+  return x.size(3) == 64 && B.size(3) == 128 && x.size(0) <= 65535 && x.size(2) <= 65535 &&
+         chunks * B.size(2) <= 65535;
 }
 bool any_needs_grad(std::initializer_list<const at::Tensor*> ts) {
   if (!c10::GradMode::is_enabled()) return false;
@@ -71,7 +75,7 @@ bool any_needs_grad(std::initializer_list<const at::Tensor*> ts) {
 bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& C, const at::Tensor& D, int64_t chunk) {
 #ifdef DFSSM_SSD_SCAN_BUILT
-  return scan_switch().on() && scan_shapes_ok(x, dt, B, C) && !any_needs_grad({&x, &dt, &A, &B, &C, &D}) &&
+  return scan_switch().on() && scan_shapes_ok(x, dt, B, C, chunk) && !any_needs_grad({&x, &dt, &A, &B, &C, &D}) &&
          (chunk == 64 || chunk == 128 || chunk == 256);
 #else
   (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk;
@@ -82,7 +86,7 @@ bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const a
 bool ssd_scan_train_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& C, const at::Tensor& D, int64_t chunk) {
 #ifdef DFSSM_SSD_SCAN_BUILT
-  return train_switch().on() && scan_shapes_ok(x, dt, B, C) && (chunk == 64 || chunk == 128) &&
+  return train_switch().on() && scan_shapes_ok(x, dt, B, C, chunk) && (chunk == 64 || chunk == 128) &&
          (!D.defined() || D.scalar_type() == at::kFloat) && A.scalar_type() == at::kFloat;
 #else
   (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk;
@@ -163,8 +167,8 @@ struct SsdScanFn : public torch::autograd::Function<SsdScanFn> {
     auto a = make_args(x, dt, A, B, C, D, ctx->saved_data["chunk"].toInt(), init, keep);
     a.workspace = ws.data_ptr<float>();
     const auto opts = x.options().dtype(at::kFloat);
-    const auto dy = grad_out[0].defined() ? grad_out[0].to(at::kFloat).contiguous()
-                                          : at::zeros({a.batch, a.L, a.H, a.P}, opts);
+    auto dy = grad_out[0].defined() ? grad_out[0].to(at::kFloat).contiguous() : at::zeros({a.batch, a.L, a.H, a.P}, opts);
+    if (reinterpret_cast<uintptr_t>(dy.data_ptr()) % 16 != 0) dy = dy.clone();  // the kernels load float4
     const auto dfin = grad_out[1].defined() ? grad_out[1].to(at::kFloat).contiguous() : at::Tensor();
     auto dx = at::empty({a.batch, a.L, a.H, a.P}, opts), ddt = at::empty({a.batch, a.L, a.H}, opts);
     auto dA = at::empty({a.H}, opts), dD = at::empty({a.H}, opts);
