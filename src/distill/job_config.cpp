@@ -58,8 +58,8 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
   }
   k("activation_checkpointing", 's', "none",
     "recompute block activations in the backward pass: none, all, or layer indices like 0,1,2");
-  k("ssd_chunk", 'i', "0", "chunk length of the chunked SSD in training forwards (0 = the checkpoint's chunk_size); "
-    "changes speed and memory, not the math", 0, 1 << 16);
+  k("ssd_chunk", 'i', "0", "chunk length of the chunked SSD in training forwards (0 = the checkpoint's chunk_size; "
+    "the fused CUDA kernels run 256 as 128); changes speed and memory, not the math", 0, 1 << 16);
   k("kl_chunk", 'i', "1024", "tokens per LM-head chunk: B·L·V fp32 logits never exist at once", 1, 1e9);
   k("dp_bucket_mb", 'f', "25", "data parallel: gradients all-reduced in buckets of this many MB as backward produces "
     "them (0 = one all-reduce after backward)", 0, 1e6);
