@@ -51,6 +51,21 @@ at::Tensor random_acs(int64_t Z, int64_t H, int64_t T, uint64_t seed) {
   return at::cumsum(-at::rand({Z, H, T}, g) * (40.0 / double(T)), -1).to(at::kFloat);
 }
 
+// The benchmarks' timer: the mean of `reps` calls of f on the current stream, after 2 warm-up calls.
+double mean_ms(const std::function<void()>& f, int reps) {
+  for (int i = 0; i < 2; ++i) f();
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0), cudaEventCreate(&e1);
+  cudaEventRecord(e0, c10::cuda::getCurrentCUDAStream());
+  for (int i = 0; i < reps; ++i) f();
+  cudaEventRecord(e1, c10::cuda::getCurrentCUDAStream());
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0), cudaEventDestroy(e1);
+  return double(ms) / reps;
+}
+
 // Two layers at the Mamba-2 1.3B widths (vocab 1000), random fp32 weights on the GPU.
 Mamba2Model two_layer_13b(uint64_t seed, int64_t chunk = 0) {
   auto cfg = Mamba2Config::geometry("mamba2-1.3b");
@@ -523,20 +538,7 @@ TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][s
   const auto A = (-at::exp(at::randn({h}, gg) * 0.5)).cuda(), D = at::randn({h}, gg).cuda();
   const auto B = at::randn({b, l, 1, n}, gg).cuda(), C = at::randn({b, l, 1, n}, gg).cuda();
   at::NoGradGuard ng;
-  auto time_ms = [](const std::function<void()>& f) {
-    for (int i = 0; i < 2; ++i) f();
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0), cudaEventCreate(&e1);
-    cudaEventRecord(e0, c10::cuda::getCurrentCUDAStream());
-    constexpr int reps = 10;
-    for (int i = 0; i < reps; ++i) f();
-    cudaEventRecord(e1, c10::cuda::getCurrentCUDAStream());
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    return double(ms) / reps;
-  };
+  auto time_ms = [](const std::function<void()>& f) { return mean_ms(f, 10); };
   for (const int64_t chunk : {64, 128, 256}) {
     set_ssd_scan_enabled(true);
     REQUIRE(ssd_scan_fused_available(x, dt, A, B, C, D, chunk));
@@ -555,20 +557,7 @@ TEST_CASE("bench: fused SSD forward + backward vs ATen autograd, 16 x 2048, 64 h
   REQUIRE(torch::cuda::is_available());
   SsdInputs in(16, 2048, 64, 91);
   const auto gy = at::randn({16, 2048, 64, 64}, gen(92)).cuda();
-  auto time_ms = [](const std::function<void()>& f) {
-    for (int i = 0; i < 2; ++i) f();
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0), cudaEventCreate(&e1);
-    cudaEventRecord(e0, c10::cuda::getCurrentCUDAStream());
-    constexpr int reps = 5;
-    for (int i = 0; i < reps; ++i) f();
-    cudaEventRecord(e1, c10::cuda::getCurrentCUDAStream());
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    return double(ms) / reps;
-  };
+  auto time_ms = [](const std::function<void()>& f) { return mean_ms(f, 5); };
   for (const int64_t chunk : {64, 128}) {
     auto step = [&](bool fused) {
       for (auto t : in.leaves()) t.mutable_grad() = at::Tensor();

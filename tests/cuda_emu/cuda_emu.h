@@ -129,23 +129,25 @@ inline float atomicAdd(float* p, float v) {
   *p = old + v;
   return old;
 }
-inline float __shfl_xor_sync(unsigned, float v, int mask) {
-  auto& c = *dfssm::emu::tl_ctx;
+namespace dfssm::emu {
+// A warp shuffle: every lane publishes v, then reads lane src(lane)'s value (its own if src < 0).
+template <class Src>
+float shfl(float v, Src src) {
+  auto& c = *tl_ctx;
   const unsigned t = threadIdx.x, lane = t % 32;
   c.shfl[t] = v;
   __syncwarp();
-  const float r = c.shfl[t - lane + (lane ^ unsigned(mask))];
+  const int from = src(lane);
+  const float r = from < 0 ? v : c.shfl[t - lane + unsigned(from)];
   __syncwarp();
   return r;
 }
+}  // namespace dfssm::emu
+inline float __shfl_xor_sync(unsigned, float v, int mask) {
+  return dfssm::emu::shfl(v, [&](unsigned lane) { return int(lane ^ unsigned(mask)); });
+}
 inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
-  auto& c = *dfssm::emu::tl_ctx;
-  const unsigned t = threadIdx.x, lane = t % 32;
-  c.shfl[t] = v;
-  __syncwarp();
-  const float r = lane >= delta ? c.shfl[t - delta] : v;
-  __syncwarp();
-  return r;
+  return dfssm::emu::shfl(v, [&](unsigned lane) { return lane >= delta ? int(lane - delta) : -1; });
 }
 
 namespace nvcuda::wmma {

@@ -9,8 +9,7 @@
 // Kernels, in launch order (each block has 8 warps; the GEMM parts are WMMA m16n16k8 TF32
 // fragments with fp32 accumulators, fed from shared memory in K-slabs of 32):
 //   1. chunk_state (chunk, head, batch): acs by a block scan of A·dt; w_l = exp(acs_T-1 - acs_l)·
-//      dt_l; states = (w∘x)ᵀ·B, a (P x T)·(T x N) product. Each warp owns one 16-column block
-//      of N and all four 16-row blocks of P.
+//      dt_l; states = (w∘x)ᵀ·B, a (P x T)·(T x N) product (ChunkOuter in ssd_scan_common.cuh).
 //   2. state_pass (P·N/256, head, batch): one thread per state element walks the chunks:
 //      entering_c = S; S = exp(acs_T-1 of c)·S + states_c; the final S is the final state.
 //   3. chunk_cb (T/64, chunk x group, batch): CB = C·Bᵀ for 64 rows of the chunk, once per
@@ -29,21 +28,13 @@ using namespace scan_detail;
 // ---- 1. chunk states ---------------------------------------------------------------------------
 template <int T>
 __global__ void __launch_bounds__(kThreads, 2) chunk_state_kernel(SsdScanArgs a) {
-  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5;
+  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
   const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
   const int gi = h / (a.H / a.G);
   const Ws ws = split_ws(a);
-  __shared__ __align__(128) float xs[KS * LDX];
-  __shared__ __align__(128) float bs[KS * LDN];
   __shared__ float w[T], warp_tot[kWarps], total;
-
-  // The first K-slab's loads go out before the scan, so that their latency overlaps it.
-  RowsRegs<KS, P_> xr;
-  RowsRegs<KS, N_> br;
-  const float* xsrc = a.x + int64_t(h) * P_;
-  const float* bsrc = a.B + int64_t(gi) * N_;
-  xr.load_seq(xsrc, a.x_row, b, a.L, l0);
-  br.load_seq(bsrc, a.bc_row, b, a.L, l0);
+  ChunkOuter<T> outer{a.x + int64_t(h) * P_, a.B + int64_t(gi) * N_, a.x_row, a.bc_row, b, a.L, l0};
+  outer.load(0);  // in flight during the scan
 
   // Phase 1: acs (written for kernels 2 and 4) and the weights w_l.
   const bool in = t < T && l0 + t < a.L;
@@ -57,35 +48,8 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_state_kernel(SsdScanArgs a)
   }
   __syncthreads();
 
-  // Phase 2: states (P x N) = (w∘x)ᵀ·B over K-slabs of 32 positions; slab s0 + KS is in flight
-  // while slab s0 is multiplied.
-  FragC acc[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) wmma::fill_fragment(acc[i], 0.f);
-  for (int s0 = 0; s0 < T; s0 += KS) {
-    xr.store(xs, LDX, [&](int r) { return w[s0 + r]; });
-    br.store(bs, LDN, Unscaled{});
-    __syncthreads();
-    if (s0 + KS < T) {
-      xr.load_seq(xsrc, a.x_row, b, a.L, l0 + s0 + KS);
-      br.load_seq(bsrc, a.bc_row, b, a.L, l0 + s0 + KS);
-    }
-#pragma unroll
-    for (int kk = 0; kk < KS; kk += 8) {
-      FragBrow fb;
-      load_tf32(fb, bs + kk * LDN + warp * 16, LDN);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        FragAcol fa;  // A(p, l) = xs[l][p]
-        load_tf32(fa, xs + kk * LDX + i * 16, LDX);
-        wmma::mma_sync(acc[i], fa, fb, acc[i]);
-      }
-    }
-    __syncthreads();
-  }
-  float* out = ws.states + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) wmma::store_matrix_sync(out + (i * 16) * N_ + warp * 16, acc[i], N_, wmma::mem_row_major);
+  // Phase 2: states (P x N) = (w∘x)ᵀ·B.
+  outer.run(w, ws.states + ((b * nc + c) * a.H + h) * int64_t(P_) * N_);
 }
 
 // ---- 2. state passing --------------------------------------------------------------------------

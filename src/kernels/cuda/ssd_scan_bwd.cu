@@ -43,50 +43,17 @@ __device__ inline BwdWs split_bwd_ws(const SsdScanArgs& a, const SsdScanGrads& g
 // ---- 1. the chunk's own state gradient ------------------------------------------------------------
 template <int T>
 __global__ void __launch_bounds__(kThreads, 2) dstate_local_kernel(SsdScanArgs a, SsdScanGrads g) {
-  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5;
+  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
   const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
   const int gi = h / (a.H / a.G);
   const Ws ws = split_ws(a);
   const BwdWs bw = split_bwd_ws(a, g);
-  __shared__ __align__(128) float ys[KS * LDX];
-  __shared__ __align__(128) float cs[KS * LDN];
   __shared__ float e[T];
-  const int64_t yrow = int64_t(a.H) * P_;
-  const float* ysrc = g.dy + int64_t(h) * P_;
-  const float* csrc = a.C + int64_t(gi) * N_;
-  RowsRegs<KS, P_> yr;
-  RowsRegs<KS, N_> cr;
-  yr.load_seq(ysrc, yrow, b, a.L, l0);
-  cr.load_seq(csrc, a.bc_row, b, a.L, l0);
+  ChunkOuter<T> outer{g.dy + int64_t(h) * P_, a.C + int64_t(gi) * N_, int64_t(a.H) * P_, a.bc_row, b, a.L, l0};
+  outer.load(0);
   if (t < T) e[t] = expf(ws.acs[((b * a.H + h) * nc + c) * T + t]);
   __syncthreads();
-  FragC acc[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) wmma::fill_fragment(acc[i], 0.f);
-  for (int s0 = 0; s0 < T; s0 += KS) {
-    yr.store(ys, LDX, [&](int r) { return e[s0 + r]; });
-    cr.store(cs, LDN, Unscaled{});
-    __syncthreads();
-    if (s0 + KS < T) {
-      yr.load_seq(ysrc, yrow, b, a.L, l0 + s0 + KS);
-      cr.load_seq(csrc, a.bc_row, b, a.L, l0 + s0 + KS);
-    }
-#pragma unroll
-    for (int kk = 0; kk < KS; kk += 8) {
-      FragBrow fb;
-      load_tf32(fb, cs + kk * LDN + warp * 16, LDN);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        FragAcol fa;  // A(p, l) = ys[l][p]
-        load_tf32(fa, ys + kk * LDX + i * 16, LDX);
-        wmma::mma_sync(acc[i], fa, fb, acc[i]);
-      }
-    }
-    __syncthreads();
-  }
-  float* out = bw.dstates + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) wmma::store_matrix_sync(out + (i * 16) * N_ + warp * 16, acc[i], N_, wmma::mem_row_major);
+  outer.run(e, bw.dstates + ((b * nc + c) * a.H + h) * int64_t(P_) * N_);
 }
 
 // ---- 2. reverse state passing ----------------------------------------------------------------------

@@ -109,6 +109,54 @@ struct RowsRegs {
   }
 };
 
+// The chunk's outer-product sum out (P x N, row stride N) = Σ_l w_l·u_l ⊗ v_l, where u_l and v_l
+// are rows l0 + l of (batch, L, ...) matrices (P and N floats each) and w is in shared memory:
+// the forward's chunk states (u = x, v = B, w = decay·dt) and the backward's own state gradient
+// (u = dy, v = C, w = exp(acs)). K-slabs of 32 positions; slab s0 + KS is in flight while slab
+// s0 is multiplied; the caller issues the first slab's loads (load(0)) before its prologue, so
+// that their latency overlaps it. Each warp owns one 16-column block of N, all of P.
+template <int T>
+struct ChunkOuter {
+  const float *usrc, *vsrc;
+  int64_t urow, vrow, b, L, l0;
+  RowsRegs<KS, P_> ur;
+  RowsRegs<KS, N_> vr;
+
+  __device__ __forceinline__ void load(int64_t s0) {
+    ur.load_seq(usrc, urow, b, L, l0 + s0);
+    vr.load_seq(vsrc, vrow, b, L, l0 + s0);
+  }
+
+  __device__ __forceinline__ void run(const float* w, float* out) {
+    __shared__ __align__(128) float us[KS * LDX];
+    __shared__ __align__(128) float vs[KS * LDN];
+    const int warp = threadIdx.x >> 5;
+    FragC acc[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) wmma::fill_fragment(acc[i], 0.f);
+    for (int s0 = 0; s0 < T; s0 += KS) {
+      ur.store(us, LDX, [&](int r) { return w[s0 + r]; });
+      vr.store(vs, LDN, Unscaled{});
+      __syncthreads();
+      if (s0 + KS < T) load(s0 + KS);
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        FragBrow fb;
+        load_tf32(fb, vs + kk * LDN + warp * 16, LDN);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          FragAcol fa;  // A(p, l) = us[l][p]
+          load_tf32(fa, us + kk * LDX + i * 16, LDX);
+          wmma::mma_sync(acc[i], fa, fb, acc[i]);
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) wmma::store_matrix_sync(out + (i * 16) * N_ + warp * 16, acc[i], N_, wmma::mem_row_major);
+  }
+};
+
 // Inclusive prefix sum of v over the block's 256 threads (warp shuffles, then warp totals).
 __device__ inline float block_scan(float v, float* warp_tot) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
