@@ -5,8 +5,8 @@
 #      errors are printed);
 #   2. time the 1.3B distillation step (scripts/device/bench_distill.sh; V13 = its VARIANTS,
 #      default: the DF-SSM student (every fused kernel on: the defaults), the same with the
-#      SSD backward's second per-chunk kernel (DFSSM_SSD_BWD_V2=1, not yet measured), then the
-#      plain student, B=16 x 2048 with activation checkpointing; PROFILE=k adds the kernel
+#      SSD backward's first version (DFSSM_SSD_BWD_VERSION=1), then the plain student,
+#      B=16 x 2048 with activation checkpointing; PROFILE=k adds the kernel
 #      profile of step k to the first variant);
 #   3. time the 130m geometry's distillation (B=32 x 1024) and pretraining steps, which size the
 #      quality run (configs/quality_100m.yaml); V130= skips this;
@@ -14,8 +14,9 @@
 #   BENCH=1: the gpu tests' hidden kernel benchmarks ("[bench]");
 #   TEST_FILTER: a Catch2 test spec for the test binaries (e.g. "[ssd_scan]");
 #   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward and backward kernels (small shapes);
-#   NCU=1: Nsight Compute on one launch of the SSD backward's per-chunk kernel (both versions):
-#     warp states, memory and source-line stall counters (the report lands in $OUT).
+#   NCU=1 (last): Nsight Compute on one launch each of the SSD backward's per-chunk kernel
+#     (versions 1 and 3) and version 3's dB/dC GEMM: warp states, memory and source-line stall
+#     counters (the reports land in $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
@@ -41,25 +42,11 @@ if [[ ${MEMCHECK:-0} == 1 ]]; then
     build-device/bin/test_gpu_train_kernels "fused SSD forward kernels (TF32) vs their scalar reference*,fused SSD backward kernels (TF32) vs their scalar reference*" \
     >"$OUT/memcheck.txt" 2>&1 && echo "memcheck ok: ssd_scan forward and backward kernels" || { echo "memcheck FAILED ($?)"; tail -20 "$OUT/memcheck.txt"; }
 fi
-# NCU=1: where chunk_bwd_kernel's time goes (one launch at 16 x 2048, each version)
-if [[ ${NCU:-0} == 1 ]]; then
-  NCUB=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  for v in false true; do  # <T, FAST>: the first version, then the second
-    timeout 200 "$NCUB" --clock-control none --section SpeedOfLight --section WarpStateStats \
-      --section MemoryWorkloadAnalysis --section SourceCounters --section Occupancy --kernel-name-base demangled \
-      -k regex:"chunk_bwd_kernel<128, $v>" --launch-count 1 -o "$OUT/ncu_chunk_bwd_$v" -f \
-      build-device/bin/test_gpu_train_kernels "bench: fused SSD forward + backward*" >/dev/null 2>&1
-    "$NCUB" --import "$OUT/ncu_chunk_bwd_$v.ncu-rep" --print-details all >"$OUT/ncu_chunk_bwd_$v.txt" 2>&1
-    echo "== ncu chunk_bwd_kernel<128, $v>"
-    grep -E "Duration|Issued Warp|Eligible|Stall|Memory Throughput|Compute \(SM\)|Achieved Occupancy" \
-      "$OUT/ncu_chunk_bwd_$v.txt" | head -24
-  done
-fi
 # BENCH=1: the hidden kernel benchmarks of the gpu tests ("[bench]": printed times, no assertions)
 [[ ${BENCH:-0} == 1 ]] && build-device/bin/test_gpu_train_kernels "[bench]" 2>&1 | grep -E "^  bench" | tee "$OUT/kernel_bench.txt"
 echo "tests done ($(( $(date +%s) - t0 )) s)"
 PLAIN="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
-AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:distill.ssd_chunk=128|v2:DFSSM_SSD_BWD_V2=1 distill.ssd_chunk=128|plain:distill.ssd_chunk=128 $PLAIN}" \
+AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:|v1:DFSSM_SSD_BWD_VERSION=1|plain:$PLAIN}" \
   bash scripts/device/bench_distill.sh "${B:-16}" "${STEPS:-4}"
 echo "1.3B done ($(( $(date +%s) - t0 )) s)"
 if [[ -n ${V130-x} ]]; then
@@ -83,5 +70,21 @@ print(f'pretrain 130m batch 32 x 1024: {statistics.median(r[\"tokens_per_s\"] fo
 fi
 if [[ ${RUNTIME:-0} == 1 ]]; then
   build-device/bin/dfssm bench --device cuda --geometry mamba2-1.3b --random 2>&1 | tail -25
+fi
+# NCU=1: where the SSD backward's time goes (one launch each at 16 x 2048: version 1's per-chunk
+# kernel, version 3's and its dB/dC GEMM). Last: the slowest part of the call.
+if [[ ${NCU:-0} == 1 ]]; then
+  NCUB=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for k in "chunk_bwd_kernel<128, false, false>" "chunk_bwd_kernel<128, true, true>" "dbc_kernel<128>"; do
+    f=$(echo "$k" | tr -c 'a-z0-9_\n' '_')
+    timeout 150 "$NCUB" --clock-control none --section SpeedOfLight --section WarpStateStats \
+      --section MemoryWorkloadAnalysis --section SourceCounters --section Occupancy --kernel-name-base demangled \
+      -k regex:"$k" --launch-count 1 -o "$OUT/ncu_$f" -f \
+      build-device/bin/test_gpu_train_kernels "bench: fused SSD forward + backward*" >/dev/null 2>&1
+    "$NCUB" --import "$OUT/ncu_$f.ncu-rep" --print-details all >"$OUT/ncu_$f.txt" 2>&1
+    echo "== ncu $k"
+    grep -E "Duration|Issued Warp|Eligible|Stall|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per" \
+      "$OUT/ncu_$f.txt" | head -24
+  done
 fi
 echo "total $(( $(date +%s) - t0 )) s"

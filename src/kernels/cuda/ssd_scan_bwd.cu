@@ -22,9 +22,15 @@
 //      4. dC = Pm·(dt∘B) + (e∘dy)·S (T x N), atomically added over the group's heads;
 //      5. dB = dt∘(Pmᵀ·C + (e^(Λ-acs)∘x)·dS), the same;
 //      6. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
-//      Two versions (SsdScanGrads::v2): the first, measured on the H200 at 18.4 ms per call at
-//      16 x 2048 x 64 heads; the second, with a warp per row in the row passes and the slabs of
-//      steps 4-5 prefetched, the same math (emulated: the same errors), not yet measured.
+//   4. dbc (version 3 only): chunk_bwd skips steps 4-5 and instead adds Pm∘dt into dCB, the sum
+//      over the group's heads (T x T per chunk and group); then dC and dB are one GEMM per
+//      (chunk, group) each, over K = T + (H/G)·P: dCB (or its transpose) times the chunk's B (or
+//      C) rows, plus every head's scaled dy (or x) times its state S (or dS). The T x T x N
+//      products run once per group instead of once per head, and dB/dC take plain stores
+//      instead of 2·T·N atomics per head and chunk.
+// Versions (SsdScanGrads::version): 1, the first, measured on the H200 at 18.4 ms per call at
+// 16 x 2048 x 64 heads; 2, a warp per row in the row passes and the slabs of steps 4-5
+// prefetched; 3, version 2's passes with dbc.
 #include <utility>
 
 #include "kernels/cuda/ssd_scan_common.cuh"
@@ -34,10 +40,11 @@ namespace {
 using namespace scan_detail;
 
 struct BwdWs {
-  float *dstates, *dlam;
+  float *dstates, *dcb, *dlam;
 };
 __device__ inline BwdWs split_bwd_ws(const SsdScanArgs& a, const SsdScanGrads& g) {
-  return {g.workspace, g.workspace + a.states_floats()};
+  float* dcb = g.workspace + a.states_floats();
+  return {g.workspace, dcb, dcb + a.cb_floats()};
 }
 
 // ---- 1. the chunk's own state gradient ------------------------------------------------------------
@@ -188,11 +195,51 @@ __device__ __forceinline__ void dbc_gemm(FragC (&acc)[T / 16], float* slab, cons
   __syncthreads();
 }
 
-// ---- 3. the chunk's gradients ------------------------------------------------------------------------
-// FAST (g.v2): the row passes of steps 1-2 with a warp per row (no shared atomics, the C·Bᵀ
-// loads of a row issued together, the column sums folded into the same pass) and the slabs of
-// steps 4-5 prefetched. Same math; not yet measured against the first version.
+// Steps 4-5 of versions 1-2: this head's share of dC = Pm·(dt∘B) + (e∘dy)·S and of
+// dB = dt∘(Pmᵀ·C + (e^(Λ-acs)∘x)·dS), added atomically over the group's heads. zs is free
+// (dx is stored); warp w owns column block w of N, every row block.
 template <int T, bool FAST>
+__device__ __forceinline__ void dbc_steps(const SsdScanArgs& a, const SsdScanGrads& g, const float* dys,
+                                          const float* xsm, float* zs, const float* big, float* slab,
+                                          const float* acs, const float* dts, float lam, int64_t b, int64_t l0,
+                                          int gi, const float* bsrc, const float* csrc, const float* Sg,
+                                          const float* dSg) {
+  constexpr int TN = T / 16;
+  const int t = threadIdx.x, warp = t >> 5;
+  float* stage = slab + warp * 16 * LDE;
+  for (int i = t; i < T * P_; i += kThreads) {
+    const int l = i / P_, p = i % P_;
+    zs[l * LDX + p] = expf(acs[l]) * dys[l * LDX + p];
+  }
+  {
+    FragC acc[TN];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
+    dbc_gemm<T, FAST, false>(acc, slab, big, zs, bsrc, a.bc_row, b, a.L, l0, dts, Sg);
+#pragma unroll
+    for (int j = 0; j < TN; ++j) add_tile(stage, acc[j], g.dC, a, b, l0, j * 16, gi, warp * 16, Unscaled{});
+  }
+  __syncthreads();
+  for (int i = t; i < T * P_; i += kThreads) {
+    const int l = i / P_, p = i % P_;
+    zs[l * LDX + p] = expf(lam - acs[l]) * xsm[l * LDX + p];
+  }
+  {
+    FragC acc[TN];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
+    dbc_gemm<T, FAST, true>(acc, slab, big, zs, csrc, a.bc_row, b, a.L, l0, nullptr, dSg);
+#pragma unroll
+    for (int j = 0; j < TN; ++j)
+      add_tile(stage, acc[j], g.dB, a, b, l0, j * 16, gi, warp * 16, [&](int r) { return dts[r]; });
+  }
+}
+
+// ---- 3. the chunk's gradients ------------------------------------------------------------------------
+// FAST (versions 2-3): the row passes of steps 1-2 with a warp per row (no shared atomics, the C·Bᵀ
+// loads of a row issued together, the column sums folded into the same pass) and the slabs of
+// steps 4-5 prefetched. SPLIT (version 3): steps 4-5 left to dbc_kernel. Same math.
+template <int T, bool FAST, bool SPLIT>
 __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
   using SM = BwdSmem<T>;
   constexpr int LDT = SM::LDT, NT = T / 16;
@@ -201,6 +248,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
   constexpr int NLOW = NT * (NT + 1) / 2, TL = (NLOW + kWarps - 1) / kWarps;  // lower T x T tiles
   constexpr int TM_STEP = kWarps / (P_ / 16);
   static_assert(N_ / 16 == kWarps && TN == NT, "steps 4-5: warp w owns column block w of N, every row block");
+  static_assert(FAST || !SPLIT, "version 3 builds on version 2's row passes");
   DFSSM_DYN_SMEM(smem, SM::FLOATS);
   float* dys = smem;             // T x P: dy of the chunk
   float* xsm = dys + T * LDX;    // T x P: x
@@ -226,6 +274,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
   const float* Sg = ws.states + sidx;
   const float* dSg = bw.dstates + sidx;
   const float* cbg = ws.cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  float* dcb = bw.dcb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
   const float Ah = a.A[h], Dh = a.D ? a.D[h] : 0.f;
 
   if (t < T) {
@@ -380,6 +429,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
         const float cp = cbv[j] * pm;
         q += cp * dts[s];
         csum[j] += cp;
+        if (SPLIT && s <= l) atomicAdd(dcb + l * T + s, pm * dts[s]);  // dCB: the sum over the group's heads
       }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
@@ -466,37 +516,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
   }
   __syncthreads();
 
-  // Step 4: dC = Pm·(dt∘B) + (e∘dy)·S. Warp w owns column block w of N, every row block.
-  for (int i = t; i < T * P_; i += kThreads) {
-    const int l = i / P_, p = i % P_;
-    zs[l * LDX + p] = expf(acs[l]) * dys[l * LDX + p];
-  }
-  {
-    FragC acc[TN];
-#pragma unroll
-    for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
-    dbc_gemm<T, FAST, false>(acc, slab, big, zs, bsrc, a.bc_row, b, a.L, l0, dts, Sg);
-    float* stage = slab + warp * 16 * LDE;
-#pragma unroll
-    for (int j = 0; j < TN; ++j) add_tile(stage, acc[j], g.dC, a, b, l0, j * 16, gi, warp * 16, Unscaled{});
-  }
-  __syncthreads();
-
-  // Step 5: dB = dt∘(Pmᵀ·C + (e^(Λ-acs)∘x)·dS).
-  for (int i = t; i < T * P_; i += kThreads) {
-    const int l = i / P_, p = i % P_;
-    zs[l * LDX + p] = expf(lam - acs[l]) * xsm[l * LDX + p];
-  }
-  {
-    FragC acc[TN];
-#pragma unroll
-    for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
-    dbc_gemm<T, FAST, true>(acc, slab, big, zs, csrc, a.bc_row, b, a.L, l0, nullptr, dSg);
-    float* stage = slab + warp * 16 * LDE;
-#pragma unroll
-    for (int j = 0; j < TN; ++j)
-      add_tile(stage, acc[j], g.dB, a, b, l0, j * 16, gi, warp * 16, [&](int r) { return dts[r]; });
-  }
+  // Steps 4-5 (versions 1-2): dC and dB of this head, added atomically. Version 3 leaves them to
+  // dbc_kernel (dCB is complete once every head's block has run).
+  if constexpr (!SPLIT) dbc_steps<T, FAST>(a, g, dys, xsm, zs, big, slab, acs, dts, lam, b, l0, gi, bsrc, csrc, Sg, dSg);
 
   // Step 6: dΛ, the reverse cumulative sum of dacs, ddt, dA, dD.
   const float lam_sum = block_sum(lam_part, warp_tot, bcast);
@@ -518,36 +540,208 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, S
   }
 }
 
-template <int T, bool FAST>
+// ---- 4. version 3: dB and dC per chunk and group, as one GEMM each -----------------------------------
+// With dCB[l][s] = Σ_h Pm_h[l][s]·dt_h[s] (summed over the group's heads by chunk_bwd):
+//   dC[l] = Σ_s dCB[l][s]·B_s + Σ_h e_h[l]·Σ_p dy_h[l][p]·S_h[p]           e_h = exp(acs_h)
+//   dB[s] = Σ_l dCB[l][s]·C_l + Σ_h dt_h[s]·e^(Λ_h-acs_h[s])·Σ_p x_h[s][p]·dS_h[p]
+// i.e. out (T x N) = A (T x K)·X (K x N) with K = T + (H/G)·P: the first T of K from dCB (dB:
+// transposed) times the chunk's rows of B (dC) or C (dB); then, per head, its dy (dC) or x (dB)
+// columns scaled per row times its state S (dC) or state gradient dS (dB), P x N. One block per
+// (which, 64 columns of N; chunk; batch x group): 8 warps, warp (wm, wn) owns rows
+// wm·T/4 .. of the T x 64 tile and 32 columns; K-slabs of 32, the next slab's loads in registers
+// while the current one is multiplied. Plain stores: each output element has one owner.
+constexpr int kDbcCols = 64;  // the block's columns of N
+constexpr int LDD = kDbcCols + 4;
+
+// A K-slab of A, T rows x KS columns, in registers between its loads and its store: either the
+// rows of a (T x *) matrix scaled per row (per-head part, dCB for dC) or KS rows of dCB stored
+// transposed (dB's first part). The two mappings hold the same number of float4s.
+template <int T>
+struct ASlab {
+  static constexpr int kPer = T * KS / 4 / kThreads;
+  static_assert(kPer * kThreads * 4 == T * KS, "the slab divides over the block");
+  float4 v[kPer];
+  // Rows 0..T-1 (those at or past `valid` read as zeros), KS floats each from src.
+  __device__ __forceinline__ void load(const float* src, int64_t stride, int64_t valid) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+      v[j] = r < valid ? ld4(src + r * stride + q) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  }
+  // dst[r][k] (row stride LDK), times sc[r] when sc is given.
+  __device__ __forceinline__ void store(float* dst, const float* sc) const {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+      const float f = sc ? sc[r] : 1.f;
+      st4(dst + r * LDK + q, make_float4(v[j].x * f, v[j].y * f, v[j].z * f, v[j].w * f));
+    }
+  }
+  // Transposed: KS rows of T floats (row stride `stride`), stored as dst[m][k] = src[k][m].
+  __device__ __forceinline__ void load_t(const float* src, int64_t stride) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = threadIdx.x + j * kThreads, k = i / (T / 4), m = (i % (T / 4)) * 4;
+      v[j] = ld4(src + k * stride + m);
+    }
+  }
+  __device__ __forceinline__ void store_t(float* dst) const {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int i = threadIdx.x + j * kThreads, k = i / (T / 4), m = (i % (T / 4)) * 4;
+      dst[m * LDK + k] = v[j].x, dst[(m + 1) * LDK + k] = v[j].y;
+      dst[(m + 2) * LDK + k] = v[j].z, dst[(m + 3) * LDK + k] = v[j].w;
+    }
+  }
+};
+
+// Shared memory: the A and X slabs, then the per-head row scales (H/G x T floats).
+template <int T>
+constexpr int dbc_smem_floats(int hpg) {
+  return T * LDK + KS * LDD + hpg * T;
+}
+
+template <int T>
+__global__ void __launch_bounds__(kThreads, 2) dbc_kernel(SsdScanArgs a, SsdScanGrads g) {
+  constexpr int MI = T / 64;  // 16-row fragments per warp
+  constexpr int NS1 = T / KS, SPH = P_ / KS;
+  DFSSM_DYN_SMEM(smem, dbc_smem_floats<T>(256));  // the emulator's static size: up to 256 heads per group
+  float* as = smem;                // T x KS, row stride LDK
+  float* xs = as + T * LDK;        // KS x 64, row stride LDD
+  float* scl = xs + KS * LDD;      // (head of the group, row): the per-head part's row scales
+  const bool is_db = blockIdx.x & 1;
+  const int n0 = (blockIdx.x >> 1) * kDbcCols, c = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int hpg = a.H / a.G, gi = blockIdx.z % a.G;
+  const int64_t b = blockIdx.z / a.G, nc = a.chunks(), l0 = int64_t(c) * T, NS = NS1 + int64_t(hpg) * SPH;
+  const int wm = warp >> 1, wn = warp & 1;
+  const Ws ws = split_ws(a);
+  const BwdWs bw = split_bwd_ws(a, g);
+  const float* dcb = bw.dcb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  const float* x1 = (is_db ? a.C : a.B) + int64_t(gi) * N_ + n0;               // rows (b, l), stride bc_row
+  const float* a2 = is_db ? a.x : g.dy;                                         // rows (b, l), per head P floats
+  const int64_t a2_row = is_db ? a.x_row : int64_t(a.H) * P_;
+  const float* x2 = (is_db ? bw.dstates : ws.states) + (b * nc + c) * a.H * int64_t(P_) * N_ + n0;  // (h, p) rows
+  ASlab<T> ar;
+  RowsRegs<KS, kDbcCols> xr;
+  auto load = [&](int64_t k) {
+    if (k < NS1) {
+      if (is_db) ar.load_t(dcb + k * KS * T, T);
+      else ar.load(dcb + k * KS, T, T);
+      xr.load_seq(x1, a.bc_row, b, a.L, l0 + k * KS);
+      return;
+    }
+    const int64_t h = gi * int64_t(hpg) + (k - NS1) / SPH, p0 = ((k - NS1) % SPH) * KS;
+    ar.load(a2 + (b * a.L + l0) * a2_row + h * P_ + p0, a2_row, a.L - l0);
+    xr.load(x2 + (h * P_ + p0) * N_, N_, KS);
+  };
+  load(0);
+  // The row scales of every head of the group: dC: exp(acs_r); dB: dt_r·exp(Λ - acs_r) with
+  // Λ = acs_{T-1} (dt reads 0 past L). Their loads overlap the first slab's.
+  for (int i = threadIdx.x; i < hpg * T; i += kThreads) {
+    const int hh = i / T, r = i % T;
+    const int64_t h = gi * int64_t(hpg) + hh;
+    const float* acs_h = ws.acs + ((b * a.H + h) * nc + c) * T;
+    scl[i] = is_db ? (l0 + r < a.L ? a.dt[(b * a.L + l0 + r) * a.H + h] : 0.f) * expf(acs_h[T - 1] - acs_h[r])
+                   : expf(acs_h[r]);
+  }
+  FragC acc[MI][2];
+#pragma unroll
+  for (int i = 0; i < MI; ++i) wmma::fill_fragment(acc[i][0], 0.f), wmma::fill_fragment(acc[i][1], 0.f);
+  load(0);
+  for (int64_t k = 0; k < NS; ++k) {
+    __syncthreads();  // the previous slab is consumed
+    if (k < NS1 && is_db) ar.store_t(as);
+    else ar.store(as, k < NS1 ? nullptr : scl + ((k - NS1) / SPH) * T);
+    xr.store(xs, LDD, Unscaled{});
+    __syncthreads();
+    if (k + 1 < NS) load(k + 1);
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 8) {
+      FragBrow fb[2];
+      load_tf32(fb[0], xs + kk * LDD + wn * 32, LDD);
+      load_tf32(fb[1], xs + kk * LDD + wn * 32 + 16, LDD);
+#pragma unroll
+      for (int i = 0; i < MI; ++i) {
+        const int r0 = (wm * MI + i) * 16;
+        if (k < NS1) {  // dCB is lower triangular: dC's A(l, s) is 0 for s > l, dB's A(s, l) for s > l
+          const int k0 = int(k) * KS + kk;
+          if (!is_db && k0 >= r0 + 16) continue;
+          if (is_db && r0 >= k0 + 8) continue;
+        }
+        FragArow fa;
+        load_tf32(fa, as + r0 * LDK + kk, LDK);
+        wmma::mma_sync(acc[i][0], fa, fb[0], acc[i][0]);
+        wmma::mma_sync(acc[i][1], fa, fb[1], acc[i][1]);
+      }
+    }
+  }
+  // Epilogue: plain stores into (batch, L, G, N); rows past L through a staging tile.
+  __syncthreads();
+  float* out = (is_db ? g.dB : g.dC) + int64_t(gi) * N_ + n0;
+  const int64_t orow = int64_t(a.G) * N_;
+  float* stage = as + warp * 16 * LDE;
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int64_t lt = l0 + (wm * MI + i) * 16;
+      float* dst = out + (b * a.L + lt) * orow + wn * 32 + j * 16;
+      if (lt + 16 <= a.L) {
+        wmma::store_matrix_sync(dst, acc[i][j], unsigned(orow), wmma::mem_row_major);
+        continue;
+      }
+      wmma::store_matrix_sync(stage, acc[i][j], LDE, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int r = e / 16, q = e % 16;
+        if (lt + r < a.L) dst[r * orow + q] = stage[r * LDE + q];
+      }
+      __syncwarp();
+    }
+}
+
+template <int T, bool FAST, bool SPLIT>
 cudaError_t launch_chunk_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
   constexpr int smem = BwdSmem<T>::FLOATS * int(sizeof(float));
-  if (const auto e = cudaFuncSetAttribute(chunk_bwd_kernel<T, FAST>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (const auto e = cudaFuncSetAttribute(chunk_bwd_kernel<T, FAST, SPLIT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          smem);
       e != cudaSuccess)
     return e;
-  DFSSM_LAUNCH_SMEM((chunk_bwd_kernel<T, FAST>), dim3(nc, H, Bz), smem, stream, a, g);
+  DFSSM_LAUNCH_SMEM((chunk_bwd_kernel<T, FAST, SPLIT>), dim3(nc, H, Bz), smem, stream, a, g);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess || !SPLIT) return e;
+  const int dsmem = dbc_smem_floats<T>(a.H / a.G) * int(sizeof(float));
+  if (const auto e = cudaFuncSetAttribute(dbc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, dsmem);
+      e != cudaSuccess)
+    return e;
+  DFSSM_LAUNCH_SMEM(dbc_kernel<T>, dim3(2 * (N_ / kDbcCols), nc, Bz * unsigned(a.G)), dsmem, stream, a, g);
   return cudaGetLastError();
 }
 
 template <int T>
 cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
-  const size_t bc = size_t(a.batch * a.L * a.G) * N_ * sizeof(float);
+  const bool v3 = g.version == 3;
+  const size_t bc = v3 ? 0 : size_t(a.batch * a.L * a.G) * N_ * sizeof(float);  // version 3 stores them
+  float* dcb = g.workspace + a.states_floats();
   for (const auto& [p, n] : {std::pair<float*, size_t>{g.dB, bc}, {g.dC, bc}, {g.dA, size_t(a.H) * 4},
-                             {g.dD, size_t(a.H) * 4}, {g.workspace + a.states_floats(), size_t(a.batch * a.H) * nc * 4}})
-    if (p)
+                             {g.dD, size_t(a.H) * 4}, {dcb, v3 ? size_t(a.cb_floats()) * 4 : 0},
+                             {dcb + a.cb_floats(), size_t(a.batch * a.H) * nc * 4}})
+    if (p && n)
       if (const auto e = cudaMemsetAsync(p, 0, n, stream); e != cudaSuccess) return e;
   DFSSM_LAUNCH(dstate_local_kernel<T>, dim3(nc, H, Bz), stream, a, g);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  return g.v2 ? launch_chunk_bwd<T, true>(a, g, stream) : launch_chunk_bwd<T, false>(a, g, stream);
+  if (v3) return launch_chunk_bwd<T, true, true>(a, g, stream);
+  return g.version == 2 ? launch_chunk_bwd<T, true, false>(a, g, stream) : launch_chunk_bwd<T, false, false>(a, g, stream);
 }
 
 }  // namespace
 
 bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g) {
-  return ssd_scan_inputs_ok(a) && (a.T == 64 || a.T == 128) && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
+  return ssd_scan_inputs_ok(a) && (a.T == 64 || a.T == 128) && g.version >= 1 && g.version <= 3 && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
          g.workspace && (g.dinit == nullptr || a.init != nullptr) &&
          reinterpret_cast<uintptr_t>(g.dx) % 32 == 0 && reinterpret_cast<uintptr_t>(g.dy) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(g.workspace) % 256 == 0;
