@@ -240,7 +240,7 @@ __device__ __forceinline__ void dbc_steps(const SsdScanArgs& a, const SsdScanGra
 // loads of a row issued together, the column sums folded into the same pass) and the slabs of
 // steps 4-5 prefetched. SPLIT (version 3): steps 4-5 left to dbc_kernel. Same math.
 template <int T, bool FAST, bool SPLIT>
-__global__ void __launch_bounds__(kThreads, 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
+__global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
   using SM = BwdSmem<T>;
   constexpr int LDT = SM::LDT, NT = T / 16;
   constexpr int TP = NT * (P_ / 16) / kWarps;           // T x P output tiles per warp
