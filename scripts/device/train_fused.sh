@@ -14,9 +14,9 @@
 #   BENCH=1: the gpu tests' hidden kernel benchmarks ("[bench]");
 #   TEST_FILTER: a Catch2 test spec for the test binaries (e.g. "[ssd_scan]");
 #   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward and backward kernels (small shapes);
-#   NCU=1 (last): Nsight Compute on one launch each of the SSD backward's per-chunk kernel
-#     (versions 1 and 3) and version 3's dB/dC GEMM: warp states, memory and source-line stall
-#     counters (the reports land in $OUT).
+#   NCU=1 (last): Nsight Compute on one launch each of NCU_KERNELS ('|'-separated name patterns;
+#     default: version 3 of the SSD backward's per-chunk kernel at T=128 and its dB/dC GEMM) in
+#     the bench test: warp states, memory and source-line stall counters (reports land in $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
@@ -75,9 +75,10 @@ fi
 # kernel, version 3's and its dB/dC GEMM). Last: the slowest part of the call.
 if [[ ${NCU:-0} == 1 ]]; then
   NCUB=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  for k in "chunk_bwd_kernel<128, false, false>" "chunk_bwd_kernel<128, true, true>" "dbc_kernel<128>"; do
+  IFS='|' read -ra KERNELS <<<"${NCU_KERNELS:-chunk_bwd_kernel<128, true, true>|dbc_kernel<128>}"
+  for k in "${KERNELS[@]}"; do
     f=$(echo "$k" | tr -c 'a-z0-9_\n' '_')
-    timeout 150 "$NCUB" --clock-control none --section SpeedOfLight --section WarpStateStats \
+    timeout 120 "$NCUB" --clock-control none --section SpeedOfLight --section WarpStateStats \
       --section MemoryWorkloadAnalysis --section SourceCounters --section Occupancy --kernel-name-base demangled \
       -k regex:"$k" --launch-count 1 -o "$OUT/ncu_$f" -f \
       build-device/bin/test_gpu_train_kernels "bench: fused SSD forward + backward*" >/dev/null 2>&1
