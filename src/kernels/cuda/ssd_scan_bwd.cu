@@ -413,19 +413,27 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     float csum[NJ];
 #pragma unroll
     for (int j = 0; j < NJ; ++j) csum[j] = 0.f;
+    // The next row's C·Bᵀ loads are issued before this row's work: the atomics below keep the
+    // compiler from hoisting them, and each would otherwise cost an L2 round trip per row.
+    float cbn[NJ];
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) cbn[j] = cbg[int64_t(warp) * T + lane + 32 * j];
     for (int l = warp; l < T; l += kWarps) {
       float cbv[NJ], gv[NJ];
 #pragma unroll
       for (int j = 0; j < NJ; ++j) {
-        cbv[j] = cbg[int64_t(l) * T + lane + 32 * j];
+        cbv[j] = cbn[j];
+        if (l + kWarps < T) cbn[j] = cbg[int64_t(l + kWarps) * T + lane + 32 * j];
         gv[j] = big[l * LDT + lane + 32 * j];
       }
       float q = 0.f;
 #pragma unroll
       for (int j = 0; j < NJ; ++j) {
         const int s = lane + 32 * j;
-        const float pm = s <= l ? expf(acs[l] - acs[s]) * gv[j] : 0.f;
-        big[l * LDT + s] = pm;
+        const float ex = s <= l ? expf(acs[l] - acs[s]) : 0.f, pm = ex * gv[j];
+        // Versions 1-2 keep Pm for steps 4-5; version 3 needs it only for dCB (below), so the
+        // row becomes step 3's operand M∘dt = exp(acs_l - acs_s)·CB·dt_s instead.
+        big[l * LDT + s] = SPLIT ? ex * cbv[j] * dts[s] : pm;
         const float cp = cbv[j] * pm;
         q += cp * dts[s];
         csum[j] += cp;
@@ -465,7 +473,8 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     }
   }
 
-  // Step 3: dx = zs + (M∘dt)ᵀ·dy, M∘dt built KS rows l at a time: slab[k][s] = M[l0'+k][s]·dt_s.
+  // Step 3: dx = zs + (M∘dt)ᵀ·dy. Version 3 has M∘dt in big already (the row pass above);
+  // versions 1-2 build it KS rows l at a time: slab[k][s] = M[l0'+k][s]·dt_s.
   {
     FragC ax[TP];
 #pragma unroll
@@ -473,7 +482,23 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
       const int tm = tm0 + TM_STEP * i;
       wmma::load_matrix_sync(ax[i], zs + tm * 16 * LDX + tn * 16, LDX, wmma::mem_row_major);
     }
-    for (int i0 = 0; i0 < T; i0 += KS) {
+    if constexpr (SPLIT) {
+      __syncthreads();  // every row of big is written
+#pragma unroll 4
+      for (int kk = 0; kk < T; kk += 8) {
+        FragBrow fb;  // B(l, p) = dy[l][p]
+        load_tf32(fb, dys + kk * LDX + tn * 16, LDX);
+#pragma unroll
+        for (int i = 0; i < TP; ++i) {
+          const int tm = tm0 + TM_STEP * i;
+          if (kk + 8 <= tm * 16) continue;  // every l < every s of the tile: zeros
+          FragAcol fa;                      // A(s, l) = big[l][s]
+          load_tf32(fa, big + kk * LDT + tm * 16, LDT);
+          wmma::mma_sync(ax[i], fa, fb, ax[i]);
+        }
+      }
+    }
+    for (int i0 = 0; i0 < (SPLIT ? 0 : T); i0 += KS) {
       __syncthreads();  // the previous slab is consumed
       for (int i = t; i < KS * T; i += kThreads) {
         const int k = i / T, s = i % T, l = i0 + k;
