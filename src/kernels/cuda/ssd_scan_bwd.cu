@@ -283,8 +283,16 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     dacs[t] = 0.f;
     ddts[t] = 0.f;
   }
-  load_rows<T, P_>(dys, LDX, g.dy + int64_t(h) * P_, yrow, b, a.L, l0, Unscaled{});
-  load_rows<T, P_>(xsm, LDX, a.x + int64_t(h) * P_, a.x_row, b, a.L, l0, Unscaled{});
+  if constexpr (SPLIT) {  // every load in flight at once, then the stores
+    RowsRegs<T, P_> ry, rx;
+    ry.load_seq(g.dy + int64_t(h) * P_, yrow, b, a.L, l0);
+    rx.load_seq(a.x + int64_t(h) * P_, a.x_row, b, a.L, l0);
+    ry.store(dys, LDX, Unscaled{});
+    rx.store(xsm, LDX, Unscaled{});
+  } else {
+    load_rows<T, P_>(dys, LDX, g.dy + int64_t(h) * P_, yrow, b, a.L, l0, Unscaled{});
+    load_rows<T, P_>(xsm, LDX, a.x + int64_t(h) * P_, a.x_row, b, a.L, l0, Unscaled{});
+  }
 
   // Step 1: Z = B·dSᵀ, Yoff = C·Sᵀ over K-slabs of n.
   {
@@ -296,12 +304,25 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
 #pragma unroll
     for (int i = 0; i < TP; ++i) wmma::fill_fragment(az[i], 0.f), wmma::fill_fragment(ay[i], 0.f);
     for (int n0 = 0; n0 < N_; n0 += KS) {
-      load_rows<T, KS>(bsl, LDK, bsrc + n0, a.bc_row, b, a.L, l0, Unscaled{});
-      load_rows<T, KS>(csl, LDK, csrc + n0, a.bc_row, b, a.L, l0, Unscaled{});
-      for (int i = t; i < P_ * KS / 4; i += kThreads) {
-        const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
-        st4(dsl + r * LDK + q, ld4(dSg + int64_t(r) * N_ + n0 + q));
-        st4(ssl + r * LDK + q, ld4(Sg + int64_t(r) * N_ + n0 + q));
+      if constexpr (SPLIT) {  // the slab's 4 loads in flight together, not one round trip each
+        RowsRegs<T, KS> rb, rc;
+        RowsRegs<P_, KS> rd, rs;
+        rb.load_seq(bsrc + n0, a.bc_row, b, a.L, l0);
+        rc.load_seq(csrc + n0, a.bc_row, b, a.L, l0);
+        rd.load(dSg + n0, N_, P_);
+        rs.load(Sg + n0, N_, P_);
+        rb.store(bsl, LDK, Unscaled{});
+        rc.store(csl, LDK, Unscaled{});
+        rd.store(dsl, LDK, Unscaled{});
+        rs.store(ssl, LDK, Unscaled{});
+      } else {
+        load_rows<T, KS>(bsl, LDK, bsrc + n0, a.bc_row, b, a.L, l0, Unscaled{});
+        load_rows<T, KS>(csl, LDK, csrc + n0, a.bc_row, b, a.L, l0, Unscaled{});
+        for (int i = t; i < P_ * KS / 4; i += kThreads) {
+          const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
+          st4(dsl + r * LDK + q, ld4(dSg + int64_t(r) * N_ + n0 + q));
+          st4(ssl + r * LDK + q, ld4(Sg + int64_t(r) * N_ + n0 + q));
+        }
       }
       __syncthreads();
 #pragma unroll
