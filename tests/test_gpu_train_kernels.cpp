@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 #include <torch/cuda.h>
 
+#include <cstdlib>
 #include <functional>
 #include <tuple>
 
@@ -585,6 +586,22 @@ TEST_CASE("bench: fused SSD forward + backward vs ATen autograd, 16 x 2048, 64 h
   }
 }
 
+// For Nsight Compute (scripts/device/train_fused.sh NCU=1): one fused SSD forward + backward at
+// the 1.3B training shape, chunk DFSSM_NCU_CHUNK (64 when unset), the default backward version,
+// after one warm-up call; nothing else launches kernels, so a profiler's filter finds them fast.
+TEST_CASE("ncu: one fused SSD forward + backward, 16 x 2048, 64 heads", "[.][ncu][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  const char* env = std::getenv("DFSSM_NCU_CHUNK");
+  const int64_t chunk = env ? std::atoll(env) : 64;
+  SsdInputs in(16, 2048, 64, 93);
+  const auto gy = at::randn({16, 2048, 64, 64}, gen(94)).cuda();
+  for (int rep = 0; rep < 2; ++rep) {
+    auto y = ssd_scan_train(in.x, in.dt, in.A, in.B, in.C, in.D, chunk, at::Tensor()).first;
+    (y * gy).sum().backward();
+  }
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
 TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen path", "[gpu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
   auto m = two_layer_13b(5);
@@ -592,8 +609,10 @@ TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen 
   const auto ids = at::randint(cfg.vocab_size, {2, 700}, gen(6), at::kLong).cuda();
   at::NoGradGuard ng;
   set_ssd_scan_enabled(false);
+  set_ssd_scan_train_enabled(false);  // else the model takes the train path's forward kernels
   const auto ref = m.forward_hidden(ids);
   set_ssd_scan_enabled(true);
+  set_ssd_scan_train_enabled(true);
   const auto fused = m.forward_hidden(ids);
   const double e = rel_err(fused, ref);
   WARN("2-layer no-grad hidden, fused SSD forward vs ATen: " << e);

@@ -208,14 +208,16 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   scope.next("dfssm::ssd");
   at::Tensor y, final_state;
   const auto Df = m.D.to(at::kFloat);
-  // The fused kernels run chunks of 128 where the config says 256: the result depends on the
-  // chunk length only through rounding, their forward is faster at 128 (3.2 vs 5.1 ms at the
-  // 1.3B training shape, H200) and their backward takes 64 or 128.
+  // Where the config says 256, the fused kernels run chunks of 128 without a gradient and of 64
+  // with one: the result depends on the chunk length only through rounding; at the 1.3B training
+  // shape (H200) the no-grad forward is fastest at 128 (3.2 ms vs 3.4 at 64 and 5.1 at 256), the
+  // backward takes 64 or 128, and a distillation step was faster at 64 (13.5k vs 12.4k tokens/s).
   const int64_t fchunk = c.chunk_size == 256 ? 128 : c.chunk_size;
+  const int64_t tchunk = c.chunk_size == 256 ? 64 : c.chunk_size;
   if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: 4 CUDA kernels
     std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, fchunk, st ? st->ssm : at::Tensor());
-  } else if (ssd_scan_train_available(x, dt, A, B, C, Df, fchunk)) {  // CUDA kernels both ways
-    std::tie(y, final_state) = ssd_scan_train(x, dt, A, B, C, Df, fchunk, st ? st->ssm : at::Tensor());
+  } else if (ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // CUDA kernels both ways
+    std::tie(y, final_state) = ssd_scan_train(x, dt, A, B, C, Df, tchunk, st ? st->ssm : at::Tensor());
   } else {
     std::tie(y, final_state) = ssd_chunked(x, dt, A, B, C, c.chunk_size, st ? st->ssm : at::Tensor());
     y = y + x * Df.view({1, 1, h, 1});  // D skip, before the gate
