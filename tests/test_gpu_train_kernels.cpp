@@ -588,16 +588,24 @@ TEST_CASE("bench: fused SSD forward + backward vs ATen autograd, 16 x 2048, 64 h
 
 // For Nsight Compute (scripts/device/train_fused.sh NCU=1): one fused SSD forward + backward at
 // the 1.3B training shape, chunk DFSSM_NCU_CHUNK (64 when unset), the default backward version,
-// after one warm-up call; nothing else launches kernels, so a profiler's filter finds them fast.
-TEST_CASE("ncu: one fused SSD forward + backward, 16 x 2048, 64 heads", "[.][ncu][ssd_scan]") {
+// and one gated norm forward + backward, after one warm-up round; little else launches kernels,
+// so a profiler's filter finds them fast.
+TEST_CASE("ncu: one fused SSD forward + backward and one gated norm, 16 x 2048, 64 heads", "[.][ncu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
   const char* env = std::getenv("DFSSM_NCU_CHUNK");
   const int64_t chunk = env ? std::atoll(env) : 64;
   SsdInputs in(16, 2048, 64, 93);
   const auto gy = at::randn({16, 2048, 64, 64}, gen(94)).cuda();
+  // The gated norm at the same shape (one group of 4096, z in bf16 as under autocast).
+  const auto ny = at::randn({16, 2048, 4096}, gen(95)).cuda().requires_grad_(true);
+  const auto nz = at::randn({16, 2048, 4096}, gen(96)).cuda().to(at::kBFloat16).requires_grad_(true);
+  const auto nw = at::randn({4096}, gen(97)).cuda().requires_grad_(true);
+  const auto ngy = at::randn({16, 2048, 4096}, gen(98)).cuda();
+  REQUIRE(gated_norm_fused_available(ny, 4096));
   for (int rep = 0; rep < 2; ++rep) {
     auto y = ssd_scan_train(in.x, in.dt, in.A, in.B, in.C, in.D, chunk, at::Tensor()).first;
     (y * gy).sum().backward();
+    (gated_norm_fused(ny, nz, nw, 4096, 1e-5) * ngy).sum().backward();
   }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
 }

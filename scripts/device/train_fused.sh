@@ -16,7 +16,7 @@
 #   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward and backward kernels (small shapes);
 #   NCU=1 (last): Nsight Compute on one launch each of NCU_KERNELS ('|'-separated name patterns;
 #     default: the SSD backward's per-chunk kernel and dB/dC GEMM at T=64, the forward's
-#     chunk_scan at 128) in the "[ncu]" test: warp states, memory and source-line stall counters
+#     chunk_scan at 128, the gated norm's backward) in the "[ncu]" test: warp states, memory and source-line stall counters
 #     (reports land in $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -78,7 +78,7 @@ fi
 # of the call.
 if [[ ${NCU:-0} == 1 ]]; then
   NCUB=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  IFS='|' read -ra KERNELS <<<"${NCU_KERNELS:-chunk_bwd_kernel<64, true, true>|dbc_kernel<64>|chunk_scan_kernel<128>}"
+  IFS='|' read -ra KERNELS <<<"${NCU_KERNELS:-chunk_bwd_kernel<64, true, true>|dbc_kernel<64>|chunk_scan_kernel<128>|norm_bwd_kernel}"
   for k in "${KERNELS[@]}"; do
     f=$(echo "$k" | tr -c 'a-z0-9_\n' '_')
     # The ncu test runs one fused forward + backward (train path) at chunk DFSSM_NCU_CHUNK:
