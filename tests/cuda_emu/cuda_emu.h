@@ -21,6 +21,8 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <algorithm>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -121,6 +123,15 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
 
 inline void __syncthreads() { dfssm::emu::tl_ctx->block->wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { dfssm::emu::tl_ctx->warps[threadIdx.x / 32]->wait(); }
+namespace dfssm::emu {
+// A block's dynamic shared memory starts as NaN: on a GPU it holds whatever the SM's previous
+// block left, so a kernel that reads a word it never wrote (even to multiply it by 0) must show
+// it here instead of reading the static array's zeros.
+inline void poison_shared(float* p, size_t n) {
+  if (threadIdx.x == 0) std::fill(p, p + n, std::numeric_limits<float>::quiet_NaN());
+  __syncthreads();
+}
+}  // namespace dfssm::emu
 // Blocks run one at a time, but a block's threads race: one lock makes the add atomic.
 inline float atomicAdd(float* p, float v) {
   static std::mutex mu;

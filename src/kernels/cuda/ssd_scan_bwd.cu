@@ -451,7 +451,9 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
 #pragma unroll
       for (int j = 0; j < NJ; ++j) {
         const int s = lane + 32 * j;
-        const float ex = s <= l ? expf(acs[l] - acs[s]) : 0.f, pm = ex * gv[j];
+        // Above the diagonal, big holds whatever shared memory held before (step 2 stores only
+        // the lower tiles): select, never multiply by 0, or a stale NaN/Inf leaks into dacs.
+        const float ex = s <= l ? expf(acs[l] - acs[s]) : 0.f, pm = s <= l ? ex * gv[j] : 0.f;
         // Versions 1-2 keep Pm for steps 4-5; version 3 needs it only for dCB (below), so the
         // row becomes step 3's operand M∘dt = exp(acs_l - acs_s)·CB·dt_s instead.
         big[l * LDT + s] = SPLIT ? ex * cbv[j] * dts[s] : pm;

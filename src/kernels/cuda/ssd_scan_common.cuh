@@ -14,7 +14,9 @@
 #define DFSSM_LAUNCH(kernel, grid, stream, ...) ::dfssm::emu::launch(grid, dim3(kThreads), [&] { kernel(__VA_ARGS__); })
 #define DFSSM_LAUNCH_SMEM(kernel, grid, smem, stream, ...) \
   ::dfssm::emu::launch(grid, dim3(kThreads), [&] { kernel(__VA_ARGS__); })
-#define DFSSM_DYN_SMEM(name, floats) static float name[floats]
+#define DFSSM_DYN_SMEM(name, floats) \
+  static float name[floats];                \
+  ::dfssm::emu::poison_shared(name, floats)
 #endif
 
 #include "kernels/cuda/ssd_scan.h"
