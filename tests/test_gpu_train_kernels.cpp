@@ -384,8 +384,7 @@ TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small sh
   REQUIRE(torch::cuda::is_available());
   const int64_t b = 2, h = 4, g = 2, p = 64, n = 128;
   uint64_t seed = 75;
-  for (const auto& [T, version] : {std::pair{64, 1}, std::pair{128, 1}, std::pair{64, 2}, std::pair{128, 2},
-                                   std::pair{64, 3}, std::pair{128, 3}}) {
+  for (const int T : {64, 128}) {
     const int64_t l = T + 37, row = 4 + h * p + 2 * g * n;
     auto gg = gen(seed++);
     const auto buf = at::randn({b, l, row}, gg), dt = at::softplus(at::randn({b, l, h}, gg) - 2.0);
@@ -425,14 +424,14 @@ TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small sh
     gc.dy = cdy.data_ptr<float>(), gc.dfinal = cdf.data_ptr<float>();
     gc.dx = out[0].data_ptr<float>(), gc.ddt = out[1].data_ptr<float>(), gc.dA = out[2].data_ptr<float>();
     gc.dD = out[3].data_ptr<float>(), gc.dB = out[4].data_ptr<float>(), gc.dC = out[5].data_ptr<float>();
-    gc.dinit = out[6].data_ptr<float>(), gc.workspace = bws.data_ptr<float>(), gc.version = version;
+    gc.dinit = out[6].data_ptr<float>(), gc.workspace = bws.data_ptr<float>();
     REQUIRE(kernels::ssd_scan_bwd_supported(ac, gc));
     REQUIRE(kernels::ssd_scan_bwd_cuda(ac, gc, nullptr) == cudaSuccess);
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     const char* names[] = {"dx", "ddt", "dA", "dD", "dB", "dC", "dinit"};
     for (size_t i = 0; i < ref.size(); ++i) {
       const double e = rel_err(out[i].cpu(), ref[i]);
-      WARN("ssd_scan bwd T=" << T << " version " << version << ": " << names[i] << " " << e);
+      WARN("ssd_scan bwd T=" << T << ": " << names[i] << " " << e);
       CHECK(e < 3e-3);
     }
   }
@@ -481,23 +480,15 @@ TEST_CASE("fused SSD forward + backward (TF32) == ATen autograd, 1.3B head shape
       return r;
     };
     set_ssd_scan_train_enabled(true);
-    std::vector<std::vector<at::Tensor>> f;
-    for (const int version : {1, 2, 3}) {
-      set_ssd_bwd_version(version);
-      f.push_back(run(true));
-    }
-    set_ssd_bwd_version(3);  // the default
+    const auto f = run(true);
     set_ssd_scan_train_enabled(false);
     const auto ref = run(false);
     set_ssd_scan_train_enabled(true);  // the default
     const char* names[] = {"y", "final state", "d(x, B, C buffer)", "ddt", "dA", "dD", "dinit"};
     for (size_t i = 0; i < ref.size(); ++i) {
-      const double e1 = rel_err(f[0][i], ref[i]), e2 = rel_err(f[1][i], ref[i]), e3 = rel_err(f[2][i], ref[i]);
-      WARN("ssd_scan_train vs ATen, chunk " << chunk << ": " << names[i] << " backward v1 " << e1 << ", v2 " << e2
-                                            << ", v3 " << e3);
-      CHECK(e1 < 3e-3);
-      CHECK(e2 < 3e-3);
-      CHECK(e3 < 3e-3);
+      const double e = rel_err(f[i], ref[i]);
+      WARN("ssd_scan_train vs ATen, chunk " << chunk << ": " << names[i] << " " << e);
+      CHECK(e < 3e-3);
     }
   }
 }
@@ -574,21 +565,13 @@ TEST_CASE("bench: fused SSD forward + backward vs ATen autograd, 16 x 2048, 64 h
       }
       (y * gy).sum().backward();
     };
-    double tv[3];
-    for (const int version : {1, 2, 3}) {
-      set_ssd_bwd_version(version);
-      tv[version - 1] = time_ms([&] { step(true); });
-    }
-    set_ssd_bwd_version(3);  // the default
-    const double ta = time_ms([&] { step(false); });
-    WARN("bench ssd forward+backward 16x2048 chunk " << chunk << ": fused, backward v1 " << tv[0] << " ms, v2 "
-                                                      << tv[1] << " ms, v3 " << tv[2] << " ms; ATen " << ta << " ms");
+    const double tf = time_ms([&] { step(true); }), ta = time_ms([&] { step(false); });
+    WARN("bench ssd forward+backward 16x2048 chunk " << chunk << ": fused " << tf << " ms, ATen " << ta << " ms");
   }
 }
 
 // For Nsight Compute (scripts/device/train_fused.sh NCU=1): one fused SSD forward + backward at
-// the 1.3B training shape, chunk DFSSM_NCU_CHUNK (64 when unset), the default backward version,
-// and one gated norm forward + backward, after one warm-up round; little else launches kernels,
+// the 1.3B training shape, chunk DFSSM_NCU_CHUNK (64 when unset), and one gated norm forward + backward, after one warm-up round; little else launches kernels,
 // so a profiler's filter finds them fast.
 TEST_CASE("ncu: one fused SSD forward + backward and one gated norm, 16 x 2048, 64 heads", "[.][ncu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());

@@ -4,9 +4,8 @@
 #   1. build dfssm and the gpu tests against the device's torch; run the tests (their measured
 #      errors are printed);
 #   2. time the 1.3B distillation step (scripts/device/bench_distill.sh; V13 = its VARIANTS,
-#      default: the DF-SSM student (every fused kernel on: the defaults), the same with the
-#      SSD backward's first version (DFSSM_SSD_BWD_VERSION=1), then the plain student,
-#      B=16 x 2048 with activation checkpointing; PROFILE=k adds the kernel
+#      default: the DF-SSM student (every fused kernel on: the defaults), then the plain
+#      student, B=16 x 2048 with activation checkpointing; PROFILE=k adds the kernel
 #      profile of step k to the first variant);
 #   3. time the 130m geometry's distillation (B=32 x 1024) and pretraining steps, which size the
 #      quality run (configs/quality_100m.yaml); V130= skips this;
@@ -49,7 +48,7 @@ fi
   grep -v -E "^--$|^/|^$|^\.\.\." | tee "$OUT/kernel_bench.txt"
 echo "tests done ($(( $(date +%s) - t0 )) s)"
 PLAIN="student.quantize_in_proj=false student.quantize_out_proj=false student.embedding=fp16"
-AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:|v1:DFSSM_SSD_BWD_VERSION=1|plain:$PLAIN}" \
+AC=${AC:-all} PROFILE=${PROFILE-} VARIANTS="${V13:-dfssm:|plain:$PLAIN}" \
   bash scripts/device/bench_distill.sh "${B:-16}" "${STEPS:-4}"
 echo "1.3B done ($(( $(date +%s) - t0 )) s)"
 if [[ -n ${V130-x} ]]; then

@@ -48,18 +48,13 @@ struct SsdScanArgs {
 // The CUDA backward also reads the forward's workspace (`fwd.workspace`, as the forward kernels
 // left it: acs, the states entering each chunk, CB) and needs its own, `workspace`
 // (ssd_scan_bwd_workspace_floats): the state gradients (batch, chunks, H, P, N), then dCB, the
-// gradient through C·Bᵀ summed over each group's heads (batch, chunks, G, T, T; version 3), then
+// gradient through C·Bᵀ summed over each group's heads (batch, chunks, G, T, T), then
 // dΛ per chunk (batch, H, chunks).
 struct SsdScanGrads {
   const float* dy = nullptr;
   const float* dfinal = nullptr;
   float *dx = nullptr, *ddt = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr, *dD = nullptr, *dinit = nullptr;
   float* workspace = nullptr;
-  // Which backward (kernels/cuda/ssd_scan_bwd.cu; the same math): 1, the per-chunk kernel
-  // computing dB and dC per head with atomics; 2, the same with warp-per-row passes and
-  // prefetched slabs; 3, version 2's passes, dB and dC from one GEMM per chunk and group over
-  // dCB and the heads' states (no dB/dC atomics).
-  int version = 3;
 };
 
 inline int64_t ssd_scan_workspace_floats(const SsdScanArgs& a) { return a.acs_floats() + a.states_floats() + a.cb_floats(); }

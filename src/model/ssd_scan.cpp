@@ -2,8 +2,6 @@
 
 #include <c10/core/GradMode.h>
 
-#include <atomic>
-#include <cstdlib>
 #include <initializer_list>
 #include <tuple>
 #include <vector>
@@ -31,16 +29,6 @@ fused::Switch& train_switch() {
   static fused::Switch s("DFSSM_SSD_SCAN_TRAIN", /*default_on=*/true);
   return s;
 }
-// Which SSD backward (SsdScanGrads::version, kernels/cuda/ssd_scan_bwd.cu): DFSSM_SSD_BWD_VERSION
-// = 1, 2 or 3 (the default; anything else reads as 3).
-std::atomic<int>& bwd_version() {
-  static std::atomic<int> v = [] {
-    const char* e = std::getenv("DFSSM_SSD_BWD_VERSION");
-    const int x = e ? std::atoi(e) : 3;
-    return x >= 1 && x <= 3 ? x : 3;
-  }();
-  return v;
-}
 
 bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 
@@ -56,7 +44,6 @@ at::Tensor rows_of(const at::Tensor& t, int64_t* row) {
 
 void set_ssd_scan_enabled(bool on) { scan_switch().set(on); }
 void set_ssd_scan_train_enabled(bool on) { train_switch().set(on); }
-void set_ssd_bwd_version(int v) { bwd_version() = v >= 1 && v <= 3 ? v : 3; }
 
 namespace {
 // The kernels' shapes and dtypes (both directions): fp32 CUDA x, dt, B, C; headdim 64, d_state 128;
@@ -186,7 +173,6 @@ struct SsdScanFn : public torch::autograd::Function<SsdScanFn> {
     g.dx = dx.data_ptr<float>(), g.ddt = ddt.data_ptr<float>(), g.dA = dA.data_ptr<float>();
     g.dB = dB.data_ptr<float>(), g.dC = dC.data_ptr<float>(), g.dD = dD.data_ptr<float>();
     g.dinit = dinit.defined() ? dinit.data_ptr<float>() : nullptr, g.workspace = bws.data_ptr<float>();
-    g.version = bwd_version();
     DFSSM_ASSERT(kernels::ssd_scan_bwd_supported(a, g), "ssd_scan backward: shape or alignment the kernels do not take");
     const c10::cuda::CUDAGuard guard(x.device());
     fused::check_cuda(kernels::ssd_scan_bwd_cuda(a, g, c10::cuda::getCurrentCUDAStream()), "ssd_scan_bwd_cuda");

@@ -31,9 +31,6 @@ bool ssd_scan_train_available(const at::Tensor& x, const at::Tensor& dt, const a
 // Tests flip the switches (DFSSM_SSD_SCAN and DFSSM_SSD_SCAN_TRAIN, both on when unset).
 void set_ssd_scan_enabled(bool on);
 void set_ssd_scan_train_enabled(bool on);
-// Which SSD backward the train path runs (DFSSM_SSD_BWD_VERSION: 1, 2 or 3, the default; see
-// SsdScanGrads::version).
-void set_ssd_bwd_version(int v);
 
 // x (b,l,h,p), dt (b,l,h), A (h), B and C (b,l,g,n), D (h) or undefined, initial_state (b,h,p,n)
 // or undefined. Returns y + D·x (b,l,h,p) and the final state (b,h,p,n), both fp32.

@@ -1,11 +1,11 @@
-// The chunked SSD backward in three kernels on TF32 tensor cores (the math: ssd_scan.h and
+// The chunked SSD backward in four kernels on TF32 tensor cores (the math: ssd_scan.h and
 // docs/training.md "The SSD backward, chunk by chunk"; the scalar twin: ssd_scan_bwd_ref in
 // kernels/cpu/ssd_scan_ref.cpp). P = 64, N = 128, T in {64, 128}.
 //
 // It reads the forward's workspace as ssd_scan.cu left it (acs, the state S entering each chunk,
-// CB per chunk and group) and its own: dstates (batch, chunks, H, P, N), dΛ (batch, H, chunks).
-// Gradients (fp32, contiguous): dx (batch, L, H, P) and ddt (batch, L, H) written; dB, dC
-// (batch, L, G, N), dA, dD (H) accumulated with atomics over heads and chunks (zeroed first).
+// CB per chunk and group) and its own: dstates (batch, chunks, H, P, N), dCB (batch, chunks, G,
+// T, T), dΛ (batch, H, chunks). Gradients (fp32, contiguous): dx (batch, L, H, P), ddt (batch, L,
+// H), dB and dC (batch, L, G, N) written; dA, dD (H) accumulated with atomics (zeroed first).
 //
 // Kernels, in launch order (8 warps per block):
 //   1. dstate_local (chunk, head, batch): dSin_c = Σ_l e_l·dy_l ⊗ C_l (P x N), e_l = exp(acs_l):
@@ -13,24 +13,22 @@
 //   2. dstate_pass (P·N/256, head, batch): walks the chunks backwards with the gradient dS of the
 //      state leaving chunk c: dstates[c] = dS; dΛ_c = Σ dS∘e^Λ∘S_c (block sums, an atomic per
 //      block); dS <- dSin_c + e^Λ·dS. The last dS is the initial state's gradient.
-//   3. chunk_bwd (chunk, head, batch), ~190 KB of shared memory, in steps:
+//   3. chunk_bwd (chunk, head, batch), ~180 KB of shared memory at T = 128 (one block per SM),
+//      ~100 KB at T = 64 (two), in steps:
 //      1. Z = B·dSᵀ and Yoff = C·Sᵀ (T x P, K = N): dx_l = w_l·Z_l + D·dy_l, dw_l = x_l·Z_l,
-//         dacs from y_off and w;
-//      2. G = dy·xᵀ (T x T, lower tiles only); Pm = exp(acs_l - acs_s)·G masked (s <= l), in
-//         place; its row sums with CB and dt give dacs, its column sums ddt;
-//      3. dx += (M∘dt)ᵀ·dy with M = exp(acs_l - acs_s)·CB built slab by slab; dx to HBM;
-//      4. dC = Pm·(dt∘B) + (e∘dy)·S (T x N), atomically added over the group's heads;
-//      5. dB = dt∘(Pmᵀ·C + (e^(Λ-acs)∘x)·dS), the same;
-//      6. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
-//   4. dbc (version 3 only): chunk_bwd skips steps 4-5 and instead adds Pm∘dt into dCB, the sum
-//      over the group's heads (T x T per chunk and group); then dC and dB are one GEMM per
-//      (chunk, group) each, over K = T + (H/G)·P: dCB (or its transpose) times the chunk's B (or
+//         dacs from y_off and w (a warp per row);
+//      2. G = dy·xᵀ (T x T, lower tiles only); a warp per row l: Pm = exp(acs_l - acs_s)·G
+//         (s <= l) gives dacs (row sums with CB and dt), ddt (column sums), and dCB += Pm∘dt
+//         (atomics: the sum over the group's heads); the row is left as M∘dt =
+//         exp(acs_l - acs_s)·CB·dt_s;
+//      3. dx += (M∘dt)ᵀ·dy from shared memory; dx to HBM;
+//      4. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
+//   4. dbc (which of dB/dC x 64 columns of N, chunk, batch x group): dC and dB as one GEMM per
+//      chunk and group each, over K = T + (H/G)·P: dCB (or its transpose) times the chunk's B (or
 //      C) rows, plus every head's scaled dy (or x) times its state S (or dS). The T x T x N
-//      products run once per group instead of once per head, and dB/dC take plain stores
-//      instead of 2·T·N atomics per head and chunk.
-// Versions (SsdScanGrads::version): 1, the first, measured on the H200 at 18.4 ms per call at
-// 16 x 2048 x 64 heads; 2, a warp per row in the row passes and the slabs of steps 4-5
-// prefetched; 3, version 2's passes with dbc.
+//      products run once per group instead of once per head (the first version of this
+//      backward did them per head, with 2·T·N atomics per head and chunk: 18.4 ms per call
+//      against ~6 ms now at 16 x 2048 x 64 heads, docs/benchmarks.md).
 #include <utility>
 
 #include "kernels/cuda/ssd_scan_common.cuh"
@@ -117,144 +115,26 @@ struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 
   static constexpr int LDT = T + 4;
   static constexpr int BIG_A = (2 * T + 2 * P_) * LDK, BIG_G = T * LDT, BIG_Y = T * LDX;
   static constexpr int BIG = BIG_A > BIG_G ? (BIG_A > BIG_Y ? BIG_A : BIG_Y) : (BIG_G > BIG_Y ? BIG_G : BIG_Y);
-  static constexpr int SLAB = KS * (LDT > LDN ? LDT : LDN);
+  static constexpr int SLAB = kWarps * (T > 16 * LDE ? T : 16 * LDE);  // column sums, then staging tiles
   static constexpr int FLOATS = 3 * T * LDX + BIG + SLAB + 4 * T + kWarps + 8;
   static_assert(SLAB >= kWarps * 16 * LDE, "the epilogue's staging tiles fit in the slab");
-  static_assert(SLAB >= kWarps * T, "the second version's per-warp column sums fit in the slab");
+  static_assert(SLAB >= kWarps * T, "step 2's per-warp column sums fit in the slab");
 };
 
-// Step 4/5's epilogue: a warp's 16x16 tile of dB or dC (rows l0 + r0 .., group gi), times
-// scale(row), atomically added to the gradient (batch, L, G, N).
-template <class Scale>
-__device__ __forceinline__ void add_tile(float* stage, const FragC& acc, float* dst, const SsdScanArgs& a, int64_t b,
-                                         int64_t l0, int r0, int gi, int n0, Scale scale) {
-  const int lane = threadIdx.x & 31;
-  wmma::store_matrix_sync(stage, acc, LDE, wmma::mem_row_major);
-  __syncwarp();
-  for (int e = lane; e < 256; e += 32) {
-    const int r = e / 16, q = e % 16;
-    const int64_t l = l0 + r0 + r;
-    if (l < a.L) atomicAdd(dst + ((b * a.L + l) * a.G + gi) * int64_t(N_) + n0 + q, scale(r0 + r) * stage[r * LDE + q]);
-  }
-  __syncwarp();
-}
-
-// Steps 4-5's GEMM: acc[j] (row block j of the chunk, column block `warp` of N) += Σ over
-// K-slabs: first the T/KS slabs of the (chunk x chunk) part, A from Pm (rows if !TRANS, columns
-// if TRANS; tiles that are all zeros skip their MMAs) times KS rows of src1 (B or C, each row
-// times scale1[row] when given); then the P/KS slabs of the state part, A from zsm (rows, K = p)
-// times KS rows of src2 (S or dS, P x N). PREFETCH issues the next slab's loads before the
-// current slab's MMAs; without it each slab is loaded and stored in turn. Both orders do the
-// same arithmetic in the same order.
-template <int T, bool PREFETCH, bool TRANS>
-__device__ __forceinline__ void dbc_gemm(FragC (&acc)[T / 16], float* slab, const float* pm, const float* zsm,
-                                         const float* src1, int64_t src1_row, int64_t b, int64_t L, int64_t l0,
-                                         const float* scale1, const float* src2) {
-  constexpr int LDT = T + 4, NS1 = T / KS, NS = NS1 + P_ / KS;
-  const int warp = threadIdx.x >> 5;
-  RowsRegs<KS, N_> rr;
-  auto load = [&](int k) {
-    if (k < NS1) rr.load_seq(src1, src1_row, b, L, l0 + k * KS);
-    else rr.load(src2 + int64_t(k - NS1) * KS * N_, N_, KS);
-  };
-  if (PREFETCH) load(0);
-  for (int k = 0; k < NS; ++k) {
-    __syncthreads();  // the previous slab is consumed
-    if (!PREFETCH) load(k);
-    if (k < NS1 && scale1) rr.store(slab, LDN, [&](int r) { return scale1[k * KS + r]; });
-    else rr.store(slab, LDN, Unscaled{});
-    __syncthreads();
-    if (PREFETCH && k + 1 < NS) load(k + 1);
-#pragma unroll
-    for (int kk = 0; kk < KS; kk += 8) {
-      FragBrow fb;
-      load_tf32(fb, slab + kk * LDN + warp * 16, LDN);
-#pragma unroll
-      for (int j = 0; j < T / 16; ++j) {
-        if (k < NS1) {
-          const int s0 = k * KS;
-          if (!TRANS) {
-            if (s0 + kk >= (j + 1) * 16) continue;  // above the diagonal: Pm is 0
-            FragArow fa;
-            load_tf32(fa, pm + j * 16 * LDT + s0 + kk, LDT);
-            wmma::mma_sync(acc[j], fa, fb, acc[j]);
-          } else {
-            if (s0 + kk + 8 <= j * 16) continue;  // every l < every s: Pm is 0
-            FragAcol fa;                          // A(s, l) = Pm[l][s]
-            load_tf32(fa, pm + (s0 + kk) * LDT + j * 16, LDT);
-            wmma::mma_sync(acc[j], fa, fb, acc[j]);
-          }
-        } else {
-          FragArow fa;
-          load_tf32(fa, zsm + j * 16 * LDX + (k - NS1) * KS + kk, LDX);
-          wmma::mma_sync(acc[j], fa, fb, acc[j]);
-        }
-      }
-    }
-  }
-  __syncthreads();
-}
-
-// Steps 4-5 of versions 1-2: this head's share of dC = Pm·(dt∘B) + (e∘dy)·S and of
-// dB = dt∘(Pmᵀ·C + (e^(Λ-acs)∘x)·dS), added atomically over the group's heads. zs is free
-// (dx is stored); warp w owns column block w of N, every row block.
-template <int T, bool FAST>
-__device__ __forceinline__ void dbc_steps(const SsdScanArgs& a, const SsdScanGrads& g, const float* dys,
-                                          const float* xsm, float* zs, const float* big, float* slab,
-                                          const float* acs, const float* dts, float lam, int64_t b, int64_t l0,
-                                          int gi, const float* bsrc, const float* csrc, const float* Sg,
-                                          const float* dSg) {
-  constexpr int TN = T / 16;
-  const int t = threadIdx.x, warp = t >> 5;
-  float* stage = slab + warp * 16 * LDE;
-  for (int i = t; i < T * P_; i += kThreads) {
-    const int l = i / P_, p = i % P_;
-    zs[l * LDX + p] = expf(acs[l]) * dys[l * LDX + p];
-  }
-  {
-    FragC acc[TN];
-#pragma unroll
-    for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
-    dbc_gemm<T, FAST, false>(acc, slab, big, zs, bsrc, a.bc_row, b, a.L, l0, dts, Sg);
-#pragma unroll
-    for (int j = 0; j < TN; ++j) add_tile(stage, acc[j], g.dC, a, b, l0, j * 16, gi, warp * 16, Unscaled{});
-  }
-  __syncthreads();
-  for (int i = t; i < T * P_; i += kThreads) {
-    const int l = i / P_, p = i % P_;
-    zs[l * LDX + p] = expf(lam - acs[l]) * xsm[l * LDX + p];
-  }
-  {
-    FragC acc[TN];
-#pragma unroll
-    for (int j = 0; j < TN; ++j) wmma::fill_fragment(acc[j], 0.f);
-    dbc_gemm<T, FAST, true>(acc, slab, big, zs, csrc, a.bc_row, b, a.L, l0, nullptr, dSg);
-#pragma unroll
-    for (int j = 0; j < TN; ++j)
-      add_tile(stage, acc[j], g.dB, a, b, l0, j * 16, gi, warp * 16, [&](int r) { return dts[r]; });
-  }
-}
-
 // ---- 3. the chunk's gradients ------------------------------------------------------------------------
-// FAST (versions 2-3): the row passes of steps 1-2 with a warp per row (no shared atomics, the C·Bᵀ
-// loads of a row issued together, the column sums folded into the same pass) and the slabs of
-// steps 4-5 prefetched. SPLIT (version 3): steps 4-5 left to dbc_kernel. Same math.
-template <int T, bool FAST, bool SPLIT>
+template <int T>
 __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
   using SM = BwdSmem<T>;
   constexpr int LDT = SM::LDT, NT = T / 16;
   constexpr int TP = NT * (P_ / 16) / kWarps;           // T x P output tiles per warp
-  constexpr int TN = NT * (N_ / 16) / kWarps;           // T x N output tiles per warp
   constexpr int NLOW = NT * (NT + 1) / 2, TL = (NLOW + kWarps - 1) / kWarps;  // lower T x T tiles
   constexpr int TM_STEP = kWarps / (P_ / 16);
-  static_assert(N_ / 16 == kWarps && TN == NT, "steps 4-5: warp w owns column block w of N, every row block");
-  static_assert(FAST || !SPLIT, "version 3 builds on version 2's row passes");
   DFSSM_DYN_SMEM(smem, SM::FLOATS);
   float* dys = smem;             // T x P: dy of the chunk
   float* xsm = dys + T * LDX;    // T x P: x
-  float* zs = xsm + T * LDX;     // T x P: Z, then dx's start, then e∘dy, then e^(Λ-acs)∘x
-  float* big = zs + T * LDX;     // step 1's slabs, then Yoff (T x P), then G / Pm (T x T)
-  float* slab = big + SM::BIG;   // K-slabs of steps 3-5, then the staging tiles
+  float* zs = xsm + T * LDX;     // T x P: Z, then dx's start
+  float* big = zs + T * LDX;     // step 1's slabs, then Yoff (T x P), then G, then M∘dt (T x T)
+  float* slab = big + SM::BIG;   // the column sums of step 2, then the staging tiles
   float* acs = slab + SM::SLAB;
   float* dts = acs + T;
   float* dacs = dts + T;
@@ -283,15 +163,12 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     dacs[t] = 0.f;
     ddts[t] = 0.f;
   }
-  if constexpr (SPLIT) {  // every load in flight at once, then the stores
+  {  // every load in flight at once, then the stores
     RowsRegs<T, P_> ry, rx;
     ry.load_seq(g.dy + int64_t(h) * P_, yrow, b, a.L, l0);
     rx.load_seq(a.x + int64_t(h) * P_, a.x_row, b, a.L, l0);
     ry.store(dys, LDX, Unscaled{});
     rx.store(xsm, LDX, Unscaled{});
-  } else {
-    load_rows<T, P_>(dys, LDX, g.dy + int64_t(h) * P_, yrow, b, a.L, l0, Unscaled{});
-    load_rows<T, P_>(xsm, LDX, a.x + int64_t(h) * P_, a.x_row, b, a.L, l0, Unscaled{});
   }
 
   // Step 1: Z = B·dSᵀ, Yoff = C·Sᵀ over K-slabs of n.
@@ -304,7 +181,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
 #pragma unroll
     for (int i = 0; i < TP; ++i) wmma::fill_fragment(az[i], 0.f), wmma::fill_fragment(ay[i], 0.f);
     for (int n0 = 0; n0 < N_; n0 += KS) {
-      if constexpr (SPLIT) {  // the slab's 4 loads in flight together, not one round trip each
+      {  // the slab's 4 loads in flight together, not one round trip each
         RowsRegs<T, KS> rb, rc;
         RowsRegs<P_, KS> rd, rs;
         rb.load_seq(bsrc + n0, a.bc_row, b, a.L, l0);
@@ -315,14 +192,6 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
         rc.store(csl, LDK, Unscaled{});
         rd.store(dsl, LDK, Unscaled{});
         rs.store(ssl, LDK, Unscaled{});
-      } else {
-        load_rows<T, KS>(bsl, LDK, bsrc + n0, a.bc_row, b, a.L, l0, Unscaled{});
-        load_rows<T, KS>(csl, LDK, csrc + n0, a.bc_row, b, a.L, l0, Unscaled{});
-        for (int i = t; i < P_ * KS / 4; i += kThreads) {
-          const int r = i / (KS / 4), q = (i % (KS / 4)) * 4;
-          st4(dsl + r * LDK + q, ld4(dSg + int64_t(r) * N_ + n0 + q));
-          st4(ssl + r * LDK + q, ld4(Sg + int64_t(r) * N_ + n0 + q));
-        }
       }
       __syncthreads();
 #pragma unroll
@@ -352,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   __syncthreads();
   const float lam = acs[T - 1];
   float lam_part = 0.f, dD_part = 0.f;
-  if constexpr (FAST) {  // a warp per row, its lanes over p
+  {  // a warp per row, its lanes over p
     for (int l = warp; l < T; l += kWarps) {
       float dw = 0.f, yo = 0.f;
 #pragma unroll
@@ -380,20 +249,6 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
         zs[l * LDX + p] = w * zs[l * LDX + p] + Dh * dys[l * LDX + p];
       }
     }
-  } else if (t < T) {  // row t: dw, y_off, the D sums; Z becomes dx's first terms
-    float dw = 0.f, yo = 0.f, dd = 0.f;
-    for (int p = 0; p < P_; ++p) {
-      const float dyv = dys[t * LDX + p], xv = xsm[t * LDX + p];
-      dw += xv * zs[t * LDX + p];
-      yo += dyv * big[t * LDX + p];
-      dd += dyv * xv;
-    }
-    const float wdec = expf(lam - acs[t]), w = wdec * dts[t];
-    dacs[t] += expf(acs[t]) * yo - dw * w;
-    ddts[t] += dw * wdec;
-    lam_part = dw * w;
-    dD_part = dd;
-    for (int p = 0; p < P_; ++p) zs[t * LDX + p] = w * zs[t * LDX + p] + Dh * dys[t * LDX + p];
   }
   __syncthreads();
 
@@ -429,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   __syncthreads();
   // Pm = exp(acs_l - acs_s)·G (0 above the diagonal), in place; dacs_l += Σ_s CB·Pm·dt_s; then
   // per column: ddt_s += Σ_l M·G = Σ_l CB·Pm and dacs_s -= dt_s·(the same).
-  if constexpr (FAST) {  // a warp per row, lane j's columns lane + 32j; column sums per warp
+  {  // a warp per row, lane j's columns lane + 32j; column sums per warp
     constexpr int NJ = T / 32;
     float csum[NJ];
 #pragma unroll
@@ -454,13 +309,13 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
         // Above the diagonal, big holds whatever shared memory held before (step 2 stores only
         // the lower tiles): select, never multiply by 0, or a stale NaN/Inf leaks into dacs.
         const float ex = s <= l ? expf(acs[l] - acs[s]) : 0.f, pm = s <= l ? ex * gv[j] : 0.f;
-        // Versions 1-2 keep Pm for steps 4-5; version 3 needs it only for dCB (below), so the
-        // row becomes step 3's operand M∘dt = exp(acs_l - acs_s)·CB·dt_s instead.
-        big[l * LDT + s] = SPLIT ? ex * cbv[j] * dts[s] : pm;
+        // Pm is needed only here (dCB below): the row becomes step 3's operand
+        // M∘dt = exp(acs_l - acs_s)·CB·dt_s.
+        big[l * LDT + s] = ex * cbv[j] * dts[s];
         const float cp = cbv[j] * pm;
         q += cp * dts[s];
         csum[j] += cp;
-        if (SPLIT && s <= l) atomicAdd(dcb + l * T + s, pm * dts[s]);  // dCB: the sum over the group's heads
+        if (s <= l) atomicAdd(dcb + l * T + s, pm * dts[s]);  // dCB: the sum over the group's heads
       }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
@@ -477,27 +332,9 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
       ddts[t] += cs;
       dacs[t] -= dts[t] * cs;
     }
-  } else {
-    for (int i = t; i < T * T; i += kThreads) {
-      const int l = i / T, s = i % T;  // a warp's 32 lanes share l (T >= 32)
-      const float pm = s <= l ? expf(acs[l] - acs[s]) * big[l * LDT + s] : 0.f;
-      big[l * LDT + s] = pm;
-      float q = cbg[int64_t(l) * T + s] * pm * dts[s];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
-      if (lane == 0) atomicAdd(dacs + l, q);
-    }
-    __syncthreads();
-    if (t < T) {
-      float cs = 0.f;
-      for (int l = t; l < T; ++l) cs += cbg[int64_t(l) * T + t] * big[l * LDT + t];
-      ddts[t] += cs;
-      dacs[t] -= dts[t] * cs;
-    }
   }
 
-  // Step 3: dx = zs + (M∘dt)ᵀ·dy. Version 3 has M∘dt in big already (the row pass above);
-  // versions 1-2 build it KS rows l at a time: slab[k][s] = M[l0'+k][s]·dt_s.
+  // Step 3: dx = zs + (M∘dt)ᵀ·dy, M∘dt in big (the row pass above).
   {
     FragC ax[TP];
 #pragma unroll
@@ -505,7 +342,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
       const int tm = tm0 + TM_STEP * i;
       wmma::load_matrix_sync(ax[i], zs + tm * 16 * LDX + tn * 16, LDX, wmma::mem_row_major);
     }
-    if constexpr (SPLIT) {
+    {
       __syncthreads();  // every row of big is written
 #pragma unroll 4
       for (int kk = 0; kk < T; kk += 8) {
@@ -517,27 +354,6 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
           if (kk + 8 <= tm * 16) continue;  // every l < every s of the tile: zeros
           FragAcol fa;                      // A(s, l) = big[l][s]
           load_tf32(fa, big + kk * LDT + tm * 16, LDT);
-          wmma::mma_sync(ax[i], fa, fb, ax[i]);
-        }
-      }
-    }
-    for (int i0 = 0; i0 < (SPLIT ? 0 : T); i0 += KS) {
-      __syncthreads();  // the previous slab is consumed
-      for (int i = t; i < KS * T; i += kThreads) {
-        const int k = i / T, s = i % T, l = i0 + k;
-        slab[k * LDT + s] = s <= l ? expf(acs[l] - acs[s]) * cbg[int64_t(l) * T + s] * dts[s] : 0.f;
-      }
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < KS; kk += 8) {
-        FragBrow fb;  // B(l, p) = dy[l][p]
-        load_tf32(fb, dys + (i0 + kk) * LDX + tn * 16, LDX);
-#pragma unroll
-        for (int i = 0; i < TP; ++i) {
-          const int tm = tm0 + TM_STEP * i;
-          if (i0 + kk + 8 <= tm * 16) continue;  // every l < every s of the tile: zeros
-          FragAcol fa;                           // A(s, l) = slab[l][s]
-          load_tf32(fa, slab + kk * LDT + tm * 16, LDT);
           wmma::mma_sync(ax[i], fa, fb, ax[i]);
         }
       }
@@ -564,11 +380,9 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   }
   __syncthreads();
 
-  // Steps 4-5 (versions 1-2): dC and dB of this head, added atomically. Version 3 leaves them to
-  // dbc_kernel (dCB is complete once every head's block has run).
-  if constexpr (!SPLIT) dbc_steps<T, FAST>(a, g, dys, xsm, zs, big, slab, acs, dts, lam, b, l0, gi, bsrc, csrc, Sg, dSg);
+  // dB and dC: dbc_kernel, once every head's block has added its share of dCB.
 
-  // Step 6: dΛ, the reverse cumulative sum of dacs, ddt, dA, dD.
+  // Step 4: dΛ, the reverse cumulative sum of dacs, ddt, dA, dD.
   const float lam_sum = block_sum(lam_part, warp_tot, bcast);
   if (t == 0) dacs[T - 1] += bw.dlam[(b * a.H + h) * nc + c] + lam_sum;
   __syncthreads();
@@ -588,7 +402,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   }
 }
 
-// ---- 4. version 3: dB and dC per chunk and group, as one GEMM each -----------------------------------
+// ---- 4. dB and dC per chunk and group, as one GEMM each ---------------------------------------------
 // With dCB[l][s] = Σ_h Pm_h[l][s]·dt_h[s] (summed over the group's heads by chunk_bwd):
 //   dC[l] = Σ_s dCB[l][s]·B_s + Σ_h e_h[l]·Σ_p dy_h[l][p]·S_h[p]           e_h = exp(acs_h)
 //   dB[s] = Σ_l dCB[l][s]·C_l + Σ_h dt_h[s]·e^(Λ_h-acs_h[s])·Σ_p x_h[s][p]·dS_h[p]
@@ -749,16 +563,24 @@ __global__ void __launch_bounds__(kThreads, 2) dbc_kernel(SsdScanArgs a, SsdScan
     }
 }
 
-template <int T, bool FAST, bool SPLIT>
-cudaError_t launch_chunk_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
+template <int T>
+cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
+  const BwdWs bw{g.workspace, g.workspace + a.states_floats(), g.workspace + a.states_floats() + a.cb_floats()};
+  for (const auto& [p, n] : {std::pair<float*, size_t>{g.dA, size_t(a.H) * 4}, {g.dD, size_t(a.H) * 4},
+                             {bw.dcb, size_t(a.cb_floats()) * 4}, {bw.dlam, size_t(a.batch * a.H) * nc * 4}})
+    if (p)
+      if (const auto e = cudaMemsetAsync(p, 0, n, stream); e != cudaSuccess) return e;
+  DFSSM_LAUNCH(dstate_local_kernel<T>, dim3(nc, H, Bz), stream, a, g);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   constexpr int smem = BwdSmem<T>::FLOATS * int(sizeof(float));
-  if (const auto e = cudaFuncSetAttribute(chunk_bwd_kernel<T, FAST, SPLIT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          smem);
+  if (const auto e = cudaFuncSetAttribute(chunk_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
       e != cudaSuccess)
     return e;
-  DFSSM_LAUNCH_SMEM((chunk_bwd_kernel<T, FAST, SPLIT>), dim3(nc, H, Bz), smem, stream, a, g);
-  if (const auto e = cudaGetLastError(); e != cudaSuccess || !SPLIT) return e;
+  DFSSM_LAUNCH_SMEM(chunk_bwd_kernel<T>, dim3(nc, H, Bz), smem, stream, a, g);
+  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   const int dsmem = dbc_smem_floats<T>(a.H / a.G) * int(sizeof(float));
   if (const auto e = cudaFuncSetAttribute(dbc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, dsmem);
       e != cudaSuccess)
@@ -767,29 +589,10 @@ cudaError_t launch_chunk_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaSt
   return cudaGetLastError();
 }
 
-template <int T>
-cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
-  const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
-  const bool v3 = g.version == 3;
-  const size_t bc = v3 ? 0 : size_t(a.batch * a.L * a.G) * N_ * sizeof(float);  // version 3 stores them
-  float* dcb = g.workspace + a.states_floats();
-  for (const auto& [p, n] : {std::pair<float*, size_t>{g.dB, bc}, {g.dC, bc}, {g.dA, size_t(a.H) * 4},
-                             {g.dD, size_t(a.H) * 4}, {dcb, v3 ? size_t(a.cb_floats()) * 4 : 0},
-                             {dcb + a.cb_floats(), size_t(a.batch * a.H) * nc * 4}})
-    if (p && n)
-      if (const auto e = cudaMemsetAsync(p, 0, n, stream); e != cudaSuccess) return e;
-  DFSSM_LAUNCH(dstate_local_kernel<T>, dim3(nc, H, Bz), stream, a, g);
-  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
-  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  if (v3) return launch_chunk_bwd<T, true, true>(a, g, stream);
-  return g.version == 2 ? launch_chunk_bwd<T, true, false>(a, g, stream) : launch_chunk_bwd<T, false, false>(a, g, stream);
-}
-
 }  // namespace
 
 bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g) {
-  return ssd_scan_inputs_ok(a) && (a.T == 64 || a.T == 128) && g.version >= 1 && g.version <= 3 && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
+  return ssd_scan_inputs_ok(a) && (a.T == 64 || a.T == 128) && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
          g.workspace && (g.dinit == nullptr || a.init != nullptr) &&
          reinterpret_cast<uintptr_t>(g.dx) % 32 == 0 && reinterpret_cast<uintptr_t>(g.dy) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(g.workspace) % 256 == 0;
