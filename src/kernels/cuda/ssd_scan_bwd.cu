@@ -282,8 +282,9 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     }
   }
   __syncthreads();
-  // Pm = exp(acs_l - acs_s)·G (0 above the diagonal), in place; dacs_l += Σ_s CB·Pm·dt_s; then
-  // per column: ddt_s += Σ_l M·G = Σ_l CB·Pm and dacs_s -= dt_s·(the same).
+  // Pm = exp(acs_l - acs_s)·G (0 above the diagonal): dacs_l += Σ_s CB·Pm·dt_s; per column
+  // ddt_s += Σ_l M·G = Σ_l CB·Pm and dacs_s -= dt_s·(the same); dCB += Pm∘dt. big's row is
+  // then overwritten with M∘dt for step 3.
   {  // a warp per row, lane j's columns lane + 32j; column sums per warp
     constexpr int NJ = T / 32;
     float csum[NJ];
