@@ -13,10 +13,10 @@
 #   BENCH=1: the gpu tests' hidden kernel benchmarks ("[bench]");
 #   TEST_FILTER: a Catch2 test spec for the test binaries (e.g. "[ssd_scan]");
 #   MEMCHECK=1: compute-sanitizer memcheck on the fused SSD forward and backward kernels (small shapes);
-#   NCU=1 (last): Nsight Compute on one launch each of NCU_KERNELS ('|'-separated name patterns;
-#     default: the SSD backward's per-chunk kernel and dB/dC GEMM at T=64, the forward's
-#     chunk_scan at 128, the gated norm's backward) in the "[ncu]" test: warp states, memory and source-line stall counters
-#     (reports land in $OUT).
+#   NCU=1 (last): Nsight Compute on one launch each of NCU_KERNELS ('|'-separated function
+#     names; default: the SSD backward's per-chunk kernel and dB/dC GEMM, the forward's
+#     chunk_scan, the gated norm's backward) in the "[ncu]" test at chunk NCU_CHUNK (64): warp
+#     states, memory and source-line stall counters (reports land in $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
@@ -77,20 +77,20 @@ fi
 # of the call.
 if [[ ${NCU:-0} == 1 ]]; then
   NCUB=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  IFS='|' read -ra KERNELS <<<"${NCU_KERNELS:-chunk_bwd_kernel<64, true, true>|dbc_kernel<64>|chunk_scan_kernel<128>|norm_bwd_kernel}"
+  # Kernels by function name (ncu's demangled names print template arguments as "(int)64"); the
+  # "[ncu]" test runs the SSD at chunk NCU_CHUNK (default 64); the second launch is profiled.
+  IFS='|' read -ra KERNELS <<<"${NCU_KERNELS:-chunk_bwd_kernel|dbc_kernel|chunk_scan_kernel|norm_bwd_kernel}"
   for k in "${KERNELS[@]}"; do
     f=$(echo "$k" | tr -c 'a-z0-9_\n' '_')
-    # The ncu test runs one fused forward + backward (train path) at chunk DFSSM_NCU_CHUNK:
-    # 128 for a pattern naming <128, else 64; the second launch of the kernel is profiled.
-    chunk=64; [[ $k == *"<128"* ]] && chunk=128
-    DFSSM_NCU_CHUNK=$chunk timeout 150 "$NCUB" --clock-control none --section SpeedOfLight --section WarpStateStats \
-      --section MemoryWorkloadAnalysis --section SourceCounters --section Occupancy --section LaunchStats \
-      --kernel-name-base demangled -k regex:"$k" --launch-skip 1 --launch-count 1 -o "$OUT/ncu_$f" -f \
+    DFSSM_NCU_CHUNK=${NCU_CHUNK:-64} timeout 150 "$NCUB" --clock-control none --section SpeedOfLight \
+      --section WarpStateStats --section MemoryWorkloadAnalysis --section SourceCounters --section Occupancy \
+      --section LaunchStats -k regex:"$k" --launch-skip 1 --launch-count 1 -o "$OUT/ncu_$f" -f \
       build-device/bin/test_gpu_train_kernels "ncu: one fused SSD forward + backward*" >"$OUT/ncu_$f.log" 2>&1
     echo "== ncu $k (rc $?)"; tail -3 "$OUT/ncu_$f.log"
     "$NCUB" --import "$OUT/ncu_$f.ncu-rep" --print-details all >"$OUT/ncu_$f.txt" 2>&1
     grep -E "Duration|Issued Warp|Eligible|Stall|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per" \
       "$OUT/ncu_$f.txt" | head -24
+    rm -f "$OUT/ncu_$f.ncu-rep" "$OUT/ncu_$f.log"  # only so many files come back from a call
   done
 fi
 echo "total $(( $(date +%s) - t0 )) s"
