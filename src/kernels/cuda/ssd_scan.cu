@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_scan_kernel(
   constexpr int BUF = BUF1 > BUF2 ? (BUF1 > BUF3 ? BUF1 : BUF3) : (BUF2 > BUF3 ? BUF2 : BUF3);
   // A warp's tiles share one column block tn (the B fragment) and step through row blocks.
   static_assert(kWarps % (P_ / 16) == 0, "tile assignment");
-  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5, lane = t & 31;
+  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5;
   const int tn = warp % (P_ / 16), tm0 = warp / (P_ / 16);
   constexpr int TM_STEP = kWarps / (P_ / 16);
   const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
@@ -235,18 +235,7 @@ __global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_scan_kernel(
   for (int i = 0; i < PER_WARP; ++i) {
     const int tm = tm0 + TM_STEP * i;
     const int64_t lt = l0 + tm * 16;
-    float* dst = a.y + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16;
-    if (lt + 16 <= a.L) {
-      wmma::store_matrix_sync(dst, acc[i], unsigned(ld), wmma::mem_row_major);
-      continue;
-    }
-    wmma::store_matrix_sync(stage, acc[i], LDE, wmma::mem_row_major);
-    __syncwarp();
-    for (int e = lane; e < 256; e += 32) {
-      const int r = e / 16, q = e % 16;
-      if (lt + r < a.L) dst[r * ld + q] = stage[r * LDE + q];
-    }
-    __syncwarp();
+    store_tile_rows(a.y + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16, acc[i], ld, a.L - lt, stage);
   }
 }
 

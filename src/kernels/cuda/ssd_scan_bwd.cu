@@ -28,7 +28,8 @@
 //      C) rows, plus every head's scaled dy (or x) times its state S (or dS). The T x T x N
 //      products run once per group instead of once per head (the first version of this
 //      backward did them per head, with 2·T·N atomics per head and chunk: 18.4 ms per call
-//      against ~6 ms now at 16 x 2048 x 64 heads, docs/benchmarks.md).
+//      at T = 128, against 4.06 + 2.10 ms for chunk_bwd and dbc at T = 64; 16 x 2048 x 64
+//      heads, H200).
 #include <utility>
 
 #include "kernels/cuda/ssd_scan_common.cuh"
@@ -255,31 +256,28 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   // Step 2: G = dy·xᵀ on the lower tiles, into big (row stride LDT).
   {
     FragC ag[TL];
+    int tms[TL], tqs[TL];  // this warp's lower tiles k = warp + kWarps·j (k < NLOW)
 #pragma unroll
-    for (int j = 0; j < TL; ++j) wmma::fill_fragment(ag[j], 0.f);
+    for (int j = 0; j < TL; ++j) {
+      wmma::fill_fragment(ag[j], 0.f);
+      tri_tile(warp + kWarps * j, tms[j], tqs[j]);
+    }
 #pragma unroll
     for (int kk = 0; kk < P_; kk += 8) {
 #pragma unroll
       for (int j = 0; j < TL; ++j) {
-        const int k = warp + kWarps * j;
-        if (k >= NLOW) continue;
-        int tm, tq;
-        tri_tile(k, tm, tq);
+        if (warp + kWarps * j >= NLOW) continue;
         FragArow fa;
         FragBcol fb;  // B(p, s) = x[s][p]
-        load_tf32(fa, dys + tm * 16 * LDX + kk, LDX);
-        load_tf32(fb, xsm + tq * 16 * LDX + kk, LDX);
+        load_tf32(fa, dys + tms[j] * 16 * LDX + kk, LDX);
+        load_tf32(fb, xsm + tqs[j] * 16 * LDX + kk, LDX);
         wmma::mma_sync(ag[j], fa, fb, ag[j]);
       }
     }
 #pragma unroll
-    for (int j = 0; j < TL; ++j) {
-      const int k = warp + kWarps * j;
-      if (k >= NLOW) continue;
-      int tm, tq;
-      tri_tile(k, tm, tq);
-      wmma::store_matrix_sync(big + tm * 16 * LDT + tq * 16, ag[j], LDT, wmma::mem_row_major);
-    }
+    for (int j = 0; j < TL; ++j)
+      if (warp + kWarps * j < NLOW)
+        wmma::store_matrix_sync(big + tms[j] * 16 * LDT + tqs[j] * 16, ag[j], LDT, wmma::mem_row_major);
   }
   __syncthreads();
   // Pm = exp(acs_l - acs_s)·G (0 above the diagonal): dacs_l += Σ_s CB·Pm·dt_s; per column
@@ -365,18 +363,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     for (int i = 0; i < TP; ++i) {
       const int tm = tm0 + TM_STEP * i;
       const int64_t lt = l0 + tm * 16;
-      float* dst = g.dx + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16;
-      if (lt + 16 <= a.L) {
-        wmma::store_matrix_sync(dst, ax[i], unsigned(yrow), wmma::mem_row_major);
-        continue;
-      }
-      wmma::store_matrix_sync(stage, ax[i], LDE, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int r = e / 16, q = e % 16;
-        if (lt + r < a.L) dst[r * yrow + q] = stage[r * LDE + q];
-      }
-      __syncwarp();
+      store_tile_rows(g.dx + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16, ax[i], yrow, a.L - lt, stage);
     }
   }
   __syncthreads();
@@ -474,7 +461,7 @@ __global__ void __launch_bounds__(kThreads, 2) dbc_kernel(SsdScanArgs a, SsdScan
   float* xs = as + T * LDK;        // KS x 64, row stride LDD
   float* scl = xs + KS * LDD;      // (head of the group, row): the per-head part's row scales
   const bool is_db = blockIdx.x & 1;
-  const int n0 = (blockIdx.x >> 1) * kDbcCols, c = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n0 = (blockIdx.x >> 1) * kDbcCols, c = blockIdx.y, warp = threadIdx.x >> 5;
   const int hpg = a.H / a.G, gi = blockIdx.z % a.G;
   const int64_t b = blockIdx.z / a.G, nc = a.chunks(), l0 = int64_t(c) * T, NS = NS1 + int64_t(hpg) * SPH;
   const int wm = warp >> 1, wn = warp & 1;
@@ -549,18 +536,7 @@ __global__ void __launch_bounds__(kThreads, 2) dbc_kernel(SsdScanArgs a, SsdScan
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int64_t lt = l0 + (wm * MI + i) * 16;
-      float* dst = out + (b * a.L + lt) * orow + wn * 32 + j * 16;
-      if (lt + 16 <= a.L) {
-        wmma::store_matrix_sync(dst, acc[i][j], unsigned(orow), wmma::mem_row_major);
-        continue;
-      }
-      wmma::store_matrix_sync(stage, acc[i][j], LDE, wmma::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += 32) {
-        const int r = e / 16, q = e % 16;
-        if (lt + r < a.L) dst[r * orow + q] = stage[r * LDE + q];
-      }
-      __syncwarp();
+      store_tile_rows(out + (b * a.L + lt) * orow + wn * 32 + j * 16, acc[i][j], orow, a.L - lt, stage);
     }
 }
 

@@ -159,6 +159,24 @@ struct ChunkOuter {
   }
 };
 
+// A warp's 16x16 accumulator tile into rows of a matrix with row stride ld, starting at dst, of
+// which only the first `valid` exist (the last chunk's partial tile): all 16 rows go straight to
+// memory; fewer are staged through the warp's own 16 x LDE tile `stage` and written row by row.
+__device__ __forceinline__ void store_tile_rows(float* dst, const FragC& acc, int64_t ld, int64_t valid,
+                                                float* stage) {
+  if (valid >= 16) {
+    wmma::store_matrix_sync(dst, acc, unsigned(ld), wmma::mem_row_major);
+    return;
+  }
+  wmma::store_matrix_sync(stage, acc, LDE, wmma::mem_row_major);
+  __syncwarp();
+  for (int e = threadIdx.x & 31; e < 256; e += 32) {
+    const int r = e / 16, q = e % 16;
+    if (r < valid) dst[r * ld + q] = stage[r * LDE + q];
+  }
+  __syncwarp();
+}
+
 // Inclusive prefix sum of v over the block's 256 threads (warp shuffles, then warp totals).
 __device__ inline float block_scan(float v, float* warp_tot) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
