@@ -4,7 +4,8 @@
 //   (64 heads x 64, d_state 128, 1 group);
 // - the conv1d + SiLU kernels (kernels/cuda/conv_train.h) against theirs, reading a strided
 //   slice of an in_proj-shaped tensor, and the autograd function against ATen's conv1d;
-// - the gated RMSNorm kernels (kernels/cuda/gated_norm_train.h) the same way;
+// - the RMSNorm kernels, gated and plain (kernels/cuda/norm_train.h), the same way, and their
+//   autograd functions against ATen autograd;
 // - the fused SSD forward and backward (kernels/cuda/ssd_scan.h, TF32 tensor cores) against their
 //   scalar references, against the ATen chunked SSD (and its autograd) at the 1.3B shapes, and
 //   2-layer models (no-grad forward; forward + backward through the train path);
@@ -16,6 +17,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 #include <torch/cuda.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <cstdlib>
 #include <functional>
@@ -23,15 +25,15 @@
 
 #include "catch_compat.h"
 #include "kernels/cpu/conv_train_ref.h"
-#include "kernels/cpu/gated_norm_train_ref.h"
+#include "kernels/cpu/norm_train_ref.h"
 #include "kernels/cpu/ssd_scan_ref.h"
 #include "kernels/cpu/ssd_train_ref.h"
 #include "kernels/cuda/conv_train.h"
-#include "kernels/cuda/gated_norm_train.h"
+#include "kernels/cuda/norm_train.h"
 #include "kernels/cuda/ssd_scan.h"
 #include "kernels/cuda/ssd_train.h"
 #include "model/conv_fused.h"
-#include "model/gated_norm_fused.h"
+#include "model/norm_fused.h"
 #include "model/mamba2.h"
 #include "model/ssd.h"
 #include "quant/scaffold_linear.h"
@@ -258,7 +260,7 @@ TEST_CASE("fused conv1d + SiLU == ATen conv1d + SiLU: output and gradients", "[g
 TEST_CASE("gated RMSNorm kernels vs their scalar references, strided z", "[gpu][norm]") {
   REQUIRE(torch::cuda::is_available());
   // 1.3B: d_inner 4096 in one group; z is the first 4096 columns of an 8512-wide in_proj row.
-  // Also 2 groups of 1536 (the 130m width) to cover a partial last column block.
+  // Also 2 groups of 1536 (the 130m width). out/dout in fp32, or in bf16 (as under autocast).
   struct Shape {
     int64_t R;
     int D, gs;
@@ -268,39 +270,140 @@ TEST_CASE("gated RMSNorm kernels vs their scalar references, strided z", "[gpu][
     const int64_t n = sh.D + 4416;
     auto g = gen(seed++);
     const auto y = at::randn({sh.R, sh.D}, g), zf = at::randn({sh.R, n}, g), w = at::randn({sh.D}, g),
-               dout = at::randn({sh.R, sh.D}, g);
+               dout32 = at::randn({sh.R, sh.D}, g);
     for (auto [dt, kdt, tol] : {std::tuple{at::kFloat, kernels::NormDtype::f32, 1e-5},
                                 std::tuple{at::kBFloat16, kernels::NormDtype::bf16, 1e-2}}) {
-      INFO("D=" << sh.D << " gs=" << sh.gs << " " << c10::toString(dt));
-      const auto zs = zf.to(dt).to(at::kFloat).narrow(1, 0, sh.D).contiguous();
-      auto out_ref = at::empty({sh.R, sh.D}), dy_ref = at::empty({sh.R, sh.D}), dz_ref = at::empty({sh.R, sh.D}),
-           dw_ref = at::empty({sh.D});
-      kernels::gated_norm_fwd_ref(y.data_ptr<float>(), zs.data_ptr<float>(), w.data_ptr<float>(), out_ref.data_ptr<float>(),
-                                  sh.R, sh.D, sh.gs, 1e-5f);
-      kernels::gated_norm_bwd_ref(y.data_ptr<float>(), zs.data_ptr<float>(), w.data_ptr<float>(), dout.data_ptr<float>(),
-                                  dy_ref.data_ptr<float>(), dz_ref.data_ptr<float>(), dw_ref.data_ptr<float>(), sh.R, sh.D,
-                                  sh.gs, 1e-5f);
-      const auto yd = y.cuda(), zd = zf.to(dt).cuda(), wd = w.cuda(), dod = dout.cuda();
-      auto out = at::empty({sh.R, sh.D}, yd.options()), rstd = at::empty({sh.R, sh.D / sh.gs}, yd.options());
-      REQUIRE(kernels::gated_norm_fwd_cuda(yd.data_ptr<float>(), zd.data_ptr(), kdt, n, wd.data_ptr<float>(),
-                                           out.data_ptr<float>(), rstd.data_ptr<float>(), sh.R, sh.D, sh.gs, 1e-5f,
-                                           nullptr) == cudaSuccess);
-      auto dy = at::empty({sh.R, sh.D}, yd.options()), dz = at::empty({sh.R, sh.D}, zd.options());
-      auto partial = at::empty({kernels::gated_norm_bwd_partial_size(sh.R, sh.D)}, yd.options());
-      REQUIRE(kernels::gated_norm_bwd_cuda(yd.data_ptr<float>(), zd.data_ptr(), kdt, n, wd.data_ptr<float>(),
-                                           rstd.data_ptr<float>(), dod.data_ptr<float>(), dy.data_ptr<float>(), dz.data_ptr(),
-                                           partial.data_ptr<float>(), sh.R, sh.D, sh.gs, nullptr) == cudaSuccess);
+      for (const auto odt : {at::kFloat, at::kBFloat16}) {
+        INFO("D=" << sh.D << " gs=" << sh.gs << " z " << c10::toString(dt) << " out " << c10::toString(odt));
+        const auto kodt = odt == at::kBFloat16 ? kernels::NormDtype::bf16 : kernels::NormDtype::f32;
+        const auto dout = dout32.to(odt).to(at::kFloat);
+        const auto zs = zf.to(dt).to(at::kFloat).narrow(1, 0, sh.D).contiguous();
+        auto out_ref = at::empty({sh.R, sh.D}), dy_ref = at::empty({sh.R, sh.D}), dz_ref = at::empty({sh.R, sh.D}),
+             dw_ref = at::empty({sh.D});
+        kernels::gated_norm_fwd_ref(y.data_ptr<float>(), zs.data_ptr<float>(), w.data_ptr<float>(),
+                                    out_ref.data_ptr<float>(), sh.R, sh.D, sh.gs, 1e-5f);
+        kernels::gated_norm_bwd_ref(y.data_ptr<float>(), zs.data_ptr<float>(), w.data_ptr<float>(), dout.data_ptr<float>(),
+                                    dy_ref.data_ptr<float>(), dz_ref.data_ptr<float>(), dw_ref.data_ptr<float>(), sh.R,
+                                    sh.D, sh.gs, 1e-5f);
+        const auto yd = y.cuda(), zd = zf.to(dt).cuda(), wd = w.cuda(), dod = dout.to(odt).cuda();
+        auto out = at::empty({sh.R, sh.D}, yd.options().dtype(odt)), rstd = at::empty({sh.R, sh.D / sh.gs}, yd.options());
+        REQUIRE(kernels::gated_norm_fwd_cuda(yd.data_ptr<float>(), zd.data_ptr(), kdt, n, wd.data_ptr<float>(),
+                                             out.data_ptr(), kodt, rstd.data_ptr<float>(), sh.R, sh.D, sh.gs, 1e-5f,
+                                             nullptr) == cudaSuccess);
+        auto dy = at::empty({sh.R, sh.D}, yd.options()), dz = at::empty({sh.R, sh.D}, zd.options());
+        auto partial = at::empty({kernels::norm_bwd_partial_size(sh.R, sh.D)}, yd.options());
+        REQUIRE(kernels::gated_norm_bwd_cuda(yd.data_ptr<float>(), zd.data_ptr(), kdt, n, wd.data_ptr<float>(),
+                                             rstd.data_ptr<float>(), dod.data_ptr(), kodt, dy.data_ptr<float>(),
+                                             dz.data_ptr(), partial.data_ptr<float>(), sh.R, sh.D, sh.gs,
+                                             nullptr) == cudaSuccess);
+        REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+        const double eo = rel_err(out.to(at::kFloat).cpu(), out_ref), ey = rel_err(dy.cpu(), dy_ref),
+                     ez = rel_err(dz.to(at::kFloat).cpu(), dz_ref),
+                     ew = rel_err(partial.view({-1, sh.D}).sum(0).cpu(), dw_ref);
+        WARN("gated norm kernels z " << c10::toString(dt) << " out " << c10::toString(odt) << " gs=" << sh.gs << ": out "
+                                     << eo << ", dy " << ey << ", dz " << ez << ", dw " << ew);
+        REQUIRE(eo < (odt == at::kBFloat16 ? 5e-3 : 1e-5));  // out is stored in its dtype
+        REQUIRE(ey < 1e-4);
+        REQUIRE(ez < tol);  // dz is stored in z's dtype
+        REQUIRE(ew < 1e-4);
+      }
+    }
+  }
+}
+
+TEST_CASE("plain RMSNorm kernels vs their scalar references", "[gpu][norm]") {
+  REQUIRE(torch::cuda::is_available());
+  uint64_t seed = 40;
+  for (const int D : {2048, 768, 2560}) {  // d_model of 1.3B, 130m, 2.7B
+    const int64_t R = 333;
+    auto g = gen(seed++);
+    const auto y = at::randn({R, D}, g), w = at::randn({D}, g), dout32 = at::randn({R, D}, g);
+    for (const auto odt : {at::kFloat, at::kBFloat16}) {
+      INFO("D=" << D << " out " << c10::toString(odt));
+      const auto kodt = odt == at::kBFloat16 ? kernels::NormDtype::bf16 : kernels::NormDtype::f32;
+      const auto dout = dout32.to(odt).to(at::kFloat);
+      auto out_ref = at::empty({R, D}), dy_ref = at::empty({R, D}), dw_ref = at::empty({D});
+      kernels::rms_norm_fwd_ref(y.data_ptr<float>(), w.data_ptr<float>(), out_ref.data_ptr<float>(), R, D, 1e-5f);
+      kernels::rms_norm_bwd_ref(y.data_ptr<float>(), w.data_ptr<float>(), dout.data_ptr<float>(), dy_ref.data_ptr<float>(),
+                                dw_ref.data_ptr<float>(), R, D, 1e-5f);
+      const auto yd = y.cuda(), wd = w.cuda(), dod = dout.to(odt).cuda();
+      auto out = at::empty({R, D}, yd.options().dtype(odt)), rstd = at::empty({R}, yd.options());
+      auto dy = at::empty({R, D}, yd.options());
+      auto partial = at::empty({kernels::norm_bwd_partial_size(R, D)}, yd.options());
+      REQUIRE(kernels::rms_norm_fwd_cuda(yd.data_ptr<float>(), wd.data_ptr<float>(), out.data_ptr(), kodt,
+                                         rstd.data_ptr<float>(), R, D, 1e-5f, nullptr) == cudaSuccess);
+      REQUIRE(kernels::rms_norm_bwd_cuda(yd.data_ptr<float>(), wd.data_ptr<float>(), rstd.data_ptr<float>(), dod.data_ptr(),
+                                         kodt, dy.data_ptr<float>(), partial.data_ptr<float>(), R, D,
+                                         nullptr) == cudaSuccess);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-      const double eo = rel_err(out.cpu(), out_ref), ey = rel_err(dy.cpu(), dy_ref),
-                   ez = rel_err(dz.to(at::kFloat).cpu(), dz_ref), ew = rel_err(partial.view({-1, sh.D}).sum(0).cpu(), dw_ref);
-      WARN("gated norm kernels " << c10::toString(dt) << " gs=" << sh.gs << ": out " << eo << ", dy " << ey << ", dz " << ez
-                                 << ", dw " << ew);
-      REQUIRE(eo < 1e-5);
+      const double eo = rel_err(out.to(at::kFloat).cpu(), out_ref), ey = rel_err(dy.cpu(), dy_ref),
+                   ew = rel_err(partial.view({-1, D}).sum(0).cpu(), dw_ref);
+      WARN("rms norm kernels D=" << D << " out " << c10::toString(odt) << ": out " << eo << ", dy " << ey << ", dw " << ew);
+      REQUIRE(eo < (odt == at::kBFloat16 ? 5e-3 : 1e-5));
       REQUIRE(ey < 1e-4);
-      REQUIRE(ez < tol);  // dz is stored in z's dtype
       REQUIRE(ew < 1e-4);
     }
   }
+}
+
+// The autograd functions against ATen's autograd of the same math (fp32), at the 1.3B shapes.
+TEST_CASE("RMSNorm autograd functions == ATen autograd", "[gpu][norm]") {
+  REQUIRE(torch::cuda::is_available());
+  auto g = gen(50);
+  const auto x = at::randn({2, 300, 2048}, g).cuda().requires_grad_(true);
+  const auto w = at::randn({2048}, g).cuda().requires_grad_(true);
+  const auto go = at::randn({2, 300, 2048}, g).cuda();
+  REQUIRE(rms_norm_fused_available(x));
+  const auto f = rms_norm_fused(x, w, 1e-5, at::kFloat);
+  const auto [dxf, dwf] = [&] {
+    auto gr = torch::autograd::grad({f}, {x, w}, {go});
+    return std::pair{gr[0], gr[1]};
+  }();
+  const auto r = x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-5) * w;
+  auto gr = torch::autograd::grad({r}, {x, w}, {go});
+  const double eo = rel_err(f.detach().cpu(), r.detach().cpu()), ex = rel_err(dxf.cpu(), gr[0].cpu()),
+               ew = rel_err(dwf.cpu(), gr[1].cpu());
+  WARN("rms_norm_fused vs ATen autograd: out " << eo << ", dx " << ex << ", dw " << ew);
+  CHECK(eo < 1e-5);
+  CHECK(ex < 1e-4);
+  CHECK(ew < 1e-4);
+  // The bf16 output is the fp32 one rounded, and so is the gradient it passes back.
+  const auto fb = rms_norm_fused(x, w, 1e-5, at::kBFloat16);
+  CHECK(fb.scalar_type() == at::kBFloat16);
+  CHECK(at::equal(fb.detach(), f.detach().to(at::kBFloat16)));
+  auto grb = torch::autograd::grad({fb}, {x}, {go.to(at::kBFloat16)});
+  auto gr32 = torch::autograd::grad({rms_norm_fused(x, w, 1e-5, at::kFloat)}, {x}, {go.to(at::kBFloat16).to(at::kFloat)});
+  CHECK(rel_err(grb[0].cpu(), gr32[0].cpu()) < 1e-6);
+}
+
+// A benchmark, not a test (hidden; `test_gpu_train_kernels "[bench]"`): the norms at the 1.3B
+// training shape (16 x 2048 rows) against the ATen ops they replace.
+TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {
+  REQUIRE(torch::cuda::is_available());
+  auto g = gen(60);
+  const int64_t R = 16 * 2048;
+  // Gated: y (R, 4096) fp32, z the first 4096 columns of an (R, 8512) bf16 in_proj output.
+  const auto y = at::randn({16, 2048, 4096}, g).cuda().requires_grad_(true);
+  const auto zbuf = at::randn({16, 2048, 8512}, g).cuda().to(at::kBFloat16);
+  const auto z = zbuf.narrow(2, 0, 4096).detach().requires_grad_(true);
+  const auto wg = at::randn({4096}, g).cuda().requires_grad_(true);
+  const auto gg32 = at::randn({16, 2048, 4096}, g).cuda();
+  const auto x = at::randn({16, 2048, 2048}, g).cuda().requires_grad_(true);
+  const auto w = at::randn({2048}, g).cuda().requires_grad_(true);
+  const auto gx32 = at::randn({16, 2048, 2048}, g).cuda();
+  for (const auto odt : {at::kFloat, at::kBFloat16}) {
+    const auto gg = gg32.to(odt), gx = gx32.to(odt);
+    const double tgf = mean_ms([&] { at::NoGradGuard ng; gated_norm_fused(y, z, wg, 4096, 1e-5, odt); }, 10);
+    const double tgb = mean_ms([&] { torch::autograd::grad({gated_norm_fused(y, z, wg, 4096, 1e-5, odt)}, {y, z, wg}, {gg}); }, 10);
+    const double tpf = mean_ms([&] { at::NoGradGuard ng; rms_norm_fused(x, w, 1e-5, odt); }, 10);
+    const double tpb = mean_ms([&] { torch::autograd::grad({rms_norm_fused(x, w, 1e-5, odt)}, {x, w}, {gx}); }, 10);
+    WARN("bench norm " << R << " rows, out " << c10::toString(odt) << ": gated 4096 fwd " << tgf << " ms, fwd+bwd " << tgb
+                       << " ms; plain 2048 fwd " << tpf << " ms, fwd+bwd " << tpb << " ms");
+  }
+  // The ATen ops the plain norm replaces (fp32 math, as Mamba2Model::rmsnorm's fallback).
+  const double taf = mean_ms([&] { at::NoGradGuard ng; (x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-5) * w); }, 10);
+  const double tab = mean_ms([&] { torch::autograd::grad({x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-5) * w}, {x, w}, {gx32}); }, 10);
+  WARN("bench norm plain 2048 ATen: fwd " << taf << " ms, fwd+bwd " << tab << " ms");
 }
 
 TEST_CASE("fused SSD forward kernels (TF32) vs their scalar reference, strided inputs", "[gpu][ssd_scan]") {
@@ -588,7 +691,7 @@ TEST_CASE("ncu: one fused SSD forward + backward and one gated norm, 16 x 2048, 
   for (int rep = 0; rep < 2; ++rep) {
     auto y = ssd_scan_train(in.x, in.dt, in.A, in.B, in.C, in.D, chunk, at::Tensor()).first;
     (y * gy).sum().backward();
-    (gated_norm_fused(ny, nz, nw, 4096, 1e-5) * ngy).sum().backward();
+    (gated_norm_fused(ny, nz, nw, 4096, 1e-5, at::kBFloat16).to(at::kFloat) * ngy).sum().backward();
   }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
 }

@@ -1,6 +1,6 @@
 #pragma once
 // Shared by the autograd wrappers over the CUDA training kernels (ssd_fused.cpp, conv_fused.cpp,
-// gated_norm_fused.cpp): their on/off switch, the CUDA status check, and the strided row view
+// norm_fused.cpp): their on/off switch, the CUDA status check, and the strided row view
 // that lets a kernel read a column slice of in_proj's output in place.
 #include <ATen/ATen.h>
 

@@ -2,6 +2,7 @@
 #include "model/recompute.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 
 #include <cmath>
@@ -9,7 +10,7 @@
 
 #include "core/error.h"
 #include "model/conv_fused.h"
-#include "model/gated_norm_fused.h"
+#include "model/norm_fused.h"
 #include "model/ssd.h"
 #include "model/ssd_scan.h"
 
@@ -139,7 +140,21 @@ InferenceState Mamba2Model::new_state(int64_t batch) const {
   return s;
 }
 
-at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w) const {
+// What the fused norms write when a matmul consumes their output: bf16 where a bf16 autocast
+// matmul would cast it to that anyway (the same rounding: the same result, one pass less), else
+// the model's dtype (fp32 or bf16; fp16 goes through fp32).
+at::ScalarType Mamba2Model::norm_out_dtype(const at::Tensor& x) const {
+  if (x.is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA) &&
+      at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16)
+    return at::kBFloat16;
+  return dtype() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+}
+
+at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w, bool to_matmul) const {
+  if (rms_norm_fused_available(x)) {  // CUDA: one kernel each way
+    const auto odt = to_matmul ? norm_out_dtype(x) : (dtype() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
+    return rms_norm_fused(x, w, cfg_.norm_eps, odt).to(to_matmul && odt == at::kBFloat16 ? odt : dtype());
+  }
   const auto xf = x.to(at::kFloat);
   const auto rstd = at::rsqrt(xf.pow(2).mean(-1, true) + cfg_.norm_eps);
   return (xf * rstd * w.to(at::kFloat)).to(dtype());
@@ -149,8 +164,10 @@ at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w) const 
 // group of d_inner/ngroups channels, fp32 math.
 at::Tensor Mamba2Model::gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w) const {
   const int64_t gs = cfg_.d_inner() / cfg_.ngroups;
-  if (y.dim() == 3 && gated_norm_fused_available(y, gs))  // full sequences on CUDA: one kernel each way
-    return gated_norm_fused(y, z, w, gs, cfg_.norm_eps).to(dtype());
+  if (y.dim() == 3 && gated_norm_fused_available(y, gs)) {  // full sequences on CUDA: one kernel each way
+    const auto odt = norm_out_dtype(y);                       // out_proj consumes it
+    return gated_norm_fused(y, z, w, gs, cfg_.norm_eps, odt).to(odt == at::kBFloat16 ? odt : dtype());
+  }
   const auto x = y.to(at::kFloat) * at::silu(z.to(at::kFloat));
   auto sizes = x.sizes().vec();
   auto gsizes = sizes;
@@ -277,7 +294,7 @@ at::Tensor Mamba2Model::forward(const at::Tensor& ids, InferenceState* state) co
 }
 
 at::Tensor Mamba2Model::block(size_t i, const at::Tensor& residual) const {
-  return mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w), nullptr);
+  return mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w, true), nullptr);
 }
 
 std::vector<at::Tensor> Mamba2Model::layer_parameters(size_t i) const {
@@ -309,7 +326,7 @@ at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* st
     if (residuals && i > 0) residuals->push_back(residual);  // the stream after block i-1
     const bool recompute = !state && i < recompute_layers.size() && recompute_layers[i] && at::GradMode::is_enabled();
     hidden = recompute ? recomputed_block(*this, i, residual)
-                       : mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w),
+                       : mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w, true),
                                        state ? &state->layers[i] : nullptr);
   }
   residual = residual + hidden.to(res_dtype);

@@ -6,7 +6,7 @@
 // a function-local `static`.
 //
 // What it covers is what our kernels use: threadIdx / blockIdx / blockDim, __syncthreads,
-// __syncwarp, __shfl_up_sync / __shfl_xor_sync, atomicAdd (float), cudaMemsetAsync, float4, expf, and nvcuda::wmma's m16n16k8 TF32 fragments. A
+// __syncwarp, __shfl_up_sync / __shfl_xor_sync, atomicAdd (float), cudaMemsetAsync, float4, expf, __expf, rsqrtf, bf16 storage, and nvcuda::wmma's m16n16k8 TF32 fragments. A
 // fragment holds its whole tile in every thread (the documented semantics of load / mma /
 // store, computed redundantly per lane; lane 0 alone stores); __float_to_tf32 rounds to 10
 // mantissa bits (nearest, ties away) as cvt.rna.tf32.f32 does. Timing, occupancy, memory
@@ -160,6 +160,26 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
 inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
   return dfssm::emu::shfl(v, [&](unsigned lane) { return lane >= delta ? int(lane - delta) : -1; });
 }
+
+// bf16 storage (round to nearest even) and the fast-math intrinsics, for the norm kernels.
+struct __nv_bfloat16 {
+  uint16_t x;
+};
+inline float __bfloat162float(__nv_bfloat16 v) {
+  const uint32_t u = uint32_t(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline __nv_bfloat16 __float2bfloat16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if (std::isnan(f)) return {uint16_t((u >> 16) | 0x40u)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return {uint16_t(u >> 16)};
+}
+inline float __expf(float v) { return std::exp(v); }
+inline float rsqrtf(float v) { return 1.f / std::sqrt(v); }
 
 namespace nvcuda::wmma {
 struct matrix_a {};

@@ -1,8 +1,10 @@
 // Device helpers shared by the training kernels (ssd_train.cu, conv_train.cu,
-// gated_norm_train.cu): fp32 math on fp32 or bf16 storage, and the fast sigmoid of SiLU.
+// norm_train.cu): fp32 math on fp32 or bf16 storage, and the fast sigmoid of SiLU.
 #pragma once
 
+#ifndef DFSSM_CUDA_EMULATE
 #include <cuda_bf16.h>
+#endif
 
 namespace dfssm::kernels::train {
 

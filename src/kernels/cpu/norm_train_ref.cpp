@@ -1,4 +1,4 @@
-#include "kernels/cpu/gated_norm_train_ref.h"
+#include "kernels/cpu/norm_train_ref.h"
 
 #include <cmath>
 #include <vector>
@@ -47,6 +47,33 @@ void gated_norm_bwd_ref(const float* y, const float* z, const float* w, const fl
         dz[r * D + i] = float(dx * yi * s * (1.0 + zi * (1.0 - s)));
       }
     }
+  for (int i = 0; i < D; ++i) dw[i] = float(gw[size_t(i)]);
+}
+
+void rms_norm_fwd_ref(const float* y, const float* w, float* out, int64_t R, int D, float eps) {
+  for (int64_t r = 0; r < R; ++r) {
+    const float* yr = y + r * D;
+    double ss = 0;
+    for (int i = 0; i < D; ++i) ss += double(yr[i]) * yr[i];
+    const double rs = 1.0 / std::sqrt(ss / D + eps);
+    for (int i = 0; i < D; ++i) out[r * D + i] = float(yr[i] * rs * w[i]);
+  }
+}
+
+void rms_norm_bwd_ref(const float* y, const float* w, const float* dout, float* dy, float* dw, int64_t R, int D,
+                      float eps) {
+  std::vector<double> gw(static_cast<size_t>(D), 0.0);
+  for (int64_t r = 0; r < R; ++r) {
+    const float *yr = y + r * D, *dr = dout + r * D;
+    double ss = 0, dot = 0;
+    for (int i = 0; i < D; ++i) ss += double(yr[i]) * yr[i];
+    const double rs = 1.0 / std::sqrt(ss / D + eps);
+    for (int i = 0; i < D; ++i) {
+      dot += double(dr[i]) * w[i] * yr[i] * rs;
+      gw[size_t(i)] += double(dr[i]) * yr[i] * rs;
+    }
+    for (int i = 0; i < D; ++i) dy[r * D + i] = float(rs * (double(dr[i]) * w[i] - yr[i] * rs * dot / D));
+  }
   for (int i = 0; i < D; ++i) dw[i] = float(gw[size_t(i)]);
 }
 

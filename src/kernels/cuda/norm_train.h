@@ -1,0 +1,48 @@
+// The RMSNorms of a Mamba-2 model for training (forward and backward) on CUDA:
+//   gated (the mixer's, mamba_ssm's RMSNormGated(norm_before_gate=False)):
+//     x = y * silu(z);  out = x * rsqrt(mean_group(x^2) + eps) * w
+//     with one RMS per group of gs = d_inner / ngroups channels;
+//   plain (each block's pre-norm and norm_f): out = y * rsqrt(mean(y^2) + eps) * w (gs = D).
+// The LibTorch autograd wrappers are src/model/norm_fused.cpp; the scalar reference twins are
+// src/kernels/cpu/norm_train_ref.h.
+//
+// Layout: y (R, D) contiguous fp32; z (R, D) with row stride ldz (a column slice of in_proj's
+// output), fp32 or bf16; w (D) fp32; out and dout (R, D) contiguous in `odt` (fp32, or bf16 when
+// the consumer is a bf16 autocast matmul: the same rounding the autocast cast would do); dy (R, D)
+// contiguous fp32; dz (R, D) contiguous in z's dtype; rstd (R, D/gs) fp32. R = batch x length.
+// Vector access: D, gs and ldz multiples of 4, every pointer 16-byte aligned (8 for bf16 ones);
+// anything else returns cudaErrorInvalidValue. Plain C++ header: the CUDA runtime only.
+#pragma once
+
+#ifndef DFSSM_CUDA_EMULATE  // tests/cuda_emu/cuda_emu.h stands in for it
+#include <cuda_runtime.h>
+#endif
+
+#include <cstdint>
+
+namespace dfssm::kernels {
+
+enum class NormDtype { f32, bf16 };
+
+// The largest group (or plain D) the kernels take.
+constexpr int kNormMaxGroup = 8192;
+
+// gs a multiple of 4 up to kNormMaxGroup dividing D.
+cudaError_t gated_norm_fwd_cuda(const float* y, const void* z, NormDtype zdt, int64_t ldz, const float* w, void* out,
+                                NormDtype odt, float* rstd, int64_t R, int D, int gs, float eps, cudaStream_t stream);
+
+// Floats the backward kernels need in `partial`: rows of D per-block sums of dout*n for dw.
+int64_t norm_bwd_partial_size(int64_t R, int D);
+
+// dy, dz, and partial (sum its rows for dw). rstd is the forward's; dout is in odt.
+cudaError_t gated_norm_bwd_cuda(const float* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
+                                const float* rstd, const void* dout, NormDtype odt, float* dy, void* dz, float* partial,
+                                int64_t R, int D, int gs, cudaStream_t stream);
+
+// The plain RMSNorm over rows of D (a multiple of 4 up to kNormMaxGroup).
+cudaError_t rms_norm_fwd_cuda(const float* y, const float* w, void* out, NormDtype odt, float* rstd, int64_t R, int D,
+                              float eps, cudaStream_t stream);
+cudaError_t rms_norm_bwd_cuda(const float* y, const float* w, const float* rstd, const void* dout, NormDtype odt,
+                              float* dy, float* partial, int64_t R, int D, cudaStream_t stream);
+
+}  // namespace dfssm::kernels

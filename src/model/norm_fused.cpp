@@ -1,0 +1,173 @@
+#include "model/norm_fused.h"
+
+#include "core/error.h"
+#include "model/fused_util.h"
+
+#if defined(DFSSM_HAVE_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "kernels/cuda/norm_train.h"
+#define DFSSM_NORM_FUSED_BUILT 1
+#endif
+
+namespace dfssm {
+
+namespace {
+fused::Switch& fused_switch() {
+  static fused::Switch s("DFSSM_NORM_FUSED");
+  return s;
+}
+}  // namespace
+
+void set_gated_norm_fused_enabled(bool on) { fused_switch().set(on); }
+
+#ifdef DFSSM_NORM_FUSED_BUILT
+namespace {
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+namespace k = dfssm::kernels;
+using fused::check_cuda;
+using fused::rows_view;
+
+k::NormDtype norm_dtype(at::ScalarType t) { return t == at::kBFloat16 ? k::NormDtype::bf16 : k::NormDtype::f32; }
+
+// The kernels load 16 bytes (fp32) or 8 (bf16) at a time: a tensor whose data is not aligned
+// that way (a view at an odd offset) is copied first.
+at::Tensor aligned(const at::Tensor& t) {
+  const auto align = t.scalar_type() == at::kBFloat16 ? 8u : 16u;
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % align == 0 ? t : t.clone(at::MemoryFormat::Contiguous);
+}
+
+struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& z_in, const at::Tensor& w_in,
+                            int64_t gs, double eps, int64_t out_dtype) {
+    const auto y = aligned(y_in.to(at::kFloat).contiguous());
+    const auto zs = z_in.scalar_type() == at::kBFloat16 ? z_in : z_in.to(at::kFloat);
+    int64_t ldz = 0;
+    auto z = rows_view(zs, &ldz);
+    if (ldz % 4 != 0) z = z.contiguous(), ldz = z.size(2);
+    z = aligned(z);
+    if (z.is_contiguous()) ldz = z.size(2);
+    const auto w = aligned(w_in.to(at::kFloat).contiguous());
+    const int64_t R = y.size(0) * y.size(1), D = y.size(2);
+    const auto odt = at::ScalarType(out_dtype);
+    auto out = at::empty(y.sizes(), y.options().dtype(odt));
+    auto rstd = at::empty({R, D / gs}, y.options());
+    const c10::cuda::CUDAGuard guard(y.device());
+    check_cuda(k::gated_norm_fwd_cuda(y.data_ptr<float>(), z.data_ptr(), norm_dtype(z.scalar_type()), ldz,
+                                      w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt), rstd.data_ptr<float>(), R,
+                                      int(D), int(gs), float(eps), c10::cuda::getCurrentCUDAStream()),
+               "gated_norm_fwd_cuda");
+    ctx->save_for_backward({y, z, w, rstd});
+    ctx->saved_data["ldz"] = ldz;
+    ctx->saved_data["gs"] = gs;
+    ctx->saved_data["dtypes"] = std::vector<int64_t>{int64_t(y_in.scalar_type()), int64_t(z_in.scalar_type()),
+                                                     int64_t(w_in.scalar_type()), out_dtype};
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto s = ctx->get_saved_variables();
+    const auto &y = s[0], &z = s[1], &w = s[2], &rstd = s[3];
+    const int64_t ldz = ctx->saved_data["ldz"].toInt(), gs = ctx->saved_data["gs"].toInt();
+    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+    const int64_t R = y.size(0) * y.size(1), D = y.size(2);
+    const auto odt = at::ScalarType(dtypes[3]);
+    const auto dout = aligned(grad_out[0].to(odt).contiguous());
+    auto dy = at::empty(y.sizes(), y.options());
+    auto dz = at::empty(y.sizes(), z.options());
+    auto partial = at::empty({k::norm_bwd_partial_size(R, int(D))}, y.options());
+    const c10::cuda::CUDAGuard guard(y.device());
+    check_cuda(k::gated_norm_bwd_cuda(y.data_ptr<float>(), z.data_ptr(), norm_dtype(z.scalar_type()), ldz,
+                                      w.data_ptr<float>(), rstd.data_ptr<float>(), dout.data_ptr(), norm_dtype(odt),
+                                      dy.data_ptr<float>(), dz.data_ptr(), partial.data_ptr<float>(), R, int(D), int(gs),
+                                      c10::cuda::getCurrentCUDAStream()),
+               "gated_norm_bwd_cuda");
+    const auto dw = partial.view({-1, D}).sum(0);
+    return {dy.to(at::ScalarType(dtypes[0])), dz.to(at::ScalarType(dtypes[1])), dw.to(at::ScalarType(dtypes[2])),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in, double eps,
+                            int64_t out_dtype) {
+    const auto x = aligned(x_in.to(at::kFloat).contiguous());
+    const auto w = aligned(w_in.to(at::kFloat).contiguous());
+    const int64_t D = x.size(-1), R = x.numel() / D;
+    const auto odt = at::ScalarType(out_dtype);
+    auto out = at::empty(x.sizes(), x.options().dtype(odt));
+    auto rstd = at::empty({R}, x.options());
+    const c10::cuda::CUDAGuard guard(x.device());
+    check_cuda(k::rms_norm_fwd_cuda(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt),
+                                    rstd.data_ptr<float>(), R, int(D), float(eps), c10::cuda::getCurrentCUDAStream()),
+               "rms_norm_fwd_cuda");
+    ctx->save_for_backward({x, w, rstd});
+    ctx->saved_data["dtypes"] =
+        std::vector<int64_t>{int64_t(x_in.scalar_type()), int64_t(w_in.scalar_type()), out_dtype};
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto s = ctx->get_saved_variables();
+    const auto &x = s[0], &w = s[1], &rstd = s[2];
+    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+    const int64_t D = x.size(-1), R = x.numel() / D;
+    const auto odt = at::ScalarType(dtypes[2]);
+    const auto dout = aligned(grad_out[0].to(odt).contiguous());
+    auto dx = at::empty(x.sizes(), x.options());
+    auto partial = at::empty({k::norm_bwd_partial_size(R, int(D))}, x.options());
+    const c10::cuda::CUDAGuard guard(x.device());
+    check_cuda(k::rms_norm_bwd_cuda(x.data_ptr<float>(), w.data_ptr<float>(), rstd.data_ptr<float>(), dout.data_ptr(),
+                                    norm_dtype(odt), dx.data_ptr<float>(), partial.data_ptr<float>(), R, int(D),
+                                    c10::cuda::getCurrentCUDAStream()),
+               "rms_norm_bwd_cuda");
+    const auto dw = partial.view({-1, D}).sum(0);
+    return {dx.to(at::ScalarType(dtypes[0])), dw.to(at::ScalarType(dtypes[1])), at::Tensor(), at::Tensor()};
+  }
+};
+
+bool out_dtype_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
+}  // namespace
+
+bool gated_norm_fused_available(const at::Tensor& like, int64_t group_size) {
+  return fused_switch().on() && like.is_cuda() && group_size % 4 == 0 && group_size <= k::kNormMaxGroup;
+}
+
+at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w, int64_t group_size,
+                            double eps, at::ScalarType out_dtype) {
+  DFSSM_ASSERT(y.dim() == 3 && z.sizes() == y.sizes() && w.dim() == 1 && w.size(0) == y.size(2) &&
+                   y.size(2) % group_size == 0 && y.numel() > 0 && out_dtype_ok(out_dtype),
+               "gated_norm_fused: shapes");
+  return GatedNormFn::apply(y, z, w, group_size, eps, int64_t(out_dtype));
+}
+
+bool rms_norm_fused_available(const at::Tensor& x) {
+  return fused_switch().on() && x.is_cuda() && x.dim() >= 1 && x.numel() > 0 && x.size(-1) % 4 == 0 &&
+         x.size(-1) <= k::kNormMaxGroup;
+}
+
+at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
+  DFSSM_ASSERT(w.dim() == 1 && w.size(0) == x.size(-1) && out_dtype_ok(out_dtype), "rms_norm_fused: shapes");
+  return RmsNormFn::apply(x, w, eps, int64_t(out_dtype));
+}
+
+#else  // no CUDA in this build: mamba2.cpp keeps its ATen path
+
+bool gated_norm_fused_available(const at::Tensor&, int64_t) { return false; }
+bool rms_norm_fused_available(const at::Tensor&) { return false; }
+
+at::Tensor gated_norm_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, at::ScalarType) {
+  DFSSM_ASSERT(false, "gated_norm_fused: this build has no CUDA kernels");
+  return {};
+}
+at::Tensor rms_norm_fused(const at::Tensor&, const at::Tensor&, double, at::ScalarType) {
+  DFSSM_ASSERT(false, "rms_norm_fused: this build has no CUDA kernels");
+  return {};
+}
+
+#endif
+
+}  // namespace dfssm

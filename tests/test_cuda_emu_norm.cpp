@@ -1,0 +1,119 @@
+// The training RMSNorm kernels (src/kernels/cuda/norm_train.cu, gated and plain) on the CPU
+// emulator (tests/cuda_emu/cuda_emu.h) against their scalar references: row blocks with a partial
+// last one, groups, 1 and 2 quads per thread, a strided z, fp32 and bf16 storage. The gpu tests
+// run the same kernels on the device (test_gpu_train_kernels "[norm]").
+#include "cuda_emu/cuda_emu.h"
+// The kernel source itself, compiled as C++ (DFSSM_CUDA_EMULATE is set for this target).
+#include "kernels/cuda/norm_train.cu"
+
+#include <cmath>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "catch_compat.h"
+#include "kernels/cpu/norm_train_ref.h"
+
+using namespace dfssm::kernels;
+
+namespace {
+struct Buf {  // 256-byte aligned storage, as cudaMalloc gives
+  void* p = nullptr;
+  explicit Buf(size_t bytes) { p = std::aligned_alloc(256, (bytes + 255) / 256 * 256); }
+  ~Buf() { std::free(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  float* f() const { return static_cast<float*>(p); }
+  __nv_bfloat16* h() const { return static_cast<__nv_bfloat16*>(p); }
+};
+
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, r = 0;
+  for (size_t i = 0; i < a.size(); ++i) d += double(a[i] - b[i]) * (a[i] - b[i]), r += double(b[i]) * b[i];
+  return std::sqrt(d / r);
+}
+
+float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+// n values of a buffer holding fp32 or bf16 storage, as floats.
+std::vector<float> read(const Buf& b, bool bf16, size_t n) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = bf16 ? __bfloat162float(b.h()[i]) : b.f()[i];
+  return v;
+}
+void write(const Buf& b, bool bf16, const std::vector<float>& v) {
+  for (size_t i = 0; i < v.size(); ++i) bf16 ? void(b.h()[i] = __float2bfloat16(v[i])) : void(b.f()[i] = v[i]);
+}
+}  // namespace
+
+TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 and bf16",
+          "[cuda_emu][norm]") {
+  struct Shape {
+    int64_t R;
+    int D, gs;
+  };
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  auto randv = [&](size_t n) {
+    std::vector<float> v(n);
+    for (auto& e : v) e = nd(rng);
+    return v;
+  };
+  // (37 rows: blocks of 16, 16, 5.) gs 1536 in 2 groups: 384 quads, 1 per thread; gs 4096: 2 per
+  // thread, 512 threads; plain 2048 and 768.
+  for (const auto sh : {Shape{37, 3072, 1536}, Shape{18, 4096, 4096}, Shape{37, 2048, 2048}, Shape{21, 768, 768}}) {
+    const bool gated = sh.gs != sh.D || sh.D == 4096;
+    for (const bool lowp : {false, true}) {  // bf16 z, out and dout
+      INFO("R=" << sh.R << " D=" << sh.D << " gs=" << sh.gs << (gated ? " gated" : " plain") << (lowp ? " bf16" : " fp32"));
+      const size_t RD = size_t(sh.R) * size_t(sh.D);
+      const int64_t ldz = sh.D + 20;
+      auto y = randv(RD), w = randv(size_t(sh.D)), zfull = randv(size_t(sh.R) * size_t(ldz)), dout = randv(RD);
+      if (lowp) {
+        for (auto& v : zfull) v = bf(v);
+        for (auto& v : dout) v = bf(v);
+      }
+      std::vector<float> z(RD);  // the contiguous z the references take
+      for (int64_t r = 0; r < sh.R; ++r)
+        for (int i = 0; i < sh.D; ++i) z[size_t(r * sh.D + i)] = zfull[size_t(r * ldz + i)];
+      std::vector<float> out_r(RD), dy_r(RD), dz_r(RD), dw_r(size_t(sh.D));
+      if (gated) {
+        gated_norm_fwd_ref(y.data(), z.data(), w.data(), out_r.data(), sh.R, sh.D, sh.gs, 1e-5f);
+        gated_norm_bwd_ref(y.data(), z.data(), w.data(), dout.data(), dy_r.data(), dz_r.data(), dw_r.data(), sh.R, sh.D,
+                           sh.gs, 1e-5f);
+      } else {
+        rms_norm_fwd_ref(y.data(), w.data(), out_r.data(), sh.R, sh.D, 1e-5f);
+        rms_norm_bwd_ref(y.data(), w.data(), dout.data(), dy_r.data(), dw_r.data(), sh.R, sh.D, 1e-5f);
+      }
+      const size_t es = lowp ? 2 : 4;
+      const auto dt = lowp ? NormDtype::bf16 : NormDtype::f32;
+      Buf yb(RD * 4), wb(size_t(sh.D) * 4), zb(zfull.size() * es), db(RD * es), ob(RD * es), dyb(RD * 4), dzb(RD * es),
+          rb(size_t(sh.R) * size_t(sh.D / sh.gs) * 4), pb(size_t(norm_bwd_partial_size(sh.R, sh.D)) * 4);
+      write(yb, false, y), write(wb, false, w), write(zb, lowp, zfull), write(db, lowp, dout);
+      if (gated) {
+        REQUIRE(gated_norm_fwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), ob.p, dt, rb.f(), sh.R, sh.D, sh.gs, 1e-5f, nullptr) ==
+                cudaSuccess);
+        REQUIRE(gated_norm_bwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), rb.f(), db.p, dt, dyb.f(), dzb.p, pb.f(), sh.R, sh.D,
+                                    sh.gs, nullptr) == cudaSuccess);
+      } else {
+        REQUIRE(rms_norm_fwd_cuda(yb.f(), wb.f(), ob.p, dt, rb.f(), sh.R, sh.D, 1e-5f, nullptr) == cudaSuccess);
+        REQUIRE(rms_norm_bwd_cuda(yb.f(), wb.f(), rb.f(), db.p, dt, dyb.f(), pb.f(), sh.R, sh.D, nullptr) == cudaSuccess);
+      }
+      std::vector<float> dw(size_t(sh.D), 0.f);
+      const int64_t nblk = norm_bwd_partial_size(sh.R, sh.D) / sh.D;
+      for (int64_t b = 0; b < nblk; ++b)
+        for (int i = 0; i < sh.D; ++i) dw[size_t(i)] += pb.f()[b * sh.D + i];
+      const double eo = rel_err(read(ob, lowp, RD), out_r), ey = rel_err(read(dyb, false, RD), dy_r),
+                   ew = rel_err(dw, dw_r);
+      CHECK(eo < (lowp ? 5e-3 : 1e-5));  // out is stored in its dtype
+      CHECK(ey < 1e-4);
+      CHECK(ew < 1e-4);
+      if (gated) CHECK(rel_err(read(dzb, lowp, RD), dz_r) < (lowp ? 5e-3 : 1e-4));
+    }
+  }
+  // Misaligned or unsupported shapes are refused, not run.
+  Buf a(4096 * 4), b(4096 * 4);
+  CHECK(rms_norm_fwd_cuda(a.f() + 1, b.f(), b.p, NormDtype::f32, a.f(), 4, 512, 1e-5f, nullptr) == cudaErrorInvalidValue);
+  CHECK(rms_norm_fwd_cuda(a.f(), b.f(), b.p, NormDtype::f32, a.f(), 4, 514, 1e-5f, nullptr) == cudaErrorInvalidValue);
+  CHECK(gated_norm_fwd_cuda(a.f(), b.p, NormDtype::bf16, 510, a.f(), b.p, NormDtype::f32, a.f(), 2, 508, 508, 1e-5f,
+                            nullptr) == cudaErrorInvalidValue);
+}
