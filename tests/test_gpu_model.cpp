@@ -1,9 +1,11 @@
 // GPU tests (ctest label `gpu`, run on the device by scripts/device/build_and_test.sh):
-// the LibTorch model at the real Mamba-2 1.3B geometry on CUDA.
+// the LibTorch model at the real Mamba-2 1.3B geometry on CUDA. The fp32 comparisons at 1e-4
+// turn the TF32 SSD kernels (src/model/ssd_scan.h) off, then check them at TF32's tolerance.
 #include <torch/cuda.h>
 
 #include "catch_compat.h"
 #include "model/checkpoint.h"
+#include "model/ssd_scan.h"
 #include "model_test_util.h"
 
 using namespace dfssm;
@@ -15,6 +17,16 @@ int64_t count_params(const Mamba2Model& m) {
   for (auto& [k, t] : m.named_parameters()) n += t.numel();
   return n;
 }
+
+// The SSD on TF32 tensor cores (10 mantissa bits) or not, for the scope of one comparison.
+struct Tf32Ssd {
+  explicit Tf32Ssd(bool on) { set(on); }
+  ~Tf32Ssd() { set(true); }
+  static void set(bool on) {
+    set_ssd_scan_enabled(on);
+    set_ssd_scan_train_enabled(on);
+  }
+};
 
 at::Tensor ids_for(const Mamba2Config& c, int64_t b, int64_t l) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(77);
@@ -32,7 +44,12 @@ TEST_CASE("1.3B geometry on CUDA: parameter count, fp16/bf16 vs fp32 logits", "[
     Mamba2Model m32(cfg, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
     m32.init_random(0);
     REQUIRE(count_params(m32) == 1343757312LL);
+    const auto tf32 = m32.forward(ids).to(at::kFloat).cpu();
+    const Tf32Ssd fp32_ssd(false);
     ref = m32.forward(ids).to(at::kFloat).cpu();
+    const double terr = rel_err(tf32, ref);
+    WARN("fp32 model, TF32 SSD kernels vs fp32 SSD: logits rel err " << terr);
+    CHECK(terr < 3e-3);
     // Decode == forward on the GPU too (fp32).
     auto st = m32.new_state(1);
     m32.forward(ids.narrow(1, 0, 290), &st);
@@ -77,7 +94,13 @@ TEST_CASE("CUDA and CPU backends agree in fp32 (small geometry)", "[gpu]") {
   for (size_t i = 0; i < a.size(); ++i) b[i].second.copy_(a[i].second);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
   const auto ids = at::randint(cfg.vocab_size, {2, 333}, gen, at::kLong);
-  const double err = rel_err(gpu.forward(ids.to(at::kCUDA)).cpu(), cpu.forward(ids));
+  const auto tf32 = gpu.forward(ids.to(at::kCUDA)).cpu();
+  const Tf32Ssd fp32_ssd(false);
+  const auto ref = cpu.forward(ids);
+  const double terr = rel_err(tf32, ref);
+  WARN("CUDA (TF32 SSD kernels) vs CPU fp32 rel err " << terr);
+  CHECK(terr < 3e-3);
+  const double err = rel_err(gpu.forward(ids.to(at::kCUDA)).cpu(), ref);
   WARN("CUDA vs CPU fp32 rel err " << err);
   REQUIRE(err < 1e-4);
 }

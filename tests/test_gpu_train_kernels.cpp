@@ -9,6 +9,8 @@
 // - the fused SSD forward and backward (kernels/cuda/ssd_scan.h, TF32 tensor cores) against their
 //   scalar references, against the ATen chunked SSD (and its autograd) at the 1.3B shapes, and
 //   2-layer models (no-grad forward; forward + backward through the train path);
+// - the fused AdamW step (kernels/cuda/adamw.h) against its scalar reference, and the optimizer
+//   with it against the optimizer's ATen ops;
 // - ScaffoldLinear's CUDA forward (W_eff built on the weight side) against its CPU forward
 //   (scales applied to the activations), output and every gradient.
 #include <ATen/CPUGeneratorImpl.h>
@@ -25,13 +27,16 @@
 
 #include "catch_compat.h"
 #include "kernels/cpu/conv_train_ref.h"
+#include "kernels/cpu/adamw_ref.h"
 #include "kernels/cpu/norm_train_ref.h"
 #include "kernels/cpu/ssd_scan_ref.h"
 #include "kernels/cpu/ssd_train_ref.h"
+#include "kernels/cuda/adamw.h"
 #include "kernels/cuda/conv_train.h"
 #include "kernels/cuda/norm_train.h"
 #include "kernels/cuda/ssd_scan.h"
 #include "kernels/cuda/ssd_train.h"
+#include "distill/optim.h"
 #include "model/conv_fused.h"
 #include "model/norm_fused.h"
 #include "model/mamba2.h"
@@ -755,6 +760,64 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: fused kernels == ATen p
   WARN("model fwd+bwd, worst over hidden + " << params.size() << " grads: fused fp32 " << worst32 << ", fused bf16 "
                                               << worst16 << " (ATen bf16 " << worst16a << ")");
   set_ssd_scan_train_enabled(true);  // the default
+}
+
+TEST_CASE("fused AdamW step == scalar reference and == the ATen optimizer", "[gpu][optim]") {
+  REQUIRE(torch::cuda::is_available());
+  auto g = gen(80);
+  // The kernel against its reference: an odd size (the grid-stride tail), weight decay, a scale.
+  const int64_t n = 3 * 1000 * 1000 + 7;
+  const auto p = at::randn({n}, g), gr = at::randn({n}, g), m = at::randn({n}, g) * 0.1,
+             v = at::rand({n}, g) * 0.01;
+  kernels::AdamWCoef c;
+  c.b1 = 0.9f, c.b2 = 0.95f, c.omb1 = float(1 - 0.9), c.omb2 = float(1 - 0.95);
+  c.bc1 = float(1 - std::pow(0.9, 3)), c.bc2 = float(1 - std::pow(0.95, 3)), c.eps = 1e-8f;
+  c.decay = float(1 - 1e-3 * 0.1), c.lr = 1e-3f;
+  auto pr = p.clone(), mr = m.clone(), vr = v.clone();
+  kernels::adamw_step_ref(pr.data_ptr<float>(), gr.data_ptr<float>(), mr.data_ptr<float>(), vr.data_ptr<float>(), 0.37f,
+                          n, c);
+  auto pd = p.cuda(), md = m.cuda(), vd = v.cuda();
+  const auto gd = gr.cuda(), sd = at::full({}, 0.37f, pd.options());
+  REQUIRE(kernels::adamw_step_cuda(pd.data_ptr<float>(), gd.data_ptr<float>(), md.data_ptr<float>(), vd.data_ptr<float>(),
+                                   sd.data_ptr<float>(), n, c, nullptr) == cudaSuccess);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  const double ep = rel_err(pd.cpu() - p, pr - p), em = rel_err(md.cpu(), mr), ev = rel_err(vd.cpu(), vr);
+  WARN("adamw kernel vs reference: update " << ep << ", m " << em << ", v " << ev);
+  CHECK(ep < 1e-5);  // of the update p' - p (p itself would hide it)
+  CHECK(em < 1e-6);
+  CHECK(ev < 1e-6);
+  // The optimizer: a relative group with weight decay and an absolute one, 3 steps with clipping,
+  // fused vs the ATen ops, on the same parameters and gradients.
+  auto run = [&](bool fused) {
+    distill::set_adamw_fused_enabled(fused);
+    auto gg = gen(81);
+    std::vector<at::Tensor> ps = {at::randn({512, 300}, gg).cuda().requires_grad_(true),
+                                  at::randn({1001}, gg).cuda().requires_grad_(true),
+                                  at::randn({64}, gg).cuda().requires_grad_(true)};
+    distill::ParamGroup a{"latents", {{"w", ps[0]}, {"b", ps[1]}}, 1.0, 0.1, true};
+    distill::ParamGroup b{"scales", {{"s", ps[2]}}, 0.5, 0.0, false};
+    distill::AdamW opt({a, b}, 0.9, 0.95, 1e-8);
+    std::vector<double> norms;
+    for (int step = 0; step < 3; ++step) {
+      for (auto& t : ps) t.mutable_grad() = at::randn(t.sizes(), gg).cuda() * (step + 1.0);
+      norms.push_back(opt.clip_grad_norm(40.0));
+      opt.step(1e-2);
+    }
+    distill::set_adamw_fused_enabled(true);
+    std::vector<at::Tensor> out;
+    for (auto& t : ps) out.push_back(t.detach().cpu());
+    for (auto& [k, t] : opt.state()) out.push_back(t.to(at::kDouble).cpu());
+    return std::pair{out, norms};
+  };
+  const auto [fo, fn] = run(true);
+  const auto [ao, an] = run(false);
+  REQUIRE(fo.size() == ao.size());
+  double worst = 0;
+  for (size_t i = 0; i < fo.size(); ++i) worst = std::max(worst, rel_err(fo[i].to(at::kDouble), ao[i].to(at::kDouble)));
+  WARN("AdamW fused vs ATen after 3 steps: worst rel err " << worst << "; grad norms " << fn[2] << " vs " << an[2]);
+  CHECK(worst < 1e-5);
+  for (size_t i = 0; i < fn.size(); ++i) CHECK(std::abs(fn[i] - an[i]) <= 1e-5 * an[i]);
+  CHECK(fn[2] > 40.0);  // the clipping did apply
 }
 
 TEST_CASE("ScaffoldLinear: CUDA weight-side W_eff == CPU activation-side forward, with gradients", "[gpu][quant]") {

@@ -6,6 +6,15 @@
 #include <map>
 
 #include "core/error.h"
+#include "model/fused_util.h"
+
+#if defined(DFSSM_HAVE_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/cuda/adamw.h"
+#define DFSSM_ADAMW_FUSED_BUILT 1
+#endif
 
 namespace dfssm::distill {
 
@@ -26,6 +35,48 @@ AdamW::AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double 
   }
 }
 
+namespace {
+// DFSSM_ADAMW_FUSED=0: the ATen ops on CUDA too (the CPU always uses them: exact resume there is
+// defined by those ops).
+fused::Switch& fused_switch() {
+  static fused::Switch s("DFSSM_ADAMW_FUSED");
+  return s;
+}
+
+bool all_cuda_fp32(const std::vector<at::Tensor>& ts) {
+  for (const auto& t : ts)
+    if (!t.is_cuda() || t.scalar_type() != at::kFloat) return false;
+  return !ts.empty();
+}
+
+// One fused CUDA update of p (kernels/cuda/adamw.h) when every operand is a contiguous fp32 CUDA
+// tensor; false (nothing done) otherwise.
+bool fused_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& scale, double b1,
+                double b2, double eps, double bc1, double bc2, double glr, double wd) {
+#ifdef DFSSM_ADAMW_FUSED_BUILT
+  if (!fused_switch().on() || !all_cuda_fp32({p, g, m, v, scale}) || !p.is_contiguous() || !g.is_contiguous() ||
+      !m.is_contiguous() || !v.is_contiguous() || g.numel() != p.numel() || scale.numel() != 1)
+    return false;
+  kernels::AdamWCoef c;
+  c.b1 = float(b1), c.b2 = float(b2), c.omb1 = float(1.0 - b1), c.omb2 = float(1.0 - b2);
+  c.bc1 = float(bc1), c.bc2 = float(bc2), c.eps = float(eps);
+  c.decay = wd > 0 ? float(1.0 - glr * wd) : 1.f, c.lr = float(glr);
+  const c10::cuda::CUDAGuard guard(p.device());
+  fused::check_cuda(kernels::adamw_step_cuda(p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(),
+                                             v.data_ptr<float>(), scale.data_ptr<float>(), p.numel(), c,
+                                             c10::cuda::getCurrentCUDAStream()),
+                    "adamw_step_cuda");
+  return true;
+#else
+  (void)p, (void)g, (void)m, (void)v, (void)scale, (void)b1, (void)b2, (void)eps, (void)bc1, (void)bc2, (void)glr,
+      (void)wd;
+  return false;
+#endif
+}
+}  // namespace
+
+void set_adamw_fused_enabled(bool on) { fused_switch().set(on); }
+
 void AdamW::zero_grad() {
   for (auto& g : groups_)
     for (auto& [n, p] : g.params)
@@ -34,17 +85,29 @@ void AdamW::zero_grad() {
 
 double AdamW::clip_grad_norm(double max_norm) {
   at::NoGradGuard ng;
-  std::vector<at::Tensor> sq;
+  std::vector<at::Tensor> grads;
   for (auto& g : groups_)
     for (auto& [n, p] : g.params)
-      if (p.grad().defined()) sq.push_back(p.grad().to(at::kFloat).pow(2).sum());
-  if (sq.empty()) return 0.0;
-  const double norm = std::sqrt(at::stack(sq).sum().item<double>());
+      if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return 0.0;
+  // On CUDA the multi-tensor kernels (a few launches for ~1000 tensors); on the CPU the per-tensor
+  // ops, whose rounding the exact-resume test pins down.
+  const bool multi = fused_switch().on() && all_cuda_fp32(grads);
+  double norm = 0;
+  if (multi) {
+    norm = at::linalg_vector_norm(at::stack(at::_foreach_norm(grads, 2)), 2).item<double>();
+  } else {
+    std::vector<at::Tensor> sq;
+    for (const auto& gr : grads) sq.push_back(gr.to(at::kFloat).pow(2).sum());
+    norm = std::sqrt(at::stack(sq).sum().item<double>());
+  }
   if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
     const double c = max_norm / (norm + 1e-6);
-    for (auto& g : groups_)
-      for (auto& [n, p] : g.params)
-        if (p.grad().defined()) p.mutable_grad().mul_(c);
+    if (multi) {
+      at::_foreach_mul_(grads, c);
+    } else {
+      for (auto& gr : grads) gr.mul_(c);
+    }
   }
   return norm;
 }
@@ -59,9 +122,10 @@ void AdamW::step(double lr) {
     for (size_t i = 0; i < g.params.size(); ++i) {
       auto p = g.params[i].second;
       if (!p.grad().defined()) continue;
-      const auto grad = p.grad().to(at::kFloat);
       auto& m = m_[gi][i];
       auto& v = v_[gi][i];
+      if (fused_step(p, p.grad(), m, v, scale_[gi][i], b1_, b2_, eps_, bc1, bc2, glr, g.weight_decay)) continue;
+      const auto grad = p.grad().to(at::kFloat);
       m.mul_(b1_).add_(grad, 1.0 - b1_);
       v.mul_(b2_).addcmul_(grad, grad, 1.0 - b2_);
       const auto step_lr = scale_[gi][i] * glr;  // 0-dim

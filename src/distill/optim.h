@@ -1,5 +1,8 @@
-// AdamW with parameter groups and the learning-rate schedules, in plain ATen ops, so the whole
-// optimizer state is a list of named tensors that a checkpoint stores bit-exactly (exact resume).
+// AdamW with parameter groups and the learning-rate schedules. The whole optimizer state is a
+// list of named tensors that a checkpoint stores bit-exactly (exact resume). On the CPU the step
+// is plain ATen ops; on CUDA it is one fused kernel per tensor (src/kernels/cuda/adamw.h: one pass
+// instead of eleven) and the gradient norm uses ATen's multi-tensor kernels (DFSSM_ADAMW_FUSED=0:
+// the ATen ops there too).
 //
 // A group may be "relative": each parameter's step is scaled by its RMS at the optimizer's
 // creation (stored in the state). The student needs it because its quantities live on very
@@ -49,6 +52,9 @@ class AdamW {
   double b1_, b2_, eps_;
   int64_t t_ = 0;
 };
+
+// Tests compare the fused CUDA step against the ATen one.
+void set_adamw_fused_enabled(bool on);
 
 // Learning rate at `step` (0-based) for a train config: linear warmup, then cosine / wsd /
 // constant down to min_lr_ratio.
