@@ -783,7 +783,11 @@ TEST_CASE("fused AdamW step == scalar reference and == the ATen optimizer", "[gp
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   const double ep = rel_err(pd.cpu() - p, pr - p), em = rel_err(md.cpu(), mr), ev = rel_err(vd.cpu(), vr);
   WARN("adamw kernel vs reference: update " << ep << ", m " << em << ", v " << ev);
-  CHECK(ep < 1e-5);  // of the update p' - p (p itself would hide it)
+  // The update p' - p (p itself would hide it) carries p's fp32 rounding: an ulp of p is up to
+  // ~1e-4 of an update of this size, and the kernel may contract p·decay − u into one FMA where
+  // the reference rounds twice (measured on the H200: 8.7e-5).
+  CHECK(ep < 1e-3);
+  CHECK(rel_err(pd.cpu(), pr) < 1e-7);
   CHECK(em < 1e-6);
   CHECK(ev < 1e-6);
   // The optimizer: a relative group with weight decay and an absolute one, 3 steps with clipping,
