@@ -787,7 +787,7 @@ TEST_CASE("fused AdamW step == scalar reference and == the ATen optimizer", "[gp
   // ~1e-4 of an update of this size, and the kernel may contract p·decay − u into one FMA where
   // the reference rounds twice (measured on the H200: 8.7e-5).
   CHECK(ep < 1e-3);
-  CHECK(rel_err(pd.cpu(), pr) < 1e-7);
+  CHECK(rel_err(pd.cpu(), pr) < 3e-7);  // ~3.5e-8 expected from the line above
   CHECK(em < 1e-6);
   CHECK(ev < 1e-6);
   // The optimizer: a relative group with weight decay and an absolute one, 3 steps with clipping,
