@@ -20,6 +20,7 @@
 #endif
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/norm_train.h"
 #include "kernels/cuda/train_common.cuh"
@@ -130,17 +131,18 @@ __device__ __forceinline__ void load_w(const NormArgs& a, int g0, float (&w)[J][
   }
 }
 
-template <bool GATED, typename E, typename O, int J>
-__global__ void __launch_bounds__(kMaxThreads) norm_fwd_kernel(NormArgs a) {
+template <bool GATED, typename E, typename O, int J, bool PF>
+__global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
   const int g0 = int(blockIdx.y) * a.gs;
   const int64_t r0 = int64_t(blockIdx.x) * kRows, r1 = r0 + kRows < a.R ? r0 + kRows : a.R;
   float w[J][4];
   load_w(a, g0, w);
   Row<J> cur, nxt;
-  load_row<GATED, false, E, O, J>(a, r0, g0, cur);
+  if (PF) load_row<GATED, false, E, O, J>(a, r0, g0, cur);
   for (int64_t r = r0; r < r1; ++r) {
-    if (r + 1 < r1) load_row<GATED, false, E, O, J>(a, r + 1, g0, nxt);  // in flight during this row
+    if (!PF) load_row<GATED, false, E, O, J>(a, r, g0, cur);
+    if (PF && r + 1 < r1) load_row<GATED, false, E, O, J>(a, r + 1, g0, nxt);  // in flight during this row
     float x[J][4];
     float ss = 0.f;
 #pragma unroll
@@ -162,12 +164,12 @@ __global__ void __launch_bounds__(kMaxThreads) norm_fwd_kernel(NormArgs a) {
       }
     }
     if (threadIdx.x == 0) a.rstd[r * (a.D / a.gs) + blockIdx.y] = rs;
-    if (r + 1 < r1) cur = nxt;
+    if (PF && r + 1 < r1) cur = nxt;
   }
 }
 
-template <bool GATED, typename E, typename O, int J>
-__global__ void __launch_bounds__(kMaxThreads) norm_bwd_kernel(NormArgs a) {
+template <bool GATED, typename E, typename O, int J, bool PF>
+__global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
   const int g0 = int(blockIdx.y) * a.gs;
   const int64_t r0 = int64_t(blockIdx.x) * kRows, r1 = r0 + kRows < a.R ? r0 + kRows : a.R;
@@ -178,9 +180,10 @@ __global__ void __launch_bounds__(kMaxThreads) norm_bwd_kernel(NormArgs a) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) gw[j][i] = 0.f;
   Row<J> cur, nxt;
-  load_row<GATED, true, E, O, J>(a, r0, g0, cur);
+  if (PF) load_row<GATED, true, E, O, J>(a, r0, g0, cur);
   for (int64_t r = r0; r < r1; ++r) {
-    if (r + 1 < r1) load_row<GATED, true, E, O, J>(a, r + 1, g0, nxt);  // in flight during this row
+    if (!PF) load_row<GATED, true, E, O, J>(a, r, g0, cur);
+    if (PF && r + 1 < r1) load_row<GATED, true, E, O, J>(a, r + 1, g0, nxt);  // in flight during this row
     // ---- n = x·rstd, dn = dout·w, and this thread's part of sum(dn·n) ----
     float n[J][4], dn[J][4];
     float dot = 0.f;
@@ -218,7 +221,7 @@ __global__ void __launch_bounds__(kMaxThreads) norm_bwd_kernel(NormArgs a) {
         if (GATED) st4(static_cast<E*>(a.dz) + off, dz);
       }
     }
-    if (r + 1 < r1) cur = nxt;
+    if (PF && r + 1 < r1) cur = nxt;
   }
 #pragma unroll
   for (int j = 0; j < J; ++j) {
@@ -239,6 +242,22 @@ void launch(Kernel k, dim3 grid, int threads, cudaStream_t stream, const NormArg
 #endif
 }
 
+// Two ways to hide a row's load latency, chosen by DFSSM_NORM_PREFETCH (debug switch, read once;
+// default 1): 1 = the next row's loads in registers while this row is reduced (one block of 512
+// threads per SM when J = 2: ~110 registers); 0 = no prefetch, registers capped for two blocks per
+// SM, so one block's loads overlap the other's reduction.
+int& prefetch_mode() {  // -1: not read yet
+  static int mode = -1;
+  return mode;
+}
+bool prefetch() {
+  if (prefetch_mode() < 0) {
+    const char* e = std::getenv("DFSSM_NORM_PREFETCH");
+    prefetch_mode() = (e && e[0] == '0') ? 0 : 1;
+  }
+  return prefetch_mode() == 1;
+}
+
 // J quads per thread: the fewest that keep a block within kMaxThreads.
 template <bool BWD, bool GATED, typename E, typename O>
 cudaError_t run(const NormArgs& a, cudaStream_t stream) {
@@ -246,9 +265,15 @@ cudaError_t run(const NormArgs& a, cudaStream_t stream) {
   const int threads = ((Q + J - 1) / J + 31) / 32 * 32;
   const dim3 grid(unsigned((a.R + kRows - 1) / kRows), unsigned(a.D / a.gs));
   Kernel k = nullptr;
-  if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1> : norm_fwd_kernel<GATED, E, O, 1>;
-  if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2> : norm_fwd_kernel<GATED, E, O, 2>;
-  if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4> : norm_fwd_kernel<GATED, E, O, 4>;
+  if (prefetch()) {
+    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true> : norm_fwd_kernel<GATED, E, O, 1, true>;
+    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true> : norm_fwd_kernel<GATED, E, O, 2, true>;
+    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true> : norm_fwd_kernel<GATED, E, O, 4, true>;
+  } else {
+    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, false> : norm_fwd_kernel<GATED, E, O, 1, false>;
+    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, false> : norm_fwd_kernel<GATED, E, O, 2, false>;
+    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, false> : norm_fwd_kernel<GATED, E, O, 4, false>;
+  }
   launch(k, grid, threads, stream, a);
   return cudaGetLastError();
 }
@@ -277,6 +302,8 @@ bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt) {
 }
 
 }  // namespace
+
+void set_norm_prefetch(bool on) { prefetch_mode() = on ? 1 : 0; }
 
 int64_t norm_bwd_partial_size(int64_t R, int D) { return (R + kRows - 1) / kRows * int64_t(D); }
 
