@@ -65,7 +65,7 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
     const bool gated = sh.gs != sh.D || sh.D == 4096;
     for (const bool lowp : {false, true}) {  // bf16 z, out and dout; with and without the row prefetch
       const bool pf = lowp == (sh.D != 2048);
-      set_norm_prefetch(pf);
+      set_norm_prefetch(pf ? 1 : 0);
       INFO("R=" << sh.R << " D=" << sh.D << " gs=" << sh.gs << (gated ? " gated" : " plain") << (lowp ? " bf16" : " fp32")
                 << (pf ? " prefetch" : ""));
       const size_t RD = size_t(sh.R) * size_t(sh.D);
@@ -113,7 +113,7 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
       if (gated) CHECK(rel_err(read(dzb, lowp, RD), dz_r) < (lowp ? 5e-3 : 1e-4));
     }
   }
-  set_norm_prefetch(true);
+  set_norm_prefetch(2);  // back to the default
   // Misaligned or unsupported shapes are refused, not run.
   Buf a(4096 * 4), b(4096 * 4);
   CHECK(rms_norm_fwd_cuda(a.f() + 1, b.f(), b.p, NormDtype::f32, a.f(), 4, 512, 1e-5f, nullptr) == cudaErrorInvalidValue);

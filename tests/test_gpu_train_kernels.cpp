@@ -279,7 +279,7 @@ TEST_CASE("gated RMSNorm kernels vs their scalar references, strided z", "[gpu][
     for (auto [dt, kdt, tol] : {std::tuple{at::kFloat, kernels::NormDtype::f32, 1e-5},
                                 std::tuple{at::kBFloat16, kernels::NormDtype::bf16, 1e-2}}) {
       for (const auto odt : {at::kFloat, at::kBFloat16}) {
-        kernels::set_norm_prefetch(odt == at::kFloat);  // both ways of hiding the loads
+        kernels::set_norm_prefetch(odt == at::kFloat ? 1 : 0);  // both ways of hiding the loads
         INFO("D=" << sh.D << " gs=" << sh.gs << " z " << c10::toString(dt) << " out " << c10::toString(odt));
         const auto kodt = odt == at::kBFloat16 ? kernels::NormDtype::bf16 : kernels::NormDtype::f32;
         const auto dout = dout32.to(odt).to(at::kFloat);
@@ -315,7 +315,7 @@ TEST_CASE("gated RMSNorm kernels vs their scalar references, strided z", "[gpu][
       }
     }
   }
-  kernels::set_norm_prefetch(true);
+  kernels::set_norm_prefetch(2);  // back to the default
 }
 
 TEST_CASE("plain RMSNorm kernels vs their scalar references", "[gpu][norm]") {
@@ -399,7 +399,7 @@ TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {
   const auto w = at::randn({2048}, g).cuda().requires_grad_(true);
   const auto gx32 = at::randn({16, 2048, 2048}, g).cuda();
   for (const auto [odt, pf] : {std::pair{at::kFloat, true}, std::pair{at::kBFloat16, true}, std::pair{at::kBFloat16, false}}) {
-    kernels::set_norm_prefetch(pf);
+    kernels::set_norm_prefetch(pf ? 1 : 0);
     const auto gg = gg32.to(odt), gx = gx32.to(odt);
     const double tgf = mean_ms([&] { at::NoGradGuard ng; gated_norm_fused(y, z, wg, 4096, 1e-5, odt); }, 10);
     const double tgb = mean_ms([&] { torch::autograd::grad({gated_norm_fused(y, z, wg, 4096, 1e-5, odt)}, {y, z, wg}, {gg}); }, 10);
@@ -408,7 +408,7 @@ TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {
     WARN("bench norm " << R << " rows, out " << c10::toString(odt) << (pf ? ", prefetch" : ", 2 blocks/SM") << ": gated 4096 fwd " << tgf << " ms, fwd+bwd " << tgb
                        << " ms; plain 2048 fwd " << tpf << " ms, fwd+bwd " << tpb << " ms");
   }
-  kernels::set_norm_prefetch(true);
+  kernels::set_norm_prefetch(2);  // back to the default
   // The ATen ops the plain norm replaces (fp32 math, as Mamba2Model::rmsnorm's fallback).
   const double taf = mean_ms([&] { at::NoGradGuard ng; (x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-5) * w); }, 10);
   const double tab = mean_ms([&] { torch::autograd::grad({x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-5) * w}, {x, w}, {gx32}); }, 10);

@@ -13,8 +13,9 @@
 // Why this shape: at batch x length = 32k rows the norms are bandwidth work, but the previous
 // kernel (one row after another, each with a global round trip, three barriers and a re-read of
 // y and z) issued 0.14 warps per cycle and reached 18% of the DRAM bandwidth (ncu, H200). Here
-// each row's loads are issued while the row before it is reduced and stored (a register
-// prefetch), and the block sum takes one barrier (two scratch buffers alternating by row).
+// a row's loads overlap other work, either the previous row's reduction in the same block (a
+// register prefetch) or another block's (two blocks per SM; prefetch() picks by row width), and
+// the block sum takes one barrier (two scratch buffers alternating by row).
 #ifndef DFSSM_CUDA_EMULATE
 #include <cuda_bf16.h>
 #endif
@@ -242,20 +243,23 @@ void launch(Kernel k, dim3 grid, int threads, cudaStream_t stream, const NormArg
 #endif
 }
 
-// Two ways to hide a row's load latency, chosen by DFSSM_NORM_PREFETCH (debug switch, read once;
-// default 1): 1 = the next row's loads in registers while this row is reduced (one block of 512
-// threads per SM when J = 2: ~110 registers); 0 = no prefetch, registers capped for two blocks per
-// SM, so one block's loads overlap the other's reduction.
-int& prefetch_mode() {  // -1: not read yet
+// Two ways to hide a row's load latency: prefetch = the next row's loads in registers while
+// this row is reduced; without it, registers are capped for two blocks per SM, so one block's
+// loads overlap the other's reduction. Measured on the H200 at 16 x 2048 rows (docs/benchmarks.md):
+// with J = 2 (the 1.3B gated norm, 512 threads) two blocks win (forward 0.38 vs 0.64 ms, forward
+// + backward 1.11 vs 1.63); with J = 1 (the plain norm over 2048) the prefetch does (0.381 vs
+// 0.399 ms) because its registers allow two blocks anyway. So by default: prefetch iff J == 1.
+// DFSSM_NORM_PREFETCH=0/1 (debug switch, read at the first launch) or set_norm_prefetch forces one.
+int& prefetch_mode() {  // -1: not read yet, 0/1: forced, 2: by J
   static int mode = -1;
   return mode;
 }
-bool prefetch() {
+bool prefetch(int J) {
   if (prefetch_mode() < 0) {
     const char* e = std::getenv("DFSSM_NORM_PREFETCH");
-    prefetch_mode() = (e && e[0] == '0') ? 0 : 1;
+    prefetch_mode() = e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : 2;
   }
-  return prefetch_mode() == 1;
+  return prefetch_mode() == 2 ? J == 1 : prefetch_mode() == 1;
 }
 
 // J quads per thread: the fewest that keep a block within kMaxThreads.
@@ -265,7 +269,7 @@ cudaError_t run(const NormArgs& a, cudaStream_t stream) {
   const int threads = ((Q + J - 1) / J + 31) / 32 * 32;
   const dim3 grid(unsigned((a.R + kRows - 1) / kRows), unsigned(a.D / a.gs));
   Kernel k = nullptr;
-  if (prefetch()) {
+  if (prefetch(J)) {
     if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true> : norm_fwd_kernel<GATED, E, O, 1, true>;
     if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true> : norm_fwd_kernel<GATED, E, O, 2, true>;
     if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true> : norm_fwd_kernel<GATED, E, O, 4, true>;
@@ -303,7 +307,7 @@ bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt) {
 
 }  // namespace
 
-void set_norm_prefetch(bool on) { prefetch_mode() = on ? 1 : 0; }
+void set_norm_prefetch(int mode) { prefetch_mode() = mode == 0 || mode == 1 ? mode : 2; }
 
 int64_t norm_bwd_partial_size(int64_t R, int D) { return (R + kRows - 1) / kRows * int64_t(D); }
 

@@ -32,9 +32,9 @@ cudaError_t gated_norm_fwd_cuda(const float* y, const void* z, NormDtype zdt, in
                                 NormDtype odt, float* rstd, int64_t R, int D, int gs, float eps, cudaStream_t stream);
 
 // How the kernels hide a row's load latency (norm_train.cu, prefetch()): the next row's loads
-// in registers (true, the default) or two blocks per SM. Debug/benchmark switch; the environment
-// variable DFSSM_NORM_PREFETCH=0 sets false at the first launch. Not thread-safe.
-void set_norm_prefetch(bool on);
+// in registers (1) or two blocks per SM (0); 2 (the default): the faster one for the row width.
+// Debug/benchmark switch (DFSSM_NORM_PREFETCH=0/1 forces it at the first launch). Not thread-safe.
+void set_norm_prefetch(int mode);
 
 // Floats the backward kernels need in `partial`: rows of D per-block sums of dout*n for dw.
 int64_t norm_bwd_partial_size(int64_t R, int D);
