@@ -315,7 +315,7 @@ TEST_CASE("gated RMSNorm kernels vs their scalar references, strided z", "[gpu][
       }
     }
   }
-  kernels::set_norm_prefetch(2);  // back to the default
+  kernels::set_norm_prefetch(0);  // back to the default
 }
 
 TEST_CASE("plain RMSNorm kernels vs their scalar references", "[gpu][norm]") {
@@ -408,7 +408,7 @@ TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {
     WARN("bench norm " << R << " rows, out " << c10::toString(odt) << (pf ? ", prefetch" : ", 2 blocks/SM") << ": gated 4096 fwd " << tgf << " ms, fwd+bwd " << tgb
                        << " ms; plain 2048 fwd " << tpf << " ms, fwd+bwd " << tpb << " ms");
   }
-  kernels::set_norm_prefetch(2);  // back to the default
+  kernels::set_norm_prefetch(0);  // back to the default
   // The ATen ops the plain norm replaces (fp32 math, as Mamba2Model::rmsnorm's fallback).
   const double taf = mean_ms([&] { at::NoGradGuard ng; (x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-5) * w); }, 10);
   const double tab = mean_ms([&] { torch::autograd::grad({x * at::rsqrt(x.pow(2).mean(-1, true) + 1e-5) * w}, {x, w}, {gx32}); }, 10);

@@ -14,7 +14,7 @@
 // kernel (one row after another, each with a global round trip, three barriers and a re-read of
 // y and z) issued 0.14 warps per cycle and reached 18% of the DRAM bandwidth (ncu, H200). Here
 // a row's loads overlap other work, either the previous row's reduction in the same block (a
-// register prefetch) or another block's (two blocks per SM; prefetch() picks by row width), and
+// register prefetch) or another block's (two blocks per SM, the default: see prefetch()), and
 // the block sum takes one barrier (two scratch buffers alternating by row).
 #ifndef DFSSM_CUDA_EMULATE
 #include <cuda_bf16.h>
@@ -246,20 +246,23 @@ void launch(Kernel k, dim3 grid, int threads, cudaStream_t stream, const NormArg
 // Two ways to hide a row's load latency: prefetch = the next row's loads in registers while
 // this row is reduced; without it, registers are capped for two blocks per SM, so one block's
 // loads overlap the other's reduction. Measured on the H200 at 16 x 2048 rows (docs/benchmarks.md):
-// with J = 2 (the 1.3B gated norm, 512 threads) two blocks win (forward 0.38 vs 0.64 ms, forward
-// + backward 1.11 vs 1.63); with J = 1 (the plain norm over 2048) the prefetch does (0.381 vs
-// 0.399 ms) because its registers allow two blocks anyway. So by default: prefetch iff J == 1.
-// DFSSM_NORM_PREFETCH=0/1 (debug switch, read at the first launch) or set_norm_prefetch forces one.
-int& prefetch_mode() {  // -1: not read yet, 0/1: forced, 2: by J
+// with J = 2 (the 1.3B gated norm, 512 threads) two blocks win by far (forward 0.38 vs 0.64 ms,
+// forward + backward 1.11 vs 1.63); the plain norm over 2048 (J = 1) was 5% faster with the
+// prefetch in the kernel benchmark (0.381 vs 0.399 ms), but the 1.3B distillation step was
+// fastest with it off everywhere (16.6k tokens/s; 16.3k with it on for the plain norm only, in
+// another call). So the default is off; DFSSM_NORM_PREFETCH=1 (debug switch, read at the first
+// launch) or set_norm_prefetch(1) turns it on.
+int& prefetch_mode() {  // -1: not read yet, 0 off, 1 on
   static int mode = -1;
   return mode;
 }
 bool prefetch(int J) {
+  (void)J;
   if (prefetch_mode() < 0) {
     const char* e = std::getenv("DFSSM_NORM_PREFETCH");
-    prefetch_mode() = e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : 2;
+    prefetch_mode() = e && e[0] == '1' ? 1 : 0;
   }
-  return prefetch_mode() == 2 ? J == 1 : prefetch_mode() == 1;
+  return prefetch_mode() == 1;
 }
 
 // J quads per thread: the fewest that keep a block within kMaxThreads.
@@ -307,7 +310,7 @@ bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt) {
 
 }  // namespace
 
-void set_norm_prefetch(int mode) { prefetch_mode() = mode == 0 || mode == 1 ? mode : 2; }
+void set_norm_prefetch(int mode) { prefetch_mode() = mode == 1 ? 1 : 0; }
 
 int64_t norm_bwd_partial_size(int64_t R, int D) { return (R + kRows - 1) / kRows * int64_t(D); }
 

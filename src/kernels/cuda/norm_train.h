@@ -32,8 +32,8 @@ cudaError_t gated_norm_fwd_cuda(const float* y, const void* z, NormDtype zdt, in
                                 NormDtype odt, float* rstd, int64_t R, int D, int gs, float eps, cudaStream_t stream);
 
 // How the kernels hide a row's load latency (norm_train.cu, prefetch()): the next row's loads
-// in registers (1) or two blocks per SM (0); 2 (the default): the faster one for the row width.
-// Debug/benchmark switch (DFSSM_NORM_PREFETCH=0/1 forces it at the first launch). Not thread-safe.
+// in registers (1) or two blocks per SM (0, the default; anything else means 0). Debug/benchmark
+// switch (DFSSM_NORM_PREFETCH=1 sets 1 at the first launch). Not thread-safe.
 void set_norm_prefetch(int mode);
 
 // Floats the backward kernels need in `partial`: rows of D per-block sums of dout*n for dw.
