@@ -398,7 +398,7 @@ TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {
   const auto x = at::randn({16, 2048, 2048}, g).cuda().requires_grad_(true);
   const auto w = at::randn({2048}, g).cuda().requires_grad_(true);
   const auto gx32 = at::randn({16, 2048, 2048}, g).cuda();
-  for (const auto [odt, pf] : {std::pair{at::kFloat, true}, std::pair{at::kBFloat16, true}, std::pair{at::kBFloat16, false}}) {
+  for (const auto& [odt, pf] : {std::pair{at::kFloat, true}, std::pair{at::kBFloat16, true}, std::pair{at::kBFloat16, false}}) {
     kernels::set_norm_prefetch(pf ? 1 : 0);
     const auto gg = gg32.to(odt), gx = gx32.to(odt);
     const double tgf = mean_ms([&] { at::NoGradGuard ng; gated_norm_fused(y, z, wg, 4096, 1e-5, odt); }, 10);
