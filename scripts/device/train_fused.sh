@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call for the trainer's fused CUDA kernels (src/kernels/cuda/{ssd,conv,gated_norm}_train.cu,
+# One device call for the trainer's fused CUDA kernels (src/kernels/cuda/{ssd,conv,norm}_train.cu, adamw.cu,
 # ssd_scan.cu, ssd_scan_bwd.cu):
 #   1. build dfssm and the gpu tests against the device's torch; run the tests (their measured
 #      errors are printed);
