@@ -42,7 +42,13 @@ std::vector<float> read(const Buf& b, bool bf16, size_t n) {
   return v;
 }
 void write(const Buf& b, bool bf16, const std::vector<float>& v) {
-  for (size_t i = 0; i < v.size(); ++i) bf16 ? void(b.h()[i] = __float2bfloat16(v[i])) : void(b.f()[i] = v[i]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (bf16) {
+      b.h()[i] = __float2bfloat16(v[i]);
+    } else {
+      b.f()[i] = v[i];
+    }
+  }
 }
 }  // namespace
 

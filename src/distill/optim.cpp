@@ -51,9 +51,9 @@ bool all_cuda_fp32(const std::vector<at::Tensor>& ts) {
 
 // One fused CUDA update of p (kernels/cuda/adamw.h) when every operand is a contiguous fp32 CUDA
 // tensor; false (nothing done) otherwise.
+#ifdef DFSSM_ADAMW_FUSED_BUILT
 bool fused_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& scale, double b1,
                 double b2, double eps, double bc1, double bc2, double glr, double wd) {
-#ifdef DFSSM_ADAMW_FUSED_BUILT
   if (!fused_switch().on() || !all_cuda_fp32({p, g, m, v, scale}) || !p.is_contiguous() || !g.is_contiguous() ||
       !m.is_contiguous() || !v.is_contiguous() || g.numel() != p.numel() || scale.numel() != 1)
     return false;
@@ -67,12 +67,13 @@ bool fused_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v
                                              c10::cuda::getCurrentCUDAStream()),
                     "adamw_step_cuda");
   return true;
-#else
-  (void)p, (void)g, (void)m, (void)v, (void)scale, (void)b1, (void)b2, (void)eps, (void)bc1, (void)bc2, (void)glr,
-      (void)wd;
-  return false;
-#endif
 }
+#else
+bool fused_step(at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&, double, double, double,
+                double, double, double, double) {
+  return false;
+}
+#endif
 }  // namespace
 
 void set_adamw_fused_enabled(bool on) { fused_switch().set(on); }

@@ -140,11 +140,11 @@ InferenceState Mamba2Model::new_state(int64_t batch) const {
   return s;
 }
 
-// What the fused norms write when a matmul consumes their output: bf16 where a bf16 autocast
-// matmul would cast it to that anyway (the same rounding: the same result, one pass less), else
-// the model's dtype (fp32 or bf16; fp16 goes through fp32).
-at::ScalarType Mamba2Model::norm_out_dtype(const at::Tensor& x) const {
-  if (x.is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA) &&
+// What the fused norms write: bf16 where a bf16 autocast matmul consumes the output (it would
+// cast it to bf16 anyway: the same rounding, one pass less) or the model is bf16; else fp32,
+// which the caller casts to the model's dtype (fp16 goes through fp32).
+at::ScalarType Mamba2Model::norm_out_dtype(const at::Tensor& x, bool to_matmul) const {
+  if (to_matmul && x.is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA) &&
       at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16)
     return at::kBFloat16;
   return dtype() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
@@ -152,8 +152,8 @@ at::ScalarType Mamba2Model::norm_out_dtype(const at::Tensor& x) const {
 
 at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w, bool to_matmul) const {
   if (rms_norm_fused_available(x)) {  // CUDA: one kernel each way
-    const auto odt = to_matmul ? norm_out_dtype(x) : (dtype() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
-    return rms_norm_fused(x, w, cfg_.norm_eps, odt).to(to_matmul && odt == at::kBFloat16 ? odt : dtype());
+    const auto odt = norm_out_dtype(x, to_matmul);
+    return rms_norm_fused(x, w, cfg_.norm_eps, odt).to(odt == at::kBFloat16 ? odt : dtype());
   }
   const auto xf = x.to(at::kFloat);
   const auto rstd = at::rsqrt(xf.pow(2).mean(-1, true) + cfg_.norm_eps);
@@ -165,7 +165,7 @@ at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w, bool t
 at::Tensor Mamba2Model::gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w) const {
   const int64_t gs = cfg_.d_inner() / cfg_.ngroups;
   if (y.dim() == 3 && gated_norm_fused_available(y, gs)) {  // full sequences on CUDA: one kernel each way
-    const auto odt = norm_out_dtype(y);                       // out_proj consumes it
+    const auto odt = norm_out_dtype(y, true);                 // out_proj consumes it
     return gated_norm_fused(y, z, w, gs, cfg_.norm_eps, odt).to(odt == at::kBFloat16 ? odt : dtype());
   }
   const auto x = y.to(at::kFloat) * at::silu(z.to(at::kFloat));

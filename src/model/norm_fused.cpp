@@ -35,10 +35,10 @@ k::NormDtype norm_dtype(at::ScalarType t) { return t == at::kBFloat16 ? k::NormD
 
 // The kernels load 16 bytes (fp32) or 8 (bf16) at a time: a tensor whose data is not aligned
 // that way (a view at an odd offset) is copied first.
-at::Tensor aligned(const at::Tensor& t) {
-  const auto align = t.scalar_type() == at::kBFloat16 ? 8u : 16u;
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % align == 0 ? t : t.clone(at::MemoryFormat::Contiguous);
+bool is_aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % (t.scalar_type() == at::kBFloat16 ? 8u : 16u) == 0;
 }
+at::Tensor aligned(const at::Tensor& t) { return is_aligned(t) ? t : t.clone(at::MemoryFormat::Contiguous); }
 
 struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& z_in, const at::Tensor& w_in,
@@ -47,9 +47,7 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
     const auto zs = z_in.scalar_type() == at::kBFloat16 ? z_in : z_in.to(at::kFloat);
     int64_t ldz = 0;
     auto z = rows_view(zs, &ldz);
-    if (ldz % 4 != 0) z = z.contiguous(), ldz = z.size(2);
-    z = aligned(z);
-    if (z.is_contiguous()) ldz = z.size(2);
+    if (ldz % 4 != 0 || !is_aligned(z)) z = zs.clone(at::MemoryFormat::Contiguous), ldz = z.size(2);
     const auto w = aligned(w_in.to(at::kFloat).contiguous());
     const int64_t R = y.size(0) * y.size(1), D = y.size(2);
     const auto odt = at::ScalarType(out_dtype);

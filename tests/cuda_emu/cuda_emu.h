@@ -27,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/dtype.h"  // bf16 rounding
+
 #define __global__
 #define __device__
 #define __host__
@@ -165,19 +167,8 @@ inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
 struct __nv_bfloat16 {
   uint16_t x;
 };
-inline float __bfloat162float(__nv_bfloat16 v) {
-  const uint32_t u = uint32_t(v.x) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline __nv_bfloat16 __float2bfloat16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if (std::isnan(f)) return {uint16_t((u >> 16) | 0x40u)};
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return {uint16_t(u >> 16)};
-}
+inline float __bfloat162float(__nv_bfloat16 v) { return dfssm::bf16_to_float(v.x); }
+inline __nv_bfloat16 __float2bfloat16(float f) { return {dfssm::float_to_bf16(f)}; }
 inline float __expf(float v) { return std::exp(v); }
 inline float rsqrtf(float v) { return 1.f / std::sqrt(v); }
 

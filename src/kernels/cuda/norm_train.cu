@@ -256,8 +256,7 @@ int& prefetch_mode() {  // -1: not read yet, 0 off, 1 on
   static int mode = -1;
   return mode;
 }
-bool prefetch(int J) {
-  (void)J;
+bool prefetch() {
   if (prefetch_mode() < 0) {
     const char* e = std::getenv("DFSSM_NORM_PREFETCH");
     prefetch_mode() = e && e[0] == '1' ? 1 : 0;
@@ -272,7 +271,7 @@ cudaError_t run(const NormArgs& a, cudaStream_t stream) {
   const int threads = ((Q + J - 1) / J + 31) / 32 * 32;
   const dim3 grid(unsigned((a.R + kRows - 1) / kRows), unsigned(a.D / a.gs));
   Kernel k = nullptr;
-  if (prefetch(J)) {
+  if (prefetch()) {
     if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true> : norm_fwd_kernel<GATED, E, O, 1, true>;
     if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true> : norm_fwd_kernel<GATED, E, O, 2, true>;
     if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true> : norm_fwd_kernel<GATED, E, O, 4, true>;
