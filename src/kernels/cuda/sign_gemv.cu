@@ -409,7 +409,10 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 __host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
 // (Two accumulator chains per tile at MT = 2 as well, as an experiment: 44 bytes of spills at the
 // 128-register cap, 0.6885 against 0.6674-0.6709 ms/step; removed.)
-template <int MT, bool NEXT, bool TIGHT>
+// X (experiment, debug switch DFSSM_CUDA_X): bit 0 skips the mma loop (the loads stay: timing
+// only, wrong results), bit 1 the post-wait x loads as well, bit 2 touches the kernel parameters
+// read after the wait before it (constant-cache warm-up).
+template <int MT, bool NEXT, bool TIGHT, int X = 0>
 __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
     sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch) {
   constexpr int NOUT = MT * 16;
@@ -448,12 +451,17 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
     vsus[u] = (lane == 0 && k < p.r) ? p.vs[k] * p.us[k] : 0.f;
   }
   if (o >= p.r && o < kMaxRank) zs[o] = 0.f;
+  if constexpr ((X & 4) != 0) {  // the parameters read after the wait, into the constant cache
+    asm volatile("" ::"l"(p.xf), "l"(p.res_in), "l"(p.parts), "l"(p.y), "l"(p.conv_out), "l"(p.conv_state));
+    asm volatile("" ::"l"(p.res_out), "l"(p.nxf), "l"(p.nparts_out), "r"(p.nparts), "l"(p.n_norm), "f"(p.eps));
+    asm volatile("" ::"r"(p.nr), "r"(p.r), "l"(p.conv_lo), "l"(p.conv_D), "r"(p.conv_K), "l"(p.R), "l"(p.trace));
+  }
   pdl_trigger();
   pdl_wait();
   trace_mark(p.trace, kWaited);
 
   // ---- post-wait: every activation load at once ----
-  const bool active = (lane >> 2) == 0;  // sequence 0's lanes of the x fragments
+  const bool active = (lane >> 2) == 0 && (X & 2) == 0;  // sequence 0's lanes of the x fragments
   uint2 bxa[16], bxb[16];
   load_x_chunk(XF, ch0, ch1, active, bxa);
   load_x_chunk(XF, ch0 + 1, ch1, active, bxb);
@@ -472,7 +480,19 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
 
   // ---- main loop ----
   float acc[MT][4];
-  sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
+  if constexpr ((X & 1) != 0) {  // experiment: no mma loop; the loaded words still feed acc
+    uint32_t sink = 0;
+#pragma unroll
+    for (int s = 0; s < 16; ++s) sink ^= bxa[s].x ^ bxa[s].y ^ bxb[s].x ^ bxb[s].y;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) sink ^= cur[m].x ^ cur[m].y ^ cur[m].z ^ cur[m].w ^ nxt[m].x ^ nxt[m].w;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[m][j] = float(sink & 1u);
+  } else {
+    sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
+  }
 
   // ---- the parts' sums and the warp's partial dots ----
   float ts[kU];
@@ -608,7 +628,18 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
   }();
   if (a.lean && lean_env && a.B == 1 && mode >= 1 && a.nparts <= 128 && KS >= (mt == 2 ? 4 : 8) &&
       nch % (2 * KS) == 0 && a.r + 1 <= kB1Sums(mt) * KS) {
-#define DFSSM_GEMV1(M, N, T) return launch(sign_gemv_b1_kernel<M, N, T>, grid, block, 0, s, pdl, a, tiles, nch)
+  static const int xexp = [] {  // experiment switch DFSSM_CUDA_X (see sign_gemv_b1_kernel): 0, 1, 3, 4
+    const char* e = std::getenv("DFSSM_CUDA_X");
+    return e ? std::atoi(e) : 0;
+  }();
+#define DFSSM_GEMV1X(M, N, T, X) return launch(sign_gemv_b1_kernel<M, N, T, X>, grid, block, 0, s, pdl, a, tiles, nch)
+#define DFSSM_GEMV1(M, N, T)                       \
+  do {                                             \
+    if (xexp == 1) DFSSM_GEMV1X(M, N, T, 1);       \
+    if (xexp == 3) DFSSM_GEMV1X(M, N, T, 3);       \
+    if (xexp == 4) DFSSM_GEMV1X(M, N, T, 4);       \
+    DFSSM_GEMV1X(M, N, T, 0);                      \
+  } while (0)
     if (mt == 2) {
       if (mode == 1) DFSSM_GEMV1(2, false, false);
       if (tight) DFSSM_GEMV1(2, true, true);
@@ -618,6 +649,7 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     if (tight) DFSSM_GEMV1(1, true, true);
     DFSSM_GEMV1(1, true, false);
 #undef DFSSM_GEMV1
+#undef DFSSM_GEMV1X
   }
 #define DFSSM_GEMV(M, F, T) return launch(sign_gemv_kernel<M, F, T>, grid, block, 0, s, pdl, a, tiles, nch)
   if (mt == 2) {
