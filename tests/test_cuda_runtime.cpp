@@ -585,6 +585,32 @@ TEST_CASE("Lean batch-1 GEMV: as the general kernel at the 1.3B widths; graph an
   }
 }
 
+TEST_CASE("Batch-1 planes: in_proj on 1-bit activation planes as on fp16 fragments, 1.3B widths", "[gpu][cuda_runtime]") {
+  // The planes path (decode.h "1-bit activation planes") quantizes in_proj's input to int16 per
+  // 128 columns (finer than fp16 for all but the k-block's smallest values) and sums with the
+  // 1-bit mma; a wrong bit, plane weight, scale or the T term would be O(1) off.
+  auto full = runtime::Model::random(Mamba2Config::geometry("mamba2-1.3b"), quant::QuantConfig{}, test_seed() + 17);
+  for (int64_t k : {2, 6}) {
+    auto m = runtime::Model::first_layers(full, k);
+    runtime::CudaSessionOptions planes, frag, planes_nograph;
+    frag.planes_batch1 = false;
+    planes_nograph.cuda_graph = false;
+    planes_nograph.pdl = false;
+    {
+      runtime::CudaSession probe(m, 1, planes);
+      REQUIRE(probe.planes());
+      runtime::CudaSession probe2(m, 1, frag);
+      REQUIRE(!probe2.planes());
+    }
+    const auto rp = decode_run(m, 1, planes, 8), rf = decode_run(m, 1, frag, 8), rn = decode_run(m, 1, planes_nograph, 8);
+    REQUIRE(rp.size() == rf.size());
+    const double e = rel_err(rp, rf);
+    std::printf("batch-1 planes, %lld layers: vs fp16 fragments %.2e\n", (long long)k, e);
+    CHECK(e < 5e-3);
+    CHECK(std::memcmp(rp.data(), rn.data(), rp.size() * 4) == 0);
+  }
+}
+
 TEST_CASE("Decode timeline (DFSSM_CUDA_TRACE): one entry per launch, stamps in order", "[gpu][cuda_runtime]") {
   auto model = small_model(test_seed() + 10);
   runtime::CudaSession s(model, 1);

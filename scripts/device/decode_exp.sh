@@ -4,6 +4,7 @@
 # bench, then for each VARIANTS entry ("ENV=V,ENV2=W ...") the same bench twice under it and,
 # with TRACE=1, the timeline of one step (DFSSM_CUDA_TRACE) for the default and each variant.
 # TESTV="ENV=V ...": test_cuda_runtime under those variants too (the default always runs with TESTS=1).
+# MEMCHECK="<Catch filter>": compute-sanitizer memcheck on those test_cuda_runtime cases (needs TESTS=1).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/o}; mkdir -p $OUT
@@ -31,5 +32,9 @@ if [[ ${TESTS:-0} == 1 ]]; then
     echo "test_cuda_runtime [$v] rc=$? $(tail -1 $OUT/test_cuda_runtime_${v//[=,]/_}.txt)"
   done
   timeout 100 $BUILD/bin/test_cuda_kernels >$OUT/test_cuda_kernels.txt 2>&1; echo "test_cuda_kernels rc=$? $(tail -1 $OUT/test_cuda_kernels.txt)"
+fi
+if [[ -n ${MEMCHECK:-} ]]; then  # compute-sanitizer memcheck on the test_cuda_runtime cases named (a Catch filter)
+  timeout 200 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+    $BUILD/bin/test_cuda_runtime "$MEMCHECK" >$OUT/memcheck.txt 2>&1; echo "memcheck [$MEMCHECK] rc=$?"; tail -3 $OUT/memcheck.txt
 fi
 echo "total $(( $(date +%s) - t0 )) s"

@@ -29,7 +29,7 @@ const char* const kGenerateUsage =
     "  --top-p P          nucleus sampling mass (default 0.95; 1 = off)\n"
     "  --seed S           sampling seed (default 0): the same seed gives the same text\n"
     "  --device cpu|cuda  cuda: the CUDA backend, in builds with it (--no-graph, --no-pdl, --gpu N,\n"
-    "                     --no-fold, --no-int8-prefill, --prefill-chunk N)\n"
+    "                     --no-fold, --no-planes, --no-int8-prefill, --prefill-chunk N)\n"
     "  --threads N        CPU threads (default: all cores)\n"
     "  --state-dtype f32|f16   SSM state storage (default f32)\n"
     "  --act i16|f32|i8     activations of the 1-bit GEMM (default i16; docs/runtime.md)\n"

@@ -30,6 +30,7 @@ runtime::CudaSessionOptions cuda_options(const Args& args) {
   o.cuda_graph = !args.has("no-graph");
   o.pdl = !args.has("no-pdl");
   o.fold_norms = !args.has("no-fold");
+  o.planes_batch1 = !args.has("no-planes");
   o.device = int(args.get_int("gpu", 0));
   o.int8_prefill = !args.has("no-int8-prefill");
   o.prefill_chunk = args.get_int("prefill-chunk", o.prefill_chunk);
@@ -119,7 +120,7 @@ void print_trace(const std::vector<std::pair<std::string, std::vector<uint64_t>>
 
 int cmd_generate_cuda(int argc, char** argv) {
   auto switches = kGenerateSwitches;
-  switches.insert({"no-graph", "no-pdl", "no-int8-prefill", "no-fold"});
+  switches.insert({"no-graph", "no-pdl", "no-int8-prefill", "no-fold", "no-planes"});
   const Args args(argc, argv, switches);
   GenerateJob job = generate_job(args);
   const auto copt = cuda_options(args);
@@ -141,7 +142,7 @@ int cmd_generate_cuda(int argc, char** argv) {
 }
 
 int cmd_bench_cuda(int argc, char** argv) {
-  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl", "no-int8-prefill", "no-fold"});
+  Args args(argc, argv, {"random", "no-membw", "no-graph", "no-pdl", "no-int8-prefill", "no-fold", "no-planes"});
   const auto o = cuda_options(args);
   const int64_t L = args.get_int("prefill", 2048);
   const int steps = int(args.get_int("steps", 64)), warmup = int(args.get_int("warmup", 4));
@@ -156,10 +157,10 @@ int cmd_bench_cuda(int argc, char** argv) {
 
   auto t_up = Clock::now();
   runtime::CudaSession probe(model, 1, o);
-  std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s, folded norms %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
+  std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s, folded norms %s, in_proj input %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
               "  (upload + repack %.0f ms)\n",
               probe.device_name().c_str(), o.state_dtype.c_str(), o.cuda_graph ? "on" : "off", o.pdl ? "on" : "off",
-              probe.folded(1) ? "batch 1" : "off", what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
+              probe.folded(1) ? "batch 1" : "off", probe.planes() ? "1-bit planes at batch 1" : "fp16", what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
               ms_since(t_up));
   const double bw = membw ? copy_bandwidth_gbs() : 0.0;
   if (membw) std::printf("device copy bandwidth (1 GiB D2D, read + write): %.0f GB/s\n", bw);

@@ -13,6 +13,57 @@
 namespace dfssm::kernels::cuda {
 namespace {
 
+// ---- 1-bit planes of a row (decode.h "planes"), norm_prologue's fold output at batch 1 ----
+// Warp w quantizes k-block kb = c0 / 128 + w of u = b ⊙ row (columns [c0, c1)): lane l holds
+// columns 32t + l (t = 0..3), max over the warp, q, and per (t, plane) one ballot; lane 4g + t
+// keeps planes g and g + 8 of its t. Σ x̂ of the block's k-blocks goes to part slot r + 1.
+__device__ void planes_out(const NormArgs& a, const float* row, int c0, int c1, int split) {
+  __shared__ float tsum[kSliceCols / kKbCols];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nkb_here = (c1 - c0 + kKbCols - 1) / kKbCols;
+  if (warp < nkb_here) {
+    const int kb = c0 / kKbCols + warp, base = kb * kKbCols;
+    float u[4];
+    float m = 0.f;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const int c = base + 32 * t + lane;
+      u[t] = c < c1 ? row[c] * (a.b ? a.b[c] : 1.f) : 0.f;
+      m = fmaxf(m, fabsf(u[t]));
+    }
+    m = warp_max(m);
+    const float inv = m > 0.f ? 32767.f / m : 0.f, sc = m / 32767.f;
+    int q[4];
+    float qs = 0.f;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      q[t] = max(-32767, min(32767, __float2int_rn(u[t] * inv)));
+      qs += float(q[t]);
+    }
+    uint2 mine = make_uint2(0u, 0u);
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+#pragma unroll
+      for (int pl = 0; pl < 16; ++pl) {
+        const uint32_t bits = __ballot_sync(0xffffffffu, (q[t] >> pl) & 1);
+        if (lane == 4 * (pl & 7) + t) {
+          if (pl < 8) mine.x = bits;
+          else mine.y = bits;
+        }
+      }
+    reinterpret_cast<uint2*>(a.xq)[kb * 32 + lane] = mine;
+    if (lane == 0) a.xq_scale[kb] = sc;
+    qs = warp_sum(qs);
+    if (lane == 0) tsum[warp] = sc * qs;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = 0.f;
+    for (int w = 0; w < nkb_here; ++w) t += tsum[w];  // fixed order
+    a.parts[int64_t(a.r + 1) * kMaxParts + split] = t;  // sequence 0, slot r + 1
+  }
+}
+
 // ---- norm + projection prologue --------------------------------------------------------------
 // Latency-bound (a few KB per block). Everything that is not an activation (the norm weight, the
 // field b and the low-rank V rows of this block's slice) is loaded into registers BEFORE the PDL
@@ -150,7 +201,9 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
     for (int c = 2 * tid; c < n; c += 2 * nt) o[c / 2] = __floats2half2_rn(row[c], row[c + 1]);
     return;
   }
-  if (cf < c1) {
+  if (a.xq) {  // fold, batch 1: planes of the block's k-blocks (warp w: k-block c0 / 128 + w)
+    planes_out(a, row, c0, min(c1, n), split);
+  } else if (cf < c1) {
     const float v0 = cf < n ? row[cf] * bf0 : 0.f;
     const float v1 = cf + 1 < n ? row[cf + 1] * bf1 : 0.f;
     const int s = cf >> 4, cc = cf & 15, t = (cc & 7) >> 1, hi = cc >> 3;
@@ -449,7 +502,8 @@ int norm_splits(const NormArgs& a) {
 cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
   if (B < 1 || B > kMaxBatch || a.r > kMaxRank || a.n % 4 != 0 || a.G < 1 ||
       (a.mode == 1 && (a.G > kMaxGroups || a.n % (4 * a.G) != 0)) || (a.plain && a.n % 2) ||
-      (a.fold && (a.mode != 0 || a.plain || !a.parts || norm_splits(a) > kMaxParts))) {
+      (a.fold && (a.mode != 0 || a.plain || !a.parts || norm_splits(a) > kMaxParts)) ||
+      (a.xq && (!a.fold || B != 1 || !a.xq_scale || a.n % kKbCols != 0 || a.r + 1 >= kMaxRank))) {
     return cudaErrorInvalidValue;
   }
   const int ns = norm_splits(a);

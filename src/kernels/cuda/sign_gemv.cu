@@ -36,6 +36,23 @@ __global__ void repack_signs_kernel(const uint8_t* __restrict__ codes, int64_t r
   out[idx] = word;  // idx = ((T*nch + ch)*32 + lane)*4 + i
 }
 
+// The 1-bit mma layout (decode.h "1-bit mma signs"): one uint2 per (tile, k-block, lane).
+__global__ void repack_signs_b1_kernel(const uint8_t* __restrict__ codes, int64_t row_bytes, int64_t R, int64_t nkb,
+                                       int64_t nwords, uint2* __restrict__ out) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= nwords) return;
+  const int lane = int(idx & 31), g = lane >> 2, t = lane & 3;
+  const int64_t kb = (idx >> 5) % nkb, T = (idx >> 5) / nkb;
+  uint32_t w[2] = {0u, 0u};
+  for (int h = 0; h < 2; ++h) {
+    const int64_t row = T * 16 + g + 8 * h;
+    if (row >= R) continue;
+    const uint8_t* rp = codes + row * row_bytes + (kb * kKbCols + 32 * t) / 8;  // 32 columns = 4 bytes, LSB first
+    w[h] = uint32_t(rp[0]) | (uint32_t(rp[1]) << 8) | (uint32_t(rp[2]) << 16) | (uint32_t(rp[3]) << 24);
+  }
+  out[idx] = make_uint2(w[0], w[1]);
+}
+
 // ---- packed-sign GEMV ------------------------------------------------------------------------
 // Before the PDL wait each warp loads its first two chunks of signs, and each thread the
 // epilogue operands of its first output (field a, the U row, the conv weights and this layer's
@@ -406,22 +423,30 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 // epilogue operands, written before the wait) or is dropped (the second accumulator chain when
 // MT = 2; at most kB1Sums(MT) parts' sums per warp: ranks up to 19 at 1.3B, else sign_gemv runs
 // the general kernel).
-__host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
+__host__ __device__ constexpr int kB1Sums(int MT, bool QIN = false) { return MT == 2 ? (QIN ? 6 : 5) : 3; }
 // (Two accumulator chains per tile at MT = 2 as well, as an experiment: 44 bytes of spills at the
 // 128-register cap, 0.6885 against 0.6674-0.6709 ms/step; removed.)
-// X (experiment, debug switch DFSSM_CUDA_X): bit 0 skips the mma loop (the loads stay: timing
-// only, wrong results), bit 1 the post-wait x loads as well, bit 2 touches the kernel parameters
-// read after the wait before it (constant-cache warm-up).
-template <int MT, bool NEXT, bool TIGHT, int X = 0>
+//
+// QIN: the input as 1-bit planes (decode.h "1-bit activation planes"): each warp owns k-blocks
+// [warp*qper, +qper) of 128 columns; per tile and k-block two mma.m16n8k128.b1 (planes 0-7, 8-15)
+// whose counts combine with the plane weights (integers, exact) and the k-block's scale; the sum
+// over the 4 lanes t of a row is taken once after the loop. The parts carry T at slot r + 1, and
+// the row's value is 2·Σ - T. Signs, scales and words: kQW k-blocks per warp at most.
+// QOUT (NEXT, MT = 1): the next input as planes. The block's 16 rows are 16 columns of a k-block
+// shared by the 8 blocks of its cluster: block max of |u| -> cluster barrier -> max over the 8
+// blocks' maxima (distributed shared memory) -> q, 16 ballots (one per plane) -> half-words.
+constexpr int kQW = 4;
+template <int MT, bool NEXT, bool TIGHT, bool QIN = false, bool QOUT = false>
 __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
-    sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch) {
+    sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch, int qper) {
+  static_assert(!QOUT || (NEXT && MT == 1), "planes out: out_proj at one tile per block");
   constexpr int NOUT = MT * 16;
-  constexpr int kU = kB1Sums(MT);  // parts' sums per warp (KS >= 4 / 8 warps)
+  constexpr int kU = kB1Sums(MT, QIN);  // parts' sums per warp (KS >= 4 / 8 warps)
   __shared__ alignas(16) unsigned char epi_raw[NOUT * sizeof(EpiOperands)];
   EpiOperands* epi = reinterpret_cast<EpiOperands*>(epi_raw);
   __shared__ float red[8][NOUT];
   __shared__ float zs[kMaxRank];
-  __shared__ float rstd_s;
+  __shared__ float rstd_s, tq_s, bmax_s;
   __shared__ float contrib[NEXT ? NOUT : 1][kMaxRank + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
   const int o = threadIdx.x;  // this thread's epilogue output (if o < NOUT): tile o >> 4, row o & 15
@@ -429,13 +454,26 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   const int per = nch / KS, ch0 = warp * per, ch1 = ch0 + per;
   const uint4* W = reinterpret_cast<const uint4*>(p.w);
   const uint2* XF = reinterpret_cast<const uint2*>(p.xf);
-  const int R1 = p.r + 1;
+  const int R1 = p.r + 1 + (QIN ? 1 : 0);  // parts' sums: r low-rank, Σx², (QIN) T
+  const int nkb = int(p.C / kKbCols), kb0 = warp * qper;
   trace_mark(p.trace, kEntry);
 
   // ---- pre-wait: weights ----
   uint4 cur[MT], nxt[MT];
-  load_sign_chunk<MT>(W, tile0, tiles, nch, ch0, ch1, cur);
-  load_sign_chunk<MT>(W, tile0, tiles, nch, ch0 + 1, ch1, nxt);
+  uint2 aq[QIN ? MT : 1][QIN ? kQW : 1];
+  if constexpr (QIN) {
+    const uint2* WQ = reinterpret_cast<const uint2*>(p.wq);
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int i = 0; i < kQW; ++i) {
+        const int T = tile0 + m, kb = kb0 + i;
+        aq[m][i] = (i < qper && kb < nkb && T < tiles) ? __ldg(&WQ[(int64_t(T) * nkb + kb) * 32 + lane]) : make_uint2(0, 0);
+      }
+  } else {
+    load_sign_chunk<MT>(W, tile0, tiles, nch, ch0, ch1, cur);
+    load_sign_chunk<MT>(W, tile0, tiles, nch, ch0 + 1, ch1, nxt);
+  }
   const int T = tile0 + (o >> 4);
   const int64_t row = int64_t(T) * 16 + (o & 15);
   const bool has_row = o < NOUT && T < tiles && row < p.R;
@@ -451,20 +489,28 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
     vsus[u] = (lane == 0 && k < p.r) ? p.vs[k] * p.us[k] : 0.f;
   }
   if (o >= p.r && o < kMaxRank) zs[o] = 0.f;
-  if constexpr ((X & 4) != 0) {  // the parameters read after the wait, into the constant cache
-    asm volatile("" ::"l"(p.xf), "l"(p.res_in), "l"(p.parts), "l"(p.y), "l"(p.conv_out), "l"(p.conv_state));
-    asm volatile("" ::"l"(p.res_out), "l"(p.nxf), "l"(p.nparts_out), "r"(p.nparts), "l"(p.n_norm), "f"(p.eps));
-    asm volatile("" ::"r"(p.nr), "r"(p.r), "l"(p.conv_lo), "l"(p.conv_D), "r"(p.conv_K), "l"(p.R), "l"(p.trace));
-  }
   pdl_trigger();
   pdl_wait();
   trace_mark(p.trace, kWaited);
 
   // ---- post-wait: every activation load at once ----
-  const bool active = (lane >> 2) == 0 && (X & 2) == 0;  // sequence 0's lanes of the x fragments
-  uint2 bxa[16], bxb[16];
-  load_x_chunk(XF, ch0, ch1, active, bxa);
-  load_x_chunk(XF, ch0 + 1, ch1, active, bxb);
+  const bool active = (lane >> 2) == 0;  // sequence 0's lanes of the x fragments
+  uint2 bxa[QIN ? 1 : 16], bxb[QIN ? 1 : 16];
+  uint2 bq[QIN ? kQW : 1];
+  float sq[QIN ? kQW : 1];
+  if constexpr (QIN) {
+    const uint2* XQ = reinterpret_cast<const uint2*>(p.xq);
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) {
+      const int kb = kb0 + i;
+      const bool ok = i < qper && kb < nkb;
+      bq[i] = ok ? XQ[kb * 32 + lane] : make_uint2(0, 0);
+      sq[i] = ok ? p.xq_scale[kb] : 0.f;
+    }
+  } else {
+    load_x_chunk(XF, ch0, ch1, active, bxa);
+    load_x_chunk(XF, ch0 + 1, ch1, active, bxb);
+  }
   const float res = NEXT && has_row ? p.res_in[row] : 0.f;
   const int np = p.nparts;  // <= 128 (sign_gemv): one float4 of parts per lane and sum
   float4 pv[kU];
@@ -480,16 +526,30 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
 
   // ---- main loop ----
   float acc[MT][4];
-  if constexpr ((X & 1) != 0) {  // experiment: no mma loop; the loaded words still feed acc
-    uint32_t sink = 0;
+  if constexpr (QIN) {
+    // Plane weights of this lane's columns 2t, 2t + 1 of the two mma (planes 2t, 2t+1, 2t+8, 2t+9).
+    const int t = lane & 3, w0 = 1 << (2 * t), w1 = w0 << 1, w2 = w0 << 8, w3 = t == 3 ? -32768 : w0 << 9;
 #pragma unroll
-    for (int s = 0; s < 16; ++s) sink ^= bxa[s].x ^ bxa[s].y ^ bxb[s].x ^ bxb[s].y;
+    for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0.f;
 #pragma unroll
-    for (int m = 0; m < MT; ++m) sink ^= cur[m].x ^ cur[m].y ^ cur[m].z ^ cur[m].w ^ nxt[m].x ^ nxt[m].w;
+    for (int i = 0; i < kQW; ++i)
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
+      for (int m = 0; m < MT; ++m) {
+        int lo[4], hi[4];
+        bmma128(lo, aq[m][i].x, aq[m][i].y, bq[i].x);
+        bmma128(hi, aq[m][i].x, aq[m][i].y, bq[i].y);
+        const int pg = lo[0] * w0 + lo[1] * w1 + hi[0] * w2 + hi[1] * w3;  // row g (exact: < 2^24)
+        const int pg8 = lo[2] * w0 + lo[3] * w1 + hi[2] * w2 + hi[3] * w3;  // row g + 8
+        acc[m][0] = fmaf(sq[i], float(pg), acc[m][0]);
+        acc[m][2] = fmaf(sq[i], float(pg8), acc[m][2]);
+      }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) acc[m][j] = float(sink & 1u);
+    for (int m = 0; m < MT; ++m)  // sum over the row's 4 lanes t (their planes)
+#pragma unroll
+      for (int j = 0; j < 4; j += 2) {
+        acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], 1);
+        acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], 2);
+      }
   } else {
     sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
   }
@@ -505,6 +565,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
       const int k = warp + KS * u;
       if (k < p.r) zs[k] = ts[u] * vsus[u];
       else if (k == p.r) rstd_s = rsqrtf(ts[u] / float(p.n_norm) + p.eps);
+      else if (QIN && k == p.r + 1) tq_s = ts[u];
     }
   if (p.trace) __syncthreads();  // (debug timeline only: the sums complete in the block)
   trace_mark(p.trace, kPhase1);
@@ -517,10 +578,12 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   trace_mark(p.trace, kCompute);
 
   // ---- epilogue (threads o < NOUT) ----
+  float uq = 0.f;  // QOUT: this output's next-layer input value
   if (has_row) {
     const EpiOperands& e = epi[o];
     float sum = 0.f;
     for (int w = 0; w < KS; ++w) sum += red[w][o];
+    if constexpr (QIN) sum = 2.f * sum - tq_s;  // S = 2W - 1
     float lr[4] = {0.f, 0.f, 0.f, 0.f};  // four chains (one per byte of a U word)
 #pragma unroll
     for (int w = 0; w < kMaxRank / 4; ++w)
@@ -534,8 +597,12 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
       const float x = res + v;
       p.res_out[row] = x;
       const float xw = e.nw * x;
-      const int c = int(row), s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
-      reinterpret_cast<__half*>(p.nxf)[((int64_t(s16) * 32 + t) * 2 + hi) * 2 + (c & 1)] = __float2half_rn(e.nb * xw);
+      if constexpr (QOUT) {
+        uq = e.nb * xw;
+      } else {
+        const int c = int(row), s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
+        reinterpret_cast<__half*>(p.nxf)[((int64_t(s16) * 32 + t) * 2 + hi) * 2 + (c & 1)] = __float2half_rn(e.nb * xw);
+      }
 #pragma unroll
       for (int w = 0; w < kMaxRank / 4; ++w)
         if (4 * w < p.nr)
@@ -546,15 +613,43 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   } else if (NEXT && o < NOUT) {
     for (int k = 0; k <= p.nr; ++k) contrib[o][k] = 0.f;
   }
+  if constexpr (QOUT) {  // the next input's planes: this block's 16 columns of a k-block
+    if (warp == 0) {
+      const float m = warp_max(fabsf(uq));  // (lanes >= 16 and rows past R: 0)
+      if (lane == 0) bmax_s = m;
+    }
+    cluster_arrive();
+    cluster_wait();  // every block's maximum is in its shared memory
+    if (warp == 0) {
+      constexpr int CL = kKbCols / NOUT;
+      const float gm = warp_max(lane < CL ? ld_cluster(&bmax_s, unsigned(lane)) : 0.f);
+      const float inv = gm > 0.f ? 32767.f / gm : 0.f, sc = gm / 32767.f;
+      const int q = max(-32767, min(32767, __float2int_rn(uq * inv)));
+      if (lane < NOUT) contrib[lane][p.nr + 1] = sc * float(q);
+      uint32_t mine = 0;
+#pragma unroll
+      for (int pl = 0; pl < 16; ++pl) {
+        const uint32_t b = __ballot_sync(0xffffffffu, (q >> pl) & 1);
+        if (lane == pl) mine = b & 0xffffu;
+      }
+      const int kb = int(blockIdx.x) / CL, j = int(blockIdx.x) % CL, t = j >> 1, half = j & 1;
+      if (lane < 16)
+        reinterpret_cast<uint16_t*>(p.nxq)[((int64_t(kb) * 32 + 4 * (lane & 7) + t) * 2 + (lane >> 3)) * 2 + half] =
+            uint16_t(mine);
+      if (lane == 0 && j == 0) p.nxq_scale[kb] = sc;
+    }
+    cluster_arrive();  // this block's reads of the others' maxima are done (waited for at the end)
+  }
   if constexpr (NEXT) {  // this block's parts: per k, its rows in a fixed order (two chains)
     __syncthreads();
-    if (o <= p.nr) {
+    if (o <= p.nr + (QOUT ? 1 : 0)) {
       float s0 = 0.f, s1 = 0.f;
 #pragma unroll
       for (int rr = 0; rr < NOUT; rr += 2) s0 += contrib[rr][o], s1 += contrib[rr + 1][o];
       p.nparts_out[int64_t(o) * kMaxParts + blockIdx.x] = s0 + s1;
     }
   }
+  if constexpr (QOUT) cluster_wait();  // no block leaves while another may read its maximum
   if (p.trace) {
     __syncthreads();
     trace_mark(p.trace, kEpilogue);
@@ -569,6 +664,15 @@ cudaError_t repack_signs(const uint8_t* codes, int64_t row_bytes, int64_t R, int
   const int threads = 256;
   repack_signs_kernel<<<unsigned((nwords + threads - 1) / threads), threads, 0, s>>>(
       codes, row_bytes, R, C, nch, nwords, static_cast<uint32_t*>(out));
+  return cudaGetLastError();
+}
+
+cudaError_t repack_signs_b1(const uint8_t* codes, int64_t row_bytes, int64_t R, int64_t C, void* out, cudaStream_t s) {
+  if (C % kKbCols != 0 || row_bytes * 8 < C) return cudaErrorInvalidValue;
+  const int64_t tiles = round_up(R, 16) / 16, nkb = C / kKbCols, nwords = tiles * nkb * 32;
+  const int threads = 256;
+  repack_signs_b1_kernel<<<unsigned((nwords + threads - 1) / threads), threads, 0, s>>>(
+      codes, row_bytes, R, nkb, nwords, static_cast<uint2*>(out));
   return cudaGetLastError();
 }
 
@@ -593,22 +697,54 @@ int sign_gemv_grid(int64_t R) {
   return int((tiles + mt - 1) / mt);
 }
 
+namespace {
+// Warps per block: splitting the chunks, at least 2 chunks per warp where possible (MT = 2:
+// launch bound 128 threads).
+int gemv_warps(int nch, int mt) {
+  for (int k : {8, 4, 2})
+    if (nch % k == 0 && nch / k >= 2 && (mt == 1 || k <= 4)) return k;
+  return 1;
+}
+// Whether the lean batch-1 kernel runs these arguments' shape (mode >= 1: folded input); qin:
+// with the input as planes (then *qper: the k-blocks per warp).
+bool lean_shape(int64_t R, int64_t C, int r, int nparts, bool qin, int* qper) {
+  const int nch = int(round_up(C, kChunkCols) / kChunkCols), mt = gemv_mt(R), KS = gemv_warps(nch, mt);
+  if (nparts > 128 || KS < (mt == 2 ? 4 : 8) || nch % (2 * KS) != 0 || r + 1 + (qin ? 1 : 0) > kB1Sums(mt, qin) * KS)
+    return false;
+  if (!qin) return true;
+  const int nkb = int(C / kKbCols), per = (nkb + KS - 1) / KS;
+  if (C % kKbCols != 0 || per > kQW) return false;
+  if (qper) *qper = per;
+  return true;
+}
+bool lean_env() {  // debug switch: DFSSM_CUDA_LEAN=0 runs the general kernel at batch 1
+  static const bool on = [] {
+    const char* e = std::getenv("DFSSM_CUDA_LEAN");
+    return !(e && std::atoi(e) == 0);
+  }();
+  return on;
+}
+}  // namespace
+
+bool planes_supported(int64_t R_in, int64_t C_in, int r_in, int64_t R_out) {
+  // in_proj reads planes with out_proj's or norm_prologue's parts (<= 128 of them); out_proj
+  // writes them one tile per block in clusters of 8 (its rows: the next in_proj's columns).
+  const int64_t out_blocks = sign_gemv_grid(R_out);
+  return lean_env() && r_in + 1 < kMaxRank && R_out == C_in && R_out % kKbCols == 0 && gemv_mt(R_out) == 1 &&
+         out_blocks <= 128 && lean_shape(R_in, C_in, r_in, int(out_blocks), true, nullptr);
+}
+
 cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
   if (a.B < 1 || a.B > kMaxBatch || a.r > kMaxRank || (a.conv_D > 0 && (a.conv_K < 1 || a.conv_K > 8)))
     return cudaErrorInvalidValue;
   if (a.parts && (a.nparts < 1 || a.nparts > kMaxParts || a.n_norm < 1)) return cudaErrorInvalidValue;
-  const bool next = a.nxf != nullptr;
+  const bool next = a.nxf != nullptr || a.nxq != nullptr, qin = a.xq != nullptr, qout = a.nxq != nullptr;
   if (next && (!a.parts || !a.res_in || !a.res_out || !a.nw || !a.nparts_out || a.nr < 0 || a.nr > kMaxRank ||
                (a.nr > 0 && !a.nV) || sign_gemv_grid(a.R) > kMaxParts))
     return cudaErrorInvalidValue;
   const int tiles = int(round_up(a.R, 16) / 16), nch = int(round_up(a.C, kChunkCols) / kChunkCols);
   const int mt = gemv_mt(a.R);
-  int KS = 1;  // warps splitting the chunks: at least 2 chunks per warp where possible
-  for (int k : {8, 4, 2})
-    if (nch % k == 0 && nch / k >= 2 && (mt == 1 || k <= 4)) {  // (MT = 2: launch bound 128 threads)
-      KS = k;
-      break;
-    }
+  const int KS = gemv_warps(nch, mt);
   const dim3 block{unsigned(32 * KS)};
   const int mode = next ? 2 : a.parts ? 1 : 0;
   // Register cap (TIGHT) for out_proj with the next layer's input (mode 2), the default; debug
@@ -622,24 +758,23 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     return !(e && std::atoi(e) == 0);
   }();
   const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
-  static const bool lean_env = [] {  // debug switch: DFSSM_CUDA_LEAN=0 runs the general kernel at batch 1
-    const char* e = std::getenv("DFSSM_CUDA_LEAN");
-    return !(e && std::atoi(e) == 0);
-  }();
-  if (a.lean && lean_env && a.B == 1 && mode >= 1 && a.nparts <= 128 && KS >= (mt == 2 ? 4 : 8) &&
-      nch % (2 * KS) == 0 && a.r + 1 <= kB1Sums(mt) * KS) {
-  static const int xexp = [] {  // experiment switch DFSSM_CUDA_X (see sign_gemv_b1_kernel): 0, 1, 3, 4
-    const char* e = std::getenv("DFSSM_CUDA_X");
-    return e ? std::atoi(e) : 0;
-  }();
-#define DFSSM_GEMV1X(M, N, T, X) return launch(sign_gemv_b1_kernel<M, N, T, X>, grid, block, 0, s, pdl, a, tiles, nch)
-#define DFSSM_GEMV1(M, N, T)                       \
-  do {                                             \
-    if (xexp == 1) DFSSM_GEMV1X(M, N, T, 1);       \
-    if (xexp == 3) DFSSM_GEMV1X(M, N, T, 3);       \
-    if (xexp == 4) DFSSM_GEMV1X(M, N, T, 4);       \
-    DFSSM_GEMV1X(M, N, T, 0);                      \
-  } while (0)
+  int qper = 0;
+  const bool lean = a.lean && lean_env() && a.B == 1 && mode >= 1 && lean_shape(a.R, a.C, a.r, a.nparts, qin, &qper);
+  if (qin && (!lean || mode != 1 || !a.wq || !a.xq_scale)) return cudaErrorInvalidValue;  // planes: lean in_proj only
+  if (qout && (!lean || mt != 1 || a.R % kKbCols != 0 || grid.x % (kKbCols / 16) != 0 || !a.nxq_scale ||
+               a.nr + 1 >= kMaxRank))
+    return cudaErrorInvalidValue;
+  if (lean) {
+#define DFSSM_GEMV1(M, N, T) return launch(sign_gemv_b1_kernel<M, N, T>, grid, block, 0, s, pdl, a, tiles, nch, 0)
+    if (qin) {
+      if (mt == 2) return launch(sign_gemv_b1_kernel<2, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);
+      return launch(sign_gemv_b1_kernel<1, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);
+    }
+    if (qout) {
+      constexpr int cl = kKbCols / 16;
+      if (tight) return launch_cl(sign_gemv_b1_kernel<1, true, true, false, true>, grid, block, 0, s, pdl, cl, a, tiles, nch, 0);
+      return launch_cl(sign_gemv_b1_kernel<1, true, false, false, true>, grid, block, 0, s, pdl, cl, a, tiles, nch, 0);
+    }
     if (mt == 2) {
       if (mode == 1) DFSSM_GEMV1(2, false, false);
       if (tight) DFSSM_GEMV1(2, true, true);
@@ -649,8 +784,8 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
     if (tight) DFSSM_GEMV1(1, true, true);
     DFSSM_GEMV1(1, true, false);
 #undef DFSSM_GEMV1
-#undef DFSSM_GEMV1X
   }
+  if (qout) return cudaErrorInvalidValue;
 #define DFSSM_GEMV(M, F, T) return launch(sign_gemv_kernel<M, F, T>, grid, block, 0, s, pdl, a, tiles, nch)
   if (mt == 2) {
     switch (mode) {

@@ -59,6 +59,7 @@ struct CudaSession::Dev {
     int64_t ldq = 0;
     float *a = nullptr, *b = nullptr, *us = nullptr, *vs = nullptr;
     int8_t *U = nullptr, *V = nullptr;
+    void* wq = nullptr;  // the signs in the 1-bit mma layout (in_proj, planes path)
   };
   struct Layer {
     float* norm;
@@ -75,6 +76,8 @@ struct CudaSession::Dev {
   float *zp_in = nullptr, *zp_out = nullptr, *logits = nullptr;
   float *parts_in = nullptr, *parts_out = nullptr;  // folded norms (decode.h "parts")
   void *xf_in = nullptr, *xf_out = nullptr, *x16 = nullptr;
+  void* xq_in = nullptr;  // in_proj's input as planes (batch 1) and their scales
+  float* xq_in_scale = nullptr;
   uint8_t* state = nullptr;
   int32_t* tok = nullptr;   // [batch] tokens of the current step
   int32_t* prompt = nullptr;
@@ -143,9 +146,20 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
       !kc::ssm_scan_supported(int(c.nheads()), int(c.headdim), int(c.d_state), int(c.ngroups)))
     opt_.int8_prefill = false;
 
+  // Folded norms need ngroups = 1 (one rstd per row of the gated norm) and few enough producer
+  // blocks; otherwise the five-kernel layer. The batch-1 planes path needs them and the lean kernel.
+  fold_ = opt_.fold_norms && c.ngroups == 1 && kc::sign_gemv_grid(d) <= kc::kMaxParts &&
+          kc::ssm_parts(int(c.nheads())) <= kc::kMaxParts;
+  static const bool planes_env = [] {  // debug switch DFSSM_CUDA_PLANES=0: fp16 fragments at batch 1
+    const char* e = std::getenv("DFSSM_CUDA_PLANES");
+    return !(e && std::atoi(e) == 0);
+  }();
+  planes_ = fold_ && opt_.fold_max_rows >= 1 && opt_.lean_batch1 && opt_.planes_batch1 && planes_env &&
+            kc::planes_supported(dip, d, int(r), d);
+
   // ---- weights ----
   uint64_t wbytes = 0;
-  auto proj = [&](const Projection& p) {
+  auto proj = [&](const Projection& p, bool b1) {
     DFSSM_CHECK(p.kind == Projection::Kind::Binary,
                 "the CUDA backend supports binary / binary_lowrank projections only (this model has dense or "
                 "expanded ternary/int4 rows); use --device cpu");
@@ -157,6 +171,10 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
     CUDA_CHECK(cudaMalloc(&tmp, size_t(p.rows * p.row_bytes)));
     CUDA_CHECK(cudaMemcpyAsync(tmp, p.codes, size_t(p.rows * p.row_bytes), cudaMemcpyHostToDevice, g.stream));
     CUDA_CHECK(kc::repack_signs(tmp, p.row_bytes, p.rows, p.cols, o.w, g.stream));
+    if (b1) {
+      o.wq = g.alloc<uint8_t>(kc::repacked_b1_bytes(p.rows, p.cols));
+      CUDA_CHECK(kc::repack_signs_b1(tmp, p.row_bytes, p.rows, p.cols, o.wq, g.stream));
+    }
     if (opt_.int8_prefill) {
       o.ldq = kc::i8_cols(p.cols);
       o.S = g.alloc<int8_t>(size_t(p.rows * o.ldq));
@@ -180,8 +198,8 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   for (const Layer& L : model_->layers()) {
     Dev::Layer o;
     o.norm = g.upload(L.norm);
-    o.in = proj(L.in_proj);
-    o.out = proj(L.out_proj);
+    o.in = proj(L.in_proj, planes_);
+    o.out = proj(L.out_proj, false);
     o.conv_w = g.upload(L.conv_w);
     o.conv_b = g.upload(L.conv_b);
     o.dt_bias = g.upload(L.dt_bias);
@@ -212,10 +230,6 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   g.parts_out = g.alloc<float>(kc::parts_floats());
   CUDA_CHECK(cudaMemsetAsync(g.parts_in, 0, kc::parts_floats() * 4, g.stream));
   CUDA_CHECK(cudaMemsetAsync(g.parts_out, 0, kc::parts_floats() * 4, g.stream));
-  // Folded norms need ngroups = 1 (one rstd per row of the gated norm) and few enough producer
-  // blocks; otherwise the five-kernel layer.
-  fold_ = opt_.fold_norms && c.ngroups == 1 && kc::sign_gemv_grid(d) <= kc::kMaxParts &&
-          kc::ssm_parts(int(c.nheads())) <= kc::kMaxParts;
   g.logits = g.alloc<float>(MB * size_t(V_));
   g.xf_in = g.alloc<uint8_t>(kc::fragment_bytes(d));
   g.xf_out = g.alloc<uint8_t>(kc::fragment_bytes(di));
@@ -223,6 +237,12 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   // Fragment lanes of sequences >= rows are never read; zero everything once anyway.
   CUDA_CHECK(cudaMemsetAsync(g.xf_in, 0, kc::fragment_bytes(d), g.stream));
   CUDA_CHECK(cudaMemsetAsync(g.xf_out, 0, kc::fragment_bytes(di), g.stream));
+  if (planes_) {
+    g.xq_in = g.alloc<uint8_t>(kc::plane_bytes(d));
+    g.xq_in_scale = g.alloc<float>(size_t(d / kc::kKbCols));
+    CUDA_CHECK(cudaMemsetAsync(g.xq_in, 0, kc::plane_bytes(d), g.stream));
+    CUDA_CHECK(cudaMemsetAsync(g.xq_in_scale, 0, size_t(d / kc::kKbCols) * 4, g.stream));
+  }
   CUDA_CHECK(cudaMemsetAsync(g.hidden, 0, MB * size_t(d) * 4, g.stream));
   g.state = g.alloc<uint8_t>(size_t(batch) * state_bytes_);
   g.tok = g.alloc<int32_t>(MB);
@@ -336,6 +356,8 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
   k0.fold = 1;
   k0.parts = g.parts_in;
   k0.res_out = g.res[0];
+  const bool pl = planes_ && B == 1;  // in_proj's input as planes (decode.h)
+  if (pl) k0.xq = g.xq_in, k0.xq_scale = g.xq_in_scale;
   CUDA_CHECK(kc::norm_prologue(k0, B, s, false));  // follows a memcpy
   mark("norm");
   auto traced = [&](const char* name) {  // trace_step only: the next launch's timeline slots
@@ -351,6 +373,7 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.in.n_norm = d;
     A.in.eps = eps;
     A.in.lean = A.out.lean = opt_.lean_batch1;
+    if (pl) A.in.xq = g.xq_in, A.in.xq_scale = g.xq_in_scale, A.in.wq = L.in.wq;
     A.in.trace = traced("in_proj");
     CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
     mark("in_proj");
@@ -366,7 +389,8 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.out.eps = eps;
     A.out.res_in = g.res[l % 2];
     A.out.res_out = g.res[(l + 1) % 2];
-    A.out.nxf = g.xf_in;
+    A.out.nxf = pl ? nullptr : g.xf_in;
+    if (pl) A.out.nxq = g.xq_in, A.out.nxq_scale = g.xq_in_scale;
     A.out.nparts_out = g.parts_in;
     if (l + 1 < c.n_layer) {
       const auto& N = g.layers[size_t(l + 1)];
