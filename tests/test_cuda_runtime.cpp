@@ -587,8 +587,8 @@ TEST_CASE("Lean batch-1 GEMV: as the general kernel at the 1.3B widths; graph an
 
 TEST_CASE("Batch-1 planes: in_proj on 1-bit activation planes as on fp16 fragments, 1.3B widths", "[gpu][cuda_runtime]") {
   // The planes path (decode.h "1-bit activation planes") quantizes in_proj's input to int16 per
-  // 128 columns (finer than fp16 for all but the k-block's smallest values) and sums with the
-  // 1-bit mma; a wrong bit, plane weight, scale or the T term would be O(1) off.
+  // 16 columns, aligned per 128 (finer than fp16 for all but a k-block's smallest values), and
+  // sums with the 1-bit mma; a wrong bit, plane, shift, scale or the T term would be O(1) off.
   auto full = runtime::Model::random(Mamba2Config::geometry("mamba2-1.3b"), quant::QuantConfig{}, test_seed() + 17);
   for (int64_t k : {2, 6}) {
     auto m = runtime::Model::first_layers(full, k);

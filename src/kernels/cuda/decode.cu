@@ -15,52 +15,30 @@ namespace {
 
 // ---- 1-bit planes of a row (decode.h "planes"), norm_prologue's fold output at batch 1 ----
 // Warp w quantizes k-block kb = c0 / 128 + w of u = b ⊙ row (columns [c0, c1)): lane l holds
-// columns 32t + l (t = 0..3), max over the warp, q, and per (t, plane) one ballot; lane 4g + t
-// keeps planes g and g + 8 of its t. Σ x̂ of the block's k-blocks goes to part slot r + 1.
-__device__ void planes_out(const NormArgs& a, const float* row, int c0, int c1, int split) {
-  __shared__ float tsum[kSliceCols / kKbCols];
+// columns 32t + l (t = 0..3), i.e. group 2t + (l >> 4) of the k-block: the group's max over its
+// half-warp, e, q, and per (t, plane) one ballot whose halves are the two groups' planes.
+__device__ void planes_out(const NormArgs& a, const float* row, int c0, int c1) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int nkb_here = (c1 - c0 + kKbCols - 1) / kKbCols;
-  if (warp < nkb_here) {
-    const int kb = c0 / kKbCols + warp, base = kb * kKbCols;
-    float u[4];
-    float m = 0.f;
+  if (warp >= (c1 - c0 + kKbCols - 1) / kKbCols) return;  // (no barrier follows)
+  const int kb = c0 / kKbCols + warp, base = kb * kKbCols;
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      const int c = base + 32 * t + lane;
-      u[t] = c < c1 ? row[c] * (a.b ? a.b[c] : 1.f) : 0.f;
-      m = fmaxf(m, fabsf(u[t]));
+  for (int t = 0; t < 4; ++t) {
+    const int c = base + 32 * t + lane;
+    const float u = c < c1 ? row[c] * (a.b ? a.b[c] : 1.f) : 0.f;
+    float m = fabsf(u);
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));  // within the half-warp
+    const int e = m > 0.f ? max(ilogbf(m) + 1, -126) : -126;
+    const int q = max(-32767, min(32767, __float2int_rn(u * ldexpf(1.f, 15 - e))));
+    uint32_t mine = 0;
+#pragma unroll
+    for (int pl = 0; pl < 16; ++pl) {
+      const uint32_t bits = __ballot_sync(0xffffffffu, (q >> pl) & 1);
+      if ((lane & 15) == pl) mine = lane < 16 ? (bits & 0xffffu) : (bits >> 16);
     }
-    m = warp_max(m);
-    const float inv = m > 0.f ? 32767.f / m : 0.f, sc = m / 32767.f;
-    int q[4];
-    float qs = 0.f;
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      q[t] = max(-32767, min(32767, __float2int_rn(u[t] * inv)));
-      qs += float(q[t]);
-    }
-    uint2 mine = make_uint2(0u, 0u);
-#pragma unroll
-    for (int t = 0; t < 4; ++t)
-#pragma unroll
-      for (int pl = 0; pl < 16; ++pl) {
-        const uint32_t bits = __ballot_sync(0xffffffffu, (q[t] >> pl) & 1);
-        if (lane == 4 * (pl & 7) + t) {
-          if (pl < 8) mine.x = bits;
-          else mine.y = bits;
-        }
-      }
-    reinterpret_cast<uint2*>(a.xq)[kb * 32 + lane] = mine;
-    if (lane == 0) a.xq_scale[kb] = sc;
-    qs = warp_sum(qs);
-    if (lane == 0) tsum[warp] = sc * qs;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.f;
-    for (int w = 0; w < nkb_here; ++w) t += tsum[w];  // fixed order
-    a.parts[int64_t(a.r + 1) * kMaxParts + split] = t;  // sequence 0, slot r + 1
+    const int G = base / 16 + 2 * t + (lane >> 4);
+    reinterpret_cast<uint16_t*>(a.xq)[G * 16 + (lane & 15)] = uint16_t(mine);
+    if ((lane & 15) == 0) a.xq_exp[G] = int8_t(e);
   }
 }
 
@@ -202,7 +180,7 @@ __global__ void __launch_bounds__(kNormThreads) norm_prologue_kernel(NormArgs a,
     return;
   }
   if (a.xq) {  // fold, batch 1: planes of the block's k-blocks (warp w: k-block c0 / 128 + w)
-    planes_out(a, row, c0, min(c1, n), split);
+    planes_out(a, row, c0, min(c1, n));
   } else if (cf < c1) {
     const float v0 = cf < n ? row[cf] * bf0 : 0.f;
     const float v1 = cf + 1 < n ? row[cf + 1] * bf1 : 0.f;
@@ -503,7 +481,7 @@ cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl) {
   if (B < 1 || B > kMaxBatch || a.r > kMaxRank || a.n % 4 != 0 || a.G < 1 ||
       (a.mode == 1 && (a.G > kMaxGroups || a.n % (4 * a.G) != 0)) || (a.plain && a.n % 2) ||
       (a.fold && (a.mode != 0 || a.plain || !a.parts || norm_splits(a) > kMaxParts)) ||
-      (a.xq && (!a.fold || B != 1 || !a.xq_scale || a.n % kKbCols != 0 || a.r + 1 >= kMaxRank))) {
+      (a.xq && (!a.fold || B != 1 || !a.xq_exp || a.n % kKbCols != 0))) {
     return cudaErrorInvalidValue;
   }
   const int ns = norm_splits(a);

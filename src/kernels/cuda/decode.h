@@ -48,11 +48,10 @@
 //     accumulate). Rows are padded to a multiple of 16 (pad rows are -1 and never stored),
 //     columns to a multiple of 256 (the fragments are zero there).
 //   * "planes" (batch 1, the default in_proj input; see "1-bit activation planes" below): the
-//     activation as int16 bit planes per k-block of 128 columns, the operand of the 1-bit mma
-//     m16n8k128 (.and.popc). Per k-block kb: a scale s[kb] (x̂ = s·q, q = round(x / s) in
-//     [-32767, 32767], s = max|x| / 32767 over the k-block, 0 for an all-zero k-block) and 32
-//     uint2 words, word kb*32 + l for lane l = 4g + t: .x = bit plane g, .y = bit plane g + 8 of
-//     q at columns kb*128 + 32t + i (bit i), two's complement (plane 15 weighs -2^15).
+//     activation as int16 bit planes per group of 16 columns, each group with its own power-of-
+//     two scale: x̂ = q · 2^(e - 15), e = ilogb(max|x| over the group) + 1 (so |q| <= 32767;
+//     -126 for an all-zero group), q = round(x · 2^(15 - e)). uint16 planes[G*16 + p] holds bit
+//     p of q (two's complement, plane 15 weighs -2^15) at columns 16G + i (bit i); int8 exp[G] = e.
 //   * 1-bit mma signs (repack_signs_b1): per (tile T, k-block kb, lane l = 4g + t) one uint2 at
 //     (T*nkb + kb)*32 + l: .x = row 16T + g, .y = row 16T + g + 8, bit i = column kb*128 + 32t + i
 //     (1 = +1), the A operand of mma.m16n8k128.b1. Pad rows and columns are 0.
@@ -60,14 +59,18 @@
 //     upload): a lane reads 16 contiguous bytes of a row per 64 columns and the activation
 //     operand is permuted to match (see lm_head_i8).
 //
-// 1-bit activation planes (batch 1): with S = 2W - 1 (W the sign bits, 1 = +1),
-//   Σ_c S[r,c] x̂_c = 2 Σ_kb s[kb] Σ_p w_p popc(W[r, kb] & plane_p[kb]) - T,  T = Σ_c x̂_c,
+// 1-bit activation planes (batch 1): with S = 2W - 1 (W the sign bits, 1 = +1), per k-block kb of
+// 128 columns (8 groups) the consumer aligns the groups to the k-block's largest exponent E
+// (q' = q >> (E - e): plane p of q' is plane min(p + E - e, 15) of q, chosen per load) and
+//   Σ_c S[r,c] x̂_c = 2 Σ_kb 2^(E-15) Σ_p w_p popc(W[r, kb] & plane'_p[kb]) - T,  T = Σ_c x̂_c,
 // w_p = 2^p (p < 15), w_15 = -2^15: two mma.m16n8k128.b1 per 16 rows x 128 columns (planes 0-7
 // and 8-15 as the 8 columns of B) and no sign expansion, against 8 fp16 mma + 64 integer
-// instructions for the same block on the fp16 path. T reaches the consumer as one more part (the
-// folded norm's slot r + 1). The producers quantize: norm_prologue (layer 0, its own k-blocks)
-// and out_proj (the next layer's input; 128 / 16 blocks share a k-block, so it runs in clusters
-// of 8 that agree on the k-block's max through distributed shared memory).
+// instructions for the same block on the fp16 path. T comes from the popcounts of the planes
+// themselves. A producer quantizes each group on its own (no agreement between blocks): out_proj
+// one group per block (its 16 rows are the next input's columns), norm_prologue for layer 0.
+// (Measured first: one scale per k-block agreed on in clusters of 8 out_proj blocks through
+// distributed shared memory: in_proj 5.6 -> 3.6 us per layer, but out_proj 4.4 -> 7.5 us, the
+// clusters starting late and two cluster barriers; 0.723 against 0.673 ms/token.)
 #pragma once
 
 #include <cuda_runtime.h>
@@ -82,7 +85,7 @@ constexpr int kMaxRank = 32;   // low-rank rank the kernels support
 constexpr int kChunkCols = 256;
 constexpr int kSliceCols = 512;  // norm_prologue: fragment columns per block
 constexpr int kMaxParts = 256;   // producer blocks of a folded norm's partial sums
-constexpr int kKbCols = 128;     // columns per k-block of the 1-bit planes
+constexpr int kKbCols = 128;     // columns per k-block of the 1-bit mma (8 groups of 16 planes)
 // Timeline of one kernel launch (debug, DFSSM_CUDA_TRACE): block 0's entry, PDL wait release,
 // end of its activation phase (sign_gemv: partial sums reduced; ssm_step: inputs loaded), end of
 // its main compute, end of its epilogue; over all blocks: first entry (min), last wait release
@@ -101,8 +104,8 @@ inline size_t fragment_bytes(int64_t C) { return size_t(round_up(C, kChunkCols) 
 
 // Bytes of the 1-bit-mma signs of an R x C projection (C % kKbCols == 0).
 inline size_t repacked_b1_bytes(int64_t R, int64_t C) { return size_t(round_up(R, 16) / 16) * size_t(C / kKbCols) * 32 * 8; }
-// Bytes of the plane words for C columns (one sequence); the scales are C / kKbCols floats.
-inline size_t plane_bytes(int64_t C) { return size_t(C / kKbCols) * 32 * 8; }
+// Bytes of the planes of C columns (one sequence); the exponents are C / 16 int8.
+inline size_t plane_bytes(int64_t C) { return size_t(C / 16) * 32; }
 // The same signs in the 1-bit mma layout ("1-bit mma signs"). C must be a multiple of kKbCols.
 cudaError_t repack_signs_b1(const uint8_t* codes, int64_t row_bytes, int64_t R, int64_t C, void* out, cudaStream_t s);
 
@@ -142,10 +145,9 @@ struct NormArgs {
   // parts[.. + split] instead of zp (split 0 carries Σx²).
   int fold = 0;
   float* parts = nullptr;
-  // fold, B = 1: the planes of b ⊙ w ⊙ x (n % kKbCols == 0) instead of the fragments, and this
-  // block's T = Σ x̂ as part slot r + 1.
+  // fold, B = 1: the planes of b ⊙ w ⊙ x (n % kKbCols == 0) instead of the fragments.
   void* xq = nullptr;
-  float* xq_scale = nullptr;
+  int8_t* xq_exp = nullptr;
 };
 int norm_splits(const NormArgs& a);
 cudaError_t norm_prologue(const NormArgs& a, int B, cudaStream_t s, bool pdl);
@@ -197,15 +199,15 @@ struct SignGemvArgs {
   // Batch 1 with a folded norm runs the lean batch-1 kernel (sign_gemv_b1_kernel; the same sums
   // in another rounding order). false: the general kernel (debug switch DFSSM_CUDA_LEAN=0).
   bool lean = true;
-  // Batch 1, lean kernel only. Input as planes (xq, xq_scale; C % kKbCols == 0) with the signs in
-  // the 1-bit mma layout (wq) instead of fragments (xf, w); the parts carry T at slot r + 1.
+  // Batch 1, lean kernel only. Input as planes (xq, xq_exp; C % kKbCols == 0) with the signs in
+  // the 1-bit mma layout (wq) instead of fragments (xf, w).
   const void* wq = nullptr;
   const void* xq = nullptr;
-  const float* xq_scale = nullptr;
-  // out_proj with a next layer: the next input as planes (nxq, nxq_scale; R % kKbCols == 0)
-  // instead of fragments, T at slot nr + 1 of nparts_out. Launched in clusters.
+  const int8_t* xq_exp = nullptr;
+  // out_proj with a next layer (one tile per block): the next input as planes (nxq, nxq_exp;
+  // R % kKbCols == 0) instead of fragments.
   void* nxq = nullptr;
-  float* nxq_scale = nullptr;
+  int8_t* nxq_exp = nullptr;
 };
 // Whether the batch-1 planes path runs for a layer: in_proj R_in x C_in (rank r_in) reads planes
 // that out_proj (R_out rows, rank r_out of the next in_proj) writes. Needs the lean kernel.

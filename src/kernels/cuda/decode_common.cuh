@@ -96,20 +96,6 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Cluster barrier halves (every thread of every block of the cluster): arrive releases this
-// thread's writes (shared memory included), wait acquires the others'.
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
-// A float in the shared memory of block `rank` of this cluster (same offset as `local`).
-__device__ __forceinline__ float ld_cluster(const float* local, unsigned rank) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(local));
-  uint32_t remote;
-  float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-  return v;
-}
-
 // Launch with programmatic dependent launch (pdl) and, when cluster > 1, in clusters of that many
 // blocks along x (the grid's x must be a multiple).
 template <typename F, typename... Args>

@@ -423,30 +423,31 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, TIGHT ? (MT == 2 ? 4 : 2)
 // epilogue operands, written before the wait) or is dropped (the second accumulator chain when
 // MT = 2; at most kB1Sums(MT) parts' sums per warp: ranks up to 19 at 1.3B, else sign_gemv runs
 // the general kernel).
-__host__ __device__ constexpr int kB1Sums(int MT, bool QIN = false) { return MT == 2 ? (QIN ? 6 : 5) : 3; }
+__host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
 // (Two accumulator chains per tile at MT = 2 as well, as an experiment: 44 bytes of spills at the
 // 128-register cap, 0.6885 against 0.6674-0.6709 ms/step; removed.)
 //
 // QIN: the input as 1-bit planes (decode.h "1-bit activation planes"): each warp owns k-blocks
-// [warp*qper, +qper) of 128 columns; per tile and k-block two mma.m16n8k128.b1 (planes 0-7, 8-15)
-// whose counts combine with the plane weights (integers, exact) and the k-block's scale; the sum
-// over the 4 lanes t of a row is taken once after the loop. The parts carry T at slot r + 1, and
-// the row's value is 2·Σ - T. Signs, scales and words: kQW k-blocks per warp at most.
-// QOUT (NEXT, MT = 1): the next input as planes. The block's 16 rows are 16 columns of a k-block
-// shared by the 8 blocks of its cluster: block max of |u| -> cluster barrier -> max over the 8
-// blocks' maxima (distributed shared memory) -> q, 16 ballots (one per plane) -> half-words.
+// [warp*qper, +qper) of 128 columns (kQW at most). After the wait, the k-block's 8 group
+// exponents (one broadcast load), then lane (g, t)'s four plane half-words, chosen by the
+// alignment shifts (groups 2t, 2t + 1; planes g, g + 8). Per tile and k-block two
+// mma.m16n8k128.b1 (planes 0-7, 8-15) whose counts combine with the plane weights (integers,
+// exact) and the k-block's scale 2^(E-15); the sum over a row's 4 lanes t is taken once after
+// the loop. T = Σ x̂ from the planes' popcounts; the row's value is 2·Σ - T.
+// QOUT (NEXT, MT = 1): the next input as planes: the block's 16 rows are one group of the next
+// input's columns: its max over warp 0's lanes, e, q, 16 ballots (one per plane) -> half-words.
 constexpr int kQW = 4;
 template <int MT, bool NEXT, bool TIGHT, bool QIN = false, bool QOUT = false>
 __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
     sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch, int qper) {
   static_assert(!QOUT || (NEXT && MT == 1), "planes out: out_proj at one tile per block");
   constexpr int NOUT = MT * 16;
-  constexpr int kU = kB1Sums(MT, QIN);  // parts' sums per warp (KS >= 4 / 8 warps)
+  constexpr int kU = kB1Sums(MT);  // parts' sums per warp (KS >= 4 / 8 warps)
   __shared__ alignas(16) unsigned char epi_raw[NOUT * sizeof(EpiOperands)];
   EpiOperands* epi = reinterpret_cast<EpiOperands*>(epi_raw);
   __shared__ float red[8][NOUT];
   __shared__ float zs[kMaxRank];
-  __shared__ float rstd_s, tq_s, bmax_s;
+  __shared__ float rstd_s, tq_s[8];
   __shared__ float contrib[NEXT ? NOUT : 1][kMaxRank + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
   const int o = threadIdx.x;  // this thread's epilogue output (if o < NOUT): tile o >> 4, row o & 15
@@ -454,7 +455,7 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   const int per = nch / KS, ch0 = warp * per, ch1 = ch0 + per;
   const uint4* W = reinterpret_cast<const uint4*>(p.w);
   const uint2* XF = reinterpret_cast<const uint2*>(p.xf);
-  const int R1 = p.r + 1 + (QIN ? 1 : 0);  // parts' sums: r low-rank, Σx², (QIN) T
+  const int R1 = p.r + 1;
   const int nkb = int(p.C / kKbCols), kb0 = warp * qper;
   trace_mark(p.trace, kEntry);
 
@@ -499,13 +500,29 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   uint2 bq[QIN ? kQW : 1];
   float sq[QIN ? kQW : 1];
   if constexpr (QIN) {
-    const uint2* XQ = reinterpret_cast<const uint2*>(p.xq);
+    const uint2* EXP = reinterpret_cast<const uint2*>(p.xq_exp);  // 8 exponents per k-block
+    const uint16_t* PL = static_cast<const uint16_t*>(p.xq);
+    const int t = lane & 3, g = lane >> 2;
+    uint2 ev[kQW];
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) ev[i] = (i < qper && kb0 + i < nkb) ? EXP[kb0 + i] : make_uint2(0x82828282u, 0x82828282u);
 #pragma unroll
     for (int i = 0; i < kQW; ++i) {
       const int kb = kb0 + i;
+      // E = the largest of the 8 signed bytes; e0, e1 = those of groups 2t, 2t + 1.
+      uint32_t m4 = __vmaxs4(ev[i].x, ev[i].y);
+      m4 = __vmaxs4(m4, __byte_perm(m4, 0, 0x3232));
+      m4 = __vmaxs4(m4, __byte_perm(m4, 0, 0x1111));
+      const int E = int(int8_t(m4 & 0xffu));
+      const uint32_t ew = t < 2 ? ev[i].x : ev[i].y;
+      const int e0 = int(int8_t((ew >> (16 * (t & 1))) & 0xffu)), e1 = int(int8_t((ew >> (16 * (t & 1) + 8)) & 0xffu));
+      const int d0 = E - e0, d1 = E - e1;
+      const int G0 = (kb * 8 + 2 * t) * 16, G1 = G0 + 16;
       const bool ok = i < qper && kb < nkb;
-      bq[i] = ok ? XQ[kb * 32 + lane] : make_uint2(0, 0);
-      sq[i] = ok ? p.xq_scale[kb] : 0.f;
+      const uint32_t x0 = ok ? PL[G0 + min(g + d0, 15)] : 0u, x1 = ok ? PL[G1 + min(g + d1, 15)] : 0u;
+      const uint32_t y0 = ok ? PL[G0 + min(g + 8 + d0, 15)] : 0u, y1 = ok ? PL[G1 + min(g + 8 + d1, 15)] : 0u;
+      bq[i] = make_uint2(x0 | (x1 << 16), y0 | (y1 << 16));
+      sq[i] = ok ? ldexpf(1.f, E - 15) : 0.f;
     }
   } else {
     load_x_chunk(XF, ch0, ch1, active, bxa);
@@ -550,6 +567,13 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
         acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], 1);
         acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], 2);
       }
+    // T: this lane's planes g and g + 8 over its 32 columns, weighted; summed over the warp below.
+    const int g = lane >> 2, wg = 1 << g, wg8 = g == 7 ? -32768 : 1 << (g + 8);
+    float tq = 0.f;
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) tq = fmaf(sq[i], float(__popc(bq[i].x) * wg + __popc(bq[i].y) * wg8), tq);
+    tq = warp_sum(tq);
+    if (lane == 0) tq_s[warp] = tq;
   } else {
     sign_mma_chunks<MT>(W, XF, tile0, tiles, nch, ch0, ch1, active, cur, nxt, bxa, bxb, acc);
   }
@@ -565,7 +589,6 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
       const int k = warp + KS * u;
       if (k < p.r) zs[k] = ts[u] * vsus[u];
       else if (k == p.r) rstd_s = rsqrtf(ts[u] / float(p.n_norm) + p.eps);
-      else if (QIN && k == p.r + 1) tq_s = ts[u];
     }
   if (p.trace) __syncthreads();  // (debug timeline only: the sums complete in the block)
   trace_mark(p.trace, kPhase1);
@@ -583,7 +606,11 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
     const EpiOperands& e = epi[o];
     float sum = 0.f;
     for (int w = 0; w < KS; ++w) sum += red[w][o];
-    if constexpr (QIN) sum = 2.f * sum - tq_s;  // S = 2W - 1
+    if constexpr (QIN) {  // S = 2W - 1
+      float tq = 0.f;
+      for (int w = 0; w < KS; ++w) tq += tq_s[w];
+      sum = 2.f * sum - tq;
+    }
     float lr[4] = {0.f, 0.f, 0.f, 0.f};  // four chains (one per byte of a U word)
 #pragma unroll
     for (int w = 0; w < kMaxRank / 4; ++w)
@@ -613,43 +640,32 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   } else if (NEXT && o < NOUT) {
     for (int k = 0; k <= p.nr; ++k) contrib[o][k] = 0.f;
   }
-  if constexpr (QOUT) {  // the next input's planes: this block's 16 columns of a k-block
+  if constexpr (QOUT) {  // the next input's planes: this block's 16 rows are group blockIdx.x
     if (warp == 0) {
-      const float m = warp_max(fabsf(uq));  // (lanes >= 16 and rows past R: 0)
-      if (lane == 0) bmax_s = m;
-    }
-    cluster_arrive();
-    cluster_wait();  // every block's maximum is in its shared memory
-    if (warp == 0) {
-      constexpr int CL = kKbCols / NOUT;
-      const float gm = warp_max(lane < CL ? ld_cluster(&bmax_s, unsigned(lane)) : 0.f);
-      const float inv = gm > 0.f ? 32767.f / gm : 0.f, sc = gm / 32767.f;
-      const int q = max(-32767, min(32767, __float2int_rn(uq * inv)));
-      if (lane < NOUT) contrib[lane][p.nr + 1] = sc * float(q);
+      float m = fabsf(uq);  // (lanes >= 16 and rows past R: 0)
+#pragma unroll
+      for (int off = 8; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      const int e = m > 0.f ? max(ilogbf(m) + 1, -126) : -126;
+      const int q = max(-32767, min(32767, __float2int_rn(uq * ldexpf(1.f, 15 - e))));
       uint32_t mine = 0;
 #pragma unroll
       for (int pl = 0; pl < 16; ++pl) {
         const uint32_t b = __ballot_sync(0xffffffffu, (q >> pl) & 1);
         if (lane == pl) mine = b & 0xffffu;
       }
-      const int kb = int(blockIdx.x) / CL, j = int(blockIdx.x) % CL, t = j >> 1, half = j & 1;
-      if (lane < 16)
-        reinterpret_cast<uint16_t*>(p.nxq)[((int64_t(kb) * 32 + 4 * (lane & 7) + t) * 2 + (lane >> 3)) * 2 + half] =
-            uint16_t(mine);
-      if (lane == 0 && j == 0) p.nxq_scale[kb] = sc;
+      if (lane < 16) static_cast<uint16_t*>(p.nxq)[int64_t(blockIdx.x) * 16 + lane] = uint16_t(mine);
+      if (lane == 0) p.nxq_exp[blockIdx.x] = int8_t(e);
     }
-    cluster_arrive();  // this block's reads of the others' maxima are done (waited for at the end)
   }
   if constexpr (NEXT) {  // this block's parts: per k, its rows in a fixed order (two chains)
     __syncthreads();
-    if (o <= p.nr + (QOUT ? 1 : 0)) {
+    if (o <= p.nr) {
       float s0 = 0.f, s1 = 0.f;
 #pragma unroll
       for (int rr = 0; rr < NOUT; rr += 2) s0 += contrib[rr][o], s1 += contrib[rr + 1][o];
       p.nparts_out[int64_t(o) * kMaxParts + blockIdx.x] = s0 + s1;
     }
   }
-  if constexpr (QOUT) cluster_wait();  // no block leaves while another may read its maximum
   if (p.trace) {
     __syncthreads();
     trace_mark(p.trace, kEpilogue);
@@ -709,7 +725,7 @@ int gemv_warps(int nch, int mt) {
 // with the input as planes (then *qper: the k-blocks per warp).
 bool lean_shape(int64_t R, int64_t C, int r, int nparts, bool qin, int* qper) {
   const int nch = int(round_up(C, kChunkCols) / kChunkCols), mt = gemv_mt(R), KS = gemv_warps(nch, mt);
-  if (nparts > 128 || KS < (mt == 2 ? 4 : 8) || nch % (2 * KS) != 0 || r + 1 + (qin ? 1 : 0) > kB1Sums(mt, qin) * KS)
+  if (nparts > 128 || KS < (mt == 2 ? 4 : 8) || nch % (2 * KS) != 0 || r + 1 > kB1Sums(mt) * KS)
     return false;
   if (!qin) return true;
   const int nkb = int(C / kKbCols), per = (nkb + KS - 1) / KS;
@@ -728,9 +744,9 @@ bool lean_env() {  // debug switch: DFSSM_CUDA_LEAN=0 runs the general kernel at
 
 bool planes_supported(int64_t R_in, int64_t C_in, int r_in, int64_t R_out) {
   // in_proj reads planes with out_proj's or norm_prologue's parts (<= 128 of them); out_proj
-  // writes them one tile per block in clusters of 8 (its rows: the next in_proj's columns).
+  // writes them one tile (one group of 16 columns) per block.
   const int64_t out_blocks = sign_gemv_grid(R_out);
-  return lean_env() && r_in + 1 < kMaxRank && R_out == C_in && R_out % kKbCols == 0 && gemv_mt(R_out) == 1 &&
+  return lean_env() && R_out == C_in && R_out % kKbCols == 0 && gemv_mt(R_out) == 1 &&
          out_blocks <= 128 && lean_shape(R_in, C_in, r_in, int(out_blocks), true, nullptr);
 }
 
@@ -760,10 +776,8 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
   const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
   int qper = 0;
   const bool lean = a.lean && lean_env() && a.B == 1 && mode >= 1 && lean_shape(a.R, a.C, a.r, a.nparts, qin, &qper);
-  if (qin && (!lean || mode != 1 || !a.wq || !a.xq_scale)) return cudaErrorInvalidValue;  // planes: lean in_proj only
-  if (qout && (!lean || mt != 1 || a.R % kKbCols != 0 || grid.x % (kKbCols / 16) != 0 || !a.nxq_scale ||
-               a.nr + 1 >= kMaxRank))
-    return cudaErrorInvalidValue;
+  if (qin && (!lean || mode != 1 || !a.wq || !a.xq_exp)) return cudaErrorInvalidValue;  // planes: lean in_proj only
+  if (qout && (!lean || mt != 1 || a.R % kKbCols != 0 || !a.nxq_exp)) return cudaErrorInvalidValue;
   if (lean) {
 #define DFSSM_GEMV1(M, N, T) return launch(sign_gemv_b1_kernel<M, N, T>, grid, block, 0, s, pdl, a, tiles, nch, 0)
     if (qin) {
@@ -771,9 +785,8 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
       return launch(sign_gemv_b1_kernel<1, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);
     }
     if (qout) {
-      constexpr int cl = kKbCols / 16;
-      if (tight) return launch_cl(sign_gemv_b1_kernel<1, true, true, false, true>, grid, block, 0, s, pdl, cl, a, tiles, nch, 0);
-      return launch_cl(sign_gemv_b1_kernel<1, true, false, false, true>, grid, block, 0, s, pdl, cl, a, tiles, nch, 0);
+      if (tight) return launch(sign_gemv_b1_kernel<1, true, true, false, true>, grid, block, 0, s, pdl, a, tiles, nch, 0);
+      return launch(sign_gemv_b1_kernel<1, true, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, 0);
     }
     if (mt == 2) {
       if (mode == 1) DFSSM_GEMV1(2, false, false);

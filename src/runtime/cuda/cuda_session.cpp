@@ -77,7 +77,7 @@ struct CudaSession::Dev {
   float *parts_in = nullptr, *parts_out = nullptr;  // folded norms (decode.h "parts")
   void *xf_in = nullptr, *xf_out = nullptr, *x16 = nullptr;
   void* xq_in = nullptr;  // in_proj's input as planes (batch 1) and their scales
-  float* xq_in_scale = nullptr;
+  int8_t* xq_in_exp = nullptr;
   uint8_t* state = nullptr;
   int32_t* tok = nullptr;   // [batch] tokens of the current step
   int32_t* prompt = nullptr;
@@ -239,9 +239,9 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   CUDA_CHECK(cudaMemsetAsync(g.xf_out, 0, kc::fragment_bytes(di), g.stream));
   if (planes_) {
     g.xq_in = g.alloc<uint8_t>(kc::plane_bytes(d));
-    g.xq_in_scale = g.alloc<float>(size_t(d / kc::kKbCols));
+    g.xq_in_exp = g.alloc<int8_t>(size_t(d / 16));
     CUDA_CHECK(cudaMemsetAsync(g.xq_in, 0, kc::plane_bytes(d), g.stream));
-    CUDA_CHECK(cudaMemsetAsync(g.xq_in_scale, 0, size_t(d / kc::kKbCols) * 4, g.stream));
+    CUDA_CHECK(cudaMemsetAsync(g.xq_in_exp, 0, size_t(d / 16), g.stream));
   }
   CUDA_CHECK(cudaMemsetAsync(g.hidden, 0, MB * size_t(d) * 4, g.stream));
   g.state = g.alloc<uint8_t>(size_t(batch) * state_bytes_);
@@ -357,7 +357,7 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
   k0.parts = g.parts_in;
   k0.res_out = g.res[0];
   const bool pl = planes_ && B == 1;  // in_proj's input as planes (decode.h)
-  if (pl) k0.xq = g.xq_in, k0.xq_scale = g.xq_in_scale;
+  if (pl) k0.xq = g.xq_in, k0.xq_exp = g.xq_in_exp;
   CUDA_CHECK(kc::norm_prologue(k0, B, s, false));  // follows a memcpy
   mark("norm");
   auto traced = [&](const char* name) {  // trace_step only: the next launch's timeline slots
@@ -373,7 +373,7 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.in.n_norm = d;
     A.in.eps = eps;
     A.in.lean = A.out.lean = opt_.lean_batch1;
-    if (pl) A.in.xq = g.xq_in, A.in.xq_scale = g.xq_in_scale, A.in.wq = L.in.wq;
+    if (pl) A.in.xq = g.xq_in, A.in.xq_exp = g.xq_in_exp, A.in.wq = L.in.wq;
     A.in.trace = traced("in_proj");
     CUDA_CHECK(kc::sign_gemv(A.in, s, pdl));
     mark("in_proj");
@@ -390,7 +390,7 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.out.res_in = g.res[l % 2];
     A.out.res_out = g.res[(l + 1) % 2];
     A.out.nxf = pl ? nullptr : g.xf_in;
-    if (pl) A.out.nxq = g.xq_in, A.out.nxq_scale = g.xq_in_scale;
+    if (pl) A.out.nxq = g.xq_in, A.out.nxq_exp = g.xq_in_exp;
     A.out.nparts_out = g.parts_in;
     if (l + 1 < c.n_layer) {
       const auto& N = g.layers[size_t(l + 1)];
