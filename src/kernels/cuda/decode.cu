@@ -28,8 +28,8 @@ __device__ void planes_out(const NormArgs& a, const float* row, int c0, int c1) 
     float m = fabsf(u);
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));  // within the half-warp
-    const int e = m > 0.f ? max(ilogbf(m) + 1, -126) : -126;
-    const int q = max(-32767, min(32767, __float2int_rn(u * ldexpf(1.f, 15 - e))));
+    const int e = plane_exp(m);
+    const int q = max(-32767, min(32767, __float2int_rn(u * plane_inv(e))));
     uint32_t mine = 0;
 #pragma unroll
     for (int pl = 0; pl < 16; ++pl) {

@@ -50,7 +50,7 @@
 //   * "planes" (batch 1, the default in_proj input; see "1-bit activation planes" below): the
 //     activation as int16 bit planes per group of 16 columns, each group with its own power-of-
 //     two scale: x̂ = q · 2^(e - 15), e = ilogb(max|x| over the group) + 1 (so |q| <= 32767;
-//     -126 for an all-zero group), q = round(x · 2^(15 - e)). uint16 planes[G*16 + p] holds bit
+//     at least -112), q = round(x · 2^(15 - e)). uint16 planes[G*16 + p] holds bit
 //     p of q (two's complement, plane 15 weighs -2^15) at columns 16G + i (bit i); int8 exp[G] = e.
 //   * 1-bit mma signs (repack_signs_b1): per (tile T, k-block kb, lane l = 4g + t) one uint2 at
 //     (T*nkb + kb)*32 + l: .x = row 16T + g, .y = row 16T + g + 8, bit i = column kb*128 + 32t + i

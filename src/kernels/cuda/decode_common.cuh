@@ -91,6 +91,12 @@ __device__ __forceinline__ void bmma128(int (&d)[4], uint32_t a0, uint32_t a1, u
       : "r"(a0), "r"(a1), "r"(b), "r"(0));
 }
 
+// A plane group's exponent e (decode.h "planes"): |x| < 2^e for the group's max m >= 0, from the
+// float's exponent field (ilogb(m) + 1), at least -112 so that 2^(15 - e) is a normal float.
+__device__ __forceinline__ int plane_exp(float m) { return max(int((__float_as_uint(m) >> 23) & 0xffu) - 126, -112); }
+// 2^(15 - e), exactly.
+__device__ __forceinline__ float plane_inv(int e) { return __uint_as_float(uint32_t(142 - e) << 23); }
+
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;

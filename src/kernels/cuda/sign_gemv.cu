@@ -428,9 +428,10 @@ __host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
 // 128-register cap, 0.6885 against 0.6674-0.6709 ms/step; removed.)
 //
 // QIN: the input as 1-bit planes (decode.h "1-bit activation planes"): each warp owns k-blocks
-// [warp*qper, +qper) of 128 columns (kQW at most). After the wait, the k-block's 8 group
-// exponents (one broadcast load), then lane (g, t)'s four plane half-words, chosen by the
-// alignment shifts (groups 2t, 2t + 1; planes g, g + 8). Per tile and k-block two
+// [warp*qper, +qper) of 128 columns (kQW at most). After the wait each thread aligns one group's
+// planes into shared memory (one round trip for planes and exponents, one block barrier; first
+// version: each lane loaded its 4 half-words per k-block at addresses chosen by the exponents, a
+// second dependent round trip: in_proj 4.9 us per layer against 5.6 on fp16). Per tile and k-block two
 // mma.m16n8k128.b1 (planes 0-7, 8-15) whose counts combine with the plane weights (integers,
 // exact) and the k-block's scale 2^(E-15); the sum over a row's 4 lanes t is taken once after
 // the loop. T = Σ x̂ from the planes' popcounts; the row's value is 2·Σ - T.
@@ -448,6 +449,8 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   __shared__ float red[8][NOUT];
   __shared__ float zs[kMaxRank];
   __shared__ float rstd_s, tq_s[8];
+  __shared__ alignas(16) uint16_t qsm[QIN ? 32 * 128 : 2];  // QIN: aligned planes [kb][plane][group]
+  __shared__ int esm[QIN ? 32 : 1];
   __shared__ float contrib[NEXT ? NOUT : 1][kMaxRank + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
   const int o = threadIdx.x;  // this thread's epilogue output (if o < NOUT): tile o >> 4, row o & 15
@@ -500,29 +503,43 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   uint2 bq[QIN ? kQW : 1];
   float sq[QIN ? kQW : 1];
   if constexpr (QIN) {
-    const uint2* EXP = reinterpret_cast<const uint2*>(p.xq_exp);  // 8 exponents per k-block
-    const uint16_t* PL = static_cast<const uint16_t*>(p.xq);
-    const int t = lane & 3, g = lane >> 2;
-    uint2 ev[kQW];
-#pragma unroll
-    for (int i = 0; i < kQW; ++i) ev[i] = (i < qper && kb0 + i < nkb) ? EXP[kb0 + i] : make_uint2(0x82828282u, 0x82828282u);
-#pragma unroll
-    for (int i = 0; i < kQW; ++i) {
-      const int kb = kb0 + i;
-      // E = the largest of the 8 signed bytes; e0, e1 = those of groups 2t, 2t + 1.
-      uint32_t m4 = __vmaxs4(ev[i].x, ev[i].y);
+    // One group per thread (C / 16 <= blockDim: sign_gemv): its 16 planes and its k-block's 8
+    // exponents in one round trip; the planes aligned to the k-block's largest exponent E go to
+    // shared memory at plane index p - (E - e) (the top ones repeat the sign plane), then each
+    // lane reads its two words (groups 2t and 2t + 1 side by side).
+    const int G = threadIdx.x, ng = int(p.C / 16);
+    if (G < ng) {
+      const uint4* PL = static_cast<const uint4*>(p.xq) + 2 * G;
+      const uint4 pa = PL[0], pb = PL[1];
+      const uint2 ev = reinterpret_cast<const uint2*>(p.xq_exp)[G >> 3];
+      uint32_t m4 = __vmaxs4(ev.x, ev.y);
       m4 = __vmaxs4(m4, __byte_perm(m4, 0, 0x3232));
       m4 = __vmaxs4(m4, __byte_perm(m4, 0, 0x1111));
       const int E = int(int8_t(m4 & 0xffu));
-      const uint32_t ew = t < 2 ? ev[i].x : ev[i].y;
-      const int e0 = int(int8_t((ew >> (16 * (t & 1))) & 0xffu)), e1 = int(int8_t((ew >> (16 * (t & 1) + 8)) & 0xffu));
-      const int d0 = E - e0, d1 = E - e1;
-      const int G0 = (kb * 8 + 2 * t) * 16, G1 = G0 + 16;
+      const int e = int(int8_t(((G & 4) ? ev.y : ev.x) >> (8 * (G & 3))));
+      const int d = E - e, kb = G >> 3;
+      const uint32_t w[8] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
+      uint16_t* dst = qsm + kb * 128 + (G & 7);  // [kb][plane][group]
+#pragma unroll
+      for (int pl = 0; pl < 16; ++pl) {
+        const uint16_t v = uint16_t(w[pl >> 1] >> (16 * (pl & 1)));
+        if (pl >= d) dst[(pl - d) * 8] = v;
+        if (pl == 15)
+#pragma unroll
+          for (int k = 0; k < 16; ++k)
+            if (k > 15 - d) dst[k * 8] = v;
+      }
+      if ((G & 7) == 0) esm[kb] = E;
+    }
+    __syncthreads();
+    const int t = lane & 3, g = lane >> 2;
+    const uint32_t* Q32 = reinterpret_cast<const uint32_t*>(qsm);
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) {
+      const int kb = kb0 + i;
       const bool ok = i < qper && kb < nkb;
-      const uint32_t x0 = ok ? PL[G0 + min(g + d0, 15)] : 0u, x1 = ok ? PL[G1 + min(g + d1, 15)] : 0u;
-      const uint32_t y0 = ok ? PL[G0 + min(g + 8 + d0, 15)] : 0u, y1 = ok ? PL[G1 + min(g + 8 + d1, 15)] : 0u;
-      bq[i] = make_uint2(x0 | (x1 << 16), y0 | (y1 << 16));
-      sq[i] = ok ? ldexpf(1.f, E - 15) : 0.f;
+      bq[i] = ok ? make_uint2(Q32[(kb * 16 + g) * 4 + t], Q32[(kb * 16 + g + 8) * 4 + t]) : make_uint2(0, 0);
+      sq[i] = ok ? ldexpf(1.f, esm[kb] - 15) : 0.f;
     }
   } else {
     load_x_chunk(XF, ch0, ch1, active, bxa);
@@ -645,8 +662,8 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
       float m = fabsf(uq);  // (lanes >= 16 and rows past R: 0)
 #pragma unroll
       for (int off = 8; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      const int e = m > 0.f ? max(ilogbf(m) + 1, -126) : -126;
-      const int q = max(-32767, min(32767, __float2int_rn(uq * ldexpf(1.f, 15 - e))));
+      const int e = plane_exp(m);
+      const int q = max(-32767, min(32767, __float2int_rn(uq * plane_inv(e))));
       uint32_t mine = 0;
 #pragma unroll
       for (int pl = 0; pl < 16; ++pl) {
@@ -729,7 +746,7 @@ bool lean_shape(int64_t R, int64_t C, int r, int nparts, bool qin, int* qper) {
     return false;
   if (!qin) return true;
   const int nkb = int(C / kKbCols), per = (nkb + KS - 1) / KS;
-  if (C % kKbCols != 0 || per > kQW) return false;
+  if (C % kKbCols != 0 || per > kQW || nkb > 32 || C / 16 > 32 * KS) return false;  // (one group per thread)
   if (qper) *qper = per;
   return true;
 }
