@@ -585,7 +585,7 @@ TEST_CASE("Lean batch-1 GEMV: as the general kernel at the 1.3B widths; graph an
   }
 }
 
-TEST_CASE("Batch-1 planes: in_proj on 1-bit activation planes as on fp16 fragments, 1.3B widths", "[gpu][cuda_runtime]") {
+TEST_CASE("Batch-1 planes: in_proj and out_proj on 1-bit activation planes as on fp16 fragments, 1.3B widths", "[gpu][cuda_runtime]") {
   // The planes path (decode.h "1-bit activation planes") quantizes in_proj's input to int16 per
   // 16 columns, aligned per 128 (finer than fp16 for all but a k-block's smallest values), and
   // sums with the 1-bit mma; a wrong bit, plane, shift, scale or the T term would be O(1) off.
@@ -599,6 +599,7 @@ TEST_CASE("Batch-1 planes: in_proj on 1-bit activation planes as on fp16 fragmen
     {
       runtime::CudaSession probe(m, 1, planes);
       REQUIRE(probe.planes());
+      REQUIRE(probe.planes_out());
       runtime::CudaSession probe2(m, 1, frag);
       REQUIRE(!probe2.planes());
     }

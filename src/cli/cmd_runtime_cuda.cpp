@@ -157,10 +157,10 @@ int cmd_bench_cuda(int argc, char** argv) {
 
   auto t_up = Clock::now();
   runtime::CudaSession probe(model, 1, o);
-  std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s, folded norms %s, in_proj input %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
+  std::printf("engine runtime (cuda, %s, state %s, graph %s, pdl %s, folded norms %s, projection inputs %s)  model %s  d_model %lld  n_layer %lld  vocab %lld"
               "  (upload + repack %.0f ms)\n",
               probe.device_name().c_str(), o.state_dtype.c_str(), o.cuda_graph ? "on" : "off", o.pdl ? "on" : "off",
-              probe.folded(1) ? "batch 1" : "off", probe.planes() ? "1-bit planes at batch 1" : "fp16", what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
+              probe.folded(1) ? "batch 1" : "off", !probe.planes() ? "fp16" : probe.planes_out() ? "1-bit planes at batch 1" : "1-bit planes at batch 1 (in_proj)", what.c_str(), (long long)cfg.d_model, (long long)cfg.n_layer, (long long)cfg.padded_vocab(),
               ms_since(t_up));
   const double bw = membw ? copy_bandwidth_gbs() : 0.0;
   if (membw) std::printf("device copy bandwidth (1 GiB D2D, read + write): %.0f GB/s\n", bw);

@@ -216,6 +216,7 @@ template <bool F16, bool FOLD>
 __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
   // fold: per local row j (= p - p0), its contributions to out_proj's parts
   __shared__ float contrib[FOLD ? (kSsmThreads / 32) * 4 : 1][kMaxRank + 1];
+  __shared__ float ug[FOLD ? 32 : 1];  // fold + planes: the rows' out_proj inputs
   const int h = blockIdx.x, b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nw = blockDim.x >> 5;
   const int H = a.H, P = a.P, N = a.N, di = H * P;
@@ -332,9 +333,13 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
       const float g = y * silu_fast(zv[i]), gx = gwv[i] * g;
       const int c = h * P + p, jl = p - p0;
       if (lane == 0) {
-        const int s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
-        reinterpret_cast<__half*>(a.xf)[((int64_t(s16) * 32 + b * 4 + t) * 2 + hi) * 2 + (c & 1)] =
-            __float2half_rn(obv[i] * gx);
+        if (a.xq) {
+          ug[jl] = obv[i] * gx;  // (quantized below, a group of 16 rows at a time)
+        } else {
+          const int s16 = c >> 4, cc = c & 15, t = (cc & 7) >> 1, hi = cc >> 3;
+          reinterpret_cast<__half*>(a.xf)[((int64_t(s16) * 32 + b * 4 + t) * 2 + hi) * 2 + (c & 1)] =
+              __float2half_rn(obv[i] * gx);
+        }
         contrib[jl][a.orank] = g * g;
       }
       if (lane < a.orank) contrib[jl][lane] = vk[i] * gx;
@@ -346,6 +351,25 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
   }
   if constexpr (fold) {  // this block's parts: per k, its rows in a fixed order
     __syncthreads();
+    if (a.xq && warp == 0) {  // planes (decode.h): lane l = row p0 + l, group (h*P + p0) / 16 + l / 16
+      const float u = lane < pb ? ug[lane] : 0.f;
+      float m = fabsf(u);
+#pragma unroll
+      for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));  // within the half-warp
+      const int e = plane_exp(m);
+      const int q = max(-32767, min(32767, __float2int_rn(u * plane_inv(e))));
+      uint32_t mine = 0;
+#pragma unroll
+      for (int pl = 0; pl < 16; ++pl) {
+        const uint32_t bits = __ballot_sync(0xffffffffu, (q >> pl) & 1);
+        if ((lane & 15) == pl) mine = lane < 16 ? (bits & 0xffffu) : (bits >> 16);
+      }
+      const int G = (h * P + p0) / 16 + (lane >> 4);
+      if (lane < pb) {
+        reinterpret_cast<uint16_t*>(a.xq)[G * 16 + (lane & 15)] = uint16_t(mine);
+        if ((lane & 15) == 0) a.xq_exp[G] = int8_t(e);
+      }
+    }
     const int part = blockIdx.x * gridDim.z + blockIdx.z;
     if (int(threadIdx.x) <= a.orank) {  // (unrolled, four chains: a serial loop of dependent
       float s4[4] = {0.f, 0.f, 0.f, 0.f};   // shared-memory loads cost ~0.5 us per layer)
@@ -500,12 +524,14 @@ cudaError_t ssm_step(const SsmArgs& a, int B, cudaStream_t s, bool pdl) {
   if (B < 1 || a.N % 4 != 0 || a.N > 256 || a.P % kSsmPSplit != 0 || a.P / kSsmPSplit > (kSsmThreads / 32) * 4 ||
       a.H % a.G != 0)
     return cudaErrorInvalidValue;
-  if (a.xf && (a.G != 1 || !a.z || !a.gw || !a.parts || a.orank < 0 || a.orank > kMaxRank ||
-               (a.orank > 0 && !a.oV) || ssm_parts(a.H) > kMaxParts))
+  if ((a.xf || a.xq) && (a.G != 1 || !a.z || !a.gw || !a.parts || a.orank < 0 || a.orank > kMaxRank ||
+                        (a.orank > 0 && !a.oV) || ssm_parts(a.H) > kMaxParts))
+    return cudaErrorInvalidValue;
+  if (a.xq && (B != 1 || !a.xq_exp || (a.P / kSsmPSplit) % 16 != 0 || a.P / kSsmPSplit > 32))
     return cudaErrorInvalidValue;
   const dim3 grid(unsigned(a.H), unsigned(B), kSsmPSplit);
   const dim3 block(kSsmThreads);
-  if (a.xf)
+  if (a.xf || a.xq)
     return a.f16 ? launch(ssm_step_kernel<true, true>, grid, block, 0, s, pdl, a)
                  : launch(ssm_step_kernel<false, true>, grid, block, 0, s, pdl, a);
   return a.f16 ? launch(ssm_step_kernel<true, false>, grid, block, 0, s, pdl, a)

@@ -212,6 +212,8 @@ struct SignGemvArgs {
 // Whether the batch-1 planes path runs for a layer: in_proj R_in x C_in (rank r_in) reads planes
 // that out_proj (R_out rows, rank r_out of the next in_proj) writes. Needs the lean kernel.
 bool planes_supported(int64_t R_in, int64_t C_in, int r_in, int64_t R_out);
+// Whether out_proj (R x C, rank r) can read planes written by ssm_step (H heads of P rows).
+bool planes_supported_out(int64_t R, int64_t C, int r, int H, int P);
 // Blocks sign_gemv launches for R rows (the parts a next-layer output produces).
 int sign_gemv_grid(int64_t R);
 cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl);
@@ -243,6 +245,10 @@ struct SsmArgs {
   int orank = 0;
   void* xf = nullptr;
   float* parts = nullptr;
+  // B = 1 (fold): out_proj's input as planes (xq, xq_exp) instead of fragments; needs
+  // P / 2 % 16 == 0 (a block's rows are whole groups).
+  void* xq = nullptr;
+  int8_t* xq_exp = nullptr;
   // Debug timeline (CudaSession::trace_step; null otherwise): kTraceSlots u64 of %globaltimer
   // (ns): see TraceSlot.
   unsigned long long* trace = nullptr;

@@ -442,6 +442,7 @@ template <int MT, bool NEXT, bool TIGHT, bool QIN = false, bool QOUT = false>
 __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
     sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch, int qper) {
   static_assert(!QOUT || (NEXT && MT == 1), "planes out: out_proj at one tile per block");
+  static_assert(!(QIN && NEXT) || MT == 1, "planes in, out_proj: one tile per block");
   constexpr int NOUT = MT * 16;
   constexpr int kU = kB1Sums(MT);  // parts' sums per warp (KS >= 4 / 8 warps)
   __shared__ alignas(16) unsigned char epi_raw[NOUT * sizeof(EpiOperands)];
@@ -759,6 +760,12 @@ bool lean_env() {  // debug switch: DFSSM_CUDA_LEAN=0 runs the general kernel at
 }
 }  // namespace
 
+bool planes_supported_out(int64_t R, int64_t C, int r, int H, int P) {
+  // out_proj reads ssm_step's planes (H * 2 parts) and writes the next input's (R % 128 == 0).
+  return lean_env() && C == int64_t(H) * P && C % kKbCols == 0 && (P / 2) % 16 == 0 && P / 2 <= 32 &&
+         R % kKbCols == 0 && gemv_mt(R) == 1 && lean_shape(R, C, r, 2 * H, true, nullptr);
+}
+
 bool planes_supported(int64_t R_in, int64_t C_in, int r_in, int64_t R_out) {
   // in_proj reads planes with out_proj's or norm_prologue's parts (<= 128 of them); out_proj
   // writes them one tile (one group of 16 columns) per block.
@@ -793,10 +800,20 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
   const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
   int qper = 0;
   const bool lean = a.lean && lean_env() && a.B == 1 && mode >= 1 && lean_shape(a.R, a.C, a.r, a.nparts, qin, &qper);
-  if (qin && (!lean || mode != 1 || !a.wq || !a.xq_exp)) return cudaErrorInvalidValue;  // planes: lean in_proj only
+  if (qin && (!lean || !a.wq || !a.xq_exp || (mode == 2 && mt != 1))) return cudaErrorInvalidValue;  // planes: lean only
   if (qout && (!lean || mt != 1 || a.R % kKbCols != 0 || !a.nxq_exp)) return cudaErrorInvalidValue;
   if (lean) {
 #define DFSSM_GEMV1(M, N, T) return launch(sign_gemv_b1_kernel<M, N, T>, grid, block, 0, s, pdl, a, tiles, nch, 0)
+    if (qin && next) {  // out_proj on planes (one tile per block)
+#define DFSSM_GEMVQ(T, QO) return launch(sign_gemv_b1_kernel<1, true, T, true, QO>, grid, block, 0, s, pdl, a, tiles, nch, qper)
+      if (qout) {
+        if (tight) DFSSM_GEMVQ(true, true);
+        DFSSM_GEMVQ(false, true);
+      }
+      if (tight) DFSSM_GEMVQ(true, false);
+      DFSSM_GEMVQ(false, false);
+#undef DFSSM_GEMVQ
+    }
     if (qin) {
       if (mt == 2) return launch(sign_gemv_b1_kernel<2, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);
       return launch(sign_gemv_b1_kernel<1, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);

@@ -78,6 +78,8 @@ struct CudaSession::Dev {
   void *xf_in = nullptr, *xf_out = nullptr, *x16 = nullptr;
   void* xq_in = nullptr;  // in_proj's input as planes (batch 1) and their scales
   int8_t* xq_in_exp = nullptr;
+  void* xq_out = nullptr;  // out_proj's input as planes (batch 1) and their exponents
+  int8_t* xq_out_exp = nullptr;
   uint8_t* state = nullptr;
   int32_t* tok = nullptr;   // [batch] tokens of the current step
   int32_t* prompt = nullptr;
@@ -150,12 +152,15 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   // blocks; otherwise the five-kernel layer. The batch-1 planes path needs them and the lean kernel.
   fold_ = opt_.fold_norms && c.ngroups == 1 && kc::sign_gemv_grid(d) <= kc::kMaxParts &&
           kc::ssm_parts(int(c.nheads())) <= kc::kMaxParts;
-  static const bool planes_env = [] {  // debug switch DFSSM_CUDA_PLANES=0: fp16 fragments at batch 1
+  // Debug switch DFSSM_CUDA_PLANES: 0 = fp16 fragments at batch 1, 1 = planes for in_proj only,
+  // 2 (default) = for in_proj and out_proj.
+  static const int planes_env = [] {
     const char* e = std::getenv("DFSSM_CUDA_PLANES");
-    return !(e && std::atoi(e) == 0);
+    return e ? std::atoi(e) : 2;
   }();
-  planes_ = fold_ && opt_.fold_max_rows >= 1 && opt_.lean_batch1 && opt_.planes_batch1 && planes_env &&
+  planes_ = fold_ && opt_.fold_max_rows >= 1 && opt_.lean_batch1 && opt_.planes_batch1 && planes_env >= 1 &&
             kc::planes_supported(dip, d, int(r), d);
+  oplanes_ = planes_ && planes_env >= 2 && kc::planes_supported_out(d, di, int(r), int(H), int(c.headdim));
 
   // ---- weights ----
   uint64_t wbytes = 0;
@@ -199,7 +204,7 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
     Dev::Layer o;
     o.norm = g.upload(L.norm);
     o.in = proj(L.in_proj, planes_);
-    o.out = proj(L.out_proj, false);
+    o.out = proj(L.out_proj, oplanes_);
     o.conv_w = g.upload(L.conv_w);
     o.conv_b = g.upload(L.conv_b);
     o.dt_bias = g.upload(L.dt_bias);
@@ -242,6 +247,12 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
     g.xq_in_exp = g.alloc<int8_t>(size_t(d / 16));
     CUDA_CHECK(cudaMemsetAsync(g.xq_in, 0, kc::plane_bytes(d), g.stream));
     CUDA_CHECK(cudaMemsetAsync(g.xq_in_exp, 0, size_t(d / 16), g.stream));
+  }
+  if (oplanes_) {
+    g.xq_out = g.alloc<uint8_t>(kc::plane_bytes(di));
+    g.xq_out_exp = g.alloc<int8_t>(size_t(di / 16));
+    CUDA_CHECK(cudaMemsetAsync(g.xq_out, 0, kc::plane_bytes(di), g.stream));
+    CUDA_CHECK(cudaMemsetAsync(g.xq_out_exp, 0, size_t(di / 16), g.stream));
   }
   CUDA_CHECK(cudaMemsetAsync(g.hidden, 0, MB * size_t(d) * 4, g.stream));
   g.state = g.alloc<uint8_t>(size_t(batch) * state_bytes_);
@@ -381,6 +392,8 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.ssm.z = g.zx, A.ssm.ldz = dip;
     A.ssm.gw = L.gnorm, A.ssm.ob = L.out.b, A.ssm.oV = L.out.V, A.ssm.orank = int(L.out.r);
     A.ssm.xf = g.xf_out, A.ssm.parts = g.parts_out;
+    const bool opl = pl && oplanes_;  // out_proj's input as planes
+    if (opl) A.ssm.xf = nullptr, A.ssm.xq = g.xq_out, A.ssm.xq_exp = g.xq_out_exp;
     CUDA_CHECK(kc::ssm_step(A.ssm, B, s, pdl));
     mark("ssm");
     A.out.parts = g.parts_out;
@@ -391,6 +404,7 @@ void CudaSession::forward_folded(int B, int64_t seq0, bool pdl, const std::funct
     A.out.res_out = g.res[(l + 1) % 2];
     A.out.nxf = pl ? nullptr : g.xf_in;
     if (pl) A.out.nxq = g.xq_in, A.out.nxq_exp = g.xq_in_exp;
+    if (opl) A.out.xq = g.xq_out, A.out.xq_exp = g.xq_out_exp, A.out.wq = L.out.wq;
     A.out.nparts_out = g.parts_in;
     if (l + 1 < c.n_layer) {
       const auto& N = g.layers[size_t(l + 1)];

@@ -72,10 +72,10 @@ struct CudaSessionOptions {
   // sign_gemv_b1_kernel): the same sums in another rounding order. false (or the debug switch
   // DFSSM_CUDA_LEAN=0): the general kernel, as at batch > 1.
   bool lean_batch1 = true;
-  // With the lean kernel: in_proj's input as int16 bit planes per 128 columns and its signs in
-  // the 1-bit mma layout (kernels/cuda/decode.h "1-bit activation planes"; a second copy of
-  // in_proj's signs on the device). false (or the debug switch DFSSM_CUDA_PLANES=0): fp16
-  // fragments, the fp16 mma. Off where the shapes do not allow it (kc::planes_supported).
+  // With the lean kernel: in_proj's and out_proj's inputs as int16 bit planes per 16 columns
+  // and their signs in the 1-bit mma layout (kernels/cuda/decode.h "1-bit activation planes"; a
+  // second copy of the signs on the device). false (or the debug switch DFSSM_CUDA_PLANES=0):
+  // fp16 fragments, the fp16 mma. Off where the shapes do not allow it (kc::planes_supported*).
   bool planes_batch1 = true;
 };
 
@@ -92,7 +92,8 @@ class CudaSession {
   const CudaSessionOptions& options() const { return opt_; }
   // Whether steps of `rows` sequences run with folded norms.
   bool folded(int64_t rows = 1) const { return fold_ && rows <= opt_.fold_max_rows; }
-  bool planes() const { return planes_; }  // batch 1 runs in_proj on 1-bit activation planes
+  bool planes() const { return planes_; }        // batch 1 runs in_proj on 1-bit activation planes
+  bool planes_out() const { return oplanes_; }   // and out_proj
   // Kernels of one decode step of `rows` sequences: 3 per layer + the embedding's norm, norm_f
   // and the LM head (folded norms), else 5 per layer + norm_f and the LM head.
   int64_t kernels_per_step(int64_t rows) const {
@@ -144,7 +145,8 @@ class CudaSession {
   int64_t batch_, V_;
   bool f16_state_;
   bool fold_ = false;  // folded norms in use (options and model permitting)
-  bool planes_ = false;  // batch-1 planes path in use (options and shapes permitting)
+  bool planes_ = false;   // batch-1 planes path in use for in_proj (options and shapes permitting)
+  bool oplanes_ = false;  // and for out_proj
   uint64_t conv_bytes_, ssm_bytes_, state_bytes_, weight_bytes_ = 0, prefill_bytes_ = 0;
   std::vector<int64_t> pos_;
   std::unique_ptr<Dev> dev_;
