@@ -613,3 +613,36 @@ TEST_CASE("cpu kernels: gated_rmsnorm and add_rmsnorm", "[cpu_kernels]") {
     }
   }
 }
+
+TEST_CASE("cpu kernels: 1-bit activation planes round trip (the CUDA decode's batch-1 format)", "[cpu_kernels]") {
+  // quantize_planes_ref defines the format (kernels/cuda/decode.h "planes"); the CUDA producers
+  // are compared with it bit for bit on the GPU (test_cuda_runtime "CUDA planes").
+  Rng rng(41);
+  const int64_t C = 2048;
+  auto u = rng.normal(size_t(C), 0.f, 3.f);
+  for (int64_t c = 0; c < 16; ++c) u[size_t(c)] = 0.f;                     // an all-zero group
+  for (int64_t c = 16; c < 32; ++c) u[size_t(c)] *= 1e-30f;                // a tiny one (the exponent floor)
+  for (int64_t c = 32; c < 48; ++c) u[size_t(c)] = c == 40 ? 1024.f : 1.f;  // an exact power of two as the max
+  std::vector<uint16_t> planes(static_cast<size_t>(C));
+  std::vector<int8_t> exps(static_cast<size_t>(C / 16));
+  quantize_planes_ref(u.data(), C, planes.data(), exps.data());
+  std::vector<float> x(static_cast<size_t>(C));
+  dequantize_planes_ref(planes.data(), exps.data(), C, x.data());
+  CHECK(exps[0] == -112);
+  CHECK(exps[2] == 11);  // 1024 = 2^10 < 2^11
+  for (int64_t G = 0; G < C / 16; ++G) {
+    float m = 0.f;
+    for (int i = 0; i < 16; ++i) m = std::fmax(m, std::fabs(u[size_t(G * 16 + i)]));
+    INFO("group " << G << " max " << m << " exponent " << int(exps[size_t(G)]));
+    CHECK(exps[size_t(G)] >= -112);
+    if (m > 1e-30f) CHECK(std::ldexp(1.f, exps[size_t(G)] - 1) <= m * (1.f + 1e-6f));  // e is the smallest such
+    CHECK(m < std::ldexp(1.f, exps[size_t(G)]));
+    const float half_step = std::ldexp(1.f, exps[size_t(G)] - 16);  // rounding to nearest
+    for (int i = 0; i < 16; ++i) CHECK(std::fabs(x[size_t(G * 16 + i)] - u[size_t(G * 16 + i)]) <= half_step);
+  }
+  // Relative to the group's max the error is at most 2^-15: finer than fp16's 2^-11 for the values
+  // near it.
+  double worst = 0.0;
+  for (int64_t c = 48; c < C; ++c) worst = std::max(worst, double(std::fabs(x[size_t(c)] - u[size_t(c)])));
+  CHECK(worst <= 3.f * 8.f * std::ldexp(1.f, -15));
+}

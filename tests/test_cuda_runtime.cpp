@@ -585,6 +585,57 @@ TEST_CASE("Lean batch-1 GEMV: as the general kernel at the 1.3B widths; graph an
   }
 }
 
+TEST_CASE("CUDA planes: norm_prologue's planes as quantize_planes_ref, bit for bit; lean in_proj on them", "[gpu][cuda_runtime]") {
+  // Layer 0's producer (norm_prologue, fold, batch 1) against the format's CPU definition, then
+  // the lean in_proj on those planes (1-bit mma signs from repack_signs_b1) against the fp64-summed
+  // reference of the whole path: RMSNorm, the projection, the low-rank term, conv1d + SiLU.
+  Rng rng(test_seed() + 19);
+  const int64_t d = 2048, dip = 8512, di = 4096, D = 4352, K = 4, r = 19;
+  TestProj P(rng, dip, d, r);
+  const auto res = rng.normal(size_t(d), 1.f), hid = rng.normal(size_t(d), 0.5f);
+  const auto w = rng.normal(size_t(d), 0.1f, 1.f);
+  const auto conv_w = rng.normal(size_t(K * D), 0.3f), conv_b = rng.normal(size_t(D), 0.1f);
+  auto conv_state = rng.normal(size_t(K * D), 1.f);
+  DevBuf<float> dres(res), dhid(hid), dw(w), dres_out(size_t(d)), dcw(conv_w), dcb(conv_b), dst(conv_state);
+  DevBuf<float> parts(kc::parts_floats()), y(size_t(dip)), xbc(size_t(D));
+  DevBuf<uint8_t> xq(kc::plane_bytes(d)), wq(kc::repacked_b1_bytes(dip, d)), codes(P.codes);
+  DevBuf<int8_t> xe(size_t(d / 16));
+  y.poison(), xbc.poison();
+  CUDA_OK(kc::repack_signs_b1(codes.p, P.rb, dip, d, wq.p, nullptr));
+  kc::NormArgs na;
+  na.n = int(d), na.eps = 1e-5f, na.w = dw.p, na.res_in = dres.p, na.hidden = dhid.p, na.res_out = dres_out.p;
+  na.b = P.db.p, na.V = P.dV.p, na.r = int(r), na.fold = 1, na.parts = parts.p, na.xq = xq.p, na.xq_exp = xe.p;
+  CUDA_OK(kc::norm_prologue(na, 1, nullptr, false));
+  kc::SignGemvArgs ga;
+  ga.w = P.w.p, ga.wq = wq.p, ga.xq = xq.p, ga.xq_exp = xe.p, ga.R = dip, ga.C = d, ga.B = 1, ga.a = P.da.p;
+  ga.U = P.dU.p, ga.us = P.dus.p, ga.vs = P.dvs.p, ga.r = int(r), ga.y = y.p, ga.ldy = dip;
+  ga.parts = parts.p, ga.nparts = kc::norm_splits(na), ga.n_norm = d, ga.eps = 1e-5f;
+  ga.conv_lo = di, ga.conv_D = D, ga.conv_K = int(K), ga.conv_state = dst.p, ga.conv_seq_stride = K * D;
+  ga.conv_w = dcw.p, ga.conv_b = dcb.p, ga.conv_out = xbc.p;
+  CUDA_OK(kc::sign_gemv(ga, nullptr, false));
+  CUDA_OK(cudaDeviceSynchronize());
+
+  // The producer: u = (res + hidden) ⊙ w ⊙ b, quantized (the same fp32 operations: bit-exact).
+  std::vector<float> u(size_t(d));
+  for (int64_t c = 0; c < d; ++c) u[size_t(c)] = ((res[size_t(c)] + hid[size_t(c)]) * w[size_t(c)]) * P.b[size_t(c)];
+  std::vector<uint16_t> pl_ref(static_cast<size_t>(d));
+  std::vector<int8_t> e_ref(static_cast<size_t>(d / 16));
+  cpu::quantize_planes_ref(u.data(), d, pl_ref.data(), e_ref.data());
+  const auto pl_gpu = xq.get();
+  CHECK(std::memcmp(pl_gpu.data(), pl_ref.data(), size_t(d) * 2) == 0);
+  CHECK(xe.get() == e_ref);
+  // The consumer: against the reference path (fp16-rounded xb there, int16 planes here).
+  std::vector<float> res_ref = res, x(size_t(d));
+  cpu::add_rmsnorm_ref({hid.data(), res_ref.data(), w.data(), x.data(), d, 1e-5f});
+  const auto y_ref = P.ref(x, 1);
+  std::vector<float> xbc_ref(size_t(D)), st_ref = conv_state;
+  cpu::conv_step_silu_ref({st_ref.data(), conv_w.data(), conv_b.data(), &y_ref[size_t(di)], xbc_ref.data(), D, K, 0, D});
+  const double e_y = rel_err(y.get(), y_ref), e_xbc = rel_err(xbc.get(), xbc_ref);
+  std::printf("planes in_proj: rel err y %.2e  conv out %.2e\n", e_y, e_xbc);
+  CHECK(e_y < 1e-3);
+  CHECK(e_xbc < 1e-3);
+}
+
 TEST_CASE("Batch-1 planes: in_proj and out_proj on 1-bit activation planes as on fp16 fragments, 1.3B widths", "[gpu][cuda_runtime]") {
   // The planes path (decode.h "1-bit activation planes") quantizes in_proj's input to int16 per
   // 16 columns, aligned per 128 (finer than fp16 for all but a k-block's smallest values), and

@@ -226,6 +226,13 @@ struct KernelTable {
 // The table for `isa` (must be supported: see isa_supported()).
 const KernelTable& kernel_table(Isa isa);
 
+// 1-bit activation planes (the CUDA decode's batch-1 projection input; kernels/cuda/decode.h
+// "planes"): per group of 16 columns an exponent e = ilogb(max|u|) + 1 (at least -112) and
+// q = round(u · 2^(15 - e)) clamped to ±32767; planes[G*16 + p] = bit p of q (two's complement)
+// at columns 16G + i (bit i), exps[G] = e. C % 16 == 0. The dequantized x̂ = q · 2^(e - 15).
+void quantize_planes_ref(const float* u, int64_t C, uint16_t* planes, int8_t* exps);
+void dequantize_planes_ref(const uint16_t* planes, const int8_t* exps, int64_t C, float* x);
+
 // The scalar references (the Scalar table's entries).
 void sign_gemm_ref(const SignGemmArgs& a);
 void sign_gemm_i8_ref(const SignGemmI8Args& a);

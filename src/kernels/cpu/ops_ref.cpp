@@ -1,6 +1,7 @@
 // Scalar reference kernels (see ops.h for each op's definition). Dot products accumulate in
 // fp64, so these are the exact values the fast paths are compared against; the scalar ISA path
 // of the runtime uses them as they are.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -85,6 +86,34 @@ void quantize_rows_i16_ref(const QuantizeI16Args& a) {
     a.xs[t] = s;
     a.xsum[t] = sum;
   }
+}
+
+void quantize_planes_ref(const float* u, int64_t C, uint16_t* planes, int8_t* exps) {
+  DFSSM_ASSERT(C % 16 == 0, "quantize_planes_ref: C = ", C, " is not a multiple of 16");
+  for (int64_t G = 0; G < C / 16; ++G) {
+    float m = 0.f;
+    for (int i = 0; i < 16; ++i) m = std::fmax(m, std::fabs(u[G * 16 + i]));
+    int e = -112;  // the float's exponent field: |u| < 2^e (0 and denormals: the floor)
+    if (m >= std::ldexp(1.f, -126)) e = std::max(std::ilogb(m) + 1, -112);
+    const float inv = std::ldexp(1.f, 15 - e);
+    uint16_t pl[16] = {};
+    for (int i = 0; i < 16; ++i) {
+      const float q = std::fmax(-32767.f, std::fmin(32767.f, std::nearbyint(u[G * 16 + i] * inv)));
+      const uint16_t bits = uint16_t(int16_t(q));
+      for (int p = 0; p < 16; ++p) pl[p] = uint16_t(pl[p] | (((bits >> p) & 1u) << i));
+    }
+    for (int p = 0; p < 16; ++p) planes[G * 16 + p] = pl[p];
+    exps[G] = int8_t(e);
+  }
+}
+
+void dequantize_planes_ref(const uint16_t* planes, const int8_t* exps, int64_t C, float* x) {
+  for (int64_t G = 0; G < C / 16; ++G)
+    for (int i = 0; i < 16; ++i) {
+      uint16_t bits = 0;
+      for (int p = 0; p < 16; ++p) bits = uint16_t(bits | (((planes[G * 16 + p] >> i) & 1u) << p));
+      x[G * 16 + i] = std::ldexp(float(int16_t(bits)), exps[G] - 15);
+    }
 }
 
 void lowrank_down_ref(const LowRankDownArgs& a) {
