@@ -596,10 +596,10 @@ TEST_CASE("CUDA planes: norm_prologue's planes as quantize_planes_ref, bit for b
   const auto w = rng.normal(size_t(d), 0.1f, 1.f);
   const auto conv_w = rng.normal(size_t(K * D), 0.3f), conv_b = rng.normal(size_t(D), 0.1f);
   auto conv_state = rng.normal(size_t(K * D), 1.f);
-  DevBuf<float> dres(res), dhid(hid), dw(w), dres_out(size_t(d)), dcw(conv_w), dcb(conv_b), dst(conv_state);
-  DevBuf<float> parts(kc::parts_floats()), y(size_t(dip)), xbc(size_t(D));
+  DevBuf<float> dres(res), dhid(hid), dw(w), dres_out(static_cast<size_t>(d)), dcw(conv_w), dcb(conv_b), dst(conv_state);
+  DevBuf<float> parts(kc::parts_floats()), y(static_cast<size_t>(dip)), xbc(static_cast<size_t>(D));
   DevBuf<uint8_t> xq(kc::plane_bytes(d)), wq(kc::repacked_b1_bytes(dip, d)), codes(P.codes);
-  DevBuf<int8_t> xe(size_t(d / 16));
+  DevBuf<int8_t> xe(static_cast<size_t>(d / 16));
   y.poison(), xbc.poison();
   CUDA_OK(kc::repack_signs_b1(codes.p, P.rb, dip, d, wq.p, nullptr));
   kc::NormArgs na;
@@ -616,7 +616,7 @@ TEST_CASE("CUDA planes: norm_prologue's planes as quantize_planes_ref, bit for b
   CUDA_OK(cudaDeviceSynchronize());
 
   // The producer: u = (res + hidden) ⊙ w ⊙ b, quantized (the same fp32 operations: bit-exact).
-  std::vector<float> u(size_t(d));
+  std::vector<float> u(static_cast<size_t>(d));
   for (int64_t c = 0; c < d; ++c) u[size_t(c)] = ((res[size_t(c)] + hid[size_t(c)]) * w[size_t(c)]) * P.b[size_t(c)];
   std::vector<uint16_t> pl_ref(static_cast<size_t>(d));
   std::vector<int8_t> e_ref(static_cast<size_t>(d / 16));
@@ -625,10 +625,10 @@ TEST_CASE("CUDA planes: norm_prologue's planes as quantize_planes_ref, bit for b
   CHECK(std::memcmp(pl_gpu.data(), pl_ref.data(), size_t(d) * 2) == 0);
   CHECK(xe.get() == e_ref);
   // The consumer: against the reference path (fp16-rounded xb there, int16 planes here).
-  std::vector<float> res_ref = res, x(size_t(d));
+  std::vector<float> res_ref = res, x(static_cast<size_t>(d));
   cpu::add_rmsnorm_ref({hid.data(), res_ref.data(), w.data(), x.data(), d, 1e-5f});
   const auto y_ref = P.ref(x, 1);
-  std::vector<float> xbc_ref(size_t(D)), st_ref = conv_state;
+  std::vector<float> xbc_ref(static_cast<size_t>(D)), st_ref = conv_state;
   cpu::conv_step_silu_ref({st_ref.data(), conv_w.data(), conv_b.data(), &y_ref[size_t(di)], xbc_ref.data(), D, K, 0, D});
   const double e_y = rel_err(y.get(), y_ref), e_xbc = rel_err(xbc.get(), xbc_ref);
   std::printf("planes in_proj: rel err y %.2e  conv out %.2e\n", e_y, e_xbc);
