@@ -438,8 +438,10 @@ __host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
 // QOUT (NEXT, MT = 1): the next input as planes: the block's 16 rows are one group of the next
 // input's columns: its max over warp 0's lanes, e, q, 16 ballots (one per plane) -> half-words.
 constexpr int kQW = 4;
+// (QIN at MT = 2: up to 8 warps of 2 k-blocks each, DFSSM_CUDA_QKS=8; registers as at 4 warps.)
 template <int MT, bool NEXT, bool TIGHT, bool QIN = false, bool QOUT = false>
-__global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
+__global__ void __launch_bounds__(MT == 2 ? (QIN ? 256 : 128) : 256,
+                                  (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? (QIN ? 2 : 4) : 2) : (MT == 2 ? 3 : 1))
     sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch, int qper) {
   static_assert(!QOUT || (NEXT && MT == 1), "planes out: out_proj at one tile per block");
   static_assert(!(QIN && NEXT) || MT == 1, "planes in, out_proj: one tile per block");
@@ -800,6 +802,15 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
   const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
   int qper = 0;
   const bool lean = a.lean && lean_env() && a.B == 1 && mode >= 1 && lean_shape(a.R, a.C, a.r, a.nparts, qin, &qper);
+  static const int qks = [] {  // debug switch DFSSM_CUDA_QKS=8: in_proj on planes with 8 warps per block (default 4)
+    const char* e = std::getenv("DFSSM_CUDA_QKS");
+    return e ? std::atoi(e) : 0;
+  }();
+  dim3 qblock = block;
+  if (qin && !next && mt == 2 && qks == 8 && (a.C / kKbCols) % 8 == 0) {
+    qblock = dim3(256);
+    qper = int(a.C / kKbCols) / 8;
+  }
   if (qin && (!lean || !a.wq || !a.xq_exp || (mode == 2 && mt != 1))) return cudaErrorInvalidValue;  // planes: lean only
   if (qout && (!lean || mt != 1 || a.R % kKbCols != 0 || !a.nxq_exp)) return cudaErrorInvalidValue;
   if (lean) {
@@ -815,7 +826,7 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
 #undef DFSSM_GEMVQ
     }
     if (qin) {
-      if (mt == 2) return launch(sign_gemv_b1_kernel<2, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);
+      if (mt == 2) return launch(sign_gemv_b1_kernel<2, false, false, true>, grid, qblock, 0, s, pdl, a, tiles, nch, qper);
       return launch(sign_gemv_b1_kernel<1, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);
     }
     if (qout) {
