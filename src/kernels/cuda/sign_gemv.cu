@@ -428,20 +428,19 @@ __host__ __device__ constexpr int kB1Sums(int MT) { return MT == 2 ? 5 : 3; }
 // 128-register cap, 0.6885 against 0.6674-0.6709 ms/step; removed.)
 //
 // QIN: the input as 1-bit planes (decode.h "1-bit activation planes"): each warp owns k-blocks
-// [warp*qper, +qper) of 128 columns (kQW at most). After the wait each thread aligns one group's
-// planes into shared memory (one round trip for planes and exponents, one block barrier; first
-// version: each lane loaded its 4 half-words per k-block at addresses chosen by the exponents, a
-// second dependent round trip: in_proj 4.9 us per layer against 5.6 on fp16). Per tile and k-block two
+// [warp*qper, +qper) of 128 columns (kQW at most). After the wait, the k-block's 8 group
+// exponents (one broadcast load), then lane (g, t)'s four plane half-words, chosen by the
+// alignment shifts (groups 2t, 2t + 1; planes g, g + 8): a second, dependent L2 round trip.
+// (Measured slower: each thread aligning one group into shared memory, one round trip and a
+// block barrier: in_proj 5.22 against 4.88 us per layer.) Per tile and k-block two
 // mma.m16n8k128.b1 (planes 0-7, 8-15) whose counts combine with the plane weights (integers,
 // exact) and the k-block's scale 2^(E-15); the sum over a row's 4 lanes t is taken once after
 // the loop. T = Σ x̂ from the planes' popcounts; the row's value is 2·Σ - T.
 // QOUT (NEXT, MT = 1): the next input as planes: the block's 16 rows are one group of the next
 // input's columns: its max over warp 0's lanes, e, q, 16 ballots (one per plane) -> half-words.
 constexpr int kQW = 4;
-// (QIN at MT = 2: up to 8 warps of 2 k-blocks each, DFSSM_CUDA_QKS=8; registers as at 4 warps.)
 template <int MT, bool NEXT, bool TIGHT, bool QIN = false, bool QOUT = false>
-__global__ void __launch_bounds__(MT == 2 ? (QIN ? 256 : 128) : 256,
-                                  (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? (QIN ? 2 : 4) : 2) : (MT == 2 ? 3 : 1))
+__global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NEXT)) ? (MT == 2 ? 4 : 2) : (MT == 2 ? 3 : 1))
     sign_gemv_b1_kernel(SignGemvArgs p, int tiles, int nch, int qper) {
   static_assert(!QOUT || (NEXT && MT == 1), "planes out: out_proj at one tile per block");
   static_assert(!(QIN && NEXT) || MT == 1, "planes in, out_proj: one tile per block");
@@ -452,8 +451,6 @@ __global__ void __launch_bounds__(MT == 2 ? (QIN ? 256 : 128) : 256,
   __shared__ float red[8][NOUT];
   __shared__ float zs[kMaxRank];
   __shared__ float rstd_s, tq_s[8];
-  __shared__ alignas(16) uint16_t qsm[QIN ? 32 * 128 : 2];  // QIN: aligned planes [kb][plane][group]
-  __shared__ int esm[QIN ? 32 : 1];
   __shared__ float contrib[NEXT ? NOUT : 1][kMaxRank + 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, KS = blockDim.x >> 5;
   const int o = threadIdx.x;  // this thread's epilogue output (if o < NOUT): tile o >> 4, row o & 15
@@ -506,43 +503,29 @@ __global__ void __launch_bounds__(MT == 2 ? (QIN ? 256 : 128) : 256,
   uint2 bq[QIN ? kQW : 1];
   float sq[QIN ? kQW : 1];
   if constexpr (QIN) {
-    // One group per thread (C / 16 <= blockDim: sign_gemv): its 16 planes and its k-block's 8
-    // exponents in one round trip; the planes aligned to the k-block's largest exponent E go to
-    // shared memory at plane index p - (E - e) (the top ones repeat the sign plane), then each
-    // lane reads its two words (groups 2t and 2t + 1 side by side).
-    const int G = threadIdx.x, ng = int(p.C / 16);
-    if (G < ng) {
-      const uint4* PL = static_cast<const uint4*>(p.xq) + 2 * G;
-      const uint4 pa = PL[0], pb = PL[1];
-      const uint2 ev = reinterpret_cast<const uint2*>(p.xq_exp)[G >> 3];
-      uint32_t m4 = __vmaxs4(ev.x, ev.y);
-      m4 = __vmaxs4(m4, __byte_perm(m4, 0, 0x3232));
-      m4 = __vmaxs4(m4, __byte_perm(m4, 0, 0x1111));
-      const int E = int(int8_t(m4 & 0xffu));
-      const int e = int(int8_t(((G & 4) ? ev.y : ev.x) >> (8 * (G & 3))));
-      const int d = E - e, kb = G >> 3;
-      const uint32_t w[8] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
-      uint16_t* dst = qsm + kb * 128 + (G & 7);  // [kb][plane][group]
-#pragma unroll
-      for (int pl = 0; pl < 16; ++pl) {
-        const uint16_t v = uint16_t(w[pl >> 1] >> (16 * (pl & 1)));
-        if (pl >= d) dst[(pl - d) * 8] = v;
-        if (pl == 15)
-#pragma unroll
-          for (int k = 0; k < 16; ++k)
-            if (k > 15 - d) dst[k * 8] = v;
-      }
-      if ((G & 7) == 0) esm[kb] = E;
-    }
-    __syncthreads();
+    const uint2* EXP = reinterpret_cast<const uint2*>(p.xq_exp);  // 8 exponents per k-block
+    const uint16_t* PL = static_cast<const uint16_t*>(p.xq);
     const int t = lane & 3, g = lane >> 2;
-    const uint32_t* Q32 = reinterpret_cast<const uint32_t*>(qsm);
+    uint2 ev[kQW];
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) ev[i] = (i < qper && kb0 + i < nkb) ? EXP[kb0 + i] : make_uint2(0x82828282u, 0x82828282u);
 #pragma unroll
     for (int i = 0; i < kQW; ++i) {
       const int kb = kb0 + i;
+      // E = the largest of the 8 signed bytes; e0, e1 = those of groups 2t, 2t + 1.
+      uint32_t m4 = __vmaxs4(ev[i].x, ev[i].y);
+      m4 = __vmaxs4(m4, __byte_perm(m4, 0, 0x3232));
+      m4 = __vmaxs4(m4, __byte_perm(m4, 0, 0x1111));
+      const int E = int(int8_t(m4 & 0xffu));
+      const uint32_t ew = t < 2 ? ev[i].x : ev[i].y;
+      const int e0 = int(int8_t((ew >> (16 * (t & 1))) & 0xffu)), e1 = int(int8_t((ew >> (16 * (t & 1) + 8)) & 0xffu));
+      const int d0 = E - e0, d1 = E - e1;
+      const int G0 = (kb * 8 + 2 * t) * 16, G1 = G0 + 16;
       const bool ok = i < qper && kb < nkb;
-      bq[i] = ok ? make_uint2(Q32[(kb * 16 + g) * 4 + t], Q32[(kb * 16 + g + 8) * 4 + t]) : make_uint2(0, 0);
-      sq[i] = ok ? ldexpf(1.f, esm[kb] - 15) : 0.f;
+      const uint32_t x0 = ok ? PL[G0 + min(g + d0, 15)] : 0u, x1 = ok ? PL[G1 + min(g + d1, 15)] : 0u;
+      const uint32_t y0 = ok ? PL[G0 + min(g + 8 + d0, 15)] : 0u, y1 = ok ? PL[G1 + min(g + 8 + d1, 15)] : 0u;
+      bq[i] = make_uint2(x0 | (x1 << 16), y0 | (y1 << 16));
+      sq[i] = ok ? ldexpf(1.f, E - 15) : 0.f;
     }
   } else {
     load_x_chunk(XF, ch0, ch1, active, bxa);
@@ -749,7 +732,7 @@ bool lean_shape(int64_t R, int64_t C, int r, int nparts, bool qin, int* qper) {
     return false;
   if (!qin) return true;
   const int nkb = int(C / kKbCols), per = (nkb + KS - 1) / KS;
-  if (C % kKbCols != 0 || per > kQW || nkb > 32 || C / 16 > 32 * KS) return false;  // (one group per thread)
+  if (C % kKbCols != 0 || per > kQW) return false;
   if (qper) *qper = per;
   return true;
 }
@@ -802,15 +785,6 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
   const dim3 grid{unsigned(mt == 2 ? (tiles + 1) / 2 : tiles)};
   int qper = 0;
   const bool lean = a.lean && lean_env() && a.B == 1 && mode >= 1 && lean_shape(a.R, a.C, a.r, a.nparts, qin, &qper);
-  static const int qks = [] {  // debug switch DFSSM_CUDA_QKS=8: in_proj on planes with 8 warps per block (default 4)
-    const char* e = std::getenv("DFSSM_CUDA_QKS");
-    return e ? std::atoi(e) : 0;
-  }();
-  dim3 qblock = block;
-  if (qin && !next && mt == 2 && qks == 8 && (a.C / kKbCols) % 8 == 0) {
-    qblock = dim3(256);
-    qper = int(a.C / kKbCols) / 8;
-  }
   if (qin && (!lean || !a.wq || !a.xq_exp || (mode == 2 && mt != 1))) return cudaErrorInvalidValue;  // planes: lean only
   if (qout && (!lean || mt != 1 || a.R % kKbCols != 0 || !a.nxq_exp)) return cudaErrorInvalidValue;
   if (lean) {
@@ -826,7 +800,7 @@ cudaError_t sign_gemv(const SignGemvArgs& a, cudaStream_t s, bool pdl) {
 #undef DFSSM_GEMVQ
     }
     if (qin) {
-      if (mt == 2) return launch(sign_gemv_b1_kernel<2, false, false, true>, grid, qblock, 0, s, pdl, a, tiles, nch, qper);
+      if (mt == 2) return launch(sign_gemv_b1_kernel<2, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);
       return launch(sign_gemv_b1_kernel<1, false, false, true>, grid, block, 0, s, pdl, a, tiles, nch, qper);
     }
     if (qout) {

@@ -152,11 +152,11 @@ CudaSession::CudaSession(std::shared_ptr<const Model> model, int64_t batch, cons
   // blocks; otherwise the five-kernel layer. The batch-1 planes path needs them and the lean kernel.
   fold_ = opt_.fold_norms && c.ngroups == 1 && kc::sign_gemv_grid(d) <= kc::kMaxParts &&
           kc::ssm_parts(int(c.nheads())) <= kc::kMaxParts;
-  // Debug switch DFSSM_CUDA_PLANES: 0 = fp16 fragments at batch 1, 1 = planes for in_proj only,
-  // 2 (default) = for in_proj and out_proj.
+  // Debug switch DFSSM_CUDA_PLANES: 0 = fp16 fragments at batch 1, 1 (default) = planes for
+  // in_proj, 2 = for out_proj as well (measured slower: docs/benchmarks.md, fifth pass).
   static const int planes_env = [] {
     const char* e = std::getenv("DFSSM_CUDA_PLANES");
-    return e ? std::atoi(e) : 2;
+    return e ? std::atoi(e) : 1;
   }();
   planes_ = fold_ && opt_.fold_max_rows >= 1 && opt_.lean_batch1 && opt_.planes_batch1 && planes_env >= 1 &&
             kc::planes_supported(dip, d, int(r), d);

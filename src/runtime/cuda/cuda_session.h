@@ -72,9 +72,9 @@ struct CudaSessionOptions {
   // sign_gemv_b1_kernel): the same sums in another rounding order. false (or the debug switch
   // DFSSM_CUDA_LEAN=0): the general kernel, as at batch > 1.
   bool lean_batch1 = true;
-  // With the lean kernel: in_proj's and out_proj's inputs as int16 bit planes per 16 columns
-  // and their signs in the 1-bit mma layout (kernels/cuda/decode.h "1-bit activation planes"; a
-  // second copy of the signs on the device). false (or the debug switch DFSSM_CUDA_PLANES=0):
+  // With the lean kernel: in_proj's input as int16 bit planes per 16 columns and its signs in
+  // the 1-bit mma layout (kernels/cuda/decode.h "1-bit activation planes"; a second copy of the
+  // signs on the device; out_proj as well with the debug switch DFSSM_CUDA_PLANES=2). false (or the debug switch DFSSM_CUDA_PLANES=0):
   // fp16 fragments, the fp16 mma. Off where the shapes do not allow it (kc::planes_supported*).
   bool planes_batch1 = true;
 };
