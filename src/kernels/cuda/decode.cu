@@ -25,17 +25,8 @@ __device__ void planes_out(const NormArgs& a, const float* row, int c0, int c1) 
   for (int t = 0; t < 4; ++t) {
     const int c = base + 32 * t + lane;
     const float u = c < c1 ? row[c] * (a.b ? a.b[c] : 1.f) : 0.f;
-    float m = fabsf(u);
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));  // within the half-warp
-    const int e = plane_exp(m);
-    const int q = max(-32767, min(32767, __float2int_rn(u * plane_inv(e))));
-    uint32_t mine = 0;
-#pragma unroll
-    for (int pl = 0; pl < 16; ++pl) {
-      const uint32_t bits = __ballot_sync(0xffffffffu, (q >> pl) & 1);
-      if ((lane & 15) == pl) mine = lane < 16 ? (bits & 0xffffu) : (bits >> 16);
-    }
+    int e;
+    const uint32_t mine = plane_group16(u, e);
     const int G = base / 16 + 2 * t + (lane >> 4);
     reinterpret_cast<uint16_t*>(a.xq)[G * 16 + (lane & 15)] = uint16_t(mine);
     if ((lane & 15) == 0) a.xq_exp[G] = int8_t(e);
@@ -352,18 +343,8 @@ __global__ void __launch_bounds__(kSsmThreads) ssm_step_kernel(SsmArgs a) {
   if constexpr (fold) {  // this block's parts: per k, its rows in a fixed order
     __syncthreads();
     if (a.xq && warp == 0) {  // planes (decode.h): lane l = row p0 + l, group (h*P + p0) / 16 + l / 16
-      const float u = lane < pb ? ug[lane] : 0.f;
-      float m = fabsf(u);
-#pragma unroll
-      for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));  // within the half-warp
-      const int e = plane_exp(m);
-      const int q = max(-32767, min(32767, __float2int_rn(u * plane_inv(e))));
-      uint32_t mine = 0;
-#pragma unroll
-      for (int pl = 0; pl < 16; ++pl) {
-        const uint32_t bits = __ballot_sync(0xffffffffu, (q >> pl) & 1);
-        if ((lane & 15) == pl) mine = lane < 16 ? (bits & 0xffffu) : (bits >> 16);
-      }
+      int e;
+      const uint32_t mine = plane_group16(lane < pb ? ug[lane] : 0.f, e);
       const int G = (h * P + p0) / 16 + (lane >> 4);
       if (lane < pb) {
         reinterpret_cast<uint16_t*>(a.xq)[G * 16 + (lane & 15)] = uint16_t(mine);

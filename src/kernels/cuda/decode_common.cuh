@@ -97,6 +97,25 @@ __device__ __forceinline__ int plane_exp(float m) { return max(int((__float_as_u
 // 2^(15 - e), exactly.
 __device__ __forceinline__ float plane_inv(int e) { return __uint_as_float(uint32_t(142 - e) << 23); }
 
+// One group of 16 columns per half-warp (decode.h "planes"; the whole warp calls it): u is this
+// lane's value (0 where none). Returns bit plane (lane & 15) of the group's q (bit i = lane
+// 16 * (lane >> 4) + i) and the group's exponent in e.
+__device__ __forceinline__ uint32_t plane_group16(float u, int& e) {
+  const int lane = threadIdx.x & 31;
+  float m = fabsf(u);
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));  // within the half-warp
+  e = plane_exp(m);
+  const int q = max(-32767, min(32767, __float2int_rn(u * plane_inv(e))));
+  uint32_t mine = 0;
+#pragma unroll
+  for (int pl = 0; pl < 16; ++pl) {
+    const uint32_t bits = __ballot_sync(0xffffffffu, (q >> pl) & 1);
+    if ((lane & 15) == pl) mine = lane < 16 ? (bits & 0xffffu) : (bits >> 16);
+  }
+  return mine;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;

@@ -645,17 +645,8 @@ __global__ void __launch_bounds__(MT == 2 ? 128 : 256, (TIGHT || (MT == 2 && !NE
   }
   if constexpr (QOUT) {  // the next input's planes: this block's 16 rows are group blockIdx.x
     if (warp == 0) {
-      float m = fabsf(uq);  // (lanes >= 16 and rows past R: 0)
-#pragma unroll
-      for (int off = 8; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      const int e = plane_exp(m);
-      const int q = max(-32767, min(32767, __float2int_rn(uq * plane_inv(e))));
-      uint32_t mine = 0;
-#pragma unroll
-      for (int pl = 0; pl < 16; ++pl) {
-        const uint32_t b = __ballot_sync(0xffffffffu, (q >> pl) & 1);
-        if (lane == pl) mine = b & 0xffffu;
-      }
+      int e;
+      const uint32_t mine = plane_group16(uq, e);  // (lanes >= 16 and rows past R: 0; lanes 0-15 are the group)
       if (lane < 16) static_cast<uint16_t*>(p.nxq)[int64_t(blockIdx.x) * 16 + lane] = uint16_t(mine);
       if (lane == 0) p.nxq_exp[blockIdx.x] = int8_t(e);
     }
