@@ -421,7 +421,11 @@ TEST_CASE("fused SSD forward kernels (TF32) vs their scalar reference, strided i
   uint64_t seed = 70;
   for (const int T : {64, 128, 256}) {
     for (const bool with_init : {false, true}) {
-      auto gg = gen(seed++);
+     // chunk_scan version 2 (the default: cp.async pipeline, raw mma.sync) and version 1 (WMMA).
+     for (const int version : {2, 1}) {
+      if (T == 256 && version == 2) continue;  // T = 256 runs version 1 only
+      kernels::ssd_scan_set_version(version);
+      auto gg = gen(seed);
       // x, B and C as slices of one (b, l, row) buffer, like the conv output they are read from.
       const int64_t row = 4 + h * p + 2 * g * n;
       const auto buf = at::randn({b, l, row}, gg);
@@ -450,13 +454,17 @@ TEST_CASE("fused SSD forward kernels (TF32) vs their scalar reference, strided i
       REQUIRE(kernels::ssd_scan_fwd_cuda(ac, nullptr) == cudaSuccess);
       REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
       const double ey = rel_err(yc.cpu(), yr), es = rel_err(sc.cpu(), sr);
-      WARN("ssd_scan T=" << T << " init=" << with_init << ": y " << ey << ", final state " << es);
+      WARN("ssd_scan T=" << T << " init=" << with_init << " chunk_scan v" << version << ": y " << ey
+                          << ", final state " << es);
       // TF32 rounds each GEMM input to 10 mantissa bits (2^-11 relative); sums of random terms
       // keep the norm-relative error near that.
       CHECK(ey < 3e-3);
       CHECK(es < 3e-3);
+     }
+     ++seed;
     }
   }
+  kernels::ssd_scan_set_version(0);
   kernels::SsdScanArgs bad;
   bad.P = 64, bad.N = 96, bad.T = 128, bad.H = 4, bad.G = 1, bad.batch = 1, bad.L = 10;
   CHECK_FALSE(kernels::ssd_scan_supported(bad));
@@ -650,7 +658,12 @@ TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][s
   for (const int64_t chunk : {64, 128, 256}) {
     set_ssd_scan_enabled(true);
     REQUIRE(ssd_scan_fused_available(x, dt, A, B, C, D, chunk));
+    kernels::ssd_scan_set_version(1);
+    const double tf1 = time_ms([&] { ssd_scan_fused(x, dt, A, B, C, D, chunk, at::Tensor()); });
+    kernels::ssd_scan_set_version(2);
     const double tf = time_ms([&] { ssd_scan_fused(x, dt, A, B, C, D, chunk, at::Tensor()); });
+    kernels::ssd_scan_set_version(0);
+    WARN("bench ssd forward 16x2048 chunk " << chunk << ": chunk_scan v1 " << tf1 << " ms, v2 " << tf << " ms");
     set_ssd_scan_enabled(false);
     const double ta = time_ms([&] {
       auto r = ssd_chunked(x, dt, A, B, C, chunk, at::Tensor());

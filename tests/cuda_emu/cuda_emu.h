@@ -6,7 +6,10 @@
 // a function-local `static`.
 //
 // What it covers is what our kernels use: threadIdx / blockIdx / blockDim, __syncthreads,
-// __syncwarp, __shfl_up_sync / __shfl_xor_sync, atomicAdd (float), cudaMemsetAsync, float4, expf, __expf, rsqrtf, bf16 storage, and nvcuda::wmma's m16n16k8 TF32 fragments. A
+// __syncwarp, __shfl_up_sync / __shfl_xor_sync, atomicAdd (float), cudaMemsetAsync, float4, expf,
+// __expf, rsqrtf, bf16 storage, cp.async (a synchronous copy; commit/wait do nothing),
+// mma.sync m16n8k8 TF32 with the hardware's fragment-to-lane mapping (emu::mma_tf32_m16n8k8:
+// the warp's lanes exchange their fragments), and nvcuda::wmma's m16n16k8 TF32 fragments. A
 // fragment holds its whole tile in every thread (the documented semantics of load / mma /
 // store, computed redundantly per lane; lane 0 alone stores); __float_to_tf32 rounds to 10
 // mantissa bits (nearest, ties away) as cvt.rna.tf32.f32 does. Timing, occupancy, memory
@@ -88,6 +91,7 @@ struct BlockCtx {
   std::unique_ptr<Barrier> block;
   std::vector<std::unique_ptr<Barrier>> warps;
   std::vector<float> shfl;  // one slot per thread for __shfl_up_sync
+  std::vector<float> mma;   // 10 slots per thread for mma.sync's fragments (a 4, b 2, c 4)
 };
 
 inline thread_local dim3 tl_thread, tl_block;
@@ -106,6 +110,7 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
         ctx.block = std::make_unique<Barrier>(nt);
         for (int w = 0; w < (nt + 31) / 32; ++w) ctx.warps.push_back(std::make_unique<Barrier>(std::min(32, nt - 32 * w)));
         ctx.shfl.assign(size_t(nt), 0.f);
+        ctx.mma.assign(size_t(nt) * 10, 0.f);
         std::vector<std::thread> ths;
         for (int t = 0; t < nt; ++t)
           ths.emplace_back([&, t] {
@@ -162,6 +167,49 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
 inline float __shfl_up_sync(unsigned, float v, unsigned delta) {
   return dfssm::emu::shfl(v, [&](unsigned lane) { return lane >= delta ? int(lane - delta) : -1; });
 }
+
+namespace dfssm::emu {
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 for the calling lane: every lane publishes
+// its fragments, then computes its own accumulators from the whole warp's A (16 x 8) and B
+// (8 x 8). Lane = 4g + t holds a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]}, b = {B[t][g],
+// B[t+4][g]}, c = {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]} (the PTX ISA's layout), so a
+// kernel that gets the mapping wrong gets wrong results here too.
+inline void mma_tf32_m16n8k8(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto& ctx = *tl_ctx;
+  const unsigned t = threadIdx.x, lane = t % 32, base = t - lane;
+  auto f = [](uint32_t u) {
+    float v;
+    std::memcpy(&v, &u, 4);
+    return v;
+  };
+  float* mine = &ctx.mma[size_t(t) * 10];
+  for (int i = 0; i < 4; ++i) mine[i] = f(a[i]);
+  mine[4] = f(b[0]), mine[5] = f(b[1]);
+  __syncwarp();
+  float A[16][8], B[8][8];
+  for (unsigned l = 0; l < 32; ++l) {
+    const float* o = &ctx.mma[size_t(base + l) * 10];
+    const unsigned g = l / 4, q = l % 4;
+    A[g][q] = o[0], A[g + 8][q] = o[1], A[g][q + 4] = o[2], A[g + 8][q + 4] = o[3];
+    B[q][g] = o[4], B[q + 4][g] = o[5];
+  }
+  __syncwarp();
+  const unsigned g = lane / 4, q = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const unsigned r = g + (i >= 2 ? 8u : 0u), col = 2 * q + unsigned(i % 2);
+    float s = c[i];
+    for (int k = 0; k < 8; ++k) s += A[r][k] * B[k][col];
+    c[i] = s;
+  }
+}
+// cp.async of 16 bytes (zeros when !valid): a synchronous copy.
+inline void cp_async16(void* smem, const void* gmem, bool valid) {
+  if (valid)
+    std::memcpy(smem, gmem, 16);
+  else
+    std::memset(smem, 0, 16);
+}
+}  // namespace dfssm::emu
 
 // bf16 storage (round to nearest even) and the fast-math intrinsics, for the norm kernels.
 struct __nv_bfloat16 {

@@ -21,6 +21,9 @@
 // (RowsRegs in ssd_scan_common.cuh). The backward kernels are in ssd_scan_bwd.cu.
 #include "kernels/cuda/ssd_scan_common.cuh"
 
+#include <cstdlib>
+#include <string>
+
 namespace dfssm::kernels {
 namespace {
 using namespace scan_detail;
@@ -239,6 +242,140 @@ __global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_scan_kernel(
   }
 }
 
+// ---- 4'. chunk scan, version 2 (the default; DFSSM_SSD_SCAN_VERSION=1 runs 4.) ---------------
+// The same product, y = [M | exp(acs)∘C]·[x ; Sᵀ] with M = L∘CB∘dt + D·I, as one K loop of
+// T/32 + N/32 slabs of 32, but fed by a STAGES-deep cp.async pipeline: slab j + STAGES - 1 is in
+// flight while slab j is multiplied, with no register staging (version 1 keeps one slab in
+// registers, which left the kernel waiting on L2/DRAM with ~7% tensor-core use). The operands'
+// transforms are applied to the raw mma.sync fragments in registers: M's decay, mask, dt and D
+// per element of CB's A fragment; exp(acs) per row of C's. Warp w owns the 16-row strip
+// w / (8 / (T/16)) of y, all of P at T = 128 or half of it at T = 64; strips skip the slabs and
+// k-steps above their diagonal.
+// Shared memory per stage: an A slab (T rows x 32, row stride LDA = 36: conflict-free A fragments)
+// and a B slab: x rows (32 x 64, stride 72: conflict-free B fragments) or S rows (64 x 32, stride 36).
+namespace v2 {
+constexpr int LDA = KS + 4, LDXB = P_ + 8, LDSB = KS + 4, BSLAB = KS * LDXB;
+static_assert(BSLAB == P_ * LDSB, "the x and S slabs share a buffer");
+template <int T>
+constexpr int kStageFloats = T * LDA + BSLAB;
+template <int T, int STAGES>
+constexpr int kSmemBytes = STAGES * kStageFloats<T> * 4;
+}  // namespace v2
+
+template <int T, int STAGES>
+__global__ void __launch_bounds__(kThreads, 2) chunk_scan_v2_kernel(SsdScanArgs a) {
+  using namespace v2;
+  constexpr int NS1 = T / KS, NSL = NS1 + N_ / KS;           // phase-1 slabs, all slabs
+  constexpr int WPS = kWarps / (T / 16), NT = (P_ / 8) / WPS;  // warps per strip, n-tiles per warp
+  static_assert(WPS >= 1 && NT >= 1, "T in {64, 128}");
+  const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5, lane = t & 31;
+  const int g = lane >> 2, q = lane & 3;
+  const int r0 = (warp / WPS) * 16, p0 = (warp % WPS) * NT * 8;
+  const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
+  const int gi = h / (a.H / a.G);
+  const Ws ws = split_ws(a);
+  DFSSM_DYN_SMEM(smem, STAGES * kStageFloats<T>);
+  __shared__ float acs[T], dts[T];
+
+  const float* cb = ws.cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  const float* xsrc = a.x + (b * a.L + l0) * a.x_row + int64_t(h) * P_;
+  const float* csrc = a.C + (b * a.L + l0) * a.bc_row + int64_t(gi) * N_;
+  const float* S = ws.states + ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
+  const int64_t valid = a.L - l0;  // rows of this chunk inside L
+
+  // Slab j into stage j % STAGES: 16-byte pieces, T * 8 of the A slab then 512 of the B slab.
+  auto load_slab = [&](int j) {
+    float* As = smem + (j % STAGES) * kStageFloats<T>;
+    float* Bs = As + T * LDA;
+    for (int i = t; i < T * 8 + 512; i += kThreads) {
+      if (i < T * 8) {
+        const int r = i >> 3, k4 = (i & 7) * 4;
+        if (j < NS1)
+          cp_async16(As + r * LDA + k4, cb + r * T + j * KS + k4, true);
+        else
+          cp_async16(As + r * LDA + k4, r < valid ? csrc + r * a.bc_row + (j - NS1) * KS + k4 : csrc, r < valid);
+      } else if (j < NS1) {  // x rows j*KS + [0, 32), 64 floats each
+        const int e = i - T * 8, r = e >> 4, p4 = (e & 15) * 4, l = j * KS + r;
+        cp_async16(Bs + r * LDXB + p4, l < valid ? xsrc + l * a.x_row + p4 : xsrc, l < valid);
+      } else {  // S rows p, columns n0 + [0, 32)
+        const int e = i - T * 8, p = e >> 3, k4 = (e & 7) * 4;
+        cp_async16(Bs + p * LDSB + k4, S + p * N_ + (j - NS1) * KS + k4, true);
+      }
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < STAGES - 1; ++j) {
+    if (j < NSL) load_slab(j);
+    cp_async_commit();
+  }
+  if (t < T) {
+    acs[t] = ws.acs[((b * a.H + h) * nc + c) * T + t];
+    dts[t] = l0 + t < a.L ? a.dt[(b * a.L + l0 + t) * a.H + h] : 0.f;
+  }
+  const float D = a.D ? a.D[h] : 0.f;
+  __syncthreads();
+  const int rA = r0 + g, rB = rA + 8;
+  const float acsA = acs[rA], acsB = acs[rB];
+  float acc[NT][4] = {};
+
+  for (int j = 0; j < NSL; ++j) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // slab j landed for every thread; stage (j - 1) % STAGES is free
+    if (j + STAGES - 1 < NSL) load_slab(j + STAGES - 1);
+    cp_async_commit();
+    const float* As = smem + (j % STAGES) * kStageFloats<T>;
+    const float* Bs = As + T * LDA;
+    if (j < NS1) {
+      // Phase 1: M·x over source positions s = j*KS + kk + [0, 8).
+      if (j * KS > r0 + 15) continue;  // the whole slab is above this strip's diagonal
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        const int s0 = j * KS + kk;
+        if (s0 > r0 + 15) break;
+        const int sA = s0 + q, sB = sA + 4;
+        const float aS = acs[sA], aT = acs[sB], dS = dts[sA], dT = dts[sB];
+        auto m = [&](int r, float ar, int s, float as, float ds) {
+          const float v = As[r * LDA + (s - j * KS)];
+          return s <= r ? expf(ar - as) * v * ds + (s == r ? D : 0.f) : 0.f;
+        };
+        const uint32_t fa[4] = {to_tf32(m(rA, acsA, sA, aS, dS)), to_tf32(m(rB, acsB, sA, aS, dS)),
+                                to_tf32(m(rA, acsA, sB, aT, dT)), to_tf32(m(rB, acsB, sB, aT, dT))};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int p = p0 + nt * 8 + g;
+          const uint32_t fb[2] = {to_tf32(Bs[(kk + q) * LDXB + p]), to_tf32(Bs[(kk + q + 4) * LDXB + p])};
+          mma_tf32(acc[nt], fa, fb);
+        }
+      }
+    } else {
+      // Phase 2: (exp(acs)∘C)·Sᵀ over state columns n = (j - NS1)*KS + kk + [0, 8).
+      const float eA = expf(acsA), eB = expf(acsB);
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        const uint32_t fa[4] = {to_tf32(As[rA * LDA + kk + q] * eA), to_tf32(As[rB * LDA + kk + q] * eB),
+                                to_tf32(As[rA * LDA + kk + q + 4] * eA), to_tf32(As[rB * LDA + kk + q + 4] * eB)};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int p = p0 + nt * 8 + g;
+          const uint32_t fb[2] = {to_tf32(Bs[p * LDSB + kk + q]), to_tf32(Bs[p * LDSB + kk + q + 4])};
+          mma_tf32(acc[nt], fa, fb);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: rows rA and rB of y (those inside L), two adjacent columns per fragment half.
+  const int64_t ld = int64_t(a.H) * P_;
+  float* yrow = a.y + (b * a.L + l0) * ld + int64_t(h) * P_;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int col = p0 + nt * 8 + 2 * q;
+    if (rA < valid) st2(yrow + rA * ld + col, acc[nt][0], acc[nt][1]);
+    if (rB < valid) st2(yrow + rB * ld + col, acc[nt][2], acc[nt][3]);
+  }
+}
+
 template <int T>
 cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
@@ -248,13 +385,36 @@ cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(chunk_cb_kernel<T>, dim3(T / 64, nc * unsigned(a.G), Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  if constexpr (T <= 128) {
+    if (ssd_scan_version() == 2) {
+      constexpr int kStages = T == 128 ? 3 : 4;
+      constexpr int smem = v2::kSmemBytes<T, kStages>;
+      if (const auto e = cudaFuncSetAttribute(chunk_scan_v2_kernel<T, kStages>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+          e != cudaSuccess)
+        return e;
+      DFSSM_LAUNCH_SMEM((chunk_scan_v2_kernel<T, kStages>), dim3(nc, H, Bz), smem, stream, a);
+      return cudaGetLastError();
+    }
+  }
   DFSSM_LAUNCH(chunk_scan_kernel<T>, dim3(nc, H, Bz), stream, a);
   return cudaGetLastError();
 }
 
+int g_scan_version = 0;  // 0: not read yet
+
 bool aligned(const void* p, uintptr_t n) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % n == 0; }
 
 }  // namespace
+
+int ssd_scan_version() {
+  if (g_scan_version == 0) {
+    const char* e = std::getenv("DFSSM_SSD_SCAN_VERSION");
+    g_scan_version = e && std::string(e) == "1" ? 1 : 2;
+  }
+  return g_scan_version;
+}
+void ssd_scan_set_version(int v) { g_scan_version = v == 1 ? 1 : v == 2 ? 2 : 0; }
 
 bool ssd_scan_inputs_ok(const SsdScanArgs& a) {
   return a.P == P_ && a.N == N_ && (a.T == 64 || a.T == 128 || a.T == 256) && a.G > 0 && a.H % a.G == 0 &&
