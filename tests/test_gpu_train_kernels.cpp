@@ -537,6 +537,9 @@ TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small sh
     auto ws = at::empty({kernels::ssd_scan_workspace_floats(ac)}, cb.options());
     auto bws = at::empty({kernels::ssd_scan_bwd_workspace_floats(ac)}, cb.options());
     ac.y = y.data_ptr<float>(), ac.final_state = s.data_ptr<float>(), ac.workspace = ws.data_ptr<float>();
+   // Kernel version 2 (the default: cp.async chunk_state / dstate_local / chunk_scan) and 1.
+   for (const int version : {2, 1}) {
+    kernels::ssd_scan_set_version(version);
     REQUIRE(kernels::ssd_scan_fwd_cuda(ac, nullptr) == cudaSuccess);
     std::vector<at::Tensor> out;
     for (const auto& r : ref) out.push_back(at::full(r.sizes(), 7.f, cb.options()));
@@ -551,9 +554,11 @@ TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small sh
     const char* names[] = {"dx", "ddt", "dA", "dD", "dB", "dC", "dinit"};
     for (size_t i = 0; i < ref.size(); ++i) {
       const double e = rel_err(out[i].cpu(), ref[i]);
-      WARN("ssd_scan bwd T=" << T << ": " << names[i] << " " << e);
+      WARN("ssd_scan bwd T=" << T << " v" << version << ": " << names[i] << " " << e);
       CHECK(e < 3e-3);
     }
+   }
+   kernels::ssd_scan_set_version(0);
   }
 }
 

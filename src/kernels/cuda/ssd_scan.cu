@@ -23,20 +23,27 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 namespace dfssm::kernels {
 namespace {
 using namespace scan_detail;
 
 // ---- 1. chunk states ---------------------------------------------------------------------------
-template <int T>
+// Outer: ChunkOuter<T> (version 1: register-staged WMMA) or ChunkOuterV2<T> (cp.async into
+// dynamic shared memory, raw mma.sync).
+template <int T, class Outer>
 __global__ void __launch_bounds__(kThreads, 2) chunk_state_kernel(SsdScanArgs a) {
   const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
   const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
   const int gi = h / (a.H / a.G);
   const Ws ws = split_ws(a);
   __shared__ float w[T], warp_tot[kWarps], total;
-  ChunkOuter<T> outer{a.x + int64_t(h) * P_, a.B + int64_t(gi) * N_, a.x_row, a.bc_row, b, a.L, l0};
+  Outer outer{a.x + int64_t(h) * P_, a.B + int64_t(gi) * N_, a.x_row, a.bc_row, b, a.L, l0};
+  if constexpr (!std::is_same_v<Outer, ChunkOuter<T>>) {
+    DFSSM_DYN_SMEM(outer_smem, ChunkOuterV2<T>::kFloats);
+    outer.smem = outer_smem;
+  }
   outer.load(0);  // in flight during the scan
 
   // Phase 1: acs (written for kernels 2 and 4) and the weights w_l.
@@ -379,7 +386,20 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_v2_kernel(SsdScanArgs 
 template <int T>
 cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
-  DFSSM_LAUNCH(chunk_state_kernel<T>, dim3(nc, H, Bz), stream, a);
+  if constexpr (T <= 128) {
+    if (ssd_scan_version() == 2) {
+      constexpr int smem = ChunkOuterV2<T>::kFloats * 4;
+      using K = ChunkOuterV2<T>;
+      if (const auto e = cudaFuncSetAttribute(chunk_state_kernel<T, K>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+          e != cudaSuccess)
+        return e;
+      DFSSM_LAUNCH_SMEM((chunk_state_kernel<T, K>), dim3(nc, H, Bz), smem, stream, a);
+    } else {
+      DFSSM_LAUNCH((chunk_state_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a);
+    }
+  } else {
+    DFSSM_LAUNCH((chunk_state_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a);
+  }
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(state_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;

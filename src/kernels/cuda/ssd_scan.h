@@ -30,8 +30,9 @@ bool ssd_scan_supported(const SsdScanArgs& a);
 // The same without the outputs (y, final_state): what the backward needs of `a`.
 bool ssd_scan_inputs_ok(const SsdScanArgs& a);
 
-// Which chunk_scan kernel the forward runs at T <= 128: 2 (the default; the cp.async pipeline)
-// or 1 (register-staged WMMA; DFSSM_SSD_SCAN_VERSION=1). T = 256 always runs version 1.
+// Which kernels run at T <= 128 for chunk_scan, chunk_state (forward) and dstate_local
+// (backward): 2 (the default; cp.async pipelines into shared memory, raw mma.sync fragments) or 1
+// (register-staged WMMA; DFSSM_SSD_SCAN_VERSION=1). T = 256 always runs version 1.
 // ssd_scan_set_version(1 | 2) overrides the environment (tests, A/B benches); 0 re-reads it.
 int ssd_scan_version();
 void ssd_scan_set_version(int v);

@@ -34,6 +34,8 @@
 
 #include "kernels/cuda/ssd_scan_common.cuh"
 
+#include <type_traits>
+
 namespace dfssm::kernels {
 namespace {
 using namespace scan_detail;
@@ -47,7 +49,8 @@ __device__ inline BwdWs split_bwd_ws(const SsdScanArgs& a, const SsdScanGrads& g
 }
 
 // ---- 1. the chunk's own state gradient ------------------------------------------------------------
-template <int T>
+// Outer: ChunkOuter<T> (version 1) or ChunkOuterV2<T> (cp.async, dynamic shared memory).
+template <int T, class Outer>
 __global__ void __launch_bounds__(kThreads, 2) dstate_local_kernel(SsdScanArgs a, SsdScanGrads g) {
   const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x;
   const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
@@ -55,7 +58,11 @@ __global__ void __launch_bounds__(kThreads, 2) dstate_local_kernel(SsdScanArgs a
   const Ws ws = split_ws(a);
   const BwdWs bw = split_bwd_ws(a, g);
   __shared__ float e[T];
-  ChunkOuter<T> outer{g.dy + int64_t(h) * P_, a.C + int64_t(gi) * N_, int64_t(a.H) * P_, a.bc_row, b, a.L, l0};
+  Outer outer{g.dy + int64_t(h) * P_, a.C + int64_t(gi) * N_, int64_t(a.H) * P_, a.bc_row, b, a.L, l0};
+  if constexpr (!std::is_same_v<Outer, ChunkOuter<T>>) {
+    DFSSM_DYN_SMEM(outer_smem, ChunkOuterV2<T>::kFloats);
+    outer.smem = outer_smem;
+  }
   outer.load(0);
   if (t < T) e[t] = expf(ws.acs[((b * a.H + h) * nc + c) * T + t]);
   __syncthreads();
@@ -548,7 +555,16 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
                              {bw.dcb, size_t(a.cb_floats()) * 4}, {bw.dlam, size_t(a.batch * a.H) * nc * 4}})
     if (p)
       if (const auto e = cudaMemsetAsync(p, 0, n, stream); e != cudaSuccess) return e;
-  DFSSM_LAUNCH(dstate_local_kernel<T>, dim3(nc, H, Bz), stream, a, g);
+  if (ssd_scan_version() == 2) {
+    constexpr int osmem = ChunkOuterV2<T>::kFloats * 4;
+    using K = ChunkOuterV2<T>;
+    if (const auto e = cudaFuncSetAttribute(dstate_local_kernel<T, K>, cudaFuncAttributeMaxDynamicSharedMemorySize, osmem);
+        e != cudaSuccess)
+      return e;
+    DFSSM_LAUNCH_SMEM((dstate_local_kernel<T, K>), dim3(nc, H, Bz), osmem, stream, a, g);
+  } else {
+    DFSSM_LAUNCH((dstate_local_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a, g);
+  }
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;

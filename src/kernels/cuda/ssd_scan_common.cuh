@@ -203,6 +203,95 @@ struct ChunkOuter {
   }
 };
 
+// cp.async.wait_group with a run-time count (0..3): at most n of this thread's groups pending.
+__device__ __forceinline__ void cp_async_wait_upto(int n) {
+  switch (n) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    default: cp_async_wait<3>(); break;
+  }
+}
+
+// ChunkOuter's product, version 2 (T <= 128): the whole chunk's u and v rows go to shared memory
+// by cp.async at load() (one commit group per 32-row slab, all in flight at once), and run()
+// multiplies slab s as soon as it has landed, on raw TF32 mma.sync fragments with w applied to
+// A's elements in registers. Warp w owns the 32 x 32 output tile (w / 4, w % 4) of P x N. The
+// caller provides kFloats of shared memory (dynamic: 106 KB at T = 128) and a __syncthreads()
+// between load() and run() (w's writes). Rows at or past L read as zeros.
+template <int T>
+struct ChunkOuterV2 {
+  static constexpr int LDU = P_ + 8, LDV = N_ + 8;  // ≡ 8 mod 32: conflict-free fragment loads
+  static constexpr int kFloats = T * (LDU + LDV), kSlabs = T / KS;
+  static_assert(T == 64 || T == 128, "T in {64, 128}");
+  const float *usrc, *vsrc;
+  int64_t urow, vrow, b, L, l0;
+  float* smem = nullptr;
+
+  __device__ __forceinline__ void load(int64_t) {
+    float *us = smem, *vs = smem + T * LDU;
+    const int64_t valid = L - l0;
+    const float* u0 = usrc + (b * L + l0) * urow;
+    const float* v0 = vsrc + (b * L + l0) * vrow;
+    constexpr int UQ = P_ / 4, VQ = N_ / 4;  // 16-byte pieces per row
+    for (int s = 0; s < kSlabs; ++s) {
+      for (int i = threadIdx.x; i < KS * (UQ + VQ); i += kThreads) {
+        if (i < KS * UQ) {
+          const int r = s * KS + i / UQ, k4 = (i % UQ) * 4;
+          cp_async16(us + r * LDU + k4, r < valid ? u0 + r * urow + k4 : u0, r < valid);
+        } else {
+          const int e = i - KS * UQ, r = s * KS + e / VQ, k4 = (e % VQ) * 4;
+          cp_async16(vs + r * LDV + k4, r < valid ? v0 + r * vrow + k4 : v0, r < valid);
+        }
+      }
+      cp_async_commit();
+    }
+  }
+
+  __device__ __forceinline__ void run(const float* w, float* out) {
+    const float *us = smem, *vs = smem + T * LDU;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
+    float acc[2][4][4] = {};
+    for (int s = 0; s < kSlabs; ++s) {
+      cp_async_wait_upto(kSlabs - 1 - s);
+      __syncthreads();  // slab s landed for every thread
+#pragma unroll
+      for (int kk = 0; kk < KS; kk += 8) {
+        const int l = s * KS + kk + q;
+        const float w0 = w[l], w1 = w[l + 4];
+        uint32_t fa[2][4], fb[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const int p = pm + mi * 16 + g;
+          fa[mi][0] = to_tf32(w0 * us[l * LDU + p]);
+          fa[mi][1] = to_tf32(w0 * us[l * LDU + p + 8]);
+          fa[mi][2] = to_tf32(w1 * us[(l + 4) * LDU + p]);
+          fa[mi][3] = to_tf32(w1 * us[(l + 4) * LDU + p + 8]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          const int n = nn + ni * 8 + g;
+          fb[ni][0] = to_tf32(vs[l * LDV + n]);
+          fb[ni][1] = to_tf32(vs[(l + 4) * LDV + n]);
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], fa[mi], fb[ni]);
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        const int p = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
+        st2(out + p * N_ + n, acc[mi][ni][0], acc[mi][ni][1]);
+        st2(out + (p + 8) * N_ + n, acc[mi][ni][2], acc[mi][ni][3]);
+      }
+  }
+};
+
 // A warp's 16x16 accumulator tile into rows of a matrix with row stride ld, starting at dst, of
 // which only the first `valid` exist (the last chunk's partial tile): all 16 rows go straight to
 // memory; fewer are staged through the warp's own 16 x LDE tile `stage` and written row by row.
