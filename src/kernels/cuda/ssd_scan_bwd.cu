@@ -70,21 +70,24 @@ __global__ void __launch_bounds__(kThreads, 2) dstate_local_kernel(SsdScanArgs a
 }
 
 // ---- 2. reverse state passing ----------------------------------------------------------------------
-__global__ void __launch_bounds__(kThreads) dstate_pass_kernel(SsdScanArgs a, SsdScanGrads g) {
-  constexpr int kGroup = 4;  // chunks whose loads are issued together
+__global__ void __launch_bounds__(kThreads, 4) dstate_pass_kernel(SsdScanArgs a, SsdScanGrads g) {
+  constexpr int kGroup = 8;  // chunks whose loads are issued, and whose dΛ sums are reduced, together
   const int64_t PN = int64_t(P_) * N_, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const int h = blockIdx.y, t = threadIdx.x;
+  const int h = blockIdx.y, t = threadIdx.x, lane = t & 31, warp = t >> 5;
   const int64_t b = blockIdx.z, nc = a.chunks(), cstride = int64_t(a.H) * PN;
   const Ws ws = split_ws(a);
   const BwdWs bw = split_bwd_ws(a, g);
-  __shared__ float red[kThreads];
+  // Warp partial sums of dΛ, double-buffered so that one barrier per group suffices: a buffer
+  // is rewritten two groups later, after every reader of it has passed the next group's barrier.
+  __shared__ float red[2][kWarps * kGroup];
   float D = g.dfinal ? g.dfinal[(b * a.H + h) * PN + e] : 0.f;
   const float* acs = ws.acs + (b * a.H + h) * nc * a.T + (a.T - 1);
   float* ds = bw.dstates + (b * nc * a.H + h) * PN + e;  // chunk c at ds[c * cstride]
   const float* S = ws.states + (b * nc * a.H + h) * PN + e;
   float* dlam = bw.dlam + (b * a.H + h) * nc;
-  for (int64_t c1 = nc - 1; c1 >= 0; c1 -= kGroup) {
-    float din[kGroup], sv[kGroup], el[kGroup];
+  int buf = 0;
+  for (int64_t c1 = nc - 1; c1 >= 0; c1 -= kGroup, buf ^= 1) {
+    float din[kGroup], sv[kGroup], el[kGroup], part[kGroup];
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) {
       const int64_t c = c1 - j;
@@ -95,17 +98,26 @@ __global__ void __launch_bounds__(kThreads) dstate_pass_kernel(SsdScanArgs a, Ss
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) {
       const int64_t c = c1 - j;
-      if (c < 0) break;
+      part[j] = 0.f;
+      if (c < 0) continue;
       ds[c * cstride] = D;  // the gradient of the state leaving chunk c
-      red[t] = D * el[j] * sv[j];
-      __syncthreads();
-      for (int o = kThreads / 2; o > 0; o >>= 1) {
-        if (t < o) red[t] += red[t + o];
-        __syncthreads();
-      }
-      if (t == 0) atomicAdd(dlam + c, red[0]);
-      __syncthreads();
+      part[j] = D * el[j] * sv[j];
       D = din[j] + el[j] * D;
+    }
+    // dΛ_c = Σ_e D_c·exp(Λ_c)·S_c over the block's elements: warp shuffles, then one barrier.
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) part[j] += __shfl_xor_sync(0xffffffffu, part[j], o);
+    }
+    if (lane == 0)
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) red[buf][warp * kGroup + j] = part[j];
+    __syncthreads();
+    if (t < kGroup && c1 - t >= 0) {
+      float sum = 0.f;
+      for (int w = 0; w < kWarps; ++w) sum += red[buf][w * kGroup + t];
+      atomicAdd(dlam + (c1 - t), sum);
     }
   }
   if (g.dinit) g.dinit[(b * a.H + h) * PN + e] = D;
