@@ -559,6 +559,137 @@ __global__ void __launch_bounds__(kThreads, 2) dbc_kernel(SsdScanArgs a, SsdScan
     }
 }
 
+// ---- 4'. dB and dC, version 2 (T = 64, the default; DFSSM_SSD_SCAN_VERSION=1 runs 4.) ----------
+// The same GEMM, out (T x 64 columns) = A·X over K = T + (H/G)·P, fed by a 4-stage cp.async
+// pipeline instead of one register-staged slab. A's transforms happen on the raw mma.sync
+// fragments: dB's dCBᵀ is read transposed from the raw dCB rows in shared memory, and each
+// head's per-row scale multiplies its A elements. Warp (wm, wn) owns rows 16·wm.. and columns
+// 32·wn.. (4 n-tiles of 8). Per stage: the A slab, T x 32 at row stride 36 (or dCB's 32 rows of T
+// at stride T + 8 for dB), and the X slab, 32 x 64 at stride 72 (conflict-free fragments).
+namespace dbc2 {
+constexpr int LDA = KS + 4, LDAT = 64 + 8, LDX2 = kDbcCols + 8, STAGES = 4;
+constexpr int A_FLOATS = 64 * LDA > KS * LDAT ? 64 * LDA : KS * LDAT, STAGE = A_FLOATS + KS * LDX2;
+constexpr int smem_floats(int hpg) { return STAGES * STAGE + hpg * 64; }
+}  // namespace dbc2
+
+__global__ void __launch_bounds__(kThreads, 2) dbc_v2_kernel(SsdScanArgs a, SsdScanGrads g) {
+  using namespace dbc2;
+  constexpr int T = 64, NS1 = T / KS, SPH = P_ / KS;
+  static_assert(KS * LDAT <= A_FLOATS && T * LDA <= A_FLOATS, "A slab fits");
+  DFSSM_DYN_SMEM(smem, smem_floats(256));  // the emulator's static size: up to 256 heads per group
+  float* scl = smem + STAGES * STAGE;       // (head of the group, row): the per-head row scales
+  const bool is_db = blockIdx.x & 1;
+  const int n0 = (blockIdx.x >> 1) * kDbcCols, c = blockIdx.y, t = threadIdx.x, warp = t >> 5, lane = t & 31;
+  const int gq = lane >> 2, q = lane & 3;
+  const int hpg = a.H / a.G, gi = blockIdx.z % a.G;
+  const int64_t b = blockIdx.z / a.G, nc = a.chunks(), l0 = int64_t(c) * T;
+  const int NS = NS1 + hpg * SPH;
+  const int r0 = (warp >> 1) * 16, c0 = (warp & 1) * 32;
+  const Ws ws = split_ws(a);
+  const BwdWs bw = split_bwd_ws(a, g);
+  const float* dcb = bw.dcb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  const float* x1 = (is_db ? a.C : a.B) + (b * a.L + l0) * a.bc_row + int64_t(gi) * N_ + n0;
+  const int64_t a2_row = is_db ? a.x_row : int64_t(a.H) * P_;
+  const float* a2 = (is_db ? a.x : g.dy) + (b * a.L + l0) * a2_row;
+  const float* x2 = (is_db ? bw.dstates : ws.states) + (b * nc + c) * a.H * int64_t(P_) * N_ + n0;
+  const int64_t valid = a.L - l0;
+
+  // Slab k into stage k % STAGES: 512 pieces of 16 bytes for A, 512 for X.
+  auto load_slab = [&](int k) {
+    float* As = smem + (k % STAGES) * STAGE;
+    float* Xs = As + A_FLOATS;
+    for (int i = t; i < 1024; i += kThreads) {
+      if (i < 512) {
+        if (k < NS1 && is_db) {  // dCB rows k·KS + [0, 32), T floats each, as they are
+          const int r = i >> 4, m4 = (i & 15) * 4;
+          cp_async16(As + r * LDAT + m4, dcb + (k * KS + r) * T + m4, true);
+        } else if (k < NS1) {  // dCB[:, k·KS + [0, 32)]
+          const int r = i >> 3, k4 = (i & 7) * 4;
+          cp_async16(As + r * LDA + k4, dcb + r * T + k * KS + k4, true);
+        } else {  // head h's dy (dC) or x (dB) rows, columns p0 + [0, 32)
+          const int hh = (k - NS1) / SPH, p0 = ((k - NS1) % SPH) * KS, r = i >> 3, k4 = (i & 7) * 4;
+          const float* src = a2 + (int64_t(gi) * hpg + hh) * P_ + p0 + k4;
+          cp_async16(As + r * LDA + k4, r < valid ? src + r * a2_row : a2, r < valid);
+        }
+      } else {
+        const int e = i - 512, r = e >> 4, n4 = (e & 15) * 4;
+        if (k < NS1) {  // rows k·KS + r of B (dC) or C (dB)
+          const int l = k * KS + r;
+          cp_async16(Xs + r * LDX2 + n4, l < valid ? x1 + l * a.bc_row + n4 : x1, l < valid);
+        } else {  // state (dC) or state-gradient (dB) rows h·P + p0 + r
+          const int hh = (k - NS1) / SPH, p0 = ((k - NS1) % SPH) * KS;
+          cp_async16(Xs + r * LDX2 + n4, x2 + ((int64_t(gi) * hpg + hh) * P_ + p0 + r) * N_ + n4, true);
+        }
+      }
+    }
+  };
+#pragma unroll
+  for (int k = 0; k < STAGES - 1; ++k) {
+    if (k < NS) load_slab(k);
+    cp_async_commit();
+  }
+  // The row scales of every head of the group: dC: exp(acs_r); dB: dt_r·exp(Λ - acs_r) with
+  // Λ = acs_{T-1} (dt reads 0 past L). Their loads overlap the first slabs'.
+  for (int i = t; i < hpg * T; i += kThreads) {
+    const int hh = i / T, r = i % T;
+    const int64_t h = gi * int64_t(hpg) + hh;
+    const float* acs_h = ws.acs + ((b * a.H + h) * nc + c) * T;
+    scl[i] = is_db ? (r < valid ? a.dt[(b * a.L + l0 + r) * a.H + h] : 0.f) * expf(acs_h[T - 1] - acs_h[r])
+                   : expf(acs_h[r]);
+  }
+  const int rA = r0 + gq, rB = rA + 8;
+  float acc[4][4] = {};
+  for (int k = 0; k < NS; ++k) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // slab k landed for every thread (and, at k = 0, the scales); stage k - 1 is free
+    if (k + STAGES - 1 < NS) load_slab(k + STAGES - 1);
+    cp_async_commit();
+    const float* As = smem + (k % STAGES) * STAGE;
+    const float* Xs = As + A_FLOATS;
+    float sA = 1.f, sB = 1.f;
+    if (k >= NS1) {
+      const float* sc = scl + ((k - NS1) / SPH) * T;
+      sA = sc[rA], sB = sc[rB];
+    }
+#pragma unroll
+    for (int kk = 0; kk < KS; kk += 8) {
+      uint32_t fa[4];
+      if (k < NS1) {
+        // dCB is lower triangular: dC's A(l, s) is 0 for s > l, dB's A(l, s) = dCB(s, l) for l > s.
+        const int k0 = k * KS + kk;
+        if (!is_db && k0 > r0 + 15) break;
+        if (is_db && r0 > k0 + 7) continue;
+        if (is_db) {
+          fa[0] = to_tf32(As[(kk + q) * LDAT + rA]), fa[1] = to_tf32(As[(kk + q) * LDAT + rB]);
+          fa[2] = to_tf32(As[(kk + q + 4) * LDAT + rA]), fa[3] = to_tf32(As[(kk + q + 4) * LDAT + rB]);
+        } else {
+          fa[0] = to_tf32(As[rA * LDA + kk + q]), fa[1] = to_tf32(As[rB * LDA + kk + q]);
+          fa[2] = to_tf32(As[rA * LDA + kk + q + 4]), fa[3] = to_tf32(As[rB * LDA + kk + q + 4]);
+        }
+      } else {
+        fa[0] = to_tf32(sA * As[rA * LDA + kk + q]), fa[1] = to_tf32(sB * As[rB * LDA + kk + q]);
+        fa[2] = to_tf32(sA * As[rA * LDA + kk + q + 4]), fa[3] = to_tf32(sB * As[rB * LDA + kk + q + 4]);
+      }
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        const int n = c0 + ni * 8 + gq;
+        const uint32_t fb[2] = {to_tf32(Xs[(kk + q) * LDX2 + n]), to_tf32(Xs[(kk + q + 4) * LDX2 + n])};
+        mma_tf32(acc[ni], fa, fb);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  // Epilogue: rows inside L of (batch, L, G, N).
+  float* out = (is_db ? g.dB : g.dC) + (b * a.L + l0) * int64_t(a.G) * N_ + int64_t(gi) * N_ + n0;
+  const int64_t orow = int64_t(a.G) * N_;
+#pragma unroll
+  for (int ni = 0; ni < 4; ++ni) {
+    const int n = c0 + ni * 8 + 2 * q;
+    if (rA < valid) st2(out + rA * orow + n, acc[ni][0], acc[ni][1]);
+    if (rB < valid) st2(out + rB * orow + n, acc[ni][2], acc[ni][3]);
+  }
+}
+
 template <int T>
 cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
@@ -586,6 +717,14 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
     return e;
   DFSSM_LAUNCH_SMEM(chunk_bwd_kernel<T>, dim3(nc, H, Bz), smem, stream, a, g);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  if (T == 64 && ssd_scan_version() == 2) {
+    const int dsmem2 = dbc2::smem_floats(a.H / a.G) * int(sizeof(float));
+    if (const auto e = cudaFuncSetAttribute(dbc_v2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dsmem2);
+        e != cudaSuccess)
+      return e;
+    DFSSM_LAUNCH_SMEM(dbc_v2_kernel, dim3(2 * (N_ / kDbcCols), nc, Bz * unsigned(a.G)), dsmem2, stream, a, g);
+    return cudaGetLastError();
+  }
   const int dsmem = dbc_smem_floats<T>(a.H / a.G) * int(sizeof(float));
   if (const auto e = cudaFuncSetAttribute(dbc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, dsmem);
       e != cudaSuccess)
