@@ -133,7 +133,10 @@ __device__ __forceinline__ void tri_tile(int k, int& tm, int& tn) {
 template <int T>
 struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 32-byte alignment)
   static constexpr int LDT = T + 4;
-  static constexpr int BIG_A = (2 * T + 2 * P_) * LDK, BIG_G = T * LDT, BIG_Y = T * LDX;
+  // Step 1's two half-slab buffers: B, C (T rows each), dS, S (P rows each) of 16 floats, row
+  // stride 20 (≡ 20 mod 32: conflict-free fragment rows; 80 bytes keep cp.async's 16-byte alignment).
+  static constexpr int KH = 16, LDH = KH + 4, HSLAB = (2 * T + 2 * P_) * LDH;
+  static constexpr int BIG_A = 2 * HSLAB, BIG_G = T * LDT, BIG_Y = T * LDX;
   static constexpr int BIG = BIG_A > BIG_G ? (BIG_A > BIG_Y ? BIG_A : BIG_Y) : (BIG_G > BIG_Y ? BIG_G : BIG_Y);
   static constexpr int SLAB = kWarps * (T > 16 * LDE ? T : 16 * LDE);  // column sums, then staging tiles
   static constexpr int FLOATS = 3 * T * LDX + BIG + SLAB + 4 * T + kWarps + 8;
@@ -191,45 +194,60 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     rx.store(xsm, LDX, Unscaled{});
   }
 
-  // Step 1: Z = B·dSᵀ, Yoff = C·Sᵀ over K-slabs of n.
+  // Step 1: Z = B·dSᵀ, Yoff = C·Sᵀ over K-slabs of 16 n, double-buffered: slab i + 1's four
+  // operands land by cp.async while slab i is multiplied (one global round trip per slab before).
   {
-    float* bsl = big;
-    float* csl = bsl + T * LDK;
-    float* dsl = csl + T * LDK;
-    float* ssl = dsl + P_ * LDK;
+    constexpr int KH = SM::KH, LDH = SM::LDH, HSLAB = SM::HSLAB;
+    const int64_t valid = a.L - l0;
+    auto load_half = [&](int i) {  // n = 16·i + [0, 16): B, C rows (T), dS, S rows (P); 4 pieces per row
+      float* base = big + (i & 1) * HSLAB;
+      const int n0 = i * KH;
+      for (int e = t; e < (2 * T + 2 * P_) * 4; e += kThreads) {
+        const int r = e >> 2, k4 = (e & 3) * 4;
+        float* dst = base + r * LDH + k4;
+        if (r < 2 * T) {
+          const int l = r % T;
+          const float* src = (r < T ? bsrc : csrc) + (b * a.L + l0) * a.bc_row;
+          cp_async16(dst, l < valid ? src + l * a.bc_row + n0 + k4 : src, l < valid);
+        } else {
+          const int p = (r - 2 * T) % P_;
+          cp_async16(dst, (r < 2 * T + P_ ? dSg : Sg) + p * N_ + n0 + k4, true);
+        }
+      }
+      cp_async_commit();
+    };
     FragC az[TP], ay[TP];
 #pragma unroll
     for (int i = 0; i < TP; ++i) wmma::fill_fragment(az[i], 0.f), wmma::fill_fragment(ay[i], 0.f);
-    for (int n0 = 0; n0 < N_; n0 += KS) {
-      {  // the slab's 4 loads in flight together, not one round trip each
-        RowsRegs<T, KS> rb, rc;
-        RowsRegs<P_, KS> rd, rs;
-        rb.load_seq(bsrc + n0, a.bc_row, b, a.L, l0);
-        rc.load_seq(csrc + n0, a.bc_row, b, a.L, l0);
-        rd.load(dSg + n0, N_, P_);
-        rs.load(Sg + n0, N_, P_);
-        rb.store(bsl, LDK, Unscaled{});
-        rc.store(csl, LDK, Unscaled{});
-        rd.store(dsl, LDK, Unscaled{});
-        rs.store(ssl, LDK, Unscaled{});
+    load_half(0);
+    for (int i = 0; i < N_ / KH; ++i) {
+      if (i + 1 < N_ / KH) {
+        load_half(i + 1);  // into the other buffer, free since the barrier ending slab i - 1
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
       }
-      __syncthreads();
+      __syncthreads();  // slab i landed for every thread
+      const float* bsl = big + (i & 1) * HSLAB;
+      const float* csl = bsl + T * LDH;
+      const float* dsl = csl + T * LDH;
+      const float* ssl = dsl + P_ * LDH;
 #pragma unroll
-      for (int kk = 0; kk < KS; kk += 8) {
+      for (int kk = 0; kk < KH; kk += 8) {
         FragBcol fd, fs;  // B(n, p) = dS[p][n], S[p][n]
-        load_tf32(fd, dsl + tn * 16 * LDK + kk, LDK);
-        load_tf32(fs, ssl + tn * 16 * LDK + kk, LDK);
+        load_tf32(fd, dsl + tn * 16 * LDH + kk, LDH);
+        load_tf32(fs, ssl + tn * 16 * LDH + kk, LDH);
 #pragma unroll
-        for (int i = 0; i < TP; ++i) {
-          const int tm = tm0 + TM_STEP * i;
+        for (int j = 0; j < TP; ++j) {
+          const int tm = tm0 + TM_STEP * j;
           FragArow fa;
-          load_tf32(fa, bsl + tm * 16 * LDK + kk, LDK);
-          wmma::mma_sync(az[i], fa, fd, az[i]);
-          load_tf32(fa, csl + tm * 16 * LDK + kk, LDK);
-          wmma::mma_sync(ay[i], fa, fs, ay[i]);
+          load_tf32(fa, bsl + tm * 16 * LDH + kk, LDH);
+          wmma::mma_sync(az[j], fa, fd, az[j]);
+          load_tf32(fa, csl + tm * 16 * LDH + kk, LDH);
+          wmma::mma_sync(ay[j], fa, fs, ay[j]);
         }
       }
-      __syncthreads();
+      __syncthreads();  // slab i consumed: its buffer may be refilled
     }
 #pragma unroll
     for (int i = 0; i < TP; ++i) {
