@@ -6,8 +6,10 @@
 // Workspace: acs (batch, H, chunks, T); states (batch, chunks, H, P, N), overwritten in place by
 // the state entering each chunk; CB (batch, chunks, G, T, T).
 //
-// Kernels, in launch order (each block has 8 warps; the GEMM parts are WMMA m16n16k8 TF32
-// fragments with fp32 accumulators, fed from shared memory in K-slabs of 32):
+// Kernels, in launch order (each block has 8 warps; the GEMM parts are TF32 tensor-core products
+// with fp32 accumulators over K-slabs of 32; version 1 uses WMMA m16n16k8 fragments fed through
+// registers, version 2 (the default at T <= 128, chunk_state and chunk_scan; 4'. below) raw
+// mma.sync m16n8k8 fed by cp.async pipelines; DFSSM_SSD_SCAN_VERSION=1 selects version 1):
 //   1. chunk_state (chunk, head, batch): acs by a block scan of A·dt; w_l = exp(acs_T-1 - acs_l)·
 //      dt_l; states = (w∘x)ᵀ·B, a (P x T)·(T x N) product (ChunkOuter in ssd_scan_common.cuh).
 //   2. state_pass (P·N/256, head, batch): one thread per state element walks the chunks:

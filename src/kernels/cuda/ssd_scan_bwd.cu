@@ -11,8 +11,9 @@
 //   1. dstate_local (chunk, head, batch): dSin_c = Σ_l e_l·dy_l ⊗ C_l (P x N), e_l = exp(acs_l):
 //      the chunk's output's gradient with respect to the state entering it.
 //   2. dstate_pass (P·N/256, head, batch): walks the chunks backwards with the gradient dS of the
-//      state leaving chunk c: dstates[c] = dS; dΛ_c = Σ dS∘e^Λ∘S_c (block sums, an atomic per
-//      block); dS <- dSin_c + e^Λ·dS. The last dS is the initial state's gradient.
+//      state leaving chunk c: dstates[c] = dS; dΛ_c = Σ dS∘e^Λ∘S_c (warp sums, one barrier per
+//      8 chunks, an atomic per block and chunk); dS <- dSin_c + e^Λ·dS. The last dS is the
+//      initial state's gradient.
 //   3. chunk_bwd (chunk, head, batch), ~180 KB of shared memory at T = 128 (one block per SM),
 //      ~100 KB at T = 64 (two), in steps:
 //      1. Z = B·dSᵀ and Yoff = C·Sᵀ (T x P, K = N): dx_l = w_l·Z_l + D·dy_l, dw_l = x_l·Z_l,
@@ -23,6 +24,8 @@
 //         exp(acs_l - acs_s)·CB·dt_s;
 //      3. dx += (M∘dt)ᵀ·dy from shared memory; dx to HBM;
 //      4. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
+// dstate_local (ChunkOuterV2) and dbc at T = 64 (dbc_v2_kernel) run version 2 by default: cp.async
+// pipelines and raw mma.sync fragments (ssd_scan.h: ssd_scan_version).
 //   4. dbc (which of dB/dC x 64 columns of N, chunk, batch x group): dC and dB as one GEMM per
 //      chunk and group each, over K = T + (H/G)·P: dCB (or its transpose) times the chunk's B (or
 //      C) rows, plus every head's scaled dy (or x) times its state S (or dS). The T x T x N
