@@ -262,18 +262,18 @@ __global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_scan_kernel(
 // k-steps above their diagonal.
 // Shared memory per stage: an A slab (T rows x 32, row stride LDA = 36: conflict-free A fragments)
 // and a B slab: x rows (32 x 64, stride 72: conflict-free B fragments) or S rows (64 x 32, stride 36).
-namespace v2 {
+namespace scan2 {
 constexpr int LDA = KS + 4, LDXB = P_ + 8, LDSB = KS + 4, BSLAB = KS * LDXB;
 static_assert(BSLAB == P_ * LDSB, "the x and S slabs share a buffer");
 template <int T>
 constexpr int kStageFloats = T * LDA + BSLAB;
 template <int T, int STAGES>
 constexpr int kSmemBytes = STAGES * kStageFloats<T> * 4;
-}  // namespace v2
+}  // namespace scan2
 
 template <int T, int STAGES>
 __global__ void __launch_bounds__(kThreads, 2) chunk_scan_v2_kernel(SsdScanArgs a) {
-  using namespace v2;
+  using namespace scan2;
   constexpr int NS1 = T / KS, NSL = NS1 + N_ / KS;           // phase-1 slabs, all slabs
   constexpr int WPS = kWarps / (T / 16), NT = (P_ / 8) / WPS;  // warps per strip, n-tiles per warp
   static_assert(WPS >= 1 && NT >= 1, "T in {64, 128}");
@@ -388,36 +388,24 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_v2_kernel(SsdScanArgs 
 template <int T>
 cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
+  bool v2 = false;  // version 2 exists for T <= 128 only
   if constexpr (T <= 128) {
-    if (ssd_scan_version() == 2) {
-      constexpr int smem = ChunkOuterV2<T>::kFloats * 4;
-      using K = ChunkOuterV2<T>;
-      if (const auto e = cudaFuncSetAttribute(chunk_state_kernel<T, K>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    v2 = ssd_scan_version() == 2;
+    if (v2)
+      if (const auto e = launch_dyn(chunk_state_kernel<T, ChunkOuterV2<T>>, dim3(nc, H, Bz),
+                                    ChunkOuterV2<T>::kFloats * 4, stream, a);
           e != cudaSuccess)
         return e;
-      DFSSM_LAUNCH_SMEM((chunk_state_kernel<T, K>), dim3(nc, H, Bz), smem, stream, a);
-    } else {
-      DFSSM_LAUNCH((chunk_state_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a);
-    }
-  } else {
-    DFSSM_LAUNCH((chunk_state_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a);
   }
+  if (!v2) DFSSM_LAUNCH((chunk_state_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(state_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(chunk_cb_kernel<T>, dim3(T / 64, nc * unsigned(a.G), Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   if constexpr (T <= 128) {
-    if (ssd_scan_version() == 2) {
-      constexpr int kStages = T == 128 ? 3 : 4;
-      constexpr int smem = v2::kSmemBytes<T, kStages>;
-      if (const auto e = cudaFuncSetAttribute(chunk_scan_v2_kernel<T, kStages>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-          e != cudaSuccess)
-        return e;
-      DFSSM_LAUNCH_SMEM((chunk_scan_v2_kernel<T, kStages>), dim3(nc, H, Bz), smem, stream, a);
-      return cudaGetLastError();
-    }
+    constexpr int kStages = T == 128 ? 3 : 4;
+    if (v2) return launch_dyn(chunk_scan_v2_kernel<T, kStages>, dim3(nc, H, Bz), scan2::kSmemBytes<T, kStages>, stream, a);
   }
   DFSSM_LAUNCH(chunk_scan_kernel<T>, dim3(nc, H, Bz), stream, a);
   return cudaGetLastError();

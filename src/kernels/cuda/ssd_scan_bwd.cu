@@ -719,39 +719,25 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
                              {bw.dcb, size_t(a.cb_floats()) * 4}, {bw.dlam, size_t(a.batch * a.H) * nc * 4}})
     if (p)
       if (const auto e = cudaMemsetAsync(p, 0, n, stream); e != cudaSuccess) return e;
-  if (ssd_scan_version() == 2) {
-    constexpr int osmem = ChunkOuterV2<T>::kFloats * 4;
-    using K = ChunkOuterV2<T>;
-    if (const auto e = cudaFuncSetAttribute(dstate_local_kernel<T, K>, cudaFuncAttributeMaxDynamicSharedMemorySize, osmem);
+  const bool v2 = ssd_scan_version() == 2;
+  if (v2) {
+    if (const auto e = launch_dyn(dstate_local_kernel<T, ChunkOuterV2<T>>, dim3(nc, H, Bz),
+                                  ChunkOuterV2<T>::kFloats * 4, stream, a, g);
         e != cudaSuccess)
       return e;
-    DFSSM_LAUNCH_SMEM((dstate_local_kernel<T, K>), dim3(nc, H, Bz), osmem, stream, a, g);
   } else {
     DFSSM_LAUNCH((dstate_local_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a, g);
+    if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   }
-  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  constexpr int smem = BwdSmem<T>::FLOATS * int(sizeof(float));
-  if (const auto e = cudaFuncSetAttribute(chunk_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (const auto e = launch_dyn(chunk_bwd_kernel<T>, dim3(nc, H, Bz), BwdSmem<T>::FLOATS * int(sizeof(float)), stream,
+                                a, g);
       e != cudaSuccess)
     return e;
-  DFSSM_LAUNCH_SMEM(chunk_bwd_kernel<T>, dim3(nc, H, Bz), smem, stream, a, g);
-  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  if (T == 64 && ssd_scan_version() == 2) {
-    const int dsmem2 = dbc2::smem_floats(a.H / a.G) * int(sizeof(float));
-    if (const auto e = cudaFuncSetAttribute(dbc_v2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dsmem2);
-        e != cudaSuccess)
-      return e;
-    DFSSM_LAUNCH_SMEM(dbc_v2_kernel, dim3(2 * (N_ / kDbcCols), nc, Bz * unsigned(a.G)), dsmem2, stream, a, g);
-    return cudaGetLastError();
-  }
-  const int dsmem = dbc_smem_floats<T>(a.H / a.G) * int(sizeof(float));
-  if (const auto e = cudaFuncSetAttribute(dbc_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, dsmem);
-      e != cudaSuccess)
-    return e;
-  DFSSM_LAUNCH_SMEM(dbc_kernel<T>, dim3(2 * (N_ / kDbcCols), nc, Bz * unsigned(a.G)), dsmem, stream, a, g);
-  return cudaGetLastError();
+  const dim3 dbc_grid(2 * (N_ / kDbcCols), nc, Bz * unsigned(a.G));
+  if (T == 64 && v2) return launch_dyn(dbc_v2_kernel, dbc_grid, dbc2::smem_floats(a.H / a.G) * 4, stream, a, g);
+  return launch_dyn(dbc_kernel<T>, dbc_grid, dbc_smem_floats<T>(a.H / a.G) * int(sizeof(float)), stream, a, g);
 }
 
 }  // namespace

@@ -335,5 +335,15 @@ __device__ __forceinline__ float block_sum(float v, float* warp_tot, float* out)
   return r;
 }
 
+// Launches `kernel` on kThreads-thread blocks with `smem` bytes of dynamic shared memory, first
+// allowing it that much (needed above 48 KB). Returns the first error.
+template <class Kernel, class... Args>
+cudaError_t launch_dyn(Kernel kernel, dim3 grid, int smem, cudaStream_t stream, const Args&... args) {
+  if (const auto e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem); e != cudaSuccess)
+    return e;
+  DFSSM_LAUNCH_SMEM(kernel, grid, smem, stream, args...);
+  return cudaGetLastError();
+}
+
 }  // namespace scan_detail
 }  // namespace dfssm::kernels
