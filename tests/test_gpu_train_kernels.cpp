@@ -12,7 +12,8 @@
 // - the fused AdamW step (kernels/cuda/adamw.h) against its scalar reference, and the optimizer
 //   with it against the optimizer's ATen ops;
 // - ScaffoldLinear's CUDA forward (W_eff built on the weight side) against its CPU forward
-//   (scales applied to the activations), output and every gradient.
+//   (scales applied to the activations), output and every gradient; its fused W_eff kernels
+//   (kernels/cuda/scaffold_train.h) against the ATen composition, in fp32 and under bf16 autocast.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -41,6 +42,7 @@
 #include "model/norm_fused.h"
 #include "model/mamba2.h"
 #include "model/ssd.h"
+#include "quant/scaffold_fused.h"
 #include "quant/scaffold_linear.h"
 #include "model/ssd_fused.h"
 #include "model/ssd_scan.h"
@@ -883,4 +885,90 @@ TEST_CASE("ScaffoldLinear: CUDA weight-side W_eff == CPU activation-side forward
     WARN("ScaffoldLinear CUDA vs CPU, tensor " << i << " (y, dx, then the parameters' grads): " << e);
     REQUIRE(e < 1e-4);  // fp32 both ways; only the association order differs
   }
+}
+
+TEST_CASE("ScaffoldLinear: fused W_eff kernels == ATen composition, fp32 and bf16 autocast, with gradients",
+          "[gpu][quant][scaffold]") {
+  REQUIRE(torch::cuda::is_available());
+  at::globalContext().setAllowTF32CuBLAS(false);
+  struct Shape {
+    int64_t rows, cols, r;
+  };
+  // The 1.3B in_proj and out_proj (rank 19), and a binary scaffold without the low-rank term.
+  for (const auto sh : {Shape{8512, 2048, 19}, Shape{2048, 4096, 19}, Shape{1000, 768, 0}}) {
+    quant::QuantConfig q;
+    q.format = sh.r ? "binary_lowrank" : "binary";
+    q.rank = sh.r;
+    auto g = gen(37);
+    quant::ScaffoldLinear m(sh.rows, sh.cols, q, at::kCUDA);
+    m.w_lat = (at::randn({sh.rows, sh.cols}, g) * 0.7).cuda();  // ~15% outside the STE window
+    m.w_lat.view(-1).narrow(0, 0, 4).copy_(at::tensor({1.0f, -1.0f, 0.0f, 1.0000001f}));  // the window's edges
+    m.field_a = (at::rand({sh.rows}, g) * 0.1 + 0.01).cuda();
+    m.field_b = (at::rand({sh.cols}, g) + 0.5).cuda();
+    if (sh.r) {
+      m.lr_u = (at::randn({sh.rows, sh.r}, g) * 60).cuda();  // some codes clamp at ±127
+      m.lr_v = (at::randn({sh.cols, sh.r}, g) * 60).cuda();
+      m.lr_u_scale = (at::rand({sh.r}, g) * 1e-3).cuda();
+      m.lr_v_scale = (at::rand({sh.r}, g) * 1e-3).cuda();
+    }
+    const auto x = at::randn({2, 300, sh.cols}, g).cuda(), wy = at::randn({2, 300, sh.rows}, g).cuda();
+    for (const bool autocast : {false, true}) {
+      auto run = [&](bool fused) {
+        quant::set_scaffold_fused_enabled(fused);
+        at::autocast::set_autocast_enabled(at::kCUDA, autocast);
+        at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+        for (auto& [k, p] : m.named_parameters()) p.mutable_grad() = at::Tensor(), p.requires_grad_(true);
+        const auto xd = x.detach().clone().requires_grad_(true);
+        const auto y = m.forward(xd);
+        at::autocast::set_autocast_enabled(at::kCUDA, false);
+        at::autocast::clear_cache();
+        (y.to(at::kFloat) * wy).sum().backward();
+        std::vector<at::Tensor> out = {y.detach().to(at::kFloat), xd.grad()};
+        for (auto& [k, p] : m.named_parameters()) out.push_back(p.grad());
+        return out;
+      };
+      const auto f = run(true), a = run(false);
+      quant::set_scaffold_fused_enabled(true);
+      REQUIRE(f.size() == a.size());
+      for (size_t i = 0; i < f.size(); ++i) {
+        const double e = rel_err(f[i], a[i]);
+        WARN("fused vs ATen W_eff, " << sh.rows << " x " << sh.cols << " rank " << sh.r << (autocast ? " bf16" : " fp32")
+                                     << ", tensor " << i << " (y, dx, then the parameters' grads): " << e);
+        // fp32: only the rank-r sums' order differs. bf16: that can move W by one bf16 ulp.
+        CHECK(e < (autocast ? 2e-3 : 1e-5));
+      }
+      if (sh.r == 0 && !autocast) CHECK(at::equal(f[0], a[0]));  // the same W bits, the same GEMM
+      // Latents outside the window get no gradient in either path.
+      const auto outside = m.w_lat.abs().gt(1.0);
+      CHECK(f[2].masked_select(outside).abs().max().item<float>() == 0.f);
+    }
+  }
+}
+
+TEST_CASE("bench: scaffold W_eff, fused kernels vs ATen, 1.3B in_proj, bf16", "[.][bench][scaffold]") {
+  const int64_t rows = 8512, cols = 2048, r = 19;
+  quant::QuantConfig q;
+  q.format = "binary_lowrank";
+  q.rank = r;
+  quant::ScaffoldLinear m(rows, cols, q, at::kCUDA);
+  auto g = gen(3);
+  m.w_lat = at::randn({rows, cols}, g).cuda();
+  m.lr_u = (at::randn({rows, r}, g) * 40).cuda(), m.lr_v = (at::randn({cols, r}, g) * 40).cuda();
+  for (auto& [k, p] : m.named_parameters()) p.requires_grad_(true);
+  const auto x = at::randn({1, 64, cols}, g).cuda();
+  for (const bool fused : {true, false}) {
+    quant::set_scaffold_fused_enabled(fused);
+    const double ms = mean_ms(
+        [&] {
+          at::autocast::set_autocast_enabled(at::kCUDA, true);
+          at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+          const auto y = m.forward(x);
+          at::autocast::set_autocast_enabled(at::kCUDA, false);
+          at::autocast::clear_cache();
+          y.to(at::kFloat).sum().backward();
+        },
+        10);
+    WARN("bench scaffold W_eff forward + backward (x of 64 tokens), " << (fused ? "fused" : "ATen") << ": " << ms << " ms");
+  }
+  quant::set_scaffold_fused_enabled(true);
 }

@@ -1,9 +1,11 @@
 #include "quant/scaffold_linear.h"
 
+#include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 
 #include "core/error.h"
 #include "quant/init.h"
+#include "quant/scaffold_fused.h"
 
 namespace dfssm::quant {
 
@@ -121,6 +123,27 @@ at::Tensor ScaffoldLinear::lowrank_v() const {
   return ste(at::round(c.detach()), c) * fake_fp16(lr_v_scale);
 }
 
+at::Tensor ScaffoldLinear::fused_weight() const {
+  if (!q_.fmt().field || !w_lat.is_cuda()) return {};
+  ScaffoldWeightInputs in;
+  in.w_lat = w_lat;
+  in.A = fake_fp16(field_a);
+  in.B = fake_fp16(field_b);
+  in.clip = q_.ste_clip;
+  if (lr_u.defined()) {
+    // The same values as lowrank_u() / lowrank_v(), and their factors for the exact backward GEMMs.
+    in.U = lowrank_u();
+    in.V = lowrank_v();
+    in.u_codes = at::round(at::clamp(lr_u.detach(), -127, 127));
+    in.v_codes = at::round(at::clamp(lr_v.detach(), -127, 127));
+    in.u_scale = lr_u_scale.detach().to(at::kHalf).to(at::kFloat);
+    in.v_scale = lr_v_scale.detach().to(at::kHalf).to(at::kFloat);
+  }
+  const bool bf16 = at::autocast::is_autocast_enabled(at::kCUDA) &&
+                    at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16;
+  return scaffold_weight_fused(in, bf16 ? at::kBFloat16 : at::kFloat);
+}
+
 at::Tensor ScaffoldLinear::effective_weight() const {
   at::Tensor w;
   if (q_.fmt().field) {
@@ -138,7 +161,11 @@ at::Tensor ScaffoldLinear::forward(const at::Tensor& x) const {
   // Scaling the activations instead, and adding the low-rank term to the output, costs several
   // passes over (tokens x rows) tensors, 16x larger at 32k tokens per step: measured, 21% of a
   // 1.3B distillation step. The CPU keeps the activation-side form below, the packed runtime's.
-  if (x.is_cuda()) return at::matmul(x, effective_weight().t());
+  if (x.is_cuda()) {
+    // Binary formats: one kernel each way (scaffold_fused.h), in the dtype the matmul takes.
+    if (auto W = fused_weight(); W.defined()) return at::matmul(x, W.t());
+    return at::matmul(x, effective_weight().t());
+  }
   const auto dt = x.scalar_type();
   at::Tensor y;
   if (q_.fmt().field) {

@@ -67,6 +67,9 @@ class ScaffoldLinear : public LinearLayer {
   at::Tensor scaffold_scales() const;    // ternary γ / int4 s_g, expanded to (rows, cols); detached
   at::Tensor lowrank_u() const;          // U_eff (rows, r)
   at::Tensor lowrank_v() const;          // V_eff (cols, r)
+  // W_eff from the fused CUDA kernels (binary formats; in bf16 under bf16 autocast, the matmul's
+  // dtype), or undefined where they do not run (scaffold_fused.h).
+  at::Tensor fused_weight() const;
 
   int64_t rows_, cols_;
   QuantConfig q_;
