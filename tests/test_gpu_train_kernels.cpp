@@ -13,7 +13,9 @@
 //   with it against the optimizer's ATen ops;
 // - ScaffoldLinear's CUDA forward (W_eff built on the weight side) against its CPU forward
 //   (scales applied to the activations), output and every gradient; its fused W_eff kernels
-//   (kernels/cuda/scaffold_train.h) against the ATen composition, in fp32 and under bf16 autocast.
+//   (kernels/cuda/scaffold_train.h) against the ATen composition, in fp32 and under bf16 autocast;
+// - the chunked LM-head loss with its per-token kernel (kernels/cuda/lm_loss.h) against its ATen
+//   ops, and against the full-logits loss (lm_loss_reference).
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -37,6 +39,7 @@
 #include "kernels/cuda/norm_train.h"
 #include "kernels/cuda/ssd_scan.h"
 #include "kernels/cuda/ssd_train.h"
+#include "distill/loss.h"
 #include "distill/optim.h"
 #include "model/conv_fused.h"
 #include "model/norm_fused.h"
@@ -971,4 +974,72 @@ TEST_CASE("bench: scaffold W_eff, fused kernels vs ATen, 1.3B in_proj, bf16", "[
     WARN("bench scaffold W_eff forward + backward (x of 64 tokens), " << (fused ? "fused" : "ATen") << ": " << ms << " ms");
   }
   quant::set_scaffold_fused_enabled(true);
+}
+
+TEST_CASE("chunked LM loss: per-token kernel == ATen ops, 1.3B LM head, bf16 and fp32 matmuls", "[gpu][loss]") {
+  REQUIRE(torch::cuda::is_available());
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const int64_t N = 1536, d = 2048, V = 50288;  // chunks of 1024 and 512
+  auto g = gen(41);
+  const auto hs0 = at::randn({N, d}, g).cuda(), ws0 = (at::randn({V, d}, g) * 0.03).cuda();
+  const auto ht = at::randn({N, d}, g).cuda(), wt = (at::randn({V, d}, g) * 0.03).cuda();
+  const auto y = at::randint(V, {N}, g).cuda();
+  struct Case {
+    double alpha, T;
+    bool teacher;
+    at::ScalarType md;
+  };
+  for (const auto c : {Case{1.0, 1.0, true, at::kBFloat16}, Case{0.5, 2.0, true, at::kBFloat16},
+                       Case{0.0, 1.0, false, at::kBFloat16}, Case{0.7, 1.0, true, at::kFloat}}) {
+    INFO("alpha " << c.alpha << " T " << c.T << (c.teacher ? " teacher" : " no teacher")
+                  << (c.md == at::kBFloat16 ? " bf16" : " fp32"));
+    auto run = [&](bool fused, distill::LmLossStats* st) {
+      distill::set_lm_loss_fused_enabled(fused);
+      const auto hs = hs0.clone().requires_grad_(true), ws = ws0.clone().requires_grad_(true);
+      const auto l = distill::lm_loss(hs, ws, c.teacher ? ht : at::Tensor(), c.teacher ? wt : at::Tensor(), y,
+                                      {c.alpha, c.T, 1024, c.md}, st);
+      l.backward();
+      return std::vector<at::Tensor>{l.detach(), hs.grad(), ws.grad()};
+    };
+    distill::LmLossStats sf, sa;
+    const auto f = run(true, &sf), a = run(false, &sa);
+    distill::set_lm_loss_fused_enabled(true);
+    for (size_t i = 0; i < f.size(); ++i) {
+      const double e = rel_err(f[i], a[i]);
+      WARN("LM loss kernel vs ATen ops, tensor " << i << " (loss, dh, dW): " << e);
+      CHECK(e < (c.md == at::kBFloat16 ? 2e-3 : 1e-5));
+    }
+    CHECK(std::fabs(sf.ce - sa.ce) < 1e-5 * sa.ce);
+    if (c.teacher) {
+      CHECK(std::fabs(sf.kl - sa.kl) < 1e-4 * sa.kl + 1e-7);
+      CHECK(std::fabs(sf.teacher_ce - sa.teacher_ce) < 1e-5 * sa.teacher_ce);
+      CHECK(std::fabs(sf.top1 - sa.top1) <= 2.0 / N);  // a bf16 tie may break the other way
+    }
+    if (c.md == at::kFloat) {  // against the full-logits loss (one fp32 log_softmax over the batch)
+      const auto r = distill::lm_loss_reference(hs0, ws0,
+                                                c.teacher ? ht : at::Tensor(),
+                                                c.teacher ? wt : at::Tensor(), y, c.alpha, c.T);
+      CHECK(std::fabs(f[0].item<double>() - r.item<double>()) < 1e-5 * std::fabs(r.item<double>()));
+    }
+  }
+}
+
+TEST_CASE("bench: chunked LM loss, per-token kernel vs ATen ops, 16 x 2048 tokens, 1.3B LM head", "[.][bench][loss]") {
+  const int64_t N = 32768, d = 2048, V = 50288;
+  auto g = gen(5);
+  const auto hs = at::randn({N, d}, g).cuda().requires_grad_(true), ws = (at::randn({V, d}, g) * 0.03).cuda();
+  const auto ht = at::randn({N, d}, g).cuda(), wt = (at::randn({V, d}, g) * 0.03).cuda();
+  const auto y = at::randint(V, {N}, g).cuda();
+  for (const bool fused : {true, false}) {
+    distill::set_lm_loss_fused_enabled(fused);
+    const double ms = mean_ms(
+        [&] {
+          distill::LmLossStats st;
+          distill::lm_loss(hs, ws, ht, wt, y, {1.0, 1.0, 1024, at::kBFloat16}, &st).backward();
+        },
+        3);
+    WARN("bench LM loss forward + backward (32k tokens, chunks of 1024), " << (fused ? "kernel" : "ATen ops") << ": "
+                                                                           << ms << " ms");
+  }
+  distill::set_lm_loss_fused_enabled(true);
 }

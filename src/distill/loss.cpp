@@ -3,8 +3,26 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "core/error.h"
+#include "model/fused_util.h"
+
+#if defined(DFSSM_HAVE_CUDA) && __has_include(<c10/cuda/CUDAStream.h>)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/cuda/lm_loss.h"
+#define DFSSM_LOSS_FUSED_BUILT 1
+#endif
 
 namespace dfssm::distill {
+
+namespace {
+fused::Switch& loss_fused_switch() {
+  static fused::Switch s("DFSSM_LOSS_FUSED");
+  return s;
+}
+}  // namespace
+
+void set_lm_loss_fused_enabled(bool on) { loss_fused_switch().set(on); }
 
 namespace {
 
@@ -15,6 +33,49 @@ using torch::autograd::variable_list;
 struct Chunked {
   at::Tensor loss, grad_h, grad_w;
 };
+
+struct Sums {  // the chunks' statistics, summed on the device in fp64 (one sync at the end)
+  at::Tensor kl, ce, top1, tce;
+};
+
+#ifdef DFSSM_LOSS_FUSED_BUILT
+// One chunk's logits, statistics and dz through the per-token kernel (kernels/cuda/lm_loss.h):
+// the logits stay in the matmul dtype, and dz is written in it. false: not applicable here (the
+// caller runs the ATen ops).
+bool fused_chunk(const at::Tensor& hc, const at::Tensor& ws, const at::Tensor& htc, const at::Tensor& wt,
+                 const at::Tensor& y, const LmLossOptions& o, int64_t N, bool teacher, bool want_grad, Sums& sums,
+                 at::Tensor* dz_out) {
+  namespace k = dfssm::kernels;
+  const auto md = o.matmul_dtype;
+  const int64_t n = hc.size(0), V = ws.size(0);
+  if (!loss_fused_switch().on() || !hc.is_cuda() || (md != at::kBFloat16 && md != at::kFloat) || V % 4 != 0)
+    return false;
+  const auto zs = at::matmul(hc, ws.t()).contiguous();
+  const auto zt = teacher ? at::matmul(htc.to(md), wt.t()).contiguous() : at::Tensor();
+  auto stats = at::empty({4, n}, hc.options().dtype(at::kFloat));
+  const auto dz = want_grad ? at::empty({n, V}, zs.options()) : at::Tensor();
+  const auto yc = y.contiguous();
+  k::LmLossRowsArgs a;
+  a.zs = zs.data_ptr(), a.zt = teacher ? zt.data_ptr() : nullptr, a.n = n, a.V = V, a.ld = V;
+  a.dt = md == at::kBFloat16 ? k::LossDtype::bf16 : k::LossDtype::f32;
+  a.y = yc.data_ptr<int64_t>(), a.alpha = float(o.alpha), a.T = float(o.temperature), a.N = N;
+  a.dz = want_grad ? dz.data_ptr() : nullptr;
+  float* st = stats.data_ptr<float>();
+  a.ce_s = st, a.ce_t = st + n, a.kl = st + 2 * n, a.top1 = st + 3 * n;
+  const c10::cuda::CUDAGuard guard(hc.device());
+  fused::check_cuda(k::lm_loss_rows_cuda(a, c10::cuda::getCurrentCUDAStream()), "lm_loss_rows_cuda");
+  const auto d = stats.to(at::kDouble).sum(1);  // ce, teacher ce, kl, top1
+  sums.ce += d[0];
+  if (teacher) sums.tce += d[1], sums.kl += d[2], sums.top1 += d[3];
+  if (want_grad) *dz_out = dz;
+  return true;
+}
+#else
+bool fused_chunk(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                 const LmLossOptions&, int64_t, bool, bool, Sums&, at::Tensor*) {
+  return false;
+}
+#endif
 
 Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t, const at::Tensor& w_t,
                         const TeacherTopK& topk, const at::Tensor& targets, const LmLossOptions& o, LmLossStats* st,
@@ -34,9 +95,18 @@ Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::
   }
   auto kl_sum = at::zeros({}, h_s.options().dtype(at::kDouble)), ce_sum = kl_sum.clone(), top1 = kl_sum.clone(),
        tce_sum = kl_sum.clone();
+  Sums sums{kl_sum, ce_sum, top1, tce_sum};  // the same tensors: += accumulates in place
   for (int64_t i0 = 0; i0 < N; i0 += o.chunk) {
     const int64_t n = std::min(o.chunk, N - i0);
     const auto hc = hs.narrow(0, i0, n);
+    if (at::Tensor dzf; !sparse && fused_chunk(hc, ws, teacher ? h_t.detach().narrow(0, i0, n) : at::Tensor(), wt,
+                                               targets.narrow(0, i0, n), o, N, teacher, want_grad, sums, &dzf)) {
+      if (want_grad) {
+        out.grad_h.narrow(0, i0, n).copy_(at::matmul(dzf, ws).to(at::kFloat));
+        out.grad_w += at::matmul(dzf.t(), hc).to(at::kFloat);
+      }
+      continue;
+    }
     const auto y = targets.narrow(0, i0, n).unsqueeze(1);
     const auto zs = at::matmul(hc, ws.t()).to(at::kFloat);  // (n, V)
     const auto lps = at::log_softmax(zs, 1);

@@ -52,6 +52,11 @@ struct TeacherTopK {
 TeacherTopK teacher_topk(const at::Tensor& h_t, const at::Tensor& w_t, const at::Tensor& targets, double T, int64_t k,
                          int64_t chunk, at::ScalarType md);
 
+// On CUDA (dense teacher or none, V % 4 == 0) each chunk's softmax statistics, KL, CE, top-1 and
+// dz come from one kernel (kernels/cuda/lm_loss.h) instead of ATen ops; DFSSM_LOSS_FUSED=0 (or
+// this switch, for tests) keeps the ATen ops.
+void set_lm_loss_fused_enabled(bool on);
+
 // h_s (N, d) and w_s (V, d) may require grad; h_t (N, d_t) and w_t (V, d_t) are the teacher's
 // (undefined when alpha == 0); targets (N) int64. Returns the scalar loss (differentiable
 // w.r.t. h_s and w_s) and fills `stats`.
