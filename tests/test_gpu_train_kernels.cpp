@@ -915,30 +915,40 @@ TEST_CASE("ScaffoldLinear: fused W_eff kernels == ATen composition, fp32 and bf1
       m.lr_v_scale = (at::rand({sh.r}, g) * 1e-3).cuda();
     }
     const auto x = at::randn({2, 300, sh.cols}, g).cuda(), wy = at::randn({2, 300, sh.rows}, g).cuda();
-    for (const bool autocast : {false, true}) {
-      auto run = [&](bool fused) {
-        quant::set_scaffold_fused_enabled(fused);
-        at::autocast::set_autocast_enabled(at::kCUDA, autocast);
-        at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-        for (auto& [k, p] : m.named_parameters()) p.mutable_grad() = at::Tensor(), p.requires_grad_(true);
-        const auto xd = x.detach().clone().requires_grad_(true);
-        const auto y = m.forward(xd);
-        at::autocast::set_autocast_enabled(at::kCUDA, false);
-        at::autocast::clear_cache();
-        (y.to(at::kFloat) * wy).sum().backward();
-        std::vector<at::Tensor> out = {y.detach().to(at::kFloat), xd.grad()};
-        for (auto& [k, p] : m.named_parameters()) out.push_back(p.grad());
-        return out;
-      };
-      const auto f = run(true), a = run(false);
+    auto run = [&](bool fused, bool autocast) {
+      quant::set_scaffold_fused_enabled(fused);
+      at::autocast::set_autocast_enabled(at::kCUDA, autocast);
+      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+      for (auto& [k, p] : m.named_parameters()) p.mutable_grad() = at::Tensor(), p.requires_grad_(true);
+      const auto xd = x.detach().clone().requires_grad_(true);
+      const auto y = m.forward(xd);
+      at::autocast::set_autocast_enabled(at::kCUDA, false);
+      at::autocast::clear_cache();
+      (y.to(at::kFloat) * wy).sum().backward();
       quant::set_scaffold_fused_enabled(true);
+      std::vector<at::Tensor> out = {y.detach().to(at::kFloat), xd.grad()};
+      for (auto& [k, p] : m.named_parameters()) out.push_back(p.grad());
+      return out;
+    };
+    const auto ref = run(false, false);  // the ATen composition in fp32
+    for (const bool autocast : {false, true}) {
+      const auto f = run(true, autocast), a = autocast ? run(false, true) : ref;
       REQUIRE(f.size() == a.size());
       for (size_t i = 0; i < f.size(); ++i) {
         const double e = rel_err(f[i], a[i]);
         WARN("fused vs ATen W_eff, " << sh.rows << " x " << sh.cols << " rank " << sh.r << (autocast ? " bf16" : " fp32")
                                      << ", tensor " << i << " (y, dx, then the parameters' grads): " << e);
-        // fp32: only the rank-r sums' order differs. bf16: that can move W by one bf16 ulp.
-        CHECK(e < (autocast ? 2e-3 : 1e-5));
+        if (!autocast) {
+          CHECK(e < 1e-5);  // fp32: only the order of the rank-r sums differs
+        } else {
+          // bf16: the ATen path computes its low-rank term U·Vᵀ (and that term's gradients) as a
+          // bf16 autocast matmul, the kernels in fp32, so the two differ by bf16 roundings. Both
+          // against the fp32 composition: the fused path must be no worse than the one it replaces.
+          const double ef = rel_err(f[i], ref[i]), ea = rel_err(a[i], ref[i]);
+          WARN("  against fp32: fused " << ef << ", ATen " << ea);
+          CHECK(ef <= ea * 1.05 + 1e-6);
+          CHECK(ef < 1e-2);
+        }
       }
       if (sh.r == 0 && !autocast) CHECK(at::equal(f[0], a[0]));  // the same W bits, the same GEMM
       // Latents outside the window get no gradient in either path.
@@ -1021,6 +1031,24 @@ TEST_CASE("chunked LM loss: per-token kernel == ATen ops, 1.3B LM head, bf16 and
                                                 c.teacher ? wt : at::Tensor(), y, c.alpha, c.T);
       CHECK(std::fabs(f[0].item<double>() - r.item<double>()) < 1e-5 * std::fabs(r.item<double>()));
     }
+  }
+  // Evaluation (evaluate_lm): no gradient, fp32 matmul dtype under bf16 autocast, whose matmuls
+  // then return bf16 logits. (The kernel once read them as fp32, past the end of the buffer.)
+  {
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+    distill::LmLossStats sf, sa;
+    distill::set_lm_loss_fused_enabled(true);
+    const auto lf = distill::lm_loss(hs0, ws0, ht, wt, y, {1.0, 1.0, 1024, at::kFloat}, &sf);
+    distill::set_lm_loss_fused_enabled(false);
+    const auto la = distill::lm_loss(hs0, ws0, ht, wt, y, {1.0, 1.0, 1024, at::kFloat}, &sa);
+    distill::set_lm_loss_fused_enabled(true);
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+    torch::cuda::synchronize();
+    CHECK(std::fabs(lf.item<double>() - la.item<double>()) < 1e-5 * std::fabs(la.item<double>()));
+    CHECK(std::fabs(sf.ce - sa.ce) < 1e-5 * sa.ce);
+    CHECK(std::fabs(sf.teacher_ce - sa.teacher_ce) < 1e-5 * sa.teacher_ce);
   }
 }
 

@@ -48,16 +48,18 @@ bool fused_chunk(const at::Tensor& hc, const at::Tensor& ws, const at::Tensor& h
   namespace k = dfssm::kernels;
   const auto md = o.matmul_dtype;
   const int64_t n = hc.size(0), V = ws.size(0);
-  if (!loss_fused_switch().on() || !hc.is_cuda() || (md != at::kBFloat16 && md != at::kFloat) || V % 4 != 0)
-    return false;
-  const auto zs = at::matmul(hc, ws.t()).contiguous();
-  const auto zt = teacher ? at::matmul(htc.to(md), wt.t()).contiguous() : at::Tensor();
+  if (!loss_fused_switch().on() || !hc.is_cuda() || y.device() != hc.device() || V % 4 != 0) return false;
+  // The logits' dtype is the matmul's result, which autocast may change (evaluation runs an fp32
+  // md under bf16 autocast): the kernel reads, and dz takes, whatever dtype zs has.
+  auto zs = at::matmul(hc, ws.t()).contiguous();
+  if (zs.scalar_type() != at::kBFloat16) zs = zs.to(at::kFloat);
+  const auto zt = teacher ? at::matmul(htc.to(md), wt.t()).to(zs.scalar_type()).contiguous() : at::Tensor();
   auto stats = at::empty({4, n}, hc.options().dtype(at::kFloat));
   const auto dz = want_grad ? at::empty({n, V}, zs.options()) : at::Tensor();
   const auto yc = y.contiguous();
   k::LmLossRowsArgs a;
   a.zs = zs.data_ptr(), a.zt = teacher ? zt.data_ptr() : nullptr, a.n = n, a.V = V, a.ld = V;
-  a.dt = md == at::kBFloat16 ? k::LossDtype::bf16 : k::LossDtype::f32;
+  a.dt = zs.scalar_type() == at::kBFloat16 ? k::LossDtype::bf16 : k::LossDtype::f32;
   a.y = yc.data_ptr<int64_t>(), a.alpha = float(o.alpha), a.T = float(o.temperature), a.N = N;
   a.dz = want_grad ? dz.data_ptr() : nullptr;
   float* st = stats.data_ptr<float>();
