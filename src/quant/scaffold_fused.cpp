@@ -51,7 +51,7 @@ struct ScaffoldWeightFn : public torch::autograd::Function<ScaffoldWeightFn> {
                             const at::Tensor& U, const at::Tensor& V, const at::Tensor& u_codes,
                             const at::Tensor& u_scale, const at::Tensor& v_codes, const at::Tensor& v_scale,
                             double clip, int64_t out_dtype) {
-    const int64_t R = w_lat.size(0), C = w_lat.size(1), r = U.defined() ? U.size(1) : 0;
+    const int64_t R = w_lat.size(0), C = w_lat.size(1), r = U.numel() ? U.size(1) : 0;
     const auto odt = at::ScalarType(out_dtype);
     auto W = at::empty({R, C}, w_lat.options().dtype(odt));
     const auto Af = A.contiguous(), Bf = B.contiguous();
@@ -109,8 +109,11 @@ at::Tensor scaffold_weight_fused(const ScaffoldWeightInputs& in, at::ScalarType 
       w.size(1) % 2 != 0 || r > k::kScaffoldMaxRank || reinterpret_cast<uintptr_t>(w.data_ptr()) % 8 != 0 ||
       (out_dtype != at::kFloat && out_dtype != at::kBFloat16))
     return {};
-  return ScaffoldWeightFn::apply(w, in.A, in.B, in.U, in.V, in.u_codes, in.u_scale, in.v_codes, in.v_scale, in.clip,
-                                 int64_t(out_dtype));
+  // Autograd functions cannot take undefined tensors: without a low-rank term, empty ones.
+  const auto none = at::empty({0}, w.options());
+  auto def = [&](const at::Tensor& t) { return r ? t : none; };
+  return ScaffoldWeightFn::apply(w, in.A, in.B, def(in.U), def(in.V), def(in.u_codes), def(in.u_scale), def(in.v_codes),
+                                 def(in.v_scale), in.clip, int64_t(out_dtype));
 }
 #else
 at::Tensor scaffold_weight_fused(const ScaffoldWeightInputs&, at::ScalarType) { return {}; }
