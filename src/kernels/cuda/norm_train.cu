@@ -51,35 +51,6 @@ struct NormArgs {
   float eps = 0.f;
 };
 
-// ---- 4-element access (16 bytes of fp32, 8 of bf16) -------------------------------------------
-__device__ __forceinline__ void ld4(const float* p, float (&o)[4]) {
-  const float4 t = *reinterpret_cast<const float4*>(p);
-  o[0] = t.x, o[1] = t.y, o[2] = t.z, o[3] = t.w;
-}
-__device__ __forceinline__ void st4(float* p, const float (&v)[4]) {
-  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ void ld4(const __nv_bfloat16* p, float (&o)[4]) {
-#ifndef DFSSM_CUDA_EMULATE
-  const uint2 u = *reinterpret_cast<const uint2*>(p);
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-  o[0] = a.x, o[1] = a.y, o[2] = b.x, o[3] = b.y;
-#else
-  for (int i = 0; i < 4; ++i) o[i] = __bfloat162float(p[i]);
-#endif
-}
-__device__ __forceinline__ void st4(__nv_bfloat16* p, const float (&v)[4]) {
-#ifndef DFSSM_CUDA_EMULATE
-  const __nv_bfloat162 a = __floats2bfloat162_rn(v[0], v[1]), b = __floats2bfloat162_rn(v[2], v[3]);
-  uint2 u;
-  u.x = *reinterpret_cast<const unsigned*>(&a), u.y = *reinterpret_cast<const unsigned*>(&b);
-  *reinterpret_cast<uint2*>(p) = u;
-#else
-  for (int i = 0; i < 4; ++i) p[i] = __float2bfloat16(v[i]);
-#endif
-}
-
 // The block's sum of v, returned to every thread, with one barrier: red[parity] alternates
 // between consecutive rows. A thread writes red[p] again only after the next row's barrier,
 // which every reader of red[p] reaches only after reading it.
