@@ -13,25 +13,13 @@
 #include <vector>
 
 #include "catch_compat.h"
+#include "cuda_emu/emu_test_util.h"
 #include "kernels/cpu/lm_loss_ref.h"
 
 using namespace dfssm::kernels;
-
-namespace {
-struct Buf {  // 256-byte aligned storage, as cudaMalloc gives
-  void* p = nullptr;
-  explicit Buf(size_t bytes) { p = std::aligned_alloc(256, (bytes + 255) / 256 * 256); }
-  ~Buf() { std::free(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-};
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0, r = 0;
-  for (size_t i = 0; i < a.size(); ++i) d += double(a[i] - b[i]) * (a[i] - b[i]), r += double(b[i]) * b[i];
-  return std::sqrt(d / r);
-}
-float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
-}  // namespace
+using dfssm::emu_test::Buf;
+using dfssm::emu_test::bf;
+using dfssm::emu_test::rel_err;
 
 TEST_CASE("LM loss rows kernel (emulated) == fp64 reference: teacher or not, T, fp32 and bf16, ties",
           "[cuda_emu][loss]") {

@@ -12,28 +12,15 @@
 #include <vector>
 
 #include "catch_compat.h"
+#include "cuda_emu/emu_test_util.h"
 #include "kernels/cpu/norm_train_ref.h"
 
 using namespace dfssm::kernels;
+using dfssm::emu_test::Buf;
+using dfssm::emu_test::bf;
+using dfssm::emu_test::rel_err;
 
 namespace {
-struct Buf {  // 256-byte aligned storage, as cudaMalloc gives
-  void* p = nullptr;
-  explicit Buf(size_t bytes) { p = std::aligned_alloc(256, (bytes + 255) / 256 * 256); }
-  ~Buf() { std::free(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  float* f() const { return static_cast<float*>(p); }
-  __nv_bfloat16* h() const { return static_cast<__nv_bfloat16*>(p); }
-};
-
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0, r = 0;
-  for (size_t i = 0; i < a.size(); ++i) d += double(a[i] - b[i]) * (a[i] - b[i]), r += double(b[i]) * b[i];
-  return std::sqrt(d / r);
-}
-
-float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
 // n values of a buffer holding fp32 or bf16 storage, as floats.
 std::vector<float> read(const Buf& b, bool bf16, size_t n) {

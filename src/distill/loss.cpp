@@ -34,17 +34,14 @@ struct Chunked {
   at::Tensor loss, grad_h, grad_w;
 };
 
-struct Sums {  // the chunks' statistics, summed on the device in fp64 (one sync at the end)
-  at::Tensor kl, ce, top1, tce;
-};
-
 #ifdef DFSSM_LOSS_FUSED_BUILT
 // One chunk's logits, statistics and dz through the per-token kernel (kernels/cuda/lm_loss.h):
-// the logits stay in the matmul dtype, and dz is written in it. false: not applicable here (the
-// caller runs the ATen ops).
+// the logits stay in the matmul dtype, and dz is written in it. *stats_out: the chunk's sums, fp64
+// on the device (student CE, teacher CE, KL, top-1). false: not applicable here (the caller runs
+// the ATen ops).
 bool fused_chunk(const at::Tensor& hc, const at::Tensor& ws, const at::Tensor& htc, const at::Tensor& wt,
-                 const at::Tensor& y, const LmLossOptions& o, int64_t N, bool teacher, bool want_grad, Sums& sums,
-                 at::Tensor* dz_out) {
+                 const at::Tensor& y, const LmLossOptions& o, int64_t N, bool teacher, bool want_grad,
+                 at::Tensor* stats_out, at::Tensor* dz_out) {
   namespace k = dfssm::kernels;
   const auto md = o.matmul_dtype;
   const int64_t n = hc.size(0), V = ws.size(0);
@@ -66,15 +63,13 @@ bool fused_chunk(const at::Tensor& hc, const at::Tensor& ws, const at::Tensor& h
   a.ce_s = st, a.ce_t = st + n, a.kl = st + 2 * n, a.top1 = st + 3 * n;
   const c10::cuda::CUDAGuard guard(hc.device());
   fused::check_cuda(k::lm_loss_rows_cuda(a, c10::cuda::getCurrentCUDAStream()), "lm_loss_rows_cuda");
-  const auto d = stats.to(at::kDouble).sum(1);  // ce, teacher ce, kl, top1
-  sums.ce += d[0];
-  if (teacher) sums.tce += d[1], sums.kl += d[2], sums.top1 += d[3];
+  *stats_out = stats.to(at::kDouble).sum(1);
   if (want_grad) *dz_out = dz;
   return true;
 }
 #else
 bool fused_chunk(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                 const LmLossOptions&, int64_t, bool, bool, Sums&, at::Tensor*) {
+                 const LmLossOptions&, int64_t, bool, bool, at::Tensor*, at::Tensor*) {
   return false;
 }
 #endif
@@ -97,12 +92,13 @@ Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::
   }
   auto kl_sum = at::zeros({}, h_s.options().dtype(at::kDouble)), ce_sum = kl_sum.clone(), top1 = kl_sum.clone(),
        tce_sum = kl_sum.clone();
-  Sums sums{kl_sum, ce_sum, top1, tce_sum};  // the same tensors: += accumulates in place
   for (int64_t i0 = 0; i0 < N; i0 += o.chunk) {
     const int64_t n = std::min(o.chunk, N - i0);
     const auto hc = hs.narrow(0, i0, n);
-    if (at::Tensor dzf; !sparse && fused_chunk(hc, ws, teacher ? h_t.detach().narrow(0, i0, n) : at::Tensor(), wt,
-                                               targets.narrow(0, i0, n), o, N, teacher, want_grad, sums, &dzf)) {
+    if (at::Tensor d, dzf; !sparse && fused_chunk(hc, ws, teacher ? h_t.detach().narrow(0, i0, n) : at::Tensor(), wt,
+                                                  targets.narrow(0, i0, n), o, N, teacher, want_grad, &d, &dzf)) {
+      ce_sum += d[0];
+      if (teacher) tce_sum += d[1], kl_sum += d[2], top1 += d[3];
       if (want_grad) {
         out.grad_h.narrow(0, i0, n).copy_(at::matmul(dzf, ws).to(at::kFloat));
         out.grad_w += at::matmul(dzf.t(), hc).to(at::kFloat);

@@ -69,7 +69,7 @@ __global__ void __launch_bounds__(kThreads) scaffold_fwd_kernel(ScaffoldWeightAr
   const int64_t j = int64_t(blockIdx.x) * kScaffoldCols + 2 * t, i0 = int64_t(blockIdx.y) * kFwdRows;
   const int rows = int(a.R - i0 < kFwdRows ? a.R - i0 : kFwdRows);
   const bool live = j < a.C;  // C is even: both of the thread's columns exist, or neither
-  if (RK > 0) {
+  if constexpr (RK > 0) {
     for (int e = t; e < kFwdRows * RK; e += kThreads) {
       const int ii = e / RK, k = e % RK;
       us[ii][k] = ii < rows && k < a.r ? a.U[(i0 + ii) * a.r + k] : 0.f;
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) scaffold_fwd_kernel(ScaffoldWeightAr
     v1[k] = live && k < a.r ? a.V[(j + 1) * a.r + k] : 0.f;
   }
   const float b0 = live ? a.Bc[j] : 0.f, b1 = live ? a.Bc[j + 1] : 0.f;
-  if (RK > 0) __syncthreads();  // us is filled
+  if constexpr (RK > 0) __syncthreads();  // us is filled
   if (!live) return;
   const float* __restrict__ w = a.w;
   O* __restrict__ W = static_cast<O*>(a.W);
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) scaffold_fwd_kernel(ScaffoldWeightAr
       if (ib + q >= rows) break;
       // (A·s)·Bc exactly as ATen orders it: A·(±1) is exact.
       float o0 = (wv[q].x >= 0.f ? Ai[q] : -Ai[q]) * b0, o1 = (wv[q].y >= 0.f ? Ai[q] : -Ai[q]) * b1;
-      if (RK > 0) {
+      if constexpr (RK > 0) {
         float l0 = 0.f, l1 = 0.f;
 #pragma unroll
         for (int k = 0; k < RK; ++k) {
@@ -169,10 +169,12 @@ __global__ void __launch_bounds__(kThreads) scaffold_bwd_kernel(ScaffoldWeightAr
   }
 }
 
+// Non-null and 8-byte aligned (the kernels' 2-element accesses).
+bool aligned8(const void* p) { return p && reinterpret_cast<uintptr_t>(p) % 8 == 0; }
+
 bool valid(const ScaffoldWeightArgs& a) {
-  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; };
   return a.R > 0 && a.C > 0 && a.C % 2 == 0 && a.r >= 0 && a.r <= kScaffoldMaxRank && a.w && a.A && a.Bc &&
-         (a.r == 0 || (a.U && a.V)) && al(a.w);
+         (a.r == 0 || (a.U && a.V)) && aligned8(a.w);
 }
 
 template <typename K>
@@ -207,7 +209,7 @@ int64_t scaffold_part_a_rows(int64_t C) { return (C + kScaffoldCols - 1) / kScaf
 int64_t scaffold_part_b_rows(int64_t R) { return (R + kScaffoldBwdRows - 1) / kScaffoldBwdRows; }
 
 cudaError_t scaffold_weight_fwd_cuda(const ScaffoldWeightArgs& a, cudaStream_t stream) {
-  if (!valid(a) || !a.W || reinterpret_cast<uintptr_t>(a.W) % 8 != 0) return cudaErrorInvalidValue;
+  if (!valid(a) || !aligned8(a.W)) return cudaErrorInvalidValue;
   if (a.wdt == ScaffoldDtype::bf16) {
     launch_fwd<__nv_bfloat16>(a, stream);
   } else {
@@ -217,8 +219,7 @@ cudaError_t scaffold_weight_fwd_cuda(const ScaffoldWeightArgs& a, cudaStream_t s
 }
 
 cudaError_t scaffold_weight_bwd_cuda(const ScaffoldWeightArgs& a, cudaStream_t stream) {
-  auto al = [](const void* p) { return p && reinterpret_cast<uintptr_t>(p) % 8 == 0; };
-  if (!valid(a) || !al(a.dW) || !al(a.dw) || !al(a.part_b) || !a.part_a) return cudaErrorInvalidValue;
+  if (!valid(a) || !aligned8(a.dW) || !aligned8(a.dw) || !aligned8(a.part_b) || !a.part_a) return cudaErrorInvalidValue;
   const dim3 grid(unsigned(scaffold_part_a_rows(a.C)), unsigned(scaffold_part_b_rows(a.R)));
   if (a.wdt == ScaffoldDtype::bf16) {
     launch(scaffold_bwd_kernel<__nv_bfloat16>, grid, a, stream);

@@ -1,0 +1,31 @@
+// Helpers shared by the emulator tests (test_cuda_emu_*.cpp): device-like aligned buffers, the
+// relative error, and bf16 rounding. Include after cuda_emu.h (it defines __nv_bfloat16 there).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdlib>
+#include <vector>
+
+namespace dfssm::emu_test {
+
+struct Buf {  // 256-byte aligned storage, as cudaMalloc gives
+  void* p = nullptr;
+  explicit Buf(size_t bytes) { p = std::aligned_alloc(256, (bytes + 255) / 256 * 256); }
+  ~Buf() { std::free(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  float* f() const { return static_cast<float*>(p); }
+  __nv_bfloat16* h() const { return static_cast<__nv_bfloat16*>(p); }
+};
+
+// ‖a − b‖ / ‖b‖
+inline double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, r = 0;
+  for (size_t i = 0; i < a.size(); ++i) d += double(a[i] - b[i]) * (a[i] - b[i]), r += double(b[i]) * b[i];
+  return std::sqrt(d / r);
+}
+
+inline float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+}  // namespace dfssm::emu_test
