@@ -16,7 +16,8 @@
 #   NCU=1 (last): Nsight Compute on one launch each of NCU_KERNELS ('|'-separated function
 #     names; default: the SSD backward's per-chunk kernel and dB/dC GEMM, the forward's
 #     chunk_scan, the gated norm's backward) in the "[ncu]" test at chunk NCU_CHUNK (64): warp
-#     states, memory and source-line stall counters (reports land in $OUT).
+#     states, memory and source-line stall counters (reports land in $OUT; the build gets -lineinfo
+#     and ncu_src_*.csv.gz holds the per-instruction source page).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/dfssm-out}; mkdir -p "$OUT"
@@ -25,7 +26,7 @@ TESTS=${TESTS:-test_gpu_train_kernels test_gpu_model}
 [[ ${RUNTIME:-0} == 1 ]] && TESTS+=" test_cuda_runtime"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DDFSSM_TORCH_PYTHON="$(command -v python3)" \
-  -DDFSSM_CUDA=ON >"$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
+  -DDFSSM_CUDA=ON -DDFSSM_CUDA_LINEINFO=$([[ ${NCU:-0} == 1 ]] && echo ON || echo OFF) >"$OUT/configure.log" 2>&1 || { tail -20 "$OUT/configure.log"; exit 1; }
 # shellcheck disable=SC2086
 cmake --build build-device -j "$(nproc)" --target dfssm $TESTS >"$OUT/build.log" 2>&1 ||
   { grep -A3 error "$OUT/build.log" | head -40; exit 1; }
@@ -90,6 +91,8 @@ if [[ ${NCU:-0} == 1 ]]; then
     "$NCUB" --import "$OUT/ncu_$f.ncu-rep" --print-details all >"$OUT/ncu_$f.txt" 2>&1
     grep -E "Duration|Issued Warp|Eligible|Stall|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per" \
       "$OUT/ncu_$f.txt" | head -24
+    # Per-instruction stall samples and counts, CUDA lines interleaved with SASS (-lineinfo).
+    "$NCUB" --import "$OUT/ncu_$f.ncu-rep" --page source --csv --print-source cuda,sass 2>&1 | gzip >"$OUT/ncu_src_$f.csv.gz"
     rm -f "$OUT/ncu_$f.ncu-rep" "$OUT/ncu_$f.log"  # only so many files come back from a call
   done
 fi
