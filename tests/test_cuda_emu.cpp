@@ -6,6 +6,7 @@
 #include "kernels/cuda/ssd_scan.cu"
 #include "kernels/cuda/ssd_scan_bwd.cu"
 
+#include <algorithm>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -63,6 +64,7 @@ TEST_CASE("ssd_scan kernels (emulated) == scalar reference: chunks 64/128/256, p
       ssd_scan_fwd_ref(a);
       std::vector<float> y(yr.size(), 7.f), s(sr.size(), 7.f);
       Aligned ws(size_t(ssd_scan_workspace_floats(a)));
+      std::fill(ws.p, ws.p + ssd_scan_workspace_floats(a), 0.f);  // compared below, padding included
       a.y = y.data(), a.final_state = s.data(), a.workspace = ws.p;
       REQUIRE(ssd_scan_supported(a));
       REQUIRE(ssd_scan_fwd_cuda(a, nullptr) == cudaSuccess);
@@ -72,6 +74,17 @@ TEST_CASE("ssd_scan kernels (emulated) == scalar reference: chunks 64/128/256, p
       CHECK(ey < 3e-3);
       CHECK(es < 3e-3);
       CHECK(ey > 0);  // the emulated TF32 rounding is really applied
+      // Without chunk_scan (a recomputation that kept y): the same workspace and final state,
+      // bit for bit, and y is not touched.
+      const std::vector<float> ws_full(ws.p, ws.p + ssd_scan_workspace_floats(a));
+      std::vector<float> s2(sr.size(), 7.f);
+      Aligned ws2(ws_full.size());
+      std::fill(ws2.p, ws2.p + ws_full.size(), 0.f);
+      SsdScanArgs a2 = a;
+      a2.y = nullptr, a2.final_state = s2.data(), a2.workspace = ws2.p;
+      REQUIRE(ssd_scan_fwd_workspace_cuda(a2, nullptr) == cudaSuccess);
+      CHECK(std::equal(ws_full.begin(), ws_full.end(), ws2.p));
+      CHECK(s2 == s);
     }
   }
   ssd_scan_set_version(0);

@@ -58,6 +58,11 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
   }
   k("activation_checkpointing", 's', "none",
     "recompute block activations in the backward pass: none, all, or layer indices like 0,1,2");
+  k("activation_checkpointing_keep", 's', "ssd_output",
+    "what a recomputed block keeps of its first forward besides its input: ssd_output (the SSD's output in the "
+    "autocast dtype, B·L·d_inner·2 bytes per layer under bf16, so that the recomputation skips the SSD's chunk_scan; "
+    "fused CUDA kernels only) or none",
+    0, 0, {"ssd_output", "none"});
   k("ssd_chunk", 'i', "0", "chunk length of the chunked SSD in training forwards (0 = the checkpoint's chunk_size; "
     "the fused CUDA kernels run 256 as 128); changes speed and memory, not the math", 0, 1 << 16);
   k("kl_chunk", 'i', "1024", "tokens per LM-head chunk: B·L·V fp32 logits never exist at once", 1, 1e9);
@@ -250,6 +255,7 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
   t.ssd_chunk = I("ssd_chunk");
   t.dp_bucket_mb = F("dp_bucket_mb");
   t.activation_checkpointing = m.at(sec + ".activation_checkpointing");
+  t.activation_checkpointing_keep = m.at(sec + ".activation_checkpointing_keep");
   t.log_every = I("log_every");
   t.eval_every = I("eval_every");
   t.eval_batches = I("eval_batches");

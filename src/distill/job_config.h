@@ -45,6 +45,7 @@ struct TrainConfig {
   int64_t ssd_chunk = 0;                          // chunked-SSD length in training (0 = the model's)
   double dp_bucket_mb = 25;                       // gradient all-reduce buckets (grad_buckets.h); 0 = one shot
   std::string activation_checkpointing = "none";  // none | all | "0,1,2"
+  std::string activation_checkpointing_keep = "ssd_output";  // ssd_output | none (Mamba2Model::keep_ssd_output)
   double hidden_mse = 0;                          // distill: weight of the hidden-state term
   std::string hidden_mse_layers = "all";          // all | "0,1,2"
   std::string teacher_cache = "none";             // none | write | read | auto (teacher_cache.h)

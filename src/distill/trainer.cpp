@@ -242,6 +242,7 @@ void Run::build_optimizer() {
   for (auto& g : groups)
     for (auto& [n, p] : g.params) p.requires_grad_(true);
   trained->recompute_layers = tc.recompute_layers(trained->config().n_layer);
+  trained->keep_ssd_output = tc.activation_checkpointing_keep == "ssd_output";
   opt = std::make_unique<AdamW>(groups, tc.beta1, tc.beta2, tc.eps);
   if (comm->world() > 1 && tc.dp_bucket_mb > 0) {
     std::vector<at::Tensor> params;  // registration order (forward order)
@@ -596,7 +597,12 @@ std::string memory_estimate(const JobConfig& job, Mode mode) {
   const double stream = tok * double(cfg.d_model) * 4;  // one fp32 residual stream
   const auto rec = tc.recompute_layers(cfg.n_layer);
   const double n_rec = double(std::count(rec.begin(), rec.end(), true));
-  const double act = (double(cfg.n_layer) - n_rec) * per_layer + (n_rec > 0 ? n_rec * stream + per_layer + 2 * stream : 0.0);
+  // A recomputed layer that keeps its SSD output (bf16 under the CUDA autocast) holds that too.
+  const double kept_y = job.device == "cuda" && tc.activation_checkpointing_keep == "ssd_output"
+                            ? tok * double(cfg.d_inner()) * 2
+                            : 0.0;
+  const double act = (double(cfg.n_layer) - n_rec) * per_layer +
+                     (n_rec > 0 ? n_rec * (stream + kept_y) + per_layer + 2 * stream : 0.0);
   const double head = double(std::min<int64_t>(tc.kl_chunk, int64_t(tok))) * double(cfg.padded_vocab()) * 4 * 6;
   double teacher = 0, weights = 0, optim = 0;
   if (mode == Mode::Distill) {

@@ -201,7 +201,8 @@ at::Tensor Mamba2Model::conv_silu_aten(const at::Tensor& xBC_in, const Mamba2Mix
   return at::silu(conv1d_valid(xpad, m.conv_w, m.conv_b, c.conv_dim())).transpose(1, 2);
 }
 
-at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st) const {
+at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st,
+                                      SsdOutputKeep* keep) const {
   const auto& c = cfg_;
   const int64_t b = u.size(0), l = u.size(1), di = c.d_inner(), gn = c.ngroups * c.d_state, h = c.nheads();
   // The profiler scopes name the parts for DFSSM_PROFILE_STEP (src/distill/profile.h).
@@ -231,8 +232,13 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   // backward takes 64 or 128, and a distillation step was faster at 64 (13.5k vs 12.4k tokens/s).
   const int64_t fchunk = c.chunk_size == 256 ? 128 : c.chunk_size;
   const int64_t tchunk = c.chunk_size == 256 ? 64 : c.chunk_size;
-  if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: 4 CUDA kernels
+  const bool reuse = keep && !keep->capture && keep->y.defined() && !st;
+  if (reuse && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // a recomputation that kept y
+    std::tie(y, final_state) = ssd_scan_train(x, dt, A, B, C, Df, tchunk, at::Tensor(), keep->y);
+  } else if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: 4 CUDA kernels
     std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, fchunk, st ? st->ssm : at::Tensor());
+    // Kept only where the recomputation can use it (the train path runs there).
+    if (keep && keep->capture && !st && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) keep->y = y.to(keep->dtype);
   } else if (ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // CUDA kernels both ways
     std::tie(y, final_state) = ssd_scan_train(x, dt, A, B, C, Df, tchunk, st ? st->ssm : at::Tensor());
   } else {
@@ -293,8 +299,8 @@ at::Tensor Mamba2Model::forward(const at::Tensor& ids, InferenceState* state) co
   return logits(forward_hidden(ids, state));
 }
 
-at::Tensor Mamba2Model::block(size_t i, const at::Tensor& residual) const {
-  return mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w, true), nullptr);
+at::Tensor Mamba2Model::block(size_t i, const at::Tensor& residual, SsdOutputKeep* keep) const {
+  return mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w, true), nullptr, keep);
 }
 
 std::vector<at::Tensor> Mamba2Model::layer_parameters(size_t i) const {

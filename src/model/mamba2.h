@@ -67,6 +67,16 @@ struct InferenceState {
   int64_t seqlen = 0;  // tokens consumed so far
 };
 
+// What an activation-checkpointed block keeps of its first (no-grad) forward pass for its
+// recomputation in backward (src/model/recompute.h), beyond its input: the SSD's output y + D·x.
+// The recomputation then skips the SSD forward's chunk_scan. Only where the fused CUDA SSD runs
+// both ways (src/model/ssd_scan.h); elsewhere nothing is kept.
+struct SsdOutputKeep {
+  bool capture = false;              // true: the forward stores y here, in `dtype`
+  at::ScalarType dtype = at::kFloat;
+  at::Tensor y;                      // (b, l, h, p): what capture stored, or what to reuse
+};
+
 class Mamba2Model {
  public:
   // Allocates (uninitialised) parameters of `cfg` with `opts` (dtype + device).
@@ -96,12 +106,17 @@ class Mamba2Model {
   // The LM head weight as the forward pass uses it (the tied embedding, fake-quantized for a student).
   at::Tensor lm_weight() const;
 
-  // Block i (norm + mixer) on the residual stream, without caches; and its parameters.
-  at::Tensor block(size_t i, const at::Tensor& residual) const;
+  // Block i (norm + mixer) on the residual stream, without caches; and its parameters. `keep`:
+  // see SsdOutputKeep.
+  at::Tensor block(size_t i, const at::Tensor& residual, SsdOutputKeep* keep = nullptr) const;
   std::vector<at::Tensor> layer_parameters(size_t i) const;
   // Activation checkpointing: layers whose activations are recomputed in the backward pass
   // instead of stored (src/model/recompute.h). Only in training forwards (grad mode, no state).
   std::vector<bool> recompute_layers;
+  // Whether those layers keep their SSD output from the first forward (SsdOutputKeep), in the
+  // autocast dtype (bf16 under the trainer's autocast; fp32 without autocast): B·L·d_inner·2
+  // bytes per layer in bf16, for one chunk_scan less per layer and step.
+  bool keep_ssd_output = false;
 
   // One token per sequence with the recurrent form. ids: (b) int64. Returns logits (b, vocab).
   at::Tensor step(const at::Tensor& ids, InferenceState& state) const;
@@ -121,7 +136,8 @@ class Mamba2Model {
   std::vector<Mamba2Block> layers;
 
  private:
-  at::Tensor mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st) const;
+  at::Tensor mixer_forward(const Mamba2Mixer& m, const at::Tensor& u, LayerState* st,
+                           SsdOutputKeep* keep = nullptr) const;
   at::Tensor conv_silu_aten(const at::Tensor& xBC, const Mamba2Mixer& m, LayerState* st) const;
   at::Tensor mixer_step(const Mamba2Mixer& m, const at::Tensor& u, LayerState& st) const;
   at::Tensor embed(const at::Tensor& ids) const;

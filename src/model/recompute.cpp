@@ -25,9 +25,13 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     ctx->saved_data["layer"] = layer;
     ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
     ctx->saved_data["autocast_dtype"] = int64_t(at::autocast::get_autocast_dtype(at::kCUDA));
-    ctx->save_for_backward({inputs[0]});
     at::NoGradGuard ng;
-    return model->block(size_t(layer), inputs[0]);
+    SsdOutputKeep keep;  // the SSD's output, when the model keeps it (and the fused kernels run)
+    keep.capture = model->keep_ssd_output;
+    if (at::autocast::is_autocast_enabled(at::kCUDA)) keep.dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+    auto out = model->block(size_t(layer), inputs[0], keep.capture ? &keep : nullptr);
+    ctx->save_for_backward({inputs[0], keep.y});  // keep.y stays undefined when nothing was kept
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
@@ -35,7 +39,10 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     const auto layer = size_t(ctx->saved_data["layer"].toInt());
     const bool ac = ctx->saved_data["autocast"].toBool();
     const auto ac_dtype = at::ScalarType(ctx->saved_data["autocast_dtype"].toInt());
-    const auto x = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    const auto saved = ctx->get_saved_variables();
+    const auto x = saved[0].detach().requires_grad_(true);
+    SsdOutputKeep keep;
+    keep.y = saved[1];
     auto params = model->layer_parameters(layer);
     // The backward pass runs on autograd's own thread: re-enter the forward pass's autocast state.
     const bool prev = at::autocast::is_autocast_enabled(at::kCUDA);
@@ -45,7 +52,7 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     at::Tensor out;
     {
       at::AutoGradMode g(true);
-      out = model->block(layer, x);
+      out = model->block(layer, x, keep.y.defined() ? &keep : nullptr);
     }
     at::autocast::set_autocast_enabled(at::kCUDA, prev);
     at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype);

@@ -2,7 +2,8 @@
 // the backward pass runs the block again with autograd on and backpropagates through that copy.
 // Saves most activation memory (the chunked SSD's (chunk x chunk) intermediates above all) for
 // about one extra forward pass. Autocast state is saved and restored for the recomputation, so
-// it repeats exactly what the forward pass did.
+// it repeats exactly what the forward pass did. With Mamba2Model::keep_ssd_output the first pass
+// also keeps the SSD's output (SsdOutputKeep), and the recomputation skips its chunk_scan.
 #pragma once
 
 #include <ATen/ATen.h>

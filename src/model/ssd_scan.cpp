@@ -120,14 +120,28 @@ kernels::SsdScanArgs make_args(const at::Tensor& x_in, const at::Tensor& dt, con
 }
 
 // Runs the forward; returns y (+ D·x), the final state and the workspace the backward reads.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(kernels::SsdScanArgs& a, const at::Tensor& like) {
+// With y_given (the same y from an earlier pass, any float dtype): chunk_scan is skipped and y is
+// y_given as a new fp32 tensor.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(kernels::SsdScanArgs& a, const at::Tensor& like,
+                                                           const at::Tensor& y_given = at::Tensor()) {
   const auto opts = like.options().dtype(at::kFloat);
-  auto y = at::empty({a.batch, a.L, a.H, a.P}, opts);
   auto fin = at::empty({a.batch, a.H, a.P, a.N}, opts);
   auto ws = at::empty({kernels::ssd_scan_workspace_floats(a)}, opts);
-  a.y = y.data_ptr<float>(), a.final_state = fin.data_ptr<float>(), a.workspace = ws.data_ptr<float>();
-  DFSSM_ASSERT(kernels::ssd_scan_supported(a), "ssd_scan: shape or alignment the kernels do not take");
+  a.final_state = fin.data_ptr<float>(), a.workspace = ws.data_ptr<float>();
   const c10::cuda::CUDAGuard guard(like.device());
+  if (y_given.defined()) {
+    DFSSM_CHECK(y_given.numel() == a.batch * a.L * a.H * a.P, "ssd_scan: the kept SSD output has shape ",
+                y_given.sizes(), ", expected (", a.batch, ", ", a.L, ", ", a.H, ", ", a.P, ")");
+    a.y = nullptr;
+    DFSSM_ASSERT(kernels::ssd_scan_inputs_ok(a), "ssd_scan: shape or alignment the kernels do not take");
+    fused::check_cuda(kernels::ssd_scan_fwd_workspace_cuda(a, c10::cuda::getCurrentCUDAStream()),
+                      "ssd_scan_fwd_workspace_cuda");
+    auto y = y_given.to(opts, /*non_blocking=*/false, /*copy=*/true).view({a.batch, a.L, a.H, a.P});
+    return {y, fin, ws};
+  }
+  auto y = at::empty({a.batch, a.L, a.H, a.P}, opts);
+  a.y = y.data_ptr<float>();
+  DFSSM_ASSERT(kernels::ssd_scan_supported(a), "ssd_scan: shape or alignment the kernels do not take");
   fused::check_cuda(kernels::ssd_scan_fwd_cuda(a, c10::cuda::getCurrentCUDAStream()), "ssd_scan_fwd_cuda");
   return {y, fin, ws};
 }
@@ -142,11 +156,11 @@ at::Tensor if_present(const at::Tensor& t) { return t.defined() && t.numel() > 0
 struct SsdScanFn : public torch::autograd::Function<SsdScanFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                const at::Tensor& B, const at::Tensor& C, const at::Tensor& D_in,
-                               const at::Tensor& init_in, int64_t chunk) {
+                               const at::Tensor& init_in, int64_t chunk, const at::Tensor& y_given) {
     const auto D = if_present(D_in), init = if_present(init_in);
     std::vector<at::Tensor> keep;
     auto a = make_args(x, dt, A, B, C, D, chunk, init, keep);
-    auto [y, fin, ws] = run_forward(a, x);
+    auto [y, fin, ws] = run_forward(a, x, if_present(y_given));
     ctx->save_for_backward({x, dt, A, B, C, D, init, ws});
     ctx->saved_data["chunk"] = chunk;
     return {y, fin};
@@ -177,7 +191,7 @@ struct SsdScanFn : public torch::autograd::Function<SsdScanFn> {
     const c10::cuda::CUDAGuard guard(x.device());
     fused::check_cuda(kernels::ssd_scan_bwd_cuda(a, g, c10::cuda::getCurrentCUDAStream()), "ssd_scan_bwd_cuda");
     return {dx, ddt, dA.to(A.scalar_type()), dB, dC, D.defined() ? dD.to(D.scalar_type()) : at::Tensor(), dinit,
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};  // chunk, y_given
   }
 };
 }  // namespace
@@ -200,12 +214,14 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::
 
 std::pair<at::Tensor, at::Tensor> ssd_scan_train(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                                 int64_t chunk, const at::Tensor& initial_state) {
+                                                 int64_t chunk, const at::Tensor& initial_state,
+                                                 const at::Tensor& y_given) {
 #ifdef DFSSM_SSD_SCAN_BUILT
-  const auto out = SsdScanFn::apply(x, dt, A, B, C, or_empty(D, x), or_empty(initial_state, x), chunk);
+  const auto out = SsdScanFn::apply(x, dt, A, B, C, or_empty(D, x), or_empty(initial_state, x), chunk,
+                                    or_empty(y_given, x));
   return {out[0], out[1]};
 #else
-  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk, (void)initial_state;
+  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk, (void)initial_state, (void)y_given;
   DFSSM_ASSERT(false, "ssd_scan_train: this build has no CUDA kernels");
   return {};
 #endif

@@ -39,8 +39,13 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::
                                                  int64_t chunk, const at::Tensor& initial_state);
 
 // The same outputs, differentiable in every input (D and initial_state may be undefined).
+// y_given: y + D·x of these same inputs, kept from an earlier pass (an activation-checkpointed
+// block's first forward, src/model/recompute.h), any float dtype, (b,l,h,p) elements. The forward
+// then skips chunk_scan (its costliest kernel) and returns y_given as fp32; the gradients are the
+// same (the backward does not read y).
 std::pair<at::Tensor, at::Tensor> ssd_scan_train(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                                 int64_t chunk, const at::Tensor& initial_state);
+                                                 int64_t chunk, const at::Tensor& initial_state,
+                                                 const at::Tensor& y_given = at::Tensor());
 
 }  // namespace dfssm

@@ -385,8 +385,9 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_scan_v2_kernel(SsdScanArgs 
   }
 }
 
+// with_y = false: everything but chunk_scan (the workspace and the final state; y untouched).
 template <int T>
-cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
+cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream, bool with_y) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
   bool v2 = false;  // version 2 exists for T <= 128 only
   if constexpr (T <= 128) {
@@ -402,7 +403,7 @@ cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream) {
   DFSSM_LAUNCH(state_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(chunk_cb_kernel<T>, dim3(T / 64, nc * unsigned(a.G), Bz), stream, a);
-  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+  if (const auto e = cudaGetLastError(); e != cudaSuccess || !with_y) return e;
   if constexpr (T <= 128) {
     constexpr int kStages = T == 128 ? 3 : 4;
     if (v2) return launch_dyn(chunk_scan_v2_kernel<T, kStages>, dim3(nc, H, Bz), scan2::kSmemBytes<T, kStages>, stream, a);
@@ -435,13 +436,24 @@ bool ssd_scan_inputs_ok(const SsdScanArgs& a) {
 
 bool ssd_scan_supported(const SsdScanArgs& a) { return ssd_scan_inputs_ok(a) && a.y && a.final_state; }
 
+namespace {
+cudaError_t launch_any(const SsdScanArgs& a, cudaStream_t stream, bool with_y) {
+  switch (a.T) {
+    case 64: return launch<64>(a, stream, with_y);
+    case 128: return launch<128>(a, stream, with_y);
+    default: return launch<256>(a, stream, with_y);
+  }
+}
+}  // namespace
+
 cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   if (!ssd_scan_supported(a)) return cudaErrorInvalidValue;
-  switch (a.T) {
-    case 64: return launch<64>(a, stream);
-    case 128: return launch<128>(a, stream);
-    default: return launch<256>(a, stream);
-  }
+  return launch_any(a, stream, true);
+}
+
+cudaError_t ssd_scan_fwd_workspace_cuda(const SsdScanArgs& a, cudaStream_t stream) {
+  if (!ssd_scan_inputs_ok(a) || !a.final_state) return cudaErrorInvalidValue;
+  return launch_any(a, stream, false);
 }
 
 }  // namespace dfssm::kernels

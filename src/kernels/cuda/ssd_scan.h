@@ -39,6 +39,11 @@ void ssd_scan_set_version(int v);
 
 // Runs the four kernels on `stream`. Returns the first launch error.
 cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream);
+// The same without chunk_scan: the workspace the backward reads and the final state, not y
+// (a.y is neither needed nor written). For a recomputation that already has y (an activation-
+// checkpointed block that kept its first forward's SSD output, src/model/recompute.h): chunk_scan
+// is the forward's most expensive kernel.
+cudaError_t ssd_scan_fwd_workspace_cuda(const SsdScanArgs& a, cudaStream_t stream);
 
 // The backward (ssd_scan_bwd.cu): T in {64, 128}; `a` as given to the forward, whose workspace
 // must still hold what the forward left there; g.workspace 256-byte aligned and at least
