@@ -6,7 +6,7 @@
 // a function-local `static`.
 //
 // What it covers is what our kernels use: threadIdx / blockIdx / blockDim, __syncthreads,
-// __syncwarp, __shfl_up_sync / __shfl_xor_sync, atomicAdd (float), cudaMemsetAsync, float4, expf,
+// __syncwarp, __shfl_up_sync / __shfl_xor_sync, atomicAdd (float), cudaMemsetAsync, float4, float2, expf,
 // __expf, rsqrtf, bf16 storage, cp.async (a synchronous copy; commit/wait do nothing),
 // mma.sync m16n8k8 TF32 with the hardware's fragment-to-lane mapping (emu::mma_tf32_m16n8k8:
 // the warp's lanes exchange their fragments), and nvcuda::wmma's m16n16k8 TF32 fragments. A
@@ -61,6 +61,10 @@ struct float4 {
   float x, y, z, w;
 };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+struct float2 {
+  float x, y;
+};
+inline float2 make_float2(float a, float b) { return {a, b}; }
 
 
 namespace dfssm::emu {

@@ -33,6 +33,7 @@
 //      backward did them per head, with 2·T·N atomics per head and chunk: 18.4 ms per call
 //      at T = 128, against 4.06 + 2.10 ms for chunk_bwd and dbc at T = 64; 16 x 2048 x 64
 //      heads, H200).
+#include <cstdlib>
 #include <utility>
 
 #include "kernels/cuda/ssd_scan_common.cuh"
@@ -148,7 +149,10 @@ struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 
 };
 
 // ---- 3. the chunk's gradients ------------------------------------------------------------------------
-template <int T>
+// RAW (version 2, the default): the three GEMMs on raw mma.sync fragments read with plain shared
+// loads (frag_a_rows & co.); version 1 on WMMA fragments (generic-address loads: 3.78 ms per call
+// at 16 x 2048 x 64 heads, T = 64, H200, with 1.39G of its 2.08G instructions in step 1).
+template <int T, bool RAW>
 __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
   using SM = BwdSmem<T>;
   constexpr int LDT = SM::LDT, NT = T / 16;
@@ -170,6 +174,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
 
   const int c = blockIdx.x, h = blockIdx.y, t = threadIdx.x, warp = t >> 5, lane = t & 31;
   const int tn = warp % (P_ / 16), tm0 = warp / (P_ / 16);
+  const int fg = lane >> 2, ft = lane & 3;  // RAW: the lane's row / column in an mma fragment
   const int64_t b = blockIdx.z, nc = a.chunks(), l0 = int64_t(c) * T;
   const int gi = h / (a.H / a.G);
   const Ws ws = split_ws(a);
@@ -220,8 +225,10 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
       cp_async_commit();
     };
     FragC az[TP], ay[TP];
+    float rz[RAW ? TP : 1][2][4] = {}, ry[RAW ? TP : 1][2][4] = {};  // RAW: 16 x 16 tiles as two n-halves
+    if constexpr (!RAW)
 #pragma unroll
-    for (int i = 0; i < TP; ++i) wmma::fill_fragment(az[i], 0.f), wmma::fill_fragment(ay[i], 0.f);
+      for (int i = 0; i < TP; ++i) wmma::fill_fragment(az[i], 0.f), wmma::fill_fragment(ay[i], 0.f);
     load_half(0);
     for (int i = 0; i < N_ / KH; ++i) {
       if (i + 1 < N_ / KH) {
@@ -235,19 +242,42 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
       const float* csl = bsl + T * LDH;
       const float* dsl = csl + T * LDH;
       const float* ssl = dsl + P_ * LDH;
+      if constexpr (RAW) {
 #pragma unroll
-      for (int kk = 0; kk < KH; kk += 8) {
-        FragBcol fd, fs;  // B(n, p) = dS[p][n], S[p][n]
-        load_tf32(fd, dsl + tn * 16 * LDH + kk, LDH);
-        load_tf32(fs, ssl + tn * 16 * LDH + kk, LDH);
+        for (int kk = 0; kk < KH; kk += 8) {
+          uint32_t bd[2][2], bs[2][2];  // B(n, p) = dS[p][n], S[p][n] for p in the tile's two n-halves
 #pragma unroll
-        for (int j = 0; j < TP; ++j) {
-          const int tm = tm0 + TM_STEP * j;
-          FragArow fa;
-          load_tf32(fa, bsl + tm * 16 * LDH + kk, LDH);
-          wmma::mma_sync(az[j], fa, fd, az[j]);
-          load_tf32(fa, csl + tm * 16 * LDH + kk, LDH);
-          wmma::mma_sync(ay[j], fa, fs, ay[j]);
+          for (int hh = 0; hh < 2; ++hh) {
+            frag_b_nmajor(bd[hh], dsl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
+            frag_b_nmajor(bs[hh], ssl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
+          }
+#pragma unroll
+          for (int j = 0; j < TP; ++j) {
+            const int tm = tm0 + TM_STEP * j;
+            uint32_t fa[4];
+            frag_a_rows(fa, bsl + tm * 16 * LDH + kk, LDH, fg, ft);
+            mma_tf32(rz[j][0], fa, bd[0]);
+            mma_tf32(rz[j][1], fa, bd[1]);
+            frag_a_rows(fa, csl + tm * 16 * LDH + kk, LDH, fg, ft);
+            mma_tf32(ry[j][0], fa, bs[0]);
+            mma_tf32(ry[j][1], fa, bs[1]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int kk = 0; kk < KH; kk += 8) {
+          FragBcol fd, fs;  // B(n, p) = dS[p][n], S[p][n]
+          load_tf32(fd, dsl + tn * 16 * LDH + kk, LDH);
+          load_tf32(fs, ssl + tn * 16 * LDH + kk, LDH);
+#pragma unroll
+          for (int j = 0; j < TP; ++j) {
+            const int tm = tm0 + TM_STEP * j;
+            FragArow fa;
+            load_tf32(fa, bsl + tm * 16 * LDH + kk, LDH);
+            wmma::mma_sync(az[j], fa, fd, az[j]);
+            load_tf32(fa, csl + tm * 16 * LDH + kk, LDH);
+            wmma::mma_sync(ay[j], fa, fs, ay[j]);
+          }
         }
       }
       __syncthreads();  // slab i consumed: its buffer may be refilled
@@ -255,8 +285,13 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
 #pragma unroll
     for (int i = 0; i < TP; ++i) {
       const int tm = tm0 + TM_STEP * i;
-      wmma::store_matrix_sync(zs + tm * 16 * LDX + tn * 16, az[i], LDX, wmma::mem_row_major);
-      wmma::store_matrix_sync(big + tm * 16 * LDX + tn * 16, ay[i], LDX, wmma::mem_row_major);
+      if constexpr (RAW) {
+        store_c_tile(zs + tm * 16 * LDX + tn * 16, LDX, rz[i], fg, ft);
+        store_c_tile(big + tm * 16 * LDX + tn * 16, LDX, ry[i], fg, ft);
+      } else {
+        wmma::store_matrix_sync(zs + tm * 16 * LDX + tn * 16, az[i], LDX, wmma::mem_row_major);
+        wmma::store_matrix_sync(big + tm * 16 * LDX + tn * 16, ay[i], LDX, wmma::mem_row_major);
+      }
     }
   }
   __syncthreads();
@@ -294,7 +329,29 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   __syncthreads();
 
   // Step 2: G = dy·xᵀ on the lower tiles, into big (row stride LDT).
-  {
+  if constexpr (RAW) {
+    float rg[TL][2][4] = {};
+    int tms[TL], tqs[TL];  // this warp's lower tiles k = warp + kWarps·j (k < NLOW)
+#pragma unroll
+    for (int j = 0; j < TL; ++j) tri_tile(warp + kWarps * j, tms[j], tqs[j]);
+#pragma unroll
+    for (int kk = 0; kk < P_; kk += 8) {
+#pragma unroll
+      for (int j = 0; j < TL; ++j) {
+        if (warp + kWarps * j >= NLOW) continue;
+        uint32_t fa[4], fb[2];
+        frag_a_rows(fa, dys + tms[j] * 16 * LDX + kk, LDX, fg, ft);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {  // B(p, s) = x[s][p]
+          frag_b_nmajor(fb, xsm + (tqs[j] * 16 + hh * 8) * LDX + kk, LDX, fg, ft);
+          mma_tf32(rg[j][hh], fa, fb);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < TL; ++j)
+      if (warp + kWarps * j < NLOW) store_c_tile(big + tms[j] * 16 * LDT + tqs[j] * 16, LDT, rg[j], fg, ft);
+  } else {
     FragC ag[TL];
     int tms[TL], tqs[TL];  // this warp's lower tiles k = warp + kWarps·j (k < NLOW)
 #pragma unroll
@@ -374,7 +431,38 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   }
 
   // Step 3: dx = zs + (M∘dt)ᵀ·dy, M∘dt in big (the row pass above).
-  {
+  if constexpr (RAW) {
+    float rx[TP][2][4];
+#pragma unroll
+    for (int i = 0; i < TP; ++i) load_c_tile(rx[i], zs + (tm0 + TM_STEP * i) * 16 * LDX + tn * 16, LDX, fg, ft);
+    __syncthreads();  // every row of big is written
+#pragma unroll 4
+    for (int kk = 0; kk < T; kk += 8) {
+      uint32_t fb[2][2];  // B(l, p) = dy[l][p]
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) frag_b_kmajor(fb[hh], dys + kk * LDX + tn * 16 + hh * 8, LDX, fg, ft);
+#pragma unroll
+      for (int i = 0; i < TP; ++i) {
+        const int tm = tm0 + TM_STEP * i;
+        if (kk + 8 <= tm * 16) continue;  // every l < every s of the tile: zeros
+        uint32_t fa[4];                   // A(s, l) = big[l][s]
+        frag_a_cols(fa, big + kk * LDT + tm * 16, LDT, fg, ft);
+        mma_tf32(rx[i][0], fa, fb[0]);
+        mma_tf32(rx[i][1], fa, fb[1]);
+      }
+    }
+    // dx rows of the tile inside L, straight from the fragments (two adjacent columns per store).
+#pragma unroll
+    for (int i = 0; i < TP; ++i) {
+      const int64_t lt = l0 + (tm0 + TM_STEP * i) * 16;
+      float* dst = g.dx + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16 + 2 * ft;
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        if (lt + fg < a.L) st2(dst + fg * yrow + hh * 8, rx[i][hh][0], rx[i][hh][1]);
+        if (lt + fg + 8 < a.L) st2(dst + (fg + 8) * yrow + hh * 8, rx[i][hh][2], rx[i][hh][3]);
+      }
+    }
+  } else {
     FragC ax[TP];
 #pragma unroll
     for (int i = 0; i < TP; ++i) {
@@ -731,8 +819,10 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
   }
   DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  if (const auto e = launch_dyn(chunk_bwd_kernel<T>, dim3(nc, H, Bz), BwdSmem<T>::FLOATS * int(sizeof(float)), stream,
-                                a, g);
+  static const bool bwd_v1 = std::getenv("DFSSM_SSD_BWD_V1") != nullptr;  // EXPERIMENT (A/B), to be removed
+  const bool raw = v2 && !bwd_v1;
+  if (const auto e = launch_dyn(raw ? chunk_bwd_kernel<T, true> : chunk_bwd_kernel<T, false>, dim3(nc, H, Bz),
+                                BwdSmem<T>::FLOATS * int(sizeof(float)), stream, a, g);
       e != cudaSuccess)
     return e;
   const dim3 dbc_grid(2 * (N_ / kDbcCols), nc, Bz * unsigned(a.G));

@@ -83,12 +83,53 @@ template <int N>
 inline void cp_async_wait() {}
 #endif
 
+// Raw m16n8k8 TF32 operands read from shared memory with plain indexed loads (the layouts at
+// mma_tf32; g = lane / 4, t = lane % 4). nvcc emits WMMA fragment loads on generic addresses,
+// which ptxas turns into one 64-bit generic load per element with its own address arithmetic
+// (chunk_bwd: most of its instructions); these compile to LDS with immediate offsets.
+// A (16 x 8) row-major, A[m][k] = p[m * ld + k]:
+__device__ __forceinline__ void frag_a_rows(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
+  a[0] = to_tf32(p[g * ld + t]), a[1] = to_tf32(p[(g + 8) * ld + t]);
+  a[2] = to_tf32(p[g * ld + t + 4]), a[3] = to_tf32(p[(g + 8) * ld + t + 4]);
+}
+// A column-major, A[m][k] = p[k * ld + m]:
+__device__ __forceinline__ void frag_a_cols(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
+  a[0] = to_tf32(p[t * ld + g]), a[1] = to_tf32(p[t * ld + g + 8]);
+  a[2] = to_tf32(p[(t + 4) * ld + g]), a[3] = to_tf32(p[(t + 4) * ld + g + 8]);
+}
+// B (8 x 8) n-major, B[k][n] = p[n * ld + k]:
+__device__ __forceinline__ void frag_b_nmajor(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
+  b[0] = to_tf32(p[g * ld + t]), b[1] = to_tf32(p[g * ld + t + 4]);
+}
+// B k-major, B[k][n] = p[k * ld + n]:
+__device__ __forceinline__ void frag_b_kmajor(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
+  b[0] = to_tf32(p[t * ld + g]), b[1] = to_tf32(p[(t + 4) * ld + g]);
+}
+
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 #ifndef DFSSM_CUDA_EMULATE
 __device__ __forceinline__ void st2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+__device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }
 #else
 inline void st2(float* p, float a, float b) { p[0] = a, p[1] = b; }
+inline float2 ld2(const float* p) { return make_float2(p[0], p[1]); }
 #endif
+// A 16 x 16 fp32 tile as two m16n8 accumulators (columns 8·hh + [0, 8)), to and from row-major
+// memory (row stride ld, an even number of floats; p 8-byte aligned).
+__device__ __forceinline__ void store_c_tile(float* p, int ld, const float (&c)[2][4], int g, int t) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    st2(p + g * ld + hh * 8 + 2 * t, c[hh][0], c[hh][1]);
+    st2(p + (g + 8) * ld + hh * 8 + 2 * t, c[hh][2], c[hh][3]);
+  }
+}
+__device__ __forceinline__ void load_c_tile(float (&c)[2][4], const float* p, int ld, int g, int t) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const float2 u = ld2(p + g * ld + hh * 8 + 2 * t), v = ld2(p + (g + 8) * ld + hh * 8 + 2 * t);
+    c[hh][0] = u.x, c[hh][1] = u.y, c[hh][2] = v.x, c[hh][3] = v.y;
+  }
+}
 __device__ __forceinline__ void st4(float* p, float4 v) { p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w; }
 
 struct Ws {  // the workspace's parts
