@@ -24,8 +24,8 @@
 //         exp(acs_l - acs_s)·CB·dt_s;
 //      3. dx += (M∘dt)ᵀ·dy from shared memory; dx to HBM;
 //      4. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
-// dstate_local (ChunkOuterV2) and dbc at T = 64 (dbc_v2_kernel) run version 2 by default: cp.async
-// pipelines and raw mma.sync fragments (ssd_scan.h: ssd_scan_version).
+// dstate_local (ChunkOuterV2), chunk_bwd and dbc at T = 64 (dbc_v2_kernel) run version 2 by
+// default: cp.async pipelines and raw mma.sync fragments (ssd_scan.h: ssd_scan_version).
 //   4. dbc (which of dB/dC x 64 columns of N, chunk, batch x group): dC and dB as one GEMM per
 //      chunk and group each, over K = T + (H/G)·P: dCB (or its transpose) times the chunk's B (or
 //      C) rows, plus every head's scaled dy (or x) times its state S (or dS). The T x T x N
@@ -33,7 +33,6 @@
 //      backward did them per head, with 2·T·N atomics per head and chunk: 18.4 ms per call
 //      at T = 128, against 4.06 + 2.10 ms for chunk_bwd and dbc at T = 64; 16 x 2048 x 64
 //      heads, H200).
-#include <cstdlib>
 #include <utility>
 
 #include "kernels/cuda/ssd_scan_common.cuh"
@@ -150,8 +149,9 @@ struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 
 
 // ---- 3. the chunk's gradients ------------------------------------------------------------------------
 // RAW (version 2, the default): the three GEMMs on raw mma.sync fragments read with plain shared
-// loads (frag_a_rows & co.); version 1 on WMMA fragments (generic-address loads: 3.78 ms per call
-// at 16 x 2048 x 64 heads, T = 64, H200, with 1.39G of its 2.08G instructions in step 1).
+// loads (frag_a_rows & co.); version 1 on WMMA fragments, whose loads nvcc emits on generic
+// addresses (ncu at 16 x 2048 x 64 heads, T = 64, H200: 3.77 ms and 2.08G instructions per call
+// in version 1, 3.09 ms and 1.58G in version 2).
 template <int T, bool RAW>
 __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
   using SM = BwdSmem<T>;
@@ -819,9 +819,7 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
   }
   DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  static const bool bwd_v1 = std::getenv("DFSSM_SSD_BWD_V1") != nullptr;  // EXPERIMENT (A/B), to be removed
-  const bool raw = v2 && !bwd_v1;
-  if (const auto e = launch_dyn(raw ? chunk_bwd_kernel<T, true> : chunk_bwd_kernel<T, false>, dim3(nc, H, Bz),
+  if (const auto e = launch_dyn(v2 ? chunk_bwd_kernel<T, true> : chunk_bwd_kernel<T, false>, dim3(nc, H, Bz),
                                 BwdSmem<T>::FLOATS * int(sizeof(float)), stream, a, g);
       e != cudaSuccess)
     return e;
