@@ -89,6 +89,22 @@ Mamba2Model two_layer_13b(uint64_t seed, int64_t chunk = 0) {
   m.init_random(seed);
   return m;
 }
+
+// One forward + backward of m on ids with the loss Σ h·wts (bf16 autocast when asked); returns the
+// hidden output and every parameter's gradient (zeros where none), on the CPU. Clears the grads first.
+std::vector<at::Tensor> hidden_and_grads(const Mamba2Model& m, NamedTensors& params, const at::Tensor& ids,
+                                         const at::Tensor& wts, bool autocast) {
+  for (auto& [k, p] : params) p.mutable_grad() = at::Tensor();
+  at::autocast::set_autocast_enabled(at::kCUDA, autocast);
+  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  const auto h = m.forward_hidden(ids);
+  at::autocast::set_autocast_enabled(at::kCUDA, false);
+  at::autocast::clear_cache();
+  (h.to(at::kFloat) * wts).sum().backward();
+  std::vector<at::Tensor> r = {h.detach().to(at::kFloat).cpu()};
+  for (auto& [k, p] : params) r.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros(p.sizes()));
+  return r;
+}
 }  // namespace
 
 TEST_CASE("ssd mask kernels vs their scalar references", "[gpu][ssd]") {
@@ -634,11 +650,7 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: fused SSD train path ==
   for (auto& [k, p] : params) p.requires_grad_(true);
   auto run = [&](bool fused) {
     set_ssd_scan_train_enabled(fused);
-    for (auto& [k, p] : params) p.mutable_grad() = at::Tensor();
-    const auto h = m.forward_hidden(ids);
-    (h.to(at::kFloat) * wts).sum().backward();
-    std::vector<at::Tensor> r = {h.detach().to(at::kFloat).cpu()};
-    for (auto& [k, p] : params) r.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros(p.sizes()));
+    const auto r = hidden_and_grads(m, params, ids, wts, /*autocast=*/false);
     set_ssd_scan_train_enabled(true);  // the default
     return r;
   };
@@ -760,15 +772,7 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: fused kernels == ATen p
     set_ssd_fused_enabled(fused);
     set_conv_fused_enabled(fused);
     set_gated_norm_fused_enabled(fused);
-    for (auto& [k, p] : params) p.mutable_grad() = at::Tensor();
-    at::autocast::set_autocast_enabled(at::kCUDA, autocast);
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    const auto h = m.forward_hidden(ids);
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::clear_cache();
-    (h.to(at::kFloat) * wts).sum().backward();
-    std::vector<at::Tensor> r = {h.detach().to(at::kFloat).cpu()};
-    for (auto& [k, p] : params) r.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros(p.sizes()));
+    const auto r = hidden_and_grads(m, params, ids, wts, autocast);
     set_ssd_fused_enabled(true);
     set_conv_fused_enabled(true);
     set_gated_norm_fused_enabled(true);
@@ -819,15 +823,7 @@ TEST_CASE("activation checkpointing that keeps the SSD output == no checkpointin
   auto run = [&](bool ckpt, bool keep, bool autocast) {
     m.recompute_layers = {ckpt, ckpt};
     m.keep_ssd_output = keep;
-    for (auto& [k, p] : params) p.mutable_grad() = at::Tensor();
-    at::autocast::set_autocast_enabled(at::kCUDA, autocast);
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-    const auto h = m.forward_hidden(ids);
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::clear_cache();
-    (h.to(at::kFloat) * wts).sum().backward();
-    std::vector<at::Tensor> r = {h.detach().to(at::kFloat).cpu()};
-    for (auto& [k, p] : params) r.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros(p.sizes()));
+    const auto r = hidden_and_grads(m, params, ids, wts, autocast);
     m.recompute_layers = {}, m.keep_ssd_output = false;
     return r;
   };
