@@ -905,6 +905,82 @@ TEST_CASE("fused AdamW step == scalar reference and == the ATen optimizer", "[gp
   CHECK(fn[2] > 40.0);  // the clipping did apply
 }
 
+TEST_CASE("AdamW step decided on the device (clip, skip) == the host-synchronised step", "[gpu][optim]") {
+  REQUIRE(torch::cuda::is_available());
+  // The trainer's sync-free step (trainer.cpp, train_step_device): the norm stays on the device, the
+  // clip coefficient and the go/skip flag reach the update kernels as device scalars. It must give
+  // the host path's parameters bit for bit, clip or no clip, and leave everything alone on a skip.
+  auto make = [](std::vector<at::Tensor>& ps) {
+    auto gg = gen(82);
+    ps = {at::randn({512, 300}, gg).cuda().requires_grad_(true), at::randn({1001}, gg).cuda().requires_grad_(true),
+          at::randn({64}, gg).cuda().requires_grad_(true)};
+    distill::ParamGroup a{"latents", {{"w", ps[0]}, {"b", ps[1]}}, 1.0, 0.1, true};
+    distill::ParamGroup b{"scales", {{"s", ps[2]}}, 0.5, 0.0, false};
+    return std::make_unique<distill::AdamW>(std::vector<distill::ParamGroup>{a, b}, 0.9, 0.95, 1e-8);
+  };
+  std::vector<at::Tensor> ph, pd;
+  auto oh = make(ph), od = make(pd);
+  REQUIRE(od->can_step_on_device());
+  auto gg = gen(83);
+  for (int step = 0; step < 4; ++step) {
+    const double max_norm = step % 2 ? 40.0 : 1e9;  // clipped on odd steps only
+    for (size_t i = 0; i < ph.size(); ++i) {
+      const auto g = at::randn(ph[i].sizes(), gg).cuda() * (step + 1.0);
+      ph[i].mutable_grad() = g.clone(), pd[i].mutable_grad() = g.clone();
+    }
+    const double nh = oh->clip_grad_norm(max_norm);
+    oh->step(1e-2);
+    oh->zero_grad();
+    const auto norm = od->grad_norm_device().to(at::kDouble);
+    const auto gscale = at::where(norm > max_norm, max_norm / (norm + 1e-6), at::ones({}, norm.options()));
+    od->step(1e-2, gscale.to(at::kFloat), at::ones({}, pd[0].options()));
+    od->zero_grad();
+    CHECK(norm.item<double>() == nh);
+    for (size_t i = 0; i < ph.size(); ++i) CHECK(at::equal(ph[i], pd[i]));
+    CHECK(pd[0].grad().abs().max().item<float>() == 0.f);  // zero_grad's multi-tensor zeroing
+  }
+  // A skipped step: run = 0 leaves parameters and moments as they were; unstep() restores the count.
+  std::vector<at::Tensor> before;
+  for (auto& t : pd) before.push_back(t.detach().clone());
+  for (auto& [k, t] : od->state()) before.push_back(t.clone());
+  for (auto& t : pd) t.mutable_grad() = at::full(t.sizes(), 1e3, t.options());
+  const int64_t t0 = od->steps();
+  od->step(1e-2, at::ones({}, pd[0].options()), at::zeros({}, pd[0].options()));
+  od->unstep();
+  CHECK(od->steps() == t0);
+  std::vector<at::Tensor> after;
+  for (auto& t : pd) after.push_back(t.detach());
+  for (auto& [k, t] : od->state()) after.push_back(t);
+  REQUIRE(after.size() == before.size());
+  for (size_t i = 0; i < after.size(); ++i) CHECK(at::equal(after[i], before[i]));
+}
+
+TEST_CASE("chunked LM loss with deferred statistics == the host statistics", "[gpu][loss]") {
+  REQUIRE(torch::cuda::is_available());
+  auto g = gen(84);
+  const int64_t N = 700, d = 256, V = 1000;
+  const auto hs = at::randn({N, d}, g).cuda(), ws = (at::randn({V, d}, g) * 0.05).cuda();
+  const auto ht = at::randn({N, d}, g).cuda(), wt = (at::randn({V, d}, g) * 0.05).cuda();
+  const auto y = at::randint(0, V, {N}, g).cuda();
+  for (const bool fused : {true, false}) {
+    distill::set_lm_loss_fused_enabled(fused);
+    distill::LmLossStats sh, sd;
+    const auto h1 = hs.clone().requires_grad_(true), h2 = hs.clone().requires_grad_(true);
+    const auto lh = distill::lm_loss(h1, ws, ht, wt, y, {0.7, 2.0, 256, at::kFloat}, &sh);
+    const auto ld = distill::lm_loss(h2, ws, ht, wt, y, {0.7, 2.0, 256, at::kFloat, true}, &sd);
+    CHECK(lh.item<float>() == ld.item<float>());  // the same fp64 arithmetic, on the device
+    REQUIRE(sd.sums.defined());
+    const auto v = sd.sums.cpu();
+    CHECK(v[0].item<double>() == sh.kl);
+    CHECK(v[1].item<double>() == sh.ce);
+    CHECK(v[2].item<double>() == sh.top1);
+    CHECK(v[3].item<double>() == sh.teacher_ce);
+    lh.backward(), ld.backward();
+    CHECK(at::equal(h1.grad(), h2.grad()));
+  }
+  distill::set_lm_loss_fused_enabled(true);
+}
+
 TEST_CASE("ScaffoldLinear: CUDA weight-side W_eff == CPU activation-side forward, with gradients", "[gpu][quant]") {
   REQUIRE(torch::cuda::is_available());
   // The 1.3B in_proj: 8512 x 2048, rank 19; random parameters in their real ranges.

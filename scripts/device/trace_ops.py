@@ -58,6 +58,7 @@ def main():
 
     by_pair, by_ctx = collections.Counter(), collections.Counter()
     total = 0.0
+    gpu = []  # (start, end, label) of every kernel/copy: the idle gaps between them
     for e in events:
         if e.get("ph") != "X" or e.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
             continue
@@ -73,6 +74,7 @@ def main():
             name = "kernel " + e.get("name", "?").split("(")[0][-50:]
         by_pair[(ctx, name)] += us
         by_ctx[ctx] += us
+        gpu.append((float(e["ts"]), float(e["ts"]) + us, f"{ctx[:40]} | {name[:50]}"))
     print(f"GPU time {total / 1e3:.1f} ms")
     print("-- by context (autograd node of the backward, or model scope of the forward)")
     for ctx, us in by_ctx.most_common(top):
@@ -80,6 +82,29 @@ def main():
     print("-- by (context, op)")
     for (ctx, name), us in by_pair.most_common(top):
         print(f"{us / 1e3:10.2f} ms {100 * us / total:5.1f}%  {ctx[:60]:60s} {name[:60]}")
+    idle_gaps(gpu, top)
+
+
+def idle_gaps(gpu, top):
+    """The GPU's idle time inside the step: gaps between one kernel's end and the next kernel's
+    start (any stream), summed by the op that launched the kernel after the gap (the work the
+    host was issuing while the GPU waited). Host-bound stretches (syncs, launch storms) show here."""
+    gpu.sort()
+    if not gpu:
+        return
+    span = gpu[-1][1] - gpu[0][0]
+    idle, by_next, n = 0.0, collections.Counter(), collections.Counter()
+    end = gpu[0][1]
+    for s, e, label in gpu[1:]:
+        if s > end + 2.0:  # gaps under 2 us are the launch pipeline's own spacing
+            idle += s - end
+            by_next[label] += s - end
+            n[label] += 1
+        end = max(end, e)
+    print(f"-- GPU idle inside the step: {idle / 1e3:.2f} ms of {span / 1e3:.1f} ms "
+          f"(gaps over 2 us, by the op launching the kernel after the gap)")
+    for label, us in by_next.most_common(top):
+        print(f"{us / 1e3:10.2f} ms {n[label]:6d} x  {label}")
 
 
 if __name__ == "__main__":

@@ -137,6 +137,16 @@ Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::
       out.grad_w += at::matmul(dz.t().to(md), hc).to(at::kFloat);
     }
   }
+  if (o.defer_stats) {  // the same arithmetic on the device (fp64, then the loss in fp32)
+    const auto zero = at::zeros({}, kl_sum.options());
+    const auto kl = teacher ? kl_sum / double(N) : zero, ce = ce_sum / double(N);
+    if (st) {
+      st->sums = at::stack({kl, ce, teacher ? top1 / double(N) : zero, teacher ? tce_sum / double(N) : zero});
+      st->tokens = N;
+    }
+    out.loss = (kl * (a * T * T) + ce * (1.0 - a)).to(at::kFloat);
+    return out;
+  }
   const double kl = kl_sum.item<double>() / double(N), ce = ce_sum.item<double>() / double(N);
   if (st) {
     st->kl = teacher ? kl : 0;
@@ -153,8 +163,8 @@ struct LmLossFn : public torch::autograd::Function<LmLossFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h_s, const at::Tensor& w_s, const at::Tensor& h_t,
                             const at::Tensor& w_t, const at::Tensor& tk_idx, const at::Tensor& tk_logp,
                             const at::Tensor& tk_ce, const at::Tensor& targets, double alpha, double temperature,
-                            int64_t chunk, int64_t matmul_dtype, int64_t stats_addr) {
-    LmLossOptions o{alpha, temperature, chunk, at::ScalarType(matmul_dtype)};
+                            int64_t chunk, int64_t matmul_dtype, int64_t stats_addr, bool defer) {
+    LmLossOptions o{alpha, temperature, chunk, at::ScalarType(matmul_dtype), defer};
     const auto ht = h_t.numel() ? h_t : at::Tensor(), wt = w_t.numel() ? w_t : at::Tensor();
     TeacherTopK tk;
     if (tk_idx.numel()) tk = {tk_idx, tk_logp, tk_ce};
@@ -170,7 +180,8 @@ struct LmLossFn : public torch::autograd::Function<LmLossFn> {
     const auto hd = at::ScalarType(ctx->saved_data["h_dtype"].toInt());
     const auto wd = at::ScalarType(ctx->saved_data["w_dtype"].toInt());
     return {(saved[0] * go).to(hd), (saved[1] * go).to(wd), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -196,7 +207,7 @@ at::Tensor lm_loss_impl(const at::Tensor& h_s, const at::Tensor& w_s, const at::
   auto def = [&](const at::Tensor& t) { return t.defined() ? t : none; };
   return LmLossFn::apply(h_s, w_s, def(h_t), def(w_t), def(tk.idx), def(tk.logp), def(tk.ce), targets, opt.alpha,
                          opt.temperature, opt.chunk, int64_t(opt.matmul_dtype),
-                         int64_t(reinterpret_cast<intptr_t>(stats)));
+                         int64_t(reinterpret_cast<intptr_t>(stats)), opt.defer_stats);
 }
 }  // namespace
 

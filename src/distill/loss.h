@@ -25,6 +25,9 @@ struct LmLossOptions {
   double temperature = 1.0;
   int64_t chunk = 1024;                       // tokens per chunk
   at::ScalarType matmul_dtype = at::kFloat;   // logits matmuls (bf16 on CUDA), accumulated to fp32
+  // The statistics stay on the device (LmLossStats::sums) and the loss is computed there: no host
+  // synchronisation (the trainer reads them once per step). false: the doubles are filled.
+  bool defer_stats = false;
 };
 
 struct LmLossStats {
@@ -34,6 +37,9 @@ struct LmLossStats {
   double teacher_ce = 0;  // mean teacher CE (with a teacher)
   double hidden = 0;      // the hidden-state MSE term (trainer; 0 when off)
   int64_t tokens = 0;
+  // With LmLossOptions::defer_stats: fp64 (4) on the device, kl, ce, top1, teacher_ce as above
+  // (the doubles stay 0).
+  at::Tensor sums;
 };
 
 // The teacher's top-k tokens per position (distill.teacher_cache, teacher_cache.h): with it the

@@ -53,7 +53,8 @@ bool all_cuda_fp32(const std::vector<at::Tensor>& ts) {
 // tensor; false (nothing done) otherwise.
 #ifdef DFSSM_ADAMW_FUSED_BUILT
 bool fused_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v, const at::Tensor& scale, double b1,
-                double b2, double eps, double bc1, double bc2, double glr, double wd) {
+                double b2, double eps, double bc1, double bc2, double glr, double wd,
+                const at::Tensor& gscale = at::Tensor(), const at::Tensor& run = at::Tensor()) {
   if (!fused_switch().on() || !all_cuda_fp32({p, g, m, v, scale}) || !p.is_contiguous() || !g.is_contiguous() ||
       !m.is_contiguous() || !v.is_contiguous() || g.numel() != p.numel() || scale.numel() != 1)
     return false;
@@ -64,13 +65,15 @@ bool fused_step(at::Tensor& p, const at::Tensor& g, at::Tensor& m, at::Tensor& v
   const c10::cuda::CUDAGuard guard(p.device());
   fused::check_cuda(kernels::adamw_step_cuda(p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(),
                                              v.data_ptr<float>(), scale.data_ptr<float>(), p.numel(), c,
-                                             c10::cuda::getCurrentCUDAStream()),
+                                             c10::cuda::getCurrentCUDAStream(),
+                                             gscale.defined() ? gscale.data_ptr<float>() : nullptr,
+                                             run.defined() ? run.data_ptr<float>() : nullptr),
                     "adamw_step_cuda");
   return true;
 }
 #else
 bool fused_step(at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&, double, double, double,
-                double, double, double, double) {
+                double, double, double, double, const at::Tensor& = at::Tensor(), const at::Tensor& = at::Tensor()) {
   return false;
 }
 #endif
@@ -79,9 +82,53 @@ bool fused_step(at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor&, const 
 void set_adamw_fused_enabled(bool on) { fused_switch().set(on); }
 
 void AdamW::zero_grad() {
+  // One multi-tensor launch on CUDA where ~1000 zero_ calls each cost a launch (exact zeros either way).
+  std::vector<at::Tensor> grads;
   for (auto& g : groups_)
     for (auto& [n, p] : g.params)
-      if (p.grad().defined()) p.mutable_grad().zero_();
+      if (p.grad().defined()) grads.push_back(p.mutable_grad());
+  if (!grads.empty()) at::_foreach_zero_(grads);
+}
+
+bool AdamW::can_step_on_device() const {
+#ifdef DFSSM_ADAMW_FUSED_BUILT
+  if (!fused_switch().on()) return false;
+  for (size_t gi = 0; gi < groups_.size(); ++gi)
+    for (size_t i = 0; i < groups_[gi].params.size(); ++i) {
+      const auto& p = groups_[gi].params[i].second;
+      if (!all_cuda_fp32({p, m_[gi][i], v_[gi][i], scale_[gi][i]}) || !p.is_contiguous() || scale_[gi][i].numel() != 1)
+        return false;
+    }
+  return !groups_.empty();
+#else
+  return false;
+#endif
+}
+
+at::Tensor AdamW::grad_norm_device() const {
+  at::NoGradGuard ng;
+  std::vector<at::Tensor> grads;
+  for (const auto& g : groups_)
+    for (const auto& [n, p] : g.params)
+      if (p.grad().defined()) grads.push_back(p.grad());
+  DFSSM_ASSERT(!grads.empty() && all_cuda_fp32(grads), "grad_norm_device: needs fp32 CUDA gradients");
+  return at::linalg_vector_norm(at::stack(at::_foreach_norm(grads, 2)), 2);
+}
+
+void AdamW::step(double lr, const at::Tensor& gscale, const at::Tensor& run) {
+  at::NoGradGuard ng;
+  ++t_;
+  const double bc1 = 1.0 - std::pow(b1_, double(t_)), bc2 = 1.0 - std::pow(b2_, double(t_));
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const auto& g = groups_[gi];
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      auto p = g.params[i].second;
+      if (!p.grad().defined()) continue;
+      const bool ok = fused_step(p, p.grad().contiguous(), m_[gi][i], v_[gi][i], scale_[gi][i], b1_, b2_, eps_, bc1,
+                                 bc2, lr * g.lr_mult, g.weight_decay, gscale, run);
+      DFSSM_ASSERT(ok, "AdamW::step on the device: parameter '", g.params[i].first, "' is not a fused-kernel operand");
+    }
+  }
 }
 
 double AdamW::clip_grad_norm(double max_norm) {

@@ -40,6 +40,16 @@ class AdamW {
   // Global L2 norm of all gradients; scales them down to max_norm when it is above (max_norm > 0).
   double clip_grad_norm(double max_norm);
 
+  // The same step without host synchronisation (CUDA, every parameter an fp32 contiguous CUDA
+  // tensor: can_step_on_device()): grad_norm_device() is the global L2 norm as a 0-dim fp32
+  // device tensor; step(lr, gscale, run) multiplies each gradient by gscale inside the update (the
+  // clip) and leaves everything as it is where run == 0 (a skipped step), both 0-dim fp32 device
+  // tensors. The step counter advances on the host; unstep() takes it back once the host has read
+  // that the step was skipped.
+  bool can_step_on_device() const;
+  at::Tensor grad_norm_device() const;
+  void step(double lr, const at::Tensor& gscale, const at::Tensor& run);
+  void unstep() { --t_; }
   int64_t steps() const { return t_; }
   const std::vector<ParamGroup>& groups() const { return groups_; }
   // m/<name>, v/<name>, scale/<name> (relative groups) and "step".

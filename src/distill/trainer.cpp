@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -34,6 +35,7 @@
 #include "distill/dist.h"
 #include "distill/evaluate.h"
 #include "distill/loss.h"
+#include "model/fused_util.h"
 #include "distill/optim.h"
 #include "distill/profile.h"
 #include "model/checkpoint.h"
@@ -160,6 +162,9 @@ struct Run {
   void open_teacher_cache();
   void loop();
   double train_step(const data::Batch* batches, int64_t n, LmLossStats* st, double* gn, bool* skip);
+  double train_step_device(const data::Batch* batches, int64_t n, LmLossStats* st, double* gn, bool* skip);
+  at::Tensor micro_step(const data::Batch& batch, int64_t i, int64_t n, const LmLossOptions& lo, LmLossStats* s,
+                        at::Tensor* hidden);
   void evaluate();
   void checkpoint();
   void finish();
@@ -297,52 +302,86 @@ void Run::resume() {
 
 at::Tensor Run::to_ids(const data::Batch& b, bool inputs) const {
   auto all = at::from_blob(const_cast<int32_t*>(b.tokens.data()), {b.rows, b.cols}, at::kInt).to(at::kLong);
-  return (inputs ? all.narrow(1, 0, b.cols - 1) : all.narrow(1, 1, b.cols - 1)).contiguous().to(device);
+  auto ids = (inputs ? all.narrow(1, 0, b.cols - 1) : all.narrow(1, 1, b.cols - 1)).contiguous();
+  if (!device.is_cuda()) return ids;
+  // On CUDA: the range check on the host (embed's own check would synchronise, see
+  // TokenIdsChecked), then an asynchronous copy from pinned memory (a pageable copy waits for the
+  // stream: the whole previous step).
+  if (inputs && ids.numel() > 0) {
+    int64_t vocab = trained->config().padded_vocab();
+    if (teacher) vocab = std::min(vocab, teacher->config().padded_vocab());
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    DFSSM_CHECK(lo >= 0 && hi < vocab, "token id ", (lo < 0 ? lo : hi), " in the training data is outside the model's vocabulary [0, ",
+                vocab, ")");
+  }
+  return ids.pin_memory().to(device, /*non_blocking=*/true);
 }
 
+// One micro-batch (of n per step): the teacher's side, the student's forward and loss, and the
+// backward of loss / n. Returns the loss (detached); *hidden is the hidden-state term (undefined
+// when off). `lo.defer_stats` decides whether `s` gets doubles or device sums.
+at::Tensor Run::micro_step(const data::Batch& batch, int64_t i, int64_t n, const LmLossOptions& lo, LmLossStats* s,
+                           at::Tensor* hidden) {
+  const TokenIdsChecked checked;  // to_ids checked the ids on the host
+  const auto x = to_ids(batch, true), y = to_ids(batch, false).view({-1});
+  at::Tensor ht, wt;
+  const bool hid = distill() && tc.hidden_mse > 0;
+  std::vector<at::Tensor> rt, rs;
+  TeacherTopK tk;  // with a teacher cache: the teacher's side of the KL, read or captured here
+  const int64_t mb = step * tc.grad_accum + i;
+  if (distill() && tcache_read) {
+    tk = tcache->read(mb, device);
+  } else if (distill()) {
+    at::NoGradGuard ng;
+    ht = teacher->forward_hidden(x, nullptr, hid ? &rt : nullptr);
+    ht = ht.reshape({-1, ht.size(-1)});
+    wt = teacher->lm_weight();
+    if (tcache) {
+      tk = teacher_topk(ht, wt, y, tc.temperature, tc.teacher_cache_k, tc.kl_chunk, lo.matmul_dtype);
+      tcache->append(mb, tk);
+    }
+  }
+  at::Tensor loss;
+  {
+    AutocastGuard ac(device.is_cuda());
+    auto hs = trained->forward_hidden(x, nullptr, hid ? &rs : nullptr);
+    const auto h2 = hs.reshape({-1, hs.size(-1)});
+    // Capturing and replaying runs both use the top-k KL, so they give the same losses.
+    loss = tk.defined() ? lm_loss(h2, trained->lm_weight(), tk, y, lo, s)
+                        : lm_loss(h2, trained->lm_weight(), ht, wt, y, lo, s);
+    if (hid) {
+      *hidden = hidden_mse(rs, rt, tc.hidden_layers(trained->config().n_layer));
+      loss = loss + *hidden * tc.hidden_mse;
+    }
+  }
+  if (buckets && i + 1 == n) buckets->arm();  // the last micro-batch's gradients are the step's
+  (loss / double(n)).backward();
+  return loss.detach();
+}
+
+namespace {
+// DFSSM_STEP_SYNC=1 (debug): the CUDA step reads the loss, its statistics and the gradient norm on
+// the host as soon as each exists (the CPU path always does), instead of once at its end.
+fused::Switch& step_sync_switch() {
+  static fused::Switch s("DFSSM_STEP_SYNC", false);
+  return s;
+}
+}  // namespace
+
 double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, double* gn, bool* skip) {
+  if (device.is_cuda() && comm->world() == 1 && !step_sync_switch().on() && opt->can_step_on_device())
+    return train_step_device(batches, n, st, gn, skip);
   LmLossOptions lo{distill() ? tc.alpha : 0.0, tc.temperature, tc.kl_chunk,
                    device.is_cuda() ? at::kBFloat16 : at::kFloat};
   double loss_sum = 0;
   LmLossStats acc;
   for (int64_t i = 0; i < n; ++i) {
-    const auto x = to_ids(batches[i], true), y = to_ids(batches[i], false).view({-1});
-    at::Tensor ht, wt;
-    const bool hid = distill() && tc.hidden_mse > 0;
-    std::vector<at::Tensor> rt, rs;
-    TeacherTopK tk;  // with a teacher cache: the teacher's side of the KL, read or captured here
-    const int64_t mb = step * tc.grad_accum + i;
-    if (distill() && tcache_read) {
-      tk = tcache->read(mb, device);
-    } else if (distill()) {
-      at::NoGradGuard ng;
-      ht = teacher->forward_hidden(x, nullptr, hid ? &rt : nullptr);
-      ht = ht.reshape({-1, ht.size(-1)});
-      wt = teacher->lm_weight();
-      if (tcache) {
-        tk = teacher_topk(ht, wt, y, tc.temperature, tc.teacher_cache_k, tc.kl_chunk, lo.matmul_dtype);
-        tcache->append(mb, tk);
-      }
-    }
-    at::Tensor loss;
-    {
-      AutocastGuard ac(device.is_cuda());
-      auto hs = trained->forward_hidden(x, nullptr, hid ? &rs : nullptr);
-      LmLossStats s;
-      const auto h2 = hs.reshape({-1, hs.size(-1)});
-      // Capturing and replaying runs both use the top-k KL, so they give the same losses.
-      loss = tk.defined() ? lm_loss(h2, trained->lm_weight(), tk, y, lo, &s)
-                          : lm_loss(h2, trained->lm_weight(), ht, wt, y, lo, &s);
-      if (hid) {
-        const auto h = hidden_mse(rs, rt, tc.hidden_layers(trained->config().n_layer));
-        acc.hidden += h.item<double>() / double(n);
-        loss = loss + h * tc.hidden_mse;
-      }
-      acc.kl += s.kl / double(n), acc.ce += s.ce / double(n), acc.top1 += s.top1 / double(n);
-      acc.teacher_ce += s.teacher_ce / double(n);
-    }
-    if (buckets && i + 1 == n) buckets->arm();  // the last micro-batch's gradients are the step's
-    (loss / double(n)).backward();
+    LmLossStats s;
+    at::Tensor h;
+    const auto loss = micro_step(batches[i], i, n, lo, &s, &h);
+    if (h.defined()) acc.hidden += h.item<double>() / double(n);
+    acc.kl += s.kl / double(n), acc.ce += s.ce / double(n), acc.top1 += s.top1 / double(n);
+    acc.teacher_ce += s.teacher_ce / double(n);
     loss_sum += loss.item<double>() / double(n);
   }
   if (comm->world() > 1) {  // average gradients and the logged statistics over the ranks
@@ -372,6 +411,47 @@ double Run::train_step(const data::Batch* batches, int64_t n, LmLossStats* st, d
   }
   opt->zero_grad();
   return loss_sum;
+}
+
+// The same step on one GPU with one host synchronisation, at its end: the loss and its statistics
+// accumulate on the device, the clip coefficient and the skip decision are computed there and
+// handed to the update kernels (AdamW::step(lr, gscale, run)), and one copy brings everything to
+// the host. Each synchronisation inside the step left the GPU idle while the host caught up
+// (launching the next kernels), which at small batches was a large part of the step.
+double Run::train_step_device(const data::Batch* batches, int64_t n, LmLossStats* st, double* gn, bool* skip) {
+  LmLossOptions lo{distill() ? tc.alpha : 0.0, tc.temperature, tc.kl_chunk, at::kBFloat16, /*defer_stats=*/true};
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  auto sums = at::zeros({6}, f64);  // loss, kl, ce, top1, teacher_ce, hidden: means over the micro-batches
+  for (int64_t i = 0; i < n; ++i) {
+    LmLossStats s;
+    at::Tensor h;
+    const auto loss = micro_step(batches[i], i, n, lo, &s, &h);
+    const auto zero = at::zeros({1}, f64);
+    sums += at::cat({loss.to(at::kDouble).view({1}), s.sums, h.defined() ? h.detach().to(at::kDouble).view({1}) : zero}) /
+            double(n);
+  }
+  // The host path's decisions, in the same fp64 arithmetic: clip to clip_grad_norm, skip on a
+  // non-finite loss or norm or a norm spike (gn > spike_factor x its running mean).
+  const auto norm = opt->grad_norm_device().to(at::kDouble);
+  const bool spike_on = tc.spike_factor > 0 && step >= 10;
+  const double limit = spike_on ? tc.spike_factor * gn_ema : std::numeric_limits<double>::infinity();
+  const auto run = at::isfinite(sums[0]) & at::isfinite(norm) & (norm <= limit);
+  auto gscale = at::ones({}, f64);
+  if (tc.clip_grad_norm > 0)
+    gscale = at::where(norm > tc.clip_grad_norm, tc.clip_grad_norm / (norm + 1e-6), gscale);
+  opt->step(lr_at(tc, step), gscale.to(at::kFloat), run.to(at::kFloat));
+  opt->zero_grad();
+  const auto host = at::cat({sums, norm.view({1}), run.to(at::kDouble).view({1})}).cpu();  // the one synchronisation
+  const double* v = host.data_ptr<double>();
+  st->kl = v[1], st->ce = v[2], st->top1 = v[3], st->teacher_ce = v[4], st->hidden = v[5];
+  *gn = v[6];
+  *skip = v[7] == 0;
+  if (*skip) {
+    opt->unstep();
+  } else {
+    gn_ema = step == 0 ? *gn : 0.9 * gn_ema + 0.1 * *gn;
+  }
+  return v[0];
 }
 
 void Run::evaluate() {

@@ -281,9 +281,16 @@ at::Tensor Mamba2Model::mixer_step(const Mamba2Mixer& m, const at::Tensor& u, La
   return m.out_proj->forward(yn);
 }
 
+namespace {
+thread_local int ids_checked_depth = 0;
+}
+TokenIdsChecked::TokenIdsChecked() { ++ids_checked_depth; }
+TokenIdsChecked::~TokenIdsChecked() { --ids_checked_depth; }
+bool TokenIdsChecked::active() { return ids_checked_depth > 0; }
+
 at::Tensor Mamba2Model::embed(const at::Tensor& ids) const {
   DFSSM_CHECK(ids.scalar_type() == at::kLong, "token ids must be int64");
-  if (ids.numel() > 0) {
+  if (ids.numel() > 0 && (ids.is_cpu() || !TokenIdsChecked::active())) {
     const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     DFSSM_CHECK(lo >= 0 && hi < cfg_.padded_vocab(), "token id ", (lo < 0 ? lo : hi), " is outside the vocabulary [0, ",
                 cfg_.padded_vocab(), ")");

@@ -77,6 +77,16 @@ struct SsdOutputKeep {
   at::Tensor y;                      // (b, l, h, p): what capture stored, or what to reuse
 };
 
+// While one is alive on this thread, Mamba2Model::embed trusts device token ids (the trainer
+// checks its batches on the host before the copy, so the range check costs no synchronisation).
+struct TokenIdsChecked {
+  TokenIdsChecked();
+  ~TokenIdsChecked();
+  TokenIdsChecked(const TokenIdsChecked&) = delete;
+  TokenIdsChecked& operator=(const TokenIdsChecked&) = delete;
+  static bool active();
+};
+
 class Mamba2Model {
  public:
   // Allocates (uninitialised) parameters of `cfg` with `opts` (dtype + device).
@@ -140,6 +150,8 @@ class Mamba2Model {
                            SsdOutputKeep* keep = nullptr) const;
   at::Tensor conv_silu_aten(const at::Tensor& xBC, const Mamba2Mixer& m, LayerState* st) const;
   at::Tensor mixer_step(const Mamba2Mixer& m, const at::Tensor& u, LayerState& st) const;
+  // Checks that every id is inside the vocabulary (on a device tensor a host synchronisation;
+  // skipped while a TokenIdsChecked guard says the caller checked them on the host).
   at::Tensor embed(const at::Tensor& ids) const;
   at::Tensor logits(const at::Tensor& hidden) const;
   // to_matmul: the output feeds a matmul (in_proj), so the fused kernel may write it in bf16 under
