@@ -115,21 +115,6 @@ at::Tensor AdamW::grad_norm_device() const {
   return at::linalg_vector_norm(at::stack(at::_foreach_norm(grads, 2)), 2);
 }
 
-void AdamW::step(double lr, const at::Tensor& gscale, const at::Tensor& run) {
-  at::NoGradGuard ng;
-  ++t_;
-  const double bc1 = 1.0 - std::pow(b1_, double(t_)), bc2 = 1.0 - std::pow(b2_, double(t_));
-  for (size_t gi = 0; gi < groups_.size(); ++gi) {
-    const auto& g = groups_[gi];
-    for (size_t i = 0; i < g.params.size(); ++i) {
-      auto p = g.params[i].second;
-      if (!p.grad().defined()) continue;
-      const bool ok = fused_step(p, p.grad().contiguous(), m_[gi][i], v_[gi][i], scale_[gi][i], b1_, b2_, eps_, bc1,
-                                 bc2, lr * g.lr_mult, g.weight_decay, gscale, run);
-      DFSSM_ASSERT(ok, "AdamW::step on the device: parameter '", g.params[i].first, "' is not a fused-kernel operand");
-    }
-  }
-}
 
 double AdamW::clip_grad_norm(double max_norm) {
   at::NoGradGuard ng;
@@ -160,8 +145,11 @@ double AdamW::clip_grad_norm(double max_norm) {
   return norm;
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr) { step(lr, at::Tensor(), at::Tensor()); }
+
+void AdamW::step(double lr, const at::Tensor& gscale, const at::Tensor& run) {
   at::NoGradGuard ng;
+  const bool on_device = gscale.defined();
   ++t_;
   const double bc1 = 1.0 - std::pow(b1_, double(t_)), bc2 = 1.0 - std::pow(b2_, double(t_));
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
@@ -172,7 +160,11 @@ void AdamW::step(double lr) {
       if (!p.grad().defined()) continue;
       auto& m = m_[gi][i];
       auto& v = v_[gi][i];
-      if (fused_step(p, p.grad(), m, v, scale_[gi][i], b1_, b2_, eps_, bc1, bc2, glr, g.weight_decay)) continue;
+      if (fused_step(p, on_device ? p.grad().contiguous() : p.grad(), m, v, scale_[gi][i], b1_, b2_, eps_, bc1, bc2,
+                     glr, g.weight_decay, gscale, run))
+        continue;
+      DFSSM_ASSERT(!on_device, "AdamW::step on the device: parameter '", g.params[i].first,
+                   "' is not a fused-kernel operand");
       const auto grad = p.grad().to(at::kFloat);
       m.mul_(b1_).add_(grad, 1.0 - b1_);
       v.mul_(b2_).addcmul_(grad, grad, 1.0 - b2_);

@@ -426,9 +426,8 @@ double Run::train_step_device(const data::Batch* batches, int64_t n, LmLossStats
     LmLossStats s;
     at::Tensor h;
     const auto loss = micro_step(batches[i], i, n, lo, &s, &h);
-    const auto zero = at::zeros({1}, f64);
-    sums += at::cat({loss.to(at::kDouble).view({1}), s.sums, h.defined() ? h.detach().to(at::kDouble).view({1}) : zero}) /
-            double(n);
+    const auto hv = h.defined() ? h.detach().to(at::kDouble).view({1}) : at::zeros({1}, f64);
+    sums += at::cat({loss.to(at::kDouble).view({1}), s.sums, hv}) / double(n);
   }
   // The host path's decisions, in the same fp64 arithmetic: clip to clip_grad_norm, skip on a
   // non-finite loss or norm or a norm spike (gn > spike_factor x its running mean).
