@@ -5,6 +5,7 @@
 // The kernel source itself, compiled as C++ (DFSSM_CUDA_EMULATE is set for this target).
 #include "kernels/cuda/ssd_scan.cu"
 #include "kernels/cuda/ssd_scan_bwd.cu"
+#include "kernels/cuda/ssd_scan_seq.cu"
 
 #include <algorithm>
 #include <cstdlib>
@@ -91,6 +92,47 @@ TEST_CASE("ssd_scan kernels (emulated) == scalar reference: chunks 64/128/256, p
   SsdScanArgs bad;
   bad.P = 64, bad.N = 96, bad.T = 128, bad.H = 4, bad.G = 1, bad.batch = 1, bad.L = 10;
   CHECK_FALSE(ssd_scan_supported(bad));
+}
+
+TEST_CASE("ssd_scan one-kernel forward (emulated) == scalar reference: partial chunks, groups, init",
+          "[cuda_emu][ssd_scan]") {
+  const int64_t b = 2, P = 64, N = 128;
+  // (L, H, G, init): three chunks with a partial last one; one partial chunk; whole chunks.
+  for (const auto& [L, H, G, with_init] : {std::tuple<int64_t, int64_t, int64_t, bool>{165, 4, 2, true},
+                                           std::tuple<int64_t, int64_t, int64_t, bool>{37, 2, 1, false},
+                                           std::tuple<int64_t, int64_t, int64_t, bool>{128, 2, 2, false}}) {
+    const int64_t row = 4 + H * P + 2 * G * N;
+    std::mt19937 rng(uint32_t(L + H));
+    std::normal_distribution<float> nd;
+    std::vector<float> buf(static_cast<size_t>(b * L * row)), dt(static_cast<size_t>(b * L * H)),
+        A(static_cast<size_t>(H)), D(static_cast<size_t>(H)), init(static_cast<size_t>(b * H * P * N));
+    for (auto& v : buf) v = nd(rng);
+    for (auto& v : dt) v = std::log1p(std::exp(nd(rng) - 2.f));
+    for (auto& v : A) v = -std::exp(0.5f * nd(rng));
+    for (auto& v : D) v = nd(rng);
+    for (auto& v : init) v = nd(rng);
+    SsdScanArgs a;
+    a.x = buf.data() + 4, a.x_row = row, a.dt = dt.data(), a.A = A.data();
+    a.B = buf.data() + 4 + H * P, a.C = a.B + G * N, a.bc_row = row, a.D = D.data();
+    a.init = with_init ? init.data() : nullptr;
+    a.batch = b, a.L = L, a.H = int(H), a.G = int(G), a.P = int(P), a.N = int(N), a.T = 128;
+    std::vector<float> yr(static_cast<size_t>(b * L * H * P)), sr(static_cast<size_t>(b * H * P * N));
+    a.y = yr.data(), a.final_state = sr.data();
+    ssd_scan_fwd_ref(a);
+    std::vector<float> y(yr.size(), 7.f), s(sr.size(), 7.f);
+    a.y = y.data(), a.final_state = s.data(), a.workspace = nullptr;  // no workspace
+    REQUIRE(ssd_scan_seq_supported(a));
+    REQUIRE(ssd_scan_fwd_seq_cuda(a, nullptr) == cudaSuccess);
+    const double ey = rel_err(y.data(), yr.data(), y.size()), es = rel_err(s.data(), sr.data(), s.size());
+    INFO("L " << L << " H " << H << " G " << G << " init " << with_init << ": y " << ey << ", state " << es);
+    CHECK(ey < 3e-3);  // TF32 rounding of the GEMM inputs, as the four-kernel forward
+    CHECK(es < 3e-3);
+    CHECK(ey > 0);
+  }
+  SsdScanArgs bad;
+  bad.P = 64, bad.N = 96, bad.H = 4, bad.G = 1, bad.batch = 1, bad.L = 10;
+  CHECK_FALSE(ssd_scan_seq_supported(bad));
+  CHECK(ssd_scan_fwd_seq_cuda(bad, nullptr) == cudaErrorInvalidValue);
 }
 
 TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/128, partial chunk, groups",

@@ -481,6 +481,19 @@ TEST_CASE("fused SSD forward kernels (TF32) vs their scalar reference, strided i
       // keep the norm-relative error near that.
       CHECK(ey < 3e-3);
       CHECK(es < 3e-3);
+      if (T == 128 && version == 2) {  // the one-kernel forward (chunk-size independent), same inputs
+        auto ys = at::full({b, l, h, p}, 7.f, cb.options()), ss = at::empty({b, h, p, n}, cb.options());
+        kernels::SsdScanArgs as;
+        fill(as, cb, cdt, cA, cD, ci, ys, ss);
+        REQUIRE(kernels::ssd_scan_seq_supported(as));
+        REQUIRE(kernels::ssd_scan_fwd_seq_cuda(as, nullptr) == cudaSuccess);
+        REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+        const double eys = rel_err(ys.cpu(), yr), ess = rel_err(ss.cpu(), sr);
+        WARN("ssd_scan one-kernel forward, init=" << with_init << ": y " << eys << ", final state " << ess);
+        CHECK(eys < 3e-3);
+        CHECK(ess < 3e-3);
+        CHECK(eys > 0);
+      }
      }
      ++seed;
     }
@@ -519,6 +532,29 @@ TEST_CASE("fused SSD forward == ATen chunked SSD + D, 1.3B head shapes, no grad"
                                        at::ones({1, 64, 1, 128}).cuda(), at::ones({1, 64, 1, 128}).cuda(),
                                        at::ones({64}).cuda(), 64));
   set_ssd_scan_enabled(true);  // the default
+}
+
+TEST_CASE("one-kernel SSD forward == four-kernel forward, 1.3B head shapes, 2 x 2048", "[gpu][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  const int64_t b = 2, l = 2048, h = 64, p = 64, n = 128;
+  auto gg = gen(95);
+  const auto x = at::randn({b, l, h, p}, gg).cuda(), dt = at::softplus(at::randn({b, l, h}, gg) - 2.0).cuda();
+  const auto A = (-at::exp(at::randn({h}, gg) * 0.5)).cuda(), D = at::randn({h}, gg).cuda();
+  const auto B = at::randn({b, l, 1, n}, gg).cuda(), C = at::randn({b, l, 1, n}, gg).cuda();
+  const auto init = at::randn({b, h, p, n}, gg).cuda();
+  at::NoGradGuard ng;
+  set_ssd_scan_enabled(true);
+  kernels::ssd_scan_set_seq(0);
+  auto [y4, s4] = ssd_scan_fused(x, dt, A, B, C, D, 128, init);
+  kernels::ssd_scan_set_seq(1);
+  auto [y1, s1] = ssd_scan_fused(x, dt, A, B, C, D, 128, init);
+  kernels::ssd_scan_set_seq(-1);
+  // Both round the GEMM inputs to TF32, in different chunkings (64 here, 128 there).
+  const double ey = rel_err(y1.cpu(), y4.cpu()), es = rel_err(s1.cpu(), s4.cpu());
+  WARN("one-kernel vs four-kernel SSD forward, 2 x 2048 x 64 heads: y " << ey << ", final state " << es);
+  CHECK(ey < 3e-3);
+  CHECK(es < 3e-3);
+  CHECK(ey > 0);  // the two paths did differ: the switch took effect
 }
 
 TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small shapes", "[gpu][ssd_scan]") {
@@ -680,12 +716,19 @@ TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][s
   for (const int64_t chunk : {64, 128, 256}) {
     set_ssd_scan_enabled(true);
     REQUIRE(ssd_scan_fused_available(x, dt, A, B, C, D, chunk));
+    kernels::ssd_scan_set_seq(0);  // the four kernels
     kernels::ssd_scan_set_version(1);
     const double tf1 = time_ms([&] { ssd_scan_fused(x, dt, A, B, C, D, chunk, at::Tensor()); });
     kernels::ssd_scan_set_version(2);
     const double tf = time_ms([&] { ssd_scan_fused(x, dt, A, B, C, D, chunk, at::Tensor()); });
     kernels::ssd_scan_set_version(0);
     WARN("bench ssd forward 16x2048 chunk " << chunk << ": chunk_scan v1 " << tf1 << " ms, v2 " << tf << " ms");
+    if (chunk == 128) {
+      kernels::ssd_scan_set_seq(1);
+      const double ts = time_ms([&] { ssd_scan_fused(x, dt, A, B, C, D, chunk, at::Tensor()); });
+      WARN("bench ssd forward 16x2048: one kernel (state on chip) " << ts << " ms");
+    }
+    kernels::ssd_scan_set_seq(0);
     set_ssd_scan_enabled(false);
     const double ta = time_ms([&] {
       auto r = ssd_chunked(x, dt, A, B, C, chunk, at::Tensor());
@@ -694,6 +737,7 @@ TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][s
     WARN("bench ssd forward 16x2048 chunk " << chunk << ": fused " << tf << " ms, ATen " << ta << " ms");
   }
   set_ssd_scan_enabled(true);  // the default
+  kernels::ssd_scan_set_seq(-1);
 }
 
 TEST_CASE("bench: fused SSD forward + backward vs ATen autograd, 16 x 2048, 64 heads", "[.][bench][ssd_scan]") {

@@ -45,6 +45,17 @@ cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream);
 // is the forward's most expensive kernel.
 cudaError_t ssd_scan_fwd_workspace_cuda(const SsdScanArgs& a, cudaStream_t stream);
 
+// The same forward as one kernel per (head, batch) sequence that keeps the state on the chip
+// (ssd_scan_seq.cu): y and final_state only; a.T and a.workspace are not used. For passes that
+// keep nothing for a backward. Supported: P == 64, N == 128, H % G == 0, batch <= 65535, x_row
+// and bc_row multiples of 4, x / B / C 16-byte aligned, init / y / final_state 8-byte aligned.
+// ssd_scan_seq_enabled(): on unless DFSSM_SSD_FWD_SEQ=0 (then the no-grad forward runs the four
+// kernels); ssd_scan_set_seq(1 | 0) overrides it (tests, A/B benches), -1 re-reads it.
+bool ssd_scan_seq_supported(const SsdScanArgs& a);
+cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream);
+bool ssd_scan_seq_enabled();
+void ssd_scan_set_seq(int on);
+
 // The backward (ssd_scan_bwd.cu): T in {64, 128}; `a` as given to the forward, whose workspace
 // must still hold what the forward left there; g.workspace 256-byte aligned and at least
 // ssd_scan_bwd_workspace_floats(a) long; dD and dinit optional. dB, dC, dA and dD are sums of

@@ -1,0 +1,273 @@
+// The chunked SSD forward as ONE kernel for passes that keep nothing for a backward (the teacher's
+// forward, the student's activation-checkpointed first forward, evaluation): y and the final
+// state, no workspace. ssd_scan.h has the math; kernels/cpu/ssd_scan_ref.cpp is the scalar twin.
+// P = 64, N = 128; the model's chunk size (a.T) is not used: the result is the same sum.
+//
+// Why: the four-kernel forward (ssd_scan.cu) writes every chunk's state (P x N fp32, 32 KB per
+// head) to HBM, passes them in a second kernel and reads them back in a third: at 16 x 2048 x 64
+// heads that is ~2 GB of state traffic per call, more than x and y together. Here one block owns
+// one (head, batch) sequence and walks its chunks in order with the state in registers, so the
+// state never leaves the SM; the 1024 such sequences of a training batch fill the GPU.
+//
+// Memory layout (fp32, row-major): x (batch, L, H, P) and B, C (batch, L, G, N) with row strides
+// x_row / bc_row (read in place in the conv output); dt (batch, L, H); y (batch, L, H, P)
+// contiguous; init / final_state (batch, H, P, N).
+//
+// Grid (H, batch), 8 warps, one block per SM (225 KB of dynamic shared memory: two chunk buffers
+// of x, B, C rows, the masked matrix M, the state S). Per chunk of T = 64 positions:
+//   0. the next chunk's x, B, C rows are issued by cp.async into the other buffer (in flight
+//      during this chunk's work); acs = in-chunk cumsum of A·dt by a block scan;
+//   1. M = L∘(C·Bᵀ)∘dt + D·I (64 x 64, K = N; tiles above the diagonal skipped), into shared;
+//   2. y = M·x + (exp(acs)∘C)·Sᵀ (64 x 64; M's tiles above the diagonal skipped), to HBM;
+//   3. S = exp(acs_T-1)·S + (w∘x)ᵀ·B with w_l = exp(acs_T-1 - acs_l)·dt_l: S is the warps' mma
+//      accumulators (warp w owns the 32 x 32 tile (w / 4, w % 4) of P x N), copied to shared
+//      for the next chunk's step 2.
+// All products are TF32 mma.sync m16n8k8 with fp32 accumulation (the fragment layouts at
+// mma_tf32 in ssd_scan_common.cuh); every operand is rounded by cvt.rna.tf32, as in ssd_scan.cu.
+#include "kernels/cuda/ssd_scan_common.cuh"
+
+#include <cstdlib>
+#include <string>
+
+namespace dfssm::kernels {
+namespace {
+using namespace scan_detail;
+
+namespace seq {
+constexpr int T = 64;        // positions per chunk
+constexpr int LDX = P_ + 8;  // 72 ≡ 8 (mod 32 banks): x read k-major (step 2's B, step 3's A)
+constexpr int LDB = N_ + 8;  // 136 ≡ 8: B read k-major in step 3 (2-way conflicts in step 1)
+constexpr int LDC = N_ + 4;  // 132 ≡ 4: C read as row-major A (steps 1 and 2)
+constexpr int LDM = T + 4;   // 68 ≡ 4: M read as row-major A
+constexpr int LDS = N_ + 4;  // 132 ≡ 4: S read n-major as B (step 2)
+constexpr int kBuf = T * (LDX + LDB + LDC);  // one chunk's x, B and C rows
+constexpr int kFloats = 2 * kBuf + T * LDM + P_ * LDS;
+constexpr int kSmemBytes = kFloats * 4;
+static_assert(kSmemBytes <= 226 * 1024, "one block per SM on sm_90 (227 KB with the static arrays)");
+}  // namespace seq
+
+// The warp's 32 x 32 tile of the state (rows pm + 16·mi + {g, g+8}, columns nn + 8·ni + 2q + {0, 1})
+// to or from a row-major P x N array with row stride ld.
+__device__ __forceinline__ void state_store(float* p, int ld, const float (&s)[2][4][4], int pm, int nn, int g, int q) {
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) {
+      const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
+      st2(p + r * ld + n, s[mi][ni][0], s[mi][ni][1]);
+      st2(p + (r + 8) * ld + n, s[mi][ni][2], s[mi][ni][3]);
+    }
+}
+
+__global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
+  using namespace seq;
+  const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+  const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
+  const int gi = h / (a.H / a.G);
+  DFSSM_DYN_SMEM(smem, kFloats);
+  float* const Ms = smem + 2 * kBuf;
+  float* const Ss = Ms + T * LDM;
+  __shared__ float acs[T], dts[T], w[T], warp_tot[kWarps], total;
+
+  const float* xg = a.x + (b * a.L) * a.x_row + int64_t(h) * P_;
+  const float* Bg = a.B + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  const float* Cg = a.C + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  // Chunk c's rows into buffer c % 2: per row 16 pieces of x, 32 of B, 32 of C (16 bytes each).
+  // Rows past L are zero-filled (their source address stays a valid one: row l0).
+  auto load_chunk = [&](int64_t c) {
+    float* xs = smem + (c & 1) * kBuf;
+    float* bs = xs + T * LDX;
+    float* cs = bs + T * LDB;
+    const int64_t l0 = c * T, valid = a.L - l0;
+    for (int i = t; i < T * 80; i += kThreads) {
+      const int r = i / 80, e = i % 80;
+      const bool ok = r < valid;
+      const int64_t l = l0 + (ok ? r : 0);
+      if (e < 16)
+        cp_async16(xs + r * LDX + e * 4, xg + l * a.x_row + e * 4, ok);
+      else if (e < 48)
+        cp_async16(bs + r * LDB + (e - 16) * 4, Bg + l * a.bc_row + (e - 16) * 4, ok);
+      else
+        cp_async16(cs + r * LDC + (e - 48) * 4, Cg + l * a.bc_row + (e - 48) * 4, ok);
+    }
+    cp_async_commit();
+  };
+  auto load_dt = [&](int64_t c) {
+    const int64_t l = c * T + t;
+    return t < T && c < nc && l < a.L ? a.dt[(b * a.L + l) * a.H + h] : 0.f;
+  };
+  load_chunk(0);
+  float dt_next = load_dt(0);
+  const float Ah = a.A[h], D = a.D ? a.D[h] : 0.f;
+
+  // The state: this warp's 32 x 32 tile of S in mma accumulator layout, from init (or zero).
+  const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
+  float S[2][4][4] = {};
+  const int64_t PN = int64_t(P_) * N_;
+  if (a.init) {
+    const float* ini = a.init + (b * a.H + h) * PN;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
+        const float2 u = ld2(ini + r * N_ + n), v = ld2(ini + (r + 8) * N_ + n);
+        S[mi][ni][0] = u.x, S[mi][ni][1] = u.y, S[mi][ni][2] = v.x, S[mi][ni][3] = v.y;
+      }
+  }
+  state_store(Ss, LDS, S, pm, nn, g, q);
+
+  for (int64_t c = 0; c < nc; ++c) {
+    const float* xs = smem + (c & 1) * kBuf;
+    const float* bs = xs + T * LDX;
+    const float* cs = bs + T * LDB;
+    const int64_t l0 = c * T;
+    // ---- 0. next chunk in flight; acs and the state weights ----
+    if (c + 1 < nc)
+      load_chunk(c + 1);
+    else
+      cp_async_commit();  // an empty group keeps the wait count below uniform
+    const float dtc = dt_next;
+    dt_next = load_dt(c + 1);
+    const float cum = block_scan(Ah * dtc, warp_tot);  // threads >= T add 0
+    if (t < T) acs[t] = cum, dts[t] = dtc;
+    if (t == T - 1) total = cum;
+    cp_async_wait<1>();  // this chunk's rows landed (the next chunk's may still be in flight)
+    __syncthreads();
+    if (t < T) w[t] = expf(total - acs[t]) * dts[t];
+
+    // ---- 1. M = L∘(C·Bᵀ)∘dt + D·I: warp (strip sr, half hh) owns rows 16·sr + [0, 16), columns
+    // 32·hh + [0, 32); the two tiles wholly above the diagonal are never read and skipped. ----
+    {
+      const int sr = warp >> 1, hh = warp & 1, r0 = sr * 16, s0 = hh * 32;
+      if (s0 <= r0 + 15) {
+        float acc[4][4] = {};
+        for (int k0 = 0; k0 < N_; k0 += 8) {
+          uint32_t fa[4];
+          frag_a_rows(fa, cs + r0 * LDC + k0, LDC, g, q);
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            if (s0 + nt * 8 > r0 + 15) break;  // the whole 8-column tile is above the diagonal
+            uint32_t fb[2];
+            frag_b_nmajor(fb, bs + (s0 + nt * 8) * LDB + k0, LDB, g, q);
+            mma_tf32(acc[nt], fa, fb);
+          }
+        }
+        const int rA = r0 + g, rB = rA + 8;
+        const float aA = acs[rA], aB = acs[rB];
+        auto m = [&](int r, float ar, int s, float v) {
+          return s <= r ? expf(ar - acs[s]) * v * dts[s] + (s == r ? D : 0.f) : 0.f;
+        };
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const int s = s0 + nt * 8 + 2 * q;
+          st2(Ms + rA * LDM + s, m(rA, aA, s, acc[nt][0]), m(rA, aA, s + 1, acc[nt][1]));
+          st2(Ms + rB * LDM + s, m(rB, aB, s, acc[nt][2]), m(rB, aB, s + 1, acc[nt][3]));
+        }
+      }
+    }
+    __syncthreads();
+
+    // ---- 2. y = M·x + (exp(acs)∘C)·Sᵀ: warp (strip, half) owns rows 16·strip + [0, 16), columns
+    // 32·half + [0, 32) of P. ----
+    {
+      const int r0 = (warp >> 1) * 16, p0 = (warp & 1) * 32, rA = r0 + g, rB = rA + 8;
+      float acc[4][4] = {};
+      for (int k0 = 0; k0 <= r0 + 8; k0 += 8) {  // M's columns up to the strip's diagonal
+        uint32_t fa[4];
+        frag_a_rows(fa, Ms + r0 * LDM + k0, LDM, g, q);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          uint32_t fb[2];
+          frag_b_kmajor(fb, xs + k0 * LDX + p0 + nt * 8, LDX, g, q);
+          mma_tf32(acc[nt], fa, fb);
+        }
+      }
+      const float eA = expf(acs[rA]), eB = expf(acs[rB]);
+#pragma unroll 4
+      for (int k0 = 0; k0 < N_; k0 += 8) {
+        const uint32_t fa[4] = {to_tf32(cs[rA * LDC + k0 + q] * eA), to_tf32(cs[rB * LDC + k0 + q] * eB),
+                                to_tf32(cs[rA * LDC + k0 + q + 4] * eA), to_tf32(cs[rB * LDC + k0 + q + 4] * eB)};
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          uint32_t fb[2];
+          frag_b_nmajor(fb, Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
+          mma_tf32(acc[nt], fa, fb);
+        }
+      }
+      const int64_t ld = int64_t(a.H) * P_;
+      float* yrow = a.y + (b * a.L + l0) * ld + int64_t(h) * P_;
+      const int64_t valid = a.L - l0;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int col = p0 + nt * 8 + 2 * q;
+        if (rA < valid) st2(yrow + rA * ld + col, acc[nt][0], acc[nt][1]);
+        if (rB < valid) st2(yrow + rB * ld + col, acc[nt][2], acc[nt][3]);
+      }
+    }
+
+    // ---- 3. S = exp(acs_T-1)·S + (w∘x)ᵀ·B, in the accumulators ----
+    {
+      const float decay = expf(total);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) S[mi][ni][e] *= decay;
+#pragma unroll 2
+      for (int k0 = 0; k0 < T; k0 += 8) {
+        const int l = k0 + q;
+        const float w0 = w[l], w1 = w[l + 4];
+        uint32_t fa[2][4], fb[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const int p = pm + mi * 16 + g;
+          fa[mi][0] = to_tf32(w0 * xs[l * LDX + p]);
+          fa[mi][1] = to_tf32(w0 * xs[l * LDX + p + 8]);
+          fa[mi][2] = to_tf32(w1 * xs[(l + 4) * LDX + p]);
+          fa[mi][3] = to_tf32(w1 * xs[(l + 4) * LDX + p + 8]);
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) frag_b_kmajor(fb[ni], bs + k0 * LDB + nn + ni * 8, LDB, g, q);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_tf32(S[mi][ni], fa[mi], fb[ni]);
+      }
+    }
+    __syncthreads();  // every read of Ss, M, w and this chunk's buffer is done
+    state_store(Ss, LDS, S, pm, nn, g, q);
+  }
+  cp_async_wait<0>();
+  state_store(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
+}
+
+int g_seq = -1;  // -1: not read yet
+
+bool aligned_to(const void* p, uintptr_t n) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % n == 0; }
+
+}  // namespace
+
+bool ssd_scan_seq_enabled() {
+  if (g_seq < 0) {
+    const char* e = std::getenv("DFSSM_SSD_FWD_SEQ");
+    g_seq = e && std::string(e) == "0" ? 0 : 1;
+  }
+  return g_seq == 1;
+}
+void ssd_scan_set_seq(int on) { g_seq = on < 0 ? -1 : on ? 1 : 0; }
+
+bool ssd_scan_seq_supported(const SsdScanArgs& a) {
+  return a.P == P_ && a.N == N_ && a.G > 0 && a.H > 0 && a.H % a.G == 0 && a.batch > 0 && a.batch <= 65535 &&
+         a.L > 0 && a.x_row % 4 == 0 && a.bc_row % 4 == 0 && a.x && a.dt && a.A && a.B && a.C && a.y &&
+         a.final_state && aligned_to(a.x, 16) && aligned_to(a.B, 16) && aligned_to(a.C, 16) &&
+         aligned_to(a.init, 8) && aligned_to(a.y, 8) && aligned_to(a.final_state, 8);
+}
+
+cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
+  if (!ssd_scan_seq_supported(a)) return cudaErrorInvalidValue;
+  return launch_dyn(ssd_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seq::kSmemBytes, stream, a);
+}
+
+}  // namespace dfssm::kernels
