@@ -777,6 +777,10 @@ TEST_CASE("ncu: one fused SSD forward + backward and one gated norm, 16 x 2048, 
   const auto ngy = at::randn({16, 2048, 4096}, gen(98)).cuda();
   REQUIRE(gated_norm_fused_available(ny, 4096));
   for (int rep = 0; rep < 2; ++rep) {
+    {  // the no-grad forward (the one-kernel forward unless DFSSM_SSD_FWD_SEQ=0)
+      at::NoGradGuard ng;
+      (void)ssd_scan_fused(in.x, in.dt, in.A, in.B, in.C, in.D, chunk, at::Tensor());
+    }
     auto y = ssd_scan_train(in.x, in.dt, in.A, in.B, in.C, in.D, chunk, at::Tensor()).first;
     (y * gy).sum().backward();
     (gated_norm_fused(ny, nz, nw, 4096, 1e-5, at::kBFloat16).to(at::kFloat) * ngy).sum().backward();

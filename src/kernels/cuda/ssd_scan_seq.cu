@@ -21,7 +21,7 @@
 //   2. y = M·x + (exp(acs)∘C)·Sᵀ (64 x 64; M's tiles above the diagonal skipped), to HBM;
 //   3. S = exp(acs_T-1)·S + (w∘x)ᵀ·B with w_l = exp(acs_T-1 - acs_l)·dt_l: S is the warps' mma
 //      accumulators (warp w owns the 32 x 32 tile (w / 4, w % 4) of P x N), copied to shared
-//      for the next chunk's step 2.
+//      for the next chunk's step 2. Steps 2 and 3 are independent and run in one loop.
 // All products are TF32 mma.sync m16n8k8 with fp32 accumulation (the fragment layouts at
 // mma_tf32 in ssd_scan_common.cuh); every operand is rounded by cvt.rna.tf32, as in ssd_scan.cu.
 #include "kernels/cuda/ssd_scan_common.cuh"
@@ -168,31 +168,67 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
     }
     __syncthreads();
 
-    // ---- 2. y = M·x + (exp(acs)∘C)·Sᵀ: warp (strip, half) owns rows 16·strip + [0, 16), columns
-    // 32·half + [0, 32) of P. ----
+    // ---- 2 and 3 in one loop: y = M·x + (exp(acs)∘C)·Sᵀ and S = exp(acs_T-1)·S + (w∘x)ᵀ·B. The
+    // three products are independent (step 2 reads the entering state from Ss, step 3 updates
+    // the registers), so each iteration issues them together: 12 accumulator chains per warp
+    // instead of 4, which the one block per SM needs to keep its tensor cores fed. For y, warp
+    // (strip, half) owns rows 16·strip + [0, 16), columns 32·half + [0, 32) of P. ----
     {
       const int r0 = (warp >> 1) * 16, p0 = (warp & 1) * 32, rA = r0 + g, rB = rA + 8;
-      float acc[4][4] = {};
-      for (int k0 = 0; k0 <= r0 + 8; k0 += 8) {  // M's columns up to the strip's diagonal
-        uint32_t fa[4];
-        frag_a_rows(fa, Ms + r0 * LDM + k0, LDM, g, q);
+      const float eA = expf(acs[rA]), eB = expf(acs[rB]), decay = expf(total);
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          uint32_t fb[2];
-          frag_b_kmajor(fb, xs + k0 * LDX + p0 + nt * 8, LDX, g, q);
-          mma_tf32(acc[nt], fa, fb);
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) S[mi][ni][e] *= decay;
+      float y1[4][4] = {}, y2[4][4] = {};  // M·x and C·Sᵀ: separate chains, summed at the end
+#pragma unroll 2
+      for (int kk = 0; kk < T / 8; ++kk) {
+        // M·x over source positions 8·kk + [0, 8), up to the strip's diagonal.
+        if (kk * 8 <= r0 + 8) {
+          const int k0 = kk * 8;
+          uint32_t fa[4];
+          frag_a_rows(fa, Ms + r0 * LDM + k0, LDM, g, q);
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            uint32_t fb[2];
+            frag_b_kmajor(fb, xs + k0 * LDX + p0 + nt * 8, LDX, g, q);
+            mma_tf32(y1[nt], fa, fb);
+          }
         }
-      }
-      const float eA = expf(acs[rA]), eB = expf(acs[rB]);
-#pragma unroll 4
-      for (int k0 = 0; k0 < N_; k0 += 8) {
-        const uint32_t fa[4] = {to_tf32(cs[rA * LDC + k0 + q] * eA), to_tf32(cs[rB * LDC + k0 + q] * eB),
-                                to_tf32(cs[rA * LDC + k0 + q + 4] * eA), to_tf32(cs[rB * LDC + k0 + q + 4] * eB)};
+        // (exp(acs)∘C)·Sᵀ over state columns 16·kk + [0, 16).
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          uint32_t fb[2];
-          frag_b_nmajor(fb, Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
-          mma_tf32(acc[nt], fa, fb);
+        for (int half = 0; half < 2; ++half) {
+          const int k0 = kk * 16 + half * 8;
+          const uint32_t fa[4] = {to_tf32(cs[rA * LDC + k0 + q] * eA), to_tf32(cs[rB * LDC + k0 + q] * eB),
+                                  to_tf32(cs[rA * LDC + k0 + q + 4] * eA), to_tf32(cs[rB * LDC + k0 + q + 4] * eB)};
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            uint32_t fb[2];
+            frag_b_nmajor(fb, Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
+            mma_tf32(y2[nt], fa, fb);
+          }
+        }
+        // (w∘x)ᵀ·B over positions 8·kk + [0, 8) into the state.
+        {
+          const int k0 = kk * 8, l = k0 + q;
+          const float w0 = w[l], w1 = w[l + 4];
+          uint32_t fa[2][4], fb[4][2];
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) {
+            const int p = pm + mi * 16 + g;
+            fa[mi][0] = to_tf32(w0 * xs[l * LDX + p]);
+            fa[mi][1] = to_tf32(w0 * xs[l * LDX + p + 8]);
+            fa[mi][2] = to_tf32(w1 * xs[(l + 4) * LDX + p]);
+            fa[mi][3] = to_tf32(w1 * xs[(l + 4) * LDX + p + 8]);
+          }
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) frag_b_kmajor(fb[ni], bs + k0 * LDB + nn + ni * 8, LDB, g, q);
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) mma_tf32(S[mi][ni], fa[mi], fb[ni]);
         }
       }
       const int64_t ld = int64_t(a.H) * P_;
@@ -201,39 +237,8 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         const int col = p0 + nt * 8 + 2 * q;
-        if (rA < valid) st2(yrow + rA * ld + col, acc[nt][0], acc[nt][1]);
-        if (rB < valid) st2(yrow + rB * ld + col, acc[nt][2], acc[nt][3]);
-      }
-    }
-
-    // ---- 3. S = exp(acs_T-1)·S + (w∘x)ᵀ·B, in the accumulators ----
-    {
-      const float decay = expf(total);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) S[mi][ni][e] *= decay;
-#pragma unroll 2
-      for (int k0 = 0; k0 < T; k0 += 8) {
-        const int l = k0 + q;
-        const float w0 = w[l], w1 = w[l + 4];
-        uint32_t fa[2][4], fb[4][2];
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-          const int p = pm + mi * 16 + g;
-          fa[mi][0] = to_tf32(w0 * xs[l * LDX + p]);
-          fa[mi][1] = to_tf32(w0 * xs[l * LDX + p + 8]);
-          fa[mi][2] = to_tf32(w1 * xs[(l + 4) * LDX + p]);
-          fa[mi][3] = to_tf32(w1 * xs[(l + 4) * LDX + p + 8]);
-        }
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) frag_b_kmajor(fb[ni], bs + k0 * LDB + nn + ni * 8, LDB, g, q);
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni) mma_tf32(S[mi][ni], fa[mi], fb[ni]);
+        if (rA < valid) st2(yrow + rA * ld + col, y1[nt][0] + y2[nt][0], y1[nt][1] + y2[nt][1]);
+        if (rB < valid) st2(yrow + rB * ld + col, y1[nt][2] + y2[nt][2], y1[nt][3] + y2[nt][3]);
       }
     }
     __syncthreads();  // every read of Ss, M, w and this chunk's buffer is done
