@@ -18,15 +18,17 @@
 //   0. the next chunk's x, B, C rows are issued by cp.async into the other buffer (in flight
 //      during this chunk's work); acs = in-chunk cumsum of A·dt by a block scan;
 //   1. M = L∘(C·Bᵀ)∘dt + D·I (64 x 64, K = N; tiles above the diagonal skipped), into shared;
-//   2. y = M·x + (exp(acs)∘C)·Sᵀ (64 x 64; M's tiles above the diagonal skipped), to HBM;
+//   2. y = M·x + exp(acs)∘(C·Sᵀ) (64 x 64; M's tiles above the diagonal skipped), to HBM;
 //   3. S = exp(acs_T-1)·S + (w∘x)ᵀ·B with w_l = exp(acs_T-1 - acs_l)·dt_l: S is the warps' mma
 //      accumulators (warp w owns the 32 x 32 tile (w / 4, w % 4) of P x N), copied to shared
 //      for the next chunk's step 2. Steps 2 and 3 are independent and run in one loop.
 // All products are TF32 mma.sync m16n8k8 with fp32 accumulation (the fragment layouts at
-// mma_tf32 in ssd_scan_common.cuh); every operand is rounded by cvt.rna.tf32, as in ssd_scan.cu.
+// mma_tf32 in ssd_scan_common.cuh); every operand is rounded by cvt.rna.tf32, as in ssd_scan.cu
+// (M and S once, when they are written to shared memory).
 #include "kernels/cuda/ssd_scan_common.cuh"
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace dfssm::kernels {
@@ -46,17 +48,50 @@ constexpr int kSmemBytes = kFloats * 4;
 static_assert(kSmemBytes <= 226 * 1024, "one block per SM on sm_90 (227 KB with the static arrays)");
 }  // namespace seq
 
+// f rounded to TF32 (cvt.rna), as a float.
+__device__ __forceinline__ float tf32_bits(float f) {
+  const uint32_t u = to_tf32(f);
+#ifndef DFSSM_CUDA_EMULATE
+  return __uint_as_float(u);
+#else
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+#endif
+}
+
 // The warp's 32 x 32 tile of the state (rows pm + 16·mi + {g, g+8}, columns nn + 8·ni + 2q + {0, 1})
 // to or from a row-major P x N array with row stride ld.
+// Rounded to TF32 (round), or as is.
+template <bool Round>
 __device__ __forceinline__ void state_store(float* p, int ld, const float (&s)[2][4][4], int pm, int nn, int g, int q) {
+  auto f = [](float v) { return Round ? tf32_bits(v) : v; };
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni) {
       const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
-      st2(p + r * ld + n, s[mi][ni][0], s[mi][ni][1]);
-      st2(p + (r + 8) * ld + n, s[mi][ni][2], s[mi][ni][3]);
+      st2(p + r * ld + n, f(s[mi][ni][0]), f(s[mi][ni][1]));
+      st2(p + (r + 8) * ld + n, f(s[mi][ni][2]), f(s[mi][ni][3]));
     }
+}
+// Fragments of operands already rounded to TF32 in shared memory (the state S, the matrix M):
+// the layouts of frag_a_rows / frag_b_nmajor without the per-element conversion.
+__device__ __forceinline__ uint32_t bits(float f) {
+#ifndef DFSSM_CUDA_EMULATE
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+__device__ __forceinline__ void frag_a_rows_pre(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
+  a[0] = bits(p[g * ld + t]), a[1] = bits(p[(g + 8) * ld + t]);
+  a[2] = bits(p[g * ld + t + 4]), a[3] = bits(p[(g + 8) * ld + t + 4]);
+}
+__device__ __forceinline__ void frag_b_nmajor_pre(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
+  b[0] = bits(p[g * ld + t]), b[1] = bits(p[g * ld + t + 4]);
 }
 
 __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
@@ -72,23 +107,34 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
   const float* xg = a.x + (b * a.L) * a.x_row + int64_t(h) * P_;
   const float* Bg = a.B + (b * a.L) * a.bc_row + int64_t(gi) * N_;
   const float* Cg = a.C + (b * a.L) * a.bc_row + int64_t(gi) * N_;
-  // Chunk c's rows into buffer c % 2: per row 16 pieces of x, 32 of B, 32 of C (16 bytes each).
-  // Rows past L are zero-filled (their source address stays a valid one: row l0).
+  // Chunk c's rows into buffer c % 2, 16 bytes per cp.async: x as 16 pieces per row (thread t
+  // takes piece t % 16 of rows t / 16 + 16j), B and C as 32 (piece t % 32 of rows t / 32 + 8j), so
+  // the addresses are a fixed per-thread offset plus a row step. Rows past L are zero-filled
+  // (their source address stays a valid one: row l0).
   auto load_chunk = [&](int64_t c) {
     float* xs = smem + (c & 1) * kBuf;
     float* bs = xs + T * LDX;
     float* cs = bs + T * LDB;
     const int64_t l0 = c * T, valid = a.L - l0;
-    for (int i = t; i < T * 80; i += kThreads) {
-      const int r = i / 80, e = i % 80;
+    {
+      const int e = (t & 15) * 4, r0 = t >> 4;
+      const float* src = xg + (l0 + r0) * a.x_row + e;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = r0 + 16 * j;
+        const bool ok = r < valid;
+        cp_async16(xs + r * LDX + e, ok ? src + int64_t(16 * j) * a.x_row : xg + l0 * a.x_row, ok);
+      }
+    }
+    const int e = (t & 31) * 4, r0 = t >> 5;
+    const int64_t off = (l0 + r0) * a.bc_row + e;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int r = r0 + 8 * j;
       const bool ok = r < valid;
-      const int64_t l = l0 + (ok ? r : 0);
-      if (e < 16)
-        cp_async16(xs + r * LDX + e * 4, xg + l * a.x_row + e * 4, ok);
-      else if (e < 48)
-        cp_async16(bs + r * LDB + (e - 16) * 4, Bg + l * a.bc_row + (e - 16) * 4, ok);
-      else
-        cp_async16(cs + r * LDC + (e - 48) * 4, Cg + l * a.bc_row + (e - 48) * 4, ok);
+      const int64_t o = ok ? off + int64_t(8 * j) * a.bc_row : l0 * a.bc_row;
+      cp_async16(bs + r * LDB + e, Bg + o, ok);
+      cp_async16(cs + r * LDC + e, Cg + o, ok);
     }
     cp_async_commit();
   };
@@ -115,7 +161,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
         S[mi][ni][0] = u.x, S[mi][ni][1] = u.y, S[mi][ni][2] = v.x, S[mi][ni][3] = v.y;
       }
   }
-  state_store(Ss, LDS, S, pm, nn, g, q);
+  state_store<true>(Ss, LDS, S, pm, nn, g, q);
 
   for (int64_t c = 0; c < nc; ++c) {
     const float* xs = smem + (c & 1) * kBuf;
@@ -161,14 +207,14 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
           const int s = s0 + nt * 8 + 2 * q;
-          st2(Ms + rA * LDM + s, m(rA, aA, s, acc[nt][0]), m(rA, aA, s + 1, acc[nt][1]));
-          st2(Ms + rB * LDM + s, m(rB, aB, s, acc[nt][2]), m(rB, aB, s + 1, acc[nt][3]));
+          st2(Ms + rA * LDM + s, tf32_bits(m(rA, aA, s, acc[nt][0])), tf32_bits(m(rA, aA, s + 1, acc[nt][1])));
+          st2(Ms + rB * LDM + s, tf32_bits(m(rB, aB, s, acc[nt][2])), tf32_bits(m(rB, aB, s + 1, acc[nt][3])));
         }
       }
     }
     __syncthreads();
 
-    // ---- 2 and 3 in one loop: y = M·x + (exp(acs)∘C)·Sᵀ and S = exp(acs_T-1)·S + (w∘x)ᵀ·B. The
+    // ---- 2 and 3 in one loop: y = M·x + exp(acs)∘(C·Sᵀ) and S = exp(acs_T-1)·S + (w∘x)ᵀ·B. The
     // three products are independent (step 2 reads the entering state from Ss, step 3 updates
     // the registers), so each iteration issues them together: 12 accumulator chains per warp
     // instead of 4, which the one block per SM needs to keep its tensor cores fed. For y, warp
@@ -182,14 +228,15 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
         for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
           for (int e = 0; e < 4; ++e) S[mi][ni][e] *= decay;
-      float y1[4][4] = {}, y2[4][4] = {};  // M·x and C·Sᵀ: separate chains, summed at the end
+      // M·x and C·Sᵀ: separate chains, summed at the end, where exp(acs) scales C·Sᵀ's rows.
+      float y1[4][4] = {}, y2[4][4] = {};
 #pragma unroll 2
       for (int kk = 0; kk < T / 8; ++kk) {
         // M·x over source positions 8·kk + [0, 8), up to the strip's diagonal.
         if (kk * 8 <= r0 + 8) {
           const int k0 = kk * 8;
           uint32_t fa[4];
-          frag_a_rows(fa, Ms + r0 * LDM + k0, LDM, g, q);
+          frag_a_rows_pre(fa, Ms + r0 * LDM + k0, LDM, g, q);
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
             uint32_t fb[2];
@@ -197,16 +244,16 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
             mma_tf32(y1[nt], fa, fb);
           }
         }
-        // (exp(acs)∘C)·Sᵀ over state columns 16·kk + [0, 16).
+        // C·Sᵀ over state columns 16·kk + [0, 16).
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int k0 = kk * 16 + half * 8;
-          const uint32_t fa[4] = {to_tf32(cs[rA * LDC + k0 + q] * eA), to_tf32(cs[rB * LDC + k0 + q] * eB),
-                                  to_tf32(cs[rA * LDC + k0 + q + 4] * eA), to_tf32(cs[rB * LDC + k0 + q + 4] * eB)};
+          uint32_t fa[4];
+          frag_a_rows(fa, cs + r0 * LDC + k0, LDC, g, q);
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
             uint32_t fb[2];
-            frag_b_nmajor(fb, Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
+            frag_b_nmajor_pre(fb, Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
             mma_tf32(y2[nt], fa, fb);
           }
         }
@@ -237,15 +284,15 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
         const int col = p0 + nt * 8 + 2 * q;
-        if (rA < valid) st2(yrow + rA * ld + col, y1[nt][0] + y2[nt][0], y1[nt][1] + y2[nt][1]);
-        if (rB < valid) st2(yrow + rB * ld + col, y1[nt][2] + y2[nt][2], y1[nt][3] + y2[nt][3]);
+        if (rA < valid) st2(yrow + rA * ld + col, y1[nt][0] + eA * y2[nt][0], y1[nt][1] + eA * y2[nt][1]);
+        if (rB < valid) st2(yrow + rB * ld + col, y1[nt][2] + eB * y2[nt][2], y1[nt][3] + eB * y2[nt][3]);
       }
     }
     __syncthreads();  // every read of Ss, M, w and this chunk's buffer is done
-    state_store(Ss, LDS, S, pm, nn, g, q);
+    state_store<true>(Ss, LDS, S, pm, nn, g, q);
   }
   cp_async_wait<0>();
-  state_store(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
+  state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
 }
 
 int g_seq = -1;  // -1: not read yet
