@@ -24,7 +24,8 @@
 //      for the next chunk's step 2. Steps 2 and 3 are independent and run in one loop.
 // All products are TF32 mma.sync m16n8k8 with fp32 accumulation (the fragment layouts at
 // mma_tf32 in ssd_scan_common.cuh); every operand is rounded by cvt.rna.tf32, as in ssd_scan.cu
-// (M and S once, when they are written to shared memory).
+// (x, B and C once per chunk in shared memory, M and S when they are written there; the
+// state update's w∘x after its product).
 #include "kernels/cuda/ssd_scan_common.cuh"
 
 #include <cstdlib>
@@ -92,6 +93,13 @@ __device__ __forceinline__ void frag_a_rows_pre(uint32_t (&a)[4], const float* p
 }
 __device__ __forceinline__ void frag_b_nmajor_pre(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
   b[0] = bits(p[g * ld + t]), b[1] = bits(p[g * ld + t + 4]);
+}
+__device__ __forceinline__ void frag_b_kmajor_pre(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
+  b[0] = bits(p[t * ld + g]), b[1] = bits(p[(t + 4) * ld + g]);
+}
+__device__ __forceinline__ void round4(float* p) {
+  const float4 v = ld4(p);
+  *reinterpret_cast<float4*>(p) = make_float4(tf32_bits(v.x), tf32_bits(v.y), tf32_bits(v.z), tf32_bits(v.w));
 }
 
 __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
@@ -179,6 +187,19 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
     if (t < T) acs[t] = cum, dts[t] = dtc;
     if (t == T - 1) total = cum;
     cp_async_wait<1>();  // this chunk's rows landed (the next chunk's may still be in flight)
+    // Each thread rounds the pieces it copied (visible to it after the wait) to TF32 in place, so
+    // that the fragment loads below need no conversion.
+    {
+      float* xw = smem + (c & 1) * kBuf;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) round4(xw + ((t >> 4) + 16 * j) * LDX + (t & 15) * 4);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int r = (t >> 5) + 8 * j, e = (t & 31) * 4;
+        round4(xw + T * LDX + r * LDB + e);
+        round4(xw + T * LDX + T * LDB + r * LDC + e);
+      }
+    }
     __syncthreads();
     if (t < T) w[t] = expf(total - acs[t]) * dts[t];
 
@@ -190,12 +211,12 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
         float acc[4][4] = {};
         for (int k0 = 0; k0 < N_; k0 += 8) {
           uint32_t fa[4];
-          frag_a_rows(fa, cs + r0 * LDC + k0, LDC, g, q);
+          frag_a_rows_pre(fa, cs + r0 * LDC + k0, LDC, g, q);
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
             if (s0 + nt * 8 > r0 + 15) break;  // the whole 8-column tile is above the diagonal
             uint32_t fb[2];
-            frag_b_nmajor(fb, bs + (s0 + nt * 8) * LDB + k0, LDB, g, q);
+            frag_b_nmajor_pre(fb, bs + (s0 + nt * 8) * LDB + k0, LDB, g, q);
             mma_tf32(acc[nt], fa, fb);
           }
         }
@@ -240,7 +261,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
             uint32_t fb[2];
-            frag_b_kmajor(fb, xs + k0 * LDX + p0 + nt * 8, LDX, g, q);
+            frag_b_kmajor_pre(fb, xs + k0 * LDX + p0 + nt * 8, LDX, g, q);
             mma_tf32(y1[nt], fa, fb);
           }
         }
@@ -249,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
         for (int half = 0; half < 2; ++half) {
           const int k0 = kk * 16 + half * 8;
           uint32_t fa[4];
-          frag_a_rows(fa, cs + r0 * LDC + k0, LDC, g, q);
+          frag_a_rows_pre(fa, cs + r0 * LDC + k0, LDC, g, q);
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
             uint32_t fb[2];
@@ -271,7 +292,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
             fa[mi][3] = to_tf32(w1 * xs[(l + 4) * LDX + p + 8]);
           }
 #pragma unroll
-          for (int ni = 0; ni < 4; ++ni) frag_b_kmajor(fb[ni], bs + k0 * LDB + nn + ni * 8, LDB, g, q);
+          for (int ni = 0; ni < 4; ++ni) frag_b_kmajor_pre(fb[ni], bs + k0 * LDB + nn + ni * 8, LDB, g, q);
 #pragma unroll
           for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
