@@ -120,7 +120,8 @@ TEST_CASE("ssd_scan one-kernel forward (emulated) == scalar reference: partial c
     a.y = yr.data(), a.final_state = sr.data();
     ssd_scan_fwd_ref(a);
     std::vector<float> y(yr.size(), 7.f), s(sr.size(), 7.f);
-    a.y = y.data(), a.final_state = s.data(), a.workspace = nullptr;  // no workspace
+    Aligned ws(size_t(ssd_scan_seq_workspace_floats(a)));  // CB per 64-position chunk and group
+    a.y = y.data(), a.final_state = s.data(), a.workspace = ws.p;
     REQUIRE(ssd_scan_seq_supported(a));
     REQUIRE(ssd_scan_fwd_seq_cuda(a, nullptr) == cudaSuccess);
     const double ey = rel_err(y.data(), yr.data(), y.size()), es = rel_err(s.data(), sr.data(), s.size());

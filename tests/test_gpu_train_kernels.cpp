@@ -485,6 +485,8 @@ TEST_CASE("fused SSD forward kernels (TF32) vs their scalar reference, strided i
         auto ys = at::full({b, l, h, p}, 7.f, cb.options()), ss = at::empty({b, h, p, n}, cb.options());
         kernels::SsdScanArgs as;
         fill(as, cb, cdt, cA, cD, ci, ys, ss);
+        auto sws = at::empty({kernels::ssd_scan_seq_workspace_floats(as)}, cb.options());
+        as.workspace = sws.data_ptr<float>();
         REQUIRE(kernels::ssd_scan_seq_supported(as));
         REQUIRE(kernels::ssd_scan_fwd_seq_cuda(as, nullptr) == cudaSuccess);
         REQUIRE(cudaDeviceSynchronize() == cudaSuccess);

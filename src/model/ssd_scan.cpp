@@ -203,10 +203,11 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::
 #ifdef DFSSM_SSD_SCAN_BUILT
   std::vector<at::Tensor> keep;
   auto a = make_args(x, dt, A, B, C, D, chunk, initial_state, keep);
-  if (kernels::ssd_scan_seq_enabled()) {  // one kernel, the state kept on the chip, no workspace
+  if (kernels::ssd_scan_seq_enabled()) {  // the state kept on the chip; the workspace holds CB only
     const auto opts = x.options().dtype(at::kFloat);
     auto y = at::empty({a.batch, a.L, a.H, a.P}, opts), fin = at::empty({a.batch, a.H, a.P, a.N}, opts);
-    a.y = y.data_ptr<float>(), a.final_state = fin.data_ptr<float>();
+    auto ws = at::empty({kernels::ssd_scan_seq_workspace_floats(a)}, opts);
+    a.y = y.data_ptr<float>(), a.final_state = fin.data_ptr<float>(), a.workspace = ws.data_ptr<float>();
     if (kernels::ssd_scan_seq_supported(a)) {
       const c10::cuda::CUDAGuard guard(x.device());
       fused::check_cuda(kernels::ssd_scan_fwd_seq_cuda(a, c10::cuda::getCurrentCUDAStream()), "ssd_scan_fwd_seq_cuda");

@@ -96,14 +96,14 @@ __global__ void __launch_bounds__(kThreads) state_pass_kernel(SsdScanArgs a) {
 }
 
 // ---- 3. CB = C·Bᵀ per group ----------------------------------------------------------------------
+// cb_out: (batch, chunks, G, T, T) (the workspace's CB part; ssd_scan_seq.cu passes its own).
 template <int T>
-__global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_cb_kernel(SsdScanArgs a) {
+__global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_cb_kernel(SsdScanArgs a, float* cb_out) {
   constexpr int R = 64, PER_WARP = (R / 16) * (T / 16) / kWarps;  // 16x16 tiles per warp
   const int t = threadIdx.x, warp = t >> 5, r0 = blockIdx.x * R;
   const int64_t b = blockIdx.z, nc = a.chunks();
   const int c = int(blockIdx.y / a.G), gi = int(blockIdx.y % a.G);
   const int64_t l0 = int64_t(c) * T;
-  const Ws ws = split_ws(a);
   __shared__ __align__(128) float cs[R * LDK];
   __shared__ __align__(128) float bs[T * LDK];
   FragC acc[PER_WARP];
@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(kThreads, T <= 128 ? 2 : 1) chunk_cb_kernel(Ss
       }
     __syncthreads();
   }
-  float* out = ws.cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+  float* out = cb_out + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
 #pragma unroll
   for (int i = 0; i < PER_WARP; ++i) {
     const int tile = warp + kWarps * i, tm = tile % (R / 16), tn = tile / (R / 16);
@@ -402,7 +402,8 @@ cudaError_t launch(const SsdScanArgs& a, cudaStream_t stream, bool with_y) {
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   DFSSM_LAUNCH(state_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a);
   if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
-  DFSSM_LAUNCH(chunk_cb_kernel<T>, dim3(T / 64, nc * unsigned(a.G), Bz), stream, a);
+  DFSSM_LAUNCH(chunk_cb_kernel<T>, dim3(T / 64, nc * unsigned(a.G), Bz), stream, a,
+               a.workspace + a.acs_floats() + a.states_floats());
   if (const auto e = cudaGetLastError(); e != cudaSuccess || !with_y) return e;
   if constexpr (T <= 128) {
     constexpr int kStages = T == 128 ? 3 : 4;
@@ -445,6 +446,11 @@ cudaError_t launch_any(const SsdScanArgs& a, cudaStream_t stream, bool with_y) {
   }
 }
 }  // namespace
+
+cudaError_t ssd_chunk_cb64_cuda(const SsdScanArgs& a, float* cb, cudaStream_t stream) {
+  DFSSM_LAUNCH(chunk_cb_kernel<64>, dim3(1, unsigned(a.chunks()) * unsigned(a.G), unsigned(a.batch)), stream, a, cb);
+  return cudaGetLastError();
+}
 
 cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   if (!ssd_scan_supported(a)) return cudaErrorInvalidValue;

@@ -46,12 +46,18 @@ cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream);
 cudaError_t ssd_scan_fwd_workspace_cuda(const SsdScanArgs& a, cudaStream_t stream);
 
 // The same forward as one kernel per (head, batch) sequence that keeps the state on the chip
-// (ssd_scan_seq.cu): y and final_state only; a.T and a.workspace are not used. For passes that
-// keep nothing for a backward. Supported: P == 64, N == 128, H % G == 0, batch <= 65535, x_row
-// and bc_row multiples of 4, x / B / C 16-byte aligned, init / y / final_state 8-byte aligned.
+// (ssd_scan_seq.cu): y and final_state only, for passes that keep nothing for a backward. a.T is
+// not used (the kernels chunk by 64); a.workspace (16-byte aligned, ssd_scan_seq_workspace_floats)
+// receives CB per 64-position chunk and group. Supported: P == 64, N == 128, H % G == 0, batch
+// <= 65535, ceil(L / 64)·G <= 65535, x_row and bc_row multiples of 4, x / B / C 16-byte aligned,
+// init / y / final_state 8-byte aligned.
 // ssd_scan_seq_enabled(): on unless DFSSM_SSD_FWD_SEQ=0 (then the no-grad forward runs the four
 // kernels); ssd_scan_set_seq(1 | 0) overrides it (tests, A/B benches), -1 re-reads it.
+inline int64_t ssd_scan_seq_workspace_floats(const SsdScanArgs& a) { return a.batch * ((a.L + 63) / 64) * a.G * 64 * 64; }
 bool ssd_scan_seq_supported(const SsdScanArgs& a);
+// (ssd_scan.cu, for ssd_scan_seq.cu) CB = C·Bᵀ per chunk and group into cb (batch, chunks, G, 64,
+// 64); a.T must be 64.
+cudaError_t ssd_chunk_cb64_cuda(const SsdScanArgs& a, float* cb, cudaStream_t stream);
 cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream);
 bool ssd_scan_seq_enabled();
 void ssd_scan_set_seq(int on);

@@ -1,6 +1,6 @@
-// The chunked SSD forward as ONE kernel for passes that keep nothing for a backward (the teacher's
-// forward, the student's activation-checkpointed first forward, evaluation): y and the final
-// state, no workspace. ssd_scan.h has the math; kernels/cpu/ssd_scan_ref.cpp is the scalar twin.
+// The chunked SSD forward for passes that keep nothing for a backward (the teacher's forward, the
+// student's activation-checkpointed first forward, evaluation) as one sequential kernel after
+// chunk_cb: y and the final state; the workspace holds only CB. ssd_scan.h has the math; kernels/cpu/ssd_scan_ref.cpp is the scalar twin.
 // P = 64, N = 128; the model's chunk size (a.T) is not used: the result is the same sum.
 //
 // Why: the four-kernel forward (ssd_scan.cu) writes every chunk's state (P x N fp32, 32 KB per
@@ -13,11 +13,14 @@
 // x_row / bc_row (read in place in the conv output); dt (batch, L, H); y (batch, L, H, P)
 // contiguous; init / final_state (batch, H, P, N).
 //
-// Grid (H, batch), 8 warps, one block per SM (225 KB of dynamic shared memory: two chunk buffers
-// of x, B, C rows, the masked matrix M, the state S). Per chunk of T = 64 positions:
+// First ssd_scan.cu's chunk_cb at T = 64: CB = C·Bᵀ per chunk and group, (batch, chunks, G, 64,
+// 64) in the workspace (8 MB at 16 x 2048), computed once instead of once per head.
+// Then grid (H, batch), 8 warps, one block per SM (225 KB of dynamic shared memory: two chunk
+// buffers of x, B, C rows, the masked matrix M, the state S). Per chunk of T = 64 positions:
 //   0. the next chunk's x, B, C rows are issued by cp.async into the other buffer (in flight
 //      during this chunk's work); acs = in-chunk cumsum of A·dt by a block scan;
-//   1. M = L∘(C·Bᵀ)∘dt + D·I (64 x 64, K = N; tiles above the diagonal skipped), into shared;
+//   1. M = L∘CB∘dt + D·I, in place of the chunk's CB (cp.async'd into shared during the previous
+//      chunk's steps 2-3; the blocks above the diagonal are neither loaded nor used);
 //   2. y = M·x + exp(acs)∘(C·Sᵀ) (64 x 64; M's tiles above the diagonal skipped), to HBM;
 //   3. S = exp(acs_T-1)·S + (w∘x)ᵀ·B with w_l = exp(acs_T-1 - acs_l)·dt_l: S is the warps' mma
 //      accumulators (warp w owns the 32 x 32 tile (w / 4, w % 4) of P x N), copied to shared
@@ -146,11 +149,26 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
     }
     cp_async_commit();
   };
+  // Chunk c's CB (64 x 64, from the workspace) into Ms, by the same per-thread pieces as x (16
+  // per row, rows t / 16 + 16j); pieces wholly above their 16-row strip's diagonal block are never
+  // read and not loaded. Issued when the previous chunk's M has been read (the end of its step 2).
+  const float* cbg = a.workspace + (b * nc * a.G + gi) * int64_t(T) * T;
+  auto load_cb = [&](int64_t c) {
+    const int e = (t & 15) * 4, r0 = t >> 4;
+    const float* src = cbg + c * a.G * int64_t(T) * T;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = r0 + 16 * j;
+      if (e <= (r | 15)) cp_async16(Ms + r * LDM + e, src + r * T + e, true);
+    }
+    cp_async_commit();
+  };
   auto load_dt = [&](int64_t c) {
     const int64_t l = c * T + t;
     return t < T && c < nc && l < a.L ? a.dt[(b * a.L + l) * a.H + h] : 0.f;
   };
   load_chunk(0);
+  load_cb(0);
   float dt_next = load_dt(0);
   const float Ah = a.A[h], D = a.D ? a.D[h] : 0.f;
 
@@ -203,46 +221,36 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
     __syncthreads();
     if (t < T) w[t] = expf(total - acs[t]) * dts[t];
 
-    // ---- 1. M = L∘(C·Bᵀ)∘dt + D·I: warp (strip sr, half hh) owns rows 16·sr + [0, 16), columns
-    // 32·hh + [0, 32); the two tiles wholly above the diagonal are never read and skipped. ----
-    {
-      const int sr = warp >> 1, hh = warp & 1, r0 = sr * 16, s0 = hh * 32;
-      if (s0 <= r0 + 15) {
-        float acc[4][4] = {};
-        for (int k0 = 0; k0 < N_; k0 += 8) {
-          uint32_t fa[4];
-          frag_a_rows_pre(fa, cs + r0 * LDC + k0, LDC, g, q);
+    // ---- 1. M = L∘CB∘dt + D·I in place of CB, each thread on the pieces it loaded (visible to it
+    // after its wait); acs and dt came through the barrier above. Rounded to TF32 for step 2. ----
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            if (s0 + nt * 8 > r0 + 15) break;  // the whole 8-column tile is above the diagonal
-            uint32_t fb[2];
-            frag_b_nmajor_pre(fb, bs + (s0 + nt * 8) * LDB + k0, LDB, g, q);
-            mma_tf32(acc[nt], fa, fb);
-          }
-        }
-        const int rA = r0 + g, rB = rA + 8;
-        const float aA = acs[rA], aB = acs[rB];
-        auto m = [&](int r, float ar, int s, float v) {
-          return s <= r ? expf(ar - acs[s]) * v * dts[s] + (s == r ? D : 0.f) : 0.f;
-        };
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const int s = s0 + nt * 8 + 2 * q;
-          st2(Ms + rA * LDM + s, tf32_bits(m(rA, aA, s, acc[nt][0])), tf32_bits(m(rA, aA, s + 1, acc[nt][1])));
-          st2(Ms + rB * LDM + s, tf32_bits(m(rB, aB, s, acc[nt][2])), tf32_bits(m(rB, aB, s + 1, acc[nt][3])));
-        }
-      }
+    for (int j = 0; j < 4; ++j) {
+      const int r = (t >> 4) + 16 * j, e = (t & 15) * 4;
+      if (e > (r | 15)) continue;
+      float* p = Ms + r * LDM + e;
+      const float4 v = ld4(p);
+      const float ar = acs[r];
+      auto m = [&](int s, float cb) {
+        return s <= r ? expf(ar - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
+      };
+      *reinterpret_cast<float4*>(p) = make_float4(tf32_bits(m(e, v.x)), tf32_bits(m(e + 1, v.y)),
+                                                  tf32_bits(m(e + 2, v.z)), tf32_bits(m(e + 3, v.w)));
     }
     __syncthreads();
 
     // ---- 2 and 3 in one loop: y = M·x + exp(acs)∘(C·Sᵀ) and S = exp(acs_T-1)·S + (w∘x)ᵀ·B. The
     // three products are independent (step 2 reads the entering state from Ss, step 3 updates
     // the registers), so each iteration issues them together: 12 accumulator chains per warp
-    // instead of 4, which the one block per SM needs to keep its tensor cores fed. For y, warp
-    // (strip, half) owns rows 16·strip + [0, 16), columns 32·half + [0, 32) of P. ----
+    // instead of 4, which the one block per SM needs to keep its tensor cores fed. For y, warp w
+    // owns columns 16·(w % 4) + [0, 16) of P in two 16-row strips, {0, 3} (w < 4) or {1, 2}: M·x
+    // skips M's blocks above the diagonal, and these pairs give every warp the same 10 of them. ----
     {
-      const int r0 = (warp >> 1) * 16, p0 = (warp & 1) * 32, rA = r0 + g, rB = rA + 8;
-      const float eA = expf(acs[rA]), eB = expf(acs[rB]), decay = expf(total);
+      const int p0 = (warp & 3) * 16, sp = warp >> 2;
+      const int r0[2] = {sp * 16, (3 - sp) * 16};
+      float eA[2], eB[2];
+#pragma unroll
+      for (int si = 0; si < 2; ++si) eA[si] = expf(acs[r0[si] + g]), eB[si] = expf(acs[r0[si] + g + 8]);
+      const float decay = expf(total);
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -250,32 +258,37 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) S[mi][ni][e] *= decay;
       // M·x and C·Sᵀ: separate chains, summed at the end, where exp(acs) scales C·Sᵀ's rows.
-      float y1[4][4] = {}, y2[4][4] = {};
+      // [strip][n-tile of 8 columns][fragment]
+      float y1[2][2][4] = {}, y2[2][2][4] = {};
 #pragma unroll 2
       for (int kk = 0; kk < T / 8; ++kk) {
-        // M·x over source positions 8·kk + [0, 8), up to the strip's diagonal.
-        if (kk * 8 <= r0 + 8) {
+        // M·x over source positions 8·kk + [0, 8), up to each strip's diagonal.
+#pragma unroll
+        for (int si = 0; si < 2; ++si) {
+          if (kk * 8 > r0[si] + 8) continue;
           const int k0 = kk * 8;
           uint32_t fa[4];
-          frag_a_rows_pre(fa, Ms + r0 * LDM + k0, LDM, g, q);
+          frag_a_rows_pre(fa, Ms + r0[si] * LDM + k0, LDM, g, q);
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
+          for (int nt = 0; nt < 2; ++nt) {
             uint32_t fb[2];
             frag_b_kmajor_pre(fb, xs + k0 * LDX + p0 + nt * 8, LDX, g, q);
-            mma_tf32(y1[nt], fa, fb);
+            mma_tf32(y1[si][nt], fa, fb);
           }
         }
         // C·Sᵀ over state columns 16·kk + [0, 16).
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int k0 = kk * 16 + half * 8;
-          uint32_t fa[4];
-          frag_a_rows_pre(fa, cs + r0 * LDC + k0, LDC, g, q);
+          uint32_t fb[2][2];
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            uint32_t fb[2];
-            frag_b_nmajor_pre(fb, Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
-            mma_tf32(y2[nt], fa, fb);
+          for (int nt = 0; nt < 2; ++nt) frag_b_nmajor_pre(fb[nt], Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
+#pragma unroll
+          for (int si = 0; si < 2; ++si) {
+            uint32_t fa[4];
+            frag_a_rows_pre(fa, cs + r0[si] * LDC + k0, LDC, g, q);
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) mma_tf32(y2[si][nt], fa, fb[nt]);
           }
         }
         // (w∘x)ᵀ·B over positions 8·kk + [0, 8) into the state.
@@ -303,13 +316,19 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
       float* yrow = a.y + (b * a.L + l0) * ld + int64_t(h) * P_;
       const int64_t valid = a.L - l0;
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int col = p0 + nt * 8 + 2 * q;
-        if (rA < valid) st2(yrow + rA * ld + col, y1[nt][0] + eA * y2[nt][0], y1[nt][1] + eA * y2[nt][1]);
-        if (rB < valid) st2(yrow + rB * ld + col, y1[nt][2] + eB * y2[nt][2], y1[nt][3] + eB * y2[nt][3]);
+      for (int si = 0; si < 2; ++si) {
+        const int rA = r0[si] + g, rB = rA + 8;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const int col = p0 + nt * 8 + 2 * q;
+          const float(&u)[4] = y1[si][nt], (&v)[4] = y2[si][nt];
+          if (rA < valid) st2(yrow + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
+          if (rB < valid) st2(yrow + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
+        }
       }
     }
     __syncthreads();  // every read of Ss, M, w and this chunk's buffer is done
+    if (c + 1 < nc) load_cb(c + 1);
     state_store<true>(Ss, LDS, S, pm, nn, g, q);
   }
   cp_async_wait<0>();
@@ -334,13 +353,17 @@ void ssd_scan_set_seq(int on) { g_seq = on < 0 ? -1 : on ? 1 : 0; }
 bool ssd_scan_seq_supported(const SsdScanArgs& a) {
   return a.P == P_ && a.N == N_ && a.G > 0 && a.H > 0 && a.H % a.G == 0 && a.batch > 0 && a.batch <= 65535 &&
          a.L > 0 && a.x_row % 4 == 0 && a.bc_row % 4 == 0 && a.x && a.dt && a.A && a.B && a.C && a.y &&
-         a.final_state && aligned_to(a.x, 16) && aligned_to(a.B, 16) && aligned_to(a.C, 16) &&
+         a.final_state && a.workspace && (a.L + 63) / 64 * a.G <= 65535 && aligned_to(a.workspace, 16) &&
+         aligned_to(a.x, 16) && aligned_to(a.B, 16) && aligned_to(a.C, 16) &&
          aligned_to(a.init, 8) && aligned_to(a.y, 8) && aligned_to(a.final_state, 8);
 }
 
 cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   if (!ssd_scan_seq_supported(a)) return cudaErrorInvalidValue;
-  return launch_dyn(ssd_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seq::kSmemBytes, stream, a);
+  SsdScanArgs a64 = a;  // the kernels' own chunking
+  a64.T = seq::T;
+  if (const auto e = ssd_chunk_cb64_cuda(a64, a.workspace, stream); e != cudaSuccess) return e;
+  return launch_dyn(ssd_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seq::kSmemBytes, stream, a64);
 }
 
 }  // namespace dfssm::kernels
