@@ -76,16 +76,33 @@ TEST_CASE("ssd_scan kernels (emulated) == scalar reference: chunks 64/128/256, p
       CHECK(es < 3e-3);
       CHECK(ey > 0);  // the emulated TF32 rounding is really applied
       // Without chunk_scan (a recomputation that kept y): the same workspace and final state,
-      // bit for bit, and y is not touched.
+      // bit for bit, and y is not touched. At T = 64 the default is the sequential states
+      // kernel (ssd_scan_seq.cu): acs and CB bit for bit, the states up to TF32 rounding.
       const std::vector<float> ws_full(ws.p, ws.p + ssd_scan_workspace_floats(a));
-      std::vector<float> s2(sr.size(), 7.f);
-      Aligned ws2(ws_full.size());
-      std::fill(ws2.p, ws2.p + ws_full.size(), 0.f);
-      SsdScanArgs a2 = a;
-      a2.y = nullptr, a2.final_state = s2.data(), a2.workspace = ws2.p;
-      REQUIRE(ssd_scan_fwd_workspace_cuda(a2, nullptr) == cudaSuccess);
-      CHECK(std::equal(ws_full.begin(), ws_full.end(), ws2.p));
-      CHECK(s2 == s);
+      for (const int seq : {0, 1}) {
+        if (seq == 1 && T != 64) continue;
+        ssd_scan_set_seq(seq);
+        std::vector<float> s2(sr.size(), 7.f);
+        Aligned ws2(ws_full.size());
+        std::fill(ws2.p, ws2.p + ws_full.size(), 0.f);
+        SsdScanArgs a2 = a;
+        a2.y = nullptr, a2.final_state = s2.data(), a2.workspace = ws2.p;
+        REQUIRE(ssd_scan_fwd_workspace_cuda(a2, nullptr) == cudaSuccess);
+        if (seq == 0) {
+          CHECK(std::equal(ws_full.begin(), ws_full.end(), ws2.p));
+          CHECK(s2 == s);
+        } else {
+          const auto na = size_t(a.acs_floats()), ns = size_t(a.states_floats());
+          CHECK(std::equal(ws_full.begin(), ws_full.begin() + long(na), ws2.p));  // acs
+          CHECK(std::equal(ws_full.begin() + long(na + ns), ws_full.end(), ws2.p + na + ns));  // CB
+          const double est = rel_err(ws2.p + na, ws_full.data() + na, ns), efin = rel_err(s2.data(), s.data(), s.size());
+          INFO("sequential states kernel vs chunk_state + state_pass: states " << est << ", final " << efin);
+          CHECK(est < 3e-3);
+          CHECK(efin < 3e-3);
+          CHECK(rel_err(s2.data(), sr.data(), s2.size()) < 3e-3);
+        }
+      }
+      ssd_scan_set_seq(-1);
     }
   }
   ssd_scan_set_version(0);

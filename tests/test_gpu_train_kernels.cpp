@@ -559,6 +559,64 @@ TEST_CASE("one-kernel SSD forward == four-kernel forward, 1.3B head shapes, 2 x 
   CHECK(ey > 0);  // the two paths did differ: the switch took effect
 }
 
+// The recomputation's workspace (acs, the state entering each chunk, CB at T = 64) from the
+// sequential states kernel against chunk_state + state_pass + chunk_cb; with "[bench]", their times.
+namespace {
+struct WsCase {
+  int64_t b, l, h = 64, p = 64, n = 128;
+  at::Tensor x, dt, A, B, C, init, ws, fin;
+  WsCase(int64_t b_, int64_t l_, uint64_t seed) : b(b_), l(l_) {
+    auto gg = gen(seed);
+    x = at::randn({b, l, h, p}, gg).cuda(), dt = at::softplus(at::randn({b, l, h}, gg) - 2.0).cuda();
+    A = (-at::exp(at::randn({h}, gg) * 0.5)).cuda();
+    B = at::randn({b, l, 1, n}, gg).cuda(), C = at::randn({b, l, 1, n}, gg).cuda();
+    init = at::randn({b, h, p, n}, gg).cuda();
+    ws = at::zeros({acs_floats() + states_floats() + b * ((l + 63) / 64) * 64 * 64}, x.options());
+    fin = at::empty({b, h, p, n}, x.options());
+  }
+  // The workspace and the final state of ssd_scan_fwd_workspace_cuda, sequential kernel or not
+  // (in ws and fin, overwritten by each run).
+  void run(bool seq) const {
+    kernels::SsdScanArgs a;
+    a.x = x.data_ptr<float>(), a.x_row = h * p, a.dt = dt.data_ptr<float>(), a.A = A.data_ptr<float>();
+    a.B = B.data_ptr<float>(), a.C = C.data_ptr<float>(), a.bc_row = n, a.init = init.data_ptr<float>();
+    a.batch = b, a.L = l, a.H = int(h), a.G = 1, a.P = int(p), a.N = int(n), a.T = 64;
+    REQUIRE(ws.numel() == kernels::ssd_scan_workspace_floats(a));
+    a.workspace = ws.data_ptr<float>(), a.final_state = fin.data_ptr<float>();
+    kernels::ssd_scan_set_seq(seq ? 1 : 0);
+    REQUIRE(kernels::ssd_scan_fwd_workspace_cuda(a, nullptr) == cudaSuccess);
+    kernels::ssd_scan_set_seq(-1);
+  }
+  int64_t acs_floats() const { return b * h * ((l + 63) / 64) * 64; }
+  int64_t states_floats() const { return b * ((l + 63) / 64) * h * p * n; }
+};
+}  // namespace
+
+TEST_CASE("sequential states kernel == chunk_state + state_pass (the recomputation's workspace), 2 x 2000",
+          "[gpu][ssd_scan][recompute]") {
+  REQUIRE(torch::cuda::is_available());
+  const WsCase wc(2, 2000, 99);  // a partial last chunk
+  wc.run(false);
+  const auto w4 = wc.ws.clone(), f4 = wc.fin.clone();
+  wc.run(true);
+  const auto &ws = wc.ws, &fs = wc.fin;
+  const int64_t na = wc.acs_floats(), ns = wc.states_floats();
+  CHECK(at::equal(ws.narrow(0, 0, na), w4.narrow(0, 0, na)));  // acs: the same block scan
+  CHECK(at::equal(ws.narrow(0, na + ns, ws.numel() - na - ns), w4.narrow(0, na + ns, w4.numel() - na - ns)));  // CB
+  const double es = rel_err(ws.narrow(0, na, ns).cpu(), w4.narrow(0, na, ns).cpu()), ef = rel_err(fs.cpu(), f4.cpu());
+  WARN("sequential states kernel vs chunk_state + state_pass, 2 x 2000 x 64 heads: states " << es << ", final " << ef);
+  CHECK(es < 3e-3);  // both round the GEMM inputs to TF32
+  CHECK(ef < 3e-3);
+  CHECK(es > 0);  // the switch took effect
+}
+
+TEST_CASE("bench: the recomputation's SSD workspace, 16 x 2048, 64 heads, T = 64", "[.][bench][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  const WsCase wc(16, 2048, 98);
+  const double t4 = mean_ms([&] { wc.run(false); }, 10), ts = mean_ms([&] { wc.run(true); }, 10);
+  WARN("bench ssd workspace 16x2048 T=64: chunk_state + state_pass + chunk_cb " << t4 << " ms, sequential " << ts << " ms");
+}
+
 TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small shapes", "[gpu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
   const int64_t b = 2, h = 4, g = 2, p = 64, n = 128;

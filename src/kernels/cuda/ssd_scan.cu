@@ -459,6 +459,8 @@ cudaError_t ssd_scan_fwd_cuda(const SsdScanArgs& a, cudaStream_t stream) {
 
 cudaError_t ssd_scan_fwd_workspace_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   if (!ssd_scan_inputs_ok(a) || !a.final_state) return cudaErrorInvalidValue;
+  // At T = 64 one sequential kernel replaces chunk_state + state_pass (ssd_scan_seq.cu).
+  if (ssd_scan_seq_enabled() && ssd_scan_states_seq_supported(a)) return ssd_scan_states_seq_cuda(a, stream);
   return launch_any(a, stream, false);
 }
 

@@ -58,6 +58,12 @@ bool ssd_scan_seq_supported(const SsdScanArgs& a);
 // (ssd_scan.cu, for ssd_scan_seq.cu) CB = C·Bᵀ per chunk and group into cb (batch, chunks, G, 64,
 // 64); a.T must be 64.
 cudaError_t ssd_chunk_cb64_cuda(const SsdScanArgs& a, float* cb, cudaStream_t stream);
+// ssd_scan_fwd_workspace_cuda's result at T = 64 (the workspace the backward reads: acs bit for
+// bit, the entering states and the final state up to TF32 rounding, CB bit for bit) by one
+// sequential kernel per (head, batch) that keeps the state on the chip, then chunk_cb. The
+// workspace call takes this path when a.T == 64 and ssd_scan_seq_enabled().
+bool ssd_scan_states_seq_supported(const SsdScanArgs& a);
+cudaError_t ssd_scan_states_seq_cuda(const SsdScanArgs& a, cudaStream_t stream);
 cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream);
 bool ssd_scan_seq_enabled();
 void ssd_scan_set_seq(int on);

@@ -335,6 +335,137 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
   state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
 }
 
+// ---- The backward's workspace in the same sequential form --------------------------------------
+// ssd_states_seq_kernel: what ssd_scan.cu's chunk_state + state_pass leave for the backward at
+// T = 64 (acs per chunk; the state entering each chunk, fp32; the final state), for a
+// recomputation that kept y. Grid (H, batch), 8 warps, one block per sequence; x and B rows only
+// (C and M are not needed), two chunks in flight: 104 KB of shared memory, two blocks per SM. Per
+// chunk: acs by the same block scan as chunk_state (bit-identical), the entering state stored
+// from the accumulators, then S = exp(acs_T-1)·S + (w∘x)ᵀ·B as in ssd_seq_kernel's step 3.
+namespace seqst {
+constexpr int T = seq::T, LDX = seq::LDX, LDB = seq::LDB;
+constexpr int kBuf = T * (LDX + LDB);
+constexpr int kFloats = 2 * kBuf;
+constexpr int kSmemBytes = kFloats * 4;
+static_assert(kSmemBytes <= 112 * 1024, "two blocks per SM");
+}  // namespace seqst
+
+__global__ void __launch_bounds__(kThreads, 2) ssd_states_seq_kernel(SsdScanArgs a) {
+  using namespace seqst;
+  const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+  const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
+  const int gi = h / (a.H / a.G);
+  DFSSM_DYN_SMEM(smem, kFloats);
+  __shared__ float acs[T], dts[T], warp_tot[kWarps], total;
+  float* const acs_out = a.workspace + (b * a.H + h) * nc * T;  // (batch, H, chunks, T)
+  float* const states = a.workspace + a.acs_floats();           // (batch, chunks, H, P, N)
+  const int64_t PN = int64_t(P_) * N_;
+
+  const float* xg = a.x + (b * a.L) * a.x_row + int64_t(h) * P_;
+  const float* Bg = a.B + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  // Pieces as in ssd_seq_kernel: x rows t / 16 + 16j (piece t % 16), B rows t / 32 + 8j (t % 32).
+  auto load_chunk = [&](int64_t c) {
+    float* xs = smem + (c & 1) * kBuf;
+    float* bs = xs + T * LDX;
+    const int64_t l0 = c * T, valid = a.L - l0;
+    {
+      const int e = (t & 15) * 4, r0 = t >> 4;
+      const float* src = xg + (l0 + r0) * a.x_row + e;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = r0 + 16 * j;
+        const bool ok = r < valid;
+        cp_async16(xs + r * LDX + e, ok ? src + int64_t(16 * j) * a.x_row : xg + l0 * a.x_row, ok);
+      }
+    }
+    const int e = (t & 31) * 4, r0 = t >> 5;
+    const int64_t off = (l0 + r0) * a.bc_row + e;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int r = r0 + 8 * j;
+      const bool ok = r < valid;
+      cp_async16(bs + r * LDB + e, Bg + (ok ? off + int64_t(8 * j) * a.bc_row : l0 * a.bc_row), ok);
+    }
+    cp_async_commit();
+  };
+  auto load_dt = [&](int64_t c) {
+    const int64_t l = c * T + t;
+    return t < T && c < nc && l < a.L ? a.dt[(b * a.L + l) * a.H + h] : 0.f;
+  };
+  load_chunk(0);
+  float dt_next = load_dt(0);
+  const float Ah = a.A[h];
+
+  const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
+  float S[2][4][4] = {};
+  if (a.init) {
+    const float* ini = a.init + (b * a.H + h) * PN;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
+        const float2 u = ld2(ini + r * N_ + n), v = ld2(ini + (r + 8) * N_ + n);
+        S[mi][ni][0] = u.x, S[mi][ni][1] = u.y, S[mi][ni][2] = v.x, S[mi][ni][3] = v.y;
+      }
+  }
+
+  for (int64_t c = 0; c < nc; ++c) {
+    const float* xs = smem + (c & 1) * kBuf;
+    const float* bs = xs + T * LDX;
+    if (c + 1 < nc)
+      load_chunk(c + 1);
+    else
+      cp_async_commit();
+    const float dtc = dt_next;
+    dt_next = load_dt(c + 1);
+    const float cum = block_scan(Ah * dtc, warp_tot);  // as chunk_state_kernel: threads >= T add 0
+    if (t < T) acs[t] = cum, dts[t] = dtc, acs_out[c * T + t] = cum;
+    if (t == T - 1) total = cum;
+    // The state entering chunk c, as state_pass leaves it.
+    state_store<false>(states + ((b * nc + c) * a.H + h) * PN, N_, S, pm, nn, g, q);
+    cp_async_wait<1>();
+    {
+      float* xw = smem + (c & 1) * kBuf;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) round4(xw + ((t >> 4) + 16 * j) * LDX + (t & 15) * 4);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) round4(xw + T * LDX + ((t >> 5) + 8 * j) * LDB + (t & 31) * 4);
+    }
+    __syncthreads();
+    const float tot = total, decay = expf(tot);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) S[mi][ni][e] *= decay;
+#pragma unroll 2
+    for (int k0 = 0; k0 < T; k0 += 8) {
+      const int l = k0 + q;
+      const float w0 = expf(tot - acs[l]) * dts[l], w1 = expf(tot - acs[l + 4]) * dts[l + 4];
+      uint32_t fa[2][4], fb[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const int p = pm + mi * 16 + g;
+        fa[mi][0] = to_tf32(w0 * xs[l * LDX + p]);
+        fa[mi][1] = to_tf32(w0 * xs[l * LDX + p + 8]);
+        fa[mi][2] = to_tf32(w1 * xs[(l + 4) * LDX + p]);
+        fa[mi][3] = to_tf32(w1 * xs[(l + 4) * LDX + p + 8]);
+      }
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) frag_b_kmajor_pre(fb[ni], bs + k0 * LDB + nn + ni * 8, LDB, g, q);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) mma_tf32(S[mi][ni], fa[mi], fb[ni]);
+    }
+    __syncthreads();  // this chunk's buffer, acs, dts and total are free again
+  }
+  cp_async_wait<0>();
+  state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
+}
+
 int g_seq = -1;  // -1: not read yet
 
 bool aligned_to(const void* p, uintptr_t n) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % n == 0; }
@@ -349,6 +480,20 @@ bool ssd_scan_seq_enabled() {
   return g_seq == 1;
 }
 void ssd_scan_set_seq(int on) { g_seq = on < 0 ? -1 : on ? 1 : 0; }
+
+bool ssd_scan_states_seq_supported(const SsdScanArgs& a) {
+  return ssd_scan_inputs_ok(a) && a.T == seq::T && a.final_state && aligned_to(a.init, 8) &&
+         aligned_to(a.final_state, 8);
+}
+
+cudaError_t ssd_scan_states_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
+  if (!ssd_scan_states_seq_supported(a)) return cudaErrorInvalidValue;
+  if (const auto e = launch_dyn(ssd_states_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seqst::kSmemBytes,
+                                stream, a);
+      e != cudaSuccess)
+    return e;
+  return ssd_chunk_cb64_cuda(a, a.workspace + a.acs_floats() + a.states_floats(), stream);
+}
 
 bool ssd_scan_seq_supported(const SsdScanArgs& a) {
   return a.P == P_ && a.N == N_ && a.G > 0 && a.H > 0 && a.H % a.G == 0 && a.batch > 0 && a.batch <= 65535 &&
