@@ -235,7 +235,7 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const bool reuse = keep && !keep->capture && keep->y.defined() && !st;
   if (reuse && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // a recomputation that kept y
     std::tie(y, final_state) = ssd_scan_train(x, dt, A, B, C, Df, tchunk, at::Tensor(), keep->y);
-  } else if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: 4 CUDA kernels
+  } else if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: the no-grad CUDA forward
     std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, fchunk, st ? st->ssm : at::Tensor());
     // Kept only where the recomputation can use it (the train path runs there).
     if (keep && keep->capture && !st && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) keep->y = y.to(keep->dtype);

@@ -7,8 +7,10 @@
 //
 // Two entry points:
 // - ssd_scan_fused: passes that need no gradient (the teacher's forward, the student's
-//   activation-checkpointed first forward, evaluation). On by default; DFSSM_SSD_SCAN=0 turns it
-//   off.
+//   activation-checkpointed first forward, evaluation): by default chunk_cb and one sequential
+//   kernel per (head, batch) with the state on chip (kernels/cuda/ssd_scan_seq.cu;
+//   DFSSM_SSD_FWD_SEQ=0 runs the four forward kernels). On by default; DFSSM_SSD_SCAN=0 turns
+//   it off.
 // - ssd_scan_train: an autograd function over the forward and backward kernels, for chunks of
 //   64 or 128. Its dB, dC, dA and dD are sums of atomics (not bit-reproducible run to run).
 //   On by default; DFSSM_SSD_SCAN_TRAIN=0 turns it off (the model then keeps the ATen path).

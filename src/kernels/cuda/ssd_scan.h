@@ -1,7 +1,7 @@
 // The whole chunked SSD forward on CUDA, for passes without autograd (the teacher's forward, the
 // student's activation-checkpointed first forward, evaluation): mamba_ssm's chunk-state /
-// state-passing / chunk-scan decomposition in four kernels, on TF32 tensor cores with fp32
-// accumulation. The scalar reference twin is src/kernels/cpu/ssd_scan_ref.h; the LibTorch
+// state-passing / chunk-scan decomposition in four kernels (or, ssd_scan_seq.cu, one sequential
+// kernel per sequence after chunk_cb), on TF32 tensor cores with fp32 accumulation. The scalar reference twin is src/kernels/cpu/ssd_scan_ref.h; the LibTorch
 // wrapper src/model/ssd_scan.cpp. Plain C++ header: the CUDA runtime only, no LibTorch.
 //
 // Math (chunks of T tokens; head h reads group gi = h / (H/G) of B and C; a_l = A_h·dt_l):
