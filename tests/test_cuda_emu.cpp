@@ -27,6 +27,32 @@ struct Aligned {  // 256-byte aligned floats, as cudaMalloc gives
   Aligned& operator=(const Aligned&) = delete;
 };
 
+// Random forward inputs with x, B and C as slices of one (b, L, row) buffer (as in the conv
+// output), and the scalar reference's y and final state in yr, sr.
+struct ScanCase {
+  std::vector<float> buf, dt, A, D, init, yr, sr;
+  SsdScanArgs a;
+  ScanCase(int64_t b, int64_t L, int64_t H, int64_t G, int T, bool with_init, uint32_t seed) {
+    const int64_t P = 64, N = 128, row = 4 + H * P + 2 * G * N;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd;
+    buf.resize(size_t(b * L * row)), dt.resize(size_t(b * L * H)), A.resize(size_t(H)), D.resize(size_t(H));
+    init.resize(size_t(b * H * P * N));
+    for (auto& v : buf) v = nd(rng);
+    for (auto& v : dt) v = std::log1p(std::exp(nd(rng) - 2.f));
+    for (auto& v : A) v = -std::exp(0.5f * nd(rng));
+    for (auto& v : D) v = nd(rng);
+    for (auto& v : init) v = nd(rng);
+    a.x = buf.data() + 4, a.x_row = row, a.dt = dt.data(), a.A = A.data();
+    a.B = buf.data() + 4 + H * P, a.C = a.B + G * N, a.bc_row = row, a.D = D.data();
+    a.init = with_init ? init.data() : nullptr;
+    a.batch = b, a.L = L, a.H = int(H), a.G = int(G), a.P = int(P), a.N = int(N), a.T = T;
+    yr.resize(size_t(b * L * H * P)), sr.resize(size_t(b * H * P * N));
+    a.y = yr.data(), a.final_state = sr.data();
+    ssd_scan_fwd_ref(a);
+  }
+};
+
 double rel_err(const float* a, const float* b, size_t n) {
   double d = 0, r = 0;
   for (size_t i = 0; i < n; ++i) d += double(a[i] - b[i]) * (a[i] - b[i]), r += double(b[i]) * b[i];
@@ -36,7 +62,7 @@ double rel_err(const float* a, const float* b, size_t n) {
 
 TEST_CASE("ssd_scan kernels (emulated) == scalar reference: chunks 64/128/256, partial chunk, groups",
           "[cuda_emu][ssd_scan]") {
-  const int64_t b = 1, H = 4, G = 2, P = 64, N = 128;
+  const int64_t b = 1, H = 4, G = 2;
   // Each emulated block is 256 OS threads, so the cases are few (~10 s each on 2 cores).
   for (const auto& [T, with_init] : {std::pair{64, true}, std::pair{128, false}, std::pair{128, true},
                                     std::pair{256, false}}) {
@@ -44,25 +70,10 @@ TEST_CASE("ssd_scan kernels (emulated) == scalar reference: chunks 64/128/256, p
     for (const int version : {2, 1}) {
       if (T == 256 && version == 2) continue;  // T = 256 runs version 1 only
       ssd_scan_set_version(version);
-      const int64_t L = T + 37;  // two chunks, the second partial
-      const int64_t row = 4 + H * P + 2 * G * N;
-      std::mt19937 rng(uint32_t(T * 2 + with_init));
-      std::normal_distribution<float> nd;
-      std::vector<float> buf(static_cast<size_t>(b * L * row)), dt(static_cast<size_t>(b * L * H)),
-          A(static_cast<size_t>(H)), D(static_cast<size_t>(H)), init(static_cast<size_t>(b * H * P * N));
-      for (auto& v : buf) v = nd(rng);
-      for (auto& v : dt) v = std::log1p(std::exp(nd(rng) - 2.f));
-      for (auto& v : A) v = -std::exp(0.5f * nd(rng));
-      for (auto& v : D) v = nd(rng);
-      for (auto& v : init) v = nd(rng);
-      SsdScanArgs a;
-      a.x = buf.data() + 4, a.x_row = row, a.dt = dt.data(), a.A = A.data();
-      a.B = buf.data() + 4 + H * P, a.C = a.B + G * N, a.bc_row = row, a.D = D.data();
-      a.init = with_init ? init.data() : nullptr;
-      a.batch = b, a.L = L, a.H = int(H), a.G = int(G), a.P = int(P), a.N = int(N), a.T = T;
-      std::vector<float> yr(static_cast<size_t>(b * L * H * P)), sr(static_cast<size_t>(b * H * P * N));
-      a.y = yr.data(), a.final_state = sr.data();
-      ssd_scan_fwd_ref(a);
+      // two chunks, the second partial
+      ScanCase sc(b, T + 37, H, G, T, with_init, uint32_t(T * 2 + with_init));
+      SsdScanArgs a = sc.a;
+      const std::vector<float>&yr = sc.yr, &sr = sc.sr;
       std::vector<float> y(yr.size(), 7.f), s(sr.size(), 7.f);
       Aligned ws(size_t(ssd_scan_workspace_floats(a)));
       std::fill(ws.p, ws.p + ssd_scan_workspace_floats(a), 0.f);  // compared below, padding included
@@ -113,29 +124,14 @@ TEST_CASE("ssd_scan kernels (emulated) == scalar reference: chunks 64/128/256, p
 
 TEST_CASE("ssd_scan one-kernel forward (emulated) == scalar reference: partial chunks, groups, init",
           "[cuda_emu][ssd_scan]") {
-  const int64_t b = 2, P = 64, N = 128;
+  const int64_t b = 2;
   // (L, H, G, init): three chunks with a partial last one; one partial chunk; whole chunks.
   for (const auto& [L, H, G, with_init] : {std::tuple<int64_t, int64_t, int64_t, bool>{165, 4, 2, true},
                                            std::tuple<int64_t, int64_t, int64_t, bool>{37, 2, 1, false},
                                            std::tuple<int64_t, int64_t, int64_t, bool>{128, 2, 2, false}}) {
-    const int64_t row = 4 + H * P + 2 * G * N;
-    std::mt19937 rng(uint32_t(L + H));
-    std::normal_distribution<float> nd;
-    std::vector<float> buf(static_cast<size_t>(b * L * row)), dt(static_cast<size_t>(b * L * H)),
-        A(static_cast<size_t>(H)), D(static_cast<size_t>(H)), init(static_cast<size_t>(b * H * P * N));
-    for (auto& v : buf) v = nd(rng);
-    for (auto& v : dt) v = std::log1p(std::exp(nd(rng) - 2.f));
-    for (auto& v : A) v = -std::exp(0.5f * nd(rng));
-    for (auto& v : D) v = nd(rng);
-    for (auto& v : init) v = nd(rng);
-    SsdScanArgs a;
-    a.x = buf.data() + 4, a.x_row = row, a.dt = dt.data(), a.A = A.data();
-    a.B = buf.data() + 4 + H * P, a.C = a.B + G * N, a.bc_row = row, a.D = D.data();
-    a.init = with_init ? init.data() : nullptr;
-    a.batch = b, a.L = L, a.H = int(H), a.G = int(G), a.P = int(P), a.N = int(N), a.T = 128;
-    std::vector<float> yr(static_cast<size_t>(b * L * H * P)), sr(static_cast<size_t>(b * H * P * N));
-    a.y = yr.data(), a.final_state = sr.data();
-    ssd_scan_fwd_ref(a);
+    ScanCase sc(b, L, H, G, 128, with_init, uint32_t(L + H));
+    SsdScanArgs a = sc.a;
+    const std::vector<float>&yr = sc.yr, &sr = sc.sr;
     std::vector<float> y(yr.size(), 7.f), s(sr.size(), 7.f);
     Aligned ws(size_t(ssd_scan_seq_workspace_floats(a)));  // CB per 64-position chunk and group
     a.y = y.data(), a.final_state = s.data(), a.workspace = ws.p;

@@ -571,24 +571,24 @@ struct WsCase {
     A = (-at::exp(at::randn({h}, gg) * 0.5)).cuda();
     B = at::randn({b, l, 1, n}, gg).cuda(), C = at::randn({b, l, 1, n}, gg).cuda();
     init = at::randn({b, h, p, n}, gg).cuda();
-    ws = at::zeros({acs_floats() + states_floats() + b * ((l + 63) / 64) * 64 * 64}, x.options());
+    ws = at::zeros({kernels::ssd_scan_workspace_floats(args())}, x.options());
     fin = at::empty({b, h, p, n}, x.options());
   }
-  // The workspace and the final state of ssd_scan_fwd_workspace_cuda, sequential kernel or not
-  // (in ws and fin, overwritten by each run).
-  void run(bool seq) const {
+  // The inputs at T = 64, writing into ws and fin.
+  kernels::SsdScanArgs args() const {
     kernels::SsdScanArgs a;
     a.x = x.data_ptr<float>(), a.x_row = h * p, a.dt = dt.data_ptr<float>(), a.A = A.data_ptr<float>();
     a.B = B.data_ptr<float>(), a.C = C.data_ptr<float>(), a.bc_row = n, a.init = init.data_ptr<float>();
     a.batch = b, a.L = l, a.H = int(h), a.G = 1, a.P = int(p), a.N = int(n), a.T = 64;
-    REQUIRE(ws.numel() == kernels::ssd_scan_workspace_floats(a));
-    a.workspace = ws.data_ptr<float>(), a.final_state = fin.data_ptr<float>();
+    if (ws.defined()) a.workspace = ws.data_ptr<float>(), a.final_state = fin.data_ptr<float>();
+    return a;
+  }
+  // ssd_scan_fwd_workspace_cuda into ws and fin, by the sequential kernel or not.
+  void run(bool seq) const {
     kernels::ssd_scan_set_seq(seq ? 1 : 0);
-    REQUIRE(kernels::ssd_scan_fwd_workspace_cuda(a, nullptr) == cudaSuccess);
+    REQUIRE(kernels::ssd_scan_fwd_workspace_cuda(args(), nullptr) == cudaSuccess);
     kernels::ssd_scan_set_seq(-1);
   }
-  int64_t acs_floats() const { return b * h * ((l + 63) / 64) * 64; }
-  int64_t states_floats() const { return b * ((l + 63) / 64) * h * p * n; }
 };
 }  // namespace
 
@@ -600,7 +600,7 @@ TEST_CASE("sequential states kernel == chunk_state + state_pass (the recomputati
   const auto w4 = wc.ws.clone(), f4 = wc.fin.clone();
   wc.run(true);
   const auto &ws = wc.ws, &fs = wc.fin;
-  const int64_t na = wc.acs_floats(), ns = wc.states_floats();
+  const int64_t na = wc.args().acs_floats(), ns = wc.args().states_floats();
   CHECK(at::equal(ws.narrow(0, 0, na), w4.narrow(0, 0, na)));  // acs: the same block scan
   CHECK(at::equal(ws.narrow(0, na + ns, ws.numel() - na - ns), w4.narrow(0, na + ns, w4.numel() - na - ns)));  // CB
   const double es = rel_err(ws.narrow(0, na, ns).cpu(), w4.narrow(0, na, ns).cpu()), ef = rel_err(fs.cpu(), f4.cpu());

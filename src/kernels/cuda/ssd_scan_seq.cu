@@ -105,6 +105,98 @@ __device__ __forceinline__ void round4(float* p) {
   *reinterpret_cast<float4*>(p) = make_float4(tf32_bits(v.x), tf32_bits(v.y), tf32_bits(v.z), tf32_bits(v.w));
 }
 
+// ---- Pieces shared by the two sequential kernels ------------------------------------------------
+// Chunk rows l0 + [0, T) into shared memory, 16 bytes per cp.async, by fixed per-thread pieces so
+// that each address is a per-thread offset plus a row step: x as 16 pieces per row (thread t takes
+// piece t % 16 of rows t / 16 + 16j), B (and C unless cs is null) as 32 (piece t % 32 of rows
+// t / 32 + 8j). Rows at or past `valid` are zero-filled (their source stays a valid address: row
+// l0). xg, Bg, Cg point at row 0 of the sequence.
+__device__ __forceinline__ void load_rows_seq(float* xs, float* bs, float* cs, const float* xg, const float* Bg,
+                                              const float* Cg, int64_t x_row, int64_t bc_row, int64_t l0,
+                                              int64_t valid) {
+  const int t = threadIdx.x;
+  {
+    const int e = (t & 15) * 4, r0 = t >> 4;
+    const float* src = xg + (l0 + r0) * x_row + e;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = r0 + 16 * j;
+      const bool ok = r < valid;
+      cp_async16(xs + r * seq::LDX + e, ok ? src + int64_t(16 * j) * x_row : xg + l0 * x_row, ok);
+    }
+  }
+  const int e = (t & 31) * 4, r0 = t >> 5;
+  const int64_t off = (l0 + r0) * bc_row + e;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int r = r0 + 8 * j;
+    const bool ok = r < valid;
+    const int64_t o = ok ? off + int64_t(8 * j) * bc_row : l0 * bc_row;
+    cp_async16(bs + r * seq::LDB + e, Bg + o, ok);
+    if (cs) cp_async16(cs + r * seq::LDC + e, Cg + o, ok);
+  }
+  cp_async_commit();
+}
+// The same pieces rounded to TF32 in place: each thread its own, visible to it after its wait.
+__device__ __forceinline__ void round_rows_seq(float* xs, float* bs, float* cs) {
+  const int t = threadIdx.x;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) round4(xs + ((t >> 4) + 16 * j) * seq::LDX + (t & 15) * 4);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int r = (t >> 5) + 8 * j, e = (t & 31) * 4;
+    round4(bs + r * seq::LDB + e);
+    if (cs) round4(cs + r * seq::LDC + e);
+  }
+}
+// dt of position c·T + t of head h (0 past L, for threads >= T and for c >= nc).
+__device__ __forceinline__ float dt_seq(const SsdScanArgs& a, int64_t b, int h, int64_t c, int64_t nc) {
+  const int t = threadIdx.x;
+  const int64_t l = c * seq::T + t;
+  return t < seq::T && c < nc && l < a.L ? a.dt[(b * a.L + l) * a.H + h] : 0.f;
+}
+// The warp's state tile (state_store's layout) from init (row-major P x N), or zero.
+__device__ __forceinline__ void state_load(float (&s)[2][4][4], const float* init, int pm, int nn, int g, int q) {
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) {
+      const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
+      const float2 u = init ? ld2(init + r * N_ + n) : make_float2(0.f, 0.f);
+      const float2 v = init ? ld2(init + (r + 8) * N_ + n) : make_float2(0.f, 0.f);
+      s[mi][ni][0] = u.x, s[mi][ni][1] = u.y, s[mi][ni][2] = v.x, s[mi][ni][3] = v.y;
+    }
+}
+__device__ __forceinline__ void state_scale(float (&s)[2][4][4], float f) {
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[mi][ni][e] *= f;
+}
+// One k-step of the state update S += (w∘x)ᵀ·B over positions k0 + [0, 8): w0 and w1 are w at
+// positions k0 + q and k0 + q + 4; xs and bs are TF32-rounded rows (w∘x is rounded here).
+__device__ __forceinline__ void state_kstep(float (&s)[2][4][4], const float* xs, const float* bs, int k0, float w0,
+                                            float w1, int pm, int nn, int g, int q) {
+  const int l = k0 + q;
+  uint32_t fa[2][4], fb[4][2];
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    const int p = pm + mi * 16 + g;
+    fa[mi][0] = to_tf32(w0 * xs[l * seq::LDX + p]);
+    fa[mi][1] = to_tf32(w0 * xs[l * seq::LDX + p + 8]);
+    fa[mi][2] = to_tf32(w1 * xs[(l + 4) * seq::LDX + p]);
+    fa[mi][3] = to_tf32(w1 * xs[(l + 4) * seq::LDX + p + 8]);
+  }
+#pragma unroll
+  for (int ni = 0; ni < 4; ++ni) frag_b_kmajor_pre(fb[ni], bs + k0 * seq::LDB + nn + ni * 8, seq::LDB, g, q);
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) mma_tf32(s[mi][ni], fa[mi], fb[ni]);
+}
+
 __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
   using namespace seq;
   const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
@@ -118,36 +210,10 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
   const float* xg = a.x + (b * a.L) * a.x_row + int64_t(h) * P_;
   const float* Bg = a.B + (b * a.L) * a.bc_row + int64_t(gi) * N_;
   const float* Cg = a.C + (b * a.L) * a.bc_row + int64_t(gi) * N_;
-  // Chunk c's rows into buffer c % 2, 16 bytes per cp.async: x as 16 pieces per row (thread t
-  // takes piece t % 16 of rows t / 16 + 16j), B and C as 32 (piece t % 32 of rows t / 32 + 8j), so
-  // the addresses are a fixed per-thread offset plus a row step. Rows past L are zero-filled
-  // (their source address stays a valid one: row l0).
+  // Chunk c's x, B and C rows into buffer c % 2.
   auto load_chunk = [&](int64_t c) {
     float* xs = smem + (c & 1) * kBuf;
-    float* bs = xs + T * LDX;
-    float* cs = bs + T * LDB;
-    const int64_t l0 = c * T, valid = a.L - l0;
-    {
-      const int e = (t & 15) * 4, r0 = t >> 4;
-      const float* src = xg + (l0 + r0) * a.x_row + e;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int r = r0 + 16 * j;
-        const bool ok = r < valid;
-        cp_async16(xs + r * LDX + e, ok ? src + int64_t(16 * j) * a.x_row : xg + l0 * a.x_row, ok);
-      }
-    }
-    const int e = (t & 31) * 4, r0 = t >> 5;
-    const int64_t off = (l0 + r0) * a.bc_row + e;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int r = r0 + 8 * j;
-      const bool ok = r < valid;
-      const int64_t o = ok ? off + int64_t(8 * j) * a.bc_row : l0 * a.bc_row;
-      cp_async16(bs + r * LDB + e, Bg + o, ok);
-      cp_async16(cs + r * LDC + e, Cg + o, ok);
-    }
-    cp_async_commit();
+    load_rows_seq(xs, xs + T * LDX, xs + T * (LDX + LDB), xg, Bg, Cg, a.x_row, a.bc_row, c * T, a.L - c * T);
   };
   // Chunk c's CB (64 x 64, from the workspace) into Ms, by the same per-thread pieces as x (16
   // per row, rows t / 16 + 16j); pieces wholly above their 16-row strip's diagonal block are never
@@ -163,30 +229,16 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
     }
     cp_async_commit();
   };
-  auto load_dt = [&](int64_t c) {
-    const int64_t l = c * T + t;
-    return t < T && c < nc && l < a.L ? a.dt[(b * a.L + l) * a.H + h] : 0.f;
-  };
   load_chunk(0);
   load_cb(0);
-  float dt_next = load_dt(0);
+  float dt_next = dt_seq(a, b, h, 0, nc);
   const float Ah = a.A[h], D = a.D ? a.D[h] : 0.f;
 
   // The state: this warp's 32 x 32 tile of S in mma accumulator layout, from init (or zero).
   const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
-  float S[2][4][4] = {};
   const int64_t PN = int64_t(P_) * N_;
-  if (a.init) {
-    const float* ini = a.init + (b * a.H + h) * PN;
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-        const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
-        const float2 u = ld2(ini + r * N_ + n), v = ld2(ini + (r + 8) * N_ + n);
-        S[mi][ni][0] = u.x, S[mi][ni][1] = u.y, S[mi][ni][2] = v.x, S[mi][ni][3] = v.y;
-      }
-  }
+  float S[2][4][4];
+  state_load(S, a.init ? a.init + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
   state_store<true>(Ss, LDS, S, pm, nn, g, q);
 
   for (int64_t c = 0; c < nc; ++c) {
@@ -200,7 +252,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
     else
       cp_async_commit();  // an empty group keeps the wait count below uniform
     const float dtc = dt_next;
-    dt_next = load_dt(c + 1);
+    dt_next = dt_seq(a, b, h, c + 1, nc);
     const float cum = block_scan(Ah * dtc, warp_tot);  // threads >= T add 0
     if (t < T) acs[t] = cum, dts[t] = dtc;
     if (t == T - 1) total = cum;
@@ -209,14 +261,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
     // that the fragment loads below need no conversion.
     {
       float* xw = smem + (c & 1) * kBuf;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) round4(xw + ((t >> 4) + 16 * j) * LDX + (t & 15) * 4);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int r = (t >> 5) + 8 * j, e = (t & 31) * 4;
-        round4(xw + T * LDX + r * LDB + e);
-        round4(xw + T * LDX + T * LDB + r * LDC + e);
-      }
+      round_rows_seq(xw, xw + T * LDX, xw + T * (LDX + LDB));
     }
     __syncthreads();
     if (t < T) w[t] = expf(total - acs[t]) * dts[t];
@@ -250,13 +295,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
       float eA[2], eB[2];
 #pragma unroll
       for (int si = 0; si < 2; ++si) eA[si] = expf(acs[r0[si] + g]), eB[si] = expf(acs[r0[si] + g + 8]);
-      const float decay = expf(total);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) S[mi][ni][e] *= decay;
+      state_scale(S, expf(total));
       // M·x and C·Sᵀ: separate chains, summed at the end, where exp(acs) scales C·Sᵀ's rows.
       // [strip][n-tile of 8 columns][fragment]
       float y1[2][2][4] = {}, y2[2][2][4] = {};
@@ -292,25 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
           }
         }
         // (w∘x)ᵀ·B over positions 8·kk + [0, 8) into the state.
-        {
-          const int k0 = kk * 8, l = k0 + q;
-          const float w0 = w[l], w1 = w[l + 4];
-          uint32_t fa[2][4], fb[4][2];
-#pragma unroll
-          for (int mi = 0; mi < 2; ++mi) {
-            const int p = pm + mi * 16 + g;
-            fa[mi][0] = to_tf32(w0 * xs[l * LDX + p]);
-            fa[mi][1] = to_tf32(w0 * xs[l * LDX + p + 8]);
-            fa[mi][2] = to_tf32(w1 * xs[(l + 4) * LDX + p]);
-            fa[mi][3] = to_tf32(w1 * xs[(l + 4) * LDX + p + 8]);
-          }
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni) frag_b_kmajor_pre(fb[ni], bs + k0 * LDB + nn + ni * 8, LDB, g, q);
-#pragma unroll
-          for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni) mma_tf32(S[mi][ni], fa[mi], fb[ni]);
-        }
+        state_kstep(S, xs, bs, kk * 8, w[kk * 8 + q], w[kk * 8 + q + 4], pm, nn, g, q);
       }
       const int64_t ld = int64_t(a.H) * P_;
       float* yrow = a.y + (b * a.L + l0) * ld + int64_t(h) * P_;
@@ -363,52 +384,17 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_states_seq_kernel(SsdScanArgs
 
   const float* xg = a.x + (b * a.L) * a.x_row + int64_t(h) * P_;
   const float* Bg = a.B + (b * a.L) * a.bc_row + int64_t(gi) * N_;
-  // Pieces as in ssd_seq_kernel: x rows t / 16 + 16j (piece t % 16), B rows t / 32 + 8j (t % 32).
-  auto load_chunk = [&](int64_t c) {
+  auto load_chunk = [&](int64_t c) {  // x and B rows into buffer c % 2 (no C)
     float* xs = smem + (c & 1) * kBuf;
-    float* bs = xs + T * LDX;
-    const int64_t l0 = c * T, valid = a.L - l0;
-    {
-      const int e = (t & 15) * 4, r0 = t >> 4;
-      const float* src = xg + (l0 + r0) * a.x_row + e;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int r = r0 + 16 * j;
-        const bool ok = r < valid;
-        cp_async16(xs + r * LDX + e, ok ? src + int64_t(16 * j) * a.x_row : xg + l0 * a.x_row, ok);
-      }
-    }
-    const int e = (t & 31) * 4, r0 = t >> 5;
-    const int64_t off = (l0 + r0) * a.bc_row + e;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int r = r0 + 8 * j;
-      const bool ok = r < valid;
-      cp_async16(bs + r * LDB + e, Bg + (ok ? off + int64_t(8 * j) * a.bc_row : l0 * a.bc_row), ok);
-    }
-    cp_async_commit();
-  };
-  auto load_dt = [&](int64_t c) {
-    const int64_t l = c * T + t;
-    return t < T && c < nc && l < a.L ? a.dt[(b * a.L + l) * a.H + h] : 0.f;
+    load_rows_seq(xs, xs + T * LDX, nullptr, xg, Bg, nullptr, a.x_row, a.bc_row, c * T, a.L - c * T);
   };
   load_chunk(0);
-  float dt_next = load_dt(0);
+  float dt_next = dt_seq(a, b, h, 0, nc);
   const float Ah = a.A[h];
 
   const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
-  float S[2][4][4] = {};
-  if (a.init) {
-    const float* ini = a.init + (b * a.H + h) * PN;
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-        const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
-        const float2 u = ld2(ini + r * N_ + n), v = ld2(ini + (r + 8) * N_ + n);
-        S[mi][ni][0] = u.x, S[mi][ni][1] = u.y, S[mi][ni][2] = v.x, S[mi][ni][3] = v.y;
-      }
-  }
+  float S[2][4][4];
+  state_load(S, a.init ? a.init + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
 
   for (int64_t c = 0; c < nc; ++c) {
     const float* xs = smem + (c & 1) * kBuf;
@@ -418,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_states_seq_kernel(SsdScanArgs
     else
       cp_async_commit();
     const float dtc = dt_next;
-    dt_next = load_dt(c + 1);
+    dt_next = dt_seq(a, b, h, c + 1, nc);
     const float cum = block_scan(Ah * dtc, warp_tot);  // as chunk_state_kernel: threads >= T add 0
     if (t < T) acs[t] = cum, dts[t] = dtc, acs_out[c * T + t] = cum;
     if (t == T - 1) total = cum;
@@ -427,38 +413,15 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_states_seq_kernel(SsdScanArgs
     cp_async_wait<1>();
     {
       float* xw = smem + (c & 1) * kBuf;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) round4(xw + ((t >> 4) + 16 * j) * LDX + (t & 15) * 4);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) round4(xw + T * LDX + ((t >> 5) + 8 * j) * LDB + (t & 31) * 4);
+      round_rows_seq(xw, xw + T * LDX, nullptr);
     }
     __syncthreads();
-    const float tot = total, decay = expf(tot);
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) S[mi][ni][e] *= decay;
+    const float tot = total;
+    state_scale(S, expf(tot));
 #pragma unroll 2
     for (int k0 = 0; k0 < T; k0 += 8) {
       const int l = k0 + q;
-      const float w0 = expf(tot - acs[l]) * dts[l], w1 = expf(tot - acs[l + 4]) * dts[l + 4];
-      uint32_t fa[2][4], fb[4][2];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        const int p = pm + mi * 16 + g;
-        fa[mi][0] = to_tf32(w0 * xs[l * LDX + p]);
-        fa[mi][1] = to_tf32(w0 * xs[l * LDX + p + 8]);
-        fa[mi][2] = to_tf32(w1 * xs[(l + 4) * LDX + p]);
-        fa[mi][3] = to_tf32(w1 * xs[(l + 4) * LDX + p + 8]);
-      }
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) frag_b_kmajor_pre(fb[ni], bs + k0 * LDB + nn + ni * 8, LDB, g, q);
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) mma_tf32(S[mi][ni], fa[mi], fb[ni]);
+      state_kstep(S, xs, bs, k0, expf(tot - acs[l]) * dts[l], expf(tot - acs[l + 4]) * dts[l + 4], pm, nn, g, q);
     }
     __syncthreads();  // this chunk's buffer, acs, dts and total are free again
   }
