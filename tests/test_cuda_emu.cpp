@@ -189,15 +189,22 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
     g.dx = dx.p, g.ddt = ddt.data(), g.dA = dA.data(), g.dB = dB.data(), g.dC = dC.data(), g.dD = dD.data();
     g.dinit = with_init ? di.data() : nullptr, g.workspace = bws.p;
     REQUIRE(ssd_scan_bwd_supported(a, g));
-    REQUIRE(ssd_scan_bwd_cuda(a, g, nullptr) == cudaSuccess);
-    const std::pair<const char*, std::pair<const float*, const std::vector<float>*>> cmp[] = {
-        {"dx", {dx.p, &dx_r}}, {"ddt", {ddt.data(), &ddt_r}}, {"dA", {dA.data(), &dA_r}}, {"dD", {dD.data(), &dD_r}},
-        {"dB", {dB.data(), &dB_r}}, {"dC", {dC.data(), &dC_r}}, {"dinit", {di.data(), &di_r}}};
-    for (const auto& [name, pr] : cmp) {
-      if (std::string(name) == "dinit" && !with_init) continue;
-      const double e = rel_err(pr.first, pr.second->data(), pr.second->size());
-      WARN("bwd T " << T << " init " << with_init << ": " << name << " " << e);
-      CHECK(e < 3e-3);
+    // At T = 64 the reverse state pass runs as the sequential kernel (seq 1) and as dstate_local +
+    // dstate_pass (seq 0).
+    for (const int seq : {1, 0}) {
+      if (seq == 0 && T != 64) continue;
+      ssd_scan_set_seq(seq);
+      REQUIRE(ssd_scan_bwd_cuda(a, g, nullptr) == cudaSuccess);
+      ssd_scan_set_seq(-1);
+      const std::pair<const char*, std::pair<const float*, const std::vector<float>*>> cmp[] = {
+          {"dx", {dx.p, &dx_r}}, {"ddt", {ddt.data(), &ddt_r}}, {"dA", {dA.data(), &dA_r}}, {"dD", {dD.data(), &dD_r}},
+          {"dB", {dB.data(), &dB_r}}, {"dC", {dC.data(), &dC_r}}, {"dinit", {di.data(), &di_r}}};
+      for (const auto& [name, pr] : cmp) {
+        if (std::string(name) == "dinit" && !with_init) continue;
+        const double e = rel_err(pr.first, pr.second->data(), pr.second->size());
+        WARN("bwd T " << T << " init " << with_init << " seq " << seq << ": " << name << " " << e);
+        CHECK(e < 3e-3);
+      }
     }
   }
 }

@@ -617,6 +617,74 @@ TEST_CASE("bench: the recomputation's SSD workspace, 16 x 2048, 64 heads, T = 64
   WARN("bench ssd workspace 16x2048 T=64: chunk_state + state_pass + chunk_cb " << t4 << " ms, sequential " << ts << " ms");
 }
 
+namespace {
+// WsCase's forward workspace (by the sequential kernel) and its backward at T = 64: random dy, dfinal
+// and D; the gradients and the backward's workspace.
+struct BwdCase : WsCase {
+  at::Tensor D, dy, dfin, bws, dx, ddt, dA, dB, dC, dD, dinit;
+  BwdCase(int64_t b_, int64_t l_, uint64_t seed) : WsCase(b_, l_, seed) {
+    auto gg = gen(seed + 1000);
+    D = at::randn({h}, gg).cuda(), dy = at::randn({b, l, h, p}, gg).cuda(), dfin = at::randn({b, h, p, n}, gg).cuda();
+    bws = at::empty({kernels::ssd_scan_bwd_workspace_floats(args())}, x.options());
+    dx = at::empty_like(x), ddt = at::empty_like(dt), dA = at::empty_like(A), dD = at::empty_like(D);
+    dB = at::empty_like(B), dC = at::empty_like(C), dinit = at::empty_like(init);
+    run(true);
+  }
+  // The backward, its reverse state pass by the sequential kernel or by dstate_local + dstate_pass.
+  void bwd(bool seq) const {
+    auto a = args();
+    a.D = D.data_ptr<float>();
+    kernels::SsdScanGrads g;
+    g.dy = dy.data_ptr<float>(), g.dfinal = dfin.data_ptr<float>(), g.dx = dx.data_ptr<float>();
+    g.ddt = ddt.data_ptr<float>(), g.dA = dA.data_ptr<float>(), g.dB = dB.data_ptr<float>();
+    g.dC = dC.data_ptr<float>(), g.dD = dD.data_ptr<float>(), g.dinit = dinit.data_ptr<float>();
+    g.workspace = bws.data_ptr<float>();
+    REQUIRE(kernels::ssd_scan_bwd_supported(a, g));
+    kernels::ssd_scan_set_seq(seq ? 1 : 0);
+    REQUIRE(kernels::ssd_scan_bwd_cuda(a, g, nullptr) == cudaSuccess);
+    kernels::ssd_scan_set_seq(-1);
+  }
+  std::vector<at::Tensor> grads() const {
+    return {dx.clone(), ddt.clone(), dA.clone(), dD.clone(), dB.clone(), dC.clone(), dinit.clone()};
+  }
+};
+}  // namespace
+
+TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: workspace and gradients, 2 x 2000",
+          "[gpu][ssd_scan][dstates]") {
+  REQUIRE(torch::cuda::is_available());
+  const BwdCase bc(2, 2000, 97);  // a partial last chunk, an initial state and its gradient
+  const auto a = bc.args();
+  const int64_t ns = a.states_floats(), nl = a.batch * a.H * a.chunks();
+  bc.bwd(false);
+  const auto g4 = bc.grads();
+  const auto ds4 = bc.bws.narrow(0, 0, ns).clone(), dl4 = bc.bws.narrow(0, bc.bws.numel() - nl, nl).clone();
+  bc.bwd(true);
+  const auto gs = bc.grads();
+  const double eds = rel_err(bc.bws.narrow(0, 0, ns).cpu(), ds4.cpu());
+  const double edl = rel_err(bc.bws.narrow(0, bc.bws.numel() - nl, nl).cpu(), dl4.cpu());
+  WARN("sequential reverse state pass vs dstate_local + dstate_pass, 2 x 2000 x 64 heads: dstates " << eds << ", dlam "
+                                                                                                    << edl);
+  CHECK(eds < 3e-3);  // both round the GEMM inputs to TF32
+  CHECK(edl < 3e-3);
+  CHECK(eds > 0);  // the switch took effect
+  const char* names[] = {"dx", "ddt", "dA", "dD", "dB", "dC", "dinit"};
+  for (size_t i = 0; i < gs.size(); ++i) {
+    const double e = rel_err(gs[i].cpu(), g4[i].cpu());
+    WARN("  " << names[i] << " " << e);
+    CHECK(e < 3e-3);
+  }
+}
+
+TEST_CASE("bench: the SSD backward, 16 x 2048, 64 heads, T = 64", "[.][bench][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  const BwdCase bc(16, 2048, 96);
+  const double t4 = mean_ms([&] { bc.bwd(false); }, 10), ts = mean_ms([&] { bc.bwd(true); }, 10);
+  WARN("bench ssd backward 16x2048 T=64: dstate_local + dstate_pass + chunk_bwd + dbc " << t4
+                                                                                          << " ms, sequential reverse pass " << ts
+                                                                                          << " ms");
+}
+
 TEST_CASE("fused SSD backward kernels (TF32) vs their scalar reference, small shapes", "[gpu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
   const int64_t b = 2, h = 4, g = 2, p = 64, n = 128;

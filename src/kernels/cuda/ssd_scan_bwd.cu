@@ -24,6 +24,8 @@
 //         exp(acs_l - acs_s)·CB·dt_s;
 //      3. dx += (M∘dt)ᵀ·dy from shared memory; dx to HBM;
 //      4. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
+// At T = 64 (version 2, unless DFSSM_SSD_FWD_SEQ=0) kernels 1 and 2 are one sequential kernel per
+// (head, batch) that keeps dS on the chip (ssd_scan_seq.cu, ssd_dstates_seq_kernel).
 // dstate_local (ChunkOuterV2), chunk_bwd and dbc at T = 64 (dbc_v2_kernel) run version 2 by
 // default: cp.async pipelines and raw mma.sync fragments (ssd_scan.h: ssd_scan_version).
 //   4. dbc (which of dB/dC x 64 columns of N, chunk, batch x group): dC and dB as one GEMM per
@@ -33,6 +35,7 @@
 //      backward did them per head, with 2·T·N atomics per head and chunk: 18.4 ms per call
 //      at T = 128, against 4.06 + 2.10 ms for chunk_bwd and dbc at T = 64; 16 x 2048 x 64
 //      heads, H200).
+#include <cstdlib>
 #include <utility>
 
 #include "kernels/cuda/ssd_scan_common.cuh"
@@ -808,17 +811,28 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
     if (p)
       if (const auto e = cudaMemsetAsync(p, 0, n, stream); e != cudaSuccess) return e;
   const bool v2 = ssd_scan_version() == 2;
-  if (v2) {
-    if (const auto e = launch_dyn(dstate_local_kernel<T, ChunkOuterV2<T>>, dim3(nc, H, Bz),
-                                  ChunkOuterV2<T>::kFloats * 4, stream, a, g);
-        e != cudaSuccess)
-      return e;
+  // Debug switch DFSSM_SSD_BWD_SEQ=0: the two kernels even where the sequential one runs (an A/B of
+  // this kernel alone; DFSSM_SSD_FWD_SEQ=0 turns off every sequential SSD kernel).
+  static const bool bwd_seq = [] {
+    const char* e = std::getenv("DFSSM_SSD_BWD_SEQ");
+    return !(e && e[0] == '0');
+  }();
+  if (T == 64 && v2 && bwd_seq && ssd_scan_seq_enabled() && ssd_scan_dstates_seq_supported(a, g)) {
+    // One sequential kernel per (head, batch) instead of dstate_local + dstate_pass (ssd_scan_seq.cu).
+    if (const auto e = ssd_scan_dstates_seq_cuda(a, g, bw.dstates, bw.dlam, stream); e != cudaSuccess) return e;
   } else {
-    DFSSM_LAUNCH((dstate_local_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a, g);
+    if (v2) {
+      if (const auto e = launch_dyn(dstate_local_kernel<T, ChunkOuterV2<T>>, dim3(nc, H, Bz),
+                                    ChunkOuterV2<T>::kFloats * 4, stream, a, g);
+          e != cudaSuccess)
+        return e;
+    } else {
+      DFSSM_LAUNCH((dstate_local_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a, g);
+      if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
+    }
+    DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
     if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   }
-  DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
-  if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   if (const auto e = launch_dyn(v2 ? chunk_bwd_kernel<T, true> : chunk_bwd_kernel<T, false>, dim3(nc, H, Bz),
                                 BwdSmem<T>::FLOATS * int(sizeof(float)), stream, a, g);
       e != cudaSuccess)
