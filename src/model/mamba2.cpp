@@ -325,6 +325,17 @@ at::Tensor Mamba2Model::lm_weight() const {
   return embedding_transform ? embedding_transform(lm_head) : lm_head;
 }
 
+namespace {
+// residual + hidden in res_dtype. Where hidden (bf16 under autocast) promotes to the residual's
+// dtype, one mixed-dtype add: the same values as casting first (bf16 -> fp32 is exact), without
+// the cast's kernel and its fp32 copy (at 1.3B, 16 x 2048: 144 copies, 13.7 ms per training step).
+at::Tensor add_residual(const at::Tensor& residual, const at::Tensor& hidden, at::ScalarType res_dtype) {
+  if (residual.scalar_type() == res_dtype && at::promote_types(res_dtype, hidden.scalar_type()) == res_dtype)
+    return residual + hidden;
+  return residual + hidden.to(res_dtype);
+}
+}  // namespace
+
 at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* state,
                                        std::vector<at::Tensor>* residuals) const {
   DFSSM_CHECK(ids.dim() == 2, "forward expects token ids of shape (batch, length), got rank ", ids.dim());
@@ -335,14 +346,14 @@ at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* st
   at::Tensor residual;
   if (residuals) residuals->clear();
   for (size_t i = 0; i < layers.size(); ++i) {
-    residual = residual.defined() ? residual + hidden.to(res_dtype) : hidden.to(res_dtype);
+    residual = residual.defined() ? add_residual(residual, hidden, res_dtype) : hidden.to(res_dtype);
     if (residuals && i > 0) residuals->push_back(residual);  // the stream after block i-1
     const bool recompute = !state && i < recompute_layers.size() && recompute_layers[i] && at::GradMode::is_enabled();
     hidden = recompute ? recomputed_block(*this, i, residual)
                        : mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w, true),
                                        state ? &state->layers[i] : nullptr);
   }
-  residual = residual + hidden.to(res_dtype);
+  residual = add_residual(residual, hidden, res_dtype);
   if (residuals) residuals->push_back(residual);
   if (state) state->seqlen += ids.size(1);
   return rmsnorm(residual, norm_f);
@@ -356,10 +367,10 @@ at::Tensor Mamba2Model::step(const at::Tensor& ids, InferenceState& state) const
   auto hidden = embed(ids);
   at::Tensor residual;
   for (size_t i = 0; i < layers.size(); ++i) {
-    residual = residual.defined() ? residual + hidden.to(res_dtype) : hidden.to(res_dtype);
+    residual = residual.defined() ? add_residual(residual, hidden, res_dtype) : hidden.to(res_dtype);
     hidden = mixer_step(layers[i].mixer, rmsnorm(residual, layers[i].norm_w), state.layers[i]);
   }
-  residual = residual + hidden.to(res_dtype);
+  residual = add_residual(residual, hidden, res_dtype);
   state.seqlen += 1;
   return logits(rmsnorm(residual, norm_f));
 }
