@@ -407,9 +407,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
         const int s = lane + 32 * j;
         // Above the diagonal, big holds whatever shared memory held before (step 2 stores only
         // the lower tiles): select, never multiply by 0, or a stale NaN/Inf leaks into dacs.
-        // __expf: ~2 ulp (more for large |arguments|, whose results are tiny), far below the TF32
-        // rounding of the products around it; one per element of the T x T tile.
-        const float ex = s <= l ? __expf(acs[l] - acs[s]) : 0.f, pm = s <= l ? ex * gv[j] : 0.f;
+        const float ex = s <= l ? expf(acs[l] - acs[s]) : 0.f, pm = s <= l ? ex * gv[j] : 0.f;
         // Pm is needed only here (dCB below): the row becomes step 3's operand
         // M∘dt = exp(acs_l - acs_s)·CB·dt_s.
         big[l * LDT + s] = ex * cbv[j] * dts[s];

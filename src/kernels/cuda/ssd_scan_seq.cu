@@ -275,11 +275,8 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
       float* p = Ms + r * LDM + e;
       const float4 v = ld4(p);
       const float ar = acs[r];
-      // __expf (ex2.approx, ~2 ulp, more for large |arguments| whose results are tiny): M is
-      // rounded to TF32 (2^-11) next, and the accurate expf was 13% of this kernel's instructions
-      // (ncu, 16 x 2048 x 64 heads).
       auto m = [&](int s, float cb) {
-        return s <= r ? __expf(ar - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
+        return s <= r ? expf(ar - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
       };
       *reinterpret_cast<float4*>(p) = make_float4(tf32_bits(m(e, v.x)), tf32_bits(m(e + 1, v.y)),
                                                   tf32_bits(m(e + 2, v.z)), tf32_bits(m(e + 3, v.w)));
@@ -424,8 +421,7 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_states_seq_kernel(SsdScanArgs
 #pragma unroll 2
     for (int k0 = 0; k0 < T; k0 += 8) {
       const int l = k0 + q;
-      // (w is rounded to TF32 with x in the step: __expf as in ssd_seq_kernel's M.)
-      state_kstep(S, xs, bs, k0, __expf(tot - acs[l]) * dts[l], __expf(tot - acs[l + 4]) * dts[l + 4], pm, nn, g, q);
+      state_kstep(S, xs, bs, k0, expf(tot - acs[l]) * dts[l], expf(tot - acs[l + 4]) * dts[l + 4], pm, nn, g, q);
     }
     __syncthreads();  // this chunk's buffer, acs, dts and total are free again
   }
