@@ -2,6 +2,9 @@
 // student's activation-checkpointed first forward, evaluation) as one sequential kernel after
 // chunk_cb: y and the final state; the workspace holds only CB. ssd_scan.h has the math; kernels/cpu/ssd_scan_ref.cpp is the scalar twin.
 // P = 64, N = 128; the model's chunk size (a.T) is not used: the result is the same sum.
+// The same sequential form serves two more kernels below: ssd_states_seq_kernel (the backward's
+// forward workspace at T = 64, for a recomputation that kept y) and ssd_dstates_seq_kernel (the
+// backward's reverse state pass at T = 64, walking the chunks from the last to the first).
 //
 // Why: the four-kernel forward (ssd_scan.cu) writes every chunk's state (P x N fp32, 32 KB per
 // head) to HBM, passes them in a second kernel and reads them back in a third: at 16 x 2048 x 64
