@@ -8,7 +8,8 @@
 #     one), e.g. VARIANTS="c256:|c128:distill.ssd_chunk=128"
 #   GEOM (default mamba2-1.3b), L (sequence length, default 2048): another geometry's random teacher
 #   PROFILE=k: DFSSM_PROFILE_STEP=k for the first variant (the kernel profile of step k, and
-#     scripts/device/trace_ops.py's breakdown of it by the launching autograd node and op)
+#     scripts/device/trace_ops.py's breakdown of it by the launching autograd node and op; the
+#     trace comes back gzipped in $OUT)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=${1:-4}
@@ -46,6 +47,8 @@ for run in "${RUNS[@]}"; do
     env "${envs[@]}" DFSSM_PROFILE_STEP=$PROFILE $D distill $W/job.yaml $extra 2>&1 | grep -v "^\[distill" | tail -75
     # which model code launched the hot kernels (autograd node or model scope, then the aten op)
     python3 scripts/device/trace_ops.py "$W/run/student/profile-step$PROFILE.json" 45 | tee "$OUT/trace_ops.txt"
+    # The trace itself (the next variant's run replaces $W/run): chrome://tracing or trace_ops.py.
+    gzip -c "$W/run/student/profile-step$PROFILE.json" >"$OUT/profile-step$PROFILE.json.gz"
   else
     # shellcheck disable=SC2086
     env "${envs[@]}" $D distill $W/job.yaml $extra 2>&1 | tail -3
