@@ -240,7 +240,14 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
       } else {
         cp_async_wait<0>();
       }
-      __syncthreads();  // slab i landed for every thread
+      if constexpr (RAW) {
+        // Each thread rounds the pieces it copied (visible to it after its wait) to TF32 in place:
+        // the slab is only ever an mma operand, so the fragment loads below skip the conversion
+        // (two SASS instructions per element, per fragment, per warp that reads it).
+        float* base = big + (i & 1) * HSLAB;
+        for (int e = t; e < (2 * T + 2 * P_) * 4; e += kThreads) round4(base + (e >> 2) * LDH + (e & 3) * 4);
+      }
+      __syncthreads();  // slab i landed (and is rounded) for every thread
       const float* bsl = big + (i & 1) * HSLAB;
       const float* csl = bsl + T * LDH;
       const float* dsl = csl + T * LDH;
@@ -251,17 +258,17 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
           uint32_t bd[2][2], bs[2][2];  // B(n, p) = dS[p][n], S[p][n] for p in the tile's two n-halves
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
-            frag_b_nmajor(bd[hh], dsl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
-            frag_b_nmajor(bs[hh], ssl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
+            frag_b_nmajor<true>(bd[hh], dsl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
+            frag_b_nmajor<true>(bs[hh], ssl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
           }
 #pragma unroll
           for (int j = 0; j < TP; ++j) {
             const int tm = tm0 + TM_STEP * j;
             uint32_t fa[4];
-            frag_a_rows(fa, bsl + tm * 16 * LDH + kk, LDH, fg, ft);
+            frag_a_rows<true>(fa, bsl + tm * 16 * LDH + kk, LDH, fg, ft);
             mma_tf32(rz[j][0], fa, bd[0]);
             mma_tf32(rz[j][1], fa, bd[1]);
-            frag_a_rows(fa, csl + tm * 16 * LDH + kk, LDH, fg, ft);
+            frag_a_rows<true>(fa, csl + tm * 16 * LDH + kk, LDH, fg, ft);
             mma_tf32(ry[j][0], fa, bs[0]);
             mma_tf32(ry[j][1], fa, bs[1]);
           }
@@ -410,7 +417,9 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
         const float ex = s <= l ? expf(acs[l] - acs[s]) : 0.f, pm = s <= l ? ex * gv[j] : 0.f;
         // Pm is needed only here (dCB below): the row becomes step 3's operand
         // M∘dt = exp(acs_l - acs_s)·CB·dt_s.
-        big[l * LDT + s] = ex * cbv[j] * dts[s];
+        // (RAW: stored as TF32, step 3's mma operand and nothing else's.)
+        const float mdt = ex * cbv[j] * dts[s];
+        big[l * LDT + s] = RAW ? tf32_bits(mdt) : mdt;
         const float cp = cbv[j] * pm;
         q += cp * dts[s];
         csum[j] += cp;
@@ -449,7 +458,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
         const int tm = tm0 + TM_STEP * i;
         if (kk + 8 <= tm * 16) continue;  // every l < every s of the tile: zeros
         uint32_t fa[4];                   // A(s, l) = big[l][s]
-        frag_a_cols(fa, big + kk * LDT + tm * 16, LDT, fg, ft);
+        frag_a_cols<true>(fa, big + kk * LDT + tm * 16, LDT, fg, ft);
         mma_tf32(rx[i][0], fa, fb[0]);
         mma_tf32(rx[i][1], fa, fb[1]);
       }

@@ -83,30 +83,68 @@ template <int N>
 inline void cp_async_wait() {}
 #endif
 
+// f's bits (an operand already rounded to TF32 in shared memory), and f rounded to TF32 as a float.
+__device__ __forceinline__ uint32_t bits(float f) {
+#ifndef DFSSM_CUDA_EMULATE
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+__device__ __forceinline__ float tf32_bits(float f) {
+  const uint32_t u = to_tf32(f);
+#ifndef DFSSM_CUDA_EMULATE
+  return __uint_as_float(u);
+#else
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+#endif
+}
+// The operand as an mma register: rounded here, or (PRE) already rounded where it was staged.
+template <bool PRE>
+__device__ __forceinline__ uint32_t op_tf32(float f) {
+  if constexpr (PRE) return bits(f);
+  else return to_tf32(f);
+}
+
 // Raw m16n8k8 TF32 operands read from shared memory with plain indexed loads (the layouts at
 // mma_tf32; g = lane / 4, t = lane % 4). nvcc emits WMMA fragment loads on generic addresses,
 // which ptxas turns into one 64-bit generic load per element with its own address arithmetic
-// (chunk_bwd: most of its instructions); these compile to LDS with immediate offsets.
+// (chunk_bwd: most of its instructions); these compile to LDS with immediate offsets. PRE: the
+// values are already TF32 (rounded once when staged), so the per-element conversion (two SASS
+// instructions each) is skipped.
 // A (16 x 8) row-major, A[m][k] = p[m * ld + k]:
+template <bool PRE = false>
 __device__ __forceinline__ void frag_a_rows(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
-  a[0] = to_tf32(p[g * ld + t]), a[1] = to_tf32(p[(g + 8) * ld + t]);
-  a[2] = to_tf32(p[g * ld + t + 4]), a[3] = to_tf32(p[(g + 8) * ld + t + 4]);
+  a[0] = op_tf32<PRE>(p[g * ld + t]), a[1] = op_tf32<PRE>(p[(g + 8) * ld + t]);
+  a[2] = op_tf32<PRE>(p[g * ld + t + 4]), a[3] = op_tf32<PRE>(p[(g + 8) * ld + t + 4]);
 }
 // A column-major, A[m][k] = p[k * ld + m]:
+template <bool PRE = false>
 __device__ __forceinline__ void frag_a_cols(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
-  a[0] = to_tf32(p[t * ld + g]), a[1] = to_tf32(p[t * ld + g + 8]);
-  a[2] = to_tf32(p[(t + 4) * ld + g]), a[3] = to_tf32(p[(t + 4) * ld + g + 8]);
+  a[0] = op_tf32<PRE>(p[t * ld + g]), a[1] = op_tf32<PRE>(p[t * ld + g + 8]);
+  a[2] = op_tf32<PRE>(p[(t + 4) * ld + g]), a[3] = op_tf32<PRE>(p[(t + 4) * ld + g + 8]);
 }
 // B (8 x 8) n-major, B[k][n] = p[n * ld + k]:
+template <bool PRE = false>
 __device__ __forceinline__ void frag_b_nmajor(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
-  b[0] = to_tf32(p[g * ld + t]), b[1] = to_tf32(p[g * ld + t + 4]);
+  b[0] = op_tf32<PRE>(p[g * ld + t]), b[1] = op_tf32<PRE>(p[g * ld + t + 4]);
 }
 // B k-major, B[k][n] = p[k * ld + n]:
+template <bool PRE = false>
 __device__ __forceinline__ void frag_b_kmajor(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
-  b[0] = to_tf32(p[t * ld + g]), b[1] = to_tf32(p[(t + 4) * ld + g]);
+  b[0] = op_tf32<PRE>(p[t * ld + g]), b[1] = op_tf32<PRE>(p[(t + 4) * ld + g]);
 }
 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+// The 4 floats at p (16-byte aligned) rounded to TF32 in place.
+__device__ __forceinline__ void round4(float* p) {
+  const float4 v = ld4(p);
+  *reinterpret_cast<float4*>(p) = make_float4(tf32_bits(v.x), tf32_bits(v.y), tf32_bits(v.z), tf32_bits(v.w));
+}
 #ifndef DFSSM_CUDA_EMULATE
 __device__ __forceinline__ void st2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
 __device__ __forceinline__ float2 ld2(const float* p) { return *reinterpret_cast<const float2*>(p); }

@@ -55,18 +55,6 @@ constexpr int kSmemBytes = kFloats * 4;
 static_assert(kSmemBytes <= 226 * 1024, "one block per SM on sm_90 (227 KB with the static arrays)");
 }  // namespace seq
 
-// f rounded to TF32 (cvt.rna), as a float.
-__device__ __forceinline__ float tf32_bits(float f) {
-  const uint32_t u = to_tf32(f);
-#ifndef DFSSM_CUDA_EMULATE
-  return __uint_as_float(u);
-#else
-  float r;
-  std::memcpy(&r, &u, 4);
-  return r;
-#endif
-}
-
 // The warp's 32 x 32 tile of the state (rows pm + 16·mi + {g, g+8}, columns nn + 8·ni + 2q + {0, 1})
 // to or from a row-major P x N array with row stride ld.
 // Rounded to TF32 (round), or as is.
@@ -82,32 +70,6 @@ __device__ __forceinline__ void state_store(float* p, int ld, const float (&s)[2
       st2(p + (r + 8) * ld + n, f(s[mi][ni][2]), f(s[mi][ni][3]));
     }
 }
-// Fragments of operands already rounded to TF32 in shared memory (the state S, the matrix M):
-// the layouts of frag_a_rows / frag_b_nmajor without the per-element conversion.
-__device__ __forceinline__ uint32_t bits(float f) {
-#ifndef DFSSM_CUDA_EMULATE
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-__device__ __forceinline__ void frag_a_rows_pre(uint32_t (&a)[4], const float* p, int ld, int g, int t) {
-  a[0] = bits(p[g * ld + t]), a[1] = bits(p[(g + 8) * ld + t]);
-  a[2] = bits(p[g * ld + t + 4]), a[3] = bits(p[(g + 8) * ld + t + 4]);
-}
-__device__ __forceinline__ void frag_b_nmajor_pre(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
-  b[0] = bits(p[g * ld + t]), b[1] = bits(p[g * ld + t + 4]);
-}
-__device__ __forceinline__ void frag_b_kmajor_pre(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
-  b[0] = bits(p[t * ld + g]), b[1] = bits(p[(t + 4) * ld + g]);
-}
-__device__ __forceinline__ void round4(float* p) {
-  const float4 v = ld4(p);
-  *reinterpret_cast<float4*>(p) = make_float4(tf32_bits(v.x), tf32_bits(v.y), tf32_bits(v.z), tf32_bits(v.w));
-}
-
 // ---- Pieces shared by the two sequential kernels ------------------------------------------------
 // Chunk rows l0 + [0, T) into shared memory, 16 bytes per cp.async, by fixed per-thread pieces so
 // that each address is a per-thread offset plus a row step: x as 16 pieces per row (thread t takes
@@ -193,7 +155,7 @@ __device__ __forceinline__ void state_kstep(float (&s)[2][4][4], const float* xs
     fa[mi][3] = to_tf32(w1 * xs[(l + 4) * seq::LDX + p + 8]);
   }
 #pragma unroll
-  for (int ni = 0; ni < 4; ++ni) frag_b_kmajor_pre(fb[ni], bs + k0 * seq::LDB + nn + ni * 8, seq::LDB, g, q);
+  for (int ni = 0; ni < 4; ++ni) frag_b_kmajor<true>(fb[ni], bs + k0 * seq::LDB + nn + ni * 8, seq::LDB, g, q);
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -310,11 +272,11 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
           if (kk * 8 > r0[si] + 8) continue;
           const int k0 = kk * 8;
           uint32_t fa[4];
-          frag_a_rows_pre(fa, Ms + r0[si] * LDM + k0, LDM, g, q);
+          frag_a_rows<true>(fa, Ms + r0[si] * LDM + k0, LDM, g, q);
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
             uint32_t fb[2];
-            frag_b_kmajor_pre(fb, xs + k0 * LDX + p0 + nt * 8, LDX, g, q);
+            frag_b_kmajor<true>(fb, xs + k0 * LDX + p0 + nt * 8, LDX, g, q);
             mma_tf32(y1[si][nt], fa, fb);
           }
         }
@@ -324,11 +286,11 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
           const int k0 = kk * 16 + half * 8;
           uint32_t fb[2][2];
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) frag_b_nmajor_pre(fb[nt], Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
+          for (int nt = 0; nt < 2; ++nt) frag_b_nmajor<true>(fb[nt], Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
 #pragma unroll
           for (int si = 0; si < 2; ++si) {
             uint32_t fa[4];
-            frag_a_rows_pre(fa, cs + r0[si] * LDC + k0, LDC, g, q);
+            frag_a_rows<true>(fa, cs + r0[si] * LDC + k0, LDC, g, q);
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) mma_tf32(y2[si][nt], fa, fb[nt]);
           }
