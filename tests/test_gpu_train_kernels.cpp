@@ -650,23 +650,21 @@ struct BwdCase : WsCase {
 };
 }  // namespace
 
-TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: workspace and gradients, 2 x 2000",
+TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: dstates and gradients, 2 x 2000",
           "[gpu][ssd_scan][dstates]") {
   REQUIRE(torch::cuda::is_available());
   const BwdCase bc(2, 2000, 97);  // a partial last chunk, an initial state and its gradient
   const auto a = bc.args();
-  const int64_t ns = a.states_floats(), nl = a.batch * a.H * a.chunks();
+  const int64_t ns = a.states_floats();
   bc.bwd(false);
   const auto g4 = bc.grads();
-  const auto ds4 = bc.bws.narrow(0, 0, ns).clone(), dl4 = bc.bws.narrow(0, bc.bws.numel() - nl, nl).clone();
+  const auto ds4 = bc.bws.narrow(0, 0, ns).clone();
   bc.bwd(true);
   const auto gs = bc.grads();
+  // (dΛ is chunk_bwd's either way at version 2: the gradients below cover it.)
   const double eds = rel_err(bc.bws.narrow(0, 0, ns).cpu(), ds4.cpu());
-  const double edl = rel_err(bc.bws.narrow(0, bc.bws.numel() - nl, nl).cpu(), dl4.cpu());
-  WARN("sequential reverse state pass vs dstate_local + dstate_pass, 2 x 2000 x 64 heads: dstates " << eds << ", dlam "
-                                                                                                    << edl);
+  WARN("sequential reverse state pass vs dstate_local + dstate_pass, 2 x 2000 x 64 heads: dstates " << eds);
   CHECK(eds < 3e-3);  // both round the GEMM inputs to TF32
-  CHECK(edl < 3e-3);
   CHECK(eds > 0);  // the switch took effect
   const char* names[] = {"dx", "ddt", "dA", "dD", "dB", "dC", "dinit"};
   for (size_t i = 0; i < gs.size(); ++i) {

@@ -67,10 +67,11 @@ cudaError_t ssd_scan_states_seq_cuda(const SsdScanArgs& a, cudaStream_t stream);
 cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream);
 // (ssd_scan_seq.cu, for ssd_scan_bwd.cu) The backward's reverse state pass at T = 64 as one
 // sequential kernel per (head, batch): dstates (batch, chunks, H, P, N: the gradient of the state
-// leaving each chunk), dΛ (batch, H, chunks, stored) and g.dinit, as dstate_local + dstate_pass
-// leave them (up to TF32 rounding). The backward takes this path when ssd_scan_seq_enabled().
+// leaving each chunk) and g.dinit, as dstate_local + dstate_pass leave them (up to TF32
+// rounding); not dΛ, which chunk_bwd version 2 sums itself. The backward takes this path at
+// version 2 when ssd_scan_seq_enabled().
 bool ssd_scan_dstates_seq_supported(const SsdScanArgs& a, const SsdScanGrads& g);
-cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& g, float* dstates, float* dlam,
+cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& g, float* dstates,
                                       cudaStream_t stream);
 bool ssd_scan_seq_enabled();
 void ssd_scan_set_seq(int on);

@@ -12,8 +12,8 @@
 //      the chunk's output's gradient with respect to the state entering it.
 //   2. dstate_pass (P·N/256, head, batch): walks the chunks backwards with the gradient dS of the
 //      state leaving chunk c: dstates[c] = dS; dΛ_c = Σ dS∘e^Λ∘S_c (warp sums, one barrier per
-//      8 chunks, an atomic per block and chunk); dS <- dSin_c + e^Λ·dS. The last dS is the
-//      initial state's gradient.
+//      8 chunks, an atomic per block and chunk; read by version 1 only); dS <- dSin_c + e^Λ·dS.
+//      The last dS is the initial state's gradient.
 //   3. chunk_bwd (chunk, head, batch), ~180 KB of shared memory at T = 128 (one block per SM),
 //      ~100 KB at T = 64 (two), in steps:
 //      1. Z = B·dSᵀ and Yoff = C·Sᵀ (T x P, K = N): dx_l = w_l·Z_l + D·dy_l, dw_l = x_l·Z_l,
@@ -24,6 +24,8 @@
 //         exp(acs_l - acs_s)·CB·dt_s;
 //      3. dx += (M∘dt)ᵀ·dy from shared memory; dx to HBM;
 //      4. dacs_{T-1} += dΛ, a reverse block scan gives ddt += A·rev and dA, dD (atomics).
+//      Version 2 sums dΛ_c = e^Λ·Σ dS∘S itself in step 1 (its slabs hold both, in fp32 before
+//      they are rounded), so that the reverse pass need not read S.
 // At T = 64 (version 2, unless DFSSM_SSD_FWD_SEQ=0) kernels 1 and 2 are one sequential kernel per
 // (head, batch) that keeps dS on the chip (ssd_scan_seq.cu, ssd_dstates_seq_kernel).
 // dstate_local (ChunkOuterV2), chunk_bwd and dbc at T = 64 (dbc_v2_kernel) run version 2 by
@@ -205,6 +207,11 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     rx.store(xsm, LDX, Unscaled{});
   }
 
+  // RAW: this thread's share of Σ dS∘S over the chunk (dΛ_c = exp(Λ_c)·Σ dS∘S, the gradient of
+  // the chunk's total decay), summed in step 1 from the slabs' fp32 values before they are
+  // rounded: piece e of dS (rows 2T + p) and piece e + kThreads of S (rows 2T + P + p: 4P pieces
+  // = kThreads later) are both this thread's copies.
+  float sds = 0.f;
   // Step 1: Z = B·dSᵀ, Yoff = C·Sᵀ over K-slabs of 16 n, double-buffered: slab i + 1's four
   // operands land by cp.async while slab i is multiplied (one global round trip per slab before).
   {
@@ -233,6 +240,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
 #pragma unroll
       for (int i = 0; i < TP; ++i) wmma::fill_fragment(az[i], 0.f), wmma::fill_fragment(ay[i], 0.f);
     load_half(0);
+    static_assert(4 * P_ == kThreads && (2 * T * 4) % kThreads == 0, "dS and S pieces of one thread");
     for (int i = 0; i < N_ / KH; ++i) {
       if (i + 1 < N_ / KH) {
         load_half(i + 1);  // into the other buffer, free since the barrier ending slab i - 1
@@ -245,6 +253,10 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
         // the slab is only ever an mma operand, so the fragment loads below skip the conversion
         // (two SASS instructions per element, per fragment, per warp that reads it).
         float* base = big + (i & 1) * HSLAB;
+        for (int e = t + 2 * T * 4; e < (2 * T + P_) * 4; e += kThreads) {
+          const float4 d = ld4(base + (e >> 2) * LDH + (e & 3) * 4), v = ld4(base + ((e >> 2) + P_) * LDH + (e & 3) * 4);
+          sds += (d.x * v.x + d.y * v.y) + (d.z * v.z + d.w * v.w);
+        }
         for (int e = t; e < (2 * T + 2 * P_) * 4; e += kThreads) round4(base + (e >> 2) * LDH + (e & 3) * 4);
       }
       __syncthreads();  // slab i landed (and is rounded) for every thread
@@ -306,7 +318,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   }
   __syncthreads();
   const float lam = acs[T - 1];
-  float lam_part = 0.f, dD_part = 0.f;
+  float lam_part = RAW ? expf(lam) * sds : 0.f, dD_part = 0.f;  // RAW: dΛ's share (step 1)
   {  // a warp per row, its lanes over p
     for (int l = warp; l < T; l += kWarps) {
       float dw = 0.f, yo = 0.f;
@@ -512,7 +524,8 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
 
   // Step 4: dΛ, the reverse cumulative sum of dacs, ddt, dA, dD.
   const float lam_sum = block_sum(lam_part, warp_tot, bcast);
-  if (t == 0) dacs[T - 1] += bw.dlam[(b * a.H + h) * nc + c] + lam_sum;
+  // (RAW computed dΛ in step 1; version 1 reads the reverse pass's.)
+  if (t == 0) dacs[T - 1] += (RAW ? 0.f : bw.dlam[(b * a.H + h) * nc + c]) + lam_sum;
   __syncthreads();
   const int k = T - 1 - t;  // thread t carries position k: the inclusive scan is Σ_{k' >= k}
   const float rev = block_scan(t < T ? dacs[k] : 0.f, warp_tot);
@@ -828,7 +841,7 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
   }();
   if (T == 64 && v2 && bwd_seq && ssd_scan_seq_enabled() && ssd_scan_dstates_seq_supported(a, g)) {
     // One sequential kernel per (head, batch) instead of dstate_local + dstate_pass (ssd_scan_seq.cu).
-    if (const auto e = ssd_scan_dstates_seq_cuda(a, g, bw.dstates, bw.dlam, stream); e != cudaSuccess) return e;
+    if (const auto e = ssd_scan_dstates_seq_cuda(a, g, bw.dstates, stream); e != cudaSuccess) return e;
   } else {
     if (v2) {
       if (const auto e = launch_dyn(dstate_local_kernel<T, ChunkOuterV2<T>>, dim3(nc, H, Bz),

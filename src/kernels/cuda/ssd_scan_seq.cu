@@ -394,30 +394,29 @@ __global__ void __launch_bounds__(kThreads, 2) ssd_states_seq_kernel(SsdScanArgs
   state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
 }
 
-// ssd_dstates_seq_kernel: the backward's reverse state pass at T = 64 (what ssd_scan_bwd.cu's
-// dstate_local + dstate_pass leave for chunk_bwd and dbc) for one (head, batch) sequence per
-// block, walking the chunks from the last to the first with the state gradient dS (P x N) in the
-// warps' mma accumulators, as ssd_states_seq_kernel walks forward with S. Per chunk c:
+// ssd_dstates_seq_kernel: the backward's reverse state pass at T = 64 (the dstates that
+// ssd_scan_bwd.cu's dstate_local + dstate_pass leave for chunk_bwd and dbc) for one (head, batch)
+// sequence per block, walking the chunks from the last to the first with the state gradient dS
+// (P x N) in the warps' mma accumulators, as ssd_states_seq_kernel walks forward with S. Per
+// chunk c:
 //   dstates[c] = dS (the gradient of the state leaving chunk c);
-//   dΛ_c = exp(Λ_c)·Σ dS∘S_c (S_c: the state entering chunk c, from the forward's workspace;
-//     loaded one chunk ahead into registers), a block sum stored (one block owns the sequence);
 //   dS = exp(Λ_c)·dS + Σ_l e_l·dy_lᵀ ⊗ C_l, e_l = exp(acs_l): ssd_seq_kernel's state update with
 //     x -> dy, B -> C and w_l = e_l (dy and C rows by cp.async, two chunks in flight).
-// The last dS is the initial state's gradient. Why: dstate_local writes every chunk's
-// Σ_l e_l·dy_lᵀ ⊗ C_l (1 GB at 16 x 2048 x 64 heads) for dstate_pass to read back; here it stays
-// on the chip. Shared memory as ssd_states_seq_kernel's (dy in x's place, C in B's): two blocks per SM.
+// The last dS is the initial state's gradient. dΛ_c = exp(Λ_c)·Σ dS∘S_c is chunk_bwd's (version
+// 2, the only one this kernel runs with: it holds S_c and dS there), so S is not read here. Why:
+// dstate_local writes every chunk's Σ_l e_l·dy_lᵀ ⊗ C_l (1 GB at 16 x 2048 x 64 heads) for
+// dstate_pass to read back; here it stays on the chip. Shared memory as ssd_states_seq_kernel's
+// (dy in x's place, C in B's): two blocks per SM.
 __global__ void __launch_bounds__(kThreads, 2)
-    ssd_dstates_seq_kernel(SsdScanArgs a, SsdScanGrads gr, float* dstates, float* dlam) {
+    ssd_dstates_seq_kernel(SsdScanArgs a, SsdScanGrads gr, float* dstates) {
   using namespace seqst;
   const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
   const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
   const int gi = h / (a.H / a.G);
   DFSSM_DYN_SMEM(smem, kFloats);
-  __shared__ float es[T], red[kWarps];
+  __shared__ float es[T];
   const float* const acs = a.workspace + (b * a.H + h) * nc * T;  // (batch, H, chunks, T)
-  const float* const states = a.workspace + a.acs_floats();       // (batch, chunks, H, P, N)
   const int64_t PN = int64_t(P_) * N_, dy_row = int64_t(a.H) * P_;
-  auto chunk_off = [&](int64_t c) { return ((b * nc + c) * a.H + h) * PN; };
 
   const float* dyg = gr.dy + (b * a.L) * dy_row + int64_t(h) * P_;
   const float* Cg = a.C + (b * a.L) * a.bc_row + int64_t(gi) * N_;
@@ -429,9 +428,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   float acs_next = t < T ? acs[(nc - 1) * T + t] : 0.f;
 
   const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
-  float dS[2][4][4], Sc[2][4][4];
+  float dS[2][4][4];
   state_load(dS, gr.dfinal ? gr.dfinal + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
-  state_load(Sc, states + chunk_off(nc - 1), pm, nn, g, q);
 
   for (int64_t it = 0; it < nc; ++it) {
     const int64_t c = nc - 1 - it;
@@ -443,35 +441,17 @@ __global__ void __launch_bounds__(kThreads, 2)
       cp_async_commit();
     if (t < T) es[t] = expf(acs_next);
     acs_next = c > 0 && t < T ? acs[(c - 1) * T + t] : 0.f;
-    // dΛ_c's partial sum and dstates[c], from the gradient leaving chunk c; then S_{c-1} ahead.
-    float part = 0.f;
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part = fmaf(dS[mi][ni][e], Sc[mi][ni][e], part);
-    state_store<false>(dstates + chunk_off(c), N_, dS, pm, nn, g, q);
-    if (c > 0) state_load(Sc, states + chunk_off(c - 1), pm, nn, g, q);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
-    if (lane == 0) red[warp] = part;
+    state_store<false>(dstates + ((b * nc + c) * a.H + h) * PN, N_, dS, pm, nn, g, q);
     cp_async_wait<1>();
     {
       float* yw = smem + (it & 1) * kBuf;
       round_rows_seq(yw, yw + T * LDX, nullptr);
     }
     __syncthreads();
-    const float el = es[T - 1];  // exp(Λ_c)
-    if (t == 0) {
-      float sum = 0.f;
-      for (int w = 0; w < kWarps; ++w) sum += red[w];
-      dlam[(b * a.H + h) * nc + c] = sum * el;
-    }
-    state_scale(dS, el);
+    state_scale(dS, es[T - 1]);  // exp(Λ_c)
 #pragma unroll 2
     for (int k0 = 0; k0 < T; k0 += 8) state_kstep(dS, ys, cs, k0, es[k0 + q], es[k0 + q + 4], pm, nn, g, q);
-    __syncthreads();  // this chunk's buffer, es and red are free again
+    __syncthreads();  // this chunk's buffer and es are free again
   }
   cp_async_wait<0>();
   if (gr.dinit) state_store<false>(gr.dinit + (b * a.H + h) * PN, N_, dS, pm, nn, g, q);
@@ -511,11 +491,11 @@ bool ssd_scan_dstates_seq_supported(const SsdScanArgs& a, const SsdScanGrads& g)
          aligned_to(a.C, 16) && aligned_to(g.dfinal, 8) && aligned_to(g.dinit, 8) && a.workspace;
 }
 
-cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& g, float* dstates, float* dlam,
+cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& g, float* dstates,
                                       cudaStream_t stream) {
-  if (!ssd_scan_dstates_seq_supported(a, g) || !dstates || !dlam) return cudaErrorInvalidValue;
+  if (!ssd_scan_dstates_seq_supported(a, g) || !dstates) return cudaErrorInvalidValue;
   return launch_dyn(ssd_dstates_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seqst::kSmemBytes, stream, a, g,
-                    dstates, dlam);
+                    dstates);
 }
 
 bool ssd_scan_seq_supported(const SsdScanArgs& a) {
