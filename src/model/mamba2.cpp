@@ -328,7 +328,8 @@ at::Tensor Mamba2Model::lm_weight() const {
 namespace {
 // residual + hidden in res_dtype. Where hidden (bf16 under autocast) promotes to the residual's
 // dtype, one mixed-dtype add: the same values as casting first (bf16 -> fp32 is exact), without
-// the cast's kernel and its fp32 copy (at 1.3B, 16 x 2048: 144 copies, 13.7 ms per training step).
+// the cast's kernel and its fp32 copy (a 1.3B step at 16 x 2048 profiled 146 bf16 copy kernels,
+// 13.7 ms, before this: 48 layers x 3 passes of these casts, and two others).
 at::Tensor add_residual(const at::Tensor& residual, const at::Tensor& hidden, at::ScalarType res_dtype) {
   if (residual.scalar_type() == res_dtype && at::promote_types(res_dtype, hidden.scalar_type()) == res_dtype)
     return residual + hidden;

@@ -12,7 +12,7 @@
 //      the chunk's output's gradient with respect to the state entering it.
 //   2. dstate_pass (P·N/256, head, batch): walks the chunks backwards with the gradient dS of the
 //      state leaving chunk c: dstates[c] = dS; dΛ_c = Σ dS∘e^Λ∘S_c (warp sums, one barrier per
-//      8 chunks, an atomic per block and chunk; read by version 1 only); dS <- dSin_c + e^Λ·dS.
+//      8 chunks, an atomic per block and chunk; version 1 only); dS <- dSin_c + e^Λ·dS.
 //      The last dS is the initial state's gradient.
 //   3. chunk_bwd (chunk, head, batch), ~180 KB of shared memory at T = 128 (one block per SM),
 //      ~100 KB at T = 64 (two), in steps:
@@ -78,6 +78,8 @@ __global__ void __launch_bounds__(kThreads, 2) dstate_local_kernel(SsdScanArgs a
 }
 
 // ---- 2. reverse state passing ----------------------------------------------------------------------
+// DLAM: also dΛ (version 1; version 2's chunk_bwd sums it, so there S is not read here).
+template <bool DLAM>
 __global__ void __launch_bounds__(kThreads, 4) dstate_pass_kernel(SsdScanArgs a, SsdScanGrads g) {
   constexpr int kGroup = 8;  // chunks whose loads are issued, and whose dΛ sums are reduced, together
   const int64_t PN = int64_t(P_) * N_, e = int64_t(blockIdx.x) * kThreads + threadIdx.x;
@@ -100,7 +102,7 @@ __global__ void __launch_bounds__(kThreads, 4) dstate_pass_kernel(SsdScanArgs a,
     for (int j = 0; j < kGroup; ++j) {
       const int64_t c = c1 - j;
       din[j] = c >= 0 ? ds[c * cstride] : 0.f;
-      sv[j] = c >= 0 ? S[c * cstride] : 0.f;
+      sv[j] = DLAM && c >= 0 ? S[c * cstride] : 0.f;
       el[j] = c >= 0 ? expf(acs[c * a.T]) : 0.f;
     }
 #pragma unroll
@@ -112,20 +114,22 @@ __global__ void __launch_bounds__(kThreads, 4) dstate_pass_kernel(SsdScanArgs a,
       part[j] = D * el[j] * sv[j];
       D = din[j] + el[j] * D;
     }
-    // dΛ_c = Σ_e D_c·exp(Λ_c)·S_c over the block's elements: warp shuffles, then one barrier.
+    if constexpr (DLAM) {
+      // dΛ_c = Σ_e D_c·exp(Λ_c)·S_c over the block's elements: warp shuffles, then one barrier.
 #pragma unroll
-    for (int j = 0; j < kGroup; ++j) {
+      for (int j = 0; j < kGroup; ++j) {
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) part[j] += __shfl_xor_sync(0xffffffffu, part[j], o);
-    }
-    if (lane == 0)
+        for (int o = 16; o > 0; o >>= 1) part[j] += __shfl_xor_sync(0xffffffffu, part[j], o);
+      }
+      if (lane == 0)
 #pragma unroll
-      for (int j = 0; j < kGroup; ++j) red[buf][warp * kGroup + j] = part[j];
-    __syncthreads();
-    if (t < kGroup && c1 - t >= 0) {
-      float sum = 0.f;
-      for (int w = 0; w < kWarps; ++w) sum += red[buf][w * kGroup + t];
-      atomicAdd(dlam + (c1 - t), sum);
+        for (int j = 0; j < kGroup; ++j) red[buf][warp * kGroup + j] = part[j];
+      __syncthreads();
+      if (t < kGroup && c1 - t >= 0) {
+        float sum = 0.f;
+        for (int w = 0; w < kWarps; ++w) sum += red[buf][w * kGroup + t];
+        atomicAdd(dlam + (c1 - t), sum);
+      }
     }
   }
   if (g.dinit) g.dinit[(b * a.H + h) * PN + e] = D;
@@ -828,11 +832,12 @@ template <int T>
 cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
   const auto nc = unsigned(a.chunks()), H = unsigned(a.H), Bz = unsigned(a.batch);
   const BwdWs bw{g.workspace, g.workspace + a.states_floats(), g.workspace + a.states_floats() + a.cb_floats()};
+  const bool v2 = ssd_scan_version() == 2;
+  // (dΛ's atomics: version 1 only.)
   for (const auto& [p, n] : {std::pair<float*, size_t>{g.dA, size_t(a.H) * 4}, {g.dD, size_t(a.H) * 4},
-                             {bw.dcb, size_t(a.cb_floats()) * 4}, {bw.dlam, size_t(a.batch * a.H) * nc * 4}})
+                             {bw.dcb, size_t(a.cb_floats()) * 4}, {v2 ? nullptr : bw.dlam, size_t(a.batch * a.H) * nc * 4}})
     if (p)
       if (const auto e = cudaMemsetAsync(p, 0, n, stream); e != cudaSuccess) return e;
-  const bool v2 = ssd_scan_version() == 2;
   // Debug switch DFSSM_SSD_BWD_SEQ=0: the two kernels even where the sequential one runs (an A/B of
   // this kernel alone; DFSSM_SSD_FWD_SEQ=0 turns off every sequential SSD kernel).
   static const bool bwd_seq = [] {
@@ -852,7 +857,10 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
       DFSSM_LAUNCH((dstate_local_kernel<T, ChunkOuter<T>>), dim3(nc, H, Bz), stream, a, g);
       if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
     }
-    DFSSM_LAUNCH(dstate_pass_kernel, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
+    if (v2)
+      DFSSM_LAUNCH(dstate_pass_kernel<false>, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
+    else
+      DFSSM_LAUNCH(dstate_pass_kernel<true>, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
     if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   if (const auto e = launch_dyn(v2 ? chunk_bwd_kernel<T, true> : chunk_bwd_kernel<T, false>, dim3(nc, H, Bz),

@@ -487,8 +487,8 @@ cudaError_t ssd_scan_states_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) 
 }
 
 bool ssd_scan_dstates_seq_supported(const SsdScanArgs& a, const SsdScanGrads& g) {
-  return ssd_scan_inputs_ok(a) && a.T == seq::T && g.dy && (int64_t(a.H) * P_) % 4 == 0 && aligned_to(g.dy, 16) &&
-         aligned_to(a.C, 16) && aligned_to(g.dfinal, 8) && aligned_to(g.dinit, 8) && a.workspace;
+  return ssd_scan_inputs_ok(a) && a.T == seq::T && g.dy && aligned_to(g.dy, 16) && aligned_to(g.dfinal, 8) &&
+         aligned_to(g.dinit, 8);
 }
 
 cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& g, float* dstates,
