@@ -183,10 +183,12 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
     Aligned dx(dx_r.size());
     a.y = y.data(), a.final_state = s.data(), a.workspace = ws.p;
     REQUIRE(ssd_scan_fwd_cuda(a, nullptr) == cudaSuccess);
-    auto ddt = vec(b * L * H), dA = vec(H), dD = vec(H), dB = vec(b * L * G * N), dC = vec(b * L * G * N);
+    auto ddt = vec(b * L * H), dA = vec(H), dD = vec(H);
+    Aligned dBa(size_t(b * L * G * N)), dCa(size_t(b * L * G * N));  // WMMA stores: 32-byte aligned
+    float *dB = dBa.p, *dC = dCa.p;
     auto di = vec(b * H * P * N);
     SsdScanGrads g = gr;
-    g.dx = dx.p, g.ddt = ddt.data(), g.dA = dA.data(), g.dB = dB.data(), g.dC = dC.data(), g.dD = dD.data();
+    g.dx = dx.p, g.ddt = ddt.data(), g.dA = dA.data(), g.dB = dB, g.dC = dC, g.dD = dD.data();
     g.dinit = with_init ? di.data() : nullptr, g.workspace = bws.p;
     REQUIRE(ssd_scan_bwd_supported(a, g));
     // At T = 64 the reverse state pass runs as the sequential kernel (seq 1) and as dstate_local +
@@ -198,7 +200,7 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
       ssd_scan_set_seq(-1);
       const std::pair<const char*, std::pair<const float*, const std::vector<float>*>> cmp[] = {
           {"dx", {dx.p, &dx_r}}, {"ddt", {ddt.data(), &ddt_r}}, {"dA", {dA.data(), &dA_r}}, {"dD", {dD.data(), &dD_r}},
-          {"dB", {dB.data(), &dB_r}}, {"dC", {dC.data(), &dC_r}}, {"dinit", {di.data(), &di_r}}};
+          {"dB", {dB, &dB_r}}, {"dC", {dC, &dC_r}}, {"dinit", {di.data(), &di_r}}};
       for (const auto& [name, pr] : cmp) {
         if (std::string(name) == "dinit" && !with_init) continue;
         const double e = rel_err(pr.first, pr.second->data(), pr.second->size());
@@ -206,5 +208,37 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
         CHECK(e < 3e-3);
       }
     }
+    // dx, dB and dC as slices of one (b, L, srow) buffer (the conv output's gradient, as the
+    // model passes them): the same values as the contiguous outputs, from the kernels (run again
+    // contiguous first, with the same switches) and from the reference.
+    if (with_init != (T == 64)) continue;
+    const int64_t srow = H * P + 2 * G * N + 8;
+    REQUIRE(ssd_scan_bwd_cuda(a, g, nullptr) == cudaSuccess);
+    Aligned sb(size_t(b * L * srow));
+    std::fill(sb.p, sb.p + b * L * srow, -7.f);  // the gaps must stay untouched
+    SsdScanGrads gs = g;
+    gs.dx = sb.p, gs.dB = sb.p + H * P, gs.dC = sb.p + H * P + G * N, gs.dx_row = gs.dbc_row = srow;
+    REQUIRE(ssd_scan_bwd_supported(a, gs));
+    REQUIRE(ssd_scan_bwd_cuda(a, gs, nullptr) == cudaSuccess);
+    std::vector<float> sr(size_t(b * L * srow), -7.f);
+    SsdScanGrads grs = gr;
+    grs.dx = sr.data(), grs.dB = sr.data() + H * P, grs.dC = sr.data() + H * P + G * N, grs.dx_row = grs.dbc_row = srow;
+    ssd_scan_bwd_ref(a, grs);
+    int64_t diff_k = 0, diff_r = 0;
+    for (int64_t r = 0; r < b * L; ++r) {
+      for (int64_t i = 0; i < H * P; ++i) {
+        diff_k += sb.p[r * srow + i] != dx.p[r * H * P + i];
+        diff_r += sr[size_t(r * srow + i)] != dx_r[size_t(r * H * P + i)];
+      }
+      for (int64_t i = 0; i < G * N; ++i) {
+        diff_k += (sb.p[r * srow + H * P + i] != dB[r * G * N + i]) +
+                  (sb.p[r * srow + H * P + G * N + i] != dC[r * G * N + i]);
+        diff_r += (sr[size_t(r * srow + H * P + i)] != dB_r[size_t(r * G * N + i)]) +
+                  (sr[size_t(r * srow + H * P + G * N + i)] != dC_r[size_t(r * G * N + i)]);
+      }
+      for (int64_t i = H * P + 2 * G * N; i < srow; ++i) diff_k += sb.p[r * srow + i] != -7.f, diff_r += sr[size_t(r * srow + i)] != -7.f;
+    }
+    CHECK(diff_k == 0);
+    CHECK(diff_r == 0);
   }
 }

@@ -828,6 +828,39 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: fused SSD train path ==
   CHECK(worst > 1e-5);  // the fused path did run (TF32: ~1e-4; the fp32 paths agree to ~1e-6)
 }
 
+TEST_CASE("2-layer 1.3B-width model, forward + backward: xBC's gradient in place == the split's concatenation",
+          "[gpu][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  auto m = two_layer_13b(9, 128);
+  const auto& cfg = m.config();
+  auto g = gen(10);
+  const auto ids = at::randint(cfg.vocab_size, {2, 300}, g, at::kLong).cuda();
+  const auto wts = at::randn({2, 300, cfg.d_model}, g).cuda();
+  auto params = m.named_parameters();
+  for (auto& [k, p] : params) p.requires_grad_(true);
+  auto run = [&](bool packed, bool ckpt) {
+    set_ssd_scan_xbc_grad_enabled(packed);
+    m.recompute_layers = {ckpt, ckpt};
+    m.keep_ssd_output = ckpt;
+    const auto r = hidden_and_grads(m, params, ids, wts, /*autocast=*/ckpt);
+    m.recompute_layers = {}, m.keep_ssd_output = false;
+    set_ssd_scan_xbc_grad_enabled(true);  // the default
+    return r;
+  };
+  for (const bool ckpt : {false, true}) {  // the plain train path; checkpointed, bf16, kept output
+    const auto split = run(false, ckpt), packed = run(true, ckpt);
+    double worst = 0;
+    for (size_t i = 0; i < split.size(); ++i) {
+      const double e = rel_err(packed[i], split[i]);
+      INFO((i == 0 ? std::string("hidden") : params[i - 1].first) << ": " << e);
+      CHECK(e < 1e-4);  // the same kernels and values; atomics (dA, dD, dCB) sum in any order
+      worst = std::max(worst, e);
+    }
+    WARN("2-layer fwd+bwd" << (ckpt ? " (checkpointed, bf16)" : "") << ", xBC gradient in place vs split, worst: "
+                           << worst);
+  }
+}
+
 // A benchmark, not a test (hidden; `test_gpu_train_kernels "[bench]"`): the no-grad SSD forward
 // at the 1.3B distillation shape (16 x 2048, 64 heads), fused kernels vs the ATen chunked path.
 TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][ssd_scan]") {

@@ -43,8 +43,10 @@ struct SsdScanArgs {
 
 // The backward pass: the forward's inputs (`fwd`; its outputs and workspace are not read), the
 // output gradient dy (batch, L, H, P) contiguous and d final_state (batch, H, P, N) or null.
-// Gradients, fp32, overwritten: dx (batch, L, H, P), ddt (batch, L, H), dB and dC (batch, L, G,
-// N), all contiguous; dA and dD (H); dinit (batch, H, P, N) when fwd.init is given.
+// Gradients, fp32, overwritten: dx (batch, L, H, P) with rows dx_row floats apart, ddt (batch, L,
+// H) contiguous, dB and dC (batch, L, G, N) with rows dbc_row floats apart (0: contiguous; a
+// row stride lets the three be slices of one buffer, the gradient of the conv output they were
+// read from); dA and dD (H); dinit (batch, H, P, N) when fwd.init is given.
 // The CUDA backward also reads the forward's workspace (`fwd.workspace`, as the forward kernels
 // left it: acs, the states entering each chunk, CB) and needs its own, `workspace`
 // (ssd_scan_bwd_workspace_floats): the state gradients (batch, chunks, H, P, N), then dCB, the
@@ -55,6 +57,10 @@ struct SsdScanGrads {
   const float* dfinal = nullptr;
   float *dx = nullptr, *ddt = nullptr, *dA = nullptr, *dB = nullptr, *dC = nullptr, *dD = nullptr, *dinit = nullptr;
   float* workspace = nullptr;
+  int64_t dx_row = 0, dbc_row = 0;  // row strides in floats; 0: contiguous (H·P, G·N)
+
+  DFSSM_HOST_DEVICE int64_t dx_stride(const SsdScanArgs& a) const { return dx_row ? dx_row : int64_t(a.H) * a.P; }
+  DFSSM_HOST_DEVICE int64_t dbc_stride(const SsdScanArgs& a) const { return dbc_row ? dbc_row : int64_t(a.G) * a.N; }
 };
 
 inline int64_t ssd_scan_workspace_floats(const SsdScanArgs& a) { return a.acs_floats() + a.states_floats() + a.cb_floats(); }

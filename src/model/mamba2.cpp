@@ -216,7 +216,8 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const auto xBC = st == nullptr && conv_fused_available(u, c.d_conv)
                        ? conv_silu_fused(xBC_raw, m.conv_w, m.conv_b)  // fp32, read in place
                        : conv_silu_aten(xBC_raw, m, st);
-  const auto xbc = xBC.to(at::kFloat).split_with_sizes({di, gn, gn}, -1);
+  const auto xBCf = xBC.to(at::kFloat);
+  const auto xbc = xBCf.split_with_sizes({di, gn, gn}, -1);
   const auto x = xbc[0].view({b, l, h, c.headdim});
   const auto B = xbc[1].view({b, l, c.ngroups, c.d_state});
   const auto C = xbc[2].view({b, l, c.ngroups, c.d_state});
@@ -232,15 +233,22 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   // backward takes 64 or 128, and a distillation step was faster at 64 (13.5k vs 12.4k tokens/s).
   const int64_t fchunk = c.chunk_size == 256 ? 128 : c.chunk_size;
   const int64_t tchunk = c.chunk_size == 256 ? 64 : c.chunk_size;
+  // The train path over the whole conv output where it can (one gradient for it, written in
+  // place by the backward kernels), else over its split.
+  const auto train = [&](const at::Tensor& init, const at::Tensor& y_kept) {
+    return ssd_scan_xbc_grad_enabled()
+               ? ssd_scan_train_xbc(xBCf, c.headdim, c.ngroups, dt, A, Df, tchunk, init, y_kept)
+               : ssd_scan_train(x, dt, A, B, C, Df, tchunk, init, y_kept);
+  };
   const bool reuse = keep && !keep->capture && keep->y.defined() && !st;
   if (reuse && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // a recomputation that kept y
-    std::tie(y, final_state) = ssd_scan_train(x, dt, A, B, C, Df, tchunk, at::Tensor(), keep->y);
+    std::tie(y, final_state) = train(at::Tensor(), keep->y);
   } else if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: the no-grad CUDA forward
     std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, fchunk, st ? st->ssm : at::Tensor());
     // Kept only where the recomputation can use it (the train path runs there).
     if (keep && keep->capture && !st && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) keep->y = y.to(keep->dtype);
   } else if (ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // CUDA kernels both ways
-    std::tie(y, final_state) = ssd_scan_train(x, dt, A, B, C, Df, tchunk, st ? st->ssm : at::Tensor());
+    std::tie(y, final_state) = train(st ? st->ssm : at::Tensor(), at::Tensor());
   } else {
     std::tie(y, final_state) = ssd_chunked(x, dt, A, B, C, c.chunk_size, st ? st->ssm : at::Tensor());
     y = y + x * Df.view({1, 1, h, 1});  // D skip, before the gate

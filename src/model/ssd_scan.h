@@ -30,9 +30,14 @@ bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const a
 bool ssd_scan_train_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& C, const at::Tensor& D, int64_t chunk);
 
-// Tests flip the switches (DFSSM_SSD_SCAN and DFSSM_SSD_SCAN_TRAIN, both on when unset).
+// Tests flip the switches (DFSSM_SSD_SCAN, DFSSM_SSD_SCAN_TRAIN and DFSSM_SSD_XBC_GRAD, all on
+// when unset).
 void set_ssd_scan_enabled(bool on);
 void set_ssd_scan_train_enabled(bool on);
+void set_ssd_scan_xbc_grad_enabled(bool on);
+// Whether the model runs the train path through ssd_scan_train_xbc (one gradient for the conv
+// output) rather than ssd_scan_train over its split (DFSSM_SSD_XBC_GRAD=0).
+bool ssd_scan_xbc_grad_enabled();
 
 // x (b,l,h,p), dt (b,l,h), A (h), B and C (b,l,g,n), D (h) or undefined, initial_state (b,h,p,n)
 // or undefined. Returns y + D·x (b,l,h,p) and the final state (b,h,p,n), both fp32.
@@ -49,5 +54,13 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_train(const at::Tensor& x, const at::
                                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                                  int64_t chunk, const at::Tensor& initial_state,
                                                  const at::Tensor& y_given = at::Tensor());
+
+// ssd_scan_train over the conv output xBC (b, l, h·headdim + 2·ngroups·d_state) fp32, whose
+// slices are x, B and C (h is dt's last size): the same outputs, and xBC's gradient is one
+// tensor the backward kernels write in place (no concatenation of dx, dB and dC).
+std::pair<at::Tensor, at::Tensor> ssd_scan_train_xbc(const at::Tensor& xBC, int64_t headdim, int64_t ngroups,
+                                                     const at::Tensor& dt, const at::Tensor& A, const at::Tensor& D,
+                                                     int64_t chunk, const at::Tensor& initial_state,
+                                                     const at::Tensor& y_given = at::Tensor());
 
 }  // namespace dfssm

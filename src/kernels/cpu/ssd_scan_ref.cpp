@@ -189,7 +189,7 @@ void ssd_scan_bwd_ref(const SsdScanArgs& a, const SsdScanGrads& g) {
       std::vector<double> dx(size_t(L * P), 0.0), ddt(size_t(L), 0.0), dBh(size_t(L * N), 0.0), dCh(dBh.size(), 0.0);
       hb.run(dx, ddt, dBh, dCh, dA[size_t(h)], dD[size_t(h)]);
       for (int64_t l = 0; l < L; ++l) {
-        for (int64_t p = 0; p < P; ++p) g.dx[((b * L + l) * H + h) * P + p] = float(dx[size_t(l * P + p)]);
+        for (int64_t p = 0; p < P; ++p) g.dx[(b * L + l) * g.dx_stride(a) + h * P + p] = float(dx[size_t(l * P + p)]);
         g.ddt[(b * L + l) * H + h] = float(ddt[size_t(l)]);
         for (int64_t n = 0; n < N; ++n) {
           dB[size_t(((b * L + l) * G + gi) * N + n)] += dBh[size_t(l * N + n)];
@@ -197,7 +197,11 @@ void ssd_scan_bwd_ref(const SsdScanArgs& a, const SsdScanGrads& g) {
         }
       }
     }
-  for (size_t i = 0; i < dB.size(); ++i) g.dB[i] = float(dB[i]), g.dC[i] = float(dC[i]);
+  for (int64_t r = 0; r < a.batch * L; ++r)  // (batch, l) rows, dbc_stride apart
+    for (int64_t i = 0; i < G * N; ++i) {
+      g.dB[r * g.dbc_stride(a) + i] = float(dB[size_t(r * G * N + i)]);
+      g.dC[r * g.dbc_stride(a) + i] = float(dC[size_t(r * G * N + i)]);
+    }
   for (int64_t h = 0; h < H; ++h) {
     g.dA[h] = float(dA[size_t(h)]);
     if (g.dD) g.dD[h] = float(dD[size_t(h)]);

@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   const int gi = h / (a.H / a.G);
   const Ws ws = split_ws(a);
   const BwdWs bw = split_bwd_ws(a, g);
-  const int64_t yrow = int64_t(a.H) * P_, sidx = ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
+  const int64_t yrow = int64_t(a.H) * P_, dxr = g.dx_stride(a), sidx = ((b * nc + c) * a.H + h) * int64_t(P_) * N_;
   const float* bsrc = a.B + int64_t(gi) * N_;
   const float* csrc = a.C + int64_t(gi) * N_;
   const float* Sg = ws.states + sidx;
@@ -482,11 +482,11 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
 #pragma unroll
     for (int i = 0; i < TP; ++i) {
       const int64_t lt = l0 + (tm0 + TM_STEP * i) * 16;
-      float* dst = g.dx + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16 + 2 * ft;
+      float* dst = g.dx + (b * a.L + lt) * dxr + h * int64_t(P_) + tn * 16 + 2 * ft;
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        if (lt + fg < a.L) st2(dst + fg * yrow + hh * 8, rx[i][hh][0], rx[i][hh][1]);
-        if (lt + fg + 8 < a.L) st2(dst + (fg + 8) * yrow + hh * 8, rx[i][hh][2], rx[i][hh][3]);
+        if (lt + fg < a.L) st2(dst + fg * dxr + hh * 8, rx[i][hh][0], rx[i][hh][1]);
+        if (lt + fg + 8 < a.L) st2(dst + (fg + 8) * dxr + hh * 8, rx[i][hh][2], rx[i][hh][3]);
       }
     }
   } else {
@@ -518,7 +518,7 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     for (int i = 0; i < TP; ++i) {
       const int tm = tm0 + TM_STEP * i;
       const int64_t lt = l0 + tm * 16;
-      store_tile_rows(g.dx + ((b * a.L + lt) * a.H + h) * int64_t(P_) + tn * 16, ax[i], yrow, a.L - lt, stage);
+      store_tile_rows(g.dx + (b * a.L + lt) * dxr + h * int64_t(P_) + tn * 16, ax[i], dxr, a.L - lt, stage);
     }
   }
   __syncthreads();
@@ -685,7 +685,7 @@ __global__ void __launch_bounds__(kThreads, 2) dbc_kernel(SsdScanArgs a, SsdScan
   // Epilogue: plain stores into (batch, L, G, N); rows past L through a staging tile.
   __syncthreads();
   float* out = (is_db ? g.dB : g.dC) + int64_t(gi) * N_ + n0;
-  const int64_t orow = int64_t(a.G) * N_;
+  const int64_t orow = g.dbc_stride(a);
   float* stage = as + warp * 16 * LDE;
 #pragma unroll
   for (int i = 0; i < MI; ++i)
@@ -817,8 +817,8 @@ __global__ void __launch_bounds__(kThreads, 2) dbc_v2_kernel(SsdScanArgs a, SsdS
   }
   cp_async_wait<0>();
   // Epilogue: rows inside L of (batch, L, G, N).
-  float* out = (is_db ? g.dB : g.dC) + (b * a.L + l0) * int64_t(a.G) * N_ + int64_t(gi) * N_ + n0;
-  const int64_t orow = int64_t(a.G) * N_;
+  const int64_t orow = g.dbc_stride(a);
+  float* out = (is_db ? g.dB : g.dC) + (b * a.L + l0) * orow + int64_t(gi) * N_ + n0;
 #pragma unroll
   for (int ni = 0; ni < 4; ++ni) {
     const int n = c0 + ni * 8 + 2 * q;
@@ -877,7 +877,11 @@ bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g) {
   return ssd_scan_inputs_ok(a) && (a.T == 64 || a.T == 128) && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
          g.workspace && (g.dinit == nullptr || a.init != nullptr) &&
          reinterpret_cast<uintptr_t>(g.dx) % 32 == 0 && reinterpret_cast<uintptr_t>(g.dy) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(g.workspace) % 256 == 0;
+         reinterpret_cast<uintptr_t>(g.workspace) % 256 == 0 &&
+         // dx, dB and dC rows start 32 bytes aligned (WMMA tile stores) and do not overlap
+         reinterpret_cast<uintptr_t>(g.dB) % 32 == 0 && reinterpret_cast<uintptr_t>(g.dC) % 32 == 0 &&
+         g.dx_stride(a) % 8 == 0 && g.dbc_stride(a) % 8 == 0 && g.dx_stride(a) >= int64_t(a.H) * a.P &&
+         g.dbc_stride(a) >= int64_t(a.G) * a.N;
 }
 
 cudaError_t ssd_scan_bwd_cuda(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream) {
