@@ -848,16 +848,21 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: xBC's gradient in place
     return r;
   };
   for (const bool ckpt : {false, true}) {  // the plain train path; checkpointed, bf16, kept output
-    const auto split = run(false, ckpt), packed = run(true, ckpt);
-    double worst = 0;
+    const auto split = run(false, ckpt), packed = run(true, ckpt), again = run(false, ckpt);
+    double worst = 0, noise = 0;
     for (size_t i = 0; i < split.size(); ++i) {
       const double e = rel_err(packed[i], split[i]);
       INFO((i == 0 ? std::string("hidden") : params[i - 1].first) << ": " << e);
-      CHECK(e < 1e-4);  // the same kernels and values; atomics (dA, dD, dCB) sum in any order
-      worst = std::max(worst, e);
+      // The same kernels and values; the atomics (dA, dD, dCB) sum in any order. In fp32 that
+      // stays below 1e-5 (H200: 4.7e-6); under bf16 autocast the backward's bf16 roundings
+      // downstream of them amplify it (H200: 3.2e-4 in layer 0's gradients), so the bound there
+      // is a fraction of a bf16 ulp (3.9e-3). `again` (the split path run twice) shows the
+      // run-to-run part.
+      CHECK(e < (ckpt ? 2e-3 : 1e-4));
+      worst = std::max(worst, e), noise = std::max(noise, rel_err(again[i], split[i]));
     }
     WARN("2-layer fwd+bwd" << (ckpt ? " (checkpointed, bf16)" : "") << ", xBC gradient in place vs split, worst: "
-                           << worst);
+                           << worst << " (split vs split, run to run: " << noise << ")");
   }
 }
 
