@@ -142,6 +142,19 @@ TEST_CASE("ssd_scan one-kernel forward (emulated) == scalar reference: partial c
     CHECK(ey < 3e-3);  // TF32 rounding of the GEMM inputs, as the four-kernel forward
     CHECK(es < 3e-3);
     CHECK(ey > 0);
+    // y written in bf16 instead (the kept copy of a checkpointed block): fp32 y rounded to
+    // nearest even, element for element, and the same final state.
+    std::vector<uint16_t> yb(y.size(), 0x7fc1);
+    std::vector<float> s2(sr.size(), 7.f);
+    SsdScanArgs ab = a;
+    ab.y = nullptr, ab.y_bf16 = yb.data(), ab.final_state = s2.data();
+    REQUIRE(ssd_scan_seq_supported(ab));
+    CHECK_FALSE(ssd_scan_supported(ab));  // the four-kernel forward does not write y_bf16
+    REQUIRE(ssd_scan_fwd_seq_cuda(ab, nullptr) == cudaSuccess);
+    size_t diff = 0;
+    for (size_t i = 0; i < y.size(); ++i) diff += yb[i] != dfssm::float_to_bf16(y[i]);
+    CHECK(diff == 0);
+    CHECK(s2 == s);
   }
   SsdScanArgs bad;
   bad.P = 64, bad.N = 96, bad.H = 4, bad.G = 1, bad.batch = 1, bad.L = 10;

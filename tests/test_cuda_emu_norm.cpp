@@ -104,6 +104,25 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
       CHECK(ey < 1e-4);
       CHECK(ew < 1e-4);
       if (gated) CHECK(rel_err(read(dzb, lowp, RD), dz_r) < (lowp ? 5e-3 : 1e-4));
+      if (gated && lowp) {  // y in bf16 (the kept SSD output): the fp32 kernel's result on y rounded to bf16
+        std::vector<float> yr(RD);
+        for (size_t i = 0; i < RD; ++i) yr[i] = bf(y[i]);
+        const size_t nr = size_t(sh.R) * size_t(sh.D / sh.gs);
+        Buf yh(RD * 2), o1(RD * 2), o2(RD * 2), r1(nr * 4), r2(nr * 4);
+        write(yh, true, yr), write(yb, false, yr);
+        for (const int mode : {0, 1}) {  // both ways of hiding the row loads
+          set_norm_prefetch(mode);
+          REQUIRE(gated_norm_fwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), o1.p, dt, r1.f(), sh.R, sh.D, sh.gs, 1e-5f,
+                                      nullptr) == cudaSuccess);
+          REQUIRE(gated_norm_fwd_bf16y_cuda(yh.p, zb.p, dt, ldz, wb.f(), o2.p, dt, r2.f(), sh.R, sh.D, sh.gs, 1e-5f,
+                                            nullptr) == cudaSuccess);
+          CHECK(read(o2, true, RD) == read(o1, true, RD));
+          CHECK(read(r2, false, nr) == read(r1, false, nr));
+        }
+        set_norm_prefetch(pf ? 1 : 0);
+        CHECK(gated_norm_fwd_bf16y_cuda(yh.p, zb.p, NormDtype::f32, ldz, wb.f(), o2.p, dt, r2.f(), sh.R, sh.D, sh.gs,
+                                        1e-5f, nullptr) == cudaErrorInvalidValue);  // z must be bf16
+      }
     }
   }
   set_norm_prefetch(0);  // back to the default

@@ -1055,6 +1055,39 @@ TEST_CASE("activation checkpointing that keeps the SSD output == no checkpointin
        << worst16n << ")");
 }
 
+TEST_CASE("the kept SSD output stored in bf16 by the kernel (DFSSM_SSD_KEEP_DIRECT) == its fp32 output cast",
+          "[gpu][recompute]") {
+  REQUIRE(torch::cuda::is_available());
+  auto m = two_layer_13b(13);
+  const auto& cfg = m.config();
+  auto g = gen(14);
+  const auto res = at::randn({2, 300, cfg.d_model}, g).cuda();
+  auto keep = [&](bool direct) {
+    set_ssd_scan_keep_direct_enabled(direct);
+    SsdOutputKeep k;
+    k.capture = true, k.dtype = at::kBFloat16;
+    at::Tensor out;
+    {
+      at::NoGradGuard ng;
+      at::autocast::set_autocast_enabled(at::kCUDA, true);
+      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+      out = m.block(0, res, &k);
+      at::autocast::set_autocast_enabled(at::kCUDA, false);
+      at::autocast::clear_cache();
+    }
+    set_ssd_scan_keep_direct_enabled(false);  // the default
+    return std::pair{k.y, out};
+  };
+  const auto [y_cast, out_cast] = keep(false);
+  const auto [y_direct, out_direct] = keep(true);
+  REQUIRE(y_direct.scalar_type() == at::kBFloat16);
+  CHECK(at::equal(y_direct, y_cast));  // the same fp32 values, rounded to nearest even either way
+  // The block's output: the norm read the bf16 y instead of the fp32 one.
+  const double e = rel_err(out_direct.to(at::kFloat), out_cast.to(at::kFloat));
+  WARN("block output, the norm on the kept bf16 y vs on the fp32 y: " << e);
+  CHECK(e < 2e-2);
+}
+
 TEST_CASE("fused AdamW step == scalar reference and == the ATen optimizer", "[gpu][optim]") {
   REQUIRE(torch::cuda::is_available());
   auto g = gen(80);

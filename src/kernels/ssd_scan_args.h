@@ -28,6 +28,9 @@ struct SsdScanArgs {
   // Outputs, fp32: y (batch, L, H, P) contiguous; final_state (batch, H, P, N).
   float* y = nullptr;
   float* final_state = nullptr;
+  // The sequential no-grad forward only (ssd_scan_fwd_seq_cuda): when set, y is written here in
+  // bf16 (round to nearest even), (batch, L, H, P) contiguous, and `y` is not written.
+  void* y_bf16 = nullptr;
   // Workspace of the CUDA kernels (ssd_scan_workspace_floats; the reference ignores it): acs
   // (batch, H, chunks, T), states (batch, chunks, H, P, N), CB (batch, chunks, G, T, T).
   float* workspace = nullptr;

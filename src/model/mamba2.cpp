@@ -244,9 +244,13 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   if (reuse && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // a recomputation that kept y
     std::tie(y, final_state) = train(at::Tensor(), keep->y);
   } else if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: the no-grad CUDA forward
-    std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, fchunk, st ? st->ssm : at::Tensor());
     // Kept only where the recomputation can use it (the train path runs there).
-    if (keep && keep->capture && !st && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) keep->y = y.to(keep->dtype);
+    const bool capture = keep && keep->capture && !st && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk);
+    // (direct: y is the kept bf16 copy itself, stored so by the kernel; the norm below reads it.)
+    const bool direct = capture && keep->dtype == at::kBFloat16 && ssd_scan_keep_direct_enabled();
+    std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, fchunk, st ? st->ssm : at::Tensor(),
+                                              direct ? at::kBFloat16 : at::kFloat);
+    if (capture) keep->y = direct ? y : y.to(keep->dtype);
   } else if (ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // CUDA kernels both ways
     std::tie(y, final_state) = train(st ? st->ssm : at::Tensor(), at::Tensor());
   } else {

@@ -1,5 +1,7 @@
 #include "model/norm_fused.h"
 
+#include <c10/core/GradMode.h>
+
 #include "core/error.h"
 #include "model/fused_util.h"
 
@@ -40,14 +42,20 @@ bool is_aligned(const at::Tensor& t) {
 }
 at::Tensor aligned(const at::Tensor& t) { return is_aligned(t) ? t : t.clone(at::MemoryFormat::Contiguous); }
 
+// z (fp32 or bf16) as the kernels read it: rows ldz apart (in place where the strides allow).
+at::Tensor z_rows(const at::Tensor& z_in, int64_t* ldz) {
+  const auto zs = z_in.scalar_type() == at::kBFloat16 ? z_in : z_in.to(at::kFloat);
+  auto z = rows_view(zs, ldz);
+  if (*ldz % 4 != 0 || !is_aligned(z)) z = zs.clone(at::MemoryFormat::Contiguous), *ldz = z.size(2);
+  return z;
+}
+
 struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& z_in, const at::Tensor& w_in,
                             int64_t gs, double eps, int64_t out_dtype) {
     const auto y = aligned(y_in.to(at::kFloat).contiguous());
-    const auto zs = z_in.scalar_type() == at::kBFloat16 ? z_in : z_in.to(at::kFloat);
     int64_t ldz = 0;
-    auto z = rows_view(zs, &ldz);
-    if (ldz % 4 != 0 || !is_aligned(z)) z = zs.clone(at::MemoryFormat::Contiguous), ldz = z.size(2);
+    const auto z = z_rows(z_in, &ldz);
     const auto w = aligned(w_in.to(at::kFloat).contiguous());
     const int64_t R = y.size(0) * y.size(1), D = y.size(2);
     const auto odt = at::ScalarType(out_dtype);
@@ -128,6 +136,26 @@ struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
 };
 
 bool out_dtype_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
+
+// The gated forward on a bf16 y and a bf16 z, without autograd: the no-grad first pass of an
+// activation-checkpointed block, whose SSD output is kept in bf16 (mamba2.cpp), reads it as is
+// instead of an fp32 copy.
+at::Tensor gated_norm_bf16y(const at::Tensor& y_in, const at::Tensor& z_in, const at::Tensor& w_in, int64_t gs,
+                            double eps, at::ScalarType odt) {
+  const auto y = aligned(y_in.contiguous());
+  int64_t ldz = 0;
+  const auto z = z_rows(z_in, &ldz);
+  const auto w = aligned(w_in.to(at::kFloat).contiguous());
+  const int64_t R = y.size(0) * y.size(1), D = y.size(2);
+  auto out = at::empty(y.sizes(), y.options().dtype(odt));
+  auto rstd = at::empty({R, D / gs}, y.options().dtype(at::kFloat));
+  const c10::cuda::CUDAGuard guard(y.device());
+  check_cuda(k::gated_norm_fwd_bf16y_cuda(y.data_ptr(), z.data_ptr(), k::NormDtype::bf16, ldz, w.data_ptr<float>(),
+                                          out.data_ptr(), norm_dtype(odt), rstd.data_ptr<float>(), R, int(D), int(gs),
+                                          float(eps), c10::cuda::getCurrentCUDAStream()),
+             "gated_norm_fwd_bf16y_cuda");
+  return out;
+}
 }  // namespace
 
 bool gated_norm_fused_available(const at::Tensor& like, int64_t group_size) {
@@ -139,6 +167,9 @@ at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::
   DFSSM_ASSERT(y.dim() == 3 && z.sizes() == y.sizes() && w.dim() == 1 && w.size(0) == y.size(2) &&
                    y.size(2) % group_size == 0 && y.numel() > 0 && out_dtype_ok(out_dtype),
                "gated_norm_fused: shapes");
+  const bool grad = c10::GradMode::is_enabled() && (y.requires_grad() || z.requires_grad() || w.requires_grad());
+  if (!grad && y.scalar_type() == at::kBFloat16 && z.scalar_type() == at::kBFloat16)
+    return gated_norm_bf16y(y, z, w, group_size, eps, out_dtype);
   return GatedNormFn::apply(y, z, w, group_size, eps, int64_t(out_dtype));
 }
 

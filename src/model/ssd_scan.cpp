@@ -33,6 +33,10 @@ fused::Switch& xbc_grad_switch() {
   static fused::Switch s("DFSSM_SSD_XBC_GRAD", /*default_on=*/true);
   return s;
 }
+fused::Switch& keep_direct_switch() {  // off until measured on a GPU (docs/training.md)
+  static fused::Switch s("DFSSM_SSD_KEEP_DIRECT", /*default_on=*/false);
+  return s;
+}
 
 bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 
@@ -50,6 +54,8 @@ void set_ssd_scan_enabled(bool on) { scan_switch().set(on); }
 void set_ssd_scan_train_enabled(bool on) { train_switch().set(on); }
 void set_ssd_scan_xbc_grad_enabled(bool on) { xbc_grad_switch().set(on); }
 bool ssd_scan_xbc_grad_enabled() { return xbc_grad_switch().on(); }
+void set_ssd_scan_keep_direct_enabled(bool on) { keep_direct_switch().set(on); }
+bool ssd_scan_keep_direct_enabled() { return keep_direct_switch().on(); }
 
 namespace {
 // The kernels' shapes and dtypes (both directions): fp32 CUDA x, dt, B, C; headdim 64, d_state 128;
@@ -265,25 +271,31 @@ struct SsdScanXbcFn : public torch::autograd::Function<SsdScanXbcFn> {
 
 std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                                 int64_t chunk, const at::Tensor& initial_state) {
+                                                 int64_t chunk, const at::Tensor& initial_state,
+                                                 at::ScalarType y_dtype) {
 #ifdef DFSSM_SSD_SCAN_BUILT
+  DFSSM_ASSERT(y_dtype == at::kFloat || y_dtype == at::kBFloat16, "ssd_scan_fused: y in fp32 or bf16");
   std::vector<at::Tensor> keep;
   auto a = make_args(x, dt, A, B, C, D, chunk, initial_state, keep);
   if (kernels::ssd_scan_seq_enabled()) {  // the state kept on the chip; the workspace holds CB only
     const auto opts = x.options().dtype(at::kFloat);
-    auto y = at::empty({a.batch, a.L, a.H, a.P}, opts), fin = at::empty({a.batch, a.H, a.P, a.N}, opts);
+    auto y = at::empty({a.batch, a.L, a.H, a.P}, opts.dtype(y_dtype)), fin = at::empty({a.batch, a.H, a.P, a.N}, opts);
     auto ws = at::empty({kernels::ssd_scan_seq_workspace_floats(a)}, opts);
-    a.y = y.data_ptr<float>(), a.final_state = fin.data_ptr<float>(), a.workspace = ws.data_ptr<float>();
+    // (bf16: the kernel rounds y as it stores it, instead of a cast of an fp32 y afterwards.)
+    if (y_dtype == at::kBFloat16) a.y_bf16 = y.data_ptr();
+    else a.y = y.data_ptr<float>();
+    a.final_state = fin.data_ptr<float>(), a.workspace = ws.data_ptr<float>();
     if (kernels::ssd_scan_seq_supported(a)) {
       const c10::cuda::CUDAGuard guard(x.device());
       fused::check_cuda(kernels::ssd_scan_fwd_seq_cuda(a, c10::cuda::getCurrentCUDAStream()), "ssd_scan_fwd_seq_cuda");
       return {y, fin};
     }
+    a.y = nullptr, a.y_bf16 = nullptr;
   }
   auto [y, fin, ws] = run_forward(a, x);
-  return {y, fin};
+  return {y_dtype == at::kFloat ? y : y.to(y_dtype), fin};
 #else
-  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk, (void)initial_state;
+  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk, (void)initial_state, (void)y_dtype;
   DFSSM_ASSERT(false, "ssd_scan_fused: this build has no CUDA kernels");
   return {};
 #endif

@@ -38,12 +38,19 @@ void set_ssd_scan_xbc_grad_enabled(bool on);
 // Whether the model runs the train path through ssd_scan_train_xbc (one gradient for the conv
 // output) rather than ssd_scan_train over its split (DFSSM_SSD_XBC_GRAD=0).
 bool ssd_scan_xbc_grad_enabled();
+// Whether a checkpointed block's no-grad first pass, keeping its SSD output in bf16, has the
+// kernel store y in bf16 (the kept copy itself) and its gated norm read that, instead of y in
+// fp32 and a cast (DFSSM_SSD_KEEP_DIRECT=1; off by default: not yet measured on a GPU).
+void set_ssd_scan_keep_direct_enabled(bool on);
+bool ssd_scan_keep_direct_enabled();
 
 // x (b,l,h,p), dt (b,l,h), A (h), B and C (b,l,g,n), D (h) or undefined, initial_state (b,h,p,n)
-// or undefined. Returns y + D·x (b,l,h,p) and the final state (b,h,p,n), both fp32.
+// or undefined. Returns y + D·x (b,l,h,p) in y_dtype (fp32, or bf16: the sequential kernel
+// stores it rounded, otherwise it is cast) and the final state (b,h,p,n) in fp32.
 std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                                 int64_t chunk, const at::Tensor& initial_state);
+                                                 int64_t chunk, const at::Tensor& initial_state,
+                                                 at::ScalarType y_dtype = at::kFloat);
 
 // The same outputs, differentiable in every input (D and initial_state may be undefined).
 // y_given: y + D·x of these same inputs, kept from an earlier pass (an activation-checkpointed

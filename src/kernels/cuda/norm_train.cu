@@ -35,7 +35,7 @@ constexpr int kRows = 16;         // rows per block; the backward writes one dw 
 constexpr int kMaxThreads = 512;  // a row of up to 2048 quads is 512 threads x J <= 4
 
 struct NormArgs {
-  const float* y = nullptr;
+  const void* y = nullptr;  // fp32 (the forward may read bf16: norm_fwd_kernel's Y)
   const void* z = nullptr;
   int64_t ldz = 0;
   const float* w = nullptr;
@@ -71,14 +71,14 @@ struct Row {
   float rs;
 };
 
-template <bool GATED, bool BWD, typename E, typename O, int J>
+template <bool GATED, bool BWD, typename E, typename O, int J, typename Y = float>
 __device__ __forceinline__ void load_row(const NormArgs& a, int64_t r, int g0, Row<J>& x) {
 #pragma unroll
   for (int j = 0; j < J; ++j) {
     const int q = int(threadIdx.x) + j * int(blockDim.x);
     if (4 * q < a.gs) {
       const int64_t c = g0 + 4 * q;
-      ld4(a.y + r * a.D + c, x.y[j]);
+      ld4(static_cast<const Y*>(a.y) + r * a.D + c, x.y[j]);
       if (GATED) ld4(static_cast<const E*>(a.z) + r * a.ldz + c, x.z[j]);
       if (BWD) ld4(static_cast<const O*>(a.dout) + r * a.D + c, x.d[j]);
     } else {
@@ -103,7 +103,7 @@ __device__ __forceinline__ void load_w(const NormArgs& a, int g0, float (&w)[J][
   }
 }
 
-template <bool GATED, typename E, typename O, int J, bool PF>
+template <bool GATED, typename E, typename O, int J, bool PF, typename Y = float>
 __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
   const int g0 = int(blockIdx.y) * a.gs;
@@ -111,10 +111,10 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormA
   float w[J][4];
   load_w(a, g0, w);
   Row<J> cur, nxt;
-  if (PF) load_row<GATED, false, E, O, J>(a, r0, g0, cur);
+  if (PF) load_row<GATED, false, E, O, J, Y>(a, r0, g0, cur);
   for (int64_t r = r0; r < r1; ++r) {
-    if (!PF) load_row<GATED, false, E, O, J>(a, r, g0, cur);
-    if (PF && r + 1 < r1) load_row<GATED, false, E, O, J>(a, r + 1, g0, nxt);  // in flight during this row
+    if (!PF) load_row<GATED, false, E, O, J, Y>(a, r, g0, cur);
+    if (PF && r + 1 < r1) load_row<GATED, false, E, O, J, Y>(a, r + 1, g0, nxt);  // in flight during this row
     float x[J][4];
     float ss = 0.f;
 #pragma unroll
@@ -236,20 +236,20 @@ bool prefetch() {
 }
 
 // J quads per thread: the fewest that keep a block within kMaxThreads.
-template <bool BWD, bool GATED, typename E, typename O>
+template <bool BWD, bool GATED, typename E, typename O, typename Y = float>
 cudaError_t run(const NormArgs& a, cudaStream_t stream) {
   const int Q = a.gs / 4, J = Q <= kMaxThreads ? 1 : Q <= 2 * kMaxThreads ? 2 : 4;
   const int threads = ((Q + J - 1) / J + 31) / 32 * 32;
   const dim3 grid(unsigned((a.R + kRows - 1) / kRows), unsigned(a.D / a.gs));
   Kernel k = nullptr;
   if (prefetch()) {
-    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true> : norm_fwd_kernel<GATED, E, O, 1, true>;
-    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true> : norm_fwd_kernel<GATED, E, O, 2, true>;
-    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true> : norm_fwd_kernel<GATED, E, O, 4, true>;
+    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true> : norm_fwd_kernel<GATED, E, O, 1, true, Y>;
+    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true> : norm_fwd_kernel<GATED, E, O, 2, true, Y>;
+    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true> : norm_fwd_kernel<GATED, E, O, 4, true, Y>;
   } else {
-    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, false> : norm_fwd_kernel<GATED, E, O, 1, false>;
-    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, false> : norm_fwd_kernel<GATED, E, O, 2, false>;
-    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, false> : norm_fwd_kernel<GATED, E, O, 4, false>;
+    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, false> : norm_fwd_kernel<GATED, E, O, 1, false, Y>;
+    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, false> : norm_fwd_kernel<GATED, E, O, 2, false, Y>;
+    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, false> : norm_fwd_kernel<GATED, E, O, 4, false, Y>;
   }
   launch(k, grid, threads, stream, a);
   return cudaGetLastError();
@@ -270,11 +270,11 @@ bool aligned(const void* p, NormDtype dt) {
   return p == nullptr || reinterpret_cast<uintptr_t>(p) % (dt == NormDtype::bf16 ? 8 : 16) == 0;
 }
 
-bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt) {
+bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt, NormDtype ydt = NormDtype::f32) {
   constexpr auto f = NormDtype::f32;
   return a.R > 0 && (a.R + kRows - 1) / kRows <= 2147483647LL && a.gs > 0 && a.gs % 4 == 0 &&
          a.gs <= kNormMaxGroup && a.D % a.gs == 0 && a.D / a.gs <= 65535 &&
-         (!gated || (a.ldz >= a.D && a.ldz % 4 == 0 && aligned(a.z, zdt) && aligned(a.dz, zdt))) && aligned(a.y, f) &&
+         (!gated || (a.ldz >= a.D && a.ldz % 4 == 0 && aligned(a.z, zdt) && aligned(a.dz, zdt))) && aligned(a.y, ydt) &&
          aligned(a.w, f) && aligned(a.dy, f) && aligned(a.partial, f) && aligned(a.out, odt) && aligned(a.dout, odt);
 }
 
@@ -290,6 +290,16 @@ cudaError_t gated_norm_fwd_cuda(const float* y, const void* z, NormDtype zdt, in
   a.y = y, a.z = z, a.ldz = ldz, a.w = w, a.out = out, a.rstd = rstd, a.R = R, a.D = D, a.gs = gs, a.eps = eps;
   if (!args_ok(a, true, zdt, odt)) return cudaErrorInvalidValue;
   return run_zo<false, true>(a, zdt, odt, stream);
+}
+
+cudaError_t gated_norm_fwd_bf16y_cuda(const void* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
+                                      void* out, NormDtype odt, float* rstd, int64_t R, int D, int gs, float eps,
+                                      cudaStream_t stream) {
+  NormArgs a;
+  a.y = y, a.z = z, a.ldz = ldz, a.w = w, a.out = out, a.rstd = rstd, a.R = R, a.D = D, a.gs = gs, a.eps = eps;
+  if (zdt != NormDtype::bf16 || !args_ok(a, true, zdt, odt, NormDtype::bf16)) return cudaErrorInvalidValue;
+  return odt == NormDtype::bf16 ? run<false, true, __nv_bfloat16, __nv_bfloat16, __nv_bfloat16>(a, stream)
+                                : run<false, true, __nv_bfloat16, float, __nv_bfloat16>(a, stream);
 }
 
 cudaError_t gated_norm_bwd_cuda(const float* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,

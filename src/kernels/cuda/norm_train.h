@@ -31,6 +31,12 @@ constexpr int kNormMaxGroup = 8192;
 cudaError_t gated_norm_fwd_cuda(const float* y, const void* z, NormDtype zdt, int64_t ldz, const float* w, void* out,
                                 NormDtype odt, float* rstd, int64_t R, int D, int gs, float eps, cudaStream_t stream);
 
+// The gated forward with y in bf16 (8-byte aligned) and z in bf16 (zdt must be bf16): the no-grad
+// first pass of an activation-checkpointed block reads the SSD output it keeps in bf16.
+cudaError_t gated_norm_fwd_bf16y_cuda(const void* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
+                                      void* out, NormDtype odt, float* rstd, int64_t R, int D, int gs, float eps,
+                                      cudaStream_t stream);
+
 // How the kernels hide a row's load latency (norm_train.cu, prefetch()): the next row's loads
 // in registers (1) or two blocks per SM (0, the default; anything else means 0). Debug/benchmark
 // switch (DFSSM_NORM_PREFETCH=1 sets 1 at the first launch). Not thread-safe.

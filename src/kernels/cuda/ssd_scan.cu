@@ -435,7 +435,9 @@ bool ssd_scan_inputs_ok(const SsdScanArgs& a) {
          aligned(a.init, 16) && aligned(a.workspace, 256) && a.x && a.dt && a.A && a.B && a.C && a.workspace;
 }
 
-bool ssd_scan_supported(const SsdScanArgs& a) { return ssd_scan_inputs_ok(a) && a.y && a.final_state; }
+bool ssd_scan_supported(const SsdScanArgs& a) {
+  return ssd_scan_inputs_ok(a) && a.y && !a.y_bf16 && a.final_state;  // (y_bf16: the sequential kernel's)
+}
 
 namespace {
 cudaError_t launch_any(const SsdScanArgs& a, cudaStream_t stream, bool with_y) {

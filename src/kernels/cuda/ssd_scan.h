@@ -50,7 +50,8 @@ cudaError_t ssd_scan_fwd_workspace_cuda(const SsdScanArgs& a, cudaStream_t strea
 // not used (the kernels chunk by 64); a.workspace (16-byte aligned, ssd_scan_seq_workspace_floats)
 // receives CB per 64-position chunk and group. Supported: P == 64, N == 128, H % G == 0, batch
 // <= 65535, ceil(L / 64)·G <= 65535, x_row and bc_row multiples of 4, x / B / C 16-byte aligned,
-// init / y / final_state 8-byte aligned.
+// init / y / final_state 8-byte aligned. With a.y_bf16 (4-byte aligned) y is written there in
+// bf16 instead (a.y may be null); the other forwards reject a.y_bf16.
 // ssd_scan_seq_enabled(): on unless DFSSM_SSD_FWD_SEQ=0 (then the no-grad forward runs the four
 // kernels); ssd_scan_set_seq(1 | 0) overrides it (tests, A/B benches), -1 re-reads it.
 inline int64_t ssd_scan_seq_workspace_floats(const SsdScanArgs& a) { return a.batch * ((a.L + 63) / 64) * a.G * 64 * 64; }

@@ -33,6 +33,9 @@
 // (x, B and C once per chunk in shared memory, M and S when they are written there; the
 // state update's w∘x after its product).
 #include "kernels/cuda/ssd_scan_common.cuh"
+#ifndef DFSSM_CUDA_EMULATE
+#include <cuda_bf16.h>
+#endif
 
 #include <cstdlib>
 #include <cstring>
@@ -54,6 +57,12 @@ constexpr int kFloats = 2 * kBuf + T * LDM + P_ * LDS;
 constexpr int kSmemBytes = kFloats * 4;
 static_assert(kSmemBytes <= 226 * 1024, "one block per SM on sm_90 (227 KB with the static arrays)");
 }  // namespace seq
+
+// y[i], y[i + 1] = a, b in bf16 (round to nearest even); y: bf16 elements.
+__device__ __forceinline__ void st2_bf16(void* y, int64_t i, float a, float b) {
+  __nv_bfloat16* p = static_cast<__nv_bfloat16*>(y) + i;
+  p[0] = __float2bfloat16(a), p[1] = __float2bfloat16(b);
+}
 
 // The warp's 32 x 32 tile of the state (rows pm + 16·mi + {g, g+8}, columns nn + 8·ni + 2q + {0, 1})
 // to or from a row-major P x N array with row stride ld.
@@ -298,8 +307,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
         // (w∘x)ᵀ·B over positions 8·kk + [0, 8) into the state.
         state_kstep(S, xs, bs, kk * 8, w[kk * 8 + q], w[kk * 8 + q + 4], pm, nn, g, q);
       }
-      const int64_t ld = int64_t(a.H) * P_;
-      float* yrow = a.y + (b * a.L + l0) * ld + int64_t(h) * P_;
+      const int64_t ld = int64_t(a.H) * P_, y0 = (b * a.L + l0) * ld + int64_t(h) * P_;
       const int64_t valid = a.L - l0;
 #pragma unroll
       for (int si = 0; si < 2; ++si) {
@@ -308,8 +316,13 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
         for (int nt = 0; nt < 2; ++nt) {
           const int col = p0 + nt * 8 + 2 * q;
           const float(&u)[4] = y1[si][nt], (&v)[4] = y2[si][nt];
-          if (rA < valid) st2(yrow + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
-          if (rB < valid) st2(yrow + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
+          if (a.y_bf16) {  // (uniform) the kept bf16 copy itself (ssd_scan_args.h)
+            if (rA < valid) st2_bf16(a.y_bf16, y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
+            if (rB < valid) st2_bf16(a.y_bf16, y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
+          } else {
+            if (rA < valid) st2(a.y + y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
+            if (rB < valid) st2(a.y + y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
+          }
         }
       }
     }
@@ -500,10 +513,10 @@ cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& 
 
 bool ssd_scan_seq_supported(const SsdScanArgs& a) {
   return a.P == P_ && a.N == N_ && a.G > 0 && a.H > 0 && a.H % a.G == 0 && a.batch > 0 && a.batch <= 65535 &&
-         a.L > 0 && a.x_row % 4 == 0 && a.bc_row % 4 == 0 && a.x && a.dt && a.A && a.B && a.C && a.y &&
+         a.L > 0 && a.x_row % 4 == 0 && a.bc_row % 4 == 0 && a.x && a.dt && a.A && a.B && a.C && (a.y || a.y_bf16) &&
          a.final_state && a.workspace && (a.L + 63) / 64 * a.G <= 65535 && aligned_to(a.workspace, 16) &&
          aligned_to(a.x, 16) && aligned_to(a.B, 16) && aligned_to(a.C, 16) &&
-         aligned_to(a.init, 8) && aligned_to(a.y, 8) && aligned_to(a.final_state, 8);
+         aligned_to(a.init, 8) && aligned_to(a.y, 8) && aligned_to(a.y_bf16, 4) && aligned_to(a.final_state, 8);
 }
 
 cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
