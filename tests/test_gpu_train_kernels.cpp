@@ -1055,15 +1055,15 @@ TEST_CASE("activation checkpointing that keeps the SSD output == no checkpointin
        << worst16n << ")");
 }
 
-TEST_CASE("the kept SSD output stored in bf16 by the kernel (DFSSM_SSD_KEEP_DIRECT) == its fp32 output cast",
+TEST_CASE("no-grad SSD output stored in bf16 by the kernel (DFSSM_SSD_Y_BF16): kept copy, bf16 model",
           "[gpu][recompute]") {
   REQUIRE(torch::cuda::is_available());
   auto m = two_layer_13b(13);
   const auto& cfg = m.config();
   auto g = gen(14);
   const auto res = at::randn({2, 300, cfg.d_model}, g).cuda();
-  auto keep = [&](bool direct) {
-    set_ssd_scan_keep_direct_enabled(direct);
+  auto keep = [&](bool y_bf16) {  // a checkpointed block's first pass under bf16 autocast
+    set_ssd_scan_y_bf16_enabled(y_bf16);
     SsdOutputKeep k;
     k.capture = true, k.dtype = at::kBFloat16;
     at::Tensor out;
@@ -1075,7 +1075,7 @@ TEST_CASE("the kept SSD output stored in bf16 by the kernel (DFSSM_SSD_KEEP_DIRE
       at::autocast::set_autocast_enabled(at::kCUDA, false);
       at::autocast::clear_cache();
     }
-    set_ssd_scan_keep_direct_enabled(false);  // the default
+    set_ssd_scan_y_bf16_enabled(false);  // the default
     return std::pair{k.y, out};
   };
   const auto [y_cast, out_cast] = keep(false);
@@ -1084,8 +1084,24 @@ TEST_CASE("the kept SSD output stored in bf16 by the kernel (DFSSM_SSD_KEEP_DIRE
   CHECK(at::equal(y_direct, y_cast));  // the same fp32 values, rounded to nearest even either way
   // The block's output: the norm read the bf16 y instead of the fp32 one.
   const double e = rel_err(out_direct.to(at::kFloat), out_cast.to(at::kFloat));
-  WARN("block output, the norm on the kept bf16 y vs on the fp32 y: " << e);
+  // A bf16 model's forward (the teacher's): the norm reads y in bf16, as mamba_ssm's does.
+  auto cfg16 = cfg;
+  Mamba2Model m16(cfg16, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+  m16.init_random(15);
+  const auto ids = at::randint(cfg.vocab_size, {2, 300}, g, at::kLong).cuda();
+  auto hidden = [&](bool y_bf16) {
+    at::NoGradGuard ng;
+    set_ssd_scan_y_bf16_enabled(y_bf16);
+    const auto h = m16.forward_hidden(ids).to(at::kFloat);
+    set_ssd_scan_y_bf16_enabled(false);
+    return h;
+  };
+  const auto h32 = hidden(false), h16 = hidden(true);
+  const double eh = rel_err(h16, h32);
+  WARN("the norm on the bf16 y vs on the fp32 y: kept copy, block output " << e << "; bf16 model, hidden " << eh);
   CHECK(e < 2e-2);
+  CHECK(eh < 2e-2);
+  CHECK(eh > 0);  // the bf16 path did run
 }
 
 TEST_CASE("fused AdamW step == scalar reference and == the ATen optimizer", "[gpu][optim]") {

@@ -246,11 +246,13 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   } else if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: the no-grad CUDA forward
     // Kept only where the recomputation can use it (the train path runs there).
     const bool capture = keep && keep->capture && !st && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk);
-    // (direct: y is the kept bf16 copy itself, stored so by the kernel; the norm below reads it.)
-    const bool direct = capture && keep->dtype == at::kBFloat16 && ssd_scan_keep_direct_enabled();
+    // y in bf16 where its consumers take bf16 (ssd_scan.h, ssd_scan_y_bf16_enabled): the kept
+    // copy itself, or a bf16 model's; the gated norm below reads it as is.
+    const bool y_bf16 = ssd_scan_y_bf16_enabled() && z.scalar_type() == at::kBFloat16 &&
+                        (capture ? keep->dtype == at::kBFloat16 : !keep && dtype() == at::kBFloat16);
     std::tie(y, final_state) = ssd_scan_fused(x, dt, A, B, C, m.D, fchunk, st ? st->ssm : at::Tensor(),
-                                              direct ? at::kBFloat16 : at::kFloat);
-    if (capture) keep->y = direct ? y : y.to(keep->dtype);
+                                              y_bf16 ? at::kBFloat16 : at::kFloat);
+    if (capture) keep->y = y_bf16 ? y : y.to(keep->dtype);
   } else if (ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // CUDA kernels both ways
     std::tie(y, final_state) = train(st ? st->ssm : at::Tensor(), at::Tensor());
   } else {

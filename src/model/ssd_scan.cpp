@@ -33,8 +33,8 @@ fused::Switch& xbc_grad_switch() {
   static fused::Switch s("DFSSM_SSD_XBC_GRAD", /*default_on=*/true);
   return s;
 }
-fused::Switch& keep_direct_switch() {  // off until measured on a GPU (docs/training.md)
-  static fused::Switch s("DFSSM_SSD_KEEP_DIRECT", /*default_on=*/false);
+fused::Switch& y_bf16_switch() {  // off until measured on a GPU (docs/training.md)
+  static fused::Switch s("DFSSM_SSD_Y_BF16", /*default_on=*/false);
   return s;
 }
 
@@ -54,8 +54,8 @@ void set_ssd_scan_enabled(bool on) { scan_switch().set(on); }
 void set_ssd_scan_train_enabled(bool on) { train_switch().set(on); }
 void set_ssd_scan_xbc_grad_enabled(bool on) { xbc_grad_switch().set(on); }
 bool ssd_scan_xbc_grad_enabled() { return xbc_grad_switch().on(); }
-void set_ssd_scan_keep_direct_enabled(bool on) { keep_direct_switch().set(on); }
-bool ssd_scan_keep_direct_enabled() { return keep_direct_switch().on(); }
+void set_ssd_scan_y_bf16_enabled(bool on) { y_bf16_switch().set(on); }
+bool ssd_scan_y_bf16_enabled() { return y_bf16_switch().on(); }
 
 namespace {
 // The kernels' shapes and dtypes (both directions): fp32 CUDA x, dt, B, C; headdim 64, d_state 128;

@@ -38,11 +38,13 @@ void set_ssd_scan_xbc_grad_enabled(bool on);
 // Whether the model runs the train path through ssd_scan_train_xbc (one gradient for the conv
 // output) rather than ssd_scan_train over its split (DFSSM_SSD_XBC_GRAD=0).
 bool ssd_scan_xbc_grad_enabled();
-// Whether a checkpointed block's no-grad first pass, keeping its SSD output in bf16, has the
-// kernel store y in bf16 (the kept copy itself) and its gated norm read that, instead of y in
-// fp32 and a cast (DFSSM_SSD_KEEP_DIRECT=1; off by default: not yet measured on a GPU).
-void set_ssd_scan_keep_direct_enabled(bool on);
-bool ssd_scan_keep_direct_enabled();
+// Whether the no-grad SSD forwards whose output feeds bf16 consumers store y in bf16 and have the
+// gated norm read it, instead of y in fp32 (then a cast): a checkpointed block's first pass that
+// keeps y in bf16 (y is the kept copy itself) and a bf16 model's forward (the teacher's; as
+// mamba_ssm, whose chunk scan returns y in x's dtype). DFSSM_SSD_Y_BF16=1; off by default: not
+// yet measured on a GPU.
+void set_ssd_scan_y_bf16_enabled(bool on);
+bool ssd_scan_y_bf16_enabled();
 
 // x (b,l,h,p), dt (b,l,h), A (h), B and C (b,l,g,n), D (h) or undefined, initial_state (b,h,p,n)
 // or undefined. Returns y + D·x (b,l,h,p) in y_dtype (fp32, or bf16: the sequential kernel
