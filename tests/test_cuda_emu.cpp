@@ -249,7 +249,8 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
         diff_r += (sr[size_t(r * srow + H * P + i)] != dB_r[size_t(r * G * N + i)]) +
                   (sr[size_t(r * srow + H * P + G * N + i)] != dC_r[size_t(r * G * N + i)]);
       }
-      for (int64_t i = H * P + 2 * G * N; i < srow; ++i) diff_k += sb.p[r * srow + i] != -7.f, diff_r += sr[size_t(r * srow + i)] != -7.f;
+      for (int64_t i = H * P + 2 * G * N; i < srow; ++i)
+        diff_k += sb.p[r * srow + i] != -7.f, diff_r += sr[size_t(r * srow + i)] != -7.f;
     }
     CHECK(diff_k == 0);
     CHECK(diff_r == 0);

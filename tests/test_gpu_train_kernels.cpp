@@ -1085,8 +1085,7 @@ TEST_CASE("no-grad SSD output stored in bf16 by the kernel (DFSSM_SSD_Y_BF16): k
   // The block's output: the norm read the bf16 y instead of the fp32 one.
   const double e = rel_err(out_direct.to(at::kFloat), out_cast.to(at::kFloat));
   // A bf16 model's forward (the teacher's): the norm reads y in bf16, as mamba_ssm's does.
-  auto cfg16 = cfg;
-  Mamba2Model m16(cfg16, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+  Mamba2Model m16(cfg, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
   m16.init_random(15);
   const auto ids = at::randint(cfg.vocab_size, {2, 300}, g, at::kLong).cuda();
   auto hidden = [&](bool y_bf16) {

@@ -212,8 +212,9 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
   }
 
   // RAW: this thread's share of Σ dS∘S over the chunk (dΛ_c = exp(Λ_c)·Σ dS∘S, the gradient of
-  // the chunk's total decay), summed in step 1 from the slabs' fp32 values: piece e of dS (rows 2T + p) and piece e + kThreads of S (rows 2T + P + p: 4P pieces
-  // = kThreads later) are both this thread's copies.
+  // the chunk's total decay), summed in step 1 from the slabs' fp32 values: piece e of dS (rows
+  // 2T + p) and piece e + kThreads of S (rows 2T + P + p: 4P pieces = kThreads later) are both
+  // this thread's copies.
   float sds = 0.f;
   // Step 1: Z = B·dSᵀ, Yoff = C·Sᵀ over K-slabs of 16 n, double-buffered: slab i + 1's four
   // operands land by cp.async while slab i is multiplied (one global round trip per slab before).
@@ -878,7 +879,7 @@ bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g) {
          g.workspace && (g.dinit == nullptr || a.init != nullptr) &&
          reinterpret_cast<uintptr_t>(g.dx) % 32 == 0 && reinterpret_cast<uintptr_t>(g.dy) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(g.workspace) % 256 == 0 &&
-         // dx, dB and dC rows start 32 bytes aligned (WMMA tile stores) and do not overlap
+         // dx, dB and dC rows start 32 bytes aligned (WMMA tile stores), each row as wide as its data
          reinterpret_cast<uintptr_t>(g.dB) % 32 == 0 && reinterpret_cast<uintptr_t>(g.dC) % 32 == 0 &&
          g.dx_stride(a) % 8 == 0 && g.dbc_stride(a) % 8 == 0 && g.dx_stride(a) >= int64_t(a.H) * a.P &&
          g.dbc_stride(a) >= int64_t(a.G) * a.N;
