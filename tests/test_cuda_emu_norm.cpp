@@ -133,3 +133,60 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
   CHECK(gated_norm_fwd_cuda(a.f(), b.p, NormDtype::bf16, 510, a.f(), b.p, NormDtype::f32, a.f(), 2, 508, 508, 1e-5f,
                             nullptr) == cudaErrorInvalidValue);
 }
+
+TEST_CASE("residual add fused into the plain norm (emulated) == add, then the scalar reference",
+          "[cuda_emu][norm]") {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  auto randv = [&](size_t n) {
+    std::vector<float> v(n);
+    for (auto& e : v) e = nd(rng);
+    return v;
+  };
+  for (const int D : {2048, 768, 4096}) {  // 1, 1 and 2 quads per thread
+    for (const bool lowp : {false, true}) {  // the block output, out and dout in bf16 (autocast)
+      for (const int pf : {0, 1}) {
+        set_norm_prefetch(pf);
+        const int64_t R = 37;
+        INFO("D=" << D << (lowp ? " bf16" : " fp32") << (pf ? " prefetch" : ""));
+        const size_t RD = size_t(R) * size_t(D), es = lowp ? 2 : 4;
+        const auto dt = lowp ? NormDtype::bf16 : NormDtype::f32;
+        auto res = randv(RD), h = randv(RD), w = randv(size_t(D)), dout = randv(RD), dres = randv(RD);
+        if (lowp) {
+          for (auto& v : h) v = bf(v);
+          for (auto& v : dout) v = bf(v);
+        }
+        std::vector<float> x(RD), out_r(RD), dx_r(RD), dw_r(static_cast<size_t>(D));
+        for (size_t i = 0; i < RD; ++i) x[i] = res[i] + h[i];
+        rms_norm_fwd_ref(x.data(), w.data(), out_r.data(), R, D, 1e-5f);
+        rms_norm_bwd_ref(x.data(), w.data(), dout.data(), dx_r.data(), dw_r.data(), R, D, 1e-5f);
+        for (size_t i = 0; i < RD; ++i) dx_r[i] += dres[i];
+        Buf rb(RD * 4), hb(RD * es), xb(RD * 4), wb(size_t(D) * 4), ob(RD * es), sb(size_t(R) * 4), db(RD * es),
+            drb(RD * 4), dyb(RD * 4), dhb(RD * es), pb(size_t(norm_bwd_partial_size(R, D)) * 4);
+        write(rb, false, res), write(hb, lowp, h), write(wb, false, w), write(db, lowp, dout), write(drb, false, dres);
+        REQUIRE(add_rms_norm_fwd_cuda(rb.f(), hb.p, dt, xb.f(), wb.f(), ob.p, dt, sb.f(), R, D, 1e-5f, nullptr) ==
+                cudaSuccess);
+        CHECK(read(xb, false, RD) == x);  // the stream itself: one fp32 add, bit for bit
+        CHECK(rel_err(read(ob, lowp, RD), out_r) < (lowp ? 5e-3 : 1e-5));
+        REQUIRE(rms_norm_bwd_add_cuda(xb.f(), wb.f(), sb.f(), db.p, dt, drb.f(), dyb.f(), dhb.p, dt, pb.f(), R, D,
+                                      nullptr) == cudaSuccess);
+        const auto dy = read(dyb, false, RD);
+        CHECK(rel_err(dy, dx_r) < 1e-4);
+        std::vector<float> dyr(RD);  // the block output's gradient: dy in its dtype
+        for (size_t i = 0; i < RD; ++i) dyr[i] = lowp ? bf(dy[i]) : dy[i];
+        CHECK(read(dhb, lowp, RD) == dyr);
+        std::vector<float> dw(size_t(D), 0.f);
+        for (int64_t b = 0; b < norm_bwd_partial_size(R, D) / D; ++b)
+          for (int i = 0; i < D; ++i) dw[size_t(i)] += pb.f()[b * D + i];
+        CHECK(rel_err(dw, dw_r) < 1e-4);
+        // Without dh, only the fp32 gradient; without the stream's gradient, refused.
+        REQUIRE(rms_norm_bwd_add_cuda(xb.f(), wb.f(), sb.f(), db.p, dt, drb.f(), dyb.f(), nullptr, dt, pb.f(), R, D,
+                                      nullptr) == cudaSuccess);
+        CHECK(read(dyb, false, RD) == dy);
+        CHECK(rms_norm_bwd_add_cuda(xb.f(), wb.f(), sb.f(), db.p, dt, nullptr, dyb.f(), nullptr, dt, pb.f(), R, D,
+                                    nullptr) == cudaErrorInvalidValue);
+      }
+    }
+  }
+  set_norm_prefetch(0);
+}

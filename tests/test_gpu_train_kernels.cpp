@@ -404,6 +404,43 @@ TEST_CASE("RMSNorm autograd functions == ATen autograd", "[gpu][norm]") {
   CHECK(rel_err(grb[0].cpu(), gr32[0].cpu()) < 1e-6);
 }
 
+TEST_CASE("residual add fused into the norm == the add, then the norm: values and gradients", "[gpu][norm]") {
+  REQUIRE(torch::cuda::is_available());
+  auto g = gen(51);
+  const auto res = at::randn({2, 300, 2048}, g).cuda().requires_grad_(true);
+  const auto h = at::randn({2, 300, 2048}, g).cuda().to(at::kBFloat16).requires_grad_(true);  // out_proj's output
+  const auto w = at::randn({2048}, g).cuda().requires_grad_(true);
+  const auto gn = at::randn({2, 300, 2048}, g).cuda().to(at::kBFloat16), gr = at::randn({2, 300, 2048}, g).cuda();
+  REQUIRE(add_rms_norm_fused_available(res, h));
+  const auto [r, n] = add_rms_norm_fused(res, h, w, 1e-5, at::kBFloat16);
+  const auto f = torch::autograd::grad({r, n}, {res, h, w}, {gr, gn});
+  // The reference: ATen's add (fp32), the plain fused norm, autograd's sum of the two paths.
+  const auto x = res + h;
+  const auto nr = rms_norm_fused(x, w, 1e-5, at::kBFloat16);
+  const auto ref = torch::autograd::grad({x, nr}, {res, h, w}, {gr, gn});
+  CHECK(at::equal(r.detach(), x.detach()));  // the same fp32 add
+  CHECK(at::equal(n.detach(), nr.detach()));  // the same norm on the same values
+  CHECK(f[1].scalar_type() == at::kBFloat16);
+  const double ex = rel_err(f[0].cpu(), ref[0].cpu()), eh = rel_err(f[1].to(at::kFloat).cpu(), ref[1].to(at::kFloat).cpu()),
+               ew = rel_err(f[2].cpu(), ref[2].cpu());
+  WARN("fused add + norm vs add, then norm: dres " << ex << ", dh " << eh << ", dw " << ew);
+  CHECK(ex < 1e-6);
+  CHECK(eh < 1e-6);
+  CHECK(ew < 1e-6);
+  // The checkpointed block's form: the stream's gradient and the block output's gradient buffer
+  // are given to the norm, whose backward adds the one and fills the other.
+  const auto xl = x.detach().requires_grad_(true);
+  auto dh = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  const auto na = rms_norm_fused_add_grad(xl, w, 1e-5, at::kBFloat16, gr, dh);
+  CHECK(at::equal(na.detach(), nr.detach()));
+  const auto ga = torch::autograd::grad({na}, {xl, w}, {gn});
+  const double ea = rel_err(ga[0].cpu(), ref[0].cpu()), eah = rel_err(dh.to(at::kFloat).cpu(), ref[1].to(at::kFloat).cpu());
+  WARN("norm with the stream's gradient added in backward: dx " << ea << ", dh " << eah);
+  CHECK(ea < 1e-6);
+  CHECK(eah < 1e-6);
+  CHECK(at::equal(dh, ga[0].to(at::kBFloat16)));
+}
+
 // A benchmark, not a test (hidden; `test_gpu_train_kernels "[bench]"`): the norms at the 1.3B
 // training shape (16 x 2048 rows) against the ATen ops they replace.
 TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {
@@ -1053,6 +1090,45 @@ TEST_CASE("activation checkpointing that keeps the SSD output == no checkpointin
   WARN("checkpointed fwd+bwd keeping the SSD output vs no checkpointing (fp32), worst over hidden + "
        << params.size() << " grads: fp32 " << worst32 << ", bf16 autocast " << worst16 << " (recomputed, bf16 "
        << worst16n << ")");
+}
+
+TEST_CASE("2-layer 1.3B-width model, forward + backward: residual add fused into the norms == add, then norm",
+          "[gpu][recompute]") {
+  REQUIRE(torch::cuda::is_available());
+  auto m = two_layer_13b(13);
+  const auto& cfg = m.config();
+  auto g = gen(14);
+  const auto ids = at::randint(cfg.vocab_size, {2, 300}, g, at::kLong).cuda();
+  const auto wts = at::randn({2, 300, cfg.d_model}, g).cuda();
+  auto params = m.named_parameters();
+  for (auto& [k, p] : params) p.requires_grad_(true);
+  auto run = [&](bool fused, bool ckpt, bool autocast) {
+    set_add_rms_norm_fused_enabled(fused);
+    m.recompute_layers = {ckpt, ckpt};
+    m.keep_ssd_output = ckpt;
+    const auto r = hidden_and_grads(m, params, ids, wts, autocast);
+    m.recompute_layers = {}, m.keep_ssd_output = false;
+    set_add_rms_norm_fused_enabled(true);  // the default
+    return r;
+  };
+  // Plain layers (AddRmsNormFn), checkpointed ones (RecomputeAddFn), in fp32 and bf16 autocast.
+  for (const bool ckpt : {false, true})
+    for (const bool autocast : {false, true}) {
+      const auto split = run(false, ckpt, autocast), fused = run(true, ckpt, autocast),
+                 again = run(false, ckpt, autocast);
+      double worst = 0, noise = 0;
+      for (size_t i = 0; i < split.size(); ++i) {
+        const double e = rel_err(fused[i], split[i]);
+        INFO((i == 0 ? std::string("hidden") : params[i - 1].first) << ": " << e);
+        // The same operations on the same values; what differs run to run is the backward's
+        // atomics (dA, dD, dCB), amplified by bf16 roundings under autocast (as in the xBC test).
+        CHECK(e < (autocast ? 2e-3 : 1e-4));
+        worst = std::max(worst, e), noise = std::max(noise, rel_err(again[i], split[i]));
+      }
+      WARN("2-layer fwd+bwd" << (ckpt ? ", checkpointed" : "") << (autocast ? ", bf16 autocast" : ", fp32")
+                             << ": fused add + norm vs add, then norm, worst " << worst
+                             << " (unfused run to run: " << noise << ")");
+    }
 }
 
 TEST_CASE("no-grad SSD output stored in bf16 by the kernel (DFSSM_SSD_Y_BF16): kept copy, bf16 model",

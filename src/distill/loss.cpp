@@ -25,6 +25,17 @@ fused::Switch& loss_fused_switch() {
 void set_lm_loss_fused_enabled(bool on) { loss_fused_switch().set(on); }
 
 namespace {
+// The fused chunks' two gradient GEMMs write fp32 themselves (cuBLAS's bf16-in, fp32-out GEMM,
+// ATen's out_dtype overloads): grad_h's rows in place, grad_w accumulated by the GEMM (beta = 1),
+// where a bf16 product was rounded, cast to fp32 and added (two more passes over the 50k x 2048
+// fp32 grad_w per chunk). DFSSM_LM_GRAD_F32OUT=0 restores that (A/B switch).
+fused::Switch& f32out_switch() {
+  static fused::Switch s("DFSSM_LM_GRAD_F32OUT");
+  return s;
+}
+}  // namespace
+
+namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -99,7 +110,11 @@ Chunked chunked_forward(const at::Tensor& h_s, const at::Tensor& w_s, const at::
                                                   targets.narrow(0, i0, n), o, N, teacher, want_grad, &d, &dzf)) {
       ce_sum += d[0];
       if (teacher) tce_sum += d[1], kl_sum += d[2], top1 += d[3];
-      if (want_grad) {
+      if (want_grad && f32out_switch().on() && ws.scalar_type() != at::kFloat) {
+        auto gh = out.grad_h.narrow(0, i0, n);
+        at::mm_out(gh, dzf, ws, at::kFloat);
+        at::addmm_out(out.grad_w, out.grad_w, dzf.t(), hc, at::kFloat);
+      } else if (want_grad) {
         out.grad_h.narrow(0, i0, n).copy_(at::matmul(dzf, ws).to(at::kFloat));
         out.grad_w += at::matmul(dzf.t(), hc).to(at::kFloat);
       }

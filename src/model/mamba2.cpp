@@ -324,6 +324,16 @@ at::Tensor Mamba2Model::block(size_t i, const at::Tensor& residual, SsdOutputKee
   return mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w, true), nullptr, keep);
 }
 
+at::Tensor Mamba2Model::block_on_normed(size_t i, const at::Tensor& normed, SsdOutputKeep* keep) const {
+  return mixer_forward(layers[i].mixer, normed, nullptr, keep);
+}
+
+at::Tensor Mamba2Model::block_norm_add_grad(size_t i, const at::Tensor& x, const at::Tensor& dres,
+                                            const at::Tensor& dh) const {
+  const auto odt = norm_out_dtype(x, true);
+  return rms_norm_fused_add_grad(x, layers[i].norm_w, cfg_.norm_eps, odt, dres, dh).to(odt == at::kBFloat16 ? odt : dtype());
+}
+
 std::vector<at::Tensor> Mamba2Model::layer_parameters(size_t i) const {
   const auto& b = layers[i];
   const auto& m = b.mixer;
@@ -351,6 +361,23 @@ at::Tensor add_residual(const at::Tensor& residual, const at::Tensor& hidden, at
 }
 }  // namespace
 
+bool Mamba2Model::add_norm_fused(const at::Tensor& residual, const at::Tensor& hidden) const {
+  return cfg_.residual_in_fp32 && add_rms_norm_fused_available(residual, hidden);
+}
+
+std::pair<at::Tensor, at::Tensor> Mamba2Model::add_norm(size_t i, const at::Tensor& residual,
+                                                        const at::Tensor& hidden) const {
+  const bool last = i == layers.size();
+  const auto& w = last ? norm_f : layers[i].norm_w;
+  if (add_norm_fused(residual, hidden)) {
+    const auto odt = norm_out_dtype(residual, !last);  // block i's norm feeds in_proj
+    auto [r, n] = add_rms_norm_fused(residual, hidden, w, cfg_.norm_eps, odt);
+    return {r, n.to(odt == at::kBFloat16 ? odt : dtype())};
+  }
+  const auto r = add_residual(residual, hidden, cfg_.residual_in_fp32 ? at::kFloat : dtype());
+  return {r, rmsnorm(r, w, !last)};
+}
+
 at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* state,
                                        std::vector<at::Tensor>* residuals) const {
   DFSSM_CHECK(ids.dim() == 2, "forward expects token ids of shape (batch, length), got rank ", ids.dim());
@@ -361,17 +388,28 @@ at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* st
   at::Tensor residual;
   if (residuals) residuals->clear();
   for (size_t i = 0; i < layers.size(); ++i) {
+    const bool recompute = !state && i < recompute_layers.size() && recompute_layers[i] && at::GradMode::is_enabled();
+    if (residual.defined() && add_norm_fused(residual, hidden)) {  // the add fused into block i's norm
+      at::Tensor normed;
+      if (recompute) {  // the add inside the checkpoint: its backward sums the stream's two gradients
+        std::tie(residual, hidden) = recomputed_add_block(*this, i, residual, hidden);
+      } else {
+        std::tie(residual, normed) = add_norm(i, residual, hidden);
+      }
+      if (residuals) residuals->push_back(residual);  // the stream after block i-1
+      if (!recompute) hidden = mixer_forward(layers[i].mixer, normed, state ? &state->layers[i] : nullptr);
+      continue;
+    }
     residual = residual.defined() ? add_residual(residual, hidden, res_dtype) : hidden.to(res_dtype);
     if (residuals && i > 0) residuals->push_back(residual);  // the stream after block i-1
-    const bool recompute = !state && i < recompute_layers.size() && recompute_layers[i] && at::GradMode::is_enabled();
     hidden = recompute ? recomputed_block(*this, i, residual)
                        : mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w, true),
                                        state ? &state->layers[i] : nullptr);
   }
-  residual = add_residual(residual, hidden, res_dtype);
-  if (residuals) residuals->push_back(residual);
   if (state) state->seqlen += ids.size(1);
-  return rmsnorm(residual, norm_f);
+  auto [res, out] = add_norm(layers.size(), residual, hidden);
+  if (residuals) residuals->push_back(res);
+  return out;
 }
 
 at::Tensor Mamba2Model::step(const at::Tensor& ids, InferenceState& state) const {

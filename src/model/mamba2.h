@@ -119,6 +119,16 @@ class Mamba2Model {
   // Block i (norm + mixer) on the residual stream, without caches; and its parameters. `keep`:
   // see SsdOutputKeep.
   at::Tensor block(size_t i, const at::Tensor& residual, SsdOutputKeep* keep = nullptr) const;
+  // block(i, r) is block_on_normed(i, r's norm): the mixer on block i's normed input.
+  at::Tensor block_on_normed(size_t i, const at::Tensor& normed, SsdOutputKeep* keep = nullptr) const;
+  // The stream after block i-1 (residual + hidden, in the residual dtype) and block i's normed
+  // input (i == n_layer: norm_f's output): one kernel each way where add_norm_fused() (CUDA, fp32
+  // stream: mamba_ssm's fused add + RMSNorm), else the add, then the norm.
+  std::pair<at::Tensor, at::Tensor> add_norm(size_t i, const at::Tensor& residual, const at::Tensor& hidden) const;
+  bool add_norm_fused(const at::Tensor& residual, const at::Tensor& hidden) const;
+  // Block i's norm, fused, whose backward also adds `dres` to x's gradient and writes the sum into
+  // `dh` in dh's dtype (rms_norm_fused_add_grad): the recomputed norm of a checkpointed block.
+  at::Tensor block_norm_add_grad(size_t i, const at::Tensor& x, const at::Tensor& dres, const at::Tensor& dh) const;
   std::vector<at::Tensor> layer_parameters(size_t i) const;
   // Activation checkpointing: layers whose activations are recomputed in the backward pass
   // instead of stored (src/model/recompute.h). Only in training forwards (grad mode, no state).

@@ -21,9 +21,14 @@ fused::Switch& fused_switch() {
   static fused::Switch s("DFSSM_NORM_FUSED");
   return s;
 }
+fused::Switch& add_switch() {
+  static fused::Switch s("DFSSM_ADD_NORM_FUSED");
+  return s;
+}
 }  // namespace
 
 void set_gated_norm_fused_enabled(bool on) { fused_switch().set(on); }
+void set_add_rms_norm_fused_enabled(bool on) { add_switch().set(on); }
 
 #ifdef DFSSM_NORM_FUSED_BUILT
 namespace {
@@ -135,6 +140,113 @@ struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
   }
 };
 
+bool out_dtype_ok(at::ScalarType t);
+
+// The plain norm's backward with the stream's gradient added (rms_norm_bwd_add_cuda): returns dx
+// in fp32, and writes it in dh's dtype into dh when dh is defined. dres undefined: the plain
+// backward (then dh gets dx's cast).
+at::Tensor norm_bwd_add(const at::Tensor& x, const at::Tensor& w, const at::Tensor& rstd, const at::Tensor& dout_in,
+                        at::ScalarType odt, const at::Tensor& dres_in, const at::Tensor& dh, at::Tensor* dw) {
+  const int64_t D = x.size(-1), R = x.numel() / D;
+  const auto dout = aligned(dout_in.to(odt).contiguous());
+  auto dx = at::empty(x.sizes(), x.options());
+  auto partial = at::empty({k::norm_bwd_partial_size(R, int(D))}, x.options());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (dres_in.defined()) {
+    const auto dres = aligned(dres_in.to(at::kFloat).contiguous());
+    DFSSM_ASSERT(!dh.defined() || (dh.is_contiguous() && dh.sizes() == x.sizes() && out_dtype_ok(dh.scalar_type())),
+                 "norm_bwd_add: dh must be contiguous fp32 or bf16 of x's shape");
+    check_cuda(k::rms_norm_bwd_add_cuda(x.data_ptr<float>(), w.data_ptr<float>(), rstd.data_ptr<float>(),
+                                        dout.data_ptr(), norm_dtype(odt), dres.data_ptr<float>(), dx.data_ptr<float>(),
+                                        dh.defined() ? dh.data_ptr() : nullptr,
+                                        norm_dtype(dh.defined() ? dh.scalar_type() : at::kFloat), partial.data_ptr<float>(),
+                                        R, int(D), stream),
+               "rms_norm_bwd_add_cuda");
+  } else {
+    check_cuda(k::rms_norm_bwd_cuda(x.data_ptr<float>(), w.data_ptr<float>(), rstd.data_ptr<float>(), dout.data_ptr(),
+                                    norm_dtype(odt), dx.data_ptr<float>(), partial.data_ptr<float>(), R, int(D), stream),
+               "rms_norm_bwd_cuda");
+    if (dh.defined()) dh.copy_(dx);
+  }
+  *dw = partial.view({-1, D}).sum(0);
+  return dx;
+}
+
+// res + h and its norm (add_rms_norm_fused). Saves its own first output (the stream) for backward.
+struct AddRmsNormFn : public torch::autograd::Function<AddRmsNormFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& res_in, const at::Tensor& h_in,
+                               const at::Tensor& w_in, double eps, int64_t out_dtype) {
+    const auto res = aligned(res_in.contiguous());
+    const auto h = aligned(h_in.contiguous());
+    const auto w = aligned(w_in.to(at::kFloat).contiguous());
+    const int64_t D = res.size(-1), R = res.numel() / D;
+    const auto odt = at::ScalarType(out_dtype);
+    auto x = at::empty(res.sizes(), res.options());
+    auto out = at::empty(res.sizes(), res.options().dtype(odt));
+    auto rstd = at::empty({R}, res.options());
+    const c10::cuda::CUDAGuard guard(res.device());
+    check_cuda(k::add_rms_norm_fwd_cuda(res.data_ptr<float>(), h.data_ptr(), norm_dtype(h.scalar_type()),
+                                        x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt),
+                                        rstd.data_ptr<float>(), R, int(D), float(eps),
+                                        c10::cuda::getCurrentCUDAStream()),
+               "add_rms_norm_fwd_cuda");
+    ctx->save_for_backward({x, w, rstd});
+    ctx->saved_data["dtypes"] = std::vector<int64_t>{int64_t(h_in.scalar_type()), int64_t(w_in.scalar_type()), out_dtype};
+    return {x, out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto s = ctx->get_saved_variables();
+    const auto &x = s[0], &w = s[1], &rstd = s[2];
+    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+    const auto hdt = at::ScalarType(dtypes[0]), odt = at::ScalarType(dtypes[2]);
+    auto dh = at::empty(x.sizes(), x.options().dtype(hdt));
+    at::Tensor dx, dw;
+    if (grad_out[1].defined()) {
+      dx = norm_bwd_add(x, w, rstd, grad_out[1], odt, grad_out[0], dh, &dw);
+    } else {  // the normed output unused: the stream's gradient passes through
+      dx = grad_out[0].defined() ? grad_out[0].to(at::kFloat) : at::zeros(x.sizes(), x.options());
+      dh.copy_(dx);
+      dw = at::zeros(w.sizes(), w.options());
+    }
+    return {dx, dh, dw.to(at::ScalarType(dtypes[1])), at::Tensor(), at::Tensor()};
+  }
+};
+
+// rms_norm_fused_add_grad: dres and dh ride along as inputs that take no gradient.
+struct RmsNormAddGradFn : public torch::autograd::Function<RmsNormAddGradFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in, double eps,
+                            int64_t out_dtype, const at::Tensor& dres, const at::Tensor& dh) {
+    const auto x = aligned(x_in.to(at::kFloat).contiguous());
+    const auto w = aligned(w_in.to(at::kFloat).contiguous());
+    const int64_t D = x.size(-1), R = x.numel() / D;
+    const auto odt = at::ScalarType(out_dtype);
+    auto out = at::empty(x.sizes(), x.options().dtype(odt));
+    auto rstd = at::empty({R}, x.options());
+    const c10::cuda::CUDAGuard guard(x.device());
+    check_cuda(k::rms_norm_fwd_cuda(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt),
+                                    rstd.data_ptr<float>(), R, int(D), float(eps), c10::cuda::getCurrentCUDAStream()),
+               "rms_norm_fwd_cuda");
+    ctx->save_for_backward({x, w, rstd});
+    ctx->saved_data["dres"] = dres;
+    ctx->saved_data["dh"] = dh;
+    ctx->saved_data["dtypes"] =
+        std::vector<int64_t>{int64_t(x_in.scalar_type()), int64_t(w_in.scalar_type()), out_dtype};
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto s = ctx->get_saved_variables();
+    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+    at::Tensor dw;
+    const auto dx = norm_bwd_add(s[0], s[1], s[2], grad_out[0], at::ScalarType(dtypes[2]),
+                                 ctx->saved_data["dres"].toTensor(), ctx->saved_data["dh"].toTensor(), &dw);
+    return {dx.to(at::ScalarType(dtypes[0])), dw.to(at::ScalarType(dtypes[1])), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
 bool out_dtype_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
 
 // The gated forward on a bf16 y and a bf16 z, without autograd: the no-grad first pass of an
@@ -183,10 +295,44 @@ at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, 
   return RmsNormFn::apply(x, w, eps, int64_t(out_dtype));
 }
 
+bool add_rms_norm_fused_available(const at::Tensor& res, const at::Tensor& h) {
+  return add_switch().on() && rms_norm_fused_available(res) && res.scalar_type() == at::kFloat &&
+         h.sizes() == res.sizes() && h.device() == res.device() &&
+         (h.scalar_type() == at::kFloat || h.scalar_type() == at::kBFloat16);
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm_fused(const at::Tensor& res, const at::Tensor& h, const at::Tensor& w,
+                                                     double eps, at::ScalarType out_dtype) {
+  DFSSM_ASSERT(add_rms_norm_fused_available(res, h) && w.dim() == 1 && w.size(0) == res.size(-1) &&
+                   out_dtype_ok(out_dtype),
+               "add_rms_norm_fused: shapes");
+  const auto r = AddRmsNormFn::apply(res, h, w, eps, int64_t(out_dtype));
+  return {r[0], r[1]};
+}
+
+at::Tensor rms_norm_fused_add_grad(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype,
+                                   const at::Tensor& dres, const at::Tensor& dh) {
+  DFSSM_ASSERT(w.dim() == 1 && w.size(0) == x.size(-1) && out_dtype_ok(out_dtype) && !dres.requires_grad() &&
+                   !dh.requires_grad(),
+               "rms_norm_fused_add_grad: shapes");
+  return RmsNormAddGradFn::apply(x, w, eps, int64_t(out_dtype), dres, dh);
+}
+
 #else  // no CUDA in this build: mamba2.cpp keeps its ATen path
 
 bool gated_norm_fused_available(const at::Tensor&, int64_t) { return false; }
 bool rms_norm_fused_available(const at::Tensor&) { return false; }
+bool add_rms_norm_fused_available(const at::Tensor&, const at::Tensor&) { return false; }
+std::pair<at::Tensor, at::Tensor> add_rms_norm_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                                     at::ScalarType) {
+  DFSSM_ASSERT(false, "add_rms_norm_fused: this build has no CUDA kernels");
+  return {};
+}
+at::Tensor rms_norm_fused_add_grad(const at::Tensor&, const at::Tensor&, double, at::ScalarType, const at::Tensor&,
+                                   const at::Tensor&) {
+  DFSSM_ASSERT(false, "rms_norm_fused_add_grad: this build has no CUDA kernels");
+  return {};
+}
 
 at::Tensor gated_norm_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, at::ScalarType) {
   DFSSM_ASSERT(false, "gated_norm_fused: this build has no CUDA kernels");

@@ -24,4 +24,22 @@ at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::
 bool rms_norm_fused_available(const at::Tensor& x);
 at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype);
 
+// The residual add fused into the plain norm (mamba_ssm's fused add + RMSNorm), one kernel each
+// way: returns {res + h, rmsnorm(res + h) in out_dtype}; its backward adds the new stream's
+// gradient to the norm's and writes the block output's gradient in h's dtype in the same pass.
+// res: (..., D) fp32; h: the same shape, fp32 or bf16. Available where rms_norm_fused is and
+// DFSSM_ADD_NORM_FUSED != 0 (on by default).
+bool add_rms_norm_fused_available(const at::Tensor& res, const at::Tensor& h);
+void set_add_rms_norm_fused_enabled(bool on);  // tests compare against the add, then the norm
+std::pair<at::Tensor, at::Tensor> add_rms_norm_fused(const at::Tensor& res, const at::Tensor& h, const at::Tensor& w,
+                                                     double eps, at::ScalarType out_dtype);
+
+// rms_norm_fused whose backward also adds `dres` (fp32, x's shape) to x's gradient and writes
+// that sum, in dh's dtype, into `dh` (preallocated, x's shape, contiguous): an activation-
+// checkpointed block's recomputed norm (recompute.cpp), where the stream's gradient from above
+// and the block output's gradient below are known before its backward runs. Neither dres nor dh
+// takes a gradient.
+at::Tensor rms_norm_fused_add_grad(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype,
+                                   const at::Tensor& dres, const at::Tensor& dh);
+
 }  // namespace dfssm

@@ -11,9 +11,31 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-struct AutocastState {
-  bool cuda = false;
-  at::ScalarType dtype = at::kBFloat16;
+// The backward pass runs on autograd's own thread: the recomputation re-enters the forward
+// pass's autocast state, then restores the thread's.
+class AutocastScope {
+ public:
+  AutocastScope(bool on, at::ScalarType dtype)
+      : prev_(at::autocast::is_autocast_enabled(at::kCUDA)), prev_dtype_(at::autocast::get_autocast_dtype(at::kCUDA)),
+        on_(on) {
+    at::autocast::set_autocast_enabled(at::kCUDA, on);
+    at::autocast::set_autocast_dtype(at::kCUDA, dtype);
+  }
+  void restore() {
+    if (done_) return;
+    done_ = true;
+    at::autocast::set_autocast_enabled(at::kCUDA, prev_);
+    at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype_);
+    if (on_) at::autocast::clear_cache();
+  }
+  ~AutocastScope() { restore(); }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool prev_;
+  at::ScalarType prev_dtype_;
+  bool on_, done_ = false;
 };
 
 struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
@@ -44,25 +66,76 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     SsdOutputKeep keep;
     keep.y = saved[1];
     auto params = model->layer_parameters(layer);
-    // The backward pass runs on autograd's own thread: re-enter the forward pass's autocast state.
-    const bool prev = at::autocast::is_autocast_enabled(at::kCUDA);
-    const auto prev_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-    at::autocast::set_autocast_enabled(at::kCUDA, ac);
-    at::autocast::set_autocast_dtype(at::kCUDA, ac_dtype);
+    AutocastScope scope(ac, ac_dtype);
     at::Tensor out;
     {
       at::AutoGradMode g(true);
       out = model->block(layer, x, keep.y.defined() ? &keep : nullptr);
     }
-    at::autocast::set_autocast_enabled(at::kCUDA, prev);
-    at::autocast::set_autocast_dtype(at::kCUDA, prev_dtype);
-    if (ac) at::autocast::clear_cache();
+    scope.restore();
     variable_list wrt = {x};
     for (auto& p : params) wrt.push_back(p);
     const auto grads = torch::autograd::grad({out}, wrt, {grad_out[0]}, /*retain_graph=*/false,
                                              /*create_graph=*/false, /*allow_unused=*/true);
     variable_list result = {at::Tensor(), at::Tensor()};  // model_addr, layer
     for (const auto& g : grads) result.push_back(g);
+    return result;
+  }
+};
+
+// A checkpointed block with the residual add before it (Mamba2Model::add_norm_fused): inputs =
+// {the stream before block i-1's output is added, block i-1's output, layer parameters...};
+// outputs {the stream, block i's output}. It saves its own first output, the stream, as the
+// plain form saves its input. Its backward gets both outputs' gradients at once, so the stream's
+// gradient from above is added inside the recomputed norm's backward kernel, which also writes
+// the previous block output's gradient in its dtype (rms_norm_fused_add_grad): no separate add,
+// accumulation or cast.
+struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
+  static variable_list forward(AutogradContext* ctx, int64_t model_addr, int64_t layer, at::TensorList inputs) {
+    const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
+    ctx->saved_data["model"] = model_addr;
+    ctx->saved_data["layer"] = layer;
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
+    ctx->saved_data["autocast_dtype"] = int64_t(at::autocast::get_autocast_dtype(at::kCUDA));
+    ctx->saved_data["hidden_dtype"] = int64_t(inputs[1].scalar_type());
+    at::NoGradGuard ng;
+    SsdOutputKeep keep;
+    keep.capture = model->keep_ssd_output;
+    if (at::autocast::is_autocast_enabled(at::kCUDA)) keep.dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+    auto [residual, normed] = model->add_norm(size_t(layer), inputs[0], inputs[1]);
+    auto out = model->block_on_normed(size_t(layer), normed, keep.capture ? &keep : nullptr);
+    ctx->save_for_backward({residual, keep.y});
+    return {residual, out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto* model = reinterpret_cast<const Mamba2Model*>(ctx->saved_data["model"].toInt());
+    const auto layer = size_t(ctx->saved_data["layer"].toInt());
+    const auto saved = ctx->get_saved_variables();
+    const auto x = saved[0].detach().requires_grad_(true);
+    SsdOutputKeep keep;
+    keep.y = saved[1];
+    const auto dres = grad_out[0].defined() ? grad_out[0] : at::zeros(x.sizes(), x.options());
+    auto dh = at::empty(x.sizes(), x.options().dtype(at::ScalarType(ctx->saved_data["hidden_dtype"].toInt())));
+    const auto dout = grad_out[1];
+    auto params = model->layer_parameters(layer);
+    const bool ac = ctx->saved_data["autocast"].toBool();
+    AutocastScope scope(ac, at::ScalarType(ctx->saved_data["autocast_dtype"].toInt()));
+    at::Tensor out;
+    {
+      at::AutoGradMode g(true);
+      const auto normed = model->block_norm_add_grad(layer, x, dres, dh);
+      out = model->block_on_normed(layer, normed, keep.y.defined() ? &keep : nullptr);
+    }
+    scope.restore();
+    variable_list wrt = {x};
+    for (auto& p : params) wrt.push_back(p);
+    const auto grads = torch::autograd::grad({out}, wrt, {dout.defined() ? dout : at::zeros_like(out)},
+                                             /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+    variable_list result = {at::Tensor(), at::Tensor()};  // model_addr, layer
+    result.push_back(grads[0]);  // the stream before: x's gradient, dres included
+    result.push_back(dh);        // block i-1's output: the same, in its dtype (written by the norm's backward)
+    for (size_t j = 1; j < grads.size(); ++j) result.push_back(grads[j]);
     return result;
   }
 };
@@ -74,6 +147,14 @@ at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor
   for (auto& p : model.layer_parameters(i)) inputs.push_back(p);
   // As a TensorList (not a std::vector): only then does autograd treat the elements as inputs.
   return RecomputeFn::apply(int64_t(reinterpret_cast<intptr_t>(&model)), int64_t(i), at::TensorList(inputs));
+}
+
+std::pair<at::Tensor, at::Tensor> recomputed_add_block(const Mamba2Model& model, size_t i, const at::Tensor& residual,
+                                                       const at::Tensor& hidden) {
+  variable_list inputs = {residual, hidden};
+  for (auto& p : model.layer_parameters(i)) inputs.push_back(p);
+  const auto r = RecomputeAddFn::apply(int64_t(reinterpret_cast<intptr_t>(&model)), int64_t(i), at::TensorList(inputs));
+  return {r[0], r[1]};
 }
 
 }  // namespace dfssm

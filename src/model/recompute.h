@@ -14,5 +14,9 @@ namespace dfssm {
 
 // block(i, residual) of `model`, recomputed in the backward pass.
 at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor& residual);
+// {residual + hidden, block(i, residual + hidden)}, the add fused into the norm (Mamba2Model::
+// add_norm_fused), both recomputed in the backward pass.
+std::pair<at::Tensor, at::Tensor> recomputed_add_block(const Mamba2Model& model, size_t i, const at::Tensor& residual,
+                                                       const at::Tensor& hidden);
 
 }  // namespace dfssm

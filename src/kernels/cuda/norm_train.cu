@@ -10,6 +10,11 @@
 //   backward: n = x·rstd, one block sum of dout·w·n, dx = rstd·(dout·w − n·mean), dy = dx·silu(z)
 //             (or dx), dz = dx·y·silu'(z); dw's column sums over the block's rows stay in
 //             registers and leave as one row of `partial` (summed by the caller: deterministic).
+// The residual add (ADD, plain norm only) rides along: the forward reads the stream and the block
+// output (in z's slot) and also stores their sum; the backward reads the stream's gradient from
+// the next layer (in z's slot, fp32), adds it to dx and stores the sum in fp32 and, for the block
+// output's gradient, in z's dtype: the add, its backward's cast and autograd's accumulation of
+// the two paths were three more passes over (R, D) fp32 per layer.
 // Why this shape: at batch x length = 32k rows the norms are bandwidth work, but the previous
 // kernel (one row after another, each with a global round trip, three barriers and a re-read of
 // y and z) issued 0.14 warps per cycle and reached 18% of the DRAM bandwidth (ncu, H200). Here
@@ -40,6 +45,7 @@ struct NormArgs {
   int64_t ldz = 0;
   const float* w = nullptr;
   void* out = nullptr;  // forward
+  float* res_out = nullptr;  // forward with ADD: y + z
   float* rstd = nullptr;
   const float* rstd_in = nullptr;  // backward
   const void* dout = nullptr;
@@ -71,7 +77,8 @@ struct Row {
   float rs;
 };
 
-template <bool GATED, bool BWD, typename E, typename O, int J, typename Y = float>
+// ADD: z holds the block output (forward, in E) or the stream's gradient (backward, fp32), rows D apart.
+template <bool GATED, bool BWD, typename E, typename O, int J, typename Y = float, bool ADD = false>
 __device__ __forceinline__ void load_row(const NormArgs& a, int64_t r, int g0, Row<J>& x) {
 #pragma unroll
   for (int j = 0; j < J; ++j) {
@@ -80,6 +87,8 @@ __device__ __forceinline__ void load_row(const NormArgs& a, int64_t r, int g0, R
       const int64_t c = g0 + 4 * q;
       ld4(static_cast<const Y*>(a.y) + r * a.D + c, x.y[j]);
       if (GATED) ld4(static_cast<const E*>(a.z) + r * a.ldz + c, x.z[j]);
+      if (ADD && !BWD) ld4(static_cast<const E*>(a.z) + r * a.D + c, x.z[j]);
+      if (ADD && BWD) ld4(static_cast<const float*>(a.z) + r * a.D + c, x.z[j]);
       if (BWD) ld4(static_cast<const O*>(a.dout) + r * a.D + c, x.d[j]);
     } else {
 #pragma unroll
@@ -103,7 +112,7 @@ __device__ __forceinline__ void load_w(const NormArgs& a, int g0, float (&w)[J][
   }
 }
 
-template <bool GATED, typename E, typename O, int J, bool PF, typename Y = float>
+template <bool GATED, typename E, typename O, int J, bool PF, typename Y = float, bool ADD = false>
 __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
   const int g0 = int(blockIdx.y) * a.gs;
@@ -111,19 +120,28 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormA
   float w[J][4];
   load_w(a, g0, w);
   Row<J> cur, nxt;
-  if (PF) load_row<GATED, false, E, O, J, Y>(a, r0, g0, cur);
+  if (PF) load_row<GATED, false, E, O, J, Y, ADD>(a, r0, g0, cur);
   for (int64_t r = r0; r < r1; ++r) {
-    if (!PF) load_row<GATED, false, E, O, J, Y>(a, r, g0, cur);
-    if (PF && r + 1 < r1) load_row<GATED, false, E, O, J, Y>(a, r + 1, g0, nxt);  // in flight during this row
+    if (!PF) load_row<GATED, false, E, O, J, Y, ADD>(a, r, g0, cur);
+    if (PF && r + 1 < r1) load_row<GATED, false, E, O, J, Y, ADD>(a, r + 1, g0, nxt);  // in flight during this row
     float x[J][4];
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < J; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        x[j][i] = GATED ? cur.y[j][i] * cur.z[j][i] * sigmoid(cur.z[j][i]) : cur.y[j][i];
+        x[j][i] = GATED ? cur.y[j][i] * cur.z[j][i] * sigmoid(cur.z[j][i])
+                  : ADD ? cur.y[j][i] + cur.z[j][i]
+                        : cur.y[j][i];
         ss += x[j][i] * x[j][i];
       }
+    if (ADD) {  // the new residual stream
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int q = int(threadIdx.x) + j * int(blockDim.x);
+        if (4 * q < a.gs) st4(a.res_out + r * a.D + g0 + 4 * q, x[j]);
+      }
+    }
     const float rs = rsqrtf(block_sum(ss, red, int(r & 1)) / float(a.gs) + a.eps);
 #pragma unroll
     for (int j = 0; j < J; ++j) {
@@ -140,7 +158,7 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormA
   }
 }
 
-template <bool GATED, typename E, typename O, int J, bool PF>
+template <bool GATED, typename E, typename O, int J, bool PF, bool ADD = false>
 __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
   const int g0 = int(blockIdx.y) * a.gs;
@@ -152,10 +170,10 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormA
 #pragma unroll
     for (int i = 0; i < 4; ++i) gw[j][i] = 0.f;
   Row<J> cur, nxt;
-  if (PF) load_row<GATED, true, E, O, J>(a, r0, g0, cur);
+  if (PF) load_row<GATED, true, E, O, J, float, ADD>(a, r0, g0, cur);
   for (int64_t r = r0; r < r1; ++r) {
-    if (!PF) load_row<GATED, true, E, O, J>(a, r, g0, cur);
-    if (PF && r + 1 < r1) load_row<GATED, true, E, O, J>(a, r + 1, g0, nxt);  // in flight during this row
+    if (!PF) load_row<GATED, true, E, O, J, float, ADD>(a, r, g0, cur);
+    if (PF && r + 1 < r1) load_row<GATED, true, E, O, J, float, ADD>(a, r + 1, g0, nxt);  // in flight during this row
     // ---- n = x·rstd, dn = dout·w, and this thread's part of sum(dn·n) ----
     float n[J][4], dn[J][4];
     float dot = 0.f;
@@ -185,12 +203,13 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormA
             dy[i] = dx * zi * s;
             dz[i] = dx * cur.y[j][i] * s * (1.f + zi * (1.f - s));
           } else {
-            dy[i] = dx;
+            dy[i] = ADD ? dx + cur.z[j][i] : dx;  // plus the stream's gradient from the next layer
           }
         }
         const int64_t off = r * a.D + g0 + 4 * q;
         st4(a.dy + off, dy);
         if (GATED) st4(static_cast<E*>(a.dz) + off, dz);
+        if (ADD && a.dz) st4(static_cast<E*>(a.dz) + off, dy);  // the block output's gradient, in its dtype
       }
     }
     if (PF && r + 1 < r1) cur = nxt;
@@ -236,20 +255,20 @@ bool prefetch() {
 }
 
 // J quads per thread: the fewest that keep a block within kMaxThreads.
-template <bool BWD, bool GATED, typename E, typename O, typename Y = float>
+template <bool BWD, bool GATED, typename E, typename O, typename Y = float, bool ADD = false>
 cudaError_t run(const NormArgs& a, cudaStream_t stream) {
   const int Q = a.gs / 4, J = Q <= kMaxThreads ? 1 : Q <= 2 * kMaxThreads ? 2 : 4;
   const int threads = ((Q + J - 1) / J + 31) / 32 * 32;
   const dim3 grid(unsigned((a.R + kRows - 1) / kRows), unsigned(a.D / a.gs));
   Kernel k = nullptr;
   if (prefetch()) {
-    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true> : norm_fwd_kernel<GATED, E, O, 1, true, Y>;
-    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true> : norm_fwd_kernel<GATED, E, O, 2, true, Y>;
-    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true> : norm_fwd_kernel<GATED, E, O, 4, true, Y>;
+    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true, ADD> : norm_fwd_kernel<GATED, E, O, 1, true, Y, ADD>;
+    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true, ADD> : norm_fwd_kernel<GATED, E, O, 2, true, Y, ADD>;
+    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true, ADD> : norm_fwd_kernel<GATED, E, O, 4, true, Y, ADD>;
   } else {
-    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, false> : norm_fwd_kernel<GATED, E, O, 1, false, Y>;
-    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, false> : norm_fwd_kernel<GATED, E, O, 2, false, Y>;
-    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, false> : norm_fwd_kernel<GATED, E, O, 4, false, Y>;
+    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, false, ADD> : norm_fwd_kernel<GATED, E, O, 1, false, Y, ADD>;
+    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, false, ADD> : norm_fwd_kernel<GATED, E, O, 2, false, Y, ADD>;
+    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, false, ADD> : norm_fwd_kernel<GATED, E, O, 4, false, Y, ADD>;
   }
   launch(k, grid, threads, stream, a);
   return cudaGetLastError();
@@ -272,7 +291,7 @@ bool aligned(const void* p, NormDtype dt) {
 
 bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt, NormDtype ydt = NormDtype::f32) {
   constexpr auto f = NormDtype::f32;
-  return a.R > 0 && (a.R + kRows - 1) / kRows <= 2147483647LL && a.gs > 0 && a.gs % 4 == 0 &&
+  return aligned(a.res_out, f) && a.R > 0 && (a.R + kRows - 1) / kRows <= 2147483647LL && a.gs > 0 && a.gs % 4 == 0 &&
          a.gs <= kNormMaxGroup && a.D % a.gs == 0 && a.D / a.gs <= 65535 &&
          (!gated || (a.ldz >= a.D && a.ldz % 4 == 0 && aligned(a.z, zdt) && aligned(a.dz, zdt))) && aligned(a.y, ydt) &&
          aligned(a.w, f) && aligned(a.dy, f) && aligned(a.partial, f) && aligned(a.out, odt) && aligned(a.dout, odt);
@@ -326,6 +345,35 @@ cudaError_t rms_norm_bwd_cuda(const float* y, const float* w, const float* rstd,
   a.y = y, a.w = w, a.rstd_in = rstd, a.dout = dout, a.dy = dy, a.partial = partial, a.R = R, a.D = D, a.gs = D;
   if (!args_ok(a, false, NormDtype::f32, odt)) return cudaErrorInvalidValue;
   return run_o<true, false, float>(a, odt, stream);
+}
+
+namespace {
+template <bool BWD, typename O>
+cudaError_t run_add(const NormArgs& a, NormDtype hdt, cudaStream_t stream) {
+  return hdt == NormDtype::bf16 ? run<BWD, false, __nv_bfloat16, O, float, true>(a, stream)
+                                : run<BWD, false, float, O, float, true>(a, stream);
+}
+}  // namespace
+
+cudaError_t add_rms_norm_fwd_cuda(const float* res, const void* h, NormDtype hdt, float* res_out, const float* w,
+                                  void* out, NormDtype odt, float* rstd, int64_t R, int D, float eps,
+                                  cudaStream_t stream) {
+  NormArgs a;
+  a.y = res, a.z = h, a.ldz = D, a.res_out = res_out, a.w = w, a.out = out, a.rstd = rstd, a.R = R, a.D = D, a.gs = D;
+  a.eps = eps;
+  if (!res || !h || !res_out || !aligned(h, hdt) || !args_ok(a, false, hdt, odt)) return cudaErrorInvalidValue;
+  return odt == NormDtype::bf16 ? run_add<false, __nv_bfloat16>(a, hdt, stream) : run_add<false, float>(a, hdt, stream);
+}
+
+cudaError_t rms_norm_bwd_add_cuda(const float* y, const float* w, const float* rstd, const void* dout, NormDtype odt,
+                                  const float* dres, float* dy, void* dh, NormDtype hdt, float* partial, int64_t R,
+                                  int D, cudaStream_t stream) {
+  NormArgs a;
+  a.y = y, a.w = w, a.rstd_in = rstd, a.dout = dout, a.z = dres, a.dy = dy, a.dz = dh, a.partial = partial;
+  a.R = R, a.D = D, a.gs = D;
+  if (!dres || !aligned(dres, NormDtype::f32) || !aligned(dh, hdt) || !args_ok(a, false, NormDtype::f32, odt))
+    return cudaErrorInvalidValue;
+  return odt == NormDtype::bf16 ? run_add<true, __nv_bfloat16>(a, hdt, stream) : run_add<true, float>(a, hdt, stream);
 }
 
 }  // namespace dfssm::kernels

@@ -56,4 +56,15 @@ cudaError_t rms_norm_fwd_cuda(const float* y, const float* w, void* out, NormDty
 cudaError_t rms_norm_bwd_cuda(const float* y, const float* w, const float* rstd, const void* dout, NormDtype odt,
                               float* dy, float* partial, int64_t R, int D, cudaStream_t stream);
 
+// The residual add fused into the plain norm (mamba_ssm's fused add + norm): res_out = res + h
+// (res fp32, h (R, D) contiguous in hdt, fp32 or bf16), out = the norm of res_out.
+cudaError_t add_rms_norm_fwd_cuda(const float* res, const void* h, NormDtype hdt, float* res_out, const float* w,
+                                  void* out, NormDtype odt, float* rstd, int64_t R, int D, float eps,
+                                  cudaStream_t stream);
+// Its backward: dy = the norm's dx + dres (the stream's gradient from the layers above, fp32), in
+// fp32 and, where dh is not null, also in hdt (the block output's gradient).
+cudaError_t rms_norm_bwd_add_cuda(const float* y, const float* w, const float* rstd, const void* dout, NormDtype odt,
+                                  const float* dres, float* dy, void* dh, NormDtype hdt, float* partial, int64_t R,
+                                  int D, cudaStream_t stream);
+
 }  // namespace dfssm::kernels
