@@ -424,8 +424,10 @@ TEST_CASE("residual add fused into the norm == the add, then the norm: values an
   const double ex = rel_err(f[0].cpu(), ref[0].cpu()), eh = rel_err(f[1].to(at::kFloat).cpu(), ref[1].to(at::kFloat).cpu()),
                ew = rel_err(f[2].cpu(), ref[2].cpu());
   WARN("fused add + norm vs add, then norm: dres " << ex << ", dh " << eh << ", dw " << ew);
+  // dres may differ in the last fp32 bit (the kernel's add may contract into an FMA), which can
+  // flip a bf16 rounding of dh (H200: dres 3.3e-8, dh 3.4e-6).
   CHECK(ex < 1e-6);
-  CHECK(eh < 1e-6);
+  CHECK(eh < 1e-4);
   CHECK(ew < 1e-6);
   // The checkpointed block's form: the stream's gradient and the block output's gradient buffer
   // are given to the norm, whose backward adds the one and fills the other.
@@ -437,7 +439,7 @@ TEST_CASE("residual add fused into the norm == the add, then the norm: values an
   const double ea = rel_err(ga[0].cpu(), ref[0].cpu()), eah = rel_err(dh.to(at::kFloat).cpu(), ref[1].to(at::kFloat).cpu());
   WARN("norm with the stream's gradient added in backward: dx " << ea << ", dh " << eah);
   CHECK(ea < 1e-6);
-  CHECK(eah < 1e-6);
+  CHECK(eah < 1e-4);
   CHECK(at::equal(dh, ga[0].to(at::kBFloat16)));
 }
 
@@ -1483,7 +1485,9 @@ TEST_CASE("chunked LM loss: per-token kernel == ATen ops, 1.3B LM head, bf16 and
     for (size_t i = 0; i < f.size(); ++i) {
       const double e = rel_err(f[i], a[i]);
       WARN("LM loss kernel vs ATen ops, tensor " << i << " (loss, dh, dW): " << e);
-      CHECK(e < (c.md == at::kBFloat16 ? 2e-3 : 1e-5));
+      // bf16: the kernel path's gradient GEMMs write fp32 (DFSSM_LM_GRAD_F32OUT), ATen's round
+      // their products to bf16 first: about one bf16 rounding apart (H200: 1.66e-3 for dh and dW).
+      CHECK(e < (c.md == at::kBFloat16 ? 3e-3 : 1e-5));
     }
     CHECK(std::fabs(sf.ce - sa.ce) < 1e-5 * sa.ce);
     if (c.teacher) {

@@ -10,7 +10,9 @@
 // contiguous in x's dtype. Plain C++ header: the CUDA runtime only.
 #pragma once
 
+#ifndef DFSSM_CUDA_EMULATE  // tests/cuda_emu/cuda_emu.h stands in for it
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 

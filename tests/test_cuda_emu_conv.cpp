@@ -1,0 +1,80 @@
+// The training conv1d + SiLU kernels (src/kernels/cuda/conv_train.cu) on the CPU emulator
+// (tests/cuda_emu/cuda_emu.h) against their scalar references: version 2 (4 channels per thread,
+// where C and the row stride are multiples of 4) and version 1 (the fallback, C = 130), a strided
+// input, runs that end inside the sequence's last unrolled step, fp32 and bf16 input. The gpu
+// tests run them at the 1.3B shape (test_gpu_train_kernels "[conv]").
+#include "cuda_emu/cuda_emu.h"
+// The kernel source itself, compiled as C++ (DFSSM_CUDA_EMULATE is set for this target).
+#include "kernels/cuda/conv_train.cu"
+
+#include <random>
+#include <vector>
+
+#include "catch_compat.h"
+#include "cuda_emu/emu_test_util.h"
+#include "kernels/cpu/conv_train_ref.h"
+
+using namespace dfssm::kernels;
+using dfssm::emu_test::Buf;
+using dfssm::emu_test::bf;
+using dfssm::emu_test::rel_err;
+
+TEST_CASE("conv1d + SiLU kernels (emulated) == scalar reference: versions 1 and 2, strided, fp32 and bf16",
+          "[cuda_emu][conv]") {
+  std::mt19937 rng(21);
+  std::normal_distribution<float> nd;
+  struct Shape {
+    int64_t B, L;
+    int C, K;
+  };
+  // L = 77: forward runs of 32 end at 64 and 77 (inside an unrolled step of 8); backward runs of 64
+  // at 64 and 77 (steps of 4 past the lookahead). C = 136: 34 threads of 4 channels in a block of 64.
+  for (const auto sh : {Shape{2, 77, 136, 4}, Shape{1, 70, 136, 3}, Shape{2, 77, 130, 4}}) {
+    for (const bool lowp : {false, true}) {
+      INFO("B=" << sh.B << " L=" << sh.L << " C=" << sh.C << " K=" << sh.K << (lowp ? " bf16" : " fp32"));
+      const int64_t ldx = sh.C + 12, BL = sh.B * sh.L;
+      const size_t n = size_t(BL) * size_t(sh.C);
+      std::vector<float> xfull(size_t(BL * ldx)), w(size_t(sh.C * sh.K)), bias(size_t(sh.C)), dout(n);
+      for (auto* v : {&xfull, &w, &bias, &dout})
+        for (auto& e : *v) e = nd(rng) * (v == &w || v == &bias ? 0.5f : 1.f);
+      if (lowp)
+        for (auto& e : xfull) e = bf(e);
+      std::vector<float> xs(n);
+      for (int64_t r = 0; r < BL; ++r)
+        for (int c = 0; c < sh.C; ++c) xs[size_t(r * sh.C + c)] = xfull[size_t(r * ldx + c)];
+      std::vector<float> out_r(n), dx_r(n), dw_r(w.size()), db_r(bias.size());
+      conv_silu_fwd_ref(xs.data(), w.data(), bias.data(), out_r.data(), sh.B, sh.L, sh.C, sh.K);
+      conv_silu_bwd_ref(xs.data(), w.data(), bias.data(), dout.data(), dx_r.data(), dw_r.data(), db_r.data(), sh.B, sh.L,
+                        sh.C, sh.K);
+      const size_t es = lowp ? 2 : 4;
+      const auto dt = lowp ? ConvDtype::bf16 : ConvDtype::f32;
+      const int64_t np = conv_silu_bwd_partial_size(sh.B, sh.L, sh.C, sh.K);
+      Buf xb(xfull.size() * es), wb(w.size() * 4), bb(bias.size() * 4), ob(n * 4), db(n * 4), dxb(n * es),
+          pb(size_t(np) * 4);
+      for (size_t i = 0; i < xfull.size(); ++i) {
+        if (lowp) {
+          xb.h()[i] = __float2bfloat16(xfull[i]);
+        } else {
+          xb.f()[i] = xfull[i];
+        }
+      }
+      std::copy(w.begin(), w.end(), wb.f()), std::copy(bias.begin(), bias.end(), bb.f());
+      std::copy(dout.begin(), dout.end(), db.f());
+      REQUIRE(conv_silu_fwd_cuda(xb.p, dt, ldx, wb.f(), bb.f(), ob.f(), sh.B, sh.L, sh.C, sh.K, nullptr) == cudaSuccess);
+      REQUIRE(conv_silu_bwd_cuda(xb.p, dt, ldx, wb.f(), bb.f(), db.f(), dxb.p, pb.f(), sh.B, sh.L, sh.C, sh.K, nullptr) ==
+              cudaSuccess);
+      std::vector<float> out(ob.f(), ob.f() + n), dx(n), dw(w.size(), 0.f), dbias(bias.size(), 0.f);
+      for (size_t i = 0; i < n; ++i) dx[i] = lowp ? __bfloat162float(dxb.h()[i]) : dxb.f()[i];
+      for (int64_t r = 0; r < np / (sh.C * (sh.K + 1)); ++r)
+        for (int c = 0; c < sh.C; ++c) {
+          const float* p = pb.f() + (r * sh.C + c) * (sh.K + 1);
+          for (int k = 0; k < sh.K; ++k) dw[size_t(c * sh.K + k)] += p[k];
+          dbias[size_t(c)] += p[sh.K];
+        }
+      CHECK(rel_err(out, out_r) < 1e-5);
+      CHECK(rel_err(dx, dx_r) < (lowp ? 5e-3 : 1e-5));  // dx is stored in x's dtype
+      CHECK(rel_err(dw, dw_r) < 1e-5);
+      CHECK(rel_err(dbias, db_r) < 1e-5);
+    }
+  }
+}
