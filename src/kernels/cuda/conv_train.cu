@@ -117,58 +117,64 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_kernel(const E* __restrict_
   pr[K] = gb;
 }
 
-// ---- version 2: 4 channels per thread -----------------------------------------------------------
-constexpr int kThreads2 = 64, kFwdUnroll = 8, kBwdUnroll = 4;
+// ---- version 2: V channels per thread, U timesteps' loads in flight ---------------------------
+// The configuration the model runs (scripts/device/micro/conv_bench.cu times the others).
+constexpr int kFwdV = 4, kFwdU = 8, kBwdV = 4, kBwdU = 4, kThreads2 = 64;
 
-template <typename E, int K>
-__device__ __forceinline__ void load_w4(const float* w, const float* bias, int c, float (&wk)[K][4], float (&b0)[4]) {
+template <int V, int K>
+__device__ __forceinline__ void load_wv(const float* w, const float* bias, int c, float (&wk)[K][V], float (&b0)[V]) {
 #pragma unroll
-  for (int v = 0; v < 4; ++v) {
+  for (int v = 0; v < V; ++v) {
 #pragma unroll
     for (int k = 0; k < K; ++k) wk[k][v] = w[(c + v) * K + k];
     b0[v] = bias ? bias[c + v] : 0.f;
   }
 }
 
-template <typename E, int K>
-__global__ void __launch_bounds__(kThreads2) conv_fwd_v2_kernel(const E* __restrict__ x, int64_t ldx,
-                                                                const float* __restrict__ w,
-                                                                const float* __restrict__ bias, float* __restrict__ out,
-                                                                int64_t L, int C) {
-  const int c = (int(blockIdx.x) * kThreads2 + int(threadIdx.x)) * 4;
-  if (c >= C) return;
-  const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kFwdRun;
-  float wk[K][4], b0[4], win[K][4];
-  load_w4<E, K>(w, bias, c, wk, b0);
-  const E* xb = x + b * L * ldx + c;
+// The K-1 inputs before t0 (zeros before the sequence).
+template <int V, int K, typename E>
+__device__ __forceinline__ void load_halo(const E* xb, int64_t ldx, int64_t t0, float (&win)[K][V]) {
 #pragma unroll
-  for (int k = 0; k < K - 1; ++k) {  // the K-1 inputs before t0 (zeros before the sequence)
+  for (int k = 0; k < K - 1; ++k) {
     const int64_t s = t0 - (K - 1) + k;
     if (s >= 0) {
-      ld4(xb + s * ldx, win[k]);
+      ldv<V>(xb + s * ldx, win[k]);
     } else {
 #pragma unroll
-      for (int v = 0; v < 4; ++v) win[k][v] = 0.f;
+      for (int v = 0; v < V; ++v) win[k][v] = 0.f;
     }
   }
+}
+
+template <typename E, int K, int V, int U, int T>
+__global__ void __launch_bounds__(T) conv_fwd_v2_kernel(const E* __restrict__ x, int64_t ldx,
+                                                        const float* __restrict__ w, const float* __restrict__ bias,
+                                                        float* __restrict__ out, int64_t L, int C) {
+  const int c = (int(blockIdx.x) * T + int(threadIdx.x)) * V;
+  if (c >= C) return;
+  const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kFwdRun;
+  float wk[K][V], b0[V], win[K][V];
+  load_wv<V, K>(w, bias, c, wk, b0);
+  const E* xb = x + b * L * ldx + c;
+  load_halo<V, K>(xb, ldx, t0, win);
   const int64_t t1 = t0 + kFwdRun < L ? t0 + kFwdRun : L;
-  for (int64_t t = t0; t < t1; t += kFwdUnroll) {
-    // ---- kFwdUnroll rows' loads in flight together, then their outputs ----
-    float xin[kFwdUnroll][4];
+  for (int64_t t = t0; t < t1; t += U) {
+    // ---- U rows' loads in flight together, then their outputs ----
+    float xin[U][V];
 #pragma unroll
-    for (int u = 0; u < kFwdUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       if (t + u < t1) {
-        ld4(xb + (t + u) * ldx, xin[u]);
+        ldv<V>(xb + (t + u) * ldx, xin[u]);
       } else {
 #pragma unroll
-        for (int v = 0; v < 4; ++v) xin[u][v] = 0.f;
+        for (int v = 0; v < V; ++v) xin[u][v] = 0.f;
       }
     }
 #pragma unroll
-    for (int u = 0; u < kFwdUnroll; ++u) {
-      float o[4];
+    for (int u = 0; u < U; ++u) {
+      float o[V];
 #pragma unroll
-      for (int v = 0; v < 4; ++v) {
+      for (int v = 0; v < V; ++v) {
         win[K - 1][v] = xin[u][v];
         float p = b0[v];
 #pragma unroll
@@ -177,61 +183,51 @@ __global__ void __launch_bounds__(kThreads2) conv_fwd_v2_kernel(const E* __restr
 #pragma unroll
         for (int k = 0; k < K - 1; ++k) win[k][v] = win[k + 1][v];
       }
-      if (t + u < t1) st4(out + (b * L + t + u) * C + c, o);
+      if (t + u < t1) stv<V>(out + (b * L + t + u) * C + c, o);
     }
   }
 }
 
-template <typename E, int K>
-__global__ void __launch_bounds__(kThreads2) conv_bwd_v2_kernel(const E* __restrict__ x, int64_t ldx,
-                                                                const float* __restrict__ w,
-                                                                const float* __restrict__ bias,
-                                                                const float* __restrict__ dout, E* __restrict__ dx,
-                                                                float* __restrict__ partial, int64_t L, int C) {
-  const int c = (int(blockIdx.x) * kThreads2 + int(threadIdx.x)) * 4;
+template <typename E, int K, int V, int U, int T>
+__global__ void __launch_bounds__(T) conv_bwd_v2_kernel(const E* __restrict__ x, int64_t ldx,
+                                                        const float* __restrict__ w, const float* __restrict__ bias,
+                                                        const float* __restrict__ dout, E* __restrict__ dx,
+                                                        float* __restrict__ partial, int64_t L, int C) {
+  const int c = (int(blockIdx.x) * T + int(threadIdx.x)) * V;
   if (c >= C) return;
   const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kBwdRun;
-  float wk[K][4], b0[4], win[K][4], dp[K][4], gw[K][4], gb[4];
-  load_w4<E, K>(w, bias, c, wk, b0);
+  float wk[K][V], b0[V], win[K][V], dp[K][V], gw[K][V], gb[V];
+  load_wv<V, K>(w, bias, c, wk, b0);
 #pragma unroll
-  for (int v = 0; v < 4; ++v) {
+  for (int v = 0; v < V; ++v) {
     gb[v] = 0.f;
 #pragma unroll
     for (int k = 0; k < K; ++k) dp[k][v] = gw[k][v] = 0.f;
   }
   const E* xb = x + b * L * ldx + c;
-#pragma unroll
-  for (int k = 0; k < K - 1; ++k) {
-    const int64_t s = t0 - (K - 1) + k;
-    if (s >= 0) {
-      ld4(xb + s * ldx, win[k]);
-    } else {
-#pragma unroll
-      for (int v = 0; v < 4; ++v) win[k][v] = 0.f;
-    }
-  }
+  load_halo<V, K>(xb, ldx, t0, win);
   const int64_t own_end = t0 + kBwdRun < L ? t0 + kBwdRun : L;
   const int64_t u_end = own_end + (K - 1) < L ? own_end + (K - 1) : L;  // lookahead for dx
-  for (int64_t u0 = t0; u0 < own_end + (K - 1); u0 += kBwdUnroll) {
-    // ---- kBwdUnroll steps' x and dout rows in flight together (zeros past the sequence) ----
-    float xin[kBwdUnroll][4], din[kBwdUnroll][4];
+  for (int64_t u0 = t0; u0 < own_end + (K - 1); u0 += U) {
+    // ---- U steps' x and dout rows in flight together (zeros past the sequence) ----
+    float xin[U][V], din[U][V];
 #pragma unroll
-    for (int i = 0; i < kBwdUnroll; ++i) {
+    for (int i = 0; i < U; ++i) {
       if (u0 + i < u_end) {
-        ld4(xb + (u0 + i) * ldx, xin[i]);
-        ld4(dout + (b * L + u0 + i) * C + c, din[i]);
+        ldv<V>(xb + (u0 + i) * ldx, xin[i]);
+        ldv<V>(dout + (b * L + u0 + i) * C + c, din[i]);
       } else {
 #pragma unroll
-        for (int v = 0; v < 4; ++v) xin[i][v] = din[i][v] = 0.f;
+        for (int v = 0; v < V; ++v) xin[i][v] = din[i][v] = 0.f;
       }
     }
 #pragma unroll
-    for (int i = 0; i < kBwdUnroll; ++i) {
+    for (int i = 0; i < U; ++i) {
       const int64_t u = u0 + i;
       if (u >= own_end + (K - 1)) break;
-      float g[4];
+      float g[V];
 #pragma unroll
-      for (int v = 0; v < 4; ++v) {
+      for (int v = 0; v < V; ++v) {
         float d = 0.f;  // dpre[u]; zero past the end of the sequence
         if (u < u_end) {
           win[K - 1][v] = xin[i][v];
@@ -256,12 +252,12 @@ __global__ void __launch_bounds__(kThreads2) conv_bwd_v2_kernel(const E* __restr
         for (int k = 0; k < K; ++k) g[v] += wk[k][v] * dp[K - 1 - k][v];
       }
       const int64_t t = u - (K - 1);
-      if (t >= t0) st4(dx + (b * L + t) * C + c, g);
+      if (t >= t0) stv<V>(dx + (b * L + t) * C + c, g);
     }
   }
   float* pr = partial + ((b * gridDim.y + blockIdx.y) * int64_t(C) + c) * (K + 1);
 #pragma unroll
-  for (int v = 0; v < 4; ++v) {
+  for (int v = 0; v < V; ++v) {
 #pragma unroll
     for (int k = 0; k < K; ++k) pr[v * (K + 1) + k] = gw[k][v];
     pr[v * (K + 1) + K] = gb[v];
@@ -269,15 +265,16 @@ __global__ void __launch_bounds__(kThreads2) conv_bwd_v2_kernel(const E* __restr
 }
 
 // Version 1 on request (DFSSM_CONV_V1=1, read at the first launch; an A/B switch) or where
-// version 2's vector access does not hold: C, ldx multiples of 4 and x 8- (bf16) or 16-byte
-// (fp32) aligned, out / dout 16-byte aligned.
-bool use_v2(const void* x, bool bf16, int64_t ldx, int C, const void* out, const void* dout) {
+// version 2's V-channel access does not hold: C and ldx multiples of V, x, out and dout aligned to
+// V elements.
+bool use_v2(const void* x, int esize, int64_t ldx, int C, const void* out, const void* dout, int V) {
   static const bool v1 = [] {
     const char* e = std::getenv("DFSSM_CONV_V1");
     return e && e[0] == '1';
   }();
   const auto al = [](const void* p, unsigned n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
-  return !v1 && C % 4 == 0 && ldx % 4 == 0 && al(x, bf16 ? 8 : 16) && al(out, 16) && al(dout, 16);
+  return !v1 && C % V == 0 && ldx % V == 0 && al(x, unsigned(V * esize)) && al(out, unsigned(V * 4)) &&
+         al(dout, unsigned(V * 4));
 }
 
 template <typename Kern, typename... Args>
@@ -290,17 +287,23 @@ void launch_kernel(Kern k, dim3 grid, int threads, cudaStream_t st, Args... args
 #endif
 }
 
+// Version 2's grid: blocks of `threads` x V channels, the same runs as version 1.
+dim3 grid_v2(int C, int V, int threads, dim3 grid1) {
+  return dim3(unsigned((C / V + threads - 1) / threads), grid1.y, grid1.z);
+}
+
 template <int K, typename E>
 void launch(bool fwd, const E* x, int64_t ldx, const float* w, const float* bias, float* out, const float* dout, E* dx,
             float* partial, int64_t B, int64_t L, int C, cudaStream_t st) {
   const int run = fwd ? kFwdRun : kBwdRun;
   const dim3 grid(unsigned((C + kThreads - 1) / kThreads), unsigned((L + run - 1) / run), unsigned(B));
-  if (use_v2(x, sizeof(E) == 2, ldx, C, out, dout)) {
-    const dim3 grid2(unsigned((C / 4 + kThreads2 - 1) / kThreads2), grid.y, grid.z);
+  if (use_v2(x, int(sizeof(E)), ldx, C, out, dout, fwd ? kFwdV : kBwdV)) {
     if (fwd)
-      launch_kernel(conv_fwd_v2_kernel<E, K>, grid2, kThreads2, st, x, ldx, w, bias, out, L, C);
+      launch_kernel(conv_fwd_v2_kernel<E, K, kFwdV, kFwdU, kThreads2>, grid_v2(C, kFwdV, kThreads2, grid), kThreads2, st,
+                    x, ldx, w, bias, out, L, C);
     else
-      launch_kernel(conv_bwd_v2_kernel<E, K>, grid2, kThreads2, st, x, ldx, w, bias, dout, dx, partial, L, C);
+      launch_kernel(conv_bwd_v2_kernel<E, K, kBwdV, kBwdU, kThreads2>, grid_v2(C, kBwdV, kThreads2, grid), kThreads2,
+                    st, x, ldx, w, bias, dout, dx, partial, L, C);
     return;
   }
   if (fwd)

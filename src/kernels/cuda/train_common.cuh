@@ -46,4 +46,50 @@ __device__ __forceinline__ void st4(__nv_bfloat16* p, const float (&v)[4]) {
 #endif
 }
 
+// ---- 2-element access (8 bytes of fp32, 4 of bf16) ---------------------------------------------
+__device__ __forceinline__ void ld2(const float* p, float (&o)[2]) {
+  const float2 t = *reinterpret_cast<const float2*>(p);
+  o[0] = t.x, o[1] = t.y;
+}
+__device__ __forceinline__ void st2(float* p, const float (&v)[2]) {
+  *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+}
+__device__ __forceinline__ void ld2(const __nv_bfloat16* p, float (&o)[2]) {
+#ifndef DFSSM_CUDA_EMULATE
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+  o[0] = a.x, o[1] = a.y;
+#else
+  for (int i = 0; i < 2; ++i) o[i] = __bfloat162float(p[i]);
+#endif
+}
+__device__ __forceinline__ void st2(__nv_bfloat16* p, const float (&v)[2]) {
+#ifndef DFSSM_CUDA_EMULATE
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v[0], v[1]);
+#else
+  for (int i = 0; i < 2; ++i) p[i] = __float2bfloat16(v[i]);
+#endif
+}
+
+// V consecutive elements (V = 1, 2 or 4), aligned to V elements.
+template <int V, typename T>
+__device__ __forceinline__ void ldv(const T* p, float (&o)[V]) {
+  if constexpr (V == 4) {
+    ld4(p, o);
+  } else if constexpr (V == 2) {
+    ld2(p, o);
+  } else {
+    o[0] = ld(p);
+  }
+}
+template <int V, typename T>
+__device__ __forceinline__ void stv(T* p, const float (&v)[V]) {
+  if constexpr (V == 4) {
+    st4(p, v);
+  } else if constexpr (V == 2) {
+    st2(p, v);
+  } else {
+    st(p, v[0]);
+  }
+}
+
 }  // namespace dfssm::kernels::train
