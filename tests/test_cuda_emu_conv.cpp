@@ -1,6 +1,6 @@
 // The training conv1d + SiLU kernels (src/kernels/cuda/conv_train.cu) on the CPU emulator
-// (tests/cuda_emu/cuda_emu.h) against their scalar references: version 2 (4 channels per thread,
-// where C and the row stride are multiples of 4) and version 1 (the fallback, C = 130), a strided
+// (tests/cuda_emu/cuda_emu.h) against their scalar references: version 2 (V channels per thread,
+// where C and the row stride are multiples of V) and version 1 (the fallback, odd C), a strided
 // input, runs that end inside the sequence's last unrolled step, fp32 and bf16 input. The gpu
 // tests run them at the 1.3B shape (test_gpu_train_kernels "[conv]").
 #include "cuda_emu/cuda_emu.h"
@@ -27,9 +27,9 @@ TEST_CASE("conv1d + SiLU kernels (emulated) == scalar reference: versions 1 and 
     int64_t B, L;
     int C, K;
   };
-  // L = 77: forward runs of 32 end at 64 and 77 (inside an unrolled step of 8); backward runs of 64
-  // at 64 and 77 (steps of 4 past the lookahead). C = 136: 34 threads of 4 channels in a block of 64.
-  for (const auto sh : {Shape{2, 77, 136, 4}, Shape{1, 70, 136, 3}, Shape{2, 77, 130, 4}}) {
+  // L = 77: forward runs of 32 end at 64 and 77 (inside an unrolled step); backward runs of 64 at
+  // 64 and 77 (past the lookahead). C = 136: a partial block of version 2's threads.
+  for (const auto sh : {Shape{2, 77, 136, 4}, Shape{1, 70, 136, 3}, Shape{2, 77, 131, 4}}) {
     for (const bool lowp : {false, true}) {
       INFO("B=" << sh.B << " L=" << sh.L << " C=" << sh.C << " K=" << sh.K << (lowp ? " bf16" : " fp32"));
       const int64_t ldx = sh.C + 12, BL = sh.B * sh.L;

@@ -13,10 +13,13 @@
 // them in the thread's row of `partial` (the caller sums the rows: deterministic, no atomics).
 //
 // Version 2 (the default where the shapes allow; DFSSM_CONV_V1=1 keeps version 1): a thread owns
-// 4 adjacent channels (8- or 16-byte loads, 16-byte stores; a warp's row access is 256 or 512
-// contiguous bytes) and the forward loads 8 timesteps before it computes them, the backward 4:
-// version 1 (one channel, one 2-byte load per step) kept few loads in flight and reached about
-// half the DRAM bandwidth in the forward and a third in the backward (H200, 1.3B shapes).
+// V adjacent channels (vector loads and stores) and issues U timesteps' loads before it computes
+// them. Version 1 (one channel, one 2-byte load per step) reached 2.3 TB/s forward and 1.5 TB/s
+// backward on the H200 at 16 x 2048 x 4352 (bf16 input). scripts/device/micro/conv_bench.cu timed
+// V in {1, 2, 4} x U in {1, 2, 4, 8} x 64-256 threads there: more channels or steps per thread
+// cost registers (V4 U4 backward: 168, 12 warps per SM) and lost; the chosen V2 U4 forward (56
+// registers) and V2 U1 backward (56) ran 0.264 and 0.473 ms against version 1's 0.367 and 0.769
+// (3.2 and 2.4 TB/s), with bit-identical results.
 #ifndef DFSSM_CUDA_EMULATE
 #include <cuda_bf16.h>
 #endif
@@ -119,7 +122,7 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_kernel(const E* __restrict_
 
 // ---- version 2: V channels per thread, U timesteps' loads in flight ---------------------------
 // The configuration the model runs (scripts/device/micro/conv_bench.cu times the others).
-constexpr int kFwdV = 4, kFwdU = 8, kBwdV = 4, kBwdU = 4, kThreads2 = 64;
+constexpr int kFwdV = 2, kFwdU = 4, kBwdV = 2, kBwdU = 1, kThreads2 = 128;
 
 template <int V, int K>
 __device__ __forceinline__ void load_wv(const float* w, const float* bias, int c, float (&wk)[K][V], float (&b0)[V]) {
