@@ -331,7 +331,8 @@ at::Tensor Mamba2Model::block_on_normed(size_t i, const at::Tensor& normed, SsdO
 at::Tensor Mamba2Model::block_norm_add_grad(size_t i, const at::Tensor& x, const at::Tensor& dres,
                                             const at::Tensor& dh) const {
   const auto odt = norm_out_dtype(x, true);
-  return rms_norm_fused_add_grad(x, layers[i].norm_w, cfg_.norm_eps, odt, dres, dh).to(odt == at::kBFloat16 ? odt : dtype());
+  const auto n = rms_norm_fused_add_grad(x, layers[i].norm_w, cfg_.norm_eps, odt, dres, dh);
+  return n.to(odt == at::kBFloat16 ? odt : dtype());
 }
 
 std::vector<at::Tensor> Mamba2Model::layer_parameters(size_t i) const {
