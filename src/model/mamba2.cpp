@@ -391,14 +391,14 @@ at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* st
   for (size_t i = 0; i < layers.size(); ++i) {
     const bool recompute = !state && i < recompute_layers.size() && recompute_layers[i] && at::GradMode::is_enabled();
     if (residual.defined() && add_norm_fused(residual, hidden)) {  // the add fused into block i's norm
-      at::Tensor normed;
       if (recompute) {  // the add inside the checkpoint: its backward sums the stream's two gradients
         std::tie(residual, hidden) = recomputed_add_block(*this, i, residual, hidden);
       } else {
+        at::Tensor normed;
         std::tie(residual, normed) = add_norm(i, residual, hidden);
+        hidden = mixer_forward(layers[i].mixer, normed, state ? &state->layers[i] : nullptr);
       }
       if (residuals) residuals->push_back(residual);  // the stream after block i-1
-      if (!recompute) hidden = mixer_forward(layers[i].mixer, normed, state ? &state->layers[i] : nullptr);
       continue;
     }
     residual = residual.defined() ? add_residual(residual, hidden, res_dtype) : hidden.to(res_dtype);

@@ -102,45 +102,7 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
   }
 };
 
-struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in, double eps,
-                            int64_t out_dtype) {
-    const auto x = aligned(x_in.to(at::kFloat).contiguous());
-    const auto w = aligned(w_in.to(at::kFloat).contiguous());
-    const int64_t D = x.size(-1), R = x.numel() / D;
-    const auto odt = at::ScalarType(out_dtype);
-    auto out = at::empty(x.sizes(), x.options().dtype(odt));
-    auto rstd = at::empty({R}, x.options());
-    const c10::cuda::CUDAGuard guard(x.device());
-    check_cuda(k::rms_norm_fwd_cuda(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt),
-                                    rstd.data_ptr<float>(), R, int(D), float(eps), c10::cuda::getCurrentCUDAStream()),
-               "rms_norm_fwd_cuda");
-    ctx->save_for_backward({x, w, rstd});
-    ctx->saved_data["dtypes"] =
-        std::vector<int64_t>{int64_t(x_in.scalar_type()), int64_t(w_in.scalar_type()), out_dtype};
-    return out;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto s = ctx->get_saved_variables();
-    const auto &x = s[0], &w = s[1], &rstd = s[2];
-    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
-    const int64_t D = x.size(-1), R = x.numel() / D;
-    const auto odt = at::ScalarType(dtypes[2]);
-    const auto dout = aligned(grad_out[0].to(odt).contiguous());
-    auto dx = at::empty(x.sizes(), x.options());
-    auto partial = at::empty({k::norm_bwd_partial_size(R, int(D))}, x.options());
-    const c10::cuda::CUDAGuard guard(x.device());
-    check_cuda(k::rms_norm_bwd_cuda(x.data_ptr<float>(), w.data_ptr<float>(), rstd.data_ptr<float>(), dout.data_ptr(),
-                                    norm_dtype(odt), dx.data_ptr<float>(), partial.data_ptr<float>(), R, int(D),
-                                    c10::cuda::getCurrentCUDAStream()),
-               "rms_norm_bwd_cuda");
-    const auto dw = partial.view({-1, D}).sum(0);
-    return {dx.to(at::ScalarType(dtypes[0])), dw.to(at::ScalarType(dtypes[1])), at::Tensor(), at::Tensor()};
-  }
-};
-
-bool out_dtype_ok(at::ScalarType t);
+bool out_dtype_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
 
 // The plain norm's backward with the stream's gradient added (rms_norm_bwd_add_cuda): returns dx
 // in fp32, and writes it in dh's dtype into dh when dh is defined. dres undefined: the plain
@@ -172,6 +134,59 @@ at::Tensor norm_bwd_add(const at::Tensor& x, const at::Tensor& w, const at::Tens
   *dw = partial.view({-1, D}).sum(0);
   return dx;
 }
+
+// The plain norm's forward for RmsNormFn and RmsNormAddGradFn: saves x, w and rstd.
+at::Tensor rms_norm_forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in, double eps,
+                            int64_t out_dtype) {
+  const auto x = aligned(x_in.to(at::kFloat).contiguous());
+  const auto w = aligned(w_in.to(at::kFloat).contiguous());
+  const int64_t D = x.size(-1), R = x.numel() / D;
+  const auto odt = at::ScalarType(out_dtype);
+  auto out = at::empty(x.sizes(), x.options().dtype(odt));
+  auto rstd = at::empty({R}, x.options());
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(k::rms_norm_fwd_cuda(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt),
+                                  rstd.data_ptr<float>(), R, int(D), float(eps), c10::cuda::getCurrentCUDAStream()),
+             "rms_norm_fwd_cuda");
+  ctx->save_for_backward({x, w, rstd});
+  ctx->saved_data["dtypes"] = std::vector<int64_t>{int64_t(x_in.scalar_type()), int64_t(w_in.scalar_type()), out_dtype};
+  return out;
+}
+
+// Its backward: {dx, dw} in the inputs' dtypes, with dres added and dh written when defined.
+variable_list rms_norm_backward(AutogradContext* ctx, const at::Tensor& dout, const at::Tensor& dres,
+                                const at::Tensor& dh) {
+  const auto s = ctx->get_saved_variables();
+  const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
+  at::Tensor dw;
+  const auto dx = norm_bwd_add(s[0], s[1], s[2], dout, at::ScalarType(dtypes[2]), dres, dh, &dw);
+  return {dx.to(at::ScalarType(dtypes[0])), dw.to(at::ScalarType(dtypes[1]))};
+}
+
+struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, double eps,
+                            int64_t out_dtype) {
+    return rms_norm_forward(ctx, x, w, eps, out_dtype);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto g = rms_norm_backward(ctx, grad_out[0], at::Tensor(), at::Tensor());
+    return {g[0], g[1], at::Tensor(), at::Tensor()};
+  }
+};
+
+// rms_norm_fused_add_grad: dres and dh ride along as inputs that take no gradient.
+struct RmsNormAddGradFn : public torch::autograd::Function<RmsNormAddGradFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, double eps,
+                            int64_t out_dtype, const at::Tensor& dres, const at::Tensor& dh) {
+    ctx->saved_data["dres"] = dres;
+    ctx->saved_data["dh"] = dh;
+    return rms_norm_forward(ctx, x, w, eps, out_dtype);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    auto g = rms_norm_backward(ctx, grad_out[0], ctx->saved_data["dres"].toTensor(), ctx->saved_data["dh"].toTensor());
+    return {g[0], g[1], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
 
 // res + h and its norm (add_rms_norm_fused). Saves its own first output (the stream) for backward.
 struct AddRmsNormFn : public torch::autograd::Function<AddRmsNormFn> {
@@ -213,41 +228,6 @@ struct AddRmsNormFn : public torch::autograd::Function<AddRmsNormFn> {
     return {dx, dh, dw.to(at::ScalarType(dtypes[1])), at::Tensor(), at::Tensor()};
   }
 };
-
-// rms_norm_fused_add_grad: dres and dh ride along as inputs that take no gradient.
-struct RmsNormAddGradFn : public torch::autograd::Function<RmsNormAddGradFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in, double eps,
-                            int64_t out_dtype, const at::Tensor& dres, const at::Tensor& dh) {
-    const auto x = aligned(x_in.to(at::kFloat).contiguous());
-    const auto w = aligned(w_in.to(at::kFloat).contiguous());
-    const int64_t D = x.size(-1), R = x.numel() / D;
-    const auto odt = at::ScalarType(out_dtype);
-    auto out = at::empty(x.sizes(), x.options().dtype(odt));
-    auto rstd = at::empty({R}, x.options());
-    const c10::cuda::CUDAGuard guard(x.device());
-    check_cuda(k::rms_norm_fwd_cuda(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt),
-                                    rstd.data_ptr<float>(), R, int(D), float(eps), c10::cuda::getCurrentCUDAStream()),
-               "rms_norm_fwd_cuda");
-    ctx->save_for_backward({x, w, rstd});
-    ctx->saved_data["dres"] = dres;
-    ctx->saved_data["dh"] = dh;
-    ctx->saved_data["dtypes"] =
-        std::vector<int64_t>{int64_t(x_in.scalar_type()), int64_t(w_in.scalar_type()), out_dtype};
-    return out;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto s = ctx->get_saved_variables();
-    const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
-    at::Tensor dw;
-    const auto dx = norm_bwd_add(s[0], s[1], s[2], grad_out[0], at::ScalarType(dtypes[2]),
-                                 ctx->saved_data["dres"].toTensor(), ctx->saved_data["dh"].toTensor(), &dw);
-    return {dx.to(at::ScalarType(dtypes[0])), dw.to(at::ScalarType(dtypes[1])), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
-  }
-};
-
-bool out_dtype_ok(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
 
 // The gated forward on a bf16 y and a bf16 z, without autograd: the no-grad first pass of an
 // activation-checkpointed block, whose SSD output is kept in bf16 (mamba2.cpp), reads it as is

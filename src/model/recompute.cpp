@@ -4,6 +4,8 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <functional>
+
 namespace dfssm {
 
 namespace {
@@ -38,45 +40,61 @@ class AutocastScope {
   bool on_, done_ = false;
 };
 
+// What both forms save first, and the first (no-grad) pass's SsdOutputKeep: the SSD's output is
+// kept when the model keeps it (and the fused kernels run), in the autocast dtype.
+SsdOutputKeep begin_first_pass(AutogradContext* ctx, int64_t model_addr, int64_t layer) {
+  ctx->saved_data["model"] = model_addr;
+  ctx->saved_data["layer"] = layer;
+  ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
+  ctx->saved_data["autocast_dtype"] = int64_t(at::autocast::get_autocast_dtype(at::kCUDA));
+  SsdOutputKeep keep;
+  keep.capture = reinterpret_cast<const Mamba2Model*>(model_addr)->keep_ssd_output;
+  if (at::autocast::is_autocast_enabled(at::kCUDA)) keep.dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  return keep;
+}
+
+// The recomputation: block(model, layer, x, keep) on the saved {x, kept y} under the forward
+// pass's autocast state, then the gradients of its output (times dout) with respect to x and the
+// layer's parameters, in that order.
+using BlockFn = std::function<at::Tensor(const Mamba2Model&, size_t, const at::Tensor&, SsdOutputKeep*)>;
+variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const at::Tensor& dout) {
+  const auto* model = reinterpret_cast<const Mamba2Model*>(ctx->saved_data["model"].toInt());
+  const auto layer = size_t(ctx->saved_data["layer"].toInt());
+  const auto saved = ctx->get_saved_variables();
+  const auto x = saved[0].detach().requires_grad_(true);
+  SsdOutputKeep keep;
+  keep.y = saved[1];  // undefined when nothing was kept
+  AutocastScope scope(ctx->saved_data["autocast"].toBool(),
+                      at::ScalarType(ctx->saved_data["autocast_dtype"].toInt()));
+  at::Tensor out;
+  {
+    at::AutoGradMode g(true);
+    out = block(*model, layer, x, keep.y.defined() ? &keep : nullptr);
+  }
+  scope.restore();
+  variable_list wrt = {x};
+  for (auto& p : model->layer_parameters(layer)) wrt.push_back(p);
+  return torch::autograd::grad({out}, wrt, {dout.defined() ? dout : at::zeros_like(out)}, /*retain_graph=*/false,
+                               /*create_graph=*/false, /*allow_unused=*/true);
+}
+
 struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
   // inputs = {residual, layer parameters...}; the parameters are inputs only so that autograd
   // routes their gradients through this node.
   static at::Tensor forward(AutogradContext* ctx, int64_t model_addr, int64_t layer, at::TensorList inputs) {
-    const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
-    ctx->saved_data["model"] = model_addr;
-    ctx->saved_data["layer"] = layer;
-    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
-    ctx->saved_data["autocast_dtype"] = int64_t(at::autocast::get_autocast_dtype(at::kCUDA));
+    auto keep = begin_first_pass(ctx, model_addr, layer);
     at::NoGradGuard ng;
-    SsdOutputKeep keep;  // the SSD's output, when the model keeps it (and the fused kernels run)
-    keep.capture = model->keep_ssd_output;
-    if (at::autocast::is_autocast_enabled(at::kCUDA)) keep.dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+    const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
     auto out = model->block(size_t(layer), inputs[0], keep.capture ? &keep : nullptr);
-    ctx->save_for_backward({inputs[0], keep.y});  // keep.y stays undefined when nothing was kept
+    ctx->save_for_backward({inputs[0], keep.y});
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto* model = reinterpret_cast<const Mamba2Model*>(ctx->saved_data["model"].toInt());
-    const auto layer = size_t(ctx->saved_data["layer"].toInt());
-    const bool ac = ctx->saved_data["autocast"].toBool();
-    const auto ac_dtype = at::ScalarType(ctx->saved_data["autocast_dtype"].toInt());
-    const auto saved = ctx->get_saved_variables();
-    const auto x = saved[0].detach().requires_grad_(true);
-    SsdOutputKeep keep;
-    keep.y = saved[1];
-    auto params = model->layer_parameters(layer);
-    AutocastScope scope(ac, ac_dtype);
-    at::Tensor out;
-    {
-      at::AutoGradMode g(true);
-      out = model->block(layer, x, keep.y.defined() ? &keep : nullptr);
-    }
-    scope.restore();
-    variable_list wrt = {x};
-    for (auto& p : params) wrt.push_back(p);
-    const auto grads = torch::autograd::grad({out}, wrt, {grad_out[0]}, /*retain_graph=*/false,
-                                             /*create_graph=*/false, /*allow_unused=*/true);
+    const auto grads = recompute_grads(
+        ctx,
+        [](const Mamba2Model& m, size_t i, const at::Tensor& x, SsdOutputKeep* keep) { return m.block(i, x, keep); },
+        grad_out[0]);
     variable_list result = {at::Tensor(), at::Tensor()};  // model_addr, layer
     for (const auto& g : grads) result.push_back(g);
     return result;
@@ -92,16 +110,10 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
 // accumulation or cast.
 struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
   static variable_list forward(AutogradContext* ctx, int64_t model_addr, int64_t layer, at::TensorList inputs) {
-    const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
-    ctx->saved_data["model"] = model_addr;
-    ctx->saved_data["layer"] = layer;
-    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
-    ctx->saved_data["autocast_dtype"] = int64_t(at::autocast::get_autocast_dtype(at::kCUDA));
+    auto keep = begin_first_pass(ctx, model_addr, layer);
     ctx->saved_data["hidden_dtype"] = int64_t(inputs[1].scalar_type());
     at::NoGradGuard ng;
-    SsdOutputKeep keep;
-    keep.capture = model->keep_ssd_output;
-    if (at::autocast::is_autocast_enabled(at::kCUDA)) keep.dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+    const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
     auto [residual, normed] = model->add_norm(size_t(layer), inputs[0], inputs[1]);
     auto out = model->block_on_normed(size_t(layer), normed, keep.capture ? &keep : nullptr);
     ctx->save_for_backward({residual, keep.y});
@@ -109,29 +121,15 @@ struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto* model = reinterpret_cast<const Mamba2Model*>(ctx->saved_data["model"].toInt());
-    const auto layer = size_t(ctx->saved_data["layer"].toInt());
-    const auto saved = ctx->get_saved_variables();
-    const auto x = saved[0].detach().requires_grad_(true);
-    SsdOutputKeep keep;
-    keep.y = saved[1];
-    const auto dres = grad_out[0].defined() ? grad_out[0] : at::zeros(x.sizes(), x.options());
-    auto dh = at::empty(x.sizes(), x.options().dtype(at::ScalarType(ctx->saved_data["hidden_dtype"].toInt())));
-    const auto dout = grad_out[1];
-    auto params = model->layer_parameters(layer);
-    const bool ac = ctx->saved_data["autocast"].toBool();
-    AutocastScope scope(ac, at::ScalarType(ctx->saved_data["autocast_dtype"].toInt()));
-    at::Tensor out;
-    {
-      at::AutoGradMode g(true);
-      const auto normed = model->block_norm_add_grad(layer, x, dres, dh);
-      out = model->block_on_normed(layer, normed, keep.y.defined() ? &keep : nullptr);
-    }
-    scope.restore();
-    variable_list wrt = {x};
-    for (auto& p : params) wrt.push_back(p);
-    const auto grads = torch::autograd::grad({out}, wrt, {dout.defined() ? dout : at::zeros_like(out)},
-                                             /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+    const auto& like = ctx->get_saved_variables()[0];
+    const auto dres = grad_out[0].defined() ? grad_out[0] : at::zeros(like.sizes(), like.options());
+    auto dh = at::empty(like.sizes(), like.options().dtype(at::ScalarType(ctx->saved_data["hidden_dtype"].toInt())));
+    const auto grads = recompute_grads(
+        ctx,
+        [&](const Mamba2Model& m, size_t i, const at::Tensor& x, SsdOutputKeep* keep) {
+          return m.block_on_normed(i, m.block_norm_add_grad(i, x, dres, dh), keep);
+        },
+        grad_out[1]);
     variable_list result = {at::Tensor(), at::Tensor()};  // model_addr, layer
     result.push_back(grads[0]);  // the stream before: x's gradient, dres included
     result.push_back(dh);        // block i-1's output: the same, in its dtype (written by the norm's backward)

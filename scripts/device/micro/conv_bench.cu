@@ -78,7 +78,7 @@ std::vector<float> ref_out, ref_dx, ref_s;
 
 template <int V, int U, int T>
 void fwd(const Bufs& d, const char* name) {
-  const dim3 grid(unsigned(C / V / T + (C / V % T ? 1 : 0)), unsigned((L + kFwdRun - 1) / kFwdRun), unsigned(B));
+  const dim3 grid = grid_v2(int(C), V, T, dim3(1, unsigned((L + kFwdRun - 1) / kFwdRun), unsigned(B)));
   cudaMemset(d.out, 0, size_t(B * L * C) * 4);
   const float ms = time_ms([&] {
     conv_fwd_v2_kernel<bf, K, V, U, T><<<grid, T>>>(d.x + OFF, LD, d.w, d.bias, d.out, L, int(C));
@@ -91,7 +91,7 @@ void fwd(const Bufs& d, const char* name) {
 
 template <int V, int U, int T>
 void bwd(const Bufs& d, const char* name) {
-  const dim3 grid(unsigned(C / V / T + (C / V % T ? 1 : 0)), unsigned((L + kBwdRun - 1) / kBwdRun), unsigned(B));
+  const dim3 grid = grid_v2(int(C), V, T, dim3(1, unsigned((L + kBwdRun - 1) / kBwdRun), unsigned(B)));
   cudaMemset(d.dx, 0, size_t(B * L * C) * 2);
   const float ms = time_ms([&] {
     conv_bwd_v2_kernel<bf, K, V, U, T><<<grid, T>>>(d.x + OFF, LD, d.w, d.bias, d.dout, d.dx, d.partial, L, int(C));
