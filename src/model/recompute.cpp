@@ -121,7 +121,7 @@ struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto& like = ctx->get_saved_variables()[0];
+    const auto like = ctx->get_saved_variables()[0];  // a copy: the vector is a temporary
     const auto dres = grad_out[0].defined() ? grad_out[0] : at::zeros(like.sizes(), like.options());
     auto dh = at::empty(like.sizes(), like.options().dtype(at::ScalarType(ctx->saved_data["hidden_dtype"].toInt())));
     const auto grads = recompute_grads(
