@@ -23,6 +23,7 @@
 #include "distill/optim.h"
 #include "distill/teacher_cache.h"
 #include "model/checkpoint.h"
+#include "model/recompute.h"
 #include "quant/student.h"
 #include "model_test_util.h"
 #include "test_util.h"
@@ -268,30 +269,57 @@ TEST_CASE("activation checkpointing gives the same loss and gradients", "[traine
   auto cfg = Mamba2Config::geometry("test");
   cfg.n_layer = 3;
   const auto teacher = dfssm::test::make_test_model(cfg, 8);
-  auto s = quant::make_student(teacher, quant::QuantConfig(), 1);
-  auto& m = *s->model;
-  for (auto& [n, p] : m.named_parameters()) p.requires_grad_(true);
-  const auto ids = at::arange(0, 40, at::kLong).remainder(cfg.vocab_size).view({2, 20});
-  auto grads = [&](std::vector<bool> rec) {
-    m.recompute_layers = rec;
-    for (auto& [n, p] : m.named_parameters())
-      if (p.grad().defined()) p.mutable_grad().zero_();
-    auto h = m.forward_hidden(ids);
-    const auto loss = (h * h).mean() + at::matmul(h, m.lm_weight().t()).logsumexp(-1).mean();
-    loss.backward();
-    std::vector<at::Tensor> g;
-    for (auto& [n, p] : m.named_parameters()) g.push_back(p.grad().clone());
-    return std::make_pair(loss.item<double>(), g);
-  };
-  const auto [l0, g0] = grads({});
-  const auto [l1, g1] = grads({true, false, true});
-  REQUIRE(l0 == l1);
-  const auto names = m.named_parameters();
-  for (size_t i = 0; i < g0.size(); ++i) {
-    INFO(names[i].first);
-    // Same ops; only the order in which autograd accumulates a parameter's gradient differs.
-    REQUIRE(dfssm::test::rel_err(g1[i], g0[i]) < 1e-5);
+  // The binary student, and a plain one (dense projections: the recomputation's out_proj then
+  // records its backward without its product, linear_graph_only).
+  for (const bool binary : {true, false}) {
+    INFO((binary ? "binary student" : "plain student"));
+    auto qc = quant::QuantConfig();
+    qc.quantize_in_proj = qc.quantize_out_proj = binary;
+    auto s = quant::make_student(teacher, qc, 1);
+    auto& m = *s->model;
+    REQUIRE((dynamic_cast<const DenseLinear*>(m.layers[0].mixer.out_proj.get()) == nullptr) == binary);
+    for (auto& [n, p] : m.named_parameters()) p.requires_grad_(true);
+    const auto ids = at::arange(0, 40, at::kLong).remainder(cfg.vocab_size).view({2, 20});
+    auto grads = [&](std::vector<bool> rec) {
+      m.recompute_layers = rec;
+      for (auto& [n, p] : m.named_parameters())
+        if (p.grad().defined()) p.mutable_grad().zero_();
+      auto h = m.forward_hidden(ids);
+      const auto loss = (h * h).mean() + at::matmul(h, m.lm_weight().t()).logsumexp(-1).mean();
+      loss.backward();
+      std::vector<at::Tensor> g;
+      for (auto& [n, p] : m.named_parameters()) g.push_back(p.grad().clone());
+      return std::make_pair(loss.item<double>(), g);
+    };
+    const auto [l0, g0] = grads({});
+    const auto [l1, g1] = grads({true, false, true});
+    REQUIRE(l0 == l1);
+    const auto names = m.named_parameters();
+    for (size_t i = 0; i < g0.size(); ++i) {
+      INFO(names[i].first);
+      // Same ops; only the order in which autograd accumulates a parameter's gradient differs.
+      REQUIRE(dfssm::test::rel_err(g1[i], g0[i]) < 1e-5);
+    }
   }
+}
+
+TEST_CASE("linear_graph_only: at::matmul's gradients without its product", "[trainer][recompute]") {
+  auto g = at::make_generator<at::CPUGeneratorImpl>(21);
+  const auto x0 = at::randn({3, 7, 16}, g), W0 = at::randn({12, 16}, g), dout = at::randn({3, 7, 12}, g);
+  auto grads = [&](bool graph_only) {
+    const auto x = x0.clone().requires_grad_(true), W = W0.clone().requires_grad_(true);
+    const auto out = graph_only ? linear_graph_only(x, W) : at::matmul(x, W.t());
+    CHECK(out.sizes() == at::IntArrayRef({3, 7, 12}));
+    if (graph_only) CHECK(out.abs().max().item<double>() == 0.0);  // never computed
+    out.backward(dout);
+    return std::make_pair(x.grad(), W.grad());
+  };
+  const auto [dx, dW] = grads(true);
+  const auto [dx_ref, dW_ref] = grads(false);
+  CHECK(dfssm::test::rel_err(dx, dx_ref) < 1e-6);  // the same two products
+  CHECK(dfssm::test::rel_err(dW, dW_ref) < 1e-6);
+  CHECK(dfssm::test::rel_err(dW, dout.reshape({-1, 12}).t().mm(x0.reshape({-1, 16}))) < 1e-6);
+  REQUIRE_THROWS(linear_graph_only(x0, W0.t()));  // shapes checked
 }
 
 TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch", "[trainer][dp]") {

@@ -263,6 +263,8 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   scope.next("dfssm::gate_norm");
   const auto yn = gated_rmsnorm(y.reshape({b, l, di}), z, m.norm_w);
   scope.next("dfssm::out_proj");
+  if (keep && keep->output_graph_only)
+    if (const auto W = m.out_proj->matmul_weight(yn); W.defined()) return linear_graph_only(yn, W);
   return m.out_proj->forward(yn);
 }
 

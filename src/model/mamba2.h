@@ -32,6 +32,13 @@ class LinearLayer {
   virtual at::Tensor forward(const at::Tensor& x) const = 0;
   // Trainable/stored tensors, named relative to the layer (e.g. "weight").
   virtual NamedTensors named_parameters() const = 0;
+  // W (out, in), with its autograd graph, where forward(x) is exactly at::matmul(x, Wᵀ) for this
+  // x; undefined where forward is not one product. Lets a recomputation record the product's
+  // backward without running it (linear_graph_only in recompute.h).
+  virtual at::Tensor matmul_weight(const at::Tensor& x) const {
+    (void)x;
+    return {};
+  }
 };
 
 class DenseLinear : public LinearLayer {
@@ -39,6 +46,7 @@ class DenseLinear : public LinearLayer {
   explicit DenseLinear(at::Tensor weight) : weight(std::move(weight)) {}
   at::Tensor forward(const at::Tensor& x) const override;
   NamedTensors named_parameters() const override { return {{"weight", weight}}; }
+  at::Tensor matmul_weight(const at::Tensor&) const override { return weight; }
   at::Tensor weight;  // (out, in)
 };
 
@@ -75,6 +83,9 @@ struct SsdOutputKeep {
   bool capture = false;              // true: the forward stores y here, in `dtype`
   at::ScalarType dtype = at::kFloat;
   at::Tensor y;                      // (b, l, h, p): what capture stored, or what to reuse
+  // Set by a recomputation, which only differentiates the block's output and never reads it: the
+  // block's last product (out_proj) then records its backward without running (linear_graph_only).
+  bool output_graph_only = false;
 };
 
 // While one is alive on this thread, Mamba2Model::embed trusts device token ids (the trainer

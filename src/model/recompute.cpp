@@ -6,6 +6,8 @@
 
 #include <functional>
 
+#include "core/error.h"
+
 namespace dfssm {
 
 namespace {
@@ -64,12 +66,13 @@ variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const 
   const auto x = saved[0].detach().requires_grad_(true);
   SsdOutputKeep keep;
   keep.y = saved[1];  // undefined when nothing was kept
+  keep.output_graph_only = true;  // `out` is differentiated below, never read
   AutocastScope scope(ctx->saved_data["autocast"].toBool(),
                       at::ScalarType(ctx->saved_data["autocast_dtype"].toInt()));
   at::Tensor out;
   {
     at::AutoGradMode g(true);
-    out = block(*model, layer, x, keep.y.defined() ? &keep : nullptr);
+    out = block(*model, layer, x, &keep);
   }
   scope.restore();
   variable_list wrt = {x};
@@ -77,6 +80,27 @@ variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const 
   return torch::autograd::grad({out}, wrt, {dout.defined() ? dout : at::zeros_like(out)}, /*retain_graph=*/false,
                                /*create_graph=*/false, /*allow_unused=*/true);
 }
+
+// x · Wᵀ's backward without its forward (linear_graph_only): the output is a zero-stride zero
+// tensor of the product's shape and dtype; the backward makes at::matmul's two products on the
+// flattened x (MmBackward with mat2 = Wᵀ, a column-major operand: dW = gᵀ·x, dx = g·W).
+struct LinearGraphOnlyFn : public torch::autograd::Function<LinearGraphOnlyFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& W) {
+    ctx->save_for_backward({x, W});
+    auto sizes = x.sizes().vec();
+    sizes.back() = W.size(0);
+    return at::zeros({1}, x.options()).expand(sizes);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto s = ctx->get_saved_variables();
+    const auto &x = s[0], &W = s[1];
+    const auto g = grad_out[0].to(x.scalar_type()).reshape({-1, W.size(0)});
+    at::Tensor dx, dW;
+    if (ctx->needs_input_grad(0)) dx = g.mm(W).view(x.sizes());
+    if (ctx->needs_input_grad(1)) dW = g.t().mm(x.reshape({-1, W.size(1)}));
+    return {dx, dW};
+  }
+};
 
 struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
   // inputs = {residual, layer parameters...}; the parameters are inputs only so that autograd
@@ -139,6 +163,23 @@ struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
 };
 
 }  // namespace
+
+at::Tensor linear_graph_only(const at::Tensor& x_in, const at::Tensor& W_in) {
+  DFSSM_CHECK(x_in.dim() >= 1 && W_in.dim() == 2 && x_in.size(-1) == W_in.size(1),
+              "linear_graph_only: x (..., in) and W (out, in), got ", x_in.sizes(), " and ", W_in.sizes());
+  // As at::matmul under CUDA autocast: both operands in the autocast dtype.
+  auto x = x_in, W = W_in;
+  if (x.is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA)) {
+    const auto dt = at::autocast::get_autocast_dtype(at::kCUDA);
+    auto cast = [dt](const at::Tensor& t) {
+      return t.is_floating_point() && t.scalar_type() != at::kDouble && t.scalar_type() != dt ? t.to(dt) : t;
+    };
+    x = cast(x), W = cast(W);
+  }
+  DFSSM_CHECK(x.scalar_type() == W.scalar_type(), "linear_graph_only: x is ", x.scalar_type(), ", W is ",
+              W.scalar_type());
+  return LinearGraphOnlyFn::apply(x, W);
+}
 
 at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor& residual) {
   variable_list inputs = {residual};

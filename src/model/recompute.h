@@ -12,6 +12,13 @@
 
 namespace dfssm {
 
+// at::matmul(x, Wᵀ) as autograd sees it, without computing it: the result is a zero tensor of the
+// product's shape and dtype (zero strides, no memory) whose backward gives x's and W's gradients
+// exactly as at::matmul's would (the same products). For a value that is only differentiated,
+// never read: a recomputed block's output, whose last product (out_proj, 4% of a 1.3B training
+// step's FLOPs) would otherwise run for nothing. CUDA autocast casts x and W as at::matmul would.
+at::Tensor linear_graph_only(const at::Tensor& x, const at::Tensor& W);
+
 // block(i, residual) of `model`, recomputed in the backward pass.
 at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor& residual);
 // {residual + hidden, block(i, residual + hidden)}, the add fused into the norm (Mamba2Model::

@@ -161,11 +161,8 @@ at::Tensor ScaffoldLinear::forward(const at::Tensor& x) const {
   // Scaling the activations instead, and adding the low-rank term to the output, costs several
   // passes over (tokens x rows) tensors, 16x larger at 32k tokens per step: measured, 21% of a
   // 1.3B distillation step. The CPU keeps the activation-side form below, the packed runtime's.
-  if (x.is_cuda()) {
-    // Binary formats: one kernel each way (scaffold_fused.h), in the dtype the matmul takes.
-    if (auto W = fused_weight(); W.defined()) return at::matmul(x, W.t());
-    return at::matmul(x, effective_weight().t());
-  }
+  // Binary formats: one kernel each way (scaffold_fused.h), in the dtype the matmul takes.
+  if (x.is_cuda()) return at::matmul(x, matmul_weight(x).t());
   const auto dt = x.scalar_type();
   at::Tensor y;
   if (q_.fmt().field) {
@@ -177,6 +174,12 @@ at::Tensor ScaffoldLinear::forward(const at::Tensor& x) const {
   }
   if (lr_u.defined()) y = y + at::matmul(at::matmul(x, lowrank_v().to(dt)), lowrank_u().to(dt).t());
   return y;
+}
+
+at::Tensor ScaffoldLinear::matmul_weight(const at::Tensor& x) const {
+  if (!x.is_cuda()) return {};
+  if (auto W = fused_weight(); W.defined()) return W;
+  return effective_weight();
 }
 
 void ScaffoldLinear::init_from(const at::Tensor& teacher_weight, uint64_t seed) {

@@ -42,6 +42,9 @@ class ScaffoldLinear : public LinearLayer {
   void init_from(const at::Tensor& teacher_weight, uint64_t seed);
 
   at::Tensor forward(const at::Tensor& x) const override;
+  // W_eff (as forward's product takes it) for a CUDA x; undefined on the CPU, whose forward is
+  // the activation-side form.
+  at::Tensor matmul_weight(const at::Tensor& x) const override;
   // The trainable fp32 tensors: w_lat, field_a, field_b (binary), lr_u, lr_u_scale, lr_v, lr_v_scale.
   NamedTensors named_parameters() const override;
 
