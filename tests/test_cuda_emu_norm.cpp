@@ -118,10 +118,23 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
                                             nullptr) == cudaSuccess);
           CHECK(read(o2, true, RD) == read(o1, true, RD));
           CHECK(read(r2, false, nr) == read(r1, false, nr));
+          // The backward on the bf16 y (a recomputation's kept output): dy, dz and dw bit for bit.
+          const size_t np = size_t(norm_bwd_partial_size(sh.R, sh.D));
+          Buf dy1(RD * 4), dy2(RD * 4), dz1(RD * 2), dz2(RD * 2), p1(np * 4), p2(np * 4);
+          REQUIRE(gated_norm_bwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), r1.f(), db.p, dt, dy1.f(), dz1.p, p1.f(), sh.R,
+                                      sh.D, sh.gs, nullptr) == cudaSuccess);
+          REQUIRE(gated_norm_bwd_bf16y_cuda(yh.p, zb.p, dt, ldz, wb.f(), r1.f(), db.p, dt, dy2.f(), dz2.p, p2.f(), sh.R,
+                                            sh.D, sh.gs, nullptr) == cudaSuccess);
+          CHECK(read(dy2, false, RD) == read(dy1, false, RD));
+          CHECK(read(dz2, true, RD) == read(dz1, true, RD));
+          CHECK(read(p2, false, np) == read(p1, false, np));
+          CHECK(rel_err(read(dy2, false, RD), dy_r) < 1e-2);  // y's bf16 rounding against the fp32 reference
         }
         set_norm_prefetch(pf ? 1 : 0);
         CHECK(gated_norm_fwd_bf16y_cuda(yh.p, zb.p, NormDtype::f32, ldz, wb.f(), o2.p, dt, r2.f(), sh.R, sh.D, sh.gs,
                                         1e-5f, nullptr) == cudaErrorInvalidValue);  // z must be bf16
+        CHECK(gated_norm_bwd_bf16y_cuda(yh.p, zb.p, NormDtype::f32, ldz, wb.f(), r2.f(), db.p, dt, dyb.f(), dzb.p,
+                                        pb.f(), sh.R, sh.D, sh.gs, nullptr) == cudaErrorInvalidValue);
       }
     }
   }

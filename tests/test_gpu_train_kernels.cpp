@@ -443,6 +443,36 @@ TEST_CASE("residual add fused into the norm == the add, then the norm: values an
   CHECK(at::equal(dh, ga[0].to(at::kBFloat16)));
 }
 
+TEST_CASE("gated norm reading a kept bf16 y through a graph-only y == the same y in fp32", "[gpu][norm][recompute]") {
+  REQUIRE(torch::cuda::is_available());
+  auto g = gen(52);
+  const int64_t D = 4096, gs = 4096;  // the 1.3B gated norm (one group)
+  const auto yk = at::randn({2, 300, D}, g).cuda().to(at::kBFloat16);  // the kept SSD output
+  const auto zf = at::randn({2, 300, 2 * D}, g).cuda().to(at::kBFloat16);
+  const auto z = zf.narrow(2, 0, D).requires_grad_(false);  // read in place, as from in_proj's output
+  const auto w = at::randn({D}, g).cuda().requires_grad_(true);
+  const auto go = at::randn({2, 300, D}, g).cuda().to(at::kBFloat16);
+  REQUIRE(gated_norm_fused_available(yk, gs));
+  // The reference: y as an fp32 copy of the kept values (what the recomputation used to read).
+  const auto y32 = yk.to(at::kFloat).requires_grad_(true);
+  const auto o32 = gated_norm_fused(y32, z, w, gs, 1e-5, at::kBFloat16);
+  const auto r = torch::autograd::grad({o32}, {y32, w}, {go});
+  // The graph-only y: zero strides, the values from y_values, the gradient in fp32.
+  const auto tok = at::zeros({1}, yk.options().dtype(at::kFloat)).expand(yk.sizes()).requires_grad_(true);
+  const auto ot = gated_norm_fused(tok, z, w, gs, 1e-5, at::kBFloat16, yk);
+  const auto t = torch::autograd::grad({ot}, {tok, w}, {go});
+  CHECK(at::equal(ot.detach(), o32.detach()));
+  CHECK(t[0].scalar_type() == at::kFloat);
+  CHECK(at::equal(t[0], r[0]));  // the bf16-y kernels compute on the same values
+  CHECK(at::equal(t[1], r[1]));
+  // A bf16 y with a gradient: read as is, its gradient cast to bf16 (that of the fp32 path).
+  const auto yb = yk.clone().requires_grad_(true);
+  const auto ob = gated_norm_fused(yb, z, w, gs, 1e-5, at::kBFloat16);
+  const auto b = torch::autograd::grad({ob}, {yb}, {go});
+  CHECK(at::equal(ob.detach(), o32.detach()));
+  CHECK(at::equal(b[0], r[0].to(at::kBFloat16)));
+}
+
 // A benchmark, not a test (hidden; `test_gpu_train_kernels "[bench]"`): the norms at the 1.3B
 // training shape (16 x 2048 rows) against the ATen ops they replace.
 TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {

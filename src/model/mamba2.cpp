@@ -162,13 +162,17 @@ at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w, bool t
 
 // mamba_ssm's RMSNormGated(norm_before_gate=False): RMSNorm(y * silu(z)) with one RMS per
 // group of d_inner/ngroups channels, fp32 math.
-at::Tensor Mamba2Model::gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w) const {
+// y_values: see gated_norm_fused (y then only carries the graph).
+at::Tensor Mamba2Model::gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w,
+                                      const at::Tensor& y_values) const {
   const int64_t gs = cfg_.d_inner() / cfg_.ngroups;
   if (y.dim() == 3 && gated_norm_fused_available(y, gs)) {  // full sequences on CUDA: one kernel each way
     const auto odt = norm_out_dtype(y, true);                 // out_proj consumes it
-    return gated_norm_fused(y, z, w, gs, cfg_.norm_eps, odt).to(odt == at::kBFloat16 ? odt : dtype());
+    return gated_norm_fused(y, z, w, gs, cfg_.norm_eps, odt, y_values).to(odt == at::kBFloat16 ? odt : dtype());
   }
-  const auto x = y.to(at::kFloat) * at::silu(z.to(at::kFloat));
+  // y is zero where y_values is given: the sum has y_values' values and routes the gradient to y.
+  const auto yv = y_values.defined() ? y + y_values.to(y.scalar_type()) : y;
+  const auto x = yv.to(at::kFloat) * at::silu(z.to(at::kFloat));
   auto sizes = x.sizes().vec();
   auto gsizes = sizes;
   gsizes.back() = cfg_.ngroups;
@@ -226,6 +230,7 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const auto A = -at::exp(m.A_log.to(at::kFloat));
   scope.next("dfssm::ssd");
   at::Tensor y, final_state;
+  at::Tensor y_values;  // where y only carries the graph (a recomputation's kept output): its values
   const auto Df = m.D.to(at::kFloat);
   // Where the config says 256, the fused kernels run chunks of 128 without a gradient and of 64
   // with one: the result depends on the chunk length only through rounding; at the 1.3B training
@@ -243,6 +248,7 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const bool reuse = keep && !keep->capture && keep->y.defined() && !st;
   if (reuse && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk)) {  // a recomputation that kept y
     std::tie(y, final_state) = train(at::Tensor(), keep->y);
+    y_values = keep->y.reshape({b, l, di});
   } else if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: the no-grad CUDA forward
     // Kept only where the recomputation can use it (the train path runs there).
     const bool capture = keep && keep->capture && !st && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk);
@@ -261,7 +267,7 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   }
   if (st) st->ssm = final_state.detach();
   scope.next("dfssm::gate_norm");
-  const auto yn = gated_rmsnorm(y.reshape({b, l, di}), z, m.norm_w);
+  const auto yn = gated_rmsnorm(y.reshape({b, l, di}), z, m.norm_w, y_values);
   scope.next("dfssm::out_proj");
   if (keep && keep->output_graph_only)
     if (const auto W = m.out_proj->matmul_weight(yn); W.defined()) return linear_graph_only(yn, W);

@@ -179,7 +179,8 @@ class Mamba2Model {
   // bf16 autocast (norm_out_dtype).
   at::Tensor rmsnorm(const at::Tensor& x, const at::Tensor& w, bool to_matmul = false) const;
   at::ScalarType norm_out_dtype(const at::Tensor& x, bool to_matmul) const;
-  at::Tensor gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w) const;
+  at::Tensor gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w,
+                           const at::Tensor& y_values = {}) const;
   at::Tensor discretize_dt(const at::Tensor& dt_raw, const at::Tensor& dt_bias) const;
 
   Mamba2Config cfg_;

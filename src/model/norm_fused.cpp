@@ -55,22 +55,37 @@ at::Tensor z_rows(const at::Tensor& z_in, int64_t* ldz) {
   return z;
 }
 
+// y's values in the form the kernels read: bf16 as is where z is bf16 too (the bf16-y kernels),
+// else fp32; 16-byte or 8-byte aligned.
+at::Tensor y_for_kernels(const at::Tensor& y, const at::Tensor& z) {
+  const bool bf = y.scalar_type() == at::kBFloat16 && z.scalar_type() == at::kBFloat16;
+  return aligned((bf ? y : y.to(at::kFloat)).contiguous());
+}
+
 struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
+  // y_values: empty, or the values to read in place of y_in's (gated_norm_fused).
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& z_in, const at::Tensor& w_in,
-                            int64_t gs, double eps, int64_t out_dtype) {
-    const auto y = aligned(y_in.to(at::kFloat).contiguous());
+                            int64_t gs, double eps, int64_t out_dtype, const at::Tensor& y_values) {
+    const auto y = y_for_kernels(y_values.numel() > 0 ? y_values : y_in, z_in);
     int64_t ldz = 0;
     const auto z = z_rows(z_in, &ldz);
     const auto w = aligned(w_in.to(at::kFloat).contiguous());
     const int64_t R = y.size(0) * y.size(1), D = y.size(2);
     const auto odt = at::ScalarType(out_dtype);
     auto out = at::empty(y.sizes(), y.options().dtype(odt));
-    auto rstd = at::empty({R, D / gs}, y.options());
+    auto rstd = at::empty({R, D / gs}, y.options().dtype(at::kFloat));
     const c10::cuda::CUDAGuard guard(y.device());
-    check_cuda(k::gated_norm_fwd_cuda(y.data_ptr<float>(), z.data_ptr(), norm_dtype(z.scalar_type()), ldz,
-                                      w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt), rstd.data_ptr<float>(), R,
-                                      int(D), int(gs), float(eps), c10::cuda::getCurrentCUDAStream()),
-               "gated_norm_fwd_cuda");
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    if (y.scalar_type() == at::kBFloat16)
+      check_cuda(k::gated_norm_fwd_bf16y_cuda(y.data_ptr(), z.data_ptr(), k::NormDtype::bf16, ldz, w.data_ptr<float>(),
+                                              out.data_ptr(), norm_dtype(odt), rstd.data_ptr<float>(), R, int(D),
+                                              int(gs), float(eps), stream),
+                 "gated_norm_fwd_bf16y_cuda");
+    else
+      check_cuda(k::gated_norm_fwd_cuda(y.data_ptr<float>(), z.data_ptr(), norm_dtype(z.scalar_type()), ldz,
+                                        w.data_ptr<float>(), out.data_ptr(), norm_dtype(odt), rstd.data_ptr<float>(), R,
+                                        int(D), int(gs), float(eps), stream),
+                 "gated_norm_fwd_cuda");
     ctx->save_for_backward({y, z, w, rstd});
     ctx->saved_data["ldz"] = ldz;
     ctx->saved_data["gs"] = gs;
@@ -87,18 +102,27 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
     const int64_t R = y.size(0) * y.size(1), D = y.size(2);
     const auto odt = at::ScalarType(dtypes[3]);
     const auto dout = aligned(grad_out[0].to(odt).contiguous());
-    auto dy = at::empty(y.sizes(), y.options());
+    const auto f32 = y.options().dtype(at::kFloat);
+    auto dy = at::empty(y.sizes(), f32);
     auto dz = at::empty(y.sizes(), z.options());
-    auto partial = at::empty({k::norm_bwd_partial_size(R, int(D))}, y.options());
+    auto partial = at::empty({k::norm_bwd_partial_size(R, int(D))}, f32);
     const c10::cuda::CUDAGuard guard(y.device());
-    check_cuda(k::gated_norm_bwd_cuda(y.data_ptr<float>(), z.data_ptr(), norm_dtype(z.scalar_type()), ldz,
-                                      w.data_ptr<float>(), rstd.data_ptr<float>(), dout.data_ptr(), norm_dtype(odt),
-                                      dy.data_ptr<float>(), dz.data_ptr(), partial.data_ptr<float>(), R, int(D), int(gs),
-                                      c10::cuda::getCurrentCUDAStream()),
-               "gated_norm_bwd_cuda");
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    if (y.scalar_type() == at::kBFloat16)
+      check_cuda(k::gated_norm_bwd_bf16y_cuda(y.data_ptr(), z.data_ptr(), k::NormDtype::bf16, ldz, w.data_ptr<float>(),
+                                              rstd.data_ptr<float>(), dout.data_ptr(), norm_dtype(odt),
+                                              dy.data_ptr<float>(), dz.data_ptr(), partial.data_ptr<float>(), R, int(D),
+                                              int(gs), stream),
+                 "gated_norm_bwd_bf16y_cuda");
+    else
+      check_cuda(k::gated_norm_bwd_cuda(y.data_ptr<float>(), z.data_ptr(), norm_dtype(z.scalar_type()), ldz,
+                                        w.data_ptr<float>(), rstd.data_ptr<float>(), dout.data_ptr(), norm_dtype(odt),
+                                        dy.data_ptr<float>(), dz.data_ptr(), partial.data_ptr<float>(), R, int(D),
+                                        int(gs), stream),
+                 "gated_norm_bwd_cuda");
     const auto dw = partial.view({-1, D}).sum(0);
     return {dy.to(at::ScalarType(dtypes[0])), dz.to(at::ScalarType(dtypes[1])), dw.to(at::ScalarType(dtypes[2])),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -255,14 +279,21 @@ bool gated_norm_fused_available(const at::Tensor& like, int64_t group_size) {
 }
 
 at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w, int64_t group_size,
-                            double eps, at::ScalarType out_dtype) {
+                            double eps, at::ScalarType out_dtype, const at::Tensor& y_values) {
   DFSSM_ASSERT(y.dim() == 3 && z.sizes() == y.sizes() && w.dim() == 1 && w.size(0) == y.size(2) &&
-                   y.size(2) % group_size == 0 && y.numel() > 0 && out_dtype_ok(out_dtype),
+                   y.size(2) % group_size == 0 && y.numel() > 0 && out_dtype_ok(out_dtype) &&
+                   (!y_values.defined() || (y_values.sizes() == y.sizes() && !y_values.requires_grad() &&
+                                            (y_values.scalar_type() == at::kFloat ||
+                                             y_values.scalar_type() == at::kBFloat16))),
                "gated_norm_fused: shapes");
+  const auto& vals = y_values.defined() ? y_values : y;
   const bool grad = c10::GradMode::is_enabled() && (y.requires_grad() || z.requires_grad() || w.requires_grad());
-  if (!grad && y.scalar_type() == at::kBFloat16 && z.scalar_type() == at::kBFloat16)
-    return gated_norm_bf16y(y, z, w, group_size, eps, out_dtype);
-  return GatedNormFn::apply(y, z, w, group_size, eps, int64_t(out_dtype));
+  if (!grad && vals.scalar_type() == at::kBFloat16 && z.scalar_type() == at::kBFloat16)
+    return gated_norm_bf16y(vals, z, w, group_size, eps, out_dtype);
+  // (An absent y_values travels as an empty tensor: custom functions record every tensor
+  // argument's device.)
+  return GatedNormFn::apply(y, z, w, group_size, eps, int64_t(out_dtype),
+                            y_values.defined() ? y_values : at::empty({0}, y.options()));
 }
 
 bool rms_norm_fused_available(const at::Tensor& x) {
@@ -314,7 +345,8 @@ at::Tensor rms_norm_fused_add_grad(const at::Tensor&, const at::Tensor&, double,
   return {};
 }
 
-at::Tensor gated_norm_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, at::ScalarType) {
+at::Tensor gated_norm_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, at::ScalarType,
+                            const at::Tensor&) {
   DFSSM_ASSERT(false, "gated_norm_fused: this build has no CUDA kernels");
   return {};
 }

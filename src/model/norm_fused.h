@@ -14,10 +14,12 @@ namespace dfssm {
 bool gated_norm_fused_available(const at::Tensor& like, int64_t group_size);
 void set_gated_norm_fused_enabled(bool on);  // tests compare against the ATen path (both norms)
 
-// y: (b, l, D) fp32; z: (b, l, D) with unit channel stride, fp32 or bf16; w: (D) fp32.
-// Returns (b, l, D) in out_dtype (fp32 or bf16).
+// y: (b, l, D) fp32 (or bf16); z: (b, l, D) with unit channel stride, fp32 or bf16; w: (D) fp32.
+// Returns (b, l, D) in out_dtype (fp32 or bf16). A bf16 y with a bf16 z is read as is, both ways.
+// y_values (optional, y's shape, fp32 or bf16, no gradient): the values to read in place of y's,
+// where y only carries the graph (ssd_scan_train's y with y_given); y's gradient keeps y's dtype.
 at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w, int64_t group_size,
-                            double eps, at::ScalarType out_dtype = at::kFloat);
+                            double eps, at::ScalarType out_dtype = at::kFloat, const at::Tensor& y_values = {});
 
 // The plain RMSNorm over the last dimension (D a multiple of 4 up to 8192) of a CUDA tensor of
 // any leading shape (fp32, or cast to it). Returns the same shape in out_dtype (fp32 or bf16).

@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "core/error.h"
+#include "model/fused_util.h"
 
 namespace dfssm {
 
@@ -42,6 +43,12 @@ class AutocastScope {
   bool on_, done_ = false;
 };
 
+// DFSSM_RECOMPUTE_OUT_GRAPH=0 (A/B switch): the recomputation runs out_proj's product as well.
+fused::Switch& graph_only_switch() {
+  static fused::Switch s("DFSSM_RECOMPUTE_OUT_GRAPH");
+  return s;
+}
+
 // What both forms save first, and the first (no-grad) pass's SsdOutputKeep: the SSD's output is
 // kept when the model keeps it (and the fused kernels run), in the autocast dtype.
 SsdOutputKeep begin_first_pass(AutogradContext* ctx, int64_t model_addr, int64_t layer) {
@@ -66,7 +73,7 @@ variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const 
   const auto x = saved[0].detach().requires_grad_(true);
   SsdOutputKeep keep;
   keep.y = saved[1];  // undefined when nothing was kept
-  keep.output_graph_only = true;  // `out` is differentiated below, never read
+  keep.output_graph_only = graph_only_switch().on();  // `out` is differentiated below, never read
   AutocastScope scope(ctx->saved_data["autocast"].toBool(),
                       at::ScalarType(ctx->saved_data["autocast_dtype"].toInt()));
   at::Tensor out;

@@ -133,7 +133,7 @@ kernels::SsdScanArgs make_args(const at::Tensor& x_in, const at::Tensor& dt, con
 
 // Runs the forward; returns y (+ D·x), the final state and the workspace the backward reads.
 // With y_given (the same y from an earlier pass, any float dtype): chunk_scan is skipped and y is
-// y_given as a new fp32 tensor.
+// a graph-only stand-in (ssd_scan.h): zero strides, no memory, no copy of y_given.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(kernels::SsdScanArgs& a, const at::Tensor& like,
                                                            const at::Tensor& y_given = at::Tensor()) {
   const auto opts = like.options().dtype(at::kFloat);
@@ -148,8 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(kernels::SsdScanArgs&
     DFSSM_ASSERT(kernels::ssd_scan_inputs_ok(a), "ssd_scan: shape or alignment the kernels do not take");
     fused::check_cuda(kernels::ssd_scan_fwd_workspace_cuda(a, c10::cuda::getCurrentCUDAStream()),
                       "ssd_scan_fwd_workspace_cuda");
-    auto y = y_given.to(opts, /*non_blocking=*/false, /*copy=*/true).view({a.batch, a.L, a.H, a.P});
-    return {y, fin, ws};
+    return {at::zeros({1}, opts).expand({a.batch, a.L, a.H, a.P}), fin, ws};
   }
   auto y = at::empty({a.batch, a.L, a.H, a.P}, opts);
   a.y = y.data_ptr<float>();

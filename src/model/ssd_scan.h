@@ -57,8 +57,11 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::
 // The same outputs, differentiable in every input (D and initial_state may be undefined).
 // y_given: y + D·x of these same inputs, kept from an earlier pass (an activation-checkpointed
 // block's first forward, src/model/recompute.h), any float dtype, (b,l,h,p) elements. The forward
-// then skips chunk_scan (its costliest kernel) and returns y_given as fp32; the gradients are the
-// same (the backward does not read y).
+// then skips chunk_scan (its costliest kernel), and the y it returns only carries the graph: an
+// fp32 zero tensor of y's shape with zero strides (no memory). Its values are y_given's: the
+// caller reads y_given and routes y's gradient (fp32) through y, as the gated norm does
+// (gated_norm_fused's y_values); a cast of y_given to fp32 cost two passes over y per layer. The
+// gradients are the same (the backward does not read y).
 std::pair<at::Tensor, at::Tensor> ssd_scan_train(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A,
                                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                                  int64_t chunk, const at::Tensor& initial_state,

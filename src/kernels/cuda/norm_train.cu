@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormA
   }
 }
 
-template <bool GATED, typename E, typename O, int J, bool PF, bool ADD = false>
+template <bool GATED, typename E, typename O, int J, bool PF, bool ADD = false, typename Y = float>
 __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
   const int g0 = int(blockIdx.y) * a.gs;
@@ -170,10 +170,10 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormA
 #pragma unroll
     for (int i = 0; i < 4; ++i) gw[j][i] = 0.f;
   Row<J> cur, nxt;
-  if (PF) load_row<GATED, true, E, O, J, float, ADD>(a, r0, g0, cur);
+  if (PF) load_row<GATED, true, E, O, J, Y, ADD>(a, r0, g0, cur);
   for (int64_t r = r0; r < r1; ++r) {
-    if (!PF) load_row<GATED, true, E, O, J, float, ADD>(a, r, g0, cur);
-    if (PF && r + 1 < r1) load_row<GATED, true, E, O, J, float, ADD>(a, r + 1, g0, nxt);  // in flight during this row
+    if (!PF) load_row<GATED, true, E, O, J, Y, ADD>(a, r, g0, cur);
+    if (PF && r + 1 < r1) load_row<GATED, true, E, O, J, Y, ADD>(a, r + 1, g0, nxt);  // in flight during this row
     // ---- n = x·rstd, dn = dout·w, and this thread's part of sum(dn·n) ----
     float n[J][4], dn[J][4];
     float dot = 0.f;
@@ -262,13 +262,13 @@ cudaError_t run(const NormArgs& a, cudaStream_t stream) {
   const dim3 grid(unsigned((a.R + kRows - 1) / kRows), unsigned(a.D / a.gs));
   Kernel k = nullptr;
   if (prefetch()) {
-    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true, ADD> : norm_fwd_kernel<GATED, E, O, 1, true, Y, ADD>;
-    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true, ADD> : norm_fwd_kernel<GATED, E, O, 2, true, Y, ADD>;
-    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true, ADD> : norm_fwd_kernel<GATED, E, O, 4, true, Y, ADD>;
+    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true, ADD, Y> : norm_fwd_kernel<GATED, E, O, 1, true, Y, ADD>;
+    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true, ADD, Y> : norm_fwd_kernel<GATED, E, O, 2, true, Y, ADD>;
+    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true, ADD, Y> : norm_fwd_kernel<GATED, E, O, 4, true, Y, ADD>;
   } else {
-    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, false, ADD> : norm_fwd_kernel<GATED, E, O, 1, false, Y, ADD>;
-    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, false, ADD> : norm_fwd_kernel<GATED, E, O, 2, false, Y, ADD>;
-    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, false, ADD> : norm_fwd_kernel<GATED, E, O, 4, false, Y, ADD>;
+    if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, false, ADD, Y> : norm_fwd_kernel<GATED, E, O, 1, false, Y, ADD>;
+    if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, false, ADD, Y> : norm_fwd_kernel<GATED, E, O, 2, false, Y, ADD>;
+    if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, false, ADD, Y> : norm_fwd_kernel<GATED, E, O, 4, false, Y, ADD>;
   }
   launch(k, grid, threads, stream, a);
   return cudaGetLastError();
@@ -329,6 +329,17 @@ cudaError_t gated_norm_bwd_cuda(const float* y, const void* z, NormDtype zdt, in
   a.R = R, a.D = D, a.gs = gs;
   if (!args_ok(a, true, zdt, odt)) return cudaErrorInvalidValue;
   return run_zo<true, true>(a, zdt, odt, stream);
+}
+
+cudaError_t gated_norm_bwd_bf16y_cuda(const void* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
+                                      const float* rstd, const void* dout, NormDtype odt, float* dy, void* dz,
+                                      float* partial, int64_t R, int D, int gs, cudaStream_t stream) {
+  NormArgs a;
+  a.y = y, a.z = z, a.ldz = ldz, a.w = w, a.rstd_in = rstd, a.dout = dout, a.dy = dy, a.dz = dz, a.partial = partial;
+  a.R = R, a.D = D, a.gs = gs;
+  if (zdt != NormDtype::bf16 || !args_ok(a, true, zdt, odt, NormDtype::bf16)) return cudaErrorInvalidValue;
+  return odt == NormDtype::bf16 ? run<true, true, __nv_bfloat16, __nv_bfloat16, __nv_bfloat16>(a, stream)
+                                : run<true, true, __nv_bfloat16, float, __nv_bfloat16>(a, stream);
 }
 
 cudaError_t rms_norm_fwd_cuda(const float* y, const float* w, void* out, NormDtype odt, float* rstd, int64_t R, int D,

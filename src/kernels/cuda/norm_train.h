@@ -49,6 +49,11 @@ int64_t norm_bwd_partial_size(int64_t R, int D);
 cudaError_t gated_norm_bwd_cuda(const float* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
                                 const float* rstd, const void* dout, NormDtype odt, float* dy, void* dz, float* partial,
                                 int64_t R, int D, int gs, cudaStream_t stream);
+// The same with y in bf16 (8-byte aligned) and z in bf16 (zdt must be bf16); dy stays fp32: the
+// recomputation of a checkpointed block reads the SSD output it kept in bf16 as is, both ways.
+cudaError_t gated_norm_bwd_bf16y_cuda(const void* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
+                                      const float* rstd, const void* dout, NormDtype odt, float* dy, void* dz,
+                                      float* partial, int64_t R, int D, int gs, cudaStream_t stream);
 
 // The plain RMSNorm over rows of D (a multiple of 4 up to kNormMaxGroup).
 cudaError_t rms_norm_fwd_cuda(const float* y, const float* w, void* out, NormDtype odt, float* rstd, int64_t R, int D,
