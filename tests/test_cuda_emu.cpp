@@ -155,17 +155,7 @@ TEST_CASE("ssd_scan one-kernel forward (emulated) == scalar reference: partial c
     for (size_t i = 0; i < y.size(); ++i) diff += yb[i] != dfssm::float_to_bf16(y[i]);
     CHECK(diff == 0);
     CHECK(s2 == s);
-    // 8 warps per block instead of the default 16: the same products in the same order.
-    std::vector<float> y8(yr.size(), 7.f), s8(sr.size(), 7.f);
-    SsdScanArgs a8 = a;
-    a8.y = y8.data(), a8.final_state = s8.data();
-    ssd_scan_set_seq_warps(8);
-    REQUIRE(ssd_scan_fwd_seq_cuda(a8, nullptr) == cudaSuccess);
-    ssd_scan_set_seq_warps(16);
-    CHECK(y8 == y);
-    CHECK(s8 == s);
   }
-  ssd_scan_set_seq_warps(0);  // back to the environment's choice
   SsdScanArgs bad;
   bad.P = 64, bad.N = 96, bad.H = 4, bad.G = 1, bad.batch = 1, bad.L = 10;
   CHECK_FALSE(ssd_scan_seq_supported(bad));

@@ -76,9 +76,6 @@ cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& 
                                       cudaStream_t stream);
 bool ssd_scan_seq_enabled();
 void ssd_scan_set_seq(int on);
-// The one-kernel forward's warps per block: 16 (default) or 8 (DFSSM_SSD_SEQ_WARPS=8); the same
-// result bit for bit. ssd_scan_set_seq_warps(8 | 16) overrides it (tests), anything else re-reads it.
-void ssd_scan_set_seq_warps(int nw);
 
 // The backward (ssd_scan_bwd.cu): T in {64, 128}; `a` as given to the forward, whose workspace
 // must still hold what the forward left there; g.workspace 256-byte aligned and at least

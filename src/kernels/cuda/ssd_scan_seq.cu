@@ -72,12 +72,11 @@ __device__ __forceinline__ void st2_bf16(void* y, int64_t i, float a, float b) {
 // The warp's 32 x 32 tile of the state (rows pm + 16·mi + {g, g+8}, columns nn + 8·ni + 2q + {0, 1})
 // to or from a row-major P x N array with row stride ld.
 // Rounded to TF32 (round), or as is.
-// MI 16-row tiles (MI = 2: the 32 x 32 tile of 8 warps; 1: the 16 x 32 tile of 16 warps).
-template <bool Round, int MI>
-__device__ __forceinline__ void state_store(float* p, int ld, const float (&s)[MI][4][4], int pm, int nn, int g, int q) {
+template <bool Round>
+__device__ __forceinline__ void state_store(float* p, int ld, const float (&s)[2][4][4], int pm, int nn, int g, int q) {
   auto f = [](float v) { return Round ? tf32_bits(v) : v; };
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
+  for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni) {
       const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
@@ -88,10 +87,9 @@ __device__ __forceinline__ void state_store(float* p, int ld, const float (&s)[M
 // ---- Pieces shared by the two sequential kernels ------------------------------------------------
 // Chunk rows l0 + [0, T) into shared memory, 16 bytes per cp.async, by fixed per-thread pieces so
 // that each address is a per-thread offset plus a row step: x as 16 pieces per row (thread t takes
-// piece t % 16 of rows t / 16 + (TH / 16)·j), B (and C unless cs is null) as 32 (piece t % 32 of
-// rows t / 32 + (TH / 32)·j), for TH threads. Rows at or past `valid` are zero-filled (their
-// source stays a valid address: row l0). xg, Bg, Cg point at row 0 of the sequence.
-template <int TH = kThreads>
+// piece t % 16 of rows t / 16 + 16j), B (and C unless cs is null) as 32 (piece t % 32 of rows
+// t / 32 + 8j). Rows at or past `valid` are zero-filled (their source stays a valid address: row
+// l0). xg, Bg, Cg point at row 0 of the sequence.
 __device__ __forceinline__ void load_rows_seq(float* xs, float* bs, float* cs, const float* xg, const float* Bg,
                                               const float* Cg, int64_t x_row, int64_t bc_row, int64_t l0,
                                               int64_t valid) {
@@ -100,33 +98,32 @@ __device__ __forceinline__ void load_rows_seq(float* xs, float* bs, float* cs, c
     const int e = (t & 15) * 4, r0 = t >> 4;
     const float* src = xg + (l0 + r0) * x_row + e;
 #pragma unroll
-    for (int j = 0; j < seq::T * 16 / TH; ++j) {
-      const int r = r0 + TH / 16 * j;
+    for (int j = 0; j < 4; ++j) {
+      const int r = r0 + 16 * j;
       const bool ok = r < valid;
-      cp_async16(xs + r * seq::LDX + e, ok ? src + int64_t(TH / 16 * j) * x_row : xg + l0 * x_row, ok);
+      cp_async16(xs + r * seq::LDX + e, ok ? src + int64_t(16 * j) * x_row : xg + l0 * x_row, ok);
     }
   }
   const int e = (t & 31) * 4, r0 = t >> 5;
   const int64_t off = (l0 + r0) * bc_row + e;
 #pragma unroll
-  for (int j = 0; j < seq::T * 32 / TH; ++j) {
-    const int r = r0 + TH / 32 * j;
+  for (int j = 0; j < 8; ++j) {
+    const int r = r0 + 8 * j;
     const bool ok = r < valid;
-    const int64_t o = ok ? off + int64_t(TH / 32 * j) * bc_row : l0 * bc_row;
+    const int64_t o = ok ? off + int64_t(8 * j) * bc_row : l0 * bc_row;
     cp_async16(bs + r * seq::LDB + e, Bg + o, ok);
     if (cs) cp_async16(cs + r * seq::LDC + e, Cg + o, ok);
   }
   cp_async_commit();
 }
 // The same pieces rounded to TF32 in place: each thread its own, visible to it after its wait.
-template <int TH = kThreads>
 __device__ __forceinline__ void round_rows_seq(float* xs, float* bs, float* cs) {
   const int t = threadIdx.x;
 #pragma unroll
-  for (int j = 0; j < seq::T * 16 / TH; ++j) round4(xs + ((t >> 4) + TH / 16 * j) * seq::LDX + (t & 15) * 4);
+  for (int j = 0; j < 4; ++j) round4(xs + ((t >> 4) + 16 * j) * seq::LDX + (t & 15) * 4);
 #pragma unroll
-  for (int j = 0; j < seq::T * 32 / TH; ++j) {
-    const int r = (t >> 5) + TH / 32 * j, e = (t & 31) * 4;
+  for (int j = 0; j < 8; ++j) {
+    const int r = (t >> 5) + 8 * j, e = (t & 31) * 4;
     round4(bs + r * seq::LDB + e);
     if (cs) round4(cs + r * seq::LDC + e);
   }
@@ -138,10 +135,9 @@ __device__ __forceinline__ float dt_seq(const SsdScanArgs& a, int64_t b, int h, 
   return t < seq::T && c < nc && l < a.L ? a.dt[(b * a.L + l) * a.H + h] : 0.f;
 }
 // The warp's state tile (state_store's layout) from init (row-major P x N), or zero.
-template <int MI>
-__device__ __forceinline__ void state_load(float (&s)[MI][4][4], const float* init, int pm, int nn, int g, int q) {
+__device__ __forceinline__ void state_load(float (&s)[2][4][4], const float* init, int pm, int nn, int g, int q) {
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
+  for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni) {
       const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
@@ -150,10 +146,9 @@ __device__ __forceinline__ void state_load(float (&s)[MI][4][4], const float* in
       s[mi][ni][0] = u.x, s[mi][ni][1] = u.y, s[mi][ni][2] = v.x, s[mi][ni][3] = v.y;
     }
 }
-template <int MI>
-__device__ __forceinline__ void state_scale(float (&s)[MI][4][4], float f) {
+__device__ __forceinline__ void state_scale(float (&s)[2][4][4], float f) {
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
+  for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
@@ -161,13 +156,12 @@ __device__ __forceinline__ void state_scale(float (&s)[MI][4][4], float f) {
 }
 // One k-step of the state update S += (w∘x)ᵀ·B over positions k0 + [0, 8): w0 and w1 are w at
 // positions k0 + q and k0 + q + 4; xs and bs are TF32-rounded rows (w∘x is rounded here).
-template <int MI>
-__device__ __forceinline__ void state_kstep(float (&s)[MI][4][4], const float* xs, const float* bs, int k0, float w0,
+__device__ __forceinline__ void state_kstep(float (&s)[2][4][4], const float* xs, const float* bs, int k0, float w0,
                                             float w1, int pm, int nn, int g, int q) {
   const int l = k0 + q;
-  uint32_t fa[MI][4], fb[4][2];
+  uint32_t fa[2][4], fb[4][2];
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi) {
+  for (int mi = 0; mi < 2; ++mi) {
     const int p = pm + mi * 16 + g;
     fa[mi][0] = to_tf32(w0 * xs[l * seq::LDX + p]);
     fa[mi][1] = to_tf32(w0 * xs[l * seq::LDX + p + 8]);
@@ -177,29 +171,20 @@ __device__ __forceinline__ void state_kstep(float (&s)[MI][4][4], const float* x
 #pragma unroll
   for (int ni = 0; ni < 4; ++ni) frag_b_kmajor<true>(fb[ni], bs + k0 * seq::LDB + nn + ni * 8, seq::LDB, g, q);
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
+  for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni) mma_tf32(s[mi][ni], fa[mi], fb[ni]);
 }
 
-// NW warps: 8 (each warp: two 16-row strips x 16 columns of y, a 32 x 32 tile of S) or 16 (one
-// strip x 16 columns of y, a 16 x 32 tile of S: twice the warps to hide the mma chains' and the
-// barriers' latency at half the accumulators; DFSSM_SSD_SEQ_WARPS=8 keeps 8). Both sum the same
-// products in the same order per element, so they agree bit for bit.
-template <int NW>
-__global__ void __launch_bounds__(NW * 32, 1) ssd_seq_kernel(SsdScanArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
   using namespace seq;
-  constexpr int TH = NW * 32;
-  constexpr int SI = NW == 8 ? 2 : 1;  // y strips per warp
-  constexpr int MI = NW == 8 ? 2 : 1;  // 16-row tiles of S per warp
-  static_assert(NW == 8 || NW == 16, "8 or 16 warps");
   const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
   const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
   const int gi = h / (a.H / a.G);
   DFSSM_DYN_SMEM(smem, kFloats);
   float* const Ms = smem + 2 * kBuf;
   float* const Ss = Ms + T * LDM;
-  __shared__ float acs[T], dts[T], w[T], warp_tot[NW], total;
+  __shared__ float acs[T], dts[T], w[T], warp_tot[kWarps], total;
 
   const float* xg = a.x + (b * a.L) * a.x_row + int64_t(h) * P_;
   const float* Bg = a.B + (b * a.L) * a.bc_row + int64_t(gi) * N_;
@@ -207,19 +192,18 @@ __global__ void __launch_bounds__(NW * 32, 1) ssd_seq_kernel(SsdScanArgs a) {
   // Chunk c's x, B and C rows into buffer c % 2.
   auto load_chunk = [&](int64_t c) {
     float* xs = smem + (c & 1) * kBuf;
-    load_rows_seq<TH>(xs, xs + T * LDX, xs + T * (LDX + LDB), xg, Bg, Cg, a.x_row, a.bc_row, c * T, a.L - c * T);
+    load_rows_seq(xs, xs + T * LDX, xs + T * (LDX + LDB), xg, Bg, Cg, a.x_row, a.bc_row, c * T, a.L - c * T);
   };
   // Chunk c's CB (64 x 64, from the workspace) into Ms, by the same per-thread pieces as x (16
-  // per row, rows t / 16 + (TH / 16)·j); pieces wholly above their 16-row strip's diagonal block
-  // are never read and not loaded. Issued when the previous chunk's M has been read (the end of
-  // its step 2).
+  // per row, rows t / 16 + 16j); pieces wholly above their 16-row strip's diagonal block are never
+  // read and not loaded. Issued when the previous chunk's M has been read (the end of its step 2).
   const float* cbg = a.workspace + (b * nc * a.G + gi) * int64_t(T) * T;
   auto load_cb = [&](int64_t c) {
     const int e = (t & 15) * 4, r0 = t >> 4;
     const float* src = cbg + c * a.G * int64_t(T) * T;
 #pragma unroll
-    for (int j = 0; j < T * 16 / TH; ++j) {
-      const int r = r0 + TH / 16 * j;
+    for (int j = 0; j < 4; ++j) {
+      const int r = r0 + 16 * j;
       if (e <= (r | 15)) cp_async16(Ms + r * LDM + e, src + r * T + e, true);
     }
     cp_async_commit();
@@ -229,10 +213,10 @@ __global__ void __launch_bounds__(NW * 32, 1) ssd_seq_kernel(SsdScanArgs a) {
   float dt_next = dt_seq(a, b, h, 0, nc);
   const float Ah = a.A[h], D = a.D ? a.D[h] : 0.f;
 
-  // The state: this warp's (16·MI) x 32 tile of S in mma accumulator layout, from init (or zero).
-  const int pm = (warp >> 2) * 16 * MI, nn = (warp & 3) * 32;
+  // The state: this warp's 32 x 32 tile of S in mma accumulator layout, from init (or zero).
+  const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
   const int64_t PN = int64_t(P_) * N_;
-  float S[MI][4][4];
+  float S[2][4][4];
   state_load(S, a.init ? a.init + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
   state_store<true>(Ss, LDS, S, pm, nn, g, q);
 
@@ -256,7 +240,7 @@ __global__ void __launch_bounds__(NW * 32, 1) ssd_seq_kernel(SsdScanArgs a) {
     // that the fragment loads below need no conversion.
     {
       float* xw = smem + (c & 1) * kBuf;
-      round_rows_seq<TH>(xw, xw + T * LDX, xw + T * (LDX + LDB));
+      round_rows_seq(xw, xw + T * LDX, xw + T * (LDX + LDB));
     }
     __syncthreads();
     if (t < T) w[t] = expf(total - acs[t]) * dts[t];
@@ -264,8 +248,8 @@ __global__ void __launch_bounds__(NW * 32, 1) ssd_seq_kernel(SsdScanArgs a) {
     // ---- 1. M = L∘CB∘dt + D·I in place of CB, each thread on the pieces it loaded (visible to it
     // after its wait); acs and dt came through the barrier above. Rounded to TF32 for step 2. ----
 #pragma unroll
-    for (int j = 0; j < T * 16 / TH; ++j) {
-      const int r = (t >> 4) + TH / 16 * j, e = (t & 15) * 4;
+    for (int j = 0; j < 4; ++j) {
+      const int r = (t >> 4) + 16 * j, e = (t & 15) * 4;
       if (e > (r | 15)) continue;
       float* p = Ms + r * LDM + e;
       const float4 v = ld4(p);
@@ -280,28 +264,25 @@ __global__ void __launch_bounds__(NW * 32, 1) ssd_seq_kernel(SsdScanArgs a) {
 
     // ---- 2 and 3 in one loop: y = M·x + exp(acs)∘(C·Sᵀ) and S = exp(acs_T-1)·S + (w∘x)ᵀ·B. The
     // three products are independent (step 2 reads the entering state from Ss, step 3 updates
-    // the registers), so each iteration issues them together: more accumulator chains per warp,
-    // which the one block per SM needs to keep its tensor cores fed. For y, warp w owns columns
-    // 16·(w % 4) + [0, 16) of P in 16-row strips: with 8 warps two, {0, 3} (w < 4) or {1, 2}, so
-    // that M·x (which skips M's blocks above the diagonal) gives every warp the same 10 of them;
-    // with 16 warps strip w / 4. ----
+    // the registers), so each iteration issues them together: 12 accumulator chains per warp
+    // instead of 4, which the one block per SM needs to keep its tensor cores fed. For y, warp w
+    // owns columns 16·(w % 4) + [0, 16) of P in two 16-row strips, {0, 3} (w < 4) or {1, 2}: M·x
+    // skips M's blocks above the diagonal, and these pairs give every warp the same 10 of them. ----
     {
       const int p0 = (warp & 3) * 16, sp = warp >> 2;
-      int r0[SI];
-      if (SI == 2) r0[0] = sp * 16, r0[SI - 1] = (3 - sp) * 16;
-      else r0[0] = sp * 16;
-      float eA[SI], eB[SI];
+      const int r0[2] = {sp * 16, (3 - sp) * 16};
+      float eA[2], eB[2];
 #pragma unroll
-      for (int si = 0; si < SI; ++si) eA[si] = expf(acs[r0[si] + g]), eB[si] = expf(acs[r0[si] + g + 8]);
+      for (int si = 0; si < 2; ++si) eA[si] = expf(acs[r0[si] + g]), eB[si] = expf(acs[r0[si] + g + 8]);
       state_scale(S, expf(total));
       // M·x and C·Sᵀ: separate chains, summed at the end, where exp(acs) scales C·Sᵀ's rows.
       // [strip][n-tile of 8 columns][fragment]
-      float y1[SI][2][4] = {}, y2[SI][2][4] = {};
+      float y1[2][2][4] = {}, y2[2][2][4] = {};
 #pragma unroll 2
       for (int kk = 0; kk < T / 8; ++kk) {
         // M·x over source positions 8·kk + [0, 8), up to each strip's diagonal.
 #pragma unroll
-        for (int si = 0; si < SI; ++si) {
+        for (int si = 0; si < 2; ++si) {
           if (kk * 8 > r0[si] + 8) continue;
           const int k0 = kk * 8;
           uint32_t fa[4];
@@ -321,7 +302,7 @@ __global__ void __launch_bounds__(NW * 32, 1) ssd_seq_kernel(SsdScanArgs a) {
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) frag_b_nmajor<true>(fb[nt], Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
 #pragma unroll
-          for (int si = 0; si < SI; ++si) {
+          for (int si = 0; si < 2; ++si) {
             uint32_t fa[4];
             frag_a_rows<true>(fa, cs + r0[si] * LDC + k0, LDC, g, q);
 #pragma unroll
@@ -334,7 +315,7 @@ __global__ void __launch_bounds__(NW * 32, 1) ssd_seq_kernel(SsdScanArgs a) {
       const int64_t ld = int64_t(a.H) * P_, y0 = (b * a.L + l0) * ld + int64_t(h) * P_;
       const int64_t valid = a.L - l0;
 #pragma unroll
-      for (int si = 0; si < SI; ++si) {
+      for (int si = 0; si < 2; ++si) {
         const int rA = r0[si] + g, rB = rA + 8;
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
@@ -496,32 +477,6 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 int g_seq = -1;  // -1: not read yet
 
-// ssd_seq_kernel's warps: 16 unless DFSSM_SSD_SEQ_WARPS=8 (A/B switch, read once).
-int g_seq_warps = -1;
-int seq_warps() {
-  if (g_seq_warps < 0) {
-    const char* e = std::getenv("DFSSM_SSD_SEQ_WARPS");
-    g_seq_warps = e && std::string(e) == "8" ? 8 : 16;
-  }
-  return g_seq_warps;
-}
-
-template <int NW>
-cudaError_t launch_seq(const SsdScanArgs& a, cudaStream_t stream) {
-  auto* k = ssd_seq_kernel<NW>;
-  if (const auto e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, seq::kSmemBytes);
-      e != cudaSuccess)
-    return e;
-  const dim3 grid(unsigned(a.H), unsigned(a.batch));
-#ifndef DFSSM_CUDA_EMULATE
-  k<<<grid, NW * 32, seq::kSmemBytes, stream>>>(a);
-#else
-  (void)stream;
-  ::dfssm::emu::launch(grid, dim3(NW * 32), [&] { k(a); });
-#endif
-  return cudaGetLastError();
-}
-
 bool aligned_to(const void* p, uintptr_t n) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % n == 0; }
 
 }  // namespace
@@ -534,7 +489,6 @@ bool ssd_scan_seq_enabled() {
   return g_seq == 1;
 }
 void ssd_scan_set_seq(int on) { g_seq = on < 0 ? -1 : on ? 1 : 0; }
-void ssd_scan_set_seq_warps(int nw) { g_seq_warps = nw == 8 || nw == 16 ? nw : -1; }
 
 bool ssd_scan_states_seq_supported(const SsdScanArgs& a) {
   return ssd_scan_inputs_ok(a) && a.T == seq::T && a.final_state && aligned_to(a.init, 8) &&
@@ -575,7 +529,7 @@ cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   SsdScanArgs a64 = a;  // the kernels' own chunking
   a64.T = seq::T;
   if (const auto e = ssd_chunk_cb64_cuda(a64, a.workspace, stream); e != cudaSuccess) return e;
-  return seq_warps() == 8 ? launch_seq<8>(a64, stream) : launch_seq<16>(a64, stream);
+  return launch_dyn(ssd_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seq::kSmemBytes, stream, a64);
 }
 
 }  // namespace dfssm::kernels
