@@ -1183,7 +1183,7 @@ TEST_CASE("no-grad SSD output stored in bf16 by the kernel (DFSSM_SSD_Y_BF16): k
       at::autocast::set_autocast_enabled(at::kCUDA, false);
       at::autocast::clear_cache();
     }
-    set_ssd_scan_y_bf16_enabled(false);  // the default
+    set_ssd_scan_y_bf16_enabled(true);  // the default
     return std::pair{k.y, out};
   };
   const auto [y_cast, out_cast] = keep(false);
@@ -1200,7 +1200,7 @@ TEST_CASE("no-grad SSD output stored in bf16 by the kernel (DFSSM_SSD_Y_BF16): k
     at::NoGradGuard ng;
     set_ssd_scan_y_bf16_enabled(y_bf16);
     const auto h = m16.forward_hidden(ids).to(at::kFloat);
-    set_ssd_scan_y_bf16_enabled(false);
+    set_ssd_scan_y_bf16_enabled(true);  // the default
     return h;
   };
   const auto h32 = hidden(false), h16 = hidden(true);

@@ -34,7 +34,7 @@ fused::Switch& xbc_grad_switch() {
   return s;
 }
 fused::Switch& y_bf16_switch() {  // off until measured on a GPU (docs/training.md)
-  static fused::Switch s("DFSSM_SSD_Y_BF16", /*default_on=*/false);
+  static fused::Switch s("DFSSM_SSD_Y_BF16");
   return s;
 }
 
