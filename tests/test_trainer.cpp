@@ -280,8 +280,9 @@ TEST_CASE("activation checkpointing gives the same loss and gradients", "[traine
     REQUIRE((dynamic_cast<const DenseLinear*>(m.layers[0].mixer.out_proj.get()) == nullptr) == binary);
     for (auto& [n, p] : m.named_parameters()) p.requires_grad_(true);
     const auto ids = at::arange(0, 40, at::kLong).remainder(cfg.vocab_size).view({2, 20});
-    auto grads = [&](std::vector<bool> rec) {
+    auto grads = [&](std::vector<bool> rec, std::vector<bool> keep_in = {}) {
       m.recompute_layers = rec;
+      m.keep_in_proj_layers = keep_in;
       for (auto& [n, p] : m.named_parameters())
         if (p.grad().defined()) p.mutable_grad().zero_();
       auto h = m.forward_hidden(ids);
@@ -293,13 +294,19 @@ TEST_CASE("activation checkpointing gives the same loss and gradients", "[traine
     };
     const auto [l0, g0] = grads({});
     const auto [l1, g1] = grads({true, false, true});
+    // Layers 0 and 2 keeping their in_proj output too (the plain student's recomputation then
+    // skips in_proj's product; the binary one's CPU projection is not one product, so it reruns).
+    const auto [l2, g2] = grads({true, false, true}, {true, false, true});
     REQUIRE(l0 == l1);
+    REQUIRE(l0 == l2);
     const auto names = m.named_parameters();
     for (size_t i = 0; i < g0.size(); ++i) {
       INFO(names[i].first);
       // Same ops; only the order in which autograd accumulates a parameter's gradient differs.
       REQUIRE(dfssm::test::rel_err(g1[i], g0[i]) < 1e-5);
+      REQUIRE(dfssm::test::rel_err(g2[i], g0[i]) < 1e-5);
     }
+    m.keep_in_proj_layers = {};
   }
 }
 
@@ -320,6 +327,15 @@ TEST_CASE("linear_graph_only: at::matmul's gradients without its product", "[tra
   CHECK(dfssm::test::rel_err(dW, dW_ref) < 1e-6);
   CHECK(dfssm::test::rel_err(dW, dout.reshape({-1, 12}).t().mm(x0.reshape({-1, 16}))) < 1e-6);
   REQUIRE_THROWS(linear_graph_only(x0, W0.t()));  // shapes checked
+  // With the product's values given (a kept output): those values, the same gradients.
+  const auto vals = at::matmul(x0, W0.t());
+  const auto x = x0.clone().requires_grad_(true), W = W0.clone().requires_grad_(true);
+  const auto out = linear_graph_only(x, W, vals);
+  CHECK(at::equal(out.detach(), vals));
+  out.backward(dout);
+  CHECK(dfssm::test::rel_err(x.grad(), dx_ref) < 1e-6);
+  CHECK(dfssm::test::rel_err(W.grad(), dW_ref) < 1e-6);
+  REQUIRE_THROWS(linear_graph_only(x0, W0, vals.narrow(2, 0, 5)));  // the values' shape checked
 }
 
 TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch", "[trainer][dp]") {

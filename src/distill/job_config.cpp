@@ -63,6 +63,10 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
     "autocast dtype, B·L·d_inner·2 bytes per layer under bf16, so that the recomputation skips the SSD's chunk_scan; "
     "fused CUDA kernels only) or none",
     0, 0, {"ssd_output", "none"});
+  k("activation_checkpointing_keep_in_proj", 's', "none",
+    "recomputed layers that also keep their in_proj output (B·L·d_in_proj·2 bytes per layer under bf16: 0.52 GiB "
+    "for the 1.3B at 16 x 2048), so that the recomputation skips in_proj's product: none, all, or layer indices; "
+    "CUDA only (memory for speed, where activation_checkpointing leaves room)");
   k("ssd_chunk", 'i', "0", "chunk length of the chunked SSD in training forwards (0 = the checkpoint's chunk_size; "
     "the fused CUDA kernels run 256 as 128); changes speed and memory, not the math", 0, 1 << 16);
   k("kl_chunk", 'i', "1024", "tokens per LM-head chunk: B·L·V fp32 logits never exist at once", 1, 1e9);
@@ -256,6 +260,7 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
   t.dp_bucket_mb = F("dp_bucket_mb");
   t.activation_checkpointing = m.at(sec + ".activation_checkpointing");
   t.activation_checkpointing_keep = m.at(sec + ".activation_checkpointing_keep");
+  t.activation_checkpointing_keep_in_proj = m.at(sec + ".activation_checkpointing_keep_in_proj");
   t.log_every = I("log_every");
   t.eval_every = I("eval_every");
   t.eval_batches = I("eval_batches");
@@ -289,6 +294,14 @@ bool is_layer_list(const std::string& s) {
 
 std::vector<bool> TrainConfig::recompute_layers(int64_t n_layer) const {
   return parse_layers(activation_checkpointing, n_layer, "activation_checkpointing");
+}
+
+std::vector<bool> TrainConfig::keep_in_proj_layers(int64_t n_layer) const {
+  // Only recomputed layers keep anything.
+  auto keep = parse_layers(activation_checkpointing_keep_in_proj, n_layer, "activation_checkpointing_keep_in_proj");
+  const auto rec = recompute_layers(n_layer);
+  for (size_t i = 0; i < keep.size(); ++i) keep[i] = keep[i] && i < rec.size() && rec[i];
+  return keep;
 }
 
 std::vector<bool> TrainConfig::hidden_layers(int64_t n_layer) const {
@@ -367,6 +380,11 @@ JobConfig load_job(const std::string& path, const std::vector<std::pair<std::str
     if (!is_layer_list(t->activation_checkpointing))
       errors->push_back(str(path, ": activation_checkpointing must be none, all or a list of layer indices like 0,1,2 (got '",
                             t->activation_checkpointing, "')"));
+    if (!is_layer_list(t->activation_checkpointing_keep_in_proj))
+      errors->push_back(str(path,
+                            ": activation_checkpointing_keep_in_proj must be none, all or a list of layer indices like "
+                            "0,1,2 (got '",
+                            t->activation_checkpointing_keep_in_proj, "')"));
   }
   if (!is_layer_list(j.distill.hidden_mse_layers))
     errors->push_back(str(path, ": distill.hidden_mse_layers must be all or a list of layer indices like 0,11,23 (got '",

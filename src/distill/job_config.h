@@ -46,6 +46,7 @@ struct TrainConfig {
   double dp_bucket_mb = 25;                       // gradient all-reduce buckets (grad_buckets.h); 0 = one shot
   std::string activation_checkpointing = "none";  // none | all | "0,1,2"
   std::string activation_checkpointing_keep = "ssd_output";  // ssd_output | none (Mamba2Model::keep_ssd_output)
+  std::string activation_checkpointing_keep_in_proj = "none";  // none | all | "0,1,2" (keep_in_proj_layers)
   double hidden_mse = 0;                          // distill: weight of the hidden-state term
   std::string hidden_mse_layers = "all";          // all | "0,1,2"
   std::string teacher_cache = "none";             // none | write | read | auto (teacher_cache.h)
@@ -53,6 +54,8 @@ struct TrainConfig {
   std::string teacher_cache_path;                 // "" = <run_dir>/teacher_topk.h5
   // Which of n_layer layers recompute their activations in backward. Throws on a bad index.
   std::vector<bool> recompute_layers(int64_t n_layer) const;
+  // Recomputed layers that keep their in_proj output (activation_checkpointing_keep_in_proj).
+  std::vector<bool> keep_in_proj_layers(int64_t n_layer) const;
   std::vector<bool> hidden_layers(int64_t n_layer) const;  // the hidden_mse layers
   int64_t log_every = 10, eval_every = 0, eval_batches = 8;
   int64_t checkpoint_every = 0, keep_checkpoints = 2;

@@ -248,6 +248,7 @@ void Run::build_optimizer() {
     for (auto& [n, p] : g.params) p.requires_grad_(true);
   trained->recompute_layers = tc.recompute_layers(trained->config().n_layer);
   trained->keep_ssd_output = tc.activation_checkpointing_keep == "ssd_output";
+  if (device.is_cuda()) trained->keep_in_proj_layers = tc.keep_in_proj_layers(trained->config().n_layer);
   opt = std::make_unique<AdamW>(groups, tc.beta1, tc.beta2, tc.eps);
   if (comm->world() > 1 && tc.dp_bucket_mb > 0) {
     std::vector<at::Tensor> params;  // registration order (forward order)
@@ -680,8 +681,13 @@ std::string memory_estimate(const JobConfig& job, Mode mode) {
   const double kept_y = job.device == "cuda" && tc.activation_checkpointing_keep == "ssd_output"
                             ? tok * double(cfg.d_inner()) * 2
                             : 0.0;
+  // Recomputed layers that keep their in_proj output hold it too (bf16 under the CUDA autocast).
+  const auto kp = tc.keep_in_proj_layers(cfg.n_layer);
+  const double kept_in = job.device == "cuda" ? double(std::count(kp.begin(), kp.end(), true)) * tok *
+                                                    double(cfg.d_in_proj()) * 2
+                                              : 0.0;
   const double act = (double(cfg.n_layer) - n_rec) * per_layer +
-                     (n_rec > 0 ? n_rec * (stream + kept_y) + per_layer + 2 * stream : 0.0);
+                     (n_rec > 0 ? n_rec * (stream + kept_y) + kept_in + per_layer + 2 * stream : 0.0);
   const double head = double(std::min<int64_t>(tc.kl_chunk, int64_t(tok))) * double(cfg.padded_vocab()) * 4 * 6;
   double teacher = 0, weights = 0, optim = 0;
   if (mode == Mode::Distill) {

@@ -211,7 +211,11 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const int64_t b = u.size(0), l = u.size(1), di = c.d_inner(), gn = c.ngroups * c.d_state, h = c.nheads();
   // The profiler scopes name the parts for DFSSM_PROFILE_STEP (src/distill/profile.h).
   ProfileScope scope("dfssm::in_proj");
-  const auto zxbcdt = m.in_proj->forward(u);  // (b,l,d_in_proj)
+  at::Tensor zxbcdt;  // (b,l,d_in_proj)
+  at::Tensor W_in;    // in_proj's weight where a recomputation reuses the kept output
+  if (keep && !keep->capture_in_proj && keep->zxbcdt.defined() && !st) W_in = m.in_proj->matmul_weight(u);
+  zxbcdt = W_in.defined() ? linear_graph_only(u, W_in, keep->zxbcdt) : m.in_proj->forward(u);
+  if (keep && keep->capture_in_proj && !st) keep->zxbcdt = zxbcdt;  // the first pass of a recomputed block
   scope.next("dfssm::conv");
   // One split, not three narrows: its backward writes the three gradients into one buffer, where
   // each narrow's backward would zero-fill a whole (b, l, d_in_proj) tensor and add them up.

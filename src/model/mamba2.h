@@ -83,6 +83,11 @@ struct SsdOutputKeep {
   bool capture = false;              // true: the forward stores y here, in `dtype`
   at::ScalarType dtype = at::kFloat;
   at::Tensor y;                      // (b, l, h, p): what capture stored, or what to reuse
+  // in_proj's output (b, l, d_in_proj), stored by the first pass where capture_in_proj; given to
+  // the recomputation (capture_in_proj false), which records in_proj's backward on these values
+  // instead of running its product (linear_graph_only).
+  bool capture_in_proj = false;
+  at::Tensor zxbcdt;
   // Set by a recomputation, which only differentiates the block's output and never reads it: the
   // block's last product (out_proj) then records its backward without running (linear_graph_only).
   bool output_graph_only = false;
@@ -148,6 +153,9 @@ class Mamba2Model {
   // autocast dtype (bf16 under the trainer's autocast; fp32 without autocast): B·L·d_inner·2
   // bytes per layer in bf16, for one chunk_scan less per layer and step.
   bool keep_ssd_output = false;
+  // Recomputed layers that also keep their in_proj output (SsdOutputKeep::zxbcdt): memory for
+  // the recomputation's in_proj product. Indexed like recompute_layers; empty = none.
+  std::vector<bool> keep_in_proj_layers;
 
   // One token per sequence with the recurrent form. ids: (b) int64. Returns logits (b, vocab).
   at::Tensor step(const at::Tensor& ids, InferenceState& state) const;

@@ -57,7 +57,9 @@ SsdOutputKeep begin_first_pass(AutogradContext* ctx, int64_t model_addr, int64_t
   ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(at::kCUDA);
   ctx->saved_data["autocast_dtype"] = int64_t(at::autocast::get_autocast_dtype(at::kCUDA));
   SsdOutputKeep keep;
-  keep.capture = reinterpret_cast<const Mamba2Model*>(model_addr)->keep_ssd_output;
+  const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
+  keep.capture = model->keep_ssd_output;
+  keep.capture_in_proj = size_t(layer) < model->keep_in_proj_layers.size() && model->keep_in_proj_layers[size_t(layer)];
   if (at::autocast::is_autocast_enabled(at::kCUDA)) keep.dtype = at::autocast::get_autocast_dtype(at::kCUDA);
   return keep;
 }
@@ -72,7 +74,8 @@ variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const 
   const auto saved = ctx->get_saved_variables();
   const auto x = saved[0].detach().requires_grad_(true);
   SsdOutputKeep keep;
-  keep.y = saved[1];  // undefined when nothing was kept
+  keep.y = saved[1];        // undefined when nothing was kept
+  keep.zxbcdt = saved[2];   // likewise
   keep.output_graph_only = graph_only_switch().on();  // `out` is differentiated below, never read
   AutocastScope scope(ctx->saved_data["autocast"].toBool(),
                       at::ScalarType(ctx->saved_data["autocast_dtype"].toInt()));
@@ -92,8 +95,10 @@ variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const 
 // tensor of the product's shape and dtype; the backward makes at::matmul's two products on the
 // flattened x (MmBackward with mat2 = Wᵀ, a column-major operand: dW = gᵀ·x, dx = g·W).
 struct LinearGraphOnlyFn : public torch::autograd::Function<LinearGraphOnlyFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& W) {
+  // values: empty, or the product's values to return (autograd returns an input as a view of it).
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& W, const at::Tensor& values) {
     ctx->save_for_backward({x, W});
+    if (values.numel() > 0) return values;
     auto sizes = x.sizes().vec();
     sizes.back() = W.size(0);
     return at::zeros({1}, x.options()).expand(sizes);
@@ -105,7 +110,7 @@ struct LinearGraphOnlyFn : public torch::autograd::Function<LinearGraphOnlyFn> {
     at::Tensor dx, dW;
     if (ctx->needs_input_grad(0)) dx = g.mm(W).view(x.sizes());
     if (ctx->needs_input_grad(1)) dW = g.t().mm(x.reshape({-1, W.size(1)}));
-    return {dx, dW};
+    return {dx, dW, at::Tensor()};
   }
 };
 
@@ -116,8 +121,8 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     auto keep = begin_first_pass(ctx, model_addr, layer);
     at::NoGradGuard ng;
     const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
-    auto out = model->block(size_t(layer), inputs[0], keep.capture ? &keep : nullptr);
-    ctx->save_for_backward({inputs[0], keep.y});
+    auto out = model->block(size_t(layer), inputs[0], keep.capture || keep.capture_in_proj ? &keep : nullptr);
+    ctx->save_for_backward({inputs[0], keep.y, keep.zxbcdt});
     return out;
   }
 
@@ -146,8 +151,8 @@ struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
     at::NoGradGuard ng;
     const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
     auto [residual, normed] = model->add_norm(size_t(layer), inputs[0], inputs[1]);
-    auto out = model->block_on_normed(size_t(layer), normed, keep.capture ? &keep : nullptr);
-    ctx->save_for_backward({residual, keep.y});
+    auto out = model->block_on_normed(size_t(layer), normed, keep.capture || keep.capture_in_proj ? &keep : nullptr);
+    ctx->save_for_backward({residual, keep.y, keep.zxbcdt});
     return {residual, out};
   }
 
@@ -171,7 +176,7 @@ struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
 
 }  // namespace
 
-at::Tensor linear_graph_only(const at::Tensor& x_in, const at::Tensor& W_in) {
+at::Tensor linear_graph_only(const at::Tensor& x_in, const at::Tensor& W_in, const at::Tensor& values) {
   DFSSM_CHECK(x_in.dim() >= 1 && W_in.dim() == 2 && x_in.size(-1) == W_in.size(1),
               "linear_graph_only: x (..., in) and W (out, in), got ", x_in.sizes(), " and ", W_in.sizes());
   // As at::matmul under CUDA autocast: both operands in the autocast dtype.
@@ -185,7 +190,16 @@ at::Tensor linear_graph_only(const at::Tensor& x_in, const at::Tensor& W_in) {
   }
   DFSSM_CHECK(x.scalar_type() == W.scalar_type(), "linear_graph_only: x is ", x.scalar_type(), ", W is ",
               W.scalar_type());
-  return LinearGraphOnlyFn::apply(x, W);
+  if (values.defined()) {
+    auto sizes = x.sizes().vec();
+    sizes.back() = W.size(0);
+    DFSSM_CHECK(values.sizes() == at::IntArrayRef(sizes) && values.scalar_type() == x.scalar_type() &&
+                    !values.requires_grad(),
+                "linear_graph_only: values ", values.sizes(), " ", values.scalar_type(), ", expected ",
+                at::IntArrayRef(sizes), " ", x.scalar_type(), " without a gradient");
+  }
+  // (Absent values travel as an empty tensor: custom functions record every tensor argument's device.)
+  return LinearGraphOnlyFn::apply(x, W, values.defined() ? values : at::empty({0}, x.options()));
 }
 
 at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor& residual) {

@@ -17,7 +17,9 @@ namespace dfssm {
 // exactly as at::matmul's would (the same products). For a value that is only differentiated,
 // never read: a recomputed block's output, whose last product (out_proj, 4% of a 1.3B training
 // step's FLOPs) would otherwise run for nothing. CUDA autocast casts x and W as at::matmul would.
-at::Tensor linear_graph_only(const at::Tensor& x, const at::Tensor& W);
+// values (optional, the product's shape and dtype, no gradient): the product's values, known
+// from an earlier pass (a recomputed block's kept in_proj output); the result then has them.
+at::Tensor linear_graph_only(const at::Tensor& x, const at::Tensor& W, const at::Tensor& values = {});
 
 // block(i, residual) of `model`, recomputed in the backward pass.
 at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor& residual);
