@@ -94,6 +94,19 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
         REQUIRE(rms_norm_fwd_cuda(yb.f(), wb.f(), ob.p, dt, rb.f(), sh.R, sh.D, 1e-5f, nullptr) == cudaSuccess);
         REQUIRE(rms_norm_bwd_cuda(yb.f(), wb.f(), rb.f(), db.p, dt, dyb.f(), pb.f(), sh.R, sh.D, nullptr) == cudaSuccess);
       }
+      if (!pf) {  // rows in pairs (the default without the prefetch) == one row at a time, bit for bit
+        const size_t nr = size_t(sh.R) * size_t(sh.D / sh.gs);
+        Buf o1(RD * es), r1(nr * 4);
+        set_norm_fwd_pairs(0);
+        if (gated)
+          REQUIRE(gated_norm_fwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), o1.p, dt, r1.f(), sh.R, sh.D, sh.gs, 1e-5f,
+                                      nullptr) == cudaSuccess);
+        else
+          REQUIRE(rms_norm_fwd_cuda(yb.f(), wb.f(), o1.p, dt, r1.f(), sh.R, sh.D, 1e-5f, nullptr) == cudaSuccess);
+        set_norm_fwd_pairs(1);
+        CHECK(read(o1, lowp, RD) == read(ob, lowp, RD));
+        CHECK(read(r1, false, nr) == read(rb, false, nr));
+      }
       std::vector<float> dw(size_t(sh.D), 0.f);
       const int64_t nblk = norm_bwd_partial_size(sh.R, sh.D) / sh.D;
       for (int64_t b = 0; b < nblk; ++b)
@@ -181,6 +194,16 @@ TEST_CASE("residual add fused into the plain norm (emulated) == add, then the sc
                 cudaSuccess);
         CHECK(read(xb, false, RD) == x);  // the stream itself: one fp32 add, bit for bit
         CHECK(rel_err(read(ob, lowp, RD), out_r) < (lowp ? 5e-3 : 1e-5));
+        if (pf == 0) {  // rows in pairs (the default) == one row at a time, bit for bit
+          Buf x1(RD * 4), o1(RD * es), s1(size_t(R) * 4);
+          set_norm_fwd_pairs(0);
+          REQUIRE(add_rms_norm_fwd_cuda(rb.f(), hb.p, dt, x1.f(), wb.f(), o1.p, dt, s1.f(), R, D, 1e-5f, nullptr) ==
+                  cudaSuccess);
+          set_norm_fwd_pairs(1);
+          CHECK(read(x1, false, RD) == x);
+          CHECK(read(o1, lowp, RD) == read(ob, lowp, RD));
+          CHECK(read(s1, false, size_t(R)) == read(sb, false, size_t(R)));
+        }
         REQUIRE(rms_norm_bwd_add_cuda(xb.f(), wb.f(), sb.f(), db.p, dt, drb.f(), dyb.f(), dhb.p, dt, pb.f(), R, D,
                                       nullptr) == cudaSuccess);
         const auto dy = read(dyb, false, RD);

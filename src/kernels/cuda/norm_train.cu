@@ -112,48 +112,90 @@ __device__ __forceinline__ void load_w(const NormArgs& a, int g0, float (&w)[J][
   }
 }
 
-template <bool GATED, typename E, typename O, int J, bool PF, typename Y = float, bool ADD = false>
+// block_sum for the two rows of a pair, with one barrier: the same shuffles and the same order
+// of the warps' partial sums, so each sum equals block_sum's bit for bit.
+__device__ __forceinline__ float2 block_sum2(float u, float v, float2 (*red)[32], int parity) {
+  for (int o = 16; o > 0; o >>= 1)
+    u += __shfl_xor_sync(0xffffffffu, u, o), v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) red[parity][threadIdx.x / 32] = make_float2(u, v);
+  __syncthreads();
+  float2 t = make_float2(0.f, 0.f);
+  const int nw = int(blockDim.x) / 32;
+  for (int i = 0; i < nw; ++i) t.x += red[parity][i].x, t.y += red[parity][i].y;
+  return t;
+}
+
+// PAIR (without PF): two rows per step, both rows' loads issued before either is reduced, and
+// their sums in one barrier: twice the bytes in flight per thread (at two blocks per SM one row
+// each left the gated norm at ~2-2.8 TB/s on the H200, about half of what the loads need to
+// cover the memory latency), half the barriers. The same arithmetic per row as one at a time.
+template <bool GATED, typename E, typename O, int J, bool PF, typename Y = float, bool ADD = false, bool PAIR = false>
 __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
+  __shared__ float2 red2[PAIR ? 2 : 1][32];
   const int g0 = int(blockIdx.y) * a.gs;
   const int64_t r0 = int64_t(blockIdx.x) * kRows, r1 = r0 + kRows < a.R ? r0 + kRows : a.R;
   float w[J][4];
   load_w(a, g0, w);
-  Row<J> cur, nxt;
-  if (PF) load_row<GATED, false, E, O, J, Y, ADD>(a, r0, g0, cur);
-  for (int64_t r = r0; r < r1; ++r) {
-    if (!PF) load_row<GATED, false, E, O, J, Y, ADD>(a, r, g0, cur);
-    if (PF && r + 1 < r1) load_row<GATED, false, E, O, J, Y, ADD>(a, r + 1, g0, nxt);  // in flight during this row
-    float x[J][4];
+  // x (in place of the row's y) and this thread's part of the sum of x²; with ADD, the new
+  // residual stream stored.
+  auto prep = [&](Row<J>& cur, int64_t r) {
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < J; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        x[j][i] = GATED ? cur.y[j][i] * cur.z[j][i] * sigmoid(cur.z[j][i])
-                  : ADD ? cur.y[j][i] + cur.z[j][i]
-                        : cur.y[j][i];
-        ss += x[j][i] * x[j][i];
+        const float x = GATED ? cur.y[j][i] * cur.z[j][i] * sigmoid(cur.z[j][i])
+                        : ADD ? cur.y[j][i] + cur.z[j][i]
+                              : cur.y[j][i];
+        cur.y[j][i] = x;
+        ss += x * x;
       }
     if (ADD) {  // the new residual stream
 #pragma unroll
       for (int j = 0; j < J; ++j) {
         const int q = int(threadIdx.x) + j * int(blockDim.x);
-        if (4 * q < a.gs) st4(a.res_out + r * a.D + g0 + 4 * q, x[j]);
+        if (4 * q < a.gs) st4(a.res_out + r * a.D + g0 + 4 * q, cur.y[j]);
       }
     }
-    const float rs = rsqrtf(block_sum(ss, red, int(r & 1)) / float(a.gs) + a.eps);
+    return ss;
+  };
+  // out = x·rstd·w and rstd, from the block's sum of x².
+  auto finish = [&](const Row<J>& cur, int64_t r, float sum) {
+    const float rs = rsqrtf(sum / float(a.gs) + a.eps);
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int q = int(threadIdx.x) + j * int(blockDim.x);
       if (4 * q < a.gs) {
         float o[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) o[i] = x[j][i] * rs * w[j][i];
+        for (int i = 0; i < 4; ++i) o[i] = cur.y[j][i] * rs * w[j][i];
         st4(static_cast<O*>(a.out) + r * a.D + g0 + 4 * q, o);
       }
     }
     if (threadIdx.x == 0) a.rstd[r * (a.D / a.gs) + blockIdx.y] = rs;
+  };
+  Row<J> cur, nxt;
+  if (PAIR && !PF) {
+    for (int64_t r = r0; r < r1; r += 2) {
+      // An odd last row pairs with itself (loaded twice, stored once).
+      const bool two = r + 1 < r1;  // (uniform)
+      const int64_t r2 = two ? r + 1 : r;
+      load_row<GATED, false, E, O, J, Y, ADD>(a, r, g0, cur);
+      load_row<GATED, false, E, O, J, Y, ADD>(a, r2, g0, nxt);
+      const float s0 = prep(cur, r), s1 = prep(nxt, r2);
+      const float2 sum = block_sum2(s0, s1, red2, int((r >> 1) & 1));
+      finish(cur, r, sum.x);
+      if (two) finish(nxt, r + 1, sum.y);
+    }
+    return;
+  }
+  if (PF) load_row<GATED, false, E, O, J, Y, ADD>(a, r0, g0, cur);
+  for (int64_t r = r0; r < r1; ++r) {
+    if (!PF) load_row<GATED, false, E, O, J, Y, ADD>(a, r, g0, cur);
+    if (PF && r + 1 < r1) load_row<GATED, false, E, O, J, Y, ADD>(a, r + 1, g0, nxt);  // in flight during this row
+    const float ss = prep(cur, r);
+    finish(cur, r, block_sum(ss, red, int(r & 1)));
     if (PF && r + 1 < r1) cur = nxt;
   }
 }
@@ -254,6 +296,20 @@ bool prefetch() {
   return prefetch_mode() == 1;
 }
 
+// The forward's row pairs (norm_fwd_kernel's PAIR) where the prefetch is off: on unless
+// DFSSM_NORM_FWD_PAIRS=0 (A/B switch, read at the first launch) or set_norm_fwd_pairs(0).
+int& pairs_mode() {  // -1: not read yet, 0 off, 1 on
+  static int mode = -1;
+  return mode;
+}
+bool pairs() {
+  if (pairs_mode() < 0) {
+    const char* e = std::getenv("DFSSM_NORM_FWD_PAIRS");
+    pairs_mode() = e && e[0] == '0' ? 0 : 1;
+  }
+  return pairs_mode() == 1;
+}
+
 // J quads per thread: the fewest that keep a block within kMaxThreads.
 template <bool BWD, bool GATED, typename E, typename O, typename Y = float, bool ADD = false>
 cudaError_t run(const NormArgs& a, cudaStream_t stream) {
@@ -265,6 +321,10 @@ cudaError_t run(const NormArgs& a, cudaStream_t stream) {
     if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true, ADD, Y> : norm_fwd_kernel<GATED, E, O, 1, true, Y, ADD>;
     if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, true, ADD, Y> : norm_fwd_kernel<GATED, E, O, 2, true, Y, ADD>;
     if (J == 4) k = BWD ? norm_bwd_kernel<GATED, E, O, 4, true, ADD, Y> : norm_fwd_kernel<GATED, E, O, 4, true, Y, ADD>;
+  } else if (!BWD && pairs()) {
+    if (J == 1) k = norm_fwd_kernel<GATED, E, O, 1, false, Y, ADD, true>;
+    if (J == 2) k = norm_fwd_kernel<GATED, E, O, 2, false, Y, ADD, true>;
+    if (J == 4) k = norm_fwd_kernel<GATED, E, O, 4, false, Y, ADD>;  // two rows of 4 quads spill at 64 registers
   } else {
     if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, false, ADD, Y> : norm_fwd_kernel<GATED, E, O, 1, false, Y, ADD>;
     if (J == 2) k = BWD ? norm_bwd_kernel<GATED, E, O, 2, false, ADD, Y> : norm_fwd_kernel<GATED, E, O, 2, false, Y, ADD>;
@@ -300,6 +360,7 @@ bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt, NormDt
 }  // namespace
 
 void set_norm_prefetch(int mode) { prefetch_mode() = mode == 1 ? 1 : 0; }
+void set_norm_fwd_pairs(int mode) { pairs_mode() = mode == 0 ? 0 : mode == 1 ? 1 : -1; }
 
 int64_t norm_bwd_partial_size(int64_t R, int D) { return (R + kRows - 1) / kRows * int64_t(D); }
 

@@ -41,6 +41,10 @@ cudaError_t gated_norm_fwd_bf16y_cuda(const void* y, const void* z, NormDtype zd
 // in registers (1) or two blocks per SM (0, the default; anything else means 0). Debug/benchmark
 // switch (DFSSM_NORM_PREFETCH=1 sets 1 at the first launch). Not thread-safe.
 void set_norm_prefetch(int mode);
+// Without the prefetch, the forwards take rows in pairs (both rows' loads in flight, one barrier
+// for the two sums; the same result bit for bit): 1 (default), 0 one row at a time, -1 re-reads
+// DFSSM_NORM_FWD_PAIRS (A/B switch; 0 turns it off). Not thread-safe.
+void set_norm_fwd_pairs(int mode);
 
 // Floats the backward kernels need in `partial`: rows of D per-block sums of dout*n for dw.
 int64_t norm_bwd_partial_size(int64_t R, int D);
