@@ -22,6 +22,7 @@
 #include "distill/loss.h"
 #include "distill/optim.h"
 #include "distill/teacher_cache.h"
+#include "distill/trainer.h"
 #include "model/checkpoint.h"
 #include "model/recompute.h"
 #include "quant/student.h"
@@ -308,6 +309,38 @@ TEST_CASE("activation checkpointing gives the same loss and gradients", "[traine
     }
     m.keep_in_proj_layers = {};
   }
+}
+
+TEST_CASE("--dry-run memory estimate counts kept SSD and in_proj outputs", "[trainer][config]") {
+  // The 1.3B benchmark job (docs/benchmarks.md): no teacher on disk, so the geometry's config.
+  // (The estimate prints GiB to 6 digits: differences are compared to 2e-3 GiB.)
+  const auto job = tmp("mem/job.yaml");
+  write(job, "run_dir: " + tmp("mem/run") + "\ndevice: cuda\nmodel: {geometry: mamba2-1.3b}\n"
+             "data: {seq_len: 2048}\ndistill: {batch_size: 16, activation_checkpointing: all}\n");
+  auto activations = [&](const std::vector<std::pair<std::string, std::string>>& ov) {
+    std::vector<std::string> errors;
+    const auto j = load_job(job, ov, &errors);
+    INFO((errors.empty() ? std::string() : errors[0]));
+    REQUIRE(errors.empty());
+    const auto est = memory_estimate(j, Mode::Distill);
+    const auto at = est.find("activations");
+    REQUIRE(at != std::string::npos);
+    return std::stod(est.substr(at + std::string("activations").size()));
+  };
+  const double base = activations({}), none = activations({{"distill.activation_checkpointing_keep", "none"}});
+  const double kin = activations({{"distill.activation_checkpointing_keep_in_proj", "0,1,2,3,4,5,6,7,8,9,10,11"}});
+  const double gib = double(1ull << 30), tok = 16.0 * 2048;
+  CHECK(base - none == Approx(48 * tok * 4096 * 2 / gib).margin(2e-3));  // 48 kept SSD outputs, bf16
+  CHECK(kin - base == Approx(12 * tok * 8512 * 2 / gib).margin(2e-3));   // 12 kept in_proj outputs, bf16
+  // Only recomputed layers keep anything.
+  const double kin_rec = activations({{"distill.activation_checkpointing", "0,1"},
+                                      {"distill.activation_checkpointing_keep_in_proj", "0,5"}});
+  const double rec = activations({{"distill.activation_checkpointing", "0,1"}});
+  CHECK(kin_rec - rec == Approx(tok * 8512 * 2 / gib).margin(2e-3));
+  std::vector<std::string> errors;
+  load_job(job, {{"distill.activation_checkpointing_keep_in_proj", "some"}}, &errors);
+  REQUIRE(errors.size() == 1);
+  CHECK(contains(errors[0], "activation_checkpointing_keep_in_proj must be none, all or a list of layer indices"));
 }
 
 TEST_CASE("linear_graph_only: at::matmul's gradients without its product", "[trainer][recompute]") {
