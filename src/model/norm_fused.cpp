@@ -1,7 +1,5 @@
 #include "model/norm_fused.h"
 
-#include <c10/core/GradMode.h>
-
 #include "core/error.h"
 #include "model/fused_util.h"
 
@@ -253,25 +251,6 @@ struct AddRmsNormFn : public torch::autograd::Function<AddRmsNormFn> {
   }
 };
 
-// The gated forward on a bf16 y and a bf16 z, without autograd: the no-grad first pass of an
-// activation-checkpointed block, whose SSD output is kept in bf16 (mamba2.cpp), reads it as is
-// instead of an fp32 copy.
-at::Tensor gated_norm_bf16y(const at::Tensor& y_in, const at::Tensor& z_in, const at::Tensor& w_in, int64_t gs,
-                            double eps, at::ScalarType odt) {
-  const auto y = aligned(y_in.contiguous());
-  int64_t ldz = 0;
-  const auto z = z_rows(z_in, &ldz);
-  const auto w = aligned(w_in.to(at::kFloat).contiguous());
-  const int64_t R = y.size(0) * y.size(1), D = y.size(2);
-  auto out = at::empty(y.sizes(), y.options().dtype(odt));
-  auto rstd = at::empty({R, D / gs}, y.options().dtype(at::kFloat));
-  const c10::cuda::CUDAGuard guard(y.device());
-  check_cuda(k::gated_norm_fwd_bf16y_cuda(y.data_ptr(), z.data_ptr(), k::NormDtype::bf16, ldz, w.data_ptr<float>(),
-                                          out.data_ptr(), norm_dtype(odt), rstd.data_ptr<float>(), R, int(D), int(gs),
-                                          float(eps), c10::cuda::getCurrentCUDAStream()),
-             "gated_norm_fwd_bf16y_cuda");
-  return out;
-}
 }  // namespace
 
 bool gated_norm_fused_available(const at::Tensor& like, int64_t group_size) {
@@ -286,10 +265,7 @@ at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::
                                             (y_values.scalar_type() == at::kFloat ||
                                              y_values.scalar_type() == at::kBFloat16))),
                "gated_norm_fused: shapes");
-  const auto& vals = y_values.defined() ? y_values : y;
-  const bool grad = c10::GradMode::is_enabled() && (y.requires_grad() || z.requires_grad() || w.requires_grad());
-  if (!grad && vals.scalar_type() == at::kBFloat16 && z.scalar_type() == at::kBFloat16)
-    return gated_norm_bf16y(vals, z, w, group_size, eps, out_dtype);
+  // (A bf16 y with a bf16 z, such as the no-grad first pass's kept SSD output, is read as is.)
   // (An absent y_values travels as an empty tensor: custom functions record every tensor
   // argument's device.)
   return GatedNormFn::apply(y, z, w, group_size, eps, int64_t(out_dtype),

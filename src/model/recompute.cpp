@@ -64,8 +64,8 @@ SsdOutputKeep begin_first_pass(AutogradContext* ctx, int64_t model_addr, int64_t
   return keep;
 }
 
-// The recomputation: block(model, layer, x, keep) on the saved {x, kept y} under the forward
-// pass's autocast state, then the gradients of its output (times dout) with respect to x and the
+// The recomputation: block(model, layer, x, keep) on the saved {x, kept y, kept in_proj output}
+// under the forward pass's autocast state, then the gradients of its output (times dout) with respect to x and the
 // layer's parameters, in that order.
 using BlockFn = std::function<at::Tensor(const Mamba2Model&, size_t, const at::Tensor&, SsdOutputKeep*)>;
 variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const at::Tensor& dout) {

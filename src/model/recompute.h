@@ -15,8 +15,9 @@ namespace dfssm {
 // at::matmul(x, Wᵀ) as autograd sees it, without computing it: the result is a zero tensor of the
 // product's shape and dtype (zero strides, no memory) whose backward gives x's and W's gradients
 // exactly as at::matmul's would (the same products). For a value that is only differentiated,
-// never read: a recomputed block's output, whose last product (out_proj, 4% of a 1.3B training
-// step's FLOPs) would otherwise run for nothing. CUDA autocast casts x and W as at::matmul would.
+// never read: a recomputed block's output, whose last product (out_proj) would otherwise run for
+// nothing (skipping it: +2.7% tokens/s at 1.3B on the H200, docs/benchmarks.md). CUDA autocast
+// casts x and W as at::matmul would.
 // values (optional, the product's shape and dtype, no gradient): the product's values, known
 // from an earlier pass (a recomputed block's kept in_proj output); the result then has them.
 at::Tensor linear_graph_only(const at::Tensor& x, const at::Tensor& W, const at::Tensor& values = {});

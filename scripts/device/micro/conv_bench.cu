@@ -7,6 +7,7 @@
 // `partial`). Exit status 1 if an error exceeds 1e-5 (dx in bf16: 1e-2).
 // nvcc -O3 -arch=sm_90 -std=c++17 -I src scripts/device/micro/conv_bench.cu -o /tmp/cb && /tmp/cb
 #include "kernels/cuda/conv_train.cu"
+#include "micro_util.h"
 
 #include <cmath>
 #include <cstdio>
@@ -19,21 +20,7 @@ namespace {
 constexpr int64_t B = 16, L = 2048, C = 4352, LD = 8512, K = 4, OFF = 4096;
 using bf = __nv_bfloat16;
 
-uint64_t rng = 0x9E3779B97F4A7C15ull;
-float normal() {
-  auto u = [] {
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return (double(rng >> 11) + 0.5) / 9007199254740992.0;
-  };
-  return float(std::sqrt(-2.0 * std::log(u())) * std::cos(6.283185307179586 * u()));
-}
-
-template <typename T>
-std::vector<T> host(const T* d, size_t n) {
-  std::vector<T> h(n);
-  cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost);
-  return h;
-}
+using micro::normal;
 double rel(const std::vector<float>& a, const std::vector<float>& b) {
   double d = 0, r = 0;
   for (size_t i = 0; i < a.size(); ++i) d += double(a[i] - b[i]) * (a[i] - b[i]), r += double(b[i]) * b[i];
@@ -46,7 +33,7 @@ std::vector<float> to_f(const std::vector<bf>& v) {
 }
 // dw and dbias (C x (K+1)) summed over partial's rows.
 std::vector<float> sums(const float* partial, int64_t rows) {
-  const auto p = host(partial, size_t(rows * C * (K + 1)));
+  const auto p = micro::download(partial, size_t(rows * C * (K + 1)));
   std::vector<float> s(size_t(C * (K + 1)), 0.f);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < C * (K + 1); ++i) s[size_t(i)] += p[size_t(r * C * (K + 1) + i)];
@@ -83,7 +70,7 @@ void fwd(const Bufs& d, const char* name) {
   const float ms = time_ms([&] {
     conv_fwd_v2_kernel<bf, K, V, U, T><<<grid, T>>>(d.x + OFF, LD, d.w, d.bias, d.out, L, int(C));
   });
-  const double e = rel(host(d.out, size_t(B * L * C)), ref_out);
+  const double e = rel(micro::download(d.out, size_t(B * L * C)), ref_out);
   const double gb = double(B * L * C) * (2 + 4) / 1e9;
   std::printf("fwd %-22s %.4f ms  %.2f TB/s  out err %.2e\n", name, ms, gb / ms, e);
   bad |= !(e < 1e-5);
@@ -96,7 +83,7 @@ void bwd(const Bufs& d, const char* name) {
   const float ms = time_ms([&] {
     conv_bwd_v2_kernel<bf, K, V, U, T><<<grid, T>>>(d.x + OFF, LD, d.w, d.bias, d.dout, d.dx, d.partial, L, int(C));
   });
-  const double ex = rel(to_f(host(d.dx, size_t(B * L * C))), ref_dx), es = rel(sums(d.partial, d.prow), ref_s);
+  const double ex = rel(to_f(micro::download(d.dx, size_t(B * L * C))), ref_dx), es = rel(sums(d.partial, d.prow), ref_s);
   const double gb = double(B * L * C) * (2 + 4 + 2) / 1e9;
   std::printf("bwd %-22s %.4f ms  %.2f TB/s  dx err %.2e  dw/db err %.2e\n", name, ms, gb / ms, ex, es);
   bad |= !(ex < 1e-2 && es < 1e-5);
@@ -122,11 +109,11 @@ int run() {
   const dim3 g1f(unsigned((C + kThreads - 1) / kThreads), unsigned((L + kFwdRun - 1) / kFwdRun), unsigned(B));
   const dim3 g1b(g1f.x, unsigned((L + kBwdRun - 1) / kBwdRun), unsigned(B));
   const float f1 = time_ms([&] { conv_fwd_kernel<bf, K><<<g1f, kThreads>>>(d.x + OFF, LD, d.w, d.bias, d.out, L, int(C)); });
-  ref_out = host(d.out, n);
+  ref_out = micro::download(d.out, n);
   const float b1 = time_ms([&] {
     conv_bwd_kernel<bf, K><<<g1b, kThreads>>>(d.x + OFF, LD, d.w, d.bias, d.dout, d.dx, d.partial, L, int(C));
   });
-  ref_dx = to_f(host(d.dx, n)), ref_s = sums(d.partial, d.prow);
+  ref_dx = to_f(micro::download(d.dx, n)), ref_s = sums(d.partial, d.prow);
   std::printf("fwd %-22s %.4f ms  %.2f TB/s\n", "v1", f1, double(n) * 6 / 1e9 / f1);
   std::printf("bwd %-22s %.4f ms  %.2f TB/s\n", "v1", b1, double(n) * 8 / 1e9 / b1);
   fwd<4, 8, 64>(d, "V4 U8 T64 (first v2)");
@@ -159,7 +146,7 @@ int run() {
       conv_silu_bwd_cuda(d.x + OFF, ConvDtype::bf16, LD, d.w, d.bias, d.dout, d.dx, d.partial, B, L, int(C), int(K),
                          nullptr);
     });
-    const double eo = rel(host(d.out, n), ref_out), ex = rel(to_f(host(d.dx, n)), ref_dx),
+    const double eo = rel(micro::download(d.out, n), ref_out), ex = rel(to_f(micro::download(d.dx, n)), ref_dx),
                  es = rel(sums(d.partial, d.prow), ref_s);
     std::printf("fwd %-22s %.4f ms  %.2f TB/s  out err %.2e\n", "conv_silu_fwd_cuda", fa, double(n) * 6 / 1e9 / fa, eo);
     std::printf("bwd %-22s %.4f ms  %.2f TB/s  dx err %.2e  dw/db err %.2e\n", "conv_silu_bwd_cuda", ba,

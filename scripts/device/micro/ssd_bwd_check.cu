@@ -17,36 +17,17 @@
 #include <vector>
 
 #include "kernels/cuda/ssd_scan.h"
+#include "micro_util.h"
 
 using dfssm::kernels::SsdScanArgs;
 using dfssm::kernels::SsdScanGrads;
 
 namespace {
-uint64_t rng = 0x9E3779B97F4A7C15ull;
-float normal() {  // Box-Muller on xorshift64
-  auto u = [] {
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return (double(rng >> 11) + 0.5) / 9007199254740992.0;
-  };
-  return float(std::sqrt(-2.0 * std::log(u())) * std::cos(6.283185307179586 * u()));
-}
-float* upload(const std::vector<float>& h) {
-  float* d = nullptr;
-  cudaMalloc(&d, h.size() * 4);
-  cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice);
-  return d;
-}
-float* zeros(size_t n) {
-  float* d = nullptr;
-  cudaMalloc(&d, n * 4);
-  cudaMemset(d, 0, n * 4);
-  return d;
-}
-std::vector<float> download(const float* d, size_t n) {
-  std::vector<float> h(n);
-  cudaMemcpy(h.data(), d, n * 4, cudaMemcpyDeviceToHost);
-  return h;
-}
+using micro::download;
+using micro::normal;
+using micro::upload;
+using micro::zeros;
+
 double rel_err(const std::vector<float>& a, const std::vector<float>& r) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) num += double(a[i] - r[i]) * (a[i] - r[i]), den += double(r[i]) * r[i];

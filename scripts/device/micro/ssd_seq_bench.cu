@@ -17,37 +17,13 @@
 #include <vector>
 
 #include "kernels/cuda/ssd_scan.h"
+#include "micro_util.h"
 
 using dfssm::kernels::SsdScanArgs;
 
-namespace {
-uint64_t rng = 0x9E3779B97F4A7C15ull;
-float normal() {  // Box-Muller on xorshift64
-  auto u = [] {
-    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
-    return (double(rng >> 11) + 0.5) / 9007199254740992.0;
-  };
-  return float(std::sqrt(-2.0 * std::log(u())) * std::cos(6.283185307179586 * u()));
-}
-template <typename T>
-T* dev(size_t n) {
-  T* d = nullptr;
-  cudaMalloc(&d, n * sizeof(T));
-  cudaMemset(d, 0, n * sizeof(T));
-  return d;
-}
-float* upload(const std::vector<float>& h) {
-  float* d = dev<float>(h.size());
-  cudaMemcpy(d, h.data(), h.size() * 4, cudaMemcpyHostToDevice);
-  return d;
-}
-template <typename T>
-std::vector<T> download(const T* d, size_t n) {
-  std::vector<T> h(n);
-  cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost);
-  return h;
-}
-}  // namespace
+using micro::download;
+using micro::normal;
+using micro::upload;
 
 int main() {
   const int64_t b = 16, L = 2048, H = 64, G = 1, P = 64, N = 128, row = H * P + 2 * G * N;
@@ -62,10 +38,10 @@ int main() {
   a.x = dxbc, a.x_row = row, a.B = dxbc + H * P, a.C = a.B + G * N, a.bc_row = row;
   a.dt = upload(dt), a.A = upload(A), a.D = upload(D);
   a.batch = b, a.L = L, a.H = int(H), a.G = int(G), a.P = int(P), a.N = int(N), a.T = 128;
-  a.workspace = dev<float>(size_t(dfssm::kernels::ssd_scan_seq_workspace_floats(a)));
-  float* y = dev<float>(nx);
-  __nv_bfloat16* yb = dev<__nv_bfloat16>(nx);
-  float* fin = dev<float>(ns);
+  a.workspace = micro::zeros<float>(size_t(dfssm::kernels::ssd_scan_seq_workspace_floats(a)));
+  float* y = micro::zeros<float>(nx);
+  __nv_bfloat16* yb = micro::zeros<__nv_bfloat16>(nx);
+  float* fin = micro::zeros<float>(ns);
   struct Way {
     const char* name;
     bool bf16;

@@ -275,6 +275,21 @@ void launch(Kernel k, dim3 grid, int threads, cudaStream_t stream, const NormArg
 #endif
 }
 
+// A launch-time switch: read from `env` at the first launch (its default unless the variable says
+// otherwise: "1" turns an off switch on, "0" an on switch off), or set by set_*() (-1: re-read).
+struct LaunchSwitch {
+  const char* env;
+  bool def;
+  int mode = -1;  // -1: not read yet, 0 off, 1 on
+  bool on() {
+    if (mode < 0) {
+      const char* e = std::getenv(env);
+      mode = e ? (def ? e[0] != '0' : e[0] == '1') : def;
+    }
+    return mode == 1;
+  }
+};
+
 // Two ways to hide a row's load latency: prefetch = the next row's loads in registers while
 // this row is reduced; without it, registers are capped for two blocks per SM, so one block's
 // loads overlap the other's reduction. Measured on the H200 at 16 x 2048 rows (docs/benchmarks.md):
@@ -284,31 +299,13 @@ void launch(Kernel k, dim3 grid, int threads, cudaStream_t stream, const NormArg
 // fastest with it off everywhere (16.6k tokens/s; 16.3k with it on for the plain norm only, in
 // another call). So the default is off; DFSSM_NORM_PREFETCH=1 (debug switch, read at the first
 // launch) or set_norm_prefetch(1) turns it on.
-int& prefetch_mode() {  // -1: not read yet, 0 off, 1 on
-  static int mode = -1;
-  return mode;
-}
-bool prefetch() {
-  if (prefetch_mode() < 0) {
-    const char* e = std::getenv("DFSSM_NORM_PREFETCH");
-    prefetch_mode() = e && e[0] == '1' ? 1 : 0;
-  }
-  return prefetch_mode() == 1;
-}
+LaunchSwitch g_prefetch{"DFSSM_NORM_PREFETCH", false};
+bool prefetch() { return g_prefetch.on(); }
 
 // The forward's row pairs (norm_fwd_kernel's PAIR) where the prefetch is off: on unless
-// DFSSM_NORM_FWD_PAIRS=0 (A/B switch, read at the first launch) or set_norm_fwd_pairs(0).
-int& pairs_mode() {  // -1: not read yet, 0 off, 1 on
-  static int mode = -1;
-  return mode;
-}
-bool pairs() {
-  if (pairs_mode() < 0) {
-    const char* e = std::getenv("DFSSM_NORM_FWD_PAIRS");
-    pairs_mode() = e && e[0] == '0' ? 0 : 1;
-  }
-  return pairs_mode() == 1;
-}
+// DFSSM_NORM_FWD_PAIRS=0 (A/B switch) or set_norm_fwd_pairs(0).
+LaunchSwitch g_pairs{"DFSSM_NORM_FWD_PAIRS", true};
+bool pairs() { return g_pairs.on(); }
 
 // J quads per thread: the fewest that keep a block within kMaxThreads.
 template <bool BWD, bool GATED, typename E, typename O, typename Y = float, bool ADD = false>
@@ -359,8 +356,8 @@ bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt, NormDt
 
 }  // namespace
 
-void set_norm_prefetch(int mode) { prefetch_mode() = mode == 1 ? 1 : 0; }
-void set_norm_fwd_pairs(int mode) { pairs_mode() = mode == 0 ? 0 : mode == 1 ? 1 : -1; }
+void set_norm_prefetch(int mode) { g_prefetch.mode = mode == 1 ? 1 : 0; }
+void set_norm_fwd_pairs(int mode) { g_pairs.mode = mode == 0 || mode == 1 ? mode : -1; }
 
 int64_t norm_bwd_partial_size(int64_t R, int D) { return (R + kRows - 1) / kRows * int64_t(D); }
 
