@@ -155,6 +155,16 @@ TEST_CASE("ssd_scan one-kernel forward (emulated) == scalar reference: partial c
     for (size_t i = 0; i < y.size(); ++i) diff += yb[i] != dfssm::float_to_bf16(y[i]);
     CHECK(diff == 0);
     CHECK(s2 == s);
+    // Version 1 (scalar fragment loads, expf): the emulator's __expf is expf, so the two versions
+    // compute on the same values and any misplaced ldmatrix word shows as a difference.
+    std::vector<float> y1(yr.size(), 7.f), s1(sr.size(), 7.f);
+    SsdScanArgs a1 = a;
+    a1.y = y1.data(), a1.final_state = s1.data();
+    ssd_scan_set_seq_version(1);
+    REQUIRE(ssd_scan_fwd_seq_cuda(a1, nullptr) == cudaSuccess);
+    ssd_scan_set_seq_version(-1);
+    CHECK(y1 == y);
+    CHECK(s1 == s);
   }
   SsdScanArgs bad;
   bad.P = 64, bad.N = 96, bad.H = 4, bad.G = 1, bad.batch = 1, bad.L = 10;

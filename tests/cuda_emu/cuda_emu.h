@@ -96,6 +96,7 @@ struct BlockCtx {
   std::vector<std::unique_ptr<Barrier>> warps;
   std::vector<float> shfl;  // one slot per thread for __shfl_up_sync
   std::vector<float> mma;   // 10 slots per thread for mma.sync's fragments (a 4, b 2, c 4)
+  std::vector<const void*> rows;  // one slot per thread: ldmatrix's row addresses
 };
 
 inline thread_local dim3 tl_thread, tl_block;
@@ -115,6 +116,7 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
         for (int w = 0; w < (nt + 31) / 32; ++w) ctx.warps.push_back(std::make_unique<Barrier>(std::min(32, nt - 32 * w)));
         ctx.shfl.assign(size_t(nt), 0.f);
         ctx.mma.assign(size_t(nt) * 10, 0.f);
+        ctx.rows.assign(size_t(nt), nullptr);
         std::vector<std::thread> ths;
         for (int t = 0; t < nt; ++t)
           ths.emplace_back([&, t] {
@@ -205,6 +207,17 @@ inline void mma_tf32_m16n8k8(float (&c)[4], const uint32_t (&a)[4], const uint32
     for (int k = 0; k < 8; ++k) s += A[r][k] * B[k][col];
     c[i] = s;
   }
+}
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16 on 32-bit words: lane l publishes the address of row
+// l % 8 of matrix l / 8 (8 rows of 4 words), then takes word l % 4 of row l / 4 of each matrix.
+inline void ldsm_x4(uint32_t (&r)[4], const float* p) {
+  auto& ctx = *tl_ctx;
+  const unsigned t = threadIdx.x, lane = t % 32, base = t - lane;
+  ctx.rows[t] = p;
+  __syncwarp();
+  for (unsigned i = 0; i < 4; ++i)
+    std::memcpy(&r[i], static_cast<const float*>(ctx.rows[base + 8 * i + lane / 4]) + lane % 4, 4);
+  __syncwarp();
 }
 // cp.async of 16 bytes (zeros when !valid): a synchronous copy.
 inline void cp_async16(void* smem, const void* gmem, bool valid) {

@@ -76,6 +76,10 @@ cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& 
                                       cudaStream_t stream);
 bool ssd_scan_seq_enabled();
 void ssd_scan_set_seq(int on);
+// ssd_scan_fwd_seq_cuda's kernel version: 2 (ldmatrix fragments, fast exponentials; the default)
+// or 1 (DFSSM_SSD_SEQ_V1=1: scalar fragment loads, expf), for A/B benches and tests; -1 re-reads
+// the environment.
+void ssd_scan_set_seq_version(int v);
 
 // The backward (ssd_scan_bwd.cu): T in {64, 128}; `a` as given to the forward, whose workspace
 // must still hold what the forward left there; g.workspace 256-byte aligned and at least

@@ -69,6 +69,15 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N));
 }
+// ldmatrix.x4 on 32-bit words (b16 pairs): four matrices of 8 rows x 4 words (16 bytes); lane l
+// gives the shared address of row l % 8 of matrix l / 8 (16-byte aligned) and receives word l % 4
+// of row l / 4 of matrix i in r[i]. One instruction for what takes four scalar loads.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const float* p) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
 #else
 inline uint32_t to_tf32(float f) {
   const float r = wmma::__float_to_tf32(f);
@@ -78,6 +87,7 @@ inline uint32_t to_tf32(float f) {
 }
 inline void mma_tf32(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { emu::mma_tf32_m16n8k8(c, a, b); }
 inline void cp_async16(void* smem, const void* gmem, bool valid) { emu::cp_async16(smem, gmem, valid); }
+inline void ldsm_x4(uint32_t (&r)[4], const float* p) { emu::ldsm_x4(r, p); }
 inline void cp_async_commit() {}
 template <int N>
 inline void cp_async_wait() {}
@@ -137,6 +147,21 @@ __device__ __forceinline__ void frag_b_nmajor(uint32_t (&b)[2], const float* p, 
 template <bool PRE = false>
 __device__ __forceinline__ void frag_b_kmajor(uint32_t (&b)[2], const float* p, int ld, int g, int t) {
   b[0] = op_tf32<PRE>(p[t * ld + g]), b[1] = op_tf32<PRE>(p[(t + 4) * ld + g]);
+}
+
+// The same fragments by ldmatrix, from operands already rounded to TF32 (p and ld·4 bytes 16-byte
+// aligned; rows ≡ 4 words mod 32 banks apart are conflict-free). lane = threadIdx.x % 32.
+// A (16 x 8) row-major as frag_a_rows: matrices (rows 0-7, words 0-3), (8-15, 0-3), (0-7, 4-7),
+// (8-15, 4-7) are a[0..3].
+__device__ __forceinline__ void frag_a_rows_ldsm(uint32_t (&a)[4], const float* p, int ld, int lane) {
+  ldsm_x4(a, p + ((lane & 7) + (lane & 8)) * ld + (lane >> 4) * 4);
+}
+// Two n-major B tiles, columns n0 + [0, 8) and n0 + [8, 16) (p at row n0): b[j] as frag_b_nmajor
+// at p + 8·j·ld; matrices (rows 0-7, words 0-3), (0-7, 4-7), (8-15, 0-3), (8-15, 4-7).
+__device__ __forceinline__ void frag_b2_nmajor_ldsm(uint32_t (&b)[2][2], const float* p, int ld, int lane) {
+  uint32_t r[4];
+  ldsm_x4(r, p + ((lane & 7) + (lane >> 4) * 8) * ld + (lane & 8) / 2);
+  b[0][0] = r[0], b[0][1] = r[1], b[1][0] = r[2], b[1][1] = r[3];
 }
 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }

@@ -176,6 +176,20 @@ __device__ __forceinline__ void state_kstep(float (&s)[2][4][4], const float* xs
     for (int ni = 0; ni < 4; ++ni) mma_tf32(s[mi][ni], fa[mi], fb[ni]);
 }
 
+// Version 2 (the default; DFSSM_SSD_SEQ_V1=1 runs version 1): step 2's row-major fragments (M, C
+// and the state) by ldmatrix, one instruction for four scalar loads, and the exponentials that end
+// in a TF32 operand or in y (M's decays, the state weights w, y's exp(acs)) by the fast __expf
+// (ex2.approx: relative error ~1e-6 at the decays seen here, well under TF32's 2^-11 rounding).
+// The profile (docs/benchmarks.md) had the kernel issue-bound at 8 warps per SM: M's exact expf
+// alone took 13% of its instructions and 16% of its stall samples. The state's own decay
+// exp(acs_T-1), compounded over every chunk, keeps expf.
+template <bool V2>
+__device__ __forceinline__ float exp_seq(float v) {
+  if constexpr (V2) return __expf(v);
+  else return expf(v);
+}
+
+template <bool V2>
 __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
   using namespace seq;
   const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
@@ -243,7 +257,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
       round_rows_seq(xw, xw + T * LDX, xw + T * (LDX + LDB));
     }
     __syncthreads();
-    if (t < T) w[t] = expf(total - acs[t]) * dts[t];
+    if (t < T) w[t] = exp_seq<V2>(total - acs[t]) * dts[t];
 
     // ---- 1. M = L∘CB∘dt + D·I in place of CB, each thread on the pieces it loaded (visible to it
     // after its wait); acs and dt came through the barrier above. Rounded to TF32 for step 2. ----
@@ -255,7 +269,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
       const float4 v = ld4(p);
       const float ar = acs[r];
       auto m = [&](int s, float cb) {
-        return s <= r ? expf(ar - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
+        return s <= r ? exp_seq<V2>(ar - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
       };
       *reinterpret_cast<float4*>(p) = make_float4(tf32_bits(m(e, v.x)), tf32_bits(m(e + 1, v.y)),
                                                   tf32_bits(m(e + 2, v.z)), tf32_bits(m(e + 3, v.w)));
@@ -273,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
       const int r0[2] = {sp * 16, (3 - sp) * 16};
       float eA[2], eB[2];
 #pragma unroll
-      for (int si = 0; si < 2; ++si) eA[si] = expf(acs[r0[si] + g]), eB[si] = expf(acs[r0[si] + g + 8]);
+      for (int si = 0; si < 2; ++si) eA[si] = exp_seq<V2>(acs[r0[si] + g]), eB[si] = exp_seq<V2>(acs[r0[si] + g + 8]);
       state_scale(S, expf(total));
       // M·x and C·Sᵀ: separate chains, summed at the end, where exp(acs) scales C·Sᵀ's rows.
       // [strip][n-tile of 8 columns][fragment]
@@ -286,7 +300,8 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
           if (kk * 8 > r0[si] + 8) continue;
           const int k0 = kk * 8;
           uint32_t fa[4];
-          frag_a_rows<true>(fa, Ms + r0[si] * LDM + k0, LDM, g, q);
+          if constexpr (V2) frag_a_rows_ldsm(fa, Ms + r0[si] * LDM + k0, LDM, lane);
+          else frag_a_rows<true>(fa, Ms + r0[si] * LDM + k0, LDM, g, q);
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
             uint32_t fb[2];
@@ -299,12 +314,17 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
         for (int half = 0; half < 2; ++half) {
           const int k0 = kk * 16 + half * 8;
           uint32_t fb[2][2];
+          if constexpr (V2) {
+            frag_b2_nmajor_ldsm(fb, Ss + p0 * LDS + k0, LDS, lane);
+          } else {
 #pragma unroll
-          for (int nt = 0; nt < 2; ++nt) frag_b_nmajor<true>(fb[nt], Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
+            for (int nt = 0; nt < 2; ++nt) frag_b_nmajor<true>(fb[nt], Ss + (p0 + nt * 8) * LDS + k0, LDS, g, q);
+          }
 #pragma unroll
           for (int si = 0; si < 2; ++si) {
             uint32_t fa[4];
-            frag_a_rows<true>(fa, cs + r0[si] * LDC + k0, LDC, g, q);
+            if constexpr (V2) frag_a_rows_ldsm(fa, cs + r0[si] * LDC + k0, LDC, lane);
+            else frag_a_rows<true>(fa, cs + r0[si] * LDC + k0, LDC, g, q);
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) mma_tf32(y2[si][nt], fa, fb[nt]);
           }
@@ -476,6 +496,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 int g_seq = -1;  // -1: not read yet
+int g_seq_v1 = -1;  // DFSSM_SSD_SEQ_V1=1: ssd_seq_kernel's version 1 (A/B; -1: not read yet)
 
 bool aligned_to(const void* p, uintptr_t n) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % n == 0; }
 
@@ -489,6 +510,7 @@ bool ssd_scan_seq_enabled() {
   return g_seq == 1;
 }
 void ssd_scan_set_seq(int on) { g_seq = on < 0 ? -1 : on ? 1 : 0; }
+void ssd_scan_set_seq_version(int v) { g_seq_v1 = v < 0 ? -1 : v == 1 ? 1 : 0; }
 
 bool ssd_scan_states_seq_supported(const SsdScanArgs& a) {
   return ssd_scan_inputs_ok(a) && a.T == seq::T && a.final_state && aligned_to(a.init, 8) &&
@@ -529,7 +551,13 @@ cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   SsdScanArgs a64 = a;  // the kernels' own chunking
   a64.T = seq::T;
   if (const auto e = ssd_chunk_cb64_cuda(a64, a.workspace, stream); e != cudaSuccess) return e;
-  return launch_dyn(ssd_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seq::kSmemBytes, stream, a64);
+  if (g_seq_v1 < 0) {
+    const char* e = std::getenv("DFSSM_SSD_SEQ_V1");
+    g_seq_v1 = e && std::string(e) == "1" ? 1 : 0;
+  }
+  const dim3 grid(unsigned(a.H), unsigned(a.batch));
+  return g_seq_v1 ? launch_dyn(ssd_seq_kernel<false>, grid, seq::kSmemBytes, stream, a64)
+                  : launch_dyn(ssd_seq_kernel<true>, grid, seq::kSmemBytes, stream, a64);
 }
 
 }  // namespace dfssm::kernels
