@@ -7,6 +7,7 @@
 // The kernel source itself, compiled as C++ (DFSSM_CUDA_EMULATE is set for this target).
 #include "kernels/cuda/conv_train.cu"
 
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -75,6 +76,26 @@ TEST_CASE("conv1d + SiLU kernels (emulated) == scalar reference: versions 1 and 
       CHECK(rel_err(dx, dx_r) < (lowp ? 5e-3 : 1e-5));  // dx is stored in x's dtype
       CHECK(rel_err(dw, dw_r) < 1e-5);
       CHECK(rel_err(dbias, db_r) < 1e-5);
+      // dx written at x's row stride (into the split's shared gradient buffer, model/split_grad.h):
+      // the same values bit for bit, the other columns untouched.
+      Buf dxs(size_t(BL * ldx) * es), ps(size_t(np) * 4);
+      std::fill(dxs.u8(), dxs.u8() + size_t(BL * ldx) * es, uint8_t(0x7f));
+      REQUIRE(conv_silu_bwd_cuda(xb.p, dt, ldx, wb.f(), bb.f(), db.f(), dxs.p, ps.f(), sh.B, sh.L, sh.C, sh.K, nullptr,
+                                 ldx) == cudaSuccess);
+      size_t diff = 0, touched = 0;
+      for (int64_t r = 0; r < BL; ++r)
+        for (int64_t c = 0; c < ldx; ++c) {
+          const uint8_t* s = dxs.u8() + size_t(r * ldx + c) * es;
+          if (c < sh.C)
+            diff += std::memcmp(s, dxb.u8() + size_t(r * sh.C + c) * es, es) != 0;
+          else
+            touched += s[0] != 0x7f || s[es - 1] != 0x7f;
+        }
+      CHECK(diff == 0);
+      CHECK(touched == 0);
+      CHECK(std::memcmp(ps.u8(), pb.u8(), size_t(np) * 4) == 0);
+      CHECK(conv_silu_bwd_cuda(xb.p, dt, ldx, wb.f(), bb.f(), db.f(), dxs.p, ps.f(), sh.B, sh.L, sh.C, sh.K, nullptr,
+                               sh.C - 1) == cudaErrorInvalidValue);
     }
   }
 }

@@ -7,6 +7,7 @@
 #include "kernels/cuda/norm_train.cu"
 
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <random>
 #include <vector>
@@ -117,6 +118,27 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
       CHECK(ey < 1e-4);
       CHECK(ew < 1e-4);
       if (gated) CHECK(rel_err(read(dzb, lowp, RD), dz_r) < (lowp ? 5e-3 : 1e-4));
+      if (gated) {  // dz at z's row stride (the split's shared gradient buffer): the same bits, the rest untouched
+        const size_t nz = size_t(sh.R) * size_t(ldz), np = size_t(norm_bwd_partial_size(sh.R, sh.D));
+        Buf dzs(nz * es), dys(RD * 4), ps(np * 4);
+        std::fill(dzs.u8(), dzs.u8() + nz * es, uint8_t(0x7f));
+        REQUIRE(gated_norm_bwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), rb.f(), db.p, dt, dys.f(), dzs.p, ps.f(), sh.R, sh.D,
+                                    sh.gs, nullptr, ldz) == cudaSuccess);
+        size_t diff = 0, touched = 0;
+        for (int64_t r = 0; r < sh.R; ++r)
+          for (int64_t c = 0; c < ldz; ++c) {
+            const uint8_t* s = dzs.u8() + size_t(r * ldz + c) * es;
+            if (c < sh.D)
+              diff += std::memcmp(s, dzb.u8() + size_t(r * sh.D + c) * es, es) != 0;
+            else
+              touched += s[0] != 0x7f || s[es - 1] != 0x7f;
+          }
+        CHECK(diff == 0);
+        CHECK(touched == 0);
+        CHECK(std::memcmp(dys.u8(), dyb.u8(), RD * 4) == 0);
+        CHECK(gated_norm_bwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), rb.f(), db.p, dt, dys.f(), dzs.p, ps.f(), sh.R, sh.D,
+                                  sh.gs, nullptr, sh.D - 4) == cudaErrorInvalidValue);
+      }
       if (gated && lowp) {  // y in bf16 (the kept SSD output): the fp32 kernel's result on y rounded to bf16
         std::vector<float> yr(RD);
         for (size_t i = 0; i < RD; ++i) yr[i] = bf(y[i]);

@@ -1021,6 +1021,33 @@ TEST_CASE("ncu: one fused SSD forward + backward and one gated norm, 16 x 2048, 
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
 }
 
+// in_proj's split with the shared gradient buffer (model/split_grad.h): the gated norm and the
+// conv write z's and xBC's gradients in place, so the same kernels give the same gradients bit
+// for bit, and each layer's two parts arrive in place.
+TEST_CASE("2-layer 1.3B-width model, forward + backward: split gradient buffer == autograd's split", "[gpu][model]") {
+  REQUIRE(torch::cuda::is_available());
+  auto m = two_layer_13b(11);
+  const auto& cfg = m.config();
+  auto g = gen(12);
+  const auto ids = at::randint(cfg.vocab_size, {2, 300}, g, at::kLong).cuda();
+  const auto wts = at::randn({2, 300, cfg.d_model}, g).cuda();
+  auto params = m.named_parameters();
+  for (auto& [k, p] : params) p.requires_grad_(true);
+  for (const bool autocast : {true, false}) {
+    set_split_grad_slab_enabled(false);
+    const auto ref = hidden_and_grads(m, params, ids, wts, autocast);
+    set_split_grad_slab_enabled(true);
+    const int64_t before = split_grad_parts_in_place();
+    const auto got = hidden_and_grads(m, params, ids, wts, autocast);
+    INFO("autocast " << autocast);
+    CHECK(split_grad_parts_in_place() - before == 2 * cfg.n_layer);  // z and xBC per layer
+    for (size_t i = 0; i < ref.size(); ++i) {
+      INFO((i == 0 ? std::string("hidden") : params[i - 1].first));
+      CHECK(at::equal(got[i], ref[i]));
+    }
+  }
+}
+
 TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen path", "[gpu][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
   auto m = two_layer_13b(5);
@@ -1253,6 +1280,15 @@ TEST_CASE("fused AdamW step == scalar reference and == the ATen optimizer", "[gp
   CHECK(rel_err(pd.cpu(), pr) < 3e-7);  // ~3.5e-8 expected from the line above
   CHECK(em < 1e-6);
   CHECK(ev < 1e-6);
+  {  // the same arrays one element in (not 16-byte aligned: the scalar loop) == the float4 path's values
+    auto pu = p.cuda(), mu = m.cuda(), vu = v.cuda();
+    REQUIRE(kernels::adamw_step_cuda(pu.data_ptr<float>() + 1, gd.data_ptr<float>() + 1, mu.data_ptr<float>() + 1,
+                                     vu.data_ptr<float>() + 1, sd.data_ptr<float>(), n - 1, c, nullptr) == cudaSuccess);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    CHECK(at::equal(pu.narrow(0, 1, n - 1), pd.narrow(0, 1, n - 1)));
+    CHECK(at::equal(mu.narrow(0, 1, n - 1), md.narrow(0, 1, n - 1)));
+    CHECK(at::equal(vu.narrow(0, 1, n - 1), vd.narrow(0, 1, n - 1)));
+  }
   // The optimizer: a relative group with weight decay and an absolute one, 3 steps with clipping,
   // fused vs the ATen ops, on the same parameters and gradients.
   auto run = [&](bool fused) {

@@ -3,6 +3,7 @@
 
 #include "catch_compat.h"
 #include "kernels/cpu/ssd_scan_ref.h"
+#include "model/split_grad.h"
 #include "model/ssd.h"
 #include "model_test_util.h"
 
@@ -155,4 +156,34 @@ TEST_CASE("fused SSD backward's scalar reference == autograd of the ATen chunked
     CHECK(rel_err(dD, v[5].grad()) < 1e-5);
     if (with_init) CHECK(rel_err(dinit, v[6].grad()) < 1e-5);
   }
+}
+
+// in_proj's column split with the shared gradient buffer (model/split_grad.h), on the CPU where no
+// consumer writes in place: the split's backward copies every part's gradient into the buffer
+// (and zeros an unused part's columns), which must equal autograd's own split.
+TEST_CASE("split_columns: its backward == split_with_sizes' (parts copied in, unused part zero)", "[model]") {
+  at::manual_seed(3);
+  const auto x0 = at::randn({2, 5, 11});
+  const std::vector<int64_t> sizes{4, 5, 2};
+  const auto w = at::randn({2, 5, 11});
+  auto grad_of = [&](bool shared, bool use_last) {
+    const auto x = x0.clone().requires_grad_(true);
+    const auto s = dfssm::split_columns(x, sizes, /*any_device=*/shared);
+    REQUIRE(s.parts.size() == 3);
+    CHECK(s.into[0].defined() == shared);
+    auto loss = (s.parts[0] * w.narrow(2, 0, 4)).sum() + (s.parts[1].pow(2) * w.narrow(2, 4, 5)).sum();
+    if (use_last) loss = loss + s.parts[2].sin().sum();
+    loss.backward();
+    return x.grad();
+  };
+  dfssm::set_split_grad_slab_enabled(true);
+  for (const bool use_last : {true, false}) {
+    const auto ref = grad_of(false, use_last), got = grad_of(true, use_last);
+    CHECK(at::equal(got, ref));
+    if (!use_last) CHECK(got.narrow(2, 9, 2).abs().max().item<float>() == 0.f);
+  }
+  CHECK(dfssm::split_grad_parts_in_place() == 0);  // nothing on the CPU writes in place
+  dfssm::set_split_grad_slab_enabled(false);  // the switch off: autograd's split, no buffer
+  CHECK_FALSE(dfssm::split_columns(x0.clone().requires_grad_(true), sizes, true).into[0].defined());
+  dfssm::set_split_grad_slab_enabled(true);
 }

@@ -33,7 +33,7 @@ using fused::rows_view;
 
 struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in,
-                            const at::Tensor& bias_in) {
+                            const at::Tensor& bias_in, const GradInto& dx_into) {
     const auto dt = x_in.scalar_type() == at::kBFloat16 ? k::ConvDtype::bf16 : k::ConvDtype::f32;
     const auto xs = x_in.scalar_type() == at::kBFloat16 ? x_in : x_in.to(at::kFloat);
     int64_t ldx = 0;
@@ -52,6 +52,9 @@ struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
     ctx->saved_data["x_dtype"] = int64_t(x_in.scalar_type());
     ctx->saved_data["w_dtype"] = int64_t(w_in.scalar_type());
     ctx->saved_data["has_bias"] = bias_in.defined();
+    if (dx_into.defined())
+      ctx->saved_data["dx_slab"] = dx_into.slab, ctx->saved_data["dx_col"] = dx_into.col,
+      ctx->saved_data["dx_total"] = dx_into.total;
     return out;
   }
 
@@ -62,19 +65,28 @@ struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
     const auto dt = x.scalar_type() == at::kBFloat16 ? k::ConvDtype::bf16 : k::ConvDtype::f32;
     const int64_t B = x.size(0), L = x.size(1), C = x.size(2), K = w.size(1);
     const auto dout = grad_out[0].to(at::kFloat).contiguous();
-    auto dx = at::empty({B, L, C}, x.options());
+    // x's gradient in place in the split's shared buffer where there is one (split_grad.h).
+    at::Tensor dx;
+    if (ctx->saved_data.count("dx_slab")) {
+      const GradInto into{ctx->saved_data["dx_slab"].toTensor(), ctx->saved_data["dx_col"].toInt(),
+                          ctx->saved_data["dx_total"].toInt()};
+      ctx->saved_data.erase("dx_slab");  // saved_data outlives the backward: no reference may stay
+      dx = grad_columns(into, C, x.scalar_type());
+    }
+    const int64_t lddx = dx.defined() ? dx.stride(1) : C;
+    if (!dx.defined()) dx = at::empty({B, L, C}, x.options());
     auto partial = at::empty({k::conv_silu_bwd_partial_size(B, L, int(C), int(K))}, dout.options());
     const c10::cuda::CUDAGuard guard(x.device());
     check_cuda(k::conv_silu_bwd_cuda(x.data_ptr(), dt, ldx, w.data_ptr<float>(),
                                      bias.defined() ? bias.data_ptr<float>() : nullptr, dout.data_ptr<float>(),
                                      dx.data_ptr(), partial.data_ptr<float>(), B, L, int(C), int(K),
-                                     c10::cuda::getCurrentCUDAStream()),
+                                     c10::cuda::getCurrentCUDAStream(), lddx),
                "conv_silu_bwd_cuda");
     const auto sums = partial.view({-1, C, K + 1}).sum(0);  // (C, K+1): dw then dbias
     const auto w_dtype = at::ScalarType(ctx->saved_data["w_dtype"].toInt());
     const auto dw = sums.narrow(1, 0, K).reshape({C, 1, K}).to(w_dtype);
     const auto db = ctx->saved_data["has_bias"].toBool() ? sums.select(1, K).contiguous() : at::Tensor();
-    return {dx.to(at::ScalarType(ctx->saved_data["x_dtype"].toInt())), dw, db};
+    return {dx.to(at::ScalarType(ctx->saved_data["x_dtype"].toInt())), dw, db, at::Tensor()};
   }
 };
 }  // namespace
@@ -85,16 +97,16 @@ bool conv_fused_available(const at::Tensor& like, int64_t d_conv) {
          like.size(0) <= 65535 && like.size(1) <= 32 * 65535;
 }
 
-at::Tensor conv_silu_fused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+at::Tensor conv_silu_fused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const GradInto& dx_into) {
   DFSSM_ASSERT(x.dim() == 3 && w.dim() == 3 && w.size(0) == x.size(2) && w.size(1) == 1, "conv_silu_fused: shapes");
-  return ConvSiluFn::apply(x, w, bias);
+  return ConvSiluFn::apply(x, w, bias, dx_into);
 }
 
 #else  // no CUDA in this build: mamba2.cpp keeps its ATen path
 
 bool conv_fused_available(const at::Tensor&, int64_t) { return false; }
 
-at::Tensor conv_silu_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+at::Tensor conv_silu_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, const GradInto&) {
   DFSSM_ASSERT(false, "conv_silu_fused: this build has no CUDA kernels");
   return {};
 }

@@ -6,6 +6,8 @@
 // about 7% of a 1.3B distillation step.
 #include <ATen/ATen.h>
 
+#include "model/split_grad.h"
+
 namespace dfssm {
 
 // Whether conv_silu_fused can run on `like` (b, l, ...): a CUDA build, a CUDA tensor, d_conv in
@@ -15,7 +17,9 @@ void set_conv_fused_enabled(bool on);  // tests compare against the ATen path
 
 // x: (b, l, c) with unit channel stride (a column slice of a (b, l, n) tensor is fine), fp32
 // or bf16; w: (c, 1, k) fp32; bias: (c) fp32 or undefined. Returns silu(causal conv(x)) as
-// (b, l, c) fp32, zero left context.
-at::Tensor conv_silu_fused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+// (b, l, c) fp32, zero left context. dx_into (optional, split_columns): x's gradient is written
+// into those columns of the split's shared buffer instead of a tensor of its own.
+at::Tensor conv_silu_fused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                           const GradInto& dx_into = {});
 
 }  // namespace dfssm

@@ -164,11 +164,12 @@ at::Tensor Mamba2Model::rmsnorm(const at::Tensor& x, const at::Tensor& w, bool t
 // group of d_inner/ngroups channels, fp32 math.
 // y_values: see gated_norm_fused (y then only carries the graph).
 at::Tensor Mamba2Model::gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w,
-                                      const at::Tensor& y_values) const {
+                                      const at::Tensor& y_values, const GradInto& dz_into) const {
   const int64_t gs = cfg_.d_inner() / cfg_.ngroups;
   if (y.dim() == 3 && gated_norm_fused_available(y, gs)) {  // full sequences on CUDA: one kernel each way
     const auto odt = norm_out_dtype(y, true);                 // out_proj consumes it
-    return gated_norm_fused(y, z, w, gs, cfg_.norm_eps, odt, y_values).to(odt == at::kBFloat16 ? odt : dtype());
+    return gated_norm_fused(y, z, w, gs, cfg_.norm_eps, odt, y_values, dz_into)
+        .to(odt == at::kBFloat16 ? odt : dtype());
   }
   // y is zero where y_values is given: the sum has y_values' values and routes the gradient to y.
   const auto yv = y_values.defined() ? y + y_values.to(y.scalar_type()) : y;
@@ -217,12 +218,13 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   zxbcdt = W_in.defined() ? linear_graph_only(u, W_in, keep->zxbcdt) : m.in_proj->forward(u);
   if (keep && keep->capture_in_proj && !st) keep->zxbcdt = zxbcdt;  // the first pass of a recomputed block
   scope.next("dfssm::conv");
-  // One split, not three narrows: its backward writes the three gradients into one buffer, where
-  // each narrow's backward would zero-fill a whole (b, l, d_in_proj) tensor and add them up.
-  const auto parts = zxbcdt.split_with_sizes({di, c.conv_dim(), h}, -1);
-  const auto &z = parts[0], &xBC_raw = parts[1], &dt_raw = parts[2];
+  // One split, not three narrows (each narrow's backward would zero-fill a whole (b, l,
+  // d_in_proj) tensor and add them up); on CUDA its parts' fused consumers write their gradients
+  // straight into one shared buffer (split_grad.h), which is the split's whole gradient.
+  const auto split = split_columns(zxbcdt, {di, c.conv_dim(), h});
+  const auto &z = split.parts[0], &xBC_raw = split.parts[1], &dt_raw = split.parts[2];
   const auto xBC = st == nullptr && conv_fused_available(u, c.d_conv)
-                       ? conv_silu_fused(xBC_raw, m.conv_w, m.conv_b)  // fp32, read in place
+                       ? conv_silu_fused(xBC_raw, m.conv_w, m.conv_b, split.into[1])  // fp32, read in place
                        : conv_silu_aten(xBC_raw, m, st);
   const auto xBCf = xBC.to(at::kFloat);
   const auto xbc = xBCf.split_with_sizes({di, gn, gn}, -1);
@@ -271,7 +273,7 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   }
   if (st) st->ssm = final_state.detach();
   scope.next("dfssm::gate_norm");
-  const auto yn = gated_rmsnorm(y.reshape({b, l, di}), z, m.norm_w, y_values);
+  const auto yn = gated_rmsnorm(y.reshape({b, l, di}), z, m.norm_w, y_values, split.into[0]);
   scope.next("dfssm::out_proj");
   if (keep && keep->output_graph_only)
     if (const auto W = m.out_proj->matmul_weight(yn); W.defined()) return linear_graph_only(yn, W);

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/split_grad.h"
 
 namespace dfssm {
 
@@ -187,8 +188,9 @@ class Mamba2Model {
   // bf16 autocast (norm_out_dtype).
   at::Tensor rmsnorm(const at::Tensor& x, const at::Tensor& w, bool to_matmul = false) const;
   at::ScalarType norm_out_dtype(const at::Tensor& x, bool to_matmul) const;
+  // dz_into: see gated_norm_fused.
   at::Tensor gated_rmsnorm(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w,
-                           const at::Tensor& y_values = {}) const;
+                           const at::Tensor& y_values = {}, const GradInto& dz_into = {}) const;
   at::Tensor discretize_dt(const at::Tensor& dt_raw, const at::Tensor& dt_bias) const;
 
   Mamba2Config cfg_;

@@ -63,7 +63,8 @@ at::Tensor y_for_kernels(const at::Tensor& y, const at::Tensor& z) {
 struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
   // y_values: empty, or the values to read in place of y_in's (gated_norm_fused).
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y_in, const at::Tensor& z_in, const at::Tensor& w_in,
-                            int64_t gs, double eps, int64_t out_dtype, const at::Tensor& y_values) {
+                            int64_t gs, double eps, int64_t out_dtype, const at::Tensor& y_values,
+                            const GradInto& dz_into) {
     const auto y = y_for_kernels(y_values.numel() > 0 ? y_values : y_in, z_in);
     int64_t ldz = 0;
     const auto z = z_rows(z_in, &ldz);
@@ -87,6 +88,9 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
     ctx->save_for_backward({y, z, w, rstd});
     ctx->saved_data["ldz"] = ldz;
     ctx->saved_data["gs"] = gs;
+    if (dz_into.defined())
+      ctx->saved_data["dz_slab"] = dz_into.slab, ctx->saved_data["dz_col"] = dz_into.col,
+      ctx->saved_data["dz_total"] = dz_into.total;
     ctx->saved_data["dtypes"] = std::vector<int64_t>{int64_t(y_in.scalar_type()), int64_t(z_in.scalar_type()),
                                                      int64_t(w_in.scalar_type()), out_dtype};
     return out;
@@ -102,7 +106,16 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
     const auto dout = aligned(grad_out[0].to(odt).contiguous());
     const auto f32 = y.options().dtype(at::kFloat);
     auto dy = at::empty(y.sizes(), f32);
-    auto dz = at::empty(y.sizes(), z.options());
+    // z's gradient in place in the split's shared buffer where there is one (split_grad.h).
+    at::Tensor dz;
+    if (ctx->saved_data.count("dz_slab")) {
+      const GradInto into{ctx->saved_data["dz_slab"].toTensor(), ctx->saved_data["dz_col"].toInt(),
+                          ctx->saved_data["dz_total"].toInt()};
+      ctx->saved_data.erase("dz_slab");  // saved_data outlives the backward: no reference may stay
+      dz = grad_columns(into, D, z.scalar_type());
+    }
+    const int64_t lddz = dz.defined() ? dz.stride(1) : D;
+    if (!dz.defined()) dz = at::empty(y.sizes(), z.options());
     auto partial = at::empty({k::norm_bwd_partial_size(R, int(D))}, f32);
     const c10::cuda::CUDAGuard guard(y.device());
     const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -110,17 +123,17 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
       check_cuda(k::gated_norm_bwd_bf16y_cuda(y.data_ptr(), z.data_ptr(), k::NormDtype::bf16, ldz, w.data_ptr<float>(),
                                               rstd.data_ptr<float>(), dout.data_ptr(), norm_dtype(odt),
                                               dy.data_ptr<float>(), dz.data_ptr(), partial.data_ptr<float>(), R, int(D),
-                                              int(gs), stream),
+                                              int(gs), stream, lddz),
                  "gated_norm_bwd_bf16y_cuda");
     else
       check_cuda(k::gated_norm_bwd_cuda(y.data_ptr<float>(), z.data_ptr(), norm_dtype(z.scalar_type()), ldz,
                                         w.data_ptr<float>(), rstd.data_ptr<float>(), dout.data_ptr(), norm_dtype(odt),
                                         dy.data_ptr<float>(), dz.data_ptr(), partial.data_ptr<float>(), R, int(D),
-                                        int(gs), stream),
+                                        int(gs), stream, lddz),
                  "gated_norm_bwd_cuda");
     const auto dw = partial.view({-1, D}).sum(0);
     return {dy.to(at::ScalarType(dtypes[0])), dz.to(at::ScalarType(dtypes[1])), dw.to(at::ScalarType(dtypes[2])),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -258,7 +271,7 @@ bool gated_norm_fused_available(const at::Tensor& like, int64_t group_size) {
 }
 
 at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w, int64_t group_size,
-                            double eps, at::ScalarType out_dtype, const at::Tensor& y_values) {
+                            double eps, at::ScalarType out_dtype, const at::Tensor& y_values, const GradInto& dz_into) {
   DFSSM_ASSERT(y.dim() == 3 && z.sizes() == y.sizes() && w.dim() == 1 && w.size(0) == y.size(2) &&
                    y.size(2) % group_size == 0 && y.numel() > 0 && out_dtype_ok(out_dtype) &&
                    (!y_values.defined() || (y_values.sizes() == y.sizes() && !y_values.requires_grad() &&
@@ -269,7 +282,7 @@ at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::
   // (An absent y_values travels as an empty tensor: custom functions record every tensor
   // argument's device.)
   return GatedNormFn::apply(y, z, w, group_size, eps, int64_t(out_dtype),
-                            y_values.defined() ? y_values : at::empty({0}, y.options()));
+                            y_values.defined() ? y_values : at::empty({0}, y.options()), dz_into);
 }
 
 bool rms_norm_fused_available(const at::Tensor& x) {
@@ -322,7 +335,7 @@ at::Tensor rms_norm_fused_add_grad(const at::Tensor&, const at::Tensor&, double,
 }
 
 at::Tensor gated_norm_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, at::ScalarType,
-                            const at::Tensor&) {
+                            const at::Tensor&, const GradInto&) {
   DFSSM_ASSERT(false, "gated_norm_fused: this build has no CUDA kernels");
   return {};
 }

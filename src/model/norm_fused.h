@@ -8,6 +8,8 @@
 // (the same rounding, so the same result), without the extra pass or the cast's backward.
 #include <ATen/ATen.h>
 
+#include "model/split_grad.h"
+
 namespace dfssm {
 
 // A CUDA build and tensor, group size a multiple of 4 up to 8192, and DFSSM_NORM_FUSED != 0.
@@ -18,8 +20,11 @@ void set_gated_norm_fused_enabled(bool on);  // tests compare against the ATen p
 // Returns (b, l, D) in out_dtype (fp32 or bf16). A bf16 y with a bf16 z is read as is, both ways.
 // y_values (optional, y's shape, fp32 or bf16, no gradient): the values to read in place of y's,
 // where y only carries the graph (ssd_scan_train's y with y_given); y's gradient keeps y's dtype.
+// dz_into (optional, split_columns): z's gradient is written into those columns of the split's
+// shared buffer instead of a tensor of its own.
 at::Tensor gated_norm_fused(const at::Tensor& y, const at::Tensor& z, const at::Tensor& w, int64_t group_size,
-                            double eps, at::ScalarType out_dtype = at::kFloat, const at::Tensor& y_values = {});
+                            double eps, at::ScalarType out_dtype = at::kFloat, const at::Tensor& y_values = {},
+                            const GradInto& dz_into = {});
 
 // The plain RMSNorm over the last dimension (D a multiple of 4 up to 8192) of a CUDA tensor of
 // any leading shape (fp32, or cast to it). Returns the same shape in out_dtype (fp32 or bf16).

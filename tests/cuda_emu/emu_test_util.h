@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <vector>
 
@@ -17,6 +18,7 @@ struct Buf {  // 256-byte aligned storage, as cudaMalloc gives
   Buf& operator=(const Buf&) = delete;
   float* f() const { return static_cast<float*>(p); }
   __nv_bfloat16* h() const { return static_cast<__nv_bfloat16*>(p); }
+  uint8_t* u8() const { return static_cast<uint8_t*>(p); }
 };
 
 // ‖a − b‖ / ‖b‖

@@ -1,7 +1,7 @@
 // Causal depthwise conv1d + SiLU for training, forward and backward (conv_train.h has the math).
 //
 // Memory layout: x (B, L, C) with row stride ldx (fp32 or bf16: a column slice of in_proj's
-// output, read in place); w (C, K), bias (C), out/dout (B, L, C) fp32; dx (B, L, C) in x's dtype;
+// output, read in place); w (C, K), bias (C), out/dout (B, L, C) fp32; dx (B, L, C) in x's dtype at row stride lddx (C: contiguous);
 // partial (B * ceil(L/kBwdRun), C, K+1) fp32.
 //
 // One thread per channel and run of consecutive timesteps; a warp covers 32 adjacent channels, so
@@ -69,7 +69,8 @@ template <typename E, int K>
 __global__ void __launch_bounds__(kThreads) conv_bwd_kernel(const E* __restrict__ x, int64_t ldx,
                                                             const float* __restrict__ w, const float* __restrict__ bias,
                                                             const float* __restrict__ dout, E* __restrict__ dx,
-                                                            float* __restrict__ partial, int64_t L, int C) {
+                                                            float* __restrict__ partial, int64_t L, int C,
+                                                            int64_t lddx) {
   const int c = blockIdx.x * kThreads + threadIdx.x;
   if (c >= C) return;
   const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kBwdRun;
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) conv_bwd_kernel(const E* __restrict_
       float g = 0.f;
 #pragma unroll
       for (int k = 0; k < K; ++k) g += wk[k] * dp[K - 1 - k];
-      st(dx + (b * L + t) * C + c, g);
+      st(dx + (b * L + t) * lddx + c, g);
     }
   }
   float* pr = partial + ((b * gridDim.y + blockIdx.y) * int64_t(C) + c) * (K + 1);
@@ -195,7 +196,7 @@ template <typename E, int K, int V, int U, int T>
 __global__ void __launch_bounds__(T) conv_bwd_v2_kernel(const E* __restrict__ x, int64_t ldx,
                                                         const float* __restrict__ w, const float* __restrict__ bias,
                                                         const float* __restrict__ dout, E* __restrict__ dx,
-                                                        float* __restrict__ partial, int64_t L, int C) {
+                                                        float* __restrict__ partial, int64_t L, int C, int64_t lddx) {
   const int c = (int(blockIdx.x) * T + int(threadIdx.x)) * V;
   if (c >= C) return;
   const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kBwdRun;
@@ -255,7 +256,7 @@ __global__ void __launch_bounds__(T) conv_bwd_v2_kernel(const E* __restrict__ x,
         for (int k = 0; k < K; ++k) g[v] += wk[k][v] * dp[K - 1 - k][v];
       }
       const int64_t t = u - (K - 1);
-      if (t >= t0) stv<V>(dx + (b * L + t) * C + c, g);
+      if (t >= t0) stv<V>(dx + (b * L + t) * lddx + c, g);
     }
   }
   float* pr = partial + ((b * gridDim.y + blockIdx.y) * int64_t(C) + c) * (K + 1);
@@ -268,16 +269,17 @@ __global__ void __launch_bounds__(T) conv_bwd_v2_kernel(const E* __restrict__ x,
 }
 
 // Version 1 on request (DFSSM_CONV_V1=1, read at the first launch; an A/B switch) or where
-// version 2's V-channel access does not hold: C and ldx multiples of V, x, out and dout aligned to
-// V elements.
-bool use_v2(const void* x, int esize, int64_t ldx, int C, const void* out, const void* dout, int V) {
+// version 2's V-channel access does not hold: C, ldx and lddx multiples of V, x, dx, out and dout
+// aligned to V elements.
+bool use_v2(const void* x, int esize, int64_t ldx, int C, const void* out, const void* dout, int V, const void* dx,
+            int64_t lddx) {
   static const bool v1 = [] {
     const char* e = std::getenv("DFSSM_CONV_V1");
     return e && e[0] == '1';
   }();
   const auto al = [](const void* p, unsigned n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
-  return !v1 && C % V == 0 && ldx % V == 0 && al(x, unsigned(V * esize)) && al(out, unsigned(V * 4)) &&
-         al(dout, unsigned(V * 4));
+  return !v1 && C % V == 0 && ldx % V == 0 && lddx % V == 0 && al(x, unsigned(V * esize)) &&
+         al(dx, unsigned(V * esize)) && al(out, unsigned(V * 4)) && al(dout, unsigned(V * 4));
 }
 
 template <typename Kern, typename... Args>
@@ -297,33 +299,34 @@ dim3 grid_v2(int C, int V, int threads, dim3 grid1) {
 
 template <int K, typename E>
 void launch(bool fwd, const E* x, int64_t ldx, const float* w, const float* bias, float* out, const float* dout, E* dx,
-            float* partial, int64_t B, int64_t L, int C, cudaStream_t st) {
+            int64_t lddx, float* partial, int64_t B, int64_t L, int C, cudaStream_t st) {
   const int run = fwd ? kFwdRun : kBwdRun;
   const dim3 grid(unsigned((C + kThreads - 1) / kThreads), unsigned((L + run - 1) / run), unsigned(B));
-  if (use_v2(x, int(sizeof(E)), ldx, C, out, dout, fwd ? kFwdV : kBwdV)) {
+  if (use_v2(x, int(sizeof(E)), ldx, C, out, dout, fwd ? kFwdV : kBwdV, dx, lddx)) {
     if (fwd)
       launch_kernel(conv_fwd_v2_kernel<E, K, kFwdV, kFwdU, kThreads2>, grid_v2(C, kFwdV, kThreads2, grid), kThreads2, st,
                     x, ldx, w, bias, out, L, C);
     else
       launch_kernel(conv_bwd_v2_kernel<E, K, kBwdV, kBwdU, kThreads2>, grid_v2(C, kBwdV, kThreads2, grid), kThreads2,
-                    st, x, ldx, w, bias, dout, dx, partial, L, C);
+                    st, x, ldx, w, bias, dout, dx, partial, L, C, lddx);
     return;
   }
   if (fwd)
     launch_kernel(conv_fwd_kernel<E, K>, grid, kThreads, st, x, ldx, w, bias, out, L, C);
   else
-    launch_kernel(conv_bwd_kernel<E, K>, grid, kThreads, st, x, ldx, w, bias, dout, dx, partial, L, C);
+    launch_kernel(conv_bwd_kernel<E, K>, grid, kThreads, st, x, ldx, w, bias, dout, dx, partial, L, C, lddx);
 }
 
 template <typename E>
 cudaError_t dispatch(bool fwd, const void* x, int64_t ldx, const float* w, const float* bias, float* out,
-                     const float* dout, void* dx, float* partial, int64_t B, int64_t L, int C, int K, cudaStream_t st) {
+                     const float* dout, void* dx, int64_t lddx, float* partial, int64_t B, int64_t L, int C, int K,
+                     cudaStream_t st) {
   const auto* xe = static_cast<const E*>(x);
   auto* dxe = static_cast<E*>(dx);
   switch (K) {
-    case 2: launch<2>(fwd, xe, ldx, w, bias, out, dout, dxe, partial, B, L, C, st); break;
-    case 3: launch<3>(fwd, xe, ldx, w, bias, out, dout, dxe, partial, B, L, C, st); break;
-    case 4: launch<4>(fwd, xe, ldx, w, bias, out, dout, dxe, partial, B, L, C, st); break;
+    case 2: launch<2>(fwd, xe, ldx, w, bias, out, dout, dxe, lddx, partial, B, L, C, st); break;
+    case 3: launch<3>(fwd, xe, ldx, w, bias, out, dout, dxe, lddx, partial, B, L, C, st); break;
+    case 4: launch<4>(fwd, xe, ldx, w, bias, out, dout, dxe, lddx, partial, B, L, C, st); break;
     default: return cudaErrorInvalidValue;  // d_conv in {2, 3, 4}
   }
   return cudaGetLastError();
@@ -343,17 +346,18 @@ cudaError_t conv_silu_fwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const f
                                int64_t B, int64_t L, int C, int K, cudaStream_t stream) {
   if (!shapes_ok(B, L, C, K, ldx)) return cudaErrorInvalidValue;
   return dt == ConvDtype::bf16
-             ? dispatch<__nv_bfloat16>(true, x, ldx, w, bias, out, nullptr, nullptr, nullptr, B, L, C, K, stream)
-             : dispatch<float>(true, x, ldx, w, bias, out, nullptr, nullptr, nullptr, B, L, C, K, stream);
+             ? dispatch<__nv_bfloat16>(true, x, ldx, w, bias, out, nullptr, nullptr, C, nullptr, B, L, C, K, stream)
+             : dispatch<float>(true, x, ldx, w, bias, out, nullptr, nullptr, C, nullptr, B, L, C, K, stream);
 }
 
 cudaError_t conv_silu_bwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias,
                                const float* dout, void* dx, float* partial, int64_t B, int64_t L, int C, int K,
-                               cudaStream_t stream) {
-  if (!shapes_ok(B, L, C, K, ldx)) return cudaErrorInvalidValue;
+                               cudaStream_t stream, int64_t lddx) {
+  if (lddx <= 0) lddx = C;
+  if (!shapes_ok(B, L, C, K, ldx) || lddx < C) return cudaErrorInvalidValue;
   return dt == ConvDtype::bf16
-             ? dispatch<__nv_bfloat16>(false, x, ldx, w, bias, nullptr, dout, dx, partial, B, L, C, K, stream)
-             : dispatch<float>(false, x, ldx, w, bias, nullptr, dout, dx, partial, B, L, C, K, stream);
+             ? dispatch<__nv_bfloat16>(false, x, ldx, w, bias, nullptr, dout, dx, lddx, partial, B, L, C, K, stream)
+             : dispatch<float>(false, x, ldx, w, bias, nullptr, dout, dx, lddx, partial, B, L, C, K, stream);
 }
 
 }  // namespace dfssm::kernels

@@ -6,8 +6,8 @@
 //   out[b,t,c] = silu(pre[b,t,c])
 //
 // Layout: x (B, L, C) with row stride ldx elements (a column slice of in_proj's output), fp32 or
-// bf16; w (C, K) and bias (C) fp32; out and dout (B, L, C) contiguous fp32; dx (B, L, C)
-// contiguous in x's dtype. Plain C++ header: the CUDA runtime only.
+// bf16; w (C, K) and bias (C) fp32; out and dout (B, L, C) contiguous fp32; dx (B, L, C) in x's
+// dtype at row stride lddx. Plain C++ header: the CUDA runtime only.
 #pragma once
 
 #ifndef DFSSM_CUDA_EMULATE  // tests/cuda_emu/cuda_emu.h stands in for it
@@ -26,11 +26,12 @@ cudaError_t conv_silu_fwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const f
 // Number of floats conv_silu_bwd_cuda needs in `partial` (per-block sums of dw and dbias).
 int64_t conv_silu_bwd_partial_size(int64_t B, int64_t L, int C, int K);
 
-// dx = the input gradient; partial receives per-block sums, rows of C*(K+1): dw (C,K) then dbias
-// (C). Sum its rows (leading dimension conv_silu_bwd_partial_size / (C*(K+1))) for dw and dbias:
-// deterministic, no atomics.
+// dx = the input gradient, rows lddx elements apart (>= C; 0: C, contiguous: a column slice of
+// in_proj's output gradient, written in place, model/split_grad.h); partial receives per-block
+// sums, rows of C*(K+1): dw (C,K) then dbias (C). Sum its rows (leading dimension
+// conv_silu_bwd_partial_size / (C*(K+1))) for dw and dbias: deterministic, no atomics.
 cudaError_t conv_silu_bwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias,
                                const float* dout, void* dx, float* partial, int64_t B, int64_t L, int C, int K,
-                               cudaStream_t stream);
+                               cudaStream_t stream, int64_t lddx = 0);
 
 }  // namespace dfssm::kernels

@@ -51,6 +51,7 @@ struct NormArgs {
   const void* dout = nullptr;
   float* dy = nullptr;
   void* dz = nullptr;
+  int64_t lddz = 0;  // dz's row stride (gated backward; 0: D)
   float* partial = nullptr;
   int64_t R = 0;
   int D = 0, gs = 0;
@@ -250,7 +251,7 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormA
         }
         const int64_t off = r * a.D + g0 + 4 * q;
         st4(a.dy + off, dy);
-        if (GATED) st4(static_cast<E*>(a.dz) + off, dz);
+        if (GATED) st4(static_cast<E*>(a.dz) + r * a.lddz + g0 + 4 * q, dz);
         if (ADD && a.dz) st4(static_cast<E*>(a.dz) + off, dy);  // the block output's gradient, in its dtype
       }
     }
@@ -350,7 +351,8 @@ bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt, NormDt
   constexpr auto f = NormDtype::f32;
   return aligned(a.res_out, f) && a.R > 0 && (a.R + kRows - 1) / kRows <= 2147483647LL && a.gs > 0 && a.gs % 4 == 0 &&
          a.gs <= kNormMaxGroup && a.D % a.gs == 0 && a.D / a.gs <= 65535 &&
-         (!gated || (a.ldz >= a.D && a.ldz % 4 == 0 && aligned(a.z, zdt) && aligned(a.dz, zdt))) && aligned(a.y, ydt) &&
+         (!gated || (a.ldz >= a.D && a.ldz % 4 == 0 && aligned(a.z, zdt) && aligned(a.dz, zdt))) &&
+         (!gated || !a.dz || (a.lddz >= a.D && a.lddz % 4 == 0)) && aligned(a.y, ydt) &&
          aligned(a.w, f) && aligned(a.dy, f) && aligned(a.partial, f) && aligned(a.out, odt) && aligned(a.dout, odt);
 }
 
@@ -381,20 +383,20 @@ cudaError_t gated_norm_fwd_bf16y_cuda(const void* y, const void* z, NormDtype zd
 
 cudaError_t gated_norm_bwd_cuda(const float* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
                                 const float* rstd, const void* dout, NormDtype odt, float* dy, void* dz, float* partial,
-                                int64_t R, int D, int gs, cudaStream_t stream) {
+                                int64_t R, int D, int gs, cudaStream_t stream, int64_t lddz) {
   NormArgs a;
   a.y = y, a.z = z, a.ldz = ldz, a.w = w, a.rstd_in = rstd, a.dout = dout, a.dy = dy, a.dz = dz, a.partial = partial;
-  a.R = R, a.D = D, a.gs = gs;
+  a.R = R, a.D = D, a.gs = gs, a.lddz = lddz > 0 ? lddz : D;
   if (!args_ok(a, true, zdt, odt)) return cudaErrorInvalidValue;
   return run_zo<true, true>(a, zdt, odt, stream);
 }
 
 cudaError_t gated_norm_bwd_bf16y_cuda(const void* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
                                       const float* rstd, const void* dout, NormDtype odt, float* dy, void* dz,
-                                      float* partial, int64_t R, int D, int gs, cudaStream_t stream) {
+                                      float* partial, int64_t R, int D, int gs, cudaStream_t stream, int64_t lddz) {
   NormArgs a;
   a.y = y, a.z = z, a.ldz = ldz, a.w = w, a.rstd_in = rstd, a.dout = dout, a.dy = dy, a.dz = dz, a.partial = partial;
-  a.R = R, a.D = D, a.gs = gs;
+  a.R = R, a.D = D, a.gs = gs, a.lddz = lddz > 0 ? lddz : D;
   if (zdt != NormDtype::bf16 || !args_ok(a, true, zdt, odt, NormDtype::bf16)) return cudaErrorInvalidValue;
   return odt == NormDtype::bf16 ? run<true, true, __nv_bfloat16, __nv_bfloat16, __nv_bfloat16>(a, stream)
                                 : run<true, true, __nv_bfloat16, float, __nv_bfloat16>(a, stream);

@@ -9,7 +9,7 @@
 // Layout: y (R, D) contiguous fp32; z (R, D) with row stride ldz (a column slice of in_proj's
 // output), fp32 or bf16; w (D) fp32; out and dout (R, D) contiguous in `odt` (fp32, or bf16 when
 // the consumer is a bf16 autocast matmul: the same rounding the autocast cast would do); dy (R, D)
-// contiguous fp32; dz (R, D) contiguous in z's dtype; rstd (R, D/gs) fp32. R = batch x length.
+// contiguous fp32; dz (R, D) in z's dtype at row stride lddz (D: contiguous); rstd (R, D/gs) fp32. R = batch x length.
 // Vector access: D, gs and ldz multiples of 4, every pointer 16-byte aligned (8 for bf16 ones);
 // anything else returns cudaErrorInvalidValue. Plain C++ header: the CUDA runtime only.
 #pragma once
@@ -49,15 +49,17 @@ void set_norm_fwd_pairs(int mode);
 // Floats the backward kernels need in `partial`: rows of D per-block sums of dout*n for dw.
 int64_t norm_bwd_partial_size(int64_t R, int D);
 
-// dy, dz, and partial (sum its rows for dw). rstd is the forward's; dout is in odt.
+// dy, dz, and partial (sum its rows for dw). rstd is the forward's; dout is in odt. dz's rows are
+// lddz elements apart (a multiple of 4, >= D; 0: D, contiguous): a column slice of in_proj's
+// output gradient, written in place (model/split_grad.h).
 cudaError_t gated_norm_bwd_cuda(const float* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
                                 const float* rstd, const void* dout, NormDtype odt, float* dy, void* dz, float* partial,
-                                int64_t R, int D, int gs, cudaStream_t stream);
+                                int64_t R, int D, int gs, cudaStream_t stream, int64_t lddz = 0);
 // The same with y in bf16 (8-byte aligned) and z in bf16 (zdt must be bf16); dy stays fp32: the
 // recomputation of a checkpointed block reads the SSD output it kept in bf16 as is, both ways.
 cudaError_t gated_norm_bwd_bf16y_cuda(const void* y, const void* z, NormDtype zdt, int64_t ldz, const float* w,
                                       const float* rstd, const void* dout, NormDtype odt, float* dy, void* dz,
-                                      float* partial, int64_t R, int D, int gs, cudaStream_t stream);
+                                      float* partial, int64_t R, int D, int gs, cudaStream_t stream, int64_t lddz = 0);
 
 // The plain RMSNorm over rows of D (a multiple of 4 up to kNormMaxGroup).
 cudaError_t rms_norm_fwd_cuda(const float* y, const float* w, void* out, NormDtype odt, float* rstd, int64_t R, int D,
