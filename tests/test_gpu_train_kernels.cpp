@@ -1022,8 +1022,8 @@ TEST_CASE("ncu: one fused SSD forward + backward and one gated norm, 16 x 2048, 
 }
 
 // in_proj's split with the shared gradient buffer (model/split_grad.h): the gated norm and the
-// conv write z's and xBC's gradients in place, so the same kernels give the same gradients bit
-// for bit, and each layer's two parts arrive in place.
+// conv write z's and xBC's gradients in place (each layer's two parts arrive there), and the
+// gradients are autograd's split's up to the backward's run-to-run atomics.
 TEST_CASE("2-layer 1.3B-width model, forward + backward: split gradient buffer == autograd's split", "[gpu][model]") {
   REQUIRE(torch::cuda::is_available());
   auto m = two_layer_13b(11);
@@ -1033,18 +1033,26 @@ TEST_CASE("2-layer 1.3B-width model, forward + backward: split gradient buffer =
   const auto wts = at::randn({2, 300, cfg.d_model}, g).cuda();
   auto params = m.named_parameters();
   for (auto& [k, p] : params) p.requires_grad_(true);
-  for (const bool autocast : {true, false}) {
+  for (const bool autocast : {false, true}) {
     set_split_grad_slab_enabled(false);
     const auto ref = hidden_and_grads(m, params, ids, wts, autocast);
+    const auto again = hidden_and_grads(m, params, ids, wts, autocast);
     set_split_grad_slab_enabled(true);
     const int64_t before = split_grad_parts_in_place();
     const auto got = hidden_and_grads(m, params, ids, wts, autocast);
-    INFO("autocast " << autocast);
     CHECK(split_grad_parts_in_place() - before == 2 * cfg.n_layer);  // z and xBC per layer
-    for (size_t i = 0; i < ref.size(); ++i) {
-      INFO((i == 0 ? std::string("hidden") : params[i - 1].first));
-      CHECK(at::equal(got[i], ref[i]));
+    CHECK(at::equal(got[0], ref[0]));  // the forward is the same
+    double worst = 0, noise = 0;
+    for (size_t i = 1; i < ref.size(); ++i) {
+      const double e = rel_err(got[i], ref[i]);
+      INFO("autocast " << autocast << ", " << params[i - 1].first << ": " << e);
+      // The same kernels on the same values; the SSD backward's atomics sum in any order (the
+      // bounds of the xBC-in-place test above; `again` shows the run-to-run part).
+      CHECK(e < (autocast ? 2e-3 : 1e-4));
+      worst = std::max(worst, e), noise = std::max(noise, rel_err(again[i], ref[i]));
     }
+    WARN("2-layer fwd+bwd" << (autocast ? " (bf16 autocast)" : "") << ", split gradient buffer vs autograd's split, worst: "
+                           << worst << " (run to run: " << noise << ")");
   }
 }
 
