@@ -340,7 +340,59 @@ TEST_CASE("--dry-run memory estimate counts kept SSD and in_proj outputs", "[tra
   std::vector<std::string> errors;
   load_job(job, {{"distill.activation_checkpointing_keep_in_proj", "some"}}, &errors);
   REQUIRE(errors.size() == 1);
-  CHECK(contains(errors[0], "activation_checkpointing_keep_in_proj must be none, all or a list of layer indices"));
+  CHECK(contains(errors[0], "activation_checkpointing_keep_in_proj must be none, all, auto or a list of layer indices"));
+}
+
+TEST_CASE("activation_checkpointing_keep_in_proj: auto fills memory_budget_gib by the estimate", "[trainer][config]") {
+  const auto job = tmp("memauto/job.yaml");
+  write(job, "run_dir: " + tmp("memauto/run") + "\ndevice: cuda\nmodel: {geometry: mamba2-1.3b}\n"
+             "data: {seq_len: 2048}\ndistill: {batch_size: 16, activation_checkpointing: all}\n");
+  auto load = [&](const std::vector<std::pair<std::string, std::string>>& ov) {
+    std::vector<std::string> errors;
+    auto j = load_job(job, ov, &errors);
+    INFO((errors.empty() ? std::string() : errors[0]));
+    REQUIRE(errors.empty());
+    return j;
+  };
+  auto total = [](const std::string& est) {
+    const auto at = est.find("total");
+    REQUIRE(at != std::string::npos);
+    return std::stod(est.substr(at + 5));
+  };
+  const auto cfg = dfssm::Mamba2Config::geometry("mamba2-1.3b");
+  const double base = total(memory_estimate(load({}), Mode::Distill));  // ~52.7 GiB
+  const double per = 16.0 * 2048 * 8512 * 2 / double(1ull << 30);         // one kept in_proj output
+  for (const double budget : {60.0, 55.0, 52.0}) {
+    const auto j = load({{"distill.activation_checkpointing_keep_in_proj", "auto"},
+                         {"distill.memory_budget_gib", std::to_string(budget)}});
+    const auto keep = keep_in_proj_for(j, Mode::Distill, cfg);
+    const auto n = std::count(keep.begin(), keep.end(), true);
+    INFO("budget " << budget << ": " << n << " layers");
+    // The most layers within the budget, and the first ones.
+    const int64_t want = budget > base ? int64_t((budget - base) / per) : 0;
+    CHECK(n == want);
+    for (int64_t i = 0; i < n; ++i) CHECK(keep[size_t(i)]);
+    const auto est = memory_estimate(j, Mode::Distill);
+    CHECK(contains(est, "activation_checkpointing_keep_in_proj auto: "));
+    CHECK(total(est) <= std::max(budget, base) + 1e-3);
+    CHECK(contains(est, "over the memory budget") == (base > budget));
+  }
+  // Only recomputed layers keep anything; none on the CPU.
+  const auto j2 = load({{"distill.activation_checkpointing", "3,4"},
+                        {"distill.activation_checkpointing_keep_in_proj", "auto"},
+                        {"distill.memory_budget_gib", "1000"}});
+  const auto k2 = keep_in_proj_for(j2, Mode::Distill, cfg);
+  CHECK(std::count(k2.begin(), k2.end(), true) == 2);
+  CHECK((k2[3] && k2[4]));
+  const auto j3 = load({{"device", "cpu"}, {"distill.activation_checkpointing_keep_in_proj", "auto"},
+                        {"distill.memory_budget_gib", "1000"}});
+  const auto k3 = keep_in_proj_for(j3, Mode::Distill, cfg);
+  CHECK(std::count(k3.begin(), k3.end(), true) == 0);
+  // auto without a budget is a config error that says what to set.
+  std::vector<std::string> errors;
+  load_job(job, {{"distill.activation_checkpointing_keep_in_proj", "auto"}}, &errors);
+  REQUIRE(errors.size() == 1);
+  CHECK(contains(errors[0], "distill.memory_budget_gib"));
 }
 
 TEST_CASE("linear_graph_only: at::matmul's gradients without its product", "[trainer][recompute]") {

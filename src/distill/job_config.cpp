@@ -65,8 +65,13 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
     0, 0, {"ssd_output", "none"});
   k("activation_checkpointing_keep_in_proj", 's', "none",
     "recomputed layers that also keep their in_proj output (B·L·d_in_proj·2 bytes per layer under bf16: 0.52 GiB "
-    "for the 1.3B at 16 x 2048), so that the recomputation skips in_proj's product: none, all, or layer indices; "
+    "for the 1.3B at 16 x 2048), so that the recomputation skips in_proj's product: none, all, layer indices, or "
+    "auto (the first recomputed layers, as many as memory_budget_gib leaves room for by the --dry-run estimate); "
     "CUDA only (memory for speed, where activation_checkpointing leaves room)");
+  k("memory_budget_gib", 'f', "0",
+    "GiB the --dry-run memory estimate may reach: --dry-run flags a config over it, and "
+    "activation_checkpointing_keep_in_proj: auto fills it (0 = no budget)",
+    0, 1e6);
   k("ssd_chunk", 'i', "0", "chunk length of the chunked SSD in training forwards (0 = the checkpoint's chunk_size; "
     "the fused CUDA kernels run 256 as 128); changes speed and memory, not the math", 0, 1 << 16);
   k("kl_chunk", 'i', "1024", "tokens per LM-head chunk: B·L·V fp32 logits never exist at once", 1, 1e9);
@@ -261,6 +266,7 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
   t.activation_checkpointing = m.at(sec + ".activation_checkpointing");
   t.activation_checkpointing_keep = m.at(sec + ".activation_checkpointing_keep");
   t.activation_checkpointing_keep_in_proj = m.at(sec + ".activation_checkpointing_keep_in_proj");
+  t.memory_budget_gib = F("memory_budget_gib");
   t.log_every = I("log_every");
   t.eval_every = I("eval_every");
   t.eval_batches = I("eval_batches");
@@ -297,6 +303,7 @@ std::vector<bool> TrainConfig::recompute_layers(int64_t n_layer) const {
 }
 
 std::vector<bool> TrainConfig::keep_in_proj_layers(int64_t n_layer) const {
+  if (activation_checkpointing_keep_in_proj == "auto") return std::vector<bool>(size_t(n_layer), false);
   // Only recomputed layers keep anything.
   auto keep = parse_layers(activation_checkpointing_keep_in_proj, n_layer, "activation_checkpointing_keep_in_proj");
   const auto rec = recompute_layers(n_layer);
@@ -380,11 +387,15 @@ JobConfig load_job(const std::string& path, const std::vector<std::pair<std::str
     if (!is_layer_list(t->activation_checkpointing))
       errors->push_back(str(path, ": activation_checkpointing must be none, all or a list of layer indices like 0,1,2 (got '",
                             t->activation_checkpointing, "')"));
-    if (!is_layer_list(t->activation_checkpointing_keep_in_proj))
+    const bool kin_auto = t->activation_checkpointing_keep_in_proj == "auto";
+    if (!kin_auto && !is_layer_list(t->activation_checkpointing_keep_in_proj))
       errors->push_back(str(path,
-                            ": activation_checkpointing_keep_in_proj must be none, all or a list of layer indices like "
-                            "0,1,2 (got '",
+                            ": activation_checkpointing_keep_in_proj must be none, all, auto or a list of layer indices "
+                            "like 0,1,2 (got '",
                             t->activation_checkpointing_keep_in_proj, "')"));
+    if (kin_auto && !(t->memory_budget_gib > 0))
+      errors->push_back(str(path, ": activation_checkpointing_keep_in_proj: auto needs a memory budget: set ",
+                            t == &j.pretrain ? "pretrain" : "distill", ".memory_budget_gib (e.g. 60)"));
   }
   if (!is_layer_list(j.distill.hidden_mse_layers))
     errors->push_back(str(path, ": distill.hidden_mse_layers must be all or a list of layer indices like 0,11,23 (got '",

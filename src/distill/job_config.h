@@ -46,7 +46,8 @@ struct TrainConfig {
   double dp_bucket_mb = 25;                       // gradient all-reduce buckets (grad_buckets.h); 0 = one shot
   std::string activation_checkpointing = "none";  // none | all | "0,1,2"
   std::string activation_checkpointing_keep = "ssd_output";  // ssd_output | none (Mamba2Model::keep_ssd_output)
-  std::string activation_checkpointing_keep_in_proj = "none";  // none | all | "0,1,2" (keep_in_proj_layers)
+  std::string activation_checkpointing_keep_in_proj = "none";  // none | all | auto | "0,1,2" (keep_in_proj_layers)
+  double memory_budget_gib = 0;  // what the --dry-run estimate may reach (0: no budget); `auto` above fills it
   double hidden_mse = 0;                          // distill: weight of the hidden-state term
   std::string hidden_mse_layers = "all";          // all | "0,1,2"
   std::string teacher_cache = "none";             // none | write | read | auto (teacher_cache.h)
@@ -54,7 +55,8 @@ struct TrainConfig {
   std::string teacher_cache_path;                 // "" = <run_dir>/teacher_topk.h5
   // Which of n_layer layers recompute their activations in backward. Throws on a bad index.
   std::vector<bool> recompute_layers(int64_t n_layer) const;
-  // Recomputed layers that keep their in_proj output (activation_checkpointing_keep_in_proj).
+  // Recomputed layers that keep their in_proj output (activation_checkpointing_keep_in_proj); for
+  // `auto` none here: the trainer's keep_in_proj_for resolves it against the memory estimate.
   std::vector<bool> keep_in_proj_layers(int64_t n_layer) const;
   std::vector<bool> hidden_layers(int64_t n_layer) const;  // the hidden_mse layers
   int64_t log_every = 10, eval_every = 0, eval_batches = 8;

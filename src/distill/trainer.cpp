@@ -248,7 +248,14 @@ void Run::build_optimizer() {
     for (auto& [n, p] : g.params) p.requires_grad_(true);
   trained->recompute_layers = tc.recompute_layers(trained->config().n_layer);
   trained->keep_ssd_output = tc.activation_checkpointing_keep == "ssd_output";
-  if (device.is_cuda()) trained->keep_in_proj_layers = tc.keep_in_proj_layers(trained->config().n_layer);
+  if (device.is_cuda()) {
+    trained->keep_in_proj_layers = keep_in_proj_for(job, mode, trained->config());
+    if (tc.activation_checkpointing_keep_in_proj == "auto" && comm->is_root()) {
+      const auto& k = trained->keep_in_proj_layers;
+      std::printf("activation_checkpointing_keep_in_proj auto: %lld layers keep their in_proj output (budget %g GiB)\n",
+                  (long long)std::count(k.begin(), k.end(), true), tc.memory_budget_gib);
+    }
+  }
   opt = std::make_unique<AdamW>(groups, tc.beta1, tc.beta2, tc.eps);
   if (comm->world() > 1 && tc.dp_bucket_mb > 0) {
     std::vector<at::Tensor> params;  // registration order (forward order)
@@ -652,8 +659,16 @@ TrainSummary train(const JobConfig& job, Mode mode) {
   return s;
 }
 
-std::string memory_estimate(const JobConfig& job, Mode mode) {
-  const auto& tc = mode == Mode::Pretrain ? job.pretrain : job.distill;
+namespace {
+// The --dry-run estimate's parts, in bytes.
+struct MemoryParts {
+  double teacher = 0, weights = 0, optim = 0, act = 0, head = 0;
+  double total() const { return teacher + weights + optim + act + head; }
+};
+
+// The model the estimate is for: the teacher's checkpoint where distillation has one, else the
+// job's geometry.
+Mamba2Config estimate_config(const JobConfig& job, Mode mode) {
   Mamba2Config cfg;
   if (mode == Mode::Distill && fs::exists(job.teacher_dir())) {
     cfg = read_checkpoint_config(locate_checkpoint(job.teacher_dir()));
@@ -661,6 +676,12 @@ std::string memory_estimate(const JobConfig& job, Mode mode) {
     cfg = Mamba2Config::geometry(job.geometry);
     for (const auto& [k, v] : job.model_overrides) cfg.set(k, std::to_string(v));
   }
+  return cfg;
+}
+
+// kept_in: the recomputed layers that keep their in_proj output.
+MemoryParts estimate_parts(const JobConfig& job, Mode mode, const Mamba2Config& cfg, const std::vector<bool>& kept_in_layers) {
+  const auto& tc = mode == Mode::Pretrain ? job.pretrain : job.distill;
   const double P = double(cfg.num_params());
   const double tok = double(tc.batch_size * tc.seq_len);
   const double tbytes = job.teacher_dtype == "fp32" ? 4 : 2;
@@ -682,29 +703,68 @@ std::string memory_estimate(const JobConfig& job, Mode mode) {
                             ? tok * double(cfg.d_inner()) * 2
                             : 0.0;
   // Recomputed layers that keep their in_proj output hold it too (bf16 under the CUDA autocast).
-  const auto kp = tc.keep_in_proj_layers(cfg.n_layer);
+  const auto& kp = kept_in_layers;
   const double kept_in = job.device == "cuda" ? double(std::count(kp.begin(), kp.end(), true)) * tok *
                                                     double(cfg.d_in_proj()) * 2
                                               : 0.0;
   const double act = (double(cfg.n_layer) - n_rec) * per_layer +
                      (n_rec > 0 ? n_rec * (stream + kept_y) + kept_in + per_layer + 2 * stream : 0.0);
   const double head = double(std::min<int64_t>(tc.kl_chunk, int64_t(tok))) * double(cfg.padded_vocab()) * 4 * 6;
-  double teacher = 0, weights = 0, optim = 0;
+  MemoryParts m;
+  m.act = act, m.head = head;
   if (mode == Mode::Distill) {
-    teacher = P * tbytes;
-    weights = P * 4 * 2;  // fp32 masters + their grads
-    optim = P * 4 * 2;    // Adam m, v
+    m.teacher = P * tbytes;
+    m.weights = P * 4 * 2;  // fp32 masters + their grads
+    m.optim = P * 4 * 2;    // Adam m, v
   } else {
-    weights = P * 8;
-    optim = P * 8;
+    m.weights = P * 8;
+    m.optim = P * 8;
   }
-  const double total = teacher + weights + optim + act + head;
+  return m;
+}
+}  // namespace
+
+std::vector<bool> keep_in_proj_for(const JobConfig& job, Mode mode, const Mamba2Config& cfg) {
+  const auto& tc = mode == Mode::Pretrain ? job.pretrain : job.distill;
+  if (tc.activation_checkpointing_keep_in_proj != "auto") return tc.keep_in_proj_layers(cfg.n_layer);
+  std::vector<bool> keep(size_t(cfg.n_layer), false);
+  if (job.device != "cuda") return keep;  // kept in_proj outputs are a CUDA path
+  // The first recomputed layers, one more while the estimate stays within the budget (which
+  // layers does not change the peak: every kept tensor is alive when the backward starts).
+  const auto rec = tc.recompute_layers(cfg.n_layer);
+  const double budget = tc.memory_budget_gib * double(1ull << 30);
+  for (size_t i = 0; i < keep.size(); ++i) {
+    if (!rec[i]) continue;
+    keep[i] = true;
+    if (estimate_parts(job, mode, cfg, keep).total() > budget) {
+      keep[i] = false;
+      break;
+    }
+  }
+  return keep;
+}
+
+std::string memory_estimate(const JobConfig& job, Mode mode) {
+  const auto& tc = mode == Mode::Pretrain ? job.pretrain : job.distill;
+  const auto cfg = estimate_config(job, mode);
+  const auto kin = keep_in_proj_for(job, mode, cfg);
+  const auto m = estimate_parts(job, mode, cfg, kin);
   auto gib = [](double b) { return b / double(1ull << 30); };
-  return str("memory estimate (", mode == Mode::Distill ? "distill" : "pretrain", ", ", cfg.num_params(),
-             " parameters, batch ", tc.batch_size, "x", tc.seq_len, "):\n", "  teacher      ", gib(teacher), " GiB\n",
-             "  student/model weights+grads ", gib(weights), " GiB\n", "  optimizer    ", gib(optim), " GiB\n",
-             "  activations  ", gib(act), " GiB\n", "  LM head chunks ", gib(head), " GiB\n", "  total        ",
-             gib(total), " GiB\n");
+  std::string r = str("memory estimate (", mode == Mode::Distill ? "distill" : "pretrain", ", ", cfg.num_params(),
+                      " parameters, batch ", tc.batch_size, "x", tc.seq_len, "):\n", "  teacher      ", gib(m.teacher),
+                      " GiB\n", "  student/model weights+grads ", gib(m.weights), " GiB\n", "  optimizer    ",
+                      gib(m.optim), " GiB\n", "  activations  ", gib(m.act), " GiB\n", "  LM head chunks ", gib(m.head),
+                      " GiB\n", "  total        ", gib(m.total()), " GiB\n");
+  if (tc.activation_checkpointing_keep_in_proj == "auto") {
+    std::string layers;
+    for (size_t i = 0; i < kin.size(); ++i)
+      if (kin[i]) layers += (layers.empty() ? "" : ",") + std::to_string(i);
+    r += str("  activation_checkpointing_keep_in_proj auto: ", layers.empty() ? std::string("none") : layers,
+             job.device == "cuda" ? "" : " (CUDA only)", "\n");
+  }
+  if (tc.memory_budget_gib > 0 && gib(m.total()) > tc.memory_budget_gib)
+    r += str("  over the memory budget of ", tc.memory_budget_gib, " GiB (memory_budget_gib)\n");
+  return r;
 }
 
 }  // namespace dfssm::distill

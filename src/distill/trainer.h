@@ -15,8 +15,10 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "distill/job_config.h"
+#include "model/config.h"
 
 namespace dfssm::distill {
 
@@ -35,7 +37,13 @@ TrainSummary train(const JobConfig& job, Mode mode);
 std::string stage_dir(const JobConfig& job, Mode mode);
 bool stage_done(const JobConfig& job, Mode mode);
 
-// Memory estimate (bytes) for --dry-run: teacher + student + optimizer + activations.
+// Memory estimate for --dry-run (GiB, by part): teacher + student + optimizer + activations + LM
+// head; with memory_budget_gib, a line when over it, and the layers `auto` picked.
 std::string memory_estimate(const JobConfig& job, Mode mode);
+
+// The recomputed layers that keep their in_proj output: the config's list, or for
+// activation_checkpointing_keep_in_proj: auto the first recomputed layers, as many as keep the
+// estimate above within memory_budget_gib (CUDA jobs; none on the CPU).
+std::vector<bool> keep_in_proj_for(const JobConfig& job, Mode mode, const Mamba2Config& cfg);
 
 }  // namespace dfssm::distill
