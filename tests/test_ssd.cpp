@@ -182,6 +182,16 @@ TEST_CASE("split_columns: its backward == split_with_sizes' (parts copied in, un
     CHECK(at::equal(got, ref));
     if (!use_last) CHECK(got.narrow(2, 9, 2).abs().max().item<float>() == 0.f);
   }
+  {  // a retained graph's second backward gets a buffer of its own: twice the first gradient
+    const auto x = x0.clone().requires_grad_(true);
+    const auto s = dfssm::split_columns(x, sizes, true);
+    const auto loss = (s.parts[0] * w.narrow(2, 0, 4)).sum() + s.parts[2].sum();
+    loss.backward({}, /*retain_graph=*/true);
+    const auto first = x.grad().clone();
+    loss.backward();
+    CHECK(at::allclose(x.grad(), 2 * first));
+    CHECK(first.narrow(2, 4, 5).abs().max().item<float>() == 0.f);
+  }
   CHECK(dfssm::split_grad_parts_in_place() == 0);  // nothing on the CPU writes in place
   dfssm::set_split_grad_slab_enabled(false);  // the switch off: autograd's split, no buffer
   CHECK_FALSE(dfssm::split_columns(x0.clone().requires_grad_(true), sizes, true).into[0].defined());

@@ -31,17 +31,21 @@ struct SplitColumnsFn : public torch::autograd::Function<SplitColumnsFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const std::vector<int64_t>& sizes,
                                const at::Tensor& handle) {
     ctx->saved_data["slab"] = handle;
+    ctx->saved_data["like"] = at::empty_like(handle);  // (b, l, 0): no storage; a retained graph's next backward
     ctx->saved_data["sizes"] = sizes;
     auto parts = x.split_with_sizes(sizes, -1);
     return variable_list(parts.begin(), parts.end());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const GradInto whole{ctx->saved_data["slab"].toTensor(), 0, 0};
+    // The shared buffer, allocated here if no consumer wrote into it. A second backward through a
+    // retained graph gets a fresh one (the consumers then write their own gradients).
+    const auto handle = ctx->saved_data.count("slab") ? ctx->saved_data["slab"].toTensor()
+                                                      : at::empty_like(ctx->saved_data["like"].toTensor());
     const auto sizes = ctx->saved_data["sizes"].toIntVector();
     ctx->saved_data.erase("slab");  // saved_data outlives the backward: no reference may stay here
     int64_t total = 0;
     for (const auto s : sizes) total += s;
-    const auto slab = slab_of(GradInto{whole.slab, 0, total});
+    const auto slab = slab_of(GradInto{handle, 0, total});
     int64_t col = 0;
     for (size_t i = 0; i < sizes.size(); ++i) {
       auto view = slab.narrow(2, col, sizes[i]);
