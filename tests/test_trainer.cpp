@@ -343,6 +343,24 @@ TEST_CASE("--dry-run memory estimate counts kept SSD and in_proj outputs", "[tra
   CHECK(contains(errors[0], "activation_checkpointing_keep_in_proj must be none, all, auto or a list of layer indices"));
 }
 
+TEST_CASE("the shipped job configs parse, and the 1.3B one keeps 12 in_proj outputs within its budget",
+          "[trainer][config]") {
+  const std::string root = dfssm::test::source_dir() + "/configs/";
+  for (const char* name : {"quickstart.yaml", "quality_100m.yaml", "distill_1.3b.yaml"}) {
+    std::vector<std::string> errors;
+    const auto j = load_job(root + name, {}, &errors);
+    INFO(name << ": " << (errors.empty() ? std::string() : errors[0]));
+    CHECK(errors.empty());
+  }
+  std::vector<std::string> errors;
+  const auto j = load_job(root + "distill_1.3b.yaml", {}, &errors);
+  REQUIRE(errors.empty());
+  CHECK(j.distill.batch_size == 16);
+  CHECK(j.distill.seq_len == 2048);
+  const auto keep = keep_in_proj_for(j, Mode::Distill, dfssm::Mamba2Config::geometry("mamba2-1.3b"));
+  CHECK(std::count(keep.begin(), keep.end(), true) == 12);  // the measured setting (docs/benchmarks.md)
+}
+
 TEST_CASE("activation_checkpointing_keep_in_proj: auto fills memory_budget_gib by the estimate", "[trainer][config]") {
   const auto job = tmp("memauto/job.yaml");
   write(job, "run_dir: " + tmp("memauto/run") + "\ndevice: cuda\nmodel: {geometry: mamba2-1.3b}\n"
