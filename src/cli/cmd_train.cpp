@@ -25,7 +25,8 @@ const char* const kTrainUsage =
     "run       data prepare -> pretrain (if no teacher) -> distill -> export -> eval table -> sample;\n"
     "          finished stages are skipped, so re-running after a crash continues\n"
     "validate  reports every problem of a job at once (unknown keys, types, ranges, files, vocab)\n"
-    "--dry-run prints the memory estimate for the job and stops.\n"
+    "--dry-run prints the memory estimate for the job and stops (exit status 1, after the estimate,\n"
+    "          when the run would not start: e.g. no prepared data or teacher yet).\n"
     "--nproc N runs N data-parallel processes on this machine (one per GPU with device: cuda;\n"
     "          NCCL on CUDA, a TCP-store all-reduce on CPU). torchrun-style RANK, WORLD_SIZE,\n"
     "          LOCAL_RANK, MASTER_ADDR and MASTER_PORT work too. distill.batch_size is per process.\n"
@@ -68,6 +69,22 @@ Parsed parse(int argc, char** argv) {
   return p;
 }
 
+// --dry-run: the memory estimate, then whatever would stop the run. A config that does not parse
+// stops here as a run would; missing files (no prepared data or teacher yet) still get the
+// estimate (from the job's geometry where the teacher is not on disk) and exit status 1.
+int dry_run(const Parsed& p, distill::Mode mode, const char* stage) {
+  std::vector<std::string> errors;
+  const auto job = distill::load_job(p.job, p.overrides, &errors);
+  const bool parsed = errors.empty();
+  if (parsed) distill::check_job_files(job, stage, &errors);
+  if (parsed) std::printf("%s", distill::memory_estimate(job, mode).c_str()), std::fflush(stdout);
+  if (errors.empty()) return 0;
+  std::fprintf(stderr, "dfssm %s: %zu problem(s) in %s%s:\n", stage, errors.size(), p.job.c_str(),
+               parsed ? " (the run would not start)" : "");
+  for (const auto& e : errors) std::fprintf(stderr, "  - %s\n", e.c_str());
+  return 1;
+}
+
 int train_cmd(int argc, char** argv, distill::Mode mode) {
   const auto p = parse(argc, argv);
   if (p.nproc > 1 && !std::getenv("WORLD_SIZE")) {  // launcher: validate once, then start the ranks
@@ -76,11 +93,9 @@ int train_cmd(int argc, char** argv, distill::Mode mode) {
     args.insert(args.end(), p.rest.begin(), p.rest.end());
     return distill::launch_local(p.nproc, args);
   }
-  const auto job = distill::load_job_or_throw(p.job, p.overrides, mode == distill::Mode::Pretrain ? "pretrain" : "distill");
-  if (p.dry_run) {
-    std::printf("%s", distill::memory_estimate(job, mode).c_str());
-    return 0;
-  }
+  const char* stage = mode == distill::Mode::Pretrain ? "pretrain" : "distill";
+  if (p.dry_run) return dry_run(p, mode, stage);
+  const auto job = distill::load_job_or_throw(p.job, p.overrides, stage);
   const auto s = distill::train(job, mode);
   std::printf("done: %lld steps, %lld tokens in %.1f s -> %s\n", (long long)s.steps, (long long)s.tokens, s.seconds,
               s.output.c_str());

@@ -755,6 +755,8 @@ std::string memory_estimate(const JobConfig& job, Mode mode) {
                       " GiB\n", "  student/model weights+grads ", gib(m.weights), " GiB\n", "  optimizer    ",
                       gib(m.optim), " GiB\n", "  activations  ", gib(m.act), " GiB\n", "  LM head chunks ", gib(m.head),
                       " GiB\n", "  total        ", gib(m.total()), " GiB\n");
+  if (mode == Mode::Distill && !fs::exists(job.teacher_dir()))
+    r += str("  (no teacher on disk yet: sized as model.geometry ", job.geometry, ")\n");
   if (tc.activation_checkpointing_keep_in_proj == "auto") {
     std::string layers;
     for (size_t i = 0; i < kin.size(); ++i)
