@@ -52,9 +52,7 @@ struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
     ctx->saved_data["x_dtype"] = int64_t(x_in.scalar_type());
     ctx->saved_data["w_dtype"] = int64_t(w_in.scalar_type());
     ctx->saved_data["has_bias"] = bias_in.defined();
-    if (dx_into.defined())
-      ctx->saved_data["dx_slab"] = dx_into.slab, ctx->saved_data["dx_col"] = dx_into.col,
-      ctx->saved_data["dx_total"] = dx_into.total;
+    save_grad_into(ctx, dx_into);
     return out;
   }
 
@@ -66,13 +64,7 @@ struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
     const int64_t B = x.size(0), L = x.size(1), C = x.size(2), K = w.size(1);
     const auto dout = grad_out[0].to(at::kFloat).contiguous();
     // x's gradient in place in the split's shared buffer where there is one (split_grad.h).
-    at::Tensor dx;
-    if (ctx->saved_data.count("dx_slab")) {
-      const GradInto into{ctx->saved_data["dx_slab"].toTensor(), ctx->saved_data["dx_col"].toInt(),
-                          ctx->saved_data["dx_total"].toInt()};
-      ctx->saved_data.erase("dx_slab");  // saved_data outlives the backward: no reference may stay
-      dx = grad_columns(into, C, x.scalar_type());
-    }
+    at::Tensor dx = take_grad_columns(ctx, C, x.scalar_type());
     const int64_t lddx = dx.defined() ? dx.stride(1) : C;
     if (!dx.defined()) dx = at::empty({B, L, C}, x.options());
     auto partial = at::empty({k::conv_silu_bwd_partial_size(B, L, int(C), int(K))}, dout.options());

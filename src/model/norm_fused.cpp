@@ -88,9 +88,7 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
     ctx->save_for_backward({y, z, w, rstd});
     ctx->saved_data["ldz"] = ldz;
     ctx->saved_data["gs"] = gs;
-    if (dz_into.defined())
-      ctx->saved_data["dz_slab"] = dz_into.slab, ctx->saved_data["dz_col"] = dz_into.col,
-      ctx->saved_data["dz_total"] = dz_into.total;
+    save_grad_into(ctx, dz_into);
     ctx->saved_data["dtypes"] = std::vector<int64_t>{int64_t(y_in.scalar_type()), int64_t(z_in.scalar_type()),
                                                      int64_t(w_in.scalar_type()), out_dtype};
     return out;
@@ -107,13 +105,7 @@ struct GatedNormFn : public torch::autograd::Function<GatedNormFn> {
     const auto f32 = y.options().dtype(at::kFloat);
     auto dy = at::empty(y.sizes(), f32);
     // z's gradient in place in the split's shared buffer where there is one (split_grad.h).
-    at::Tensor dz;
-    if (ctx->saved_data.count("dz_slab")) {
-      const GradInto into{ctx->saved_data["dz_slab"].toTensor(), ctx->saved_data["dz_col"].toInt(),
-                          ctx->saved_data["dz_total"].toInt()};
-      ctx->saved_data.erase("dz_slab");  // saved_data outlives the backward: no reference may stay
-      dz = grad_columns(into, D, z.scalar_type());
-    }
+    at::Tensor dz = take_grad_columns(ctx, D, z.scalar_type());
     const int64_t lddz = dz.defined() ? dz.stride(1) : D;
     if (!dz.defined()) dz = at::empty(y.sizes(), z.options());
     auto partial = at::empty({k::norm_bwd_partial_size(R, int(D))}, f32);

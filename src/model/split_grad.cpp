@@ -83,11 +83,22 @@ SplitColumns split_columns(const at::Tensor& x, const std::vector<int64_t>& size
   return r;
 }
 
-at::Tensor grad_columns(const GradInto& into, int64_t width, at::ScalarType dtype) {
-  if (!into.defined() || into.slab.scalar_type() != dtype) return {};
+void save_grad_into(AutogradContext* ctx, const GradInto& into) {
+  if (!into.defined()) return;
+  ctx->saved_data["grad_into_slab"] = into.slab;
+  ctx->saved_data["grad_into_col"] = into.col;
+  ctx->saved_data["grad_into_total"] = into.total;
+}
+
+at::Tensor take_grad_columns(AutogradContext* ctx, int64_t width, at::ScalarType dtype) {
+  if (!ctx->saved_data.count("grad_into_slab")) return {};
+  const GradInto into{ctx->saved_data["grad_into_slab"].toTensor(), ctx->saved_data["grad_into_col"].toInt(),
+                      ctx->saved_data["grad_into_total"].toInt()};
+  ctx->saved_data.erase("grad_into_slab");
+  if (into.slab.scalar_type() != dtype) return {};
   const int64_t es = int64_t(at::elementSize(dtype));
   if ((into.col * es) % 16 != 0 || (into.total * es) % 16 != 0) return {};
-  DFSSM_ASSERT(into.col + width <= into.total, "grad_columns: columns past the buffer");
+  DFSSM_ASSERT(into.col + width <= into.total, "take_grad_columns: columns past the buffer");
   const auto v = slab_of(into).narrow(2, into.col, width);
   return reinterpret_cast<uintptr_t>(v.data_ptr()) % 16 == 0 ? v : at::Tensor();
 }

@@ -11,6 +11,10 @@
 #include <cstdint>
 #include <vector>
 
+namespace torch::autograd {
+struct AutogradContext;
+}
+
 namespace dfssm {
 
 // Columns [col, col + width) of a (b, l, total) gradient buffer shared by a split's parts.
@@ -35,10 +39,13 @@ void set_split_grad_slab_enabled(bool on);  // tests compare the two
 // check that the consumers did write into the buffer).
 int64_t split_grad_parts_in_place();
 
-// A consumer's backward: the columns `into` names as a (b, l, width) view (row stride `total`),
-// allocating the buffer if no one has. Undefined where `into` is, where the buffer's dtype is not
-// `dtype`, or where a row would not start 16-byte aligned: the consumer then allocates its own
-// gradient and the split's backward copies it in.
-at::Tensor grad_columns(const GradInto& into, int64_t width, at::ScalarType dtype);
+// A consumer (a custom autograd function): its forward keeps `into` in ctx (nothing when it is
+// undefined); its backward takes the columns as a (b, l, width) view (row stride `total`),
+// allocating the buffer if no one has, and drops ctx's reference (saved_data outlives the
+// backward). Undefined where nothing was kept, where the buffer's dtype is not `dtype`, or where a
+// row would not start 16-byte aligned: the consumer then allocates its own gradient and the
+// split's backward copies it in.
+void save_grad_into(torch::autograd::AutogradContext* ctx, const GradInto& into);
+at::Tensor take_grad_columns(torch::autograd::AutogradContext* ctx, int64_t width, at::ScalarType dtype);
 
 }  // namespace dfssm

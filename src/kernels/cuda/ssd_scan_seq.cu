@@ -179,10 +179,11 @@ __device__ __forceinline__ void state_kstep(float (&s)[2][4][4], const float* xs
 // Version 2 (the default; DFSSM_SSD_SEQ_V1=1 runs version 1): step 2's row-major fragments (M, C
 // and the state) by ldmatrix, one instruction for four scalar loads, and the exponentials that end
 // in a TF32 operand or in y (M's decays, the state weights w, y's exp(acs)) by the fast __expf
-// (ex2.approx: relative error ~1e-6 at the decays seen here, well under TF32's 2^-11 rounding).
-// The profile (docs/benchmarks.md) had the kernel issue-bound at 8 warps per SM: M's exact expf
-// alone took 13% of its instructions and 16% of its stall samples. The state's own decay
-// exp(acs_T-1), compounded over every chunk, keeps expf.
+// (ex2.approx; y moved by 4e-6 relative against version 1 in the micro, well under TF32's 2^-11
+// rounding). In the profile (docs/benchmarks.md) M's exact expf took 13% of the kernel's
+// instructions and 16% of its stall samples; the kernel is bound by dependency latency at 8 warps
+// per SM, so fewer instructions gained only 1.1% (bf16 y) to nothing (fp32 y). The state's own
+// decay exp(acs_T-1), compounded over every chunk, keeps expf.
 template <bool V2>
 __device__ __forceinline__ float exp_seq(float v) {
   if constexpr (V2) return __expf(v);
