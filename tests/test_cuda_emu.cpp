@@ -165,6 +165,27 @@ TEST_CASE("ssd_scan one-kernel forward (emulated) == scalar reference: partial c
     ssd_scan_set_seq_version(-1);
     CHECK(y1 == y);
     CHECK(s1 == s);
+    // Version 3 (bf16 operands): against the reference within bf16's rounding, its bf16 y equal
+    // to its fp32 y rounded, and not version 2's result (the switch took effect).
+    std::vector<float> y3(yr.size(), 7.f), s3(sr.size(), 7.f), s3b(sr.size(), 7.f);
+    std::vector<uint16_t> y3b(y.size(), 0x7fc1);
+    SsdScanArgs a3 = a, a3b = ab;
+    a3.y = y3.data(), a3.final_state = s3.data(), a3b.final_state = s3b.data(), a3b.y_bf16 = y3b.data();
+    ssd_scan_set_seq_version(3);
+    REQUIRE(ssd_scan_fwd_seq_cuda(a3, nullptr) == cudaSuccess);
+    REQUIRE(ssd_scan_fwd_seq_cuda(a3b, nullptr) == cudaSuccess);
+    ssd_scan_set_seq_version(-1);
+    const double ey3 = rel_err(y3.data(), yr.data(), y3.size()), es3 = rel_err(s3.data(), sr.data(), s3.size());
+    INFO("version 3 (bf16 operands): y " << ey3 << ", state " << es3);
+    CHECK(ey3 < 1e-2);
+    CHECK(es3 < 1e-2);
+    CHECK(y3 != y);
+    size_t diff3 = 0;
+    for (size_t i = 0; i < y3.size(); ++i) diff3 += y3b[i] != dfssm::float_to_bf16(y3[i]);
+    CHECK(diff3 == 0);
+    CHECK(s3b == s3);
+    WARN("ssd_seq version 3 (bf16 operands) vs the scalar reference, L " << L << " H " << H << " G " << G
+                                                                         << ": y " << ey3 << ", state " << es3);
   }
   SsdScanArgs bad;
   bad.P = 64, bad.N = 96, bad.H = 4, bad.G = 1, bad.batch = 1, bad.L = 10;

@@ -626,6 +626,18 @@ TEST_CASE("one-kernel SSD forward == four-kernel forward, 1.3B head shapes, 2 x 
   CHECK(ey < 3e-3);
   CHECK(es < 3e-3);
   CHECK(ey > 0);  // the two paths did differ: the switch took effect
+  // Version 3 of the one-kernel forward (bf16 operands) against the default (TF32).
+  kernels::ssd_scan_set_seq(1);
+  kernels::ssd_scan_set_seq_version(3);
+  auto [y3, s3] = ssd_scan_fused(x, dt, A, B, C, D, 128, init);
+  kernels::ssd_scan_set_seq_version(-1);
+  kernels::ssd_scan_set_seq(-1);
+  const double ey3 = rel_err(y3.cpu(), y1.cpu()), es3 = rel_err(s3.cpu(), s1.cpu());
+  WARN("one-kernel SSD forward version 3 (bf16 operands) vs version 2, 2 x 2048 x 64 heads: y " << ey3
+                                                                                               << ", final state " << es3);
+  CHECK(ey3 < 1e-2);
+  CHECK(es3 < 1e-2);
+  CHECK(ey3 > 0);
 }
 
 // The recomputation's workspace (acs, the state entering each chunk, CB at T = 64) from the

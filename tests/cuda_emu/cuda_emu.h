@@ -8,8 +8,9 @@
 // What it covers is what our kernels use: threadIdx / blockIdx / blockDim, __syncthreads,
 // __syncwarp, __shfl_up_sync / __shfl_xor_sync, atomicAdd (float), cudaMemsetAsync, float4, float2, expf,
 // __expf, rsqrtf, bf16 storage, cp.async (a synchronous copy; commit/wait do nothing),
-// mma.sync m16n8k8 TF32 with the hardware's fragment-to-lane mapping (emu::mma_tf32_m16n8k8:
-// the warp's lanes exchange their fragments), and nvcuda::wmma's m16n16k8 TF32 fragments. A
+// mma.sync m16n8k8 TF32 and m16n8k16 bf16 with the hardware's fragment-to-lane mapping
+// (emu::mma_tf32_m16n8k8, mma_bf16_m16n8k16: the warp's lanes exchange their fragments), ldmatrix
+// (plain and .trans), and nvcuda::wmma's m16n16k8 TF32 fragments. A
 // fragment holds its whole tile in every thread (the documented semantics of load / mma /
 // store, computed redundantly per lane; lane 0 alone stores); __float_to_tf32 rounds to 10
 // mantissa bits (nearest, ties away) as cvt.rna.tf32.f32 does. Timing, occupancy, memory
@@ -218,6 +219,56 @@ inline void ldsm_x4(uint32_t (&r)[4], const float* p) {
   for (unsigned i = 0; i < 4; ++i)
     std::memcpy(&r[i], static_cast<const float*>(ctx.rows[base + 8 * i + lane / 4]) + lane % 4, 4);
   __syncwarp();
+}
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: lane l publishes the address of row l % 8 of
+// matrix l / 8 (8 rows of 8 b16 elements), then takes, of each matrix, the elements at (row
+// 2·(l % 4), column l / 4) in its low half and (row 2·(l % 4) + 1, column l / 4) in its high half.
+inline void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  auto& ctx = *tl_ctx;
+  const unsigned t = threadIdx.x, lane = t % 32, base = t - lane;
+  ctx.rows[t] = p;
+  __syncwarp();
+  for (unsigned i = 0; i < 4; ++i) {
+    uint16_t lo, hi;
+    std::memcpy(&lo, static_cast<const uint16_t*>(ctx.rows[base + 8 * i + 2 * (lane % 4)]) + lane / 4, 2);
+    std::memcpy(&hi, static_cast<const uint16_t*>(ctx.rows[base + 8 * i + 2 * (lane % 4) + 1]) + lane / 4, 2);
+    r[i] = uint32_t(lo) | uint32_t(hi) << 16;
+  }
+  __syncwarp();
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for the calling lane, as mma_tf32_m16n8k8:
+// lane 4g + t holds a = {A[g][2t..2t+1], A[g+8][2t..2t+1], A[g][2t+8..2t+9], A[g+8][2t+8..2t+9]}
+// and b = {B[2t..2t+1][g], B[2t+8..2t+9][g]} as bf16 pairs (the lower index in the low half),
+// c as the TF32 mma's. Products are exact in fp32; the sum runs over k in order.
+inline void mma_bf16_m16n8k16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  auto& ctx = *tl_ctx;
+  const unsigned t = threadIdx.x, lane = t % 32, base = t - lane;
+  float* mine = &ctx.mma[size_t(t) * 10];
+  std::memcpy(mine, a, 16);
+  std::memcpy(mine + 4, b, 8);
+  __syncwarp();
+  float A[16][16], B[16][8];
+  auto lo = [](uint32_t u) { return bf16_to_float(uint16_t(u & 0xffffu)); };
+  auto hi = [](uint32_t u) { return bf16_to_float(uint16_t(u >> 16)); };
+  for (unsigned l = 0; l < 32; ++l) {
+    uint32_t o[6];
+    std::memcpy(o, &ctx.mma[size_t(base + l) * 10], 24);
+    const unsigned g = l / 4, q = l % 4;
+    for (unsigned i = 0; i < 4; ++i) {
+      const unsigned r = g + (i % 2) * 8, k = 2 * q + (i / 2) * 8;
+      A[r][k] = lo(o[i]), A[r][k + 1] = hi(o[i]);
+    }
+    B[2 * q][g] = lo(o[4]), B[2 * q + 1][g] = hi(o[4]);
+    B[2 * q + 8][g] = lo(o[5]), B[2 * q + 9][g] = hi(o[5]);
+  }
+  __syncwarp();
+  const unsigned g = lane / 4, q = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const unsigned r = g + (i >= 2 ? 8u : 0u), col = 2 * q + unsigned(i % 2);
+    float s = c[i];
+    for (int k = 0; k < 16; ++k) s += A[r][k] * B[k][col];
+    c[i] = s;
+  }
 }
 // cp.async of 16 bytes (zeros when !valid): a synchronous copy.
 inline void cp_async16(void* smem, const void* gmem, bool valid) {

@@ -1,10 +1,11 @@
 // Device micro benchmark without LibTorch: the no-grad SSD forward as one kernel per sequence
 // (src/kernels/cuda/ssd_scan_seq.cu: chunk_cb, then ssd_seq_kernel) at the 1.3B training shape
 // (16 x 2048, 64 heads, one group; x, B and C read in place from a 4352-wide conv output, as the
-// model passes them), kernel versions 1 and 2, y in fp32 and in bf16. Prints each way's mean time
-// (3 warm-up calls, then 20), whether a bf16 way's y and final state equal its fp32 way's bit for
-// bit (the fp32 y rounded), and version 2's y error against version 1. Exit status 1 if a bf16 way
-// differs or that error is 3e-4 or more. (A 16-warp version of the kernel, one y strip and a
+// model passes them), kernel versions 1, 2 and 3 (bf16 operands), y in fp32 and in bf16. Prints
+// each way's mean time (3 warm-up calls, then 20), whether a bf16 way's y and final state equal its
+// fp32 way's bit for bit (the fp32 y rounded), and versions 2 and 3's y error against version 1.
+// Exit status 1 if a bf16 way differs or that error is 3e-4 or more (version 2) or 1e-2 or more
+// (version 3, whose operands are rounded to bf16). (A 16-warp version of the kernel, one y strip and a
 // 16 x 32 state tile per warp, measured 1.9201 vs 1.9240 ms here and was dropped.)
 // nvcc -O3 -arch=sm_90 -std=c++17 -I src scripts/device/micro/ssd_seq_bench.cu src/kernels/cuda/ssd_scan.cu
 //   src/kernels/cuda/ssd_scan_bwd.cu src/kernels/cuda/ssd_scan_seq.cu -o build-ab/ssd_seq_bench
@@ -43,13 +44,15 @@ int main() {
   float* y = micro::zeros<float>(nx);
   __nv_bfloat16* yb = micro::zeros<__nv_bfloat16>(nx);
   float* fin = micro::zeros<float>(ns);
-  // Version 1 (scalar fragment loads, expf) and version 2 (ldmatrix, __expf: the default). Within
-  // a version the bf16 way must equal its fp32 way rounded; version 2 must be close to version 1.
+  // Version 1 (scalar fragment loads, expf), version 2 (ldmatrix, __expf: the default) and version 3
+  // (bf16 operands). Within a version the bf16 way must equal its fp32 way rounded; versions 2 and 3
+  // must be close to version 1.
   struct Way {
     const char* name;
     int version;
     bool bf16;
-  } ways[] = {{"v1 fp32 y", 1, false}, {"v1 bf16 y", 1, true}, {"v2 fp32 y", 2, false}, {"v2 bf16 y", 2, true}};
+  } ways[] = {{"v1 fp32 y", 1, false}, {"v1 bf16 y", 1, true}, {"v2 fp32 y", 2, false},
+              {"v2 bf16 y", 2, true},  {"v3 fp32 y", 3, false}, {"v3 bf16 y", 3, true}};
   std::vector<float> ref_y, ref_s, v1_y;
   int rc = 0;
   for (const auto& w : ways) {
@@ -72,7 +75,7 @@ int main() {
         for (size_t i = 0; i < nx; ++i) num += double(yv[i] - v1_y[i]) * (yv[i] - v1_y[i]), den += double(v1_y[i]) * v1_y[i];
         const double e = std::sqrt(num / den);
         std::snprintf(note, sizeof note, ", y vs v1: rel. error %.2e", e);
-        if (!(e < 3e-4)) rc = 1;
+        if (!(e < (w.version == 3 ? 1e-2 : 3e-4))) rc = 1;
       }
     } else {
       const auto yv = download(yb, nx);

@@ -76,8 +76,10 @@ cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& 
                                       cudaStream_t stream);
 bool ssd_scan_seq_enabled();
 void ssd_scan_set_seq(int on);
-// ssd_scan_fwd_seq_cuda's kernel version: 2 (ldmatrix fragments, fast exponentials; the default)
-// or 1 (DFSSM_SSD_SEQ_V1=1: scalar fragment loads, expf), for A/B benches and tests; -1 re-reads
+// ssd_scan_fwd_seq_cuda's kernel version: 2 (TF32 operands, ldmatrix fragments, fast
+// exponentials; the default), 1 (scalar fragment loads, expf) or 3 (bf16 operands, as mamba_ssm's
+// chunk_scan with bf16 inputs: y within ~3e-3 relative instead of ~4e-4), from
+// DFSSM_SSD_SEQ_VERSION (or DFSSM_SSD_SEQ_V1=1); set here for A/B benches and tests; -1 re-reads
 // the environment.
 void ssd_scan_set_seq_version(int v);
 

@@ -78,7 +78,42 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const float* p) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(s));
 }
+// The bf16 operands of ssd_scan_seq.cu's version 3: ldmatrix.x4 on b16 elements, plain (as
+// ldsm_x4) or transposed (.trans: lane l receives, of each 8 x 8 matrix, the elements at rows
+// 2·(l % 4) and 2·(l % 4) + 1 of column l / 4, the first in the low half: the k-major operands),
+// the bf16 m16n8k16 mma (lane 4g + t holds a = {A[g][2t..2t+1], A[g+8][2t..2t+1],
+// A[g][2t+8..2t+9], A[g+8][2t+8..2t+9]}, b = {B[2t..2t+1][g], B[2t+8..2t+9][g]}, c as the TF32
+// mma's), and two floats packed as bf16 (round to nearest even; a in the low half).
+__device__ __forceinline__ void ldsm_x4_b16(uint32_t (&r)[4], const void* p) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+__device__ __forceinline__ void ldsm_x4_b16_trans(uint32_t (&r)[4], const void* p) {
+  const unsigned s = unsigned(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));  // the first source goes high
+  return r;
+}
 #else
+inline void ldsm_x4_b16(uint32_t (&r)[4], const void* p) { emu::ldsm_x4(r, static_cast<const float*>(p)); }
+inline void ldsm_x4_b16_trans(uint32_t (&r)[4], const void* p) { emu::ldsm_x4_trans(r, p); }
+inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  const uint32_t b[2] = {b0, b1};
+  emu::mma_bf16_m16n8k16(c, a, b);
+}
+inline uint32_t pack_bf16(float a, float b) { return uint32_t(float_to_bf16(a)) | uint32_t(float_to_bf16(b)) << 16; }
 inline uint32_t to_tf32(float f) {
   const float r = wmma::__float_to_tf32(f);
   uint32_t u;

@@ -89,7 +89,8 @@ __device__ __forceinline__ void state_store(float* p, int ld, const float (&s)[2
 // that each address is a per-thread offset plus a row step: x as 16 pieces per row (thread t takes
 // piece t % 16 of rows t / 16 + 16j), B (and C unless cs is null) as 32 (piece t % 32 of rows
 // t / 32 + 8j). Rows at or past `valid` are zero-filled (their source stays a valid address: row
-// l0). xg, Bg, Cg point at row 0 of the sequence.
+// l0). xg, Bg, Cg point at row 0 of the sequence. The shared rows are LX, LB and LC floats apart.
+template <int LX = seq::LDX, int LB = seq::LDB, int LC = seq::LDC>
 __device__ __forceinline__ void load_rows_seq(float* xs, float* bs, float* cs, const float* xg, const float* Bg,
                                               const float* Cg, int64_t x_row, int64_t bc_row, int64_t l0,
                                               int64_t valid) {
@@ -101,7 +102,7 @@ __device__ __forceinline__ void load_rows_seq(float* xs, float* bs, float* cs, c
     for (int j = 0; j < 4; ++j) {
       const int r = r0 + 16 * j;
       const bool ok = r < valid;
-      cp_async16(xs + r * seq::LDX + e, ok ? src + int64_t(16 * j) * x_row : xg + l0 * x_row, ok);
+      cp_async16(xs + r * LX + e, ok ? src + int64_t(16 * j) * x_row : xg + l0 * x_row, ok);
     }
   }
   const int e = (t & 31) * 4, r0 = t >> 5;
@@ -111,8 +112,8 @@ __device__ __forceinline__ void load_rows_seq(float* xs, float* bs, float* cs, c
     const int r = r0 + 8 * j;
     const bool ok = r < valid;
     const int64_t o = ok ? off + int64_t(8 * j) * bc_row : l0 * bc_row;
-    cp_async16(bs + r * seq::LDB + e, Bg + o, ok);
-    if (cs) cp_async16(cs + r * seq::LDC + e, Cg + o, ok);
+    cp_async16(bs + r * LB + e, Bg + o, ok);
+    if (cs) cp_async16(cs + r * LC + e, Cg + o, ok);
   }
   cp_async_commit();
 }
@@ -176,8 +177,8 @@ __device__ __forceinline__ void state_kstep(float (&s)[2][4][4], const float* xs
     for (int ni = 0; ni < 4; ++ni) mma_tf32(s[mi][ni], fa[mi], fb[ni]);
 }
 
-// Version 2 (the default; DFSSM_SSD_SEQ_V1=1 runs version 1): step 2's row-major fragments (M, C
-// and the state) by ldmatrix, one instruction for four scalar loads, and the exponentials that end
+// Version 2 (the default; DFSSM_SSD_SEQ_VERSION=1 runs version 1, =3 version 3 below): step 2's
+// row-major fragments (M, C and the state) by ldmatrix, one instruction for four scalar loads, and the exponentials that end
 // in a TF32 operand or in y (M's decays, the state weights w, y's exp(acs)) by the fast __expf
 // (ex2.approx; y moved by 4e-6 relative against version 1 in the micro, well under TF32's 2^-11
 // rounding). In the profile (docs/benchmarks.md) M's exact expf took 13% of the kernel's
@@ -360,6 +361,232 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
   state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
 }
 
+// ---- Version 3: bf16 operands (DFSSM_SSD_SEQ_VERSION=3; not the default until measured) --------
+// The same chunk walk with every product on bf16 m16n8k16 mma (fp32 accumulation), the operand
+// precision mamba_ssm's chunk_scan uses with bf16 inputs (x, B, C, CB·dt·decay and the entering
+// state rounded to bf16; there the state is cast to C's dtype before C·Sᵀ). Why: version 2's
+// main loop spends most of its instructions and shared-memory bytes on operand fragments (scalar
+// k-major loads for the state update, w∘x and its TF32 rounding per element); here every
+// fragment is one ldmatrix (.trans for the k-major ones) carrying twice the elements, each mma
+// does twice the work, and w∘x is made once per chunk when the rows are converted. Numerics:
+// rounding to bf16 (8 significant bits) instead of TF32 (11) moves y by ~3e-3 relative instead
+// of ~4e-4 (the emulated test states the measured values).
+// Shared memory (176 KB, one block per SM): the fp32 staging that cp.async fills (x, B, C rows
+// and CB, unpadded: each thread converts the pieces it copied itself), one buffer: the next
+// chunk's copies are issued as soon as this chunk's are converted, and land during its main
+// loop; then the bf16 operands (uint16_t), rows padded to 16 bytes mod 128 for conflict-free
+// ldmatrix: x and w∘x (T x LDX), B and C (T x LDN), M (T x LDM), the entering state S (P x LDN).
+namespace seq3 {
+constexpr int T = seq::T;
+constexpr int LDX = P_ + 8;  // 72 bf16: 144 bytes
+constexpr int LDN = N_ + 8;  // 136 bf16: 272 bytes
+constexpr int LDM = T + 8;   // 72
+constexpr int kStX = T * P_, kStB = T * N_;        // staging floats: x, then B, C, then CB (T x T)
+constexpr int kStage = kStX + 2 * kStB + T * T;
+constexpr int kX = T * LDX, kB = T * LDN, kM = T * LDM, kS = P_ * LDN;  // bf16 elements
+constexpr int kHalfs = 2 * kX + 2 * kB + kM + kS;
+constexpr int kSmemBytes = kStage * 4 + kHalfs * 2;
+static_assert(kSmemBytes <= 226 * 1024, "one block per SM on sm_90");
+static_assert((kStage * 4) % 16 == 0 && (kX * 2) % 16 == 0 && (kB * 2) % 16 == 0 && (kM * 2) % 16 == 0,
+              "16-byte aligned buffers for ldmatrix");
+}  // namespace seq3
+
+// Four floats as bf16 at p (8-byte aligned): two packed stores.
+__device__ __forceinline__ void st4_bf16(uint16_t* p, float a, float b, float c, float d) {
+  uint32_t* q = reinterpret_cast<uint32_t*>(p);
+  q[0] = pack_bf16(a, b), q[1] = pack_bf16(c, d);
+}
+
+__global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a) {
+  using namespace seq3;
+  const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+  const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
+  const int gi = h / (a.H / a.G);
+  DFSSM_DYN_SMEM(smem, kSmemBytes / 4);
+  float* const stx = smem;  // staging
+  float* const stb = stx + kStX;
+  float* const stc = stb + kStB;
+  float* const stcb = stc + kStB;
+  uint16_t* const xh = reinterpret_cast<uint16_t*>(smem + kStage);  // bf16 operands
+  uint16_t* const wxh = xh + kX;
+  uint16_t* const bh = wxh + kX;
+  uint16_t* const ch = bh + kB;
+  uint16_t* const mh = ch + kB;
+  uint16_t* const sh = mh + kM;
+  __shared__ float acs[T], dts[T], warp_tot[kWarps], total;
+
+  const float* xg = a.x + (b * a.L) * a.x_row + int64_t(h) * P_;
+  const float* Bg = a.B + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  const float* Cg = a.C + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  const float* cbg = a.workspace + (b * nc * a.G + gi) * int64_t(T) * T;
+  // Chunk c's x, B, C rows and CB into the staging (CB's pieces above their strip's diagonal
+  // block are never used and not loaded), one commit group.
+  auto load_chunk = [&](int64_t c) {
+    load_rows_seq<P_, N_, N_>(stx, stb, stc, xg, Bg, Cg, a.x_row, a.bc_row, c * T, a.L - c * T);
+    const int e = (t & 15) * 4, r0 = t >> 4;
+    const float* src = cbg + c * a.G * int64_t(T) * T;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = r0 + 16 * j;
+      if (e <= (r | 15)) cp_async16(stcb + r * T + e, src + r * T + e, true);
+    }
+    cp_async_commit();
+  };
+  load_chunk(0);
+  float dt_next = dt_seq(a, b, h, 0, nc);
+  const float Ah = a.A[h], D = a.D ? a.D[h] : 0.f;
+
+  // The state: this warp's 32 x 32 tile of S (rows pm, columns nn) in mma accumulator layout.
+  const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
+  const int64_t PN = int64_t(P_) * N_;
+  float S[2][4][4];
+  state_load(S, a.init ? a.init + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
+  auto store_state_bf16 = [&] {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
+        *reinterpret_cast<uint32_t*>(sh + r * LDN + n) = pack_bf16(S[mi][ni][0], S[mi][ni][1]);
+        *reinterpret_cast<uint32_t*>(sh + (r + 8) * LDN + n) = pack_bf16(S[mi][ni][2], S[mi][ni][3]);
+      }
+  };
+  store_state_bf16();
+
+  for (int64_t c = 0; c < nc; ++c) {
+    const int64_t l0 = c * T;
+    // ---- 0. acs and dt; this chunk's staging landed ----
+    const float dtc = dt_next;
+    dt_next = dt_seq(a, b, h, c + 1, nc);
+    const float cum = block_scan(Ah * dtc, warp_tot);  // threads >= T add 0
+    if (t < T) acs[t] = cum, dts[t] = dtc;
+    if (t == T - 1) total = cum;
+    cp_async_wait<0>();
+    __syncthreads();  // acs, dts, total; the previous chunk's reads of the bf16 buffers are done
+
+    // ---- 1. the bf16 operands from each thread's own staged pieces: x, w∘x (w_l =
+    // exp(acs_T-1 - acs_l)·dt_l), B, C, and M = L∘CB∘dt + D·I (strip-diagonal blocks and below);
+    // then the next chunk's copies into the staging just read. ----
+    const float tot = total;
+    {
+      const int e = (t & 15) * 4;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = (t >> 4) + 16 * j;
+        const float4 v = ld4(stx + r * P_ + e);
+        const float wr = __expf(tot - acs[r]) * dts[r];
+        st4_bf16(xh + r * LDX + e, v.x, v.y, v.z, v.w);
+        st4_bf16(wxh + r * LDX + e, wr * v.x, wr * v.y, wr * v.z, wr * v.w);
+        if (e > (r | 15)) continue;
+        const float4 u = ld4(stcb + r * T + e);
+        const float ar = acs[r];
+        auto m = [&](int s, float cb) {
+          return s <= r ? __expf(ar - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
+        };
+        st4_bf16(mh + r * LDM + e, m(e, u.x), m(e + 1, u.y), m(e + 2, u.z), m(e + 3, u.w));
+      }
+    }
+    {
+      const int e = (t & 31) * 4;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int r = (t >> 5) + 8 * j;
+        const float4 u = ld4(stb + r * N_ + e), v = ld4(stc + r * N_ + e);
+        st4_bf16(bh + r * LDN + e, u.x, u.y, u.z, u.w);
+        st4_bf16(ch + r * LDN + e, v.x, v.y, v.z, v.w);
+      }
+    }
+    if (c + 1 < nc)
+      load_chunk(c + 1);  // this thread's staged pieces are read: their stores above used them
+    else
+      cp_async_commit();
+    __syncthreads();  // the bf16 operands
+
+    // ---- 2 and 3: y = M·x + exp(acs)∘(C·Sᵀ) and S = exp(acs_T-1)·S + (w∘x)ᵀ·B, as version 2
+    // (warp w: y columns 16·(w % 4) + [0, 16) in strips {0, 3} or {1, 2}; the state tile (w / 4,
+    // w % 4)), in k-steps of 16: positions 16·kk + [0, 16) for M·x and the state update, state
+    // columns 32·kk + [0, 32) for C·Sᵀ. ----
+    {
+      const int p0 = (warp & 3) * 16, sp = warp >> 2;
+      const int r0[2] = {sp * 16, (3 - sp) * 16};
+      // ldmatrix row addresses: A row-major (rows 0-15 by lane & 15 in matrices 0-1 / 2-3, k
+      // half by lane / 16); k-major operands (.trans): k row lane & 7 (+8 for matrices 1, 3),
+      // column half by lane / 16; the transposed A: k half by lane / 16, m half by matrices 1, 3.
+      const int ar = (lane & 7) + (lane & 8), ak = (lane >> 4) * 8;
+      const int bk = (lane & 7) + (lane & 8), bn = (lane >> 4) * 8;
+      const int tk = (lane & 7) + (lane >> 4) * 8, tm = lane & 8;
+      float eA[2], eB[2];
+#pragma unroll
+      for (int si = 0; si < 2; ++si) eA[si] = __expf(acs[r0[si] + g]), eB[si] = __expf(acs[r0[si] + g + 8]);
+      state_scale(S, expf(tot));
+      float y1[2][2][4] = {}, y2[2][2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < T / 16; ++kk) {
+        // M·x over source positions 16·kk + [0, 16), up to each strip's diagonal block.
+        uint32_t fx[4];  // x's k-major tiles: columns p0 + [0, 8) in fx[0..1], p0 + [8, 16) in fx[2..3]
+        ldsm_x4_b16_trans(fx, xh + (kk * 16 + bk) * LDX + p0 + bn);
+#pragma unroll
+        for (int si = 0; si < 2; ++si) {
+          if (kk * 16 > r0[si]) continue;
+          uint32_t fa[4];
+          ldsm_x4_b16(fa, mh + (r0[si] + ar) * LDM + kk * 16 + ak);
+          mma_bf16(y1[si][0], fa, fx[0], fx[1]);
+          mma_bf16(y1[si][1], fa, fx[2], fx[3]);
+        }
+        // C·Sᵀ over state columns 32·kk + [0, 32): B[n][p] = S[p][n], n-major in sh.
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int k0 = kk * 32 + hh * 16;
+          uint32_t fs[4];  // p rows p0 + [0, 8): fs[0..1]; p0 + [8, 16): fs[2..3]
+          ldsm_x4_b16(fs, sh + (p0 + (lane & 7) + bn) * LDN + k0 + (lane & 8));
+#pragma unroll
+          for (int si = 0; si < 2; ++si) {
+            uint32_t fa[4];
+            ldsm_x4_b16(fa, ch + (r0[si] + ar) * LDN + k0 + ak);
+            mma_bf16(y2[si][0], fa, fs[0], fs[1]);
+            mma_bf16(y2[si][1], fa, fs[2], fs[3]);
+          }
+        }
+        // (w∘x)ᵀ·B over positions 16·kk + [0, 16) into the state.
+        uint32_t fw[2][4], fbn[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) ldsm_x4_b16_trans(fw[mi], wxh + (kk * 16 + tk) * LDX + pm + mi * 16 + tm);
+#pragma unroll
+        for (int np = 0; np < 2; ++np) ldsm_x4_b16_trans(fbn[np], bh + (kk * 16 + bk) * LDN + nn + np * 16 + bn);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int np = 0; np < 2; ++np) {
+            mma_bf16(S[mi][2 * np], fw[mi], fbn[np][0], fbn[np][1]);
+            mma_bf16(S[mi][2 * np + 1], fw[mi], fbn[np][2], fbn[np][3]);
+          }
+      }
+      const int64_t ld = int64_t(a.H) * P_, y0 = (b * a.L + l0) * ld + int64_t(h) * P_;
+      const int64_t valid = a.L - l0;
+#pragma unroll
+      for (int si = 0; si < 2; ++si) {
+        const int rA = r0[si] + g, rB = rA + 8;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const int col = p0 + nt * 8 + 2 * q;
+          const float(&u)[4] = y1[si][nt], (&v)[4] = y2[si][nt];
+          if (a.y_bf16) {
+            if (rA < valid) st2_bf16(a.y_bf16, y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
+            if (rB < valid) st2_bf16(a.y_bf16, y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
+          } else {
+            if (rA < valid) st2(a.y + y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
+            if (rB < valid) st2(a.y + y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // every read of sh is done
+    store_state_bf16();
+  }
+  cp_async_wait<0>();
+  state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
+}
+
 // ---- The backward's workspace in the same sequential form --------------------------------------
 // ssd_states_seq_kernel: what ssd_scan.cu's chunk_state + state_pass leave for the backward at
 // T = 64 (acs per chunk; the state entering each chunk, fp32; the final state), for a
@@ -497,7 +724,17 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 int g_seq = -1;  // -1: not read yet
-int g_seq_v1 = -1;  // DFSSM_SSD_SEQ_V1=1: ssd_seq_kernel's version 1 (A/B; -1: not read yet)
+// ssd_scan_fwd_seq_cuda's kernel: version 1, 2 (the default) or 3 (bf16 operands); -1: not read yet.
+int g_seq_version = -1;
+int seq_version() {
+  if (g_seq_version < 0) {
+    const char* v = std::getenv("DFSSM_SSD_SEQ_VERSION");
+    const char* v1 = std::getenv("DFSSM_SSD_SEQ_V1");  // the older switch, still honoured
+    const std::string s = v ? v : "";
+    g_seq_version = s == "1" || s == "3" ? s[0] - '0' : v1 && std::string(v1) == "1" ? 1 : 2;
+  }
+  return g_seq_version;
+}
 
 bool aligned_to(const void* p, uintptr_t n) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % n == 0; }
 
@@ -511,7 +748,7 @@ bool ssd_scan_seq_enabled() {
   return g_seq == 1;
 }
 void ssd_scan_set_seq(int on) { g_seq = on < 0 ? -1 : on ? 1 : 0; }
-void ssd_scan_set_seq_version(int v) { g_seq_v1 = v < 0 ? -1 : v == 1 ? 1 : 0; }
+void ssd_scan_set_seq_version(int v) { g_seq_version = v < 0 ? -1 : v == 1 || v == 3 ? v : 2; }
 
 bool ssd_scan_states_seq_supported(const SsdScanArgs& a) {
   return ssd_scan_inputs_ok(a) && a.T == seq::T && a.final_state && aligned_to(a.init, 8) &&
@@ -552,13 +789,12 @@ cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   SsdScanArgs a64 = a;  // the kernels' own chunking
   a64.T = seq::T;
   if (const auto e = ssd_chunk_cb64_cuda(a64, a.workspace, stream); e != cudaSuccess) return e;
-  if (g_seq_v1 < 0) {
-    const char* e = std::getenv("DFSSM_SSD_SEQ_V1");
-    g_seq_v1 = e && std::string(e) == "1" ? 1 : 0;
-  }
   const dim3 grid(unsigned(a.H), unsigned(a.batch));
-  return g_seq_v1 ? launch_dyn(ssd_seq_kernel<false>, grid, seq::kSmemBytes, stream, a64)
-                  : launch_dyn(ssd_seq_kernel<true>, grid, seq::kSmemBytes, stream, a64);
+  switch (seq_version()) {
+    case 1: return launch_dyn(ssd_seq_kernel<false>, grid, seq::kSmemBytes, stream, a64);
+    case 3: return launch_dyn(ssd_seq_bf16_kernel, grid, seq3::kSmemBytes, stream, a64);
+    default: return launch_dyn(ssd_seq_kernel<true>, grid, seq::kSmemBytes, stream, a64);
+  }
 }
 
 }  // namespace dfssm::kernels
