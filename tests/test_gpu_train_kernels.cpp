@@ -689,13 +689,29 @@ TEST_CASE("sequential states kernel == chunk_state + state_pass (the recomputati
   CHECK(es < 3e-3);  // both round the GEMM inputs to TF32
   CHECK(ef < 3e-3);
   CHECK(es > 0);  // the switch took effect
+  // The states kernel on bf16 operands (DFSSM_SSD_STATES_BF16=1): acs and CB still bit for bit.
+  kernels::ssd_scan_set_states_bf16(1);
+  wc.run(true);
+  kernels::ssd_scan_set_states_bf16(-1);
+  CHECK(at::equal(ws.narrow(0, 0, na), w4.narrow(0, 0, na)));
+  CHECK(at::equal(ws.narrow(0, na + ns, ws.numel() - na - ns), w4.narrow(0, na + ns, w4.numel() - na - ns)));
+  const double esb = rel_err(ws.narrow(0, na, ns).cpu(), w4.narrow(0, na, ns).cpu()), efb = rel_err(fs.cpu(), f4.cpu());
+  WARN("sequential states kernel on bf16 operands vs chunk_state + state_pass: states " << esb << ", final " << efb);
+  CHECK(esb < 1e-2);
+  CHECK(efb < 1e-2);
+  CHECK(esb > es);  // the bf16 kernel ran
 }
 
 TEST_CASE("bench: the recomputation's SSD workspace, 16 x 2048, 64 heads, T = 64", "[.][bench][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
   const WsCase wc(16, 2048, 98);
   const double t4 = mean_ms([&] { wc.run(false); }, 10), ts = mean_ms([&] { wc.run(true); }, 10);
-  WARN("bench ssd workspace 16x2048 T=64: chunk_state + state_pass + chunk_cb " << t4 << " ms, sequential " << ts << " ms");
+  kernels::ssd_scan_set_states_bf16(1);
+  const double tb = mean_ms([&] { wc.run(true); }, 10);
+  kernels::ssd_scan_set_states_bf16(-1);
+  WARN("bench ssd workspace 16x2048 T=64: chunk_state + state_pass + chunk_cb " << t4 << " ms, sequential " << ts
+                                                                                << " ms, sequential on bf16 operands "
+                                                                                << tb << " ms");
 }
 
 namespace {
@@ -753,12 +769,30 @@ TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: dstates 
     WARN("  " << names[i] << " " << e);
     CHECK(e < 3e-3);
   }
+  // The reverse pass on bf16 operands (DFSSM_SSD_STATES_BF16=1) against the TF32 one.
+  kernels::ssd_scan_set_states_bf16(1);
+  bc.bwd(true);
+  kernels::ssd_scan_set_states_bf16(-1);
+  const auto gb = bc.grads();
+  const double edb = rel_err(bc.bws.narrow(0, 0, ns).cpu(), ds4.cpu());
+  WARN("reverse state pass on bf16 operands vs dstate_local + dstate_pass: dstates " << edb);
+  CHECK(edb < 1e-2);
+  CHECK(edb > eds);  // the bf16 kernel ran
+  for (size_t i = 0; i < gb.size(); ++i) {
+    const double e = rel_err(gb[i].cpu(), g4[i].cpu());
+    WARN("  " << names[i] << " " << e);
+    CHECK(e < 1e-2);
+  }
 }
 
 TEST_CASE("bench: the SSD backward, 16 x 2048, 64 heads, T = 64", "[.][bench][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
   const BwdCase bc(16, 2048, 96);
   const double t4 = mean_ms([&] { bc.bwd(false); }, 10), ts = mean_ms([&] { bc.bwd(true); }, 10);
+  kernels::ssd_scan_set_states_bf16(1);
+  const double tb = mean_ms([&] { bc.bwd(true); }, 10);
+  kernels::ssd_scan_set_states_bf16(-1);
+  WARN("bench ssd backward 16x2048 T=64, sequential reverse pass on bf16 operands: " << tb << " ms");
   WARN("bench ssd backward 16x2048 T=64: dstate_local + dstate_pass + chunk_bwd + dbc " << t4
                                                                                           << " ms, sequential reverse pass " << ts
                                                                                           << " ms");

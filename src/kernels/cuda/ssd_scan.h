@@ -82,6 +82,10 @@ void ssd_scan_set_seq(int on);
 // DFSSM_SSD_SEQ_VERSION (or DFSSM_SSD_SEQ_V1=1); set here for A/B benches and tests; -1 re-reads
 // the environment.
 void ssd_scan_set_seq_version(int v);
+// The sequential states kernel and reverse state pass with bf16 operands (1, from
+// DFSSM_SSD_STATES_BF16=1: the stored states stay fp32, within ~3e-3 relative instead of ~4e-4)
+// or TF32 (0, the default); -1 re-reads the environment.
+void ssd_scan_set_states_bf16(int on);
 
 // The backward (ssd_scan_bwd.cu): T in {64, 128}; `a` as given to the forward, whose workspace
 // must still hold what the forward left there; g.workspace 256-byte aligned and at least

@@ -5,6 +5,9 @@
 // The same sequential form serves two more kernels below: ssd_states_seq_kernel (the backward's
 // forward workspace at T = 64, for a recomputation that kept y) and ssd_dstates_seq_kernel (the
 // backward's reverse state pass at T = 64, walking the chunks from the last to the first).
+// Each also has a version on bf16 m16n8k16 mma (ssd_seq_bf16_kernel, ssd_states_seq_bf16_kernel,
+// ssd_dstates_seq_bf16_kernel; DFSSM_SSD_SEQ_VERSION=3, DFSSM_SSD_STATES_BF16=1), the operand
+// precision of mamba_ssm's kernels with bf16 inputs; they are opt-in until timed on a GPU.
 //
 // Why: the four-kernel forward (ssd_scan.cu) writes every chunk's state (P x N fp32, 32 KB per
 // head) to HBM, passes them in a second kernel and reads them back in a third: at 16 x 2048 x 64
@@ -397,6 +400,28 @@ __device__ __forceinline__ void st4_bf16(uint16_t* p, float a, float b, float c,
   q[0] = pack_bf16(a, b), q[1] = pack_bf16(c, d);
 }
 
+// One k-step of the state update on bf16 operands: S += (w∘u)ᵀ·v over positions 16·kk + [0, 16),
+// the warp's 32 x 32 tile (rows pm of P, columns nn of N) in mma accumulator layout (state_store's).
+// wu (T x LDU: w∘u, k-major A, read transposed) and v (T x LDV: k-major B) are bf16 rows.
+template <int LDU, int LDV>
+__device__ __forceinline__ void state_kstep_bf16(float (&S)[2][4][4], const uint16_t* wu, const uint16_t* v, int kk,
+                                                 int pm, int nn, int lane) {
+  const int tk = (lane & 7) + (lane >> 4) * 8, tm = lane & 8;   // A transposed: k by lane, m half
+  const int bk = (lane & 7) + (lane & 8), bn = (lane >> 4) * 8;  // B k-major: k by lane, n half
+  uint32_t fw[2][4], fv[2][4];
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) ldsm_x4_b16_trans(fw[mi], wu + (kk * 16 + tk) * LDU + pm + mi * 16 + tm);
+#pragma unroll
+  for (int np = 0; np < 2; ++np) ldsm_x4_b16_trans(fv[np], v + (kk * 16 + bk) * LDV + nn + np * 16 + bn);
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      mma_bf16(S[mi][2 * np], fw[mi], fv[np][0], fv[np][1]);
+      mma_bf16(S[mi][2 * np + 1], fw[mi], fv[np][2], fv[np][3]);
+    }
+}
+
 __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a) {
   using namespace seq3;
   const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
@@ -511,10 +536,9 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a
       const int r0[2] = {sp * 16, (3 - sp) * 16};
       // ldmatrix row addresses: A row-major (rows 0-15 by lane & 15 in matrices 0-1 / 2-3, k
       // half by lane / 16); k-major operands (.trans): k row lane & 7 (+8 for matrices 1, 3),
-      // column half by lane / 16; the transposed A: k half by lane / 16, m half by matrices 1, 3.
+      // column half by lane / 16.
       const int ar = (lane & 7) + (lane & 8), ak = (lane >> 4) * 8;
       const int bk = (lane & 7) + (lane & 8), bn = (lane >> 4) * 8;
-      const int tk = (lane & 7) + (lane >> 4) * 8, tm = lane & 8;
       float eA[2], eB[2];
 #pragma unroll
       for (int si = 0; si < 2; ++si) eA[si] = __expf(acs[r0[si] + g]), eB[si] = __expf(acs[r0[si] + g + 8]);
@@ -548,18 +572,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a
           }
         }
         // (w∘x)ᵀ·B over positions 16·kk + [0, 16) into the state.
-        uint32_t fw[2][4], fbn[2][4];
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi) ldsm_x4_b16_trans(fw[mi], wxh + (kk * 16 + tk) * LDX + pm + mi * 16 + tm);
-#pragma unroll
-        for (int np = 0; np < 2; ++np) ldsm_x4_b16_trans(fbn[np], bh + (kk * 16 + bk) * LDN + nn + np * 16 + bn);
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-          for (int np = 0; np < 2; ++np) {
-            mma_bf16(S[mi][2 * np], fw[mi], fbn[np][0], fbn[np][1]);
-            mma_bf16(S[mi][2 * np + 1], fw[mi], fbn[np][2], fbn[np][3]);
-          }
+        state_kstep_bf16<LDX, LDN>(S, wxh, bh, kk, pm, nn, lane);
       }
       const int64_t ld = int64_t(a.H) * P_, y0 = (b * a.L + l0) * ld + int64_t(h) * P_;
       const int64_t valid = a.L - l0;
@@ -723,6 +736,161 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (gr.dinit) state_store<false>(gr.dinit + (b * a.H + h) * PN, N_, dS, pm, nn, g, q);
 }
 
+// ---- The two state walks on bf16 operands (DFSSM_SSD_STATES_BF16=1; not the default until
+// measured) -----------------------------------------------------------------------------------
+// ssd_states_seq_kernel and ssd_dstates_seq_kernel with the update S += (w∘u)ᵀ·v on bf16 mma, as
+// ssd_seq_bf16_kernel's (u, v = x, B or dy, C). The stored states stay fp32 (the accumulators);
+// only the products' operands are bf16, as in mamba_ssm's chunk_state (which also stores its
+// states in bf16). Shared memory 74 KB, two blocks per SM: the fp32 staging of u and v rows (one
+// buffer: the next chunk's copies are issued once this chunk's are converted) and the bf16 w∘u
+// and v rows.
+namespace seqst3 {
+constexpr int T = seq::T, LDU = P_ + 8, LDV = N_ + 8;  // 144- and 272-byte rows: ≡ 16 mod 128
+constexpr int kStU = T * P_, kStage = kStU + T * N_;    // staging floats
+constexpr int kHalfs = T * LDU + T * LDV;
+constexpr int kSmemBytes = kStage * 4 + kHalfs * 2;
+static_assert(kSmemBytes <= 112 * 1024, "two blocks per SM");
+static_assert((kStage * 4) % 16 == 0 && (T * LDU * 2) % 16 == 0, "16-byte aligned buffers for ldmatrix");
+
+// This thread's staged pieces (load_rows_seq's: u 16 per row, v 32) as bf16: wu = w(l)·u, v.
+template <class W>
+__device__ __forceinline__ void convert_rows(const float* stu, const float* stv, uint16_t* wu, uint16_t* v, W w) {
+  const int t = threadIdx.x;
+  {
+    const int e = (t & 15) * 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = (t >> 4) + 16 * j;
+      const float4 x = ld4(stu + r * P_ + e);
+      const float wr = w(r);
+      st4_bf16(wu + r * LDU + e, wr * x.x, wr * x.y, wr * x.z, wr * x.w);
+    }
+  }
+  const int e = (t & 31) * 4;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int r = (t >> 5) + 8 * j;
+    const float4 x = ld4(stv + r * N_ + e);
+    st4_bf16(v + r * LDV + e, x.x, x.y, x.z, x.w);
+  }
+}
+}  // namespace seqst3
+
+__global__ void __launch_bounds__(kThreads, 2) ssd_states_seq_bf16_kernel(SsdScanArgs a) {
+  using namespace seqst3;
+  const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+  const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
+  const int gi = h / (a.H / a.G);
+  DFSSM_DYN_SMEM(smem, kSmemBytes / 4);
+  float* const stu = smem;
+  float* const stv = smem + kStU;
+  uint16_t* const wuh = reinterpret_cast<uint16_t*>(smem + kStage);
+  uint16_t* const vh = wuh + T * LDU;
+  __shared__ float acs[T], dts[T], warp_tot[kWarps], total;
+  float* const acs_out = a.workspace + (b * a.H + h) * nc * T;  // (batch, H, chunks, T)
+  float* const states = a.workspace + a.acs_floats();           // (batch, chunks, H, P, N)
+  const int64_t PN = int64_t(P_) * N_;
+
+  const float* xg = a.x + (b * a.L) * a.x_row + int64_t(h) * P_;
+  const float* Bg = a.B + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  auto load_chunk = [&](int64_t c) {
+    load_rows_seq<P_, N_, N_>(stu, stv, nullptr, xg, Bg, nullptr, a.x_row, a.bc_row, c * T, a.L - c * T);
+  };
+  load_chunk(0);
+  float dt_next = dt_seq(a, b, h, 0, nc);
+  const float Ah = a.A[h];
+
+  const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
+  float S[2][4][4];
+  state_load(S, a.init ? a.init + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
+
+  for (int64_t c = 0; c < nc; ++c) {
+    const float dtc = dt_next;
+    dt_next = dt_seq(a, b, h, c + 1, nc);
+    // The scan's barrier also orders the previous chunk's reads of wu and v before this chunk's
+    // conversion overwrites them.
+    const float cum = block_scan(Ah * dtc, warp_tot);  // as chunk_state_kernel: threads >= T add 0
+    if (t < T) acs[t] = cum, dts[t] = dtc, acs_out[c * T + t] = cum;
+    if (t == T - 1) total = cum;
+    // The state entering chunk c, as state_pass leaves it.
+    state_store<false>(states + ((b * nc + c) * a.H + h) * PN, N_, S, pm, nn, g, q);
+    cp_async_wait<0>();
+    __syncthreads();  // acs, dts, total
+    const float tot = total;
+    convert_rows(stu, stv, wuh, vh, [&](int r) { return __expf(tot - acs[r]) * dts[r]; });
+    if (c + 1 < nc)
+      load_chunk(c + 1);  // this thread's staged pieces are converted
+    else
+      cp_async_commit();
+    __syncthreads();  // the bf16 rows
+    state_scale(S, expf(tot));
+#pragma unroll
+    for (int kk = 0; kk < T / 16; ++kk) state_kstep_bf16<LDU, LDV>(S, wuh, vh, kk, pm, nn, lane);
+  }
+  cp_async_wait<0>();
+  state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
+}
+
+__global__ void __launch_bounds__(kThreads, 2)
+    ssd_dstates_seq_bf16_kernel(SsdScanArgs a, SsdScanGrads gr, float* dstates) {
+  using namespace seqst3;
+  const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+  const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
+  const int gi = h / (a.H / a.G);
+  DFSSM_DYN_SMEM(smem, kSmemBytes / 4);
+  float* const stu = smem;
+  float* const stv = smem + kStU;
+  uint16_t* const wuh = reinterpret_cast<uint16_t*>(smem + kStage);
+  uint16_t* const vh = wuh + T * LDU;
+  // exp(acs) of the chunk, by iteration parity: iteration it + 2 rewrites a buffer only after
+  // every thread has passed iteration it + 1's first barrier, i.e. finished iteration it.
+  __shared__ float es[2][T];
+  const float* const acs = a.workspace + (b * a.H + h) * nc * T;  // (batch, H, chunks, T)
+  const int64_t PN = int64_t(P_) * N_, dy_row = int64_t(a.H) * P_;
+
+  const float* dyg = gr.dy + (b * a.L) * dy_row + int64_t(h) * P_;
+  const float* Cg = a.C + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  auto load_chunk = [&](int64_t c) {
+    load_rows_seq<P_, N_, N_>(stu, stv, nullptr, dyg, Cg, nullptr, dy_row, a.bc_row, c * T, a.L - c * T);
+  };
+  load_chunk(nc - 1);
+  float acs_next = t < T ? acs[(nc - 1) * T + t] : 0.f;
+
+  const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
+  float dS[2][4][4];
+  state_load(dS, gr.dfinal ? gr.dfinal + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
+
+  for (int64_t it = 0; it < nc; ++it) {
+    const int64_t c = nc - 1 - it;
+    float* const e = es[it & 1];
+    if (t < T) e[t] = expf(acs_next);
+    acs_next = c > 0 && t < T ? acs[(c - 1) * T + t] : 0.f;
+    state_store<false>(dstates + ((b * nc + c) * a.H + h) * PN, N_, dS, pm, nn, g, q);
+    cp_async_wait<0>();
+    __syncthreads();  // e; every thread is done with the previous chunk's bf16 rows
+    convert_rows(stu, stv, wuh, vh, [&](int r) { return e[r]; });
+    if (c > 0)
+      load_chunk(c - 1);
+    else
+      cp_async_commit();
+    __syncthreads();  // the bf16 rows
+    state_scale(dS, e[T - 1]);  // exp(Λ_c)
+#pragma unroll
+    for (int kk = 0; kk < T / 16; ++kk) state_kstep_bf16<LDU, LDV>(dS, wuh, vh, kk, pm, nn, lane);
+  }
+  cp_async_wait<0>();
+  if (gr.dinit) state_store<false>(gr.dinit + (b * a.H + h) * PN, N_, dS, pm, nn, g, q);
+}
+
+int g_states_bf16 = -1;  // DFSSM_SSD_STATES_BF16=1: the two walks above (-1: not read yet)
+bool states_bf16() {
+  if (g_states_bf16 < 0) {
+    const char* e = std::getenv("DFSSM_SSD_STATES_BF16");
+    g_states_bf16 = e && std::string(e) == "1" ? 1 : 0;
+  }
+  return g_states_bf16 == 1;
+}
+
 int g_seq = -1;  // -1: not read yet
 // ssd_scan_fwd_seq_cuda's kernel: version 1, 2 (the default) or 3 (bf16 operands); -1: not read yet.
 int g_seq_version = -1;
@@ -748,6 +916,7 @@ bool ssd_scan_seq_enabled() {
   return g_seq == 1;
 }
 void ssd_scan_set_seq(int on) { g_seq = on < 0 ? -1 : on ? 1 : 0; }
+void ssd_scan_set_states_bf16(int on) { g_states_bf16 = on < 0 ? -1 : on ? 1 : 0; }
 void ssd_scan_set_seq_version(int v) { g_seq_version = v < 0 ? -1 : v == 1 || v == 3 ? v : 2; }
 
 bool ssd_scan_states_seq_supported(const SsdScanArgs& a) {
@@ -757,8 +926,9 @@ bool ssd_scan_states_seq_supported(const SsdScanArgs& a) {
 
 cudaError_t ssd_scan_states_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   if (!ssd_scan_states_seq_supported(a)) return cudaErrorInvalidValue;
-  if (const auto e = launch_dyn(ssd_states_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seqst::kSmemBytes,
-                                stream, a);
+  const dim3 grid(unsigned(a.H), unsigned(a.batch));
+  if (const auto e = states_bf16() ? launch_dyn(ssd_states_seq_bf16_kernel, grid, seqst3::kSmemBytes, stream, a)
+                                   : launch_dyn(ssd_states_seq_kernel, grid, seqst::kSmemBytes, stream, a);
       e != cudaSuccess)
     return e;
   return ssd_chunk_cb64_cuda(a, a.workspace + a.acs_floats() + a.states_floats(), stream);
@@ -772,8 +942,9 @@ bool ssd_scan_dstates_seq_supported(const SsdScanArgs& a, const SsdScanGrads& g)
 cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& g, float* dstates,
                                       cudaStream_t stream) {
   if (!ssd_scan_dstates_seq_supported(a, g) || !dstates) return cudaErrorInvalidValue;
-  return launch_dyn(ssd_dstates_seq_kernel, dim3(unsigned(a.H), unsigned(a.batch)), seqst::kSmemBytes, stream, a, g,
-                    dstates);
+  const dim3 grid(unsigned(a.H), unsigned(a.batch));
+  return states_bf16() ? launch_dyn(ssd_dstates_seq_bf16_kernel, grid, seqst3::kSmemBytes, stream, a, g, dstates)
+                       : launch_dyn(ssd_dstates_seq_kernel, grid, seqst::kSmemBytes, stream, a, g, dstates);
 }
 
 bool ssd_scan_seq_supported(const SsdScanArgs& a) {
