@@ -243,14 +243,17 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
     REQUIRE(ssd_scan_bwd_supported(a, g));
     // At T = 64 the reverse state pass runs as the sequential kernel (seq 1) and as dstate_local +
     // dstate_pass (seq 0).
-    // seq 2: the sequential reverse pass on bf16 operands (DFSSM_SSD_STATES_BF16=1).
-    for (const int seq : {1, 0, 2}) {
-      if (seq != 1 && T != 64) continue;
+    // seq 2: the sequential reverse pass on bf16 operands (DFSSM_SSD_STATES_BF16=1); seq 3:
+    // chunk_bwd and dB/dC with truncated TF32 operands (DFSSM_SSD_BWD_TF32_TRUNC=1).
+    for (const int seq : {1, 0, 2, 3}) {
+      if (seq != 1 && seq != 3 && T != 64) continue;
       ssd_scan_set_seq(seq >= 1);
       ssd_scan_set_states_bf16(seq == 2);
+      ssd_scan_set_bwd_trunc(seq == 3);
       REQUIRE(ssd_scan_bwd_cuda(a, g, nullptr) == cudaSuccess);
       ssd_scan_set_seq(-1);
       ssd_scan_set_states_bf16(-1);
+      ssd_scan_set_bwd_trunc(-1);
       const std::pair<const char*, std::pair<const float*, const std::vector<float>*>> cmp[] = {
           {"dx", {dx.p, &dx_r}}, {"ddt", {ddt.data(), &ddt_r}}, {"dA", {dA.data(), &dA_r}}, {"dD", {dD.data(), &dD_r}},
           {"dB", {dB, &dB_r}}, {"dC", {dC, &dC_r}}, {"dinit", {di.data(), &di_r}}};

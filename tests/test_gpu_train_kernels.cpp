@@ -769,6 +769,17 @@ TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: dstates 
     WARN("  " << names[i] << " " << e);
     CHECK(e < 3e-3);
   }
+  // chunk_bwd and dB/dC with truncated TF32 operands (DFSSM_SSD_BWD_TF32_TRUNC=1) against rounded.
+  kernels::ssd_scan_set_bwd_trunc(1);
+  bc.bwd(true);
+  kernels::ssd_scan_set_bwd_trunc(-1);
+  const auto gt = bc.grads();
+  for (size_t i = 0; i < gt.size(); ++i) {
+    const double e = rel_err(gt[i].cpu(), gs[i].cpu());
+    WARN("  truncated TF32 operands vs rounded: " << names[i] << " " << e);
+    CHECK(e < 3e-3);
+    if (i == 0) CHECK(e > 0);  // dx differs: the switch took effect
+  }
   // The reverse pass on bf16 operands (DFSSM_SSD_STATES_BF16=1) against the TF32 one.
   kernels::ssd_scan_set_states_bf16(1);
   bc.bwd(true);
@@ -792,7 +803,12 @@ TEST_CASE("bench: the SSD backward, 16 x 2048, 64 heads, T = 64", "[.][bench][ss
   kernels::ssd_scan_set_states_bf16(1);
   const double tb = mean_ms([&] { bc.bwd(true); }, 10);
   kernels::ssd_scan_set_states_bf16(-1);
-  WARN("bench ssd backward 16x2048 T=64, sequential reverse pass on bf16 operands: " << tb << " ms");
+  kernels::ssd_scan_set_bwd_trunc(1);
+  const double tt = mean_ms([&] { bc.bwd(true); }, 10);
+  kernels::ssd_scan_set_bwd_trunc(-1);
+  WARN("bench ssd backward 16x2048 T=64, sequential reverse pass on bf16 operands: " << tb
+                                                                                     << " ms; truncated TF32 operands: "
+                                                                                     << tt << " ms");
   WARN("bench ssd backward 16x2048 T=64: dstate_local + dstate_pass + chunk_bwd + dbc " << t4
                                                                                           << " ms, sequential reverse pass " << ts
                                                                                           << " ms");

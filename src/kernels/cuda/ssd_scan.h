@@ -92,6 +92,11 @@ void ssd_scan_set_states_bf16(int on);
 // ssd_scan_bwd_workspace_floats(a) long; dD and dinit optional. dB, dC, dA and dD are sums of
 // per-chunk atomics: their last bits vary from run to run.
 bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g);
+// Version 2's chunk_bwd and dB/dC kernels with their TF32 operands truncated by the tensor cores
+// instead of rounded by cvt.rna first (1, from DFSSM_SSD_BWD_TF32_TRUNC=1: fewer instructions,
+// about twice the rounding error) or rounded (0, the default); -1 re-reads the environment.
+bool ssd_scan_bwd_trunc();
+void ssd_scan_set_bwd_trunc(int on);
 cudaError_t ssd_scan_bwd_cuda(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream);
 
 }  // namespace dfssm::kernels

@@ -161,7 +161,12 @@ struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 
 // loads (frag_a_rows & co.); version 1 on WMMA fragments, whose loads nvcc emits on generic
 // addresses (ncu at 16 x 2048 x 64 heads, T = 64, H200: 3.77 ms and 2.08G instructions per call
 // in version 1, 3.09 ms and 1.58G in version 2).
-template <int T, bool RAW>
+// TR (DFSSM_SSD_BWD_TF32_TRUNC=1, version 2 only; opt-in until timed): the fragments take the
+// fp32 values as they are, without cvt.rna.tf32 (two SASS instructions per element, most of this
+// kernel's instructions by the per-instruction profile): the tensor cores read a .tf32 operand's
+// top 19 bits, i.e. round toward zero instead of to nearest (~2x the rounding error, still at
+// TF32's precision).
+template <int T, bool RAW, bool TR = false>
 __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
   using SM = BwdSmem<T>;
   constexpr int LDT = SM::LDT, NT = T / 16;
@@ -274,17 +279,17 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
           uint32_t bd[2][2], bs[2][2];  // B(n, p) = dS[p][n], S[p][n] for p in the tile's two n-halves
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
-            frag_b_nmajor(bd[hh], dsl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
-            frag_b_nmajor(bs[hh], ssl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
+            frag_b_nmajor<TR>(bd[hh], dsl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
+            frag_b_nmajor<TR>(bs[hh], ssl + (tn * 16 + hh * 8) * LDH + kk, LDH, fg, ft);
           }
 #pragma unroll
           for (int j = 0; j < TP; ++j) {
             const int tm = tm0 + TM_STEP * j;
             uint32_t fa[4];
-            frag_a_rows(fa, bsl + tm * 16 * LDH + kk, LDH, fg, ft);
+            frag_a_rows<TR>(fa, bsl + tm * 16 * LDH + kk, LDH, fg, ft);
             mma_tf32(rz[j][0], fa, bd[0]);
             mma_tf32(rz[j][1], fa, bd[1]);
-            frag_a_rows(fa, csl + tm * 16 * LDH + kk, LDH, fg, ft);
+            frag_a_rows<TR>(fa, csl + tm * 16 * LDH + kk, LDH, fg, ft);
             mma_tf32(ry[j][0], fa, bs[0]);
             mma_tf32(ry[j][1], fa, bs[1]);
           }
@@ -366,10 +371,10 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
       for (int j = 0; j < TL; ++j) {
         if (warp + kWarps * j >= NLOW) continue;
         uint32_t fa[4], fb[2];
-        frag_a_rows(fa, dys + tms[j] * 16 * LDX + kk, LDX, fg, ft);
+        frag_a_rows<TR>(fa, dys + tms[j] * 16 * LDX + kk, LDX, fg, ft);
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {  // B(p, s) = x[s][p]
-          frag_b_nmajor(fb, xsm + (tqs[j] * 16 + hh * 8) * LDX + kk, LDX, fg, ft);
+          frag_b_nmajor<TR>(fb, xsm + (tqs[j] * 16 + hh * 8) * LDX + kk, LDX, fg, ft);
           mma_tf32(rg[j][hh], fa, fb);
         }
       }
@@ -468,13 +473,13 @@ __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(Ss
     for (int kk = 0; kk < T; kk += 8) {
       uint32_t fb[2][2];  // B(l, p) = dy[l][p]
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) frag_b_kmajor(fb[hh], dys + kk * LDX + tn * 16 + hh * 8, LDX, fg, ft);
+      for (int hh = 0; hh < 2; ++hh) frag_b_kmajor<TR>(fb[hh], dys + kk * LDX + tn * 16 + hh * 8, LDX, fg, ft);
 #pragma unroll
       for (int i = 0; i < TP; ++i) {
         const int tm = tm0 + TM_STEP * i;
         if (kk + 8 <= tm * 16) continue;  // every l < every s of the tile: zeros
         uint32_t fa[4];                   // A(s, l) = big[l][s]
-        frag_a_cols(fa, big + kk * LDT + tm * 16, LDT, fg, ft);
+        frag_a_cols<TR>(fa, big + kk * LDT + tm * 16, LDT, fg, ft);
         mma_tf32(rx[i][0], fa, fb[0]);
         mma_tf32(rx[i][1], fa, fb[1]);
       }
@@ -710,6 +715,8 @@ constexpr int A_FLOATS = 64 * LDA > KS * LDAT ? 64 * LDA : KS * LDAT, STAGE = A_
 constexpr int smem_floats(int hpg) { return STAGES * STAGE + hpg * 64; }
 }  // namespace dbc2
 
+// TR: the fragments' values as they are, as chunk_bwd_kernel's TR.
+template <bool TR = false>
 __global__ void __launch_bounds__(kThreads, 2) dbc_v2_kernel(SsdScanArgs a, SsdScanGrads g) {
   using namespace dbc2;
   constexpr int T = 64, NS1 = T / KS, SPH = P_ / KS;
@@ -798,20 +805,20 @@ __global__ void __launch_bounds__(kThreads, 2) dbc_v2_kernel(SsdScanArgs a, SsdS
         if (!is_db && k0 > r0 + 15) break;
         if (is_db && r0 > k0 + 7) continue;
         if (is_db) {
-          fa[0] = to_tf32(As[(kk + q) * LDAT + rA]), fa[1] = to_tf32(As[(kk + q) * LDAT + rB]);
-          fa[2] = to_tf32(As[(kk + q + 4) * LDAT + rA]), fa[3] = to_tf32(As[(kk + q + 4) * LDAT + rB]);
+          fa[0] = op_tf32<TR>(As[(kk + q) * LDAT + rA]), fa[1] = op_tf32<TR>(As[(kk + q) * LDAT + rB]);
+          fa[2] = op_tf32<TR>(As[(kk + q + 4) * LDAT + rA]), fa[3] = op_tf32<TR>(As[(kk + q + 4) * LDAT + rB]);
         } else {
-          fa[0] = to_tf32(As[rA * LDA + kk + q]), fa[1] = to_tf32(As[rB * LDA + kk + q]);
-          fa[2] = to_tf32(As[rA * LDA + kk + q + 4]), fa[3] = to_tf32(As[rB * LDA + kk + q + 4]);
+          fa[0] = op_tf32<TR>(As[rA * LDA + kk + q]), fa[1] = op_tf32<TR>(As[rB * LDA + kk + q]);
+          fa[2] = op_tf32<TR>(As[rA * LDA + kk + q + 4]), fa[3] = op_tf32<TR>(As[rB * LDA + kk + q + 4]);
         }
       } else {
-        fa[0] = to_tf32(sA * As[rA * LDA + kk + q]), fa[1] = to_tf32(sB * As[rB * LDA + kk + q]);
-        fa[2] = to_tf32(sA * As[rA * LDA + kk + q + 4]), fa[3] = to_tf32(sB * As[rB * LDA + kk + q + 4]);
+        fa[0] = op_tf32<TR>(sA * As[rA * LDA + kk + q]), fa[1] = op_tf32<TR>(sB * As[rB * LDA + kk + q]);
+        fa[2] = op_tf32<TR>(sA * As[rA * LDA + kk + q + 4]), fa[3] = op_tf32<TR>(sB * As[rB * LDA + kk + q + 4]);
       }
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni) {
         const int n = c0 + ni * 8 + gq;
-        const uint32_t fb[2] = {to_tf32(Xs[(kk + q) * LDX2 + n]), to_tf32(Xs[(kk + q + 4) * LDX2 + n])};
+        const uint32_t fb[2] = {op_tf32<TR>(Xs[(kk + q) * LDX2 + n]), op_tf32<TR>(Xs[(kk + q + 4) * LDX2 + n])};
         mma_tf32(acc[ni], fa, fb);
       }
     }
@@ -863,16 +870,33 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
       DFSSM_LAUNCH(dstate_pass_kernel<true>, dim3(P_ * N_ / kThreads, H, Bz), stream, a, g);
     if (const auto e = cudaGetLastError(); e != cudaSuccess) return e;
   }
-  if (const auto e = launch_dyn(v2 ? chunk_bwd_kernel<T, true> : chunk_bwd_kernel<T, false>, dim3(nc, H, Bz),
-                                BwdSmem<T>::FLOATS * int(sizeof(float)), stream, a, g);
+  const bool tr = v2 && ssd_scan_bwd_trunc();
+  const int bwd_smem = BwdSmem<T>::FLOATS * int(sizeof(float));
+  if (const auto e = tr   ? launch_dyn(chunk_bwd_kernel<T, true, true>, dim3(nc, H, Bz), bwd_smem, stream, a, g)
+                     : v2 ? launch_dyn(chunk_bwd_kernel<T, true>, dim3(nc, H, Bz), bwd_smem, stream, a, g)
+                          : launch_dyn(chunk_bwd_kernel<T, false>, dim3(nc, H, Bz), bwd_smem, stream, a, g);
       e != cudaSuccess)
     return e;
   const dim3 dbc_grid(2 * (N_ / kDbcCols), nc, Bz * unsigned(a.G));
-  if (T == 64 && v2) return launch_dyn(dbc_v2_kernel, dbc_grid, dbc2::smem_floats(a.H / a.G) * 4, stream, a, g);
+  if (T == 64 && v2)
+    return tr ? launch_dyn(dbc_v2_kernel<true>, dbc_grid, dbc2::smem_floats(a.H / a.G) * 4, stream, a, g)
+              : launch_dyn(dbc_v2_kernel<false>, dbc_grid, dbc2::smem_floats(a.H / a.G) * 4, stream, a, g);
   return launch_dyn(dbc_kernel<T>, dbc_grid, dbc_smem_floats<T>(a.H / a.G) * int(sizeof(float)), stream, a, g);
 }
 
 }  // namespace
+
+namespace {
+int g_bwd_trunc = -1;  // -1: not read yet
+}  // namespace
+bool ssd_scan_bwd_trunc() {
+  if (g_bwd_trunc < 0) {
+    const char* e = std::getenv("DFSSM_SSD_BWD_TF32_TRUNC");
+    g_bwd_trunc = e && e[0] == '1' ? 1 : 0;
+  }
+  return g_bwd_trunc == 1;
+}
+void ssd_scan_set_bwd_trunc(int on) { g_bwd_trunc = on < 0 ? -1 : on ? 1 : 0; }
 
 bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g) {
   return ssd_scan_inputs_ok(a) && (a.T == 64 || a.T == 128) && g.dy && g.dx && g.ddt && g.dA && g.dB && g.dC &&
