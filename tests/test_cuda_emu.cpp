@@ -245,8 +245,10 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
     // dstate_pass (seq 0).
     // seq 2: the sequential reverse pass on bf16 operands (DFSSM_SSD_STATES_BF16=1); seq 3:
     // chunk_bwd and dB/dC with truncated TF32 operands (DFSSM_SSD_BWD_TF32_TRUNC=1).
+    // (2 and 3 in one case each: an emulated backward takes ~20 s on 2 cores.)
     for (const int seq : {1, 0, 2, 3}) {
-      if (seq != 1 && seq != 3 && T != 64) continue;
+      if (seq == 0 && T != 64) continue;
+      if (seq >= 2 && !(T == 64 && with_init)) continue;
       ssd_scan_set_seq(seq >= 1);
       ssd_scan_set_states_bf16(seq == 2);
       ssd_scan_set_bwd_trunc(seq == 3);

@@ -394,10 +394,13 @@ static_assert((kStage * 4) % 16 == 0 && (kX * 2) % 16 == 0 && (kB * 2) % 16 == 0
               "16-byte aligned buffers for ldmatrix");
 }  // namespace seq3
 
-// Four floats as bf16 at p (8-byte aligned): two packed stores.
+// Four floats as bf16 at p (8-byte aligned), one 8-byte store: two 4-byte stores from a warp
+// whose rows are 144 or 272 bytes apart would meet in the same banks.
+struct alignas(8) U32x2 {
+  uint32_t lo, hi;
+};
 __device__ __forceinline__ void st4_bf16(uint16_t* p, float a, float b, float c, float d) {
-  uint32_t* q = reinterpret_cast<uint32_t*>(p);
-  q[0] = pack_bf16(a, b), q[1] = pack_bf16(c, d);
+  *reinterpret_cast<U32x2*>(p) = U32x2{pack_bf16(a, b), pack_bf16(c, d)};
 }
 
 // One k-step of the state update on bf16 operands: S += (w∘u)ᵀ·v over positions 16·kk + [0, 16),
