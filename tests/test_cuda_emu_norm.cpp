@@ -108,6 +108,16 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
         CHECK(read(o1, lowp, RD) == read(ob, lowp, RD));
         CHECK(read(r1, false, nr) == read(rb, false, nr));
       }
+      if (gated && lowp) {  // the row pipeline (DFSSM_NORM_FWD_PIPE=1) == the kernel above, bit for bit
+        const size_t nr = size_t(sh.R) * size_t(sh.D / sh.gs);
+        Buf o1(RD * es), r1(nr * 4);
+        set_norm_fwd_pipe(1);
+        REQUIRE(gated_norm_fwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), o1.p, dt, r1.f(), sh.R, sh.D, sh.gs, 1e-5f,
+                                    nullptr) == cudaSuccess);
+        set_norm_fwd_pipe(0);
+        CHECK(read(o1, lowp, RD) == read(ob, lowp, RD));
+        CHECK(read(r1, false, nr) == read(rb, false, nr));
+      }
       std::vector<float> dw(size_t(sh.D), 0.f);
       const int64_t nblk = norm_bwd_partial_size(sh.R, sh.D) / sh.D;
       for (int64_t b = 0; b < nblk; ++b)
@@ -153,6 +163,15 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
                                             nullptr) == cudaSuccess);
           CHECK(read(o2, true, RD) == read(o1, true, RD));
           CHECK(read(r2, false, nr) == read(r1, false, nr));
+          if (mode == 0) {  // and the row pipeline on the bf16 y
+            Buf o3(RD * 2), r3(nr * 4);
+            set_norm_fwd_pipe(1);
+            REQUIRE(gated_norm_fwd_bf16y_cuda(yh.p, zb.p, dt, ldz, wb.f(), o3.p, dt, r3.f(), sh.R, sh.D, sh.gs, 1e-5f,
+                                              nullptr) == cudaSuccess);
+            set_norm_fwd_pipe(0);
+            CHECK(read(o3, true, RD) == read(o2, true, RD));
+            CHECK(read(r3, false, nr) == read(r2, false, nr));
+          }
           // The backward on the bf16 y (a recomputation's kept output): dy, dz and dw bit for bit.
           const size_t np = size_t(norm_bwd_partial_size(sh.R, sh.D));
           Buf dy1(RD * 4), dy2(RD * 4), dz1(RD * 2), dz2(RD * 2), p1(np * 4), p2(np * 4);

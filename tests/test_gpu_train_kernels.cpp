@@ -333,6 +333,17 @@ TEST_CASE("gated RMSNorm kernels vs their scalar references, strided z", "[gpu][
         REQUIRE(ey < 1e-4);
         REQUIRE(ez < tol);  // dz is stored in z's dtype
         REQUIRE(ew < 1e-4);
+        if (dt == at::kBFloat16) {  // the row pipeline (DFSSM_NORM_FWD_PIPE=1): the same out and rstd, bit for bit
+          auto out2 = at::empty_like(out), rstd2 = at::empty_like(rstd);
+          kernels::set_norm_fwd_pipe(1);
+          REQUIRE(kernels::gated_norm_fwd_cuda(yd.data_ptr<float>(), zd.data_ptr(), kdt, n, wd.data_ptr<float>(),
+                                               out2.data_ptr(), kodt, rstd2.data_ptr<float>(), sh.R, sh.D, sh.gs, 1e-5f,
+                                               nullptr) == cudaSuccess);
+          kernels::set_norm_fwd_pipe(0);
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          CHECK(at::equal(out2, out));
+          CHECK(at::equal(rstd2, rstd));
+        }
       }
     }
   }
@@ -497,6 +508,14 @@ TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {
     const double tpb = mean_ms([&] { torch::autograd::grad({rms_norm_fused(x, w, 1e-5, odt)}, {x, w}, {gx}); }, 10);
     WARN("bench norm " << R << " rows, out " << c10::toString(odt) << (pf ? ", prefetch" : ", 2 blocks/SM") << ": gated 4096 fwd " << tgf << " ms, fwd+bwd " << tgb
                        << " ms; plain 2048 fwd " << tpf << " ms, fwd+bwd " << tpb << " ms");
+  }
+  {  // the gated forward as a row pipeline (DFSSM_NORM_FWD_PIPE=1), bf16 out, against the default
+    kernels::set_norm_prefetch(0);
+    const double t0 = mean_ms([&] { at::NoGradGuard ng; gated_norm_fused(y, z, wg, 4096, 1e-5, at::kBFloat16); }, 10);
+    kernels::set_norm_fwd_pipe(1);
+    const double t1 = mean_ms([&] { at::NoGradGuard ng; gated_norm_fused(y, z, wg, 4096, 1e-5, at::kBFloat16); }, 10);
+    kernels::set_norm_fwd_pipe(-1);
+    WARN("bench norm gated 4096 fwd, fp32 y, bf16 out: row pairs " << t0 << " ms, row pipeline " << t1 << " ms");
   }
   kernels::set_norm_prefetch(0);  // back to the default
   // The ATen ops the plain norm replaces (fp32 math, as Mamba2Model::rmsnorm's fallback).

@@ -25,8 +25,11 @@
 #include <cuda_bf16.h>
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <type_traits>
 
 #include "kernels/cuda/norm_train.h"
 #include "kernels/cuda/train_common.cuh"
@@ -201,6 +204,127 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormA
   }
 }
 
+// ---- The gated forward as a cp.async row pipeline (DFSSM_NORM_FWD_PIPE=1; opt-in until timed) ----
+// Why: above, a row's loads land in registers, and at two 512-thread blocks per SM with 64
+// registers each the loads in flight are capped by the register file; they are in flight only
+// between a row's issue and its use (the row pairs measured ~2.2 TB/s on the H200, about half the
+// bandwidth). Here each thread copies its own quads of the next kPipe rows into shared memory by
+// cp.async (8 bytes per bf16 quad, 16 per fp32 quad) while it reduces the current row, so kPipe
+// rows per block are always in flight and no barrier guards the stages (a thread reads back only
+// what it copied). A fixed grid of two blocks per SM walks the rows (row blockIdx.x + i·gridDim.x)
+// so that the pipeline fills once per block. Thread t owns quads t + j·blockDim as in
+// norm_fwd_kernel, and the arithmetic is its prep/finish in the same order: the output equals it
+// bit for bit. z in bf16 (in_proj's output); y in fp32 or bf16; J <= 2.
+// Shared memory per block: kPipe stages x J x blockDim quads of y, then of z (64 KB at D = 4096
+// with bf16 y, 96 KB with fp32 y).
+constexpr int kPipe = 4;
+
+template <typename T>
+__device__ __forceinline__ void cp_async_quad(T* s, const T* g) {
+#ifndef DFSSM_CUDA_EMULATE
+  const unsigned sa = unsigned(__cvta_generic_to_shared(s));
+  if constexpr (sizeof(T) == 2)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(sa), "l"(g));
+  else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sa), "l"(g));
+#else
+  std::memcpy(s, g, 4 * sizeof(T));  // the emulator: a synchronous copy
+#endif
+}
+__device__ __forceinline__ void cp_async_commit_group() {
+#ifndef DFSSM_CUDA_EMULATE
+  asm volatile("cp.async.commit_group;");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+#ifndef DFSSM_CUDA_EMULATE
+  asm volatile("cp.async.wait_group %0;" ::"n"(N));
+#endif
+}
+template <typename Y>
+__host__ __device__ constexpr int pipe_stage_bytes(int J, int threads) {
+  return J * threads * 4 * int(sizeof(Y) + sizeof(__nv_bfloat16));
+}
+constexpr int kPipeMaxBytes = kPipe * 2 * kMaxThreads * 4 * (4 + 2);  // J = 2, fp32 y
+
+template <typename O, int J, typename Y>
+__global__ void __launch_bounds__(kMaxThreads, 2) gated_norm_fwd_pipe_kernel(NormArgs a) {
+#ifndef DFSSM_CUDA_EMULATE
+  extern __shared__ __align__(16) unsigned char pipe_smem[];
+#else
+  static unsigned char pipe_smem[kPipeMaxBytes];
+#endif
+  __shared__ float red[2][32];
+  using E = __nv_bfloat16;
+  const int t = int(threadIdx.x), nthr = int(blockDim.x), g0 = int(blockIdx.y) * a.gs;
+  const int stage_bytes = pipe_stage_bytes<Y>(J, nthr);
+  const int64_t first = blockIdx.x, step = gridDim.x;
+  float w[J][4];
+  load_w(a, g0, w);
+  // Row r's quads of this thread into stage s (one commit group per row, issued or not, so
+  // that the wait below always counts kPipe - 1 younger groups).
+  auto issue = [&](int64_t r, int s) {
+    if (r < a.R) {
+      Y* ys = reinterpret_cast<Y*>(pipe_smem + s * stage_bytes);
+      E* zs = reinterpret_cast<E*>(pipe_smem + s * stage_bytes + J * nthr * 4 * int(sizeof(Y)));
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int q = t + j * nthr;
+        if (4 * q >= a.gs) continue;
+        cp_async_quad(ys + 4 * (j * nthr + t), static_cast<const Y*>(a.y) + r * a.D + g0 + 4 * q);
+        cp_async_quad(zs + 4 * (j * nthr + t), static_cast<const E*>(a.z) + r * a.ldz + g0 + 4 * q);
+      }
+    }
+    cp_async_commit_group();
+  };
+#pragma unroll
+  for (int s = 0; s < kPipe; ++s) issue(first + s * step, s);
+  for (int64_t i = 0;; ++i) {
+    const int64_t r = first + i * step;
+    if (r >= a.R) break;
+    const int s = int(i % kPipe);
+    cp_async_wait_group<kPipe - 1>();  // row r's group landed (this thread's own copies)
+    const Y* ys = reinterpret_cast<const Y*>(pipe_smem + s * stage_bytes);
+    const E* zs = reinterpret_cast<const E*>(pipe_smem + s * stage_bytes + J * nthr * 4 * int(sizeof(Y)));
+    Row<J> cur;
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      if (4 * (t + j * nthr) < a.gs) {
+        ld4(ys + 4 * (j * nthr + t), cur.y[j]);
+        ld4(zs + 4 * (j * nthr + t), cur.z[j]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) cur.y[j][e] = cur.z[j][e] = 0.f;
+      }
+    }
+    // x = y·silu(z) and the sum of x², as norm_fwd_kernel's prep (the same order).
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float x = cur.y[j][e] * cur.z[j][e] * sigmoid(cur.z[j][e]);
+        cur.y[j][e] = x;
+        ss += x * x;
+      }
+    issue(r + kPipe * step, s);  // the stage's values are in registers (and used above)
+    const float rs = rsqrtf(block_sum(ss, red, int(i & 1)) / float(a.gs) + a.eps);
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int q = t + j * nthr;
+      if (4 * q < a.gs) {
+        float o[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[e] = cur.y[j][e] * rs * w[j][e];
+        st4(static_cast<O*>(a.out) + r * a.D + g0 + 4 * q, o);
+      }
+    }
+    if (t == 0) a.rstd[r * (a.D / a.gs) + blockIdx.y] = rs;
+  }
+  cp_async_wait_group<0>();
+}
+
 template <bool GATED, typename E, typename O, int J, bool PF, bool ADD = false, typename Y = float>
 __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
@@ -308,12 +432,46 @@ bool prefetch() { return g_prefetch.on(); }
 LaunchSwitch g_pairs{"DFSSM_NORM_FWD_PAIRS", true};
 bool pairs() { return g_pairs.on(); }
 
+// The gated forward's row pipeline (gated_norm_fwd_pipe_kernel): off unless
+// DFSSM_NORM_FWD_PIPE=1 or set_norm_fwd_pipe(1) (not yet timed on a GPU).
+LaunchSwitch g_pipe{"DFSSM_NORM_FWD_PIPE", false};
+
+// The pipeline's launch: two blocks per SM (capped by the rows and the groups' count).
+template <typename O, typename Y>
+cudaError_t run_pipe(const NormArgs& a, int J, int threads, cudaStream_t stream) {
+  static int sms = 0;
+#ifndef DFSSM_CUDA_EMULATE
+  if (sms == 0) {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      return cudaErrorInvalidValue;
+  }
+#else
+  sms = 2;
+#endif
+  const int64_t groups = a.D / a.gs, want = std::max<int64_t>(1, 2 * sms / groups);
+  const dim3 grid(unsigned(std::min<int64_t>(a.R, want)), unsigned(groups));
+  const int smem = kPipe * pipe_stage_bytes<Y>(J, threads);
+  Kernel k = J == 1 ? gated_norm_fwd_pipe_kernel<O, 1, Y> : gated_norm_fwd_pipe_kernel<O, 2, Y>;
+#ifndef DFSSM_CUDA_EMULATE
+  if (const auto e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem); e != cudaSuccess)
+    return e;
+  k<<<grid, threads, smem, stream>>>(a);
+#else
+  (void)smem, (void)stream;
+  ::dfssm::emu::launch(grid, dim3(unsigned(threads)), [&] { k(a); });
+#endif
+  return cudaGetLastError();
+}
+
 // J quads per thread: the fewest that keep a block within kMaxThreads.
 template <bool BWD, bool GATED, typename E, typename O, typename Y = float, bool ADD = false>
 cudaError_t run(const NormArgs& a, cudaStream_t stream) {
   const int Q = a.gs / 4, J = Q <= kMaxThreads ? 1 : Q <= 2 * kMaxThreads ? 2 : 4;
   const int threads = ((Q + J - 1) / J + 31) / 32 * 32;
   const dim3 grid(unsigned((a.R + kRows - 1) / kRows), unsigned(a.D / a.gs));
+  if constexpr (!BWD && GATED && !ADD && std::is_same_v<E, __nv_bfloat16>)
+    if (J <= 2 && g_pipe.on()) return run_pipe<O, Y>(a, J, threads, stream);
   Kernel k = nullptr;
   if (prefetch()) {
     if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true, ADD, Y> : norm_fwd_kernel<GATED, E, O, 1, true, Y, ADD>;
@@ -360,6 +518,7 @@ bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt, NormDt
 
 void set_norm_prefetch(int mode) { g_prefetch.mode = mode == 1 ? 1 : 0; }
 void set_norm_fwd_pairs(int mode) { g_pairs.mode = mode == 0 || mode == 1 ? mode : -1; }
+void set_norm_fwd_pipe(int mode) { g_pipe.mode = mode == 0 || mode == 1 ? mode : -1; }
 
 int64_t norm_bwd_partial_size(int64_t R, int D) { return (R + kRows - 1) / kRows * int64_t(D); }
 

@@ -45,6 +45,10 @@ void set_norm_prefetch(int mode);
 // for the two sums; the same result bit for bit): 1 (default), 0 one row at a time, -1 re-reads
 // DFSSM_NORM_FWD_PAIRS (A/B switch; 0 turns it off). Not thread-safe.
 void set_norm_fwd_pairs(int mode);
+// The gated forward with bf16 z as a cp.async pipeline of rows through shared memory (the same
+// result bit for bit): 1, 0 (default), -1 re-reads DFSSM_NORM_FWD_PIPE (A/B switch; 1 turns it
+// on). Not thread-safe.
+void set_norm_fwd_pipe(int mode);
 
 // Floats the backward kernels need in `partial`: rows of D per-block sums of dout*n for dw.
 int64_t norm_bwd_partial_size(int64_t R, int D);
