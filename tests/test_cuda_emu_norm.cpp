@@ -117,6 +117,21 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
         set_norm_fwd_pipe(0);
         CHECK(read(o1, lowp, RD) == read(ob, lowp, RD));
         CHECK(read(r1, false, nr) == read(rb, false, nr));
+        // The backward's pipeline (DFSSM_NORM_BWD_PIPE=1): dy and dz bit for bit; dw from other row
+        // sets (the partial rows no block owns must come back zeroed: they start as garbage here).
+        const size_t np = size_t(norm_bwd_partial_size(sh.R, sh.D));
+        Buf dy2(RD * 4), dz2(RD * es), p2(np * 4);
+        std::fill(p2.f(), p2.f() + np, 1e30f);
+        set_norm_bwd_pipe(1);
+        REQUIRE(gated_norm_bwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), rb.f(), db.p, dt, dy2.f(), dz2.p, p2.f(), sh.R, sh.D,
+                                    sh.gs, nullptr) == cudaSuccess);
+        set_norm_bwd_pipe(0);
+        CHECK(read(dy2, false, RD) == read(dyb, false, RD));
+        CHECK(read(dz2, lowp, RD) == read(dzb, lowp, RD));
+        std::vector<float> dw2(size_t(sh.D), 0.f);
+        for (size_t b = 0; b < np / size_t(sh.D); ++b)
+          for (int i = 0; i < sh.D; ++i) dw2[size_t(i)] += p2.f()[b * size_t(sh.D) + size_t(i)];
+        CHECK(rel_err(dw2, dw_r) < 1e-4);
       }
       std::vector<float> dw(size_t(sh.D), 0.f);
       const int64_t nblk = norm_bwd_partial_size(sh.R, sh.D) / sh.D;
@@ -171,6 +186,19 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
             set_norm_fwd_pipe(0);
             CHECK(read(o3, true, RD) == read(o2, true, RD));
             CHECK(read(r3, false, nr) == read(r2, false, nr));
+          }
+          if (mode == 0) {  // and the backward's pipeline on the bf16 y: dy and dz bit for bit
+            const size_t np3 = size_t(norm_bwd_partial_size(sh.R, sh.D));
+            Buf dy3(RD * 4), dz3(RD * 2), p3(np3 * 4);
+            set_norm_bwd_pipe(1);
+            REQUIRE(gated_norm_bwd_bf16y_cuda(yh.p, zb.p, dt, ldz, wb.f(), r1.f(), db.p, dt, dy3.f(), dz3.p, p3.f(),
+                                              sh.R, sh.D, sh.gs, nullptr) == cudaSuccess);
+            set_norm_bwd_pipe(0);
+            Buf dy4(RD * 4), dz4(RD * 2), p4(np3 * 4);
+            REQUIRE(gated_norm_bwd_bf16y_cuda(yh.p, zb.p, dt, ldz, wb.f(), r1.f(), db.p, dt, dy4.f(), dz4.p, p4.f(),
+                                              sh.R, sh.D, sh.gs, nullptr) == cudaSuccess);
+            CHECK(read(dy3, false, RD) == read(dy4, false, RD));
+            CHECK(read(dz3, true, RD) == read(dz4, true, RD));
           }
           // The backward on the bf16 y (a recomputation's kept output): dy, dz and dw bit for bit.
           const size_t np = size_t(norm_bwd_partial_size(sh.R, sh.D));

@@ -344,6 +344,19 @@ TEST_CASE("gated RMSNorm kernels vs their scalar references, strided z", "[gpu][
           CHECK(at::equal(out2, out));
           CHECK(at::equal(rstd2, rstd));
         }
+        if (dt == at::kBFloat16 && odt == at::kBFloat16) {  // the backward's pipeline (DFSSM_NORM_BWD_PIPE=1)
+          auto dy2 = at::empty_like(dy), dz2 = at::empty_like(dz), partial2 = at::full_like(partial, 1e30);
+          kernels::set_norm_bwd_pipe(1);
+          REQUIRE(kernels::gated_norm_bwd_cuda(yd.data_ptr<float>(), zd.data_ptr(), kdt, n, wd.data_ptr<float>(),
+                                               rstd.data_ptr<float>(), dod.data_ptr(), kodt, dy2.data_ptr<float>(),
+                                               dz2.data_ptr(), partial2.data_ptr<float>(), sh.R, sh.D, sh.gs,
+                                               nullptr) == cudaSuccess);
+          kernels::set_norm_bwd_pipe(0);
+          REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+          CHECK(at::equal(dy2, dy));
+          CHECK(at::equal(dz2, dz));
+          CHECK(rel_err(partial2.view({-1, sh.D}).sum(0).cpu(), dw_ref) < 1e-4);
+        }
       }
     }
   }
@@ -515,7 +528,14 @@ TEST_CASE("bench: RMSNorm kernels, 16 x 2048 rows", "[.][bench][norm]") {
     kernels::set_norm_fwd_pipe(1);
     const double t1 = mean_ms([&] { at::NoGradGuard ng; gated_norm_fused(y, z, wg, 4096, 1e-5, at::kBFloat16); }, 10);
     kernels::set_norm_fwd_pipe(-1);
-    WARN("bench norm gated 4096 fwd, fp32 y, bf16 out: row pairs " << t0 << " ms, row pipeline " << t1 << " ms");
+    const auto gg = gg32.to(at::kBFloat16);
+    const double b0 = mean_ms([&] { torch::autograd::grad({gated_norm_fused(y, z, wg, 4096, 1e-5, at::kBFloat16)}, {y, z, wg}, {gg}); }, 10);
+    kernels::set_norm_fwd_pipe(1), kernels::set_norm_bwd_pipe(1);
+    const double b1 = mean_ms([&] { torch::autograd::grad({gated_norm_fused(y, z, wg, 4096, 1e-5, at::kBFloat16)}, {y, z, wg}, {gg}); }, 10);
+    kernels::set_norm_fwd_pipe(-1), kernels::set_norm_bwd_pipe(-1);
+    WARN("bench norm gated 4096 fwd, fp32 y, bf16 out: row pairs " << t0 << " ms, row pipeline " << t1
+                                                                   << " ms; fwd+bwd: " << b0 << " ms, both pipelines "
+                                                                   << b1 << " ms");
   }
   kernels::set_norm_prefetch(0);  // back to the default
   // The ATen ops the plain norm replaces (fp32 math, as Mamba2Model::rmsnorm's fallback).

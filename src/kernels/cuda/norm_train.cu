@@ -325,6 +325,129 @@ __global__ void __launch_bounds__(kMaxThreads, 2) gated_norm_fwd_pipe_kernel(Nor
   cp_async_wait_group<0>();
 }
 
+// The gated backward as the same kind of pipeline (DFSSM_NORM_BWD_PIPE=1; opt-in until timed):
+// each thread's quads of y, z and dout for the next kPipeB rows land in shared memory by
+// cp.async; rstd is loaded one row ahead into a register. The arithmetic per row is
+// norm_bwd_kernel's in the same order (dy and dz bit for bit); dw's column sums run over the
+// block's rows (a stride of gridDim.x apart), so partial's rows are the blocks' (the rest up to
+// norm_bwd_partial_size zeroed) and dw differs from the row-block kernel's in the last bits.
+// z, dout in bf16; y in fp32 or bf16. Shared memory: kPipeB(Y) stages x J x blockDim quads of
+// y, z, dout (96 KB at D = 4096: 4 stages with bf16 y, 3 with fp32 y).
+template <typename Y>
+__host__ __device__ constexpr int pipe_b_depth() {
+  return sizeof(Y) == 2 ? 4 : 3;
+}
+template <typename Y>
+__host__ __device__ constexpr int pipe_b_stage_bytes(int J, int threads) {
+  return J * threads * 4 * int(sizeof(Y) + 2 * sizeof(__nv_bfloat16));
+}
+constexpr int kPipeBMaxBytes = 3 * 2 * kMaxThreads * 4 * (4 + 2 + 2);  // J = 2, fp32 y
+
+template <int J, typename Y>
+__global__ void __launch_bounds__(kMaxThreads, 2) gated_norm_bwd_pipe_kernel(NormArgs a, int64_t partial_rows) {
+#ifndef DFSSM_CUDA_EMULATE
+  extern __shared__ __align__(16) unsigned char pipe_smem[];
+#else
+  static unsigned char pipe_smem[kPipeBMaxBytes];
+#endif
+  constexpr int S = pipe_b_depth<Y>();
+  __shared__ float red[2][32];
+  using E = __nv_bfloat16;
+  const int t = int(threadIdx.x), nthr = int(blockDim.x), g0 = int(blockIdx.y) * a.gs, groups = a.D / a.gs;
+  const int stage_bytes = pipe_b_stage_bytes<Y>(J, nthr);
+  const int zoff = J * nthr * 4 * int(sizeof(Y)), doff = zoff + J * nthr * 4 * int(sizeof(E));
+  const int64_t first = blockIdx.x, step = gridDim.x;
+  float w[J][4], gw[J][4];
+  load_w(a, g0, w);
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) gw[j][e] = 0.f;
+  auto issue = [&](int64_t r, int s) {
+    if (r < a.R) {
+      unsigned char* base = pipe_smem + s * stage_bytes;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int q = t + j * nthr, k = 4 * (j * nthr + t);
+        if (4 * q >= a.gs) continue;
+        cp_async_quad(reinterpret_cast<Y*>(base) + k, static_cast<const Y*>(a.y) + r * a.D + g0 + 4 * q);
+        cp_async_quad(reinterpret_cast<E*>(base + zoff) + k, static_cast<const E*>(a.z) + r * a.ldz + g0 + 4 * q);
+        cp_async_quad(reinterpret_cast<E*>(base + doff) + k, static_cast<const E*>(a.dout) + r * a.D + g0 + 4 * q);
+      }
+    }
+    cp_async_commit_group();
+  };
+#pragma unroll
+  for (int s = 0; s < S; ++s) issue(first + s * step, s);
+  float rs_next = first < a.R ? a.rstd_in[first * groups + blockIdx.y] : 0.f;
+  for (int64_t i = 0;; ++i) {
+    const int64_t r = first + i * step;
+    if (r >= a.R) break;
+    const int s = int(i % S);
+    const float rs = rs_next;
+    if (r + step < a.R) rs_next = a.rstd_in[(r + step) * groups + blockIdx.y];  // in flight during this row
+    cp_async_wait_group<S - 1>();
+    const unsigned char* base = pipe_smem + s * stage_bytes;
+    Row<J> cur;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int k = 4 * (j * nthr + t);
+      if (4 * (t + j * nthr) < a.gs) {
+        ld4(reinterpret_cast<const Y*>(base) + k, cur.y[j]);
+        ld4(reinterpret_cast<const E*>(base + zoff) + k, cur.z[j]);
+        ld4(reinterpret_cast<const E*>(base + doff) + k, cur.d[j]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) cur.y[j][e] = cur.z[j][e] = cur.d[j][e] = 0.f;
+      }
+    }
+    // ---- n = x·rstd, dn = dout·w, this thread's part of sum(dn·n): norm_bwd_kernel's order ----
+    float n[J][4], dn[J][4];
+    float dot = 0.f;
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float zi = cur.z[j][e];
+        const float x = cur.y[j][e] * zi * sigmoid(zi);
+        n[j][e] = x * rs;
+        dn[j][e] = cur.d[j][e] * w[j][e];
+        dot += dn[j][e] * n[j][e];
+        gw[j][e] += cur.d[j][e] * n[j][e];
+      }
+    issue(r + S * step, s);  // the stage's values are in registers (and used above)
+    const float mean_dot = block_sum(dot, red, int(i & 1)) / float(a.gs);
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int q = t + j * nthr;
+      if (4 * q < a.gs) {
+        float dy[4], dz[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float dx = rs * (dn[j][e] - n[j][e] * mean_dot);
+          const float zi = cur.z[j][e], sg = sigmoid(zi);
+          dy[e] = dx * zi * sg;
+          dz[e] = dx * cur.y[j][e] * sg * (1.f + zi * (1.f - sg));
+        }
+        st4(a.dy + r * a.D + g0 + 4 * q, dy);
+        st4(static_cast<E*>(a.dz) + r * a.lddz + g0 + 4 * q, dz);
+      }
+    }
+  }
+  cp_async_wait_group<0>();
+  // This block's dw row, and zeros in the rows no block writes (the caller sums them all).
+  for (int64_t pr = blockIdx.x; pr < partial_rows; pr += step)
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int q = t + j * nthr;
+      if (4 * q >= a.gs) continue;
+      float v[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = pr == int64_t(blockIdx.x) ? gw[j][e] : 0.f;
+      st4(a.partial + pr * a.D + g0 + 4 * q, v);
+    }
+}
+
 template <bool GATED, typename E, typename O, int J, bool PF, bool ADD = false, typename Y = float>
 __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormArgs a) {
   __shared__ float red[2][32];
@@ -437,19 +560,24 @@ bool pairs() { return g_pairs.on(); }
 LaunchSwitch g_pipe{"DFSSM_NORM_FWD_PIPE", false};
 
 // The pipeline's launch: two blocks per SM (capped by the rows and the groups' count).
-template <typename O, typename Y>
-cudaError_t run_pipe(const NormArgs& a, int J, int threads, cudaStream_t stream) {
+// The current device's SM count (the pipelines' grids: two blocks per SM); 2 under the emulator.
+int sm_count() {
   static int sms = 0;
 #ifndef DFSSM_CUDA_EMULATE
   if (sms == 0) {
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-      return cudaErrorInvalidValue;
+      sms = 1;  // a launch error follows anyway
   }
 #else
   sms = 2;
 #endif
-  const int64_t groups = a.D / a.gs, want = std::max<int64_t>(1, 2 * sms / groups);
+  return sms;
+}
+
+template <typename O, typename Y>
+cudaError_t run_pipe(const NormArgs& a, int J, int threads, cudaStream_t stream) {
+  const int64_t groups = a.D / a.gs, want = std::max<int64_t>(1, 2 * sm_count() / groups);
   const dim3 grid(unsigned(std::min<int64_t>(a.R, want)), unsigned(groups));
   const int smem = kPipe * pipe_stage_bytes<Y>(J, threads);
   Kernel k = J == 1 ? gated_norm_fwd_pipe_kernel<O, 1, Y> : gated_norm_fwd_pipe_kernel<O, 2, Y>;
@@ -464,6 +592,29 @@ cudaError_t run_pipe(const NormArgs& a, int J, int threads, cudaStream_t stream)
   return cudaGetLastError();
 }
 
+// The gated backward's pipeline (gated_norm_bwd_pipe_kernel): off unless DFSSM_NORM_BWD_PIPE=1
+// or set_norm_bwd_pipe(1) (not yet timed on a GPU).
+LaunchSwitch g_pipe_b{"DFSSM_NORM_BWD_PIPE", false};
+
+template <typename Y>
+cudaError_t run_pipe_bwd(const NormArgs& a, int J, int threads, cudaStream_t stream) {
+  // At most one block per row of partial (each writes its own row there).
+  const int64_t groups = a.D / a.gs, want = std::max<int64_t>(1, 2 * sm_count() / groups);
+  const int64_t partial_rows = norm_bwd_partial_size(a.R, a.D) / a.D;
+  const dim3 grid(unsigned(std::min<int64_t>(partial_rows, want)), unsigned(groups));
+  const int smem = pipe_b_depth<Y>() * pipe_b_stage_bytes<Y>(J, threads);
+  void (*k)(NormArgs, int64_t) = J == 1 ? gated_norm_bwd_pipe_kernel<1, Y> : gated_norm_bwd_pipe_kernel<2, Y>;
+#ifndef DFSSM_CUDA_EMULATE
+  if (const auto e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem); e != cudaSuccess)
+    return e;
+  k<<<grid, threads, smem, stream>>>(a, partial_rows);
+#else
+  (void)smem, (void)stream;
+  ::dfssm::emu::launch(grid, dim3(unsigned(threads)), [&] { k(a, partial_rows); });
+#endif
+  return cudaGetLastError();
+}
+
 // J quads per thread: the fewest that keep a block within kMaxThreads.
 template <bool BWD, bool GATED, typename E, typename O, typename Y = float, bool ADD = false>
 cudaError_t run(const NormArgs& a, cudaStream_t stream) {
@@ -472,6 +623,8 @@ cudaError_t run(const NormArgs& a, cudaStream_t stream) {
   const dim3 grid(unsigned((a.R + kRows - 1) / kRows), unsigned(a.D / a.gs));
   if constexpr (!BWD && GATED && !ADD && std::is_same_v<E, __nv_bfloat16>)
     if (J <= 2 && g_pipe.on()) return run_pipe<O, Y>(a, J, threads, stream);
+  if constexpr (BWD && GATED && !ADD && std::is_same_v<E, __nv_bfloat16> && std::is_same_v<O, __nv_bfloat16>)
+    if (J <= 2 && g_pipe_b.on()) return run_pipe_bwd<Y>(a, J, threads, stream);
   Kernel k = nullptr;
   if (prefetch()) {
     if (J == 1) k = BWD ? norm_bwd_kernel<GATED, E, O, 1, true, ADD, Y> : norm_fwd_kernel<GATED, E, O, 1, true, Y, ADD>;
@@ -519,6 +672,7 @@ bool args_ok(const NormArgs& a, bool gated, NormDtype zdt, NormDtype odt, NormDt
 void set_norm_prefetch(int mode) { g_prefetch.mode = mode == 1 ? 1 : 0; }
 void set_norm_fwd_pairs(int mode) { g_pairs.mode = mode == 0 || mode == 1 ? mode : -1; }
 void set_norm_fwd_pipe(int mode) { g_pipe.mode = mode == 0 || mode == 1 ? mode : -1; }
+void set_norm_bwd_pipe(int mode) { g_pipe_b.mode = mode == 0 || mode == 1 ? mode : -1; }
 
 int64_t norm_bwd_partial_size(int64_t R, int D) { return (R + kRows - 1) / kRows * int64_t(D); }
 

@@ -49,6 +49,10 @@ void set_norm_fwd_pairs(int mode);
 // result bit for bit): 1, 0 (default), -1 re-reads DFSSM_NORM_FWD_PIPE (A/B switch; 1 turns it
 // on). Not thread-safe.
 void set_norm_fwd_pipe(int mode);
+// The gated backward with bf16 z and dout as the same kind of pipeline (dy and dz bit for bit; dw
+// summed over other row sets, so its last bits differ): 1, 0 (default), -1 re-reads
+// DFSSM_NORM_BWD_PIPE. Not thread-safe.
+void set_norm_bwd_pipe(int mode);
 
 // Floats the backward kernels need in `partial`: rows of D per-block sums of dout*n for dw.
 int64_t norm_bwd_partial_size(int64_t R, int D);
