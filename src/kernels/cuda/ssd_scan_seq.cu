@@ -374,7 +374,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
 // does twice the work, and w∘x is made once per chunk when the rows are converted. Numerics:
 // rounding to bf16 (8 significant bits) instead of TF32 (11) moves y by ~3e-3 relative instead
 // of ~4e-4 (the emulated test states the measured values).
-// Shared memory (176 KB, one block per SM): the fp32 staging that cp.async fills (x, B, C rows
+// Shared memory (174 KB, one block per SM): the fp32 staging that cp.async fills (x, B, C rows
 // and CB, unpadded: each thread converts the pieces it copied itself), one buffer: the next
 // chunk's copies are issued as soon as this chunk's are converted, and land during its main
 // loop; then the bf16 operands (uint16_t), rows padded to 16 bytes mod 128 for conflict-free
