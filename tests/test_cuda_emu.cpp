@@ -246,6 +246,7 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
     // seq 2: the sequential reverse pass on bf16 operands (DFSSM_SSD_STATES_BF16=1); seq 3:
     // chunk_bwd and dB/dC with truncated TF32 operands (DFSSM_SSD_BWD_TF32_TRUNC=1).
     // (2 and 3 in one case each: an emulated backward takes ~20 s on 2 cores.)
+    std::vector<float> dx1;  // seq 1's dx: seq 2 and 3 must differ from it (their switch took effect)
     for (const int seq : {1, 0, 2, 3}) {
       if (seq == 0 && T != 64) continue;
       if (seq >= 2 && !(T == 64 && with_init)) continue;
@@ -256,6 +257,8 @@ TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/1
       ssd_scan_set_seq(-1);
       ssd_scan_set_states_bf16(-1);
       ssd_scan_set_bwd_trunc(-1);
+      if (seq == 1) dx1.assign(dx.p, dx.p + dx_r.size());
+      if (seq >= 2) CHECK_FALSE(std::equal(dx1.begin(), dx1.end(), dx.p));
       const std::pair<const char*, std::pair<const float*, const std::vector<float>*>> cmp[] = {
           {"dx", {dx.p, &dx_r}}, {"ddt", {ddt.data(), &ddt_r}}, {"dA", {dA.data(), &dA_r}}, {"dD", {dD.data(), &dD_r}},
           {"dB", {dB, &dB_r}}, {"dC", {dC, &dC_r}}, {"dinit", {di.data(), &di_r}}};

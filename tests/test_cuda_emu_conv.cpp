@@ -19,6 +19,7 @@ using namespace dfssm::kernels;
 using dfssm::emu_test::Buf;
 using dfssm::emu_test::bf;
 using dfssm::emu_test::rel_err;
+using dfssm::emu_test::strided_diff;
 
 TEST_CASE("conv1d + SiLU kernels (emulated) == scalar reference: versions 1 and 2, strided, fp32 and bf16",
           "[cuda_emu][conv]") {
@@ -82,17 +83,9 @@ TEST_CASE("conv1d + SiLU kernels (emulated) == scalar reference: versions 1 and 
       std::fill(dxs.u8(), dxs.u8() + size_t(BL * ldx) * es, uint8_t(0x7f));
       REQUIRE(conv_silu_bwd_cuda(xb.p, dt, ldx, wb.f(), bb.f(), db.f(), dxs.p, ps.f(), sh.B, sh.L, sh.C, sh.K, nullptr,
                                  ldx) == cudaSuccess);
-      size_t diff = 0, touched = 0;
-      for (int64_t r = 0; r < BL; ++r)
-        for (int64_t c = 0; c < ldx; ++c) {
-          const uint8_t* s = dxs.u8() + size_t(r * ldx + c) * es;
-          if (c < sh.C)
-            diff += std::memcmp(s, dxb.u8() + size_t(r * sh.C + c) * es, es) != 0;
-          else
-            touched += s[0] != 0x7f || s[es - 1] != 0x7f;
-        }
-      CHECK(diff == 0);
-      CHECK(touched == 0);
+      const auto sd = strided_diff(dxs.u8(), ldx, dxb.u8(), BL, sh.C, es);
+      CHECK(sd.diff == 0);
+      CHECK(sd.touched == 0);
       CHECK(std::memcmp(ps.u8(), pb.u8(), size_t(np) * 4) == 0);
       CHECK(conv_silu_bwd_cuda(xb.p, dt, ldx, wb.f(), bb.f(), db.f(), dxs.p, ps.f(), sh.B, sh.L, sh.C, sh.K, nullptr,
                                sh.C - 1) == cudaErrorInvalidValue);

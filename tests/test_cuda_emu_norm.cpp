@@ -20,6 +20,7 @@ using namespace dfssm::kernels;
 using dfssm::emu_test::Buf;
 using dfssm::emu_test::bf;
 using dfssm::emu_test::rel_err;
+using dfssm::emu_test::strided_diff;
 
 namespace {
 
@@ -149,17 +150,9 @@ TEST_CASE("norm kernels (emulated) == scalar reference: gated and plain, fp32 an
         std::fill(dzs.u8(), dzs.u8() + nz * es, uint8_t(0x7f));
         REQUIRE(gated_norm_bwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), rb.f(), db.p, dt, dys.f(), dzs.p, ps.f(), sh.R, sh.D,
                                     sh.gs, nullptr, ldz) == cudaSuccess);
-        size_t diff = 0, touched = 0;
-        for (int64_t r = 0; r < sh.R; ++r)
-          for (int64_t c = 0; c < ldz; ++c) {
-            const uint8_t* s = dzs.u8() + size_t(r * ldz + c) * es;
-            if (c < sh.D)
-              diff += std::memcmp(s, dzb.u8() + size_t(r * sh.D + c) * es, es) != 0;
-            else
-              touched += s[0] != 0x7f || s[es - 1] != 0x7f;
-          }
-        CHECK(diff == 0);
-        CHECK(touched == 0);
+        const auto sd = strided_diff(dzs.u8(), ldz, dzb.u8(), sh.R, sh.D, es);
+        CHECK(sd.diff == 0);
+        CHECK(sd.touched == 0);
         CHECK(std::memcmp(dys.u8(), dyb.u8(), RD * 4) == 0);
         CHECK(gated_norm_bwd_cuda(yb.f(), zb.p, dt, ldz, wb.f(), rb.f(), db.p, dt, dys.f(), dzs.p, ps.f(), sh.R, sh.D,
                                   sh.gs, nullptr, sh.D - 4) == cudaErrorInvalidValue);

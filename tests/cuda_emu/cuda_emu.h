@@ -181,11 +181,12 @@ namespace dfssm::emu {
 // (8 x 8). Lane = 4g + t holds a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]}, b = {B[t][g],
 // B[t+4][g]}, c = {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]} (the PTX ISA's layout), so a
 // kernel that gets the mapping wrong gets wrong results here too. An operand not rounded to TF32
-// first is truncated to it, as the hardware reads only the top 19 bits.
+// first is truncated to it: the hardware reads only the top 19 bits, as we understand it (not yet
+// checked on a GPU; test_gpu_train_kernels compares the truncating backward with the rounding one).
 inline void mma_tf32_m16n8k8(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   auto& ctx = *tl_ctx;
   const unsigned t = threadIdx.x, lane = t % 32, base = t - lane;
-  auto f = [](uint32_t u) {  // the tensor cores read a .tf32 operand's top 19 bits (round toward zero)
+  auto f = [](uint32_t u) {  // truncated to TF32 (round toward zero), as above
     u &= 0xffffe000u;
     float v;
     std::memcpy(&v, &u, 4);

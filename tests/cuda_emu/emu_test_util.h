@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace dfssm::emu_test {
@@ -29,5 +30,25 @@ inline double rel_err(const std::vector<float>& a, const std::vector<float>& b) 
 }
 
 inline float bf(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+// A kernel's strided output (rows ld elements apart, es bytes each, the gaps pre-filled with 0x7f
+// bytes) against the same values written contiguously (cols per row): elements that differ, and
+// gap elements that were touched.
+struct StridedDiff {
+  size_t diff = 0, touched = 0;
+};
+inline StridedDiff strided_diff(const uint8_t* strided, int64_t ld, const uint8_t* dense, int64_t rows, int64_t cols,
+                                size_t es) {
+  StridedDiff d;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < ld; ++c) {
+      const uint8_t* s = strided + size_t(r * ld + c) * es;
+      if (c < cols)
+        d.diff += std::memcmp(s, dense + size_t(r * cols + c) * es, es) != 0;
+      else
+        d.touched += s[0] != 0x7f || s[es - 1] != 0x7f;
+    }
+  return d;
+}
 
 }  // namespace dfssm::emu_test

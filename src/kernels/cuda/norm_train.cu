@@ -129,6 +129,48 @@ __device__ __forceinline__ float2 block_sum2(float u, float v, float2 (*red)[32]
   return t;
 }
 
+// x = y·silu(z) (GATED), y + z (ADD) or y, in place of the row's y, and this thread's part of the
+// sum of x²; with ADD, the new residual stream stored.
+template <bool GATED, bool ADD, int J>
+__device__ __forceinline__ float fwd_prep(const NormArgs& a, Row<J>& cur, int64_t r, int g0) {
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float x = GATED ? cur.y[j][i] * cur.z[j][i] * sigmoid(cur.z[j][i])
+                      : ADD ? cur.y[j][i] + cur.z[j][i]
+                            : cur.y[j][i];
+      cur.y[j][i] = x;
+      ss += x * x;
+    }
+  if (ADD) {  // the new residual stream
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int q = int(threadIdx.x) + j * int(blockDim.x);
+      if (4 * q < a.gs) st4(a.res_out + r * a.D + g0 + 4 * q, cur.y[j]);
+    }
+  }
+  return ss;
+}
+// out = x·rstd·w and rstd, from the block's sum of x².
+template <typename O, int J>
+__device__ __forceinline__ void fwd_finish(const NormArgs& a, const Row<J>& cur, int64_t r, int g0, float sum,
+                                           const float (&w)[J][4]) {
+  const float rs = rsqrtf(sum / float(a.gs) + a.eps);
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int q = int(threadIdx.x) + j * int(blockDim.x);
+    if (4 * q < a.gs) {
+      float o[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) o[i] = cur.y[j][i] * rs * w[j][i];
+      st4(static_cast<O*>(a.out) + r * a.D + g0 + 4 * q, o);
+    }
+  }
+  if (threadIdx.x == 0) a.rstd[r * (a.D / a.gs) + blockIdx.y] = rs;
+}
+
 // PAIR (without PF): two rows per step, both rows' loads issued before either is reduced, and
 // their sums in one barrier: twice the bytes in flight per thread (at two blocks per SM one row
 // each left the gated norm at ~2-2.8 TB/s on the H200, about half of what the loads need to
@@ -141,44 +183,8 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormA
   const int64_t r0 = int64_t(blockIdx.x) * kRows, r1 = r0 + kRows < a.R ? r0 + kRows : a.R;
   float w[J][4];
   load_w(a, g0, w);
-  // x (in place of the row's y) and this thread's part of the sum of x²; with ADD, the new
-  // residual stream stored.
-  auto prep = [&](Row<J>& cur, int64_t r) {
-    float ss = 0.f;
-#pragma unroll
-    for (int j = 0; j < J; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float x = GATED ? cur.y[j][i] * cur.z[j][i] * sigmoid(cur.z[j][i])
-                        : ADD ? cur.y[j][i] + cur.z[j][i]
-                              : cur.y[j][i];
-        cur.y[j][i] = x;
-        ss += x * x;
-      }
-    if (ADD) {  // the new residual stream
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int q = int(threadIdx.x) + j * int(blockDim.x);
-        if (4 * q < a.gs) st4(a.res_out + r * a.D + g0 + 4 * q, cur.y[j]);
-      }
-    }
-    return ss;
-  };
-  // out = x·rstd·w and rstd, from the block's sum of x².
-  auto finish = [&](const Row<J>& cur, int64_t r, float sum) {
-    const float rs = rsqrtf(sum / float(a.gs) + a.eps);
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int q = int(threadIdx.x) + j * int(blockDim.x);
-      if (4 * q < a.gs) {
-        float o[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) o[i] = cur.y[j][i] * rs * w[j][i];
-        st4(static_cast<O*>(a.out) + r * a.D + g0 + 4 * q, o);
-      }
-    }
-    if (threadIdx.x == 0) a.rstd[r * (a.D / a.gs) + blockIdx.y] = rs;
-  };
+  auto prep = [&](Row<J>& cur, int64_t r) { return fwd_prep<GATED, ADD>(a, cur, r, g0); };
+  auto finish = [&](const Row<J>& cur, int64_t r, float sum) { fwd_finish<O>(a, cur, r, g0, sum, w); };
   Row<J> cur, nxt;
   if (PAIR && !PF) {
     for (int64_t r = r0; r < r1; r += 2) {
@@ -204,6 +210,55 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormA
   }
 }
 
+// One row of the backward from its operands in registers (cur.rs: its rstd): n = x·rstd,
+// dn = dout·w, one block sum of dn·n (red[parity]), dx = rstd·(dn − n·mean), dy = dx·silu(z) (or
+// dx, plus the stream's gradient with ADD), dz = dx·y·silu'(z); dw's column sums into gw.
+// mid() runs between this thread's last use of cur's loads and the block sum (the pipeline issues
+// its next copy there).
+template <bool GATED, bool ADD, typename E, int J, class Mid>
+__device__ __forceinline__ void bwd_row(const NormArgs& a, const Row<J>& cur, int64_t r, int g0, const float (&w)[J][4],
+                                        float (&gw)[J][4], float (*red)[32], int parity, Mid mid) {
+  // ---- n = x·rstd, dn = dout·w, and this thread's part of sum(dn·n) ----
+  float n[J][4], dn[J][4];
+  float dot = 0.f;
+#pragma unroll
+  for (int j = 0; j < J; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float zi = cur.z[j][i];
+      const float x = GATED ? cur.y[j][i] * zi * sigmoid(zi) : cur.y[j][i];
+      n[j][i] = x * cur.rs;
+      dn[j][i] = cur.d[j][i] * w[j][i];
+      dot += dn[j][i] * n[j][i];
+      gw[j][i] += cur.d[j][i] * n[j][i];
+    }
+  mid();
+  const float mean_dot = block_sum(dot, red, parity) / float(a.gs);
+  // ---- dx, then through the gate ----
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int q = int(threadIdx.x) + j * int(blockDim.x);
+    if (4 * q < a.gs) {
+      float dy[4], dz[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float dx = cur.rs * (dn[j][i] - n[j][i] * mean_dot);
+        if (GATED) {
+          const float zi = cur.z[j][i], s = sigmoid(zi);
+          dy[i] = dx * zi * s;
+          dz[i] = dx * cur.y[j][i] * s * (1.f + zi * (1.f - s));
+        } else {
+          dy[i] = ADD ? dx + cur.z[j][i] : dx;  // plus the stream's gradient from the next layer
+        }
+      }
+      const int64_t off = r * a.D + g0 + 4 * q;
+      st4(a.dy + off, dy);
+      if (GATED) st4(static_cast<E*>(a.dz) + r * a.lddz + g0 + 4 * q, dz);
+      if (ADD && a.dz) st4(static_cast<E*>(a.dz) + off, dy);  // the block output's gradient, in its dtype
+    }
+  }
+}
+
 // ---- The gated forward as a cp.async row pipeline (DFSSM_NORM_FWD_PIPE=1; opt-in until timed) ----
 // Why: above, a row's loads land in registers, and at two 512-thread blocks per SM with 64
 // registers each the loads in flight are capped by the register file; they are in flight only
@@ -213,8 +268,8 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_fwd_kernel(NormA
 // rows per block are always in flight and no barrier guards the stages (a thread reads back only
 // what it copied). A fixed grid of two blocks per SM walks the rows (row blockIdx.x + i·gridDim.x)
 // so that the pipeline fills once per block. Thread t owns quads t + j·blockDim as in
-// norm_fwd_kernel, and the arithmetic is its prep/finish in the same order: the output equals it
-// bit for bit. z in bf16 (in_proj's output); y in fp32 or bf16; J <= 2.
+// norm_fwd_kernel, and the arithmetic is the same fwd_prep / fwd_finish: the output equals it bit
+// for bit. z in bf16 (in_proj's output); y in fp32 or bf16; J <= 2.
 // Shared memory per block: kPipe stages x J x blockDim quads of y, then of z (64 KB at D = 4096
 // with bf16 y, 96 KB with fp32 y).
 constexpr int kPipe = 4;
@@ -288,7 +343,6 @@ __global__ void __launch_bounds__(kMaxThreads, 2) gated_norm_fwd_pipe_kernel(Nor
     const Y* ys = reinterpret_cast<const Y*>(pipe_smem + s * stage_bytes);
     const E* zs = reinterpret_cast<const E*>(pipe_smem + s * stage_bytes + J * nthr * 4 * int(sizeof(Y)));
     Row<J> cur;
-    float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       if (4 * (t + j * nthr) < a.gs) {
@@ -299,28 +353,9 @@ __global__ void __launch_bounds__(kMaxThreads, 2) gated_norm_fwd_pipe_kernel(Nor
         for (int e = 0; e < 4; ++e) cur.y[j][e] = cur.z[j][e] = 0.f;
       }
     }
-    // x = y·silu(z) and the sum of x², as norm_fwd_kernel's prep (the same order).
-#pragma unroll
-    for (int j = 0; j < J; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float x = cur.y[j][e] * cur.z[j][e] * sigmoid(cur.z[j][e]);
-        cur.y[j][e] = x;
-        ss += x * x;
-      }
+    const float ss = fwd_prep<true, false>(a, cur, r, g0);
     issue(r + kPipe * step, s);  // the stage's values are in registers (and used above)
-    const float rs = rsqrtf(block_sum(ss, red, int(i & 1)) / float(a.gs) + a.eps);
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int q = t + j * nthr;
-      if (4 * q < a.gs) {
-        float o[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[e] = cur.y[j][e] * rs * w[j][e];
-        st4(static_cast<O*>(a.out) + r * a.D + g0 + 4 * q, o);
-      }
-    }
-    if (t == 0) a.rstd[r * (a.D / a.gs) + blockIdx.y] = rs;
+    fwd_finish<O>(a, cur, r, g0, block_sum(ss, red, int(i & 1)), w);
   }
   cp_async_wait_group<0>();
 }
@@ -328,7 +363,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) gated_norm_fwd_pipe_kernel(Nor
 // The gated backward as the same kind of pipeline (DFSSM_NORM_BWD_PIPE=1; opt-in until timed):
 // each thread's quads of y, z and dout for the next kPipeB rows land in shared memory by
 // cp.async; rstd is loaded one row ahead into a register. The arithmetic per row is
-// norm_bwd_kernel's in the same order (dy and dz bit for bit); dw's column sums run over the
+// norm_bwd_kernel's bwd_row (dy and dz bit for bit); dw's column sums run over the
 // block's rows (a stride of gridDim.x apart), so partial's rows are the blocks' (the rest up to
 // norm_bwd_partial_size zeroed) and dw differs from the row-block kernel's in the last bits.
 // z, dout in bf16; y in fp32 or bf16. Shared memory: kPipeB(Y) stages x J x blockDim quads of
@@ -384,11 +419,11 @@ __global__ void __launch_bounds__(kMaxThreads, 2) gated_norm_bwd_pipe_kernel(Nor
     const int64_t r = first + i * step;
     if (r >= a.R) break;
     const int s = int(i % S);
-    const float rs = rs_next;
+    Row<J> cur;
+    cur.rs = rs_next;
     if (r + step < a.R) rs_next = a.rstd_in[(r + step) * groups + blockIdx.y];  // in flight during this row
     cp_async_wait_group<S - 1>();
     const unsigned char* base = pipe_smem + s * stage_bytes;
-    Row<J> cur;
 #pragma unroll
     for (int j = 0; j < J; ++j) {
       const int k = 4 * (j * nthr + t);
@@ -401,38 +436,7 @@ __global__ void __launch_bounds__(kMaxThreads, 2) gated_norm_bwd_pipe_kernel(Nor
         for (int e = 0; e < 4; ++e) cur.y[j][e] = cur.z[j][e] = cur.d[j][e] = 0.f;
       }
     }
-    // ---- n = x·rstd, dn = dout·w, this thread's part of sum(dn·n): norm_bwd_kernel's order ----
-    float n[J][4], dn[J][4];
-    float dot = 0.f;
-#pragma unroll
-    for (int j = 0; j < J; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float zi = cur.z[j][e];
-        const float x = cur.y[j][e] * zi * sigmoid(zi);
-        n[j][e] = x * rs;
-        dn[j][e] = cur.d[j][e] * w[j][e];
-        dot += dn[j][e] * n[j][e];
-        gw[j][e] += cur.d[j][e] * n[j][e];
-      }
-    issue(r + S * step, s);  // the stage's values are in registers (and used above)
-    const float mean_dot = block_sum(dot, red, int(i & 1)) / float(a.gs);
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int q = t + j * nthr;
-      if (4 * q < a.gs) {
-        float dy[4], dz[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float dx = rs * (dn[j][e] - n[j][e] * mean_dot);
-          const float zi = cur.z[j][e], sg = sigmoid(zi);
-          dy[e] = dx * zi * sg;
-          dz[e] = dx * cur.y[j][e] * sg * (1.f + zi * (1.f - sg));
-        }
-        st4(a.dy + r * a.D + g0 + 4 * q, dy);
-        st4(static_cast<E*>(a.dz) + r * a.lddz + g0 + 4 * q, dz);
-      }
-    }
+    bwd_row<true, false, E>(a, cur, r, g0, w, gw, red, int(i & 1), [&] { issue(r + S * step, s); });
   }
   cp_async_wait_group<0>();
   // This block's dw row, and zeros in the rows no block writes (the caller sums them all).
@@ -464,44 +468,7 @@ __global__ void __launch_bounds__(kMaxThreads, PF ? 1 : 2) norm_bwd_kernel(NormA
   for (int64_t r = r0; r < r1; ++r) {
     if (!PF) load_row<GATED, true, E, O, J, Y, ADD>(a, r, g0, cur);
     if (PF && r + 1 < r1) load_row<GATED, true, E, O, J, Y, ADD>(a, r + 1, g0, nxt);  // in flight during this row
-    // ---- n = x·rstd, dn = dout·w, and this thread's part of sum(dn·n) ----
-    float n[J][4], dn[J][4];
-    float dot = 0.f;
-#pragma unroll
-    for (int j = 0; j < J; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float zi = cur.z[j][i];
-        const float x = GATED ? cur.y[j][i] * zi * sigmoid(zi) : cur.y[j][i];
-        n[j][i] = x * cur.rs;
-        dn[j][i] = cur.d[j][i] * w[j][i];
-        dot += dn[j][i] * n[j][i];
-        gw[j][i] += cur.d[j][i] * n[j][i];
-      }
-    const float mean_dot = block_sum(dot, red, int(r & 1)) / float(a.gs);
-    // ---- dx, then through the gate ----
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int q = int(threadIdx.x) + j * int(blockDim.x);
-      if (4 * q < a.gs) {
-        float dy[4], dz[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float dx = cur.rs * (dn[j][i] - n[j][i] * mean_dot);
-          if (GATED) {
-            const float zi = cur.z[j][i], s = sigmoid(zi);
-            dy[i] = dx * zi * s;
-            dz[i] = dx * cur.y[j][i] * s * (1.f + zi * (1.f - s));
-          } else {
-            dy[i] = ADD ? dx + cur.z[j][i] : dx;  // plus the stream's gradient from the next layer
-          }
-        }
-        const int64_t off = r * a.D + g0 + 4 * q;
-        st4(a.dy + off, dy);
-        if (GATED) st4(static_cast<E*>(a.dz) + r * a.lddz + g0 + 4 * q, dz);
-        if (ADD && a.dz) st4(static_cast<E*>(a.dz) + off, dy);  // the block output's gradient, in its dtype
-      }
-    }
+    bwd_row<GATED, ADD, E>(a, cur, r, g0, w, gw, red, int(r & 1), [] {});
     if (PF && r + 1 < r1) cur = nxt;
   }
 #pragma unroll
@@ -559,7 +526,6 @@ bool pairs() { return g_pairs.on(); }
 // DFSSM_NORM_FWD_PIPE=1 or set_norm_fwd_pipe(1) (not yet timed on a GPU).
 LaunchSwitch g_pipe{"DFSSM_NORM_FWD_PIPE", false};
 
-// The pipeline's launch: two blocks per SM (capped by the rows and the groups' count).
 // The current device's SM count (the pipelines' grids: two blocks per SM); 2 under the emulator.
 int sm_count() {
   static int sms = 0;
@@ -575,21 +541,28 @@ int sm_count() {
   return sms;
 }
 
-template <typename O, typename Y>
-cudaError_t run_pipe(const NormArgs& a, int J, int threads, cudaStream_t stream) {
+// A pipeline kernel's launch: two blocks per SM, at most `max_blocks` per group of columns, with
+// `smem` bytes of dynamic shared memory.
+template <class... Args>
+cudaError_t launch_pipe(void (*k)(Args...), const NormArgs& a, int64_t max_blocks, int threads, int smem,
+                        cudaStream_t stream, Args... args) {
   const int64_t groups = a.D / a.gs, want = std::max<int64_t>(1, 2 * sm_count() / groups);
-  const dim3 grid(unsigned(std::min<int64_t>(a.R, want)), unsigned(groups));
-  const int smem = kPipe * pipe_stage_bytes<Y>(J, threads);
-  Kernel k = J == 1 ? gated_norm_fwd_pipe_kernel<O, 1, Y> : gated_norm_fwd_pipe_kernel<O, 2, Y>;
+  const dim3 grid(unsigned(std::min<int64_t>(max_blocks, want)), unsigned(groups));
 #ifndef DFSSM_CUDA_EMULATE
   if (const auto e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem); e != cudaSuccess)
     return e;
-  k<<<grid, threads, smem, stream>>>(a);
+  k<<<grid, threads, smem, stream>>>(args...);
 #else
   (void)smem, (void)stream;
-  ::dfssm::emu::launch(grid, dim3(unsigned(threads)), [&] { k(a); });
+  ::dfssm::emu::launch(grid, dim3(unsigned(threads)), [&] { k(args...); });
 #endif
   return cudaGetLastError();
+}
+
+template <typename O, typename Y>
+cudaError_t run_pipe(const NormArgs& a, int J, int threads, cudaStream_t stream) {
+  Kernel k = J == 1 ? gated_norm_fwd_pipe_kernel<O, 1, Y> : gated_norm_fwd_pipe_kernel<O, 2, Y>;
+  return launch_pipe(k, a, a.R, threads, kPipe * pipe_stage_bytes<Y>(J, threads), stream, a);
 }
 
 // The gated backward's pipeline (gated_norm_bwd_pipe_kernel): off unless DFSSM_NORM_BWD_PIPE=1
@@ -599,20 +572,10 @@ LaunchSwitch g_pipe_b{"DFSSM_NORM_BWD_PIPE", false};
 template <typename Y>
 cudaError_t run_pipe_bwd(const NormArgs& a, int J, int threads, cudaStream_t stream) {
   // At most one block per row of partial (each writes its own row there).
-  const int64_t groups = a.D / a.gs, want = std::max<int64_t>(1, 2 * sm_count() / groups);
   const int64_t partial_rows = norm_bwd_partial_size(a.R, a.D) / a.D;
-  const dim3 grid(unsigned(std::min<int64_t>(partial_rows, want)), unsigned(groups));
-  const int smem = pipe_b_depth<Y>() * pipe_b_stage_bytes<Y>(J, threads);
   void (*k)(NormArgs, int64_t) = J == 1 ? gated_norm_bwd_pipe_kernel<1, Y> : gated_norm_bwd_pipe_kernel<2, Y>;
-#ifndef DFSSM_CUDA_EMULATE
-  if (const auto e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem); e != cudaSuccess)
-    return e;
-  k<<<grid, threads, smem, stream>>>(a, partial_rows);
-#else
-  (void)smem, (void)stream;
-  ::dfssm::emu::launch(grid, dim3(unsigned(threads)), [&] { k(a, partial_rows); });
-#endif
-  return cudaGetLastError();
+  return launch_pipe(k, a, partial_rows, threads, pipe_b_depth<Y>() * pipe_b_stage_bytes<Y>(J, threads), stream, a,
+                     partial_rows);
 }
 
 // J quads per thread: the fewest that keep a block within kMaxThreads.

@@ -165,7 +165,8 @@ struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 
 // fp32 values as they are, without cvt.rna.tf32 (two SASS instructions per element, most of this
 // kernel's instructions by the per-instruction profile): the tensor cores read a .tf32 operand's
 // top 19 bits, i.e. round toward zero instead of to nearest (~2x the rounding error, still at
-// TF32's precision).
+// TF32's precision). That reading is my understanding of the hardware, not yet checked on a GPU:
+// the GPU test compares this path with the rounded one.
 template <int T, bool RAW, bool TR = false>
 __global__ void __launch_bounds__(kThreads, T == 64 ? 2 : 1) chunk_bwd_kernel(SsdScanArgs a, SsdScanGrads g) {
   using SM = BwdSmem<T>;

@@ -180,6 +180,18 @@ __device__ __forceinline__ void state_kstep(float (&s)[2][4][4], const float* xs
     for (int ni = 0; ni < 4; ++ni) mma_tf32(s[mi][ni], fa[mi], fb[ni]);
 }
 
+// Chunk c's CB (64 x 64, from the workspace at src) into dst (row stride ld), by the same
+// per-thread pieces as x (16 per row, rows t / 16 + 16j); pieces wholly above their 16-row
+// strip's diagonal block are never read and not loaded. No commit.
+__device__ __forceinline__ void load_cb_seq(float* dst, int ld, const float* src) {
+  const int t = threadIdx.x, e = (t & 15) * 4, r0 = t >> 4;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int r = r0 + 16 * j;
+    if (e <= (r | 15)) cp_async16(dst + r * ld + e, src + r * seq::T + e, true);
+  }
+}
+
 // Version 2 (the default; DFSSM_SSD_SEQ_VERSION=1 runs version 1, =3 version 3 below): step 2's
 // row-major fragments (M, C and the state) by ldmatrix, one instruction for four scalar loads, and the exponentials that end
 // in a TF32 operand or in y (M's decays, the state weights w, y's exp(acs)) by the fast __expf
@@ -192,6 +204,38 @@ template <bool V2>
 __device__ __forceinline__ float exp_seq(float v) {
   if constexpr (V2) return __expf(v);
   else return expf(v);
+}
+
+// M's element (r, s) = exp(acs_r - acs_s)·CB·dt_s (+ D on the diagonal), 0 above the diagonal.
+template <bool V2>
+__device__ __forceinline__ float m_seq(const float* acs, const float* dts, int r, int s, float cb, float D) {
+  return s <= r ? exp_seq<V2>(acs[r] - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
+}
+
+// y = M·x + exp(acs)∘(C·Sᵀ) to HBM from the warp's accumulators: strips r0[si] (y1 = M·x, y2 =
+// C·Sᵀ, eA / eB = exp(acs) of their rows g and g + 8), columns p0 + [0, 16); fp32 or bf16 (the
+// kept copy, ssd_scan_args.h); rows at or past L skipped.
+__device__ __forceinline__ void store_y_seq(const SsdScanArgs& a, const float (&y1)[2][2][4],
+                                            const float (&y2)[2][2][4], const float (&eA)[2], const float (&eB)[2],
+                                            const int (&r0)[2], int p0, int64_t b, int h, int64_t l0, int g, int q) {
+  const int64_t ld = int64_t(a.H) * P_, y0 = (b * a.L + l0) * ld + int64_t(h) * P_;
+  const int64_t valid = a.L - l0;
+#pragma unroll
+  for (int si = 0; si < 2; ++si) {
+    const int rA = r0[si] + g, rB = rA + 8;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int col = p0 + nt * 8 + 2 * q;
+      const float(&u)[4] = y1[si][nt], (&v)[4] = y2[si][nt];
+      if (a.y_bf16) {  // (uniform)
+        if (rA < valid) st2_bf16(a.y_bf16, y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
+        if (rB < valid) st2_bf16(a.y_bf16, y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
+      } else {
+        if (rA < valid) st2(a.y + y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
+        if (rB < valid) st2(a.y + y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
+      }
+    }
+  }
 }
 
 template <bool V2>
@@ -213,18 +257,10 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
     float* xs = smem + (c & 1) * kBuf;
     load_rows_seq(xs, xs + T * LDX, xs + T * (LDX + LDB), xg, Bg, Cg, a.x_row, a.bc_row, c * T, a.L - c * T);
   };
-  // Chunk c's CB (64 x 64, from the workspace) into Ms, by the same per-thread pieces as x (16
-  // per row, rows t / 16 + 16j); pieces wholly above their 16-row strip's diagonal block are never
-  // read and not loaded. Issued when the previous chunk's M has been read (the end of its step 2).
+  // Chunk c's CB into Ms, issued when the previous chunk's M has been read (the end of its step 2).
   const float* cbg = a.workspace + (b * nc * a.G + gi) * int64_t(T) * T;
   auto load_cb = [&](int64_t c) {
-    const int e = (t & 15) * 4, r0 = t >> 4;
-    const float* src = cbg + c * a.G * int64_t(T) * T;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int r = r0 + 16 * j;
-      if (e <= (r | 15)) cp_async16(Ms + r * LDM + e, src + r * T + e, true);
-    }
+    load_cb_seq(Ms, LDM, cbg + c * a.G * int64_t(T) * T);
     cp_async_commit();
   };
   load_chunk(0);
@@ -272,10 +308,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
       if (e > (r | 15)) continue;
       float* p = Ms + r * LDM + e;
       const float4 v = ld4(p);
-      const float ar = acs[r];
-      auto m = [&](int s, float cb) {
-        return s <= r ? exp_seq<V2>(ar - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
-      };
+      auto m = [&](int s, float cb) { return m_seq<V2>(acs, dts, r, s, cb, D); };
       *reinterpret_cast<float4*>(p) = make_float4(tf32_bits(m(e, v.x)), tf32_bits(m(e + 1, v.y)),
                                                   tf32_bits(m(e + 2, v.z)), tf32_bits(m(e + 3, v.w)));
     }
@@ -337,24 +370,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_kernel(SsdScanArgs a) {
         // (w∘x)ᵀ·B over positions 8·kk + [0, 8) into the state.
         state_kstep(S, xs, bs, kk * 8, w[kk * 8 + q], w[kk * 8 + q + 4], pm, nn, g, q);
       }
-      const int64_t ld = int64_t(a.H) * P_, y0 = (b * a.L + l0) * ld + int64_t(h) * P_;
-      const int64_t valid = a.L - l0;
-#pragma unroll
-      for (int si = 0; si < 2; ++si) {
-        const int rA = r0[si] + g, rB = rA + 8;
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const int col = p0 + nt * 8 + 2 * q;
-          const float(&u)[4] = y1[si][nt], (&v)[4] = y2[si][nt];
-          if (a.y_bf16) {  // (uniform) the kept bf16 copy itself (ssd_scan_args.h)
-            if (rA < valid) st2_bf16(a.y_bf16, y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
-            if (rB < valid) st2_bf16(a.y_bf16, y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
-          } else {
-            if (rA < valid) st2(a.y + y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
-            if (rB < valid) st2(a.y + y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
-          }
-        }
-      }
+      store_y_seq(a, y1, y2, eA, eB, r0, p0, b, h, l0, g, q);
     }
     __syncthreads();  // every read of Ss, M, w and this chunk's buffer is done
     if (c + 1 < nc) load_cb(c + 1);
@@ -451,13 +467,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a
   // block are never used and not loaded), one commit group.
   auto load_chunk = [&](int64_t c) {
     load_rows_seq<P_, N_, N_>(stx, stb, stc, xg, Bg, Cg, a.x_row, a.bc_row, c * T, a.L - c * T);
-    const int e = (t & 15) * 4, r0 = t >> 4;
-    const float* src = cbg + c * a.G * int64_t(T) * T;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int r = r0 + 16 * j;
-      if (e <= (r | 15)) cp_async16(stcb + r * T + e, src + r * T + e, true);
-    }
+    load_cb_seq(stcb, T, cbg + c * a.G * int64_t(T) * T);
     cp_async_commit();
   };
   load_chunk(0);
@@ -507,10 +517,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a
         st4_bf16(wxh + r * LDX + e, wr * v.x, wr * v.y, wr * v.z, wr * v.w);
         if (e > (r | 15)) continue;
         const float4 u = ld4(stcb + r * T + e);
-        const float ar = acs[r];
-        auto m = [&](int s, float cb) {
-          return s <= r ? __expf(ar - acs[s]) * cb * dts[s] + (s == r ? D : 0.f) : 0.f;
-        };
+        auto m = [&](int s, float cb) { return m_seq<true>(acs, dts, r, s, cb, D); };
         st4_bf16(mh + r * LDM + e, m(e, u.x), m(e + 1, u.y), m(e + 2, u.z), m(e + 3, u.w));
       }
     }
@@ -577,24 +584,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a
         // (w∘x)ᵀ·B over positions 16·kk + [0, 16) into the state.
         state_kstep_bf16<LDX, LDN>(S, wxh, bh, kk, pm, nn, lane);
       }
-      const int64_t ld = int64_t(a.H) * P_, y0 = (b * a.L + l0) * ld + int64_t(h) * P_;
-      const int64_t valid = a.L - l0;
-#pragma unroll
-      for (int si = 0; si < 2; ++si) {
-        const int rA = r0[si] + g, rB = rA + 8;
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const int col = p0 + nt * 8 + 2 * q;
-          const float(&u)[4] = y1[si][nt], (&v)[4] = y2[si][nt];
-          if (a.y_bf16) {
-            if (rA < valid) st2_bf16(a.y_bf16, y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
-            if (rB < valid) st2_bf16(a.y_bf16, y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
-          } else {
-            if (rA < valid) st2(a.y + y0 + rA * ld + col, u[0] + eA[si] * v[0], u[1] + eA[si] * v[1]);
-            if (rB < valid) st2(a.y + y0 + rB * ld + col, u[2] + eB[si] * v[2], u[3] + eB[si] * v[3]);
-          }
-        }
-      }
+      store_y_seq(a, y1, y2, eA, eB, r0, p0, b, h, l0, g, q);
     }
     __syncthreads();  // every read of sh is done
     store_state_bf16();
