@@ -199,6 +199,83 @@ TEST_CASE("ssd_scan one-kernel forward (emulated) == scalar reference: partial c
   CHECK(ssd_scan_fwd_seq_cuda(bad, nullptr) == cudaErrorInvalidValue);
 }
 
+// Version 4: version 3 on bf16 x, B and C (the conv's bf16 output in the no-grad passes). On
+// inputs that are bf16 values already, version 3 converts them exactly, so the two differ only
+// where CB's fp32 sums (TF32 mma in chunk_cb, bf16 mma in chunk_cb_bf16) round M differently.
+TEST_CASE("ssd_scan one-kernel forward version 4 (emulated, bf16 inputs) == version 3 on the same values",
+          "[cuda_emu][ssd_scan]") {
+  const int64_t b = 2;
+  for (const auto& [L, H, G, with_init] : {std::tuple<int64_t, int64_t, int64_t, bool>{165, 4, 2, true},
+                                           std::tuple<int64_t, int64_t, int64_t, bool>{37, 2, 1, false}}) {
+    ScanCase sc(b, L, H, G, 64, with_init, uint32_t(7 * L + H));
+    // bf16 rows: 8 elements of padding (16 bytes, the kernel's alignment), then x, B, C.
+    const int64_t P = 64, N = 128, row = 8 + H * P + 2 * G * N;
+    std::vector<uint16_t> hbuf(size_t(b * L * row), 0);
+    std::vector<float> fbuf(hbuf.size(), 0.f);  // the same values in fp32
+    for (int64_t r = 0; r < b * L; ++r)
+      for (int64_t k = 0; k < H * P + 2 * G * N; ++k) {
+        const float v = sc.buf[size_t(r * (4 + H * P + 2 * G * N) + 4 + k)];
+        hbuf[size_t(r * row + 8 + k)] = dfssm::float_to_bf16(v);
+        fbuf[size_t(r * row + 8 + k)] = dfssm::bf16_to_float(dfssm::float_to_bf16(v));
+      }
+    SsdScanArgs a3 = sc.a;  // fp32 inputs holding bf16 values
+    a3.x = fbuf.data() + 8, a3.B = a3.x + H * P, a3.C = a3.B + G * N, a3.x_row = a3.bc_row = row;
+    SsdScanArgs a4 = a3;  // the same values in bf16
+    a4.x = a4.B = a4.C = nullptr;
+    a4.x_bf16 = hbuf.data() + 8, a4.B_bf16 = a4.x_bf16 + H * P, a4.C_bf16 = a4.B_bf16 + G * N;
+    // The scalar reference on those values.
+    std::vector<float> yr(sc.yr.size()), sr(sc.sr.size());
+    SsdScanArgs ar = a3;
+    ar.y = yr.data(), ar.final_state = sr.data();
+    ssd_scan_fwd_ref(ar);
+    std::vector<float> y3(yr.size(), 7.f), s3(sr.size(), 7.f), y4(yr.size(), 7.f), s4(sr.size(), 7.f);
+    std::vector<uint16_t> y4b(yr.size(), 0x7fc1);
+    std::vector<float> s4b(sr.size(), 7.f);
+    Aligned ws3(size_t(ssd_scan_seq_workspace_floats(a3))), ws4(size_t(ssd_scan_seq_workspace_floats(a4)));
+    a3.y = y3.data(), a3.final_state = s3.data(), a3.workspace = ws3.p;
+    a4.y = y4.data(), a4.final_state = s4.data(), a4.workspace = ws4.p;
+    REQUIRE(ssd_scan_seq_supported(a4));
+    ssd_scan_set_seq_version(3);
+    REQUIRE(ssd_scan_fwd_seq_cuda(a3, nullptr) == cudaSuccess);
+    ssd_scan_set_seq_version(-1);
+    REQUIRE(ssd_scan_fwd_seq_cuda(a4, nullptr) == cudaSuccess);  // bf16 inputs: version 4 at any setting
+    // CB from bf16 B and C equals the fp32 chunk_cb's on the same values up to fp32 summation order.
+    const size_t ncb = size_t(ssd_scan_seq_workspace_floats(a4));
+    const double ecb = rel_err(ws4.p, ws3.p, ncb);
+    const double e43 = rel_err(y4.data(), y3.data(), y4.size()), es43 = rel_err(s4.data(), s3.data(), s4.size());
+    const double ey = rel_err(y4.data(), yr.data(), y4.size()), es = rel_err(s4.data(), sr.data(), s4.size());
+    INFO("L " << L << " H " << H << " G " << G << ": CB vs chunk_cb " << ecb << "; vs version 3: y " << e43
+              << ", state " << es43 << "; vs the reference: y " << ey << ", state " << es);
+    CHECK(ecb < 1e-6);
+    CHECK(e43 < 1e-4);
+    CHECK(es43 < 1e-4);
+    CHECK(ey < 1e-2);
+    CHECK(es < 1e-2);
+    // bf16 y: the fp32 y rounded, and the same state.
+    SsdScanArgs a4b = a4;
+    a4b.y = nullptr, a4b.y_bf16 = y4b.data(), a4b.final_state = s4b.data();
+    REQUIRE(ssd_scan_fwd_seq_cuda(a4b, nullptr) == cudaSuccess);
+    size_t diff = 0;
+    for (size_t i = 0; i < y4.size(); ++i) diff += y4b[i] != dfssm::float_to_bf16(y4[i]);
+    CHECK(diff == 0);
+    CHECK(s4b == s4);
+    WARN("ssd_seq version 4 (bf16 inputs), L " << L << " H " << H << " G " << G << ": CB vs chunk_cb " << ecb
+                                               << "; vs version 3: y " << e43 << ", state " << es43
+                                               << "; vs the reference: y " << ey << ", state " << es);
+  }
+  // bf16 rows must be 8-element multiples (16-byte pieces).
+  ScanCase sc(1, 64, 2, 1, 64, false, 3);
+  std::vector<uint16_t> hb(size_t(64 * 400), 0);
+  SsdScanArgs a = sc.a;
+  std::vector<float> y(sc.yr.size()), s(sc.sr.size());
+  Aligned ws(size_t(ssd_scan_seq_workspace_floats(a)));
+  a.y = y.data(), a.final_state = s.data(), a.workspace = ws.p;
+  a.x_bf16 = hb.data(), a.B_bf16 = hb.data() + 128, a.C_bf16 = hb.data() + 256, a.x_row = a.bc_row = 396;
+  CHECK_FALSE(ssd_scan_seq_supported(a));
+  a.x_row = a.bc_row = 400;
+  CHECK(ssd_scan_seq_supported(a));
+}
+
 TEST_CASE("ssd_scan backward kernels (emulated) == scalar reference: chunks 64/128, partial chunk, groups",
           "[cuda_emu][ssd_scan]") {
   const int64_t b = 1, H = 4, G = 2, P = 64, N = 128;

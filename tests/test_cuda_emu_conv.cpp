@@ -74,6 +74,14 @@ TEST_CASE("conv1d + SiLU kernels (emulated) == scalar reference: versions 1 and 
           dbias[size_t(c)] += p[sh.K];
         }
       CHECK(rel_err(out, out_r) < 1e-5);
+      {  // bf16 output (the no-grad passes of DFSSM_SSD_SEQ_VERSION=4): the fp32 output rounded, bit for bit
+        Buf oh(n * 2);
+        REQUIRE(conv_silu_fwd_cuda(xb.p, dt, ldx, wb.f(), bb.f(), oh.p, sh.B, sh.L, sh.C, sh.K, nullptr,
+                                   ConvDtype::bf16) == cudaSuccess);
+        size_t diff = 0;
+        for (size_t i = 0; i < n; ++i) diff += __bfloat162float(oh.h()[i]) != bf(out[i]);
+        CHECK(diff == 0);
+      }
       CHECK(rel_err(dx, dx_r) < (lowp ? 5e-3 : 1e-5));  // dx is stored in x's dtype
       CHECK(rel_err(dw, dw_r) < 1e-5);
       CHECK(rel_err(dbias, db_r) < 1e-5);

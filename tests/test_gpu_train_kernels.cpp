@@ -248,6 +248,11 @@ TEST_CASE("conv1d + SiLU kernels vs their scalar references, strided input", "[g
     REQUIRE(ex < tol);   // dx is stored in x's dtype
     REQUIRE(ew < 1e-4);
     REQUIRE(eb < 1e-4);
+    // bf16 output (the no-grad passes of DFSSM_SSD_SEQ_VERSION=4): the fp32 output rounded.
+    auto out_h = at::empty({B, L, C}, fd.options().dtype(at::kBFloat16));
+    REQUIRE(kernels::conv_silu_fwd_cuda(x, kdt, n, wd.data_ptr<float>(), bd.data_ptr<float>(), out_h.data_ptr(), B, L,
+                                        int(C), int(K), nullptr, kernels::ConvDtype::bf16) == cudaSuccess);
+    CHECK(at::equal(out_h, out.to(at::kBFloat16)));
   }
 }
 
@@ -679,6 +684,46 @@ TEST_CASE("one-kernel SSD forward == four-kernel forward, 1.3B head shapes, 2 x 
   CHECK(ey3 > 0);
 }
 
+// Version 4 (bf16 x, B, C: the conv's bf16 output in the no-grad passes) against version 3 on fp32
+// inputs holding the same bf16 values, which version 3 converts exactly: they differ only where
+// CB's fp32 sums (chunk_cb on TF32 mma, chunk_cb_bf16 on bf16 mma) round M differently. x, B and C
+// are slices of one (b, l, h·p + 2n) tensor, as the conv output.
+TEST_CASE("one-kernel SSD forward version 4 (bf16 inputs) == version 3 on the same values, 2 x 2048", "[gpu][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  const int64_t b = 2, l = 2048, h = 64, p = 64, n = 128;
+  auto gg = gen(96);
+  const auto xbc = at::randn({b, l, h * p + 2 * n}, gg).cuda().to(at::kBFloat16);
+  const auto dt = at::softplus(at::randn({b, l, h}, gg) - 2.0).cuda();
+  const auto A = (-at::exp(at::randn({h}, gg) * 0.5)).cuda(), D = at::randn({h}, gg).cuda();
+  const auto init = at::randn({b, h, p, n}, gg).cuda();
+  auto views = [&](const at::Tensor& t) {
+    const auto v = t.split_with_sizes({h * p, n, n}, -1);
+    return std::make_tuple(v[0].view({b, l, h, p}), v[1].view({b, l, 1, n}), v[2].view({b, l, 1, n}));
+  };
+  const auto [xh, Bh, Ch] = views(xbc);
+  const auto xbcf = xbc.to(at::kFloat);
+  const auto [xf, Bf, Cf] = views(xbcf);
+  at::NoGradGuard ng;
+  set_ssd_scan_enabled(true);
+  kernels::ssd_scan_set_seq(1);
+  REQUIRE(ssd_scan_fused_available(xh, dt, A, Bh, Ch, D, 128));
+  kernels::ssd_scan_set_seq_version(3);
+  auto [y3, s3] = ssd_scan_fused(xf, dt, A, Bf, Cf, D, 128, init);
+  auto [y4, s4] = ssd_scan_fused(xh, dt, A, Bh, Ch, D, 128, init);  // bf16 inputs: version 4
+  kernels::ssd_scan_set_seq_version(2);
+  auto [y2, s2] = ssd_scan_fused(xf, dt, A, Bf, Cf, D, 128, init);
+  kernels::ssd_scan_set_seq_version(-1);
+  kernels::ssd_scan_set_seq(-1);
+  const double e43 = rel_err(y4.cpu(), y3.cpu()), es43 = rel_err(s4.cpu(), s3.cpu());
+  const double e42 = rel_err(y4.cpu(), y2.cpu()), es42 = rel_err(s4.cpu(), s2.cpu());
+  WARN("one-kernel SSD forward version 4 (bf16 inputs), 2 x 2048 x 64 heads: vs version 3 y " << e43 << ", state "
+       << es43 << "; vs version 2 (TF32) y " << e42 << ", state " << es42);
+  CHECK(e43 < 1e-3);
+  CHECK(es43 < 1e-3);
+  CHECK(e42 < 1e-2);
+  CHECK(es42 < 1e-2);
+}
+
 // The recomputation's workspace (acs, the state entering each chunk, CB at T = 64) from the
 // sequential states kernel against chunk_state + state_pass + chunk_cb; with "[bench]", their times.
 namespace {
@@ -1061,6 +1106,13 @@ TEST_CASE("bench: fused SSD forward vs ATen, 16 x 2048, 64 heads", "[.][bench][s
       kernels::ssd_scan_set_seq(1);
       const double ts = time_ms([&] { ssd_scan_fused(x, dt, A, B, C, D, chunk, at::Tensor()); });
       WARN("bench ssd forward 16x2048: one kernel (state on chip) " << ts << " ms");
+      // Versions 3 (bf16 operands) and 4 (bf16 inputs, here contiguous bf16 copies).
+      kernels::ssd_scan_set_seq_version(3);
+      const double t3 = time_ms([&] { ssd_scan_fused(x, dt, A, B, C, D, chunk, at::Tensor()); });
+      const auto xh = x.to(at::kBFloat16), Bh = B.to(at::kBFloat16), Ch = C.to(at::kBFloat16);
+      const double t4 = time_ms([&] { ssd_scan_fused(xh, dt, A, Bh, Ch, D, chunk, at::Tensor()); });
+      kernels::ssd_scan_set_seq_version(-1);
+      WARN("bench ssd forward 16x2048: one kernel version 3 " << t3 << " ms, version 4 (bf16 inputs) " << t4 << " ms");
     }
     kernels::ssd_scan_set_seq(0);
     set_ssd_scan_enabled(false);
@@ -1173,6 +1225,27 @@ TEST_CASE("2-layer 1.3B-width model, no-grad forward: fused SSD forward == ATen 
   WARN("2-layer no-grad hidden, fused SSD forward vs ATen: " << e);
   CHECK(e < 3e-3);
   CHECK(e > 0);  // the fused path did run (TF32 rounds differently)
+}
+
+// DFSSM_SSD_SEQ_VERSION=4 in a model: the no-grad pass has the conv write bf16 x, B, C for the
+// bf16-input kernel; against the same model at version 3 (bf16 operands from fp32 inputs).
+TEST_CASE("2-layer 1.3B-width model, no-grad forward: version 4 (bf16 conv output) == version 3", "[gpu][ssd_scan]") {
+  REQUIRE(torch::cuda::is_available());
+  auto m = two_layer_13b(5);
+  const auto& cfg = m.config();
+  const auto ids = at::randint(cfg.vocab_size, {2, 700}, gen(6), at::kLong).cuda();
+  at::NoGradGuard ng;
+  kernels::ssd_scan_set_seq_version(3);
+  CHECK_FALSE(ssd_scan_bf16_inputs_wanted());
+  const auto v3 = m.forward_hidden(ids);
+  kernels::ssd_scan_set_seq_version(4);
+  CHECK(ssd_scan_bf16_inputs_wanted());
+  const auto v4 = m.forward_hidden(ids);
+  kernels::ssd_scan_set_seq_version(-1);
+  const double e = rel_err(v4, v3);
+  WARN("2-layer no-grad hidden, SSD version 4 (bf16 conv output) vs version 3: " << e);
+  CHECK(e < 3e-3);
+  CHECK(e > 0);  // the conv's output was rounded to bf16 before w∘x: the bf16 path ran
 }
 
 TEST_CASE("2-layer 1.3B-width model, forward + backward: fused kernels == ATen path", "[gpu][model]") {

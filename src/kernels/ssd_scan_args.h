@@ -31,6 +31,12 @@ struct SsdScanArgs {
   // The sequential no-grad forward only (ssd_scan_fwd_seq_cuda): when set, y is written here in
   // bf16 (round to nearest even), (batch, L, H, P) contiguous, and `y` is not written.
   void* y_bf16 = nullptr;
+  // The sequential no-grad forward only: bf16 inputs (the conv's bf16 output, conv_train.h). When
+  // x_bf16 is set, x, B and C are read as bf16 from x_bf16, B_bf16 and C_bf16 (x_row and bc_row
+  // then count bf16 elements; a.x, a.B, a.C are not read) by version 4's kernel (ssd_scan_seq.cu).
+  const uint16_t* x_bf16 = nullptr;
+  const uint16_t* B_bf16 = nullptr;
+  const uint16_t* C_bf16 = nullptr;
   // Workspace of the CUDA kernels (ssd_scan_workspace_floats; the reference ignores it): acs
   // (batch, H, chunks, T), states (batch, chunks, H, P, N), CB (batch, chunks, G, T, T).
   float* workspace = nullptr;

@@ -1,5 +1,7 @@
 #include "model/conv_fused.h"
 
+#include <c10/core/GradMode.h>
+
 #include "core/error.h"
 #include "model/fused_util.h"
 
@@ -31,22 +33,37 @@ namespace k = dfssm::kernels;
 using fused::check_cuda;
 using fused::rows_view;
 
+// The forward's launch on x (read in place where it can): the output in out_dtype (fp32, or bf16
+// for conv_silu_fused_bf16), the kernel's x view and its row stride, w and bias as fp32.
+struct ConvFwd {
+  at::Tensor out, x, w, bias;
+  int64_t ldx = 0;
+};
+ConvFwd conv_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in, at::ScalarType out_dtype) {
+  ConvFwd f;
+  const auto dt = x_in.scalar_type() == at::kBFloat16 ? k::ConvDtype::bf16 : k::ConvDtype::f32;
+  const auto xs = x_in.scalar_type() == at::kBFloat16 ? x_in : x_in.to(at::kFloat);
+  f.x = rows_view(xs, &f.ldx);
+  f.w = w_in.to(at::kFloat).reshape({w_in.size(0), w_in.size(-1)}).contiguous();
+  f.bias = bias_in.defined() ? bias_in.to(at::kFloat).contiguous() : at::Tensor();
+  const int64_t B = f.x.size(0), L = f.x.size(1), C = f.x.size(2), K = f.w.size(1);
+  f.out = at::empty({B, L, C}, f.x.options().dtype(out_dtype));
+  const c10::cuda::CUDAGuard guard(f.x.device());
+  check_cuda(k::conv_silu_fwd_cuda(f.x.data_ptr(), dt, f.ldx, f.w.data_ptr<float>(),
+                                   f.bias.defined() ? f.bias.data_ptr<float>() : nullptr, f.out.data_ptr(), B, L,
+                                   int(C), int(K), c10::cuda::getCurrentCUDAStream(),
+                                   out_dtype == at::kBFloat16 ? k::ConvDtype::bf16 : k::ConvDtype::f32),
+             "conv_silu_fwd_cuda");
+  return f;
+}
+
 struct ConvSiluFn : public torch::autograd::Function<ConvSiluFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w_in,
                             const at::Tensor& bias_in, const GradInto& dx_into) {
-    const auto dt = x_in.scalar_type() == at::kBFloat16 ? k::ConvDtype::bf16 : k::ConvDtype::f32;
-    const auto xs = x_in.scalar_type() == at::kBFloat16 ? x_in : x_in.to(at::kFloat);
-    int64_t ldx = 0;
-    const auto x = rows_view(xs, &ldx);
-    const auto w = w_in.to(at::kFloat).reshape({w_in.size(0), w_in.size(-1)}).contiguous();
-    const auto bias = bias_in.defined() ? bias_in.to(at::kFloat).contiguous() : at::Tensor();
-    const int64_t B = x.size(0), L = x.size(1), C = x.size(2), K = w.size(1);
-    auto out = at::empty({B, L, C}, x.options().dtype(at::kFloat));
-    const c10::cuda::CUDAGuard guard(x.device());
-    check_cuda(k::conv_silu_fwd_cuda(x.data_ptr(), dt, ldx, w.data_ptr<float>(),
-                                     bias.defined() ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>(), B, L,
-                                     int(C), int(K), c10::cuda::getCurrentCUDAStream()),
-               "conv_silu_fwd_cuda");
+    auto f = conv_fwd(x_in, w_in, bias_in, at::kFloat);
+    const auto &x = f.x, &w = f.w, &bias = f.bias;
+    const int64_t ldx = f.ldx;
+    auto out = f.out;
     ctx->save_for_backward({x, w, bias.defined() ? bias : at::Tensor()});
     ctx->saved_data["ldx"] = ldx;
     ctx->saved_data["x_dtype"] = int64_t(x_in.scalar_type());
@@ -94,12 +111,22 @@ at::Tensor conv_silu_fused(const at::Tensor& x, const at::Tensor& w, const at::T
   return ConvSiluFn::apply(x, w, bias, dx_into);
 }
 
+at::Tensor conv_silu_fused_bf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  DFSSM_ASSERT(x.dim() == 3 && w.dim() == 3 && w.size(0) == x.size(2) && w.size(1) == 1, "conv_silu_fused_bf16: shapes");
+  DFSSM_ASSERT(!c10::GradMode::is_enabled(), "conv_silu_fused_bf16: a pass without gradients only");
+  return conv_fwd(x, w, bias, at::kBFloat16).out;
+}
+
 #else  // no CUDA in this build: mamba2.cpp keeps its ATen path
 
 bool conv_fused_available(const at::Tensor&, int64_t) { return false; }
 
 at::Tensor conv_silu_fused(const at::Tensor&, const at::Tensor&, const at::Tensor&, const GradInto&) {
   DFSSM_ASSERT(false, "conv_silu_fused: this build has no CUDA kernels");
+  return {};
+}
+at::Tensor conv_silu_fused_bf16(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  DFSSM_ASSERT(false, "conv_silu_fused_bf16: this build has no CUDA kernels");
   return {};
 }
 

@@ -21,5 +21,8 @@ void set_conv_fused_enabled(bool on);  // tests compare against the ATen path
 // into those columns of the split's shared buffer instead of a tensor of its own.
 at::Tensor conv_silu_fused(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                            const GradInto& dx_into = {});
+// The same forward with a bf16 output (the fp32 result rounded to nearest even), without autograd:
+// for passes with no gradient whose SSD forward reads bf16 (DFSSM_SSD_SEQ_VERSION=4, ssd_scan.h).
+at::Tensor conv_silu_fused_bf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
 
 }  // namespace dfssm

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <optional>
+#include <tuple>
 
 #include "core/error.h"
 #include "model/conv_fused.h"
@@ -223,27 +224,35 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   // straight into one shared buffer (split_grad.h), which is the split's whole gradient.
   const auto split = split_columns(zxbcdt, {di, c.conv_dim(), h});
   const auto &z = split.parts[0], &xBC_raw = split.parts[1], &dt_raw = split.parts[2];
-  const auto xBC = st == nullptr && conv_fused_available(u, c.d_conv)
-                       ? conv_silu_fused(xBC_raw, m.conv_w, m.conv_b, split.into[1])  // fp32, read in place
-                       : conv_silu_aten(xBC_raw, m, st);
-  const auto xBCf = xBC.to(at::kFloat);
-  const auto xbc = xBCf.split_with_sizes({di, gn, gn}, -1);
-  const auto x = xbc[0].view({b, l, h, c.headdim});
-  const auto B = xbc[1].view({b, l, c.ngroups, c.d_state});
-  const auto C = xbc[2].view({b, l, c.ngroups, c.d_state});
-
+  const bool fused_conv = st == nullptr && conv_fused_available(u, c.d_conv);
+  // DFSSM_SSD_SEQ_VERSION=4: a pass without gradients has the conv write x, B and C in bf16 for
+  // the SSD forward's bf16-input kernel (half the bytes; the kernel rounds them to bf16 anyway).
+  const bool conv_bf16 = fused_conv && !at::GradMode::is_enabled() && ssd_scan_bf16_inputs_wanted();
+  const auto xBC = conv_bf16    ? conv_silu_fused_bf16(xBC_raw, m.conv_w, m.conv_b)
+                   : fused_conv ? conv_silu_fused(xBC_raw, m.conv_w, m.conv_b, split.into[1])  // fp32, read in place
+                                : conv_silu_aten(xBC_raw, m, st);
   const auto dt = discretize_dt(dt_raw, m.dt_bias);  // (b,l,h)
   const auto A = -at::exp(m.A_log.to(at::kFloat));
-  scope.next("dfssm::ssd");
-  at::Tensor y, final_state;
-  at::Tensor y_values;  // where y only carries the graph (a recomputation's kept output): its values
-  const auto Df = m.D.to(at::kFloat);
   // Where the config says 256, the fused kernels run chunks of 128 without a gradient and of 64
   // with one: the result depends on the chunk length only through rounding; at the 1.3B training
   // shape (H200) the no-grad forward is fastest at 128 (3.2 ms vs 3.4 at 64 and 5.1 at 256), the
   // backward takes 64 or 128, and a distillation step was faster at 64 (13.5k vs 12.4k tokens/s).
   const int64_t fchunk = c.chunk_size == 256 ? 128 : c.chunk_size;
   const int64_t tchunk = c.chunk_size == 256 ? 64 : c.chunk_size;
+  // x, B, C: views of the conv output in fp32, or in bf16 where the no-grad SSD kernel takes them.
+  auto xbc_views = [&](const at::Tensor& t) {
+    const auto v = t.split_with_sizes({di, gn, gn}, -1);
+    return std::make_tuple(t, v[0].view({b, l, h, c.headdim}), v[1].view({b, l, c.ngroups, c.d_state}),
+                           v[2].view({b, l, c.ngroups, c.d_state}));
+  };
+  at::Tensor xBCf, x, B, C;  // (not structured bindings: the lambdas below capture them)
+  std::tie(xBCf, x, B, C) = xbc_views(conv_bf16 ? xBC : xBC.to(at::kFloat));
+  if (conv_bf16 && !ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk))
+    std::tie(xBCf, x, B, C) = xbc_views(xBC.to(at::kFloat));  // shapes the kernel does not take
+  scope.next("dfssm::ssd");
+  at::Tensor y, final_state;
+  at::Tensor y_values;  // where y only carries the graph (a recomputation's kept output): its values
+  const auto Df = m.D.to(at::kFloat);
   // The train path over the whole conv output where it can (one gradient for it, written in
   // place by the backward kernels), else over its split.
   const auto train = [&](const at::Tensor& init, const at::Tensor& y_kept) {
@@ -257,7 +266,8 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
     y_values = keep->y.reshape({b, l, di});
   } else if (ssd_scan_fused_available(x, dt, A, B, C, m.D, fchunk)) {  // no gradient needed: the no-grad CUDA forward
     // Kept only where the recomputation can use it (the train path runs there).
-    const bool capture = keep && keep->capture && !st && ssd_scan_train_available(x, dt, A, B, C, Df, tchunk);
+    const bool capture = keep && keep->capture && !st &&
+                         ssd_scan_train_available(x, dt, A, B, C, Df, tchunk, /*as_fp32=*/true);
     // y in bf16 where its consumers take bf16 (ssd_scan.h, ssd_scan_y_bf16_enabled): the kept
     // copy itself, or a bf16 model's; the gated norm below reads it as is.
     const bool y_bf16 = ssd_scan_y_bf16_enabled() && z.scalar_type() == at::kBFloat16 &&

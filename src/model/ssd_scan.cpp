@@ -40,12 +40,13 @@ fused::Switch& y_bf16_switch() {  // off until measured on a GPU (docs/training.
 
 bool needs_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
 
-// (b, l, k, m) as rows of k*m floats (fused::rows_view: read in place when it can), made
+// (b, l, k, m) as rows of k*m elements (fused::rows_view: read in place when it can), made
 // contiguous when the kernels' 16-byte alignment does not hold. Returns the tensor to read and
-// its row stride in floats.
+// its row stride in elements (fp32, or bf16 for the no-grad forward's version 4).
 at::Tensor rows_of(const at::Tensor& t, int64_t* row) {
   auto r = fused::rows_view(t.flatten(2), row);
-  if (*row % 4 != 0 || reinterpret_cast<uintptr_t>(r.data_ptr()) % 16 != 0) r = r.contiguous(), *row = r.stride(1);
+  if (*row % (16 / r.element_size()) != 0 || reinterpret_cast<uintptr_t>(r.data_ptr()) % 16 != 0)
+    r = r.contiguous(), *row = r.stride(1);
   return r;
 }
 }  // namespace
@@ -58,13 +59,16 @@ void set_ssd_scan_y_bf16_enabled(bool on) { y_bf16_switch().set(on); }
 bool ssd_scan_y_bf16_enabled() { return y_bf16_switch().on(); }
 
 namespace {
-// The kernels' shapes and dtypes (both directions): fp32 CUDA x, dt, B, C; headdim 64, d_state 128;
+// The kernels' shapes and dtypes (both directions): fp32 CUDA x, dt, B, C (see bf16_ok); headdim 64, d_state 128;
 // and the grid limits (batch, heads and chunks x groups within 65535; the latter bounds L).
+// bf16_ok: x, B and C may also all be bf16 (the no-grad forward's version 4, or a shape check for
+// a later fp32 pass).
 bool scan_shapes_ok(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& B, const at::Tensor& C,
-                    int64_t chunk) {
-  if (!x.is_cuda() || x.dim() != 4 || B.dim() != 4 || chunk <= 0) return false;
-  for (const auto* t : {&x, &dt, &B, &C})
-    if (t->scalar_type() != at::kFloat) return false;
+                    int64_t chunk, bool bf16_ok = false) {
+  if (!x.is_cuda() || x.dim() != 4 || B.dim() != 4 || chunk <= 0 || dt.scalar_type() != at::kFloat) return false;
+  const auto xt = x.scalar_type();
+  if (!(xt == at::kFloat || (bf16_ok && xt == at::kBFloat16)) || B.scalar_type() != xt || C.scalar_type() != xt)
+    return false;
   const int64_t chunks = (x.size(1) + chunk - 1) / chunk;
   return x.size(3) == 64 && B.size(3) == 128 && x.size(0) <= 65535 && x.size(2) <= 65535 &&
          chunks * B.size(2) <= 65535;
@@ -80,8 +84,9 @@ bool any_needs_grad(std::initializer_list<const at::Tensor*> ts) {
 bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& C, const at::Tensor& D, int64_t chunk) {
 #ifdef DFSSM_SSD_SCAN_BUILT
-  return scan_switch().on() && scan_shapes_ok(x, dt, B, C, chunk) && !any_needs_grad({&x, &dt, &A, &B, &C, &D}) &&
-         (chunk == 64 || chunk == 128 || chunk == 256);
+  // bf16 x, B, C: only the sequential kernel's version 4 reads them.
+  return scan_switch().on() && scan_shapes_ok(x, dt, B, C, chunk, kernels::ssd_scan_seq_enabled()) &&
+         !any_needs_grad({&x, &dt, &A, &B, &C, &D}) && (chunk == 64 || chunk == 128 || chunk == 256);
 #else
   (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk;
   return false;
@@ -89,12 +94,20 @@ bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const a
 }
 
 bool ssd_scan_train_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                              const at::Tensor& C, const at::Tensor& D, int64_t chunk) {
+                              const at::Tensor& C, const at::Tensor& D, int64_t chunk, bool as_fp32) {
 #ifdef DFSSM_SSD_SCAN_BUILT
-  return train_switch().on() && scan_shapes_ok(x, dt, B, C, chunk) && (chunk == 64 || chunk == 128) &&
+  return train_switch().on() && scan_shapes_ok(x, dt, B, C, chunk, as_fp32) && (chunk == 64 || chunk == 128) &&
          (!D.defined() || D.scalar_type() == at::kFloat) && A.scalar_type() == at::kFloat;
 #else
-  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk;
+  (void)x, (void)dt, (void)A, (void)B, (void)C, (void)D, (void)chunk, (void)as_fp32;
+  return false;
+#endif
+}
+
+bool ssd_scan_bf16_inputs_wanted() {
+#ifdef DFSSM_SSD_SCAN_BUILT
+  return scan_switch().on() && kernels::ssd_scan_seq_enabled() && kernels::ssd_scan_seq_version() == 4;
+#else
   return false;
 #endif
 }
@@ -121,9 +134,14 @@ kernels::SsdScanArgs make_args(const at::Tensor& x_in, const at::Tensor& dt, con
   const auto dtc = dt.contiguous(), Af = A.to(at::kFloat).contiguous();
   const auto Df = D.defined() ? D.to(at::kFloat).contiguous() : at::Tensor();
   const auto init = initial_state.defined() ? initial_state.to(at::kFloat).contiguous() : at::Tensor();
-  a.x = x.data_ptr<float>(), a.x_row = xr;
+  if (x.scalar_type() == at::kBFloat16) {  // the no-grad forward's version 4 (scan_shapes_ok: all three)
+    a.x_bf16 = static_cast<const uint16_t*>(x.data_ptr());
+    a.B_bf16 = static_cast<const uint16_t*>(B.data_ptr()), a.C_bf16 = static_cast<const uint16_t*>(C.data_ptr());
+  } else {
+    a.x = x.data_ptr<float>(), a.B = B.data_ptr<float>(), a.C = C.data_ptr<float>();
+  }
+  a.x_row = xr, a.bc_row = br;
   a.dt = dtc.data_ptr<float>(), a.A = Af.data_ptr<float>();
-  a.B = B.data_ptr<float>(), a.C = C.data_ptr<float>(), a.bc_row = br;
   a.D = Df.defined() ? Df.data_ptr<float>() : nullptr;
   a.init = init.defined() ? init.data_ptr<float>() : nullptr;
   a.batch = b, a.L = l, a.H = int(h), a.G = int(B_in.size(2)), a.P = int(p), a.N = int(n), a.T = int(chunk);
@@ -291,6 +309,7 @@ std::pair<at::Tensor, at::Tensor> ssd_scan_fused(const at::Tensor& x, const at::
     }
     a.y = nullptr, a.y_bf16 = nullptr;
   }
+  DFSSM_ASSERT(!a.x_bf16, "ssd_scan_fused: bf16 x, B, C need the sequential kernel (ssd_scan_seq_supported)");
   auto [y, fin, ws] = run_forward(a, x);
   return {y_dtype == at::kFloat ? y : y.to(y_dtype), fin};
 #else

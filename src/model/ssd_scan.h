@@ -20,15 +20,21 @@
 
 namespace dfssm {
 
-// Whether ssd_scan_fused can run: the switch is on, a CUDA build, fp32 CUDA tensors, headdim 64,
-// d_state 128, chunk 64, 128 or 256, and no input needs a gradient.
+// Whether ssd_scan_fused can run: the switch is on, a CUDA build, fp32 CUDA tensors (x, B and C
+// may also all be bf16 where the sequential kernel runs: its version 4), headdim 64, d_state 128,
+// chunk 64, 128 or 256, and no input needs a gradient.
 bool ssd_scan_fused_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                               const at::Tensor& C, const at::Tensor& D, int64_t chunk);
 
 // Whether ssd_scan_train can run: its switch is on, a CUDA build, fp32 CUDA tensors, headdim 64,
-// d_state 128, chunk 64 or 128.
+// d_state 128, chunk 64 or 128. as_fp32: whether it could on fp32 tensors of these shapes (x, B,
+// C here bf16: a no-grad first pass deciding what its recomputation will take).
 bool ssd_scan_train_available(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                              const at::Tensor& C, const at::Tensor& D, int64_t chunk);
+                              const at::Tensor& C, const at::Tensor& D, int64_t chunk, bool as_fp32 = false);
+
+// DFSSM_SSD_SEQ_VERSION=4 (kernels/cuda/ssd_scan.h): passes without a gradient should have the
+// conv write bf16 x, B and C (conv_silu_fused_bf16) for ssd_scan_fused's bf16-input kernel.
+bool ssd_scan_bf16_inputs_wanted();
 
 // Tests flip the switches (DFSSM_SSD_SCAN, DFSSM_SSD_SCAN_TRAIN and DFSSM_SSD_XBC_GRAD, all on
 // when unset).

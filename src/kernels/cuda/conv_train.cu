@@ -1,7 +1,8 @@
 // Causal depthwise conv1d + SiLU for training, forward and backward (conv_train.h has the math).
 //
 // Memory layout: x (B, L, C) with row stride ldx (fp32 or bf16: a column slice of in_proj's
-// output, read in place); w (C, K), bias (C), out/dout (B, L, C) fp32; dx (B, L, C) in x's dtype at row stride lddx (C: contiguous);
+// output, read in place); w (C, K), bias (C), dout (B, L, C) fp32; out (B, L, C) fp32, or bf16 on
+// request (the no-grad passes whose SSD forward reads bf16); dx (B, L, C) in x's dtype at row stride lddx (C: contiguous);
 // partial (B * ceil(L/kBwdRun), C, K+1) fp32.
 //
 // One thread per channel and run of consecutive timesteps; a warp covers 32 adjacent channels, so
@@ -36,10 +37,10 @@ constexpr int kThreads = 128, kFwdRun = 32, kBwdRun = 64;
 
 using namespace train;  // ld, st, sigmoid
 
-template <typename E, int K>
+template <typename E, typename O, int K>
 __global__ void __launch_bounds__(kThreads) conv_fwd_kernel(const E* __restrict__ x, int64_t ldx,
                                                             const float* __restrict__ w, const float* __restrict__ bias,
-                                                            float* __restrict__ out, int64_t L, int C) {
+                                                            O* __restrict__ out, int64_t L, int C) {
   const int c = blockIdx.x * kThreads + threadIdx.x;
   if (c >= C) return;
   const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kFwdRun;
@@ -59,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) conv_fwd_kernel(const E* __restrict_
     float p = b0;
 #pragma unroll
     for (int k = 0; k < K; ++k) p += wk[k] * win[k];
-    out[(b * L + t) * C + c] = p * sigmoid(p);
+    st(out + (b * L + t) * C + c, p * sigmoid(p));
 #pragma unroll
     for (int k = 0; k < K - 1; ++k) win[k] = win[k + 1];
   }
@@ -150,10 +151,10 @@ __device__ __forceinline__ void load_halo(const E* xb, int64_t ldx, int64_t t0, 
   }
 }
 
-template <typename E, int K, int V, int U, int T>
+template <typename E, typename O, int K, int V, int U, int T>
 __global__ void __launch_bounds__(T) conv_fwd_v2_kernel(const E* __restrict__ x, int64_t ldx,
                                                         const float* __restrict__ w, const float* __restrict__ bias,
-                                                        float* __restrict__ out, int64_t L, int C) {
+                                                        O* __restrict__ out, int64_t L, int C) {
   const int c = (int(blockIdx.x) * T + int(threadIdx.x)) * V;
   if (c >= C) return;
   const int64_t b = blockIdx.z, t0 = int64_t(blockIdx.y) * kFwdRun;
@@ -271,15 +272,15 @@ __global__ void __launch_bounds__(T) conv_bwd_v2_kernel(const E* __restrict__ x,
 // Version 1 on request (DFSSM_CONV_V1=1, read at the first launch; an A/B switch) or where
 // version 2's V-channel access does not hold: C, ldx and lddx multiples of V, x, dx, out and dout
 // aligned to V elements.
-bool use_v2(const void* x, int esize, int64_t ldx, int C, const void* out, const void* dout, int V, const void* dx,
-            int64_t lddx) {
+bool use_v2(const void* x, int esize, int64_t ldx, int C, const void* out, int osize, const void* dout, int V,
+            const void* dx, int64_t lddx) {
   static const bool v1 = [] {
     const char* e = std::getenv("DFSSM_CONV_V1");
     return e && e[0] == '1';
   }();
   const auto al = [](const void* p, unsigned n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
   return !v1 && C % V == 0 && ldx % V == 0 && lddx % V == 0 && al(x, unsigned(V * esize)) &&
-         al(dx, unsigned(V * esize)) && al(out, unsigned(V * 4)) && al(dout, unsigned(V * 4));
+         al(dx, unsigned(V * esize)) && al(out, unsigned(V * osize)) && al(dout, unsigned(V * 4));
 }
 
 template <typename Kern, typename... Args>
@@ -297,36 +298,44 @@ dim3 grid_v2(int C, int V, int threads, dim3 grid1) {
   return dim3(unsigned((C / V + threads - 1) / threads), grid1.y, grid1.z);
 }
 
+// out: float, or bf16 where out_bf16 (the forward only).
 template <int K, typename E>
-void launch(bool fwd, const E* x, int64_t ldx, const float* w, const float* bias, float* out, const float* dout, E* dx,
-            int64_t lddx, float* partial, int64_t B, int64_t L, int C, cudaStream_t st) {
+void launch(bool fwd, const E* x, int64_t ldx, const float* w, const float* bias, void* out, bool out_bf16,
+            const float* dout, E* dx, int64_t lddx, float* partial, int64_t B, int64_t L, int C, cudaStream_t st) {
   const int run = fwd ? kFwdRun : kBwdRun;
   const dim3 grid(unsigned((C + kThreads - 1) / kThreads), unsigned((L + run - 1) / run), unsigned(B));
-  if (use_v2(x, int(sizeof(E)), ldx, C, out, dout, fwd ? kFwdV : kBwdV, dx, lddx)) {
-    if (fwd)
-      launch_kernel(conv_fwd_v2_kernel<E, K, kFwdV, kFwdU, kThreads2>, grid_v2(C, kFwdV, kThreads2, grid), kThreads2, st,
-                    x, ldx, w, bias, out, L, C);
+  auto* of = static_cast<float*>(out);
+  auto* oh = static_cast<__nv_bfloat16*>(out);
+  if (use_v2(x, int(sizeof(E)), ldx, C, out, out_bf16 ? 2 : 4, dout, fwd ? kFwdV : kBwdV, dx, lddx)) {
+    if (fwd && out_bf16)
+      launch_kernel(conv_fwd_v2_kernel<E, __nv_bfloat16, K, kFwdV, kFwdU, kThreads2>, grid_v2(C, kFwdV, kThreads2, grid),
+                    kThreads2, st, x, ldx, w, bias, oh, L, C);
+    else if (fwd)
+      launch_kernel(conv_fwd_v2_kernel<E, float, K, kFwdV, kFwdU, kThreads2>, grid_v2(C, kFwdV, kThreads2, grid),
+                    kThreads2, st, x, ldx, w, bias, of, L, C);
     else
       launch_kernel(conv_bwd_v2_kernel<E, K, kBwdV, kBwdU, kThreads2>, grid_v2(C, kBwdV, kThreads2, grid), kThreads2,
                     st, x, ldx, w, bias, dout, dx, partial, L, C, lddx);
     return;
   }
-  if (fwd)
-    launch_kernel(conv_fwd_kernel<E, K>, grid, kThreads, st, x, ldx, w, bias, out, L, C);
+  if (fwd && out_bf16)
+    launch_kernel(conv_fwd_kernel<E, __nv_bfloat16, K>, grid, kThreads, st, x, ldx, w, bias, oh, L, C);
+  else if (fwd)
+    launch_kernel(conv_fwd_kernel<E, float, K>, grid, kThreads, st, x, ldx, w, bias, of, L, C);
   else
     launch_kernel(conv_bwd_kernel<E, K>, grid, kThreads, st, x, ldx, w, bias, dout, dx, partial, L, C, lddx);
 }
 
 template <typename E>
-cudaError_t dispatch(bool fwd, const void* x, int64_t ldx, const float* w, const float* bias, float* out,
-                     const float* dout, void* dx, int64_t lddx, float* partial, int64_t B, int64_t L, int C, int K,
+cudaError_t dispatch(bool fwd, const void* x, int64_t ldx, const float* w, const float* bias, void* out,
+                     bool out_bf16, const float* dout, void* dx, int64_t lddx, float* partial, int64_t B, int64_t L, int C, int K,
                      cudaStream_t st) {
   const auto* xe = static_cast<const E*>(x);
   auto* dxe = static_cast<E*>(dx);
   switch (K) {
-    case 2: launch<2>(fwd, xe, ldx, w, bias, out, dout, dxe, lddx, partial, B, L, C, st); break;
-    case 3: launch<3>(fwd, xe, ldx, w, bias, out, dout, dxe, lddx, partial, B, L, C, st); break;
-    case 4: launch<4>(fwd, xe, ldx, w, bias, out, dout, dxe, lddx, partial, B, L, C, st); break;
+    case 2: launch<2>(fwd, xe, ldx, w, bias, out, out_bf16, dout, dxe, lddx, partial, B, L, C, st); break;
+    case 3: launch<3>(fwd, xe, ldx, w, bias, out, out_bf16, dout, dxe, lddx, partial, B, L, C, st); break;
+    case 4: launch<4>(fwd, xe, ldx, w, bias, out, out_bf16, dout, dxe, lddx, partial, B, L, C, st); break;
     default: return cudaErrorInvalidValue;  // d_conv in {2, 3, 4}
   }
   return cudaGetLastError();
@@ -342,12 +351,13 @@ int64_t conv_silu_bwd_partial_size(int64_t B, int64_t L, int C, int K) {
   return B * ((L + kBwdRun - 1) / kBwdRun) * int64_t(C) * (K + 1);
 }
 
-cudaError_t conv_silu_fwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias, float* out,
-                               int64_t B, int64_t L, int C, int K, cudaStream_t stream) {
+cudaError_t conv_silu_fwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias, void* out,
+                               int64_t B, int64_t L, int C, int K, cudaStream_t stream, ConvDtype out_dt) {
   if (!shapes_ok(B, L, C, K, ldx)) return cudaErrorInvalidValue;
+  const bool oh = out_dt == ConvDtype::bf16;
   return dt == ConvDtype::bf16
-             ? dispatch<__nv_bfloat16>(true, x, ldx, w, bias, out, nullptr, nullptr, C, nullptr, B, L, C, K, stream)
-             : dispatch<float>(true, x, ldx, w, bias, out, nullptr, nullptr, C, nullptr, B, L, C, K, stream);
+             ? dispatch<__nv_bfloat16>(true, x, ldx, w, bias, out, oh, nullptr, nullptr, C, nullptr, B, L, C, K, stream)
+             : dispatch<float>(true, x, ldx, w, bias, out, oh, nullptr, nullptr, C, nullptr, B, L, C, K, stream);
 }
 
 cudaError_t conv_silu_bwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias,
@@ -356,8 +366,8 @@ cudaError_t conv_silu_bwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const f
   if (lddx <= 0) lddx = C;
   if (!shapes_ok(B, L, C, K, ldx) || lddx < C) return cudaErrorInvalidValue;
   return dt == ConvDtype::bf16
-             ? dispatch<__nv_bfloat16>(false, x, ldx, w, bias, nullptr, dout, dx, lddx, partial, B, L, C, K, stream)
-             : dispatch<float>(false, x, ldx, w, bias, nullptr, dout, dx, lddx, partial, B, L, C, K, stream);
+             ? dispatch<__nv_bfloat16>(false, x, ldx, w, bias, nullptr, false, dout, dx, lddx, partial, B, L, C, K, stream)
+             : dispatch<float>(false, x, ldx, w, bias, nullptr, false, dout, dx, lddx, partial, B, L, C, K, stream);
 }
 
 }  // namespace dfssm::kernels

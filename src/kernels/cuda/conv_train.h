@@ -6,7 +6,8 @@
 //   out[b,t,c] = silu(pre[b,t,c])
 //
 // Layout: x (B, L, C) with row stride ldx elements (a column slice of in_proj's output), fp32 or
-// bf16; w (C, K) and bias (C) fp32; out and dout (B, L, C) contiguous fp32; dx (B, L, C) in x's
+// bf16; w (C, K) and bias (C) fp32; out (B, L, C) contiguous fp32 (or bf16, the forward on request);
+// dout (B, L, C) contiguous fp32; dx (B, L, C) in x's
 // dtype at row stride lddx. Plain C++ header: the CUDA runtime only.
 #pragma once
 
@@ -20,8 +21,11 @@ namespace dfssm::kernels {
 
 enum class ConvDtype { f32, bf16 };
 
-cudaError_t conv_silu_fwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias, float* out,
-                               int64_t B, int64_t L, int C, int K, cudaStream_t stream);
+// out: fp32, or bf16 (rounded to nearest even) where out_dt says so: for passes without a
+// backward whose SSD forward reads bf16 x, B and C (ssd_scan.h, DFSSM_SSD_SEQ_VERSION=4).
+cudaError_t conv_silu_fwd_cuda(const void* x, ConvDtype dt, int64_t ldx, const float* w, const float* bias, void* out,
+                               int64_t B, int64_t L, int C, int K, cudaStream_t stream,
+                               ConvDtype out_dt = ConvDtype::f32);
 
 // Number of floats conv_silu_bwd_cuda needs in `partial` (per-block sums of dw and dbias).
 int64_t conv_silu_bwd_partial_size(int64_t B, int64_t L, int C, int K);

@@ -441,6 +441,77 @@ __device__ __forceinline__ void state_kstep_bf16(float (&S)[2][4][4], const uint
     }
 }
 
+// Steps 2 and 3 of versions 3 and 4 on one chunk's bf16 operands (x, w∘x, B, C: T x LDX / LDN
+// rows; M: T x LDM; the entering state S: P x LDN, n-major): y = M·x + exp(acs)∘(C·Sᵀ) to HBM and
+// S = exp(acs_T-1)·S + (w∘x)ᵀ·B in the accumulators, as version 2 (warp w: y columns 16·(w % 4) +
+// [0, 16) in strips {0, 3} or {1, 2}; the state tile (w / 4, w % 4)), in k-steps of 16: positions
+// 16·kk + [0, 16) for M·x and the state update, state columns 32·kk + [0, 32) for C·Sᵀ.
+__device__ __forceinline__ void seq_bf16_products(const SsdScanArgs& a, float (&S)[2][4][4], const uint16_t* xh,
+                                                  const uint16_t* wxh, const uint16_t* bh, const uint16_t* ch,
+                                                  const uint16_t* mh, const uint16_t* sh, const float* acs, float tot,
+                                                  int64_t b, int h, int64_t l0) {
+  using namespace seq3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
+  const int p0 = (warp & 3) * 16, sp = warp >> 2;
+  const int r0[2] = {sp * 16, (3 - sp) * 16};
+  // ldmatrix row addresses: A row-major (rows 0-15 by lane & 15 in matrices 0-1 / 2-3, k
+  // half by lane / 16); k-major operands (.trans): k row lane & 7 (+8 for matrices 1, 3),
+  // column half by lane / 16.
+  const int ar = (lane & 7) + (lane & 8), ak = (lane >> 4) * 8;
+  const int bk = (lane & 7) + (lane & 8), bn = (lane >> 4) * 8;
+  float eA[2], eB[2];
+#pragma unroll
+  for (int si = 0; si < 2; ++si) eA[si] = __expf(acs[r0[si] + g]), eB[si] = __expf(acs[r0[si] + g + 8]);
+  state_scale(S, expf(tot));
+  float y1[2][2][4] = {}, y2[2][2][4] = {};
+#pragma unroll
+  for (int kk = 0; kk < T / 16; ++kk) {
+    // M·x over source positions 16·kk + [0, 16), up to each strip's diagonal block.
+    uint32_t fx[4];  // x's k-major tiles: columns p0 + [0, 8) in fx[0..1], p0 + [8, 16) in fx[2..3]
+    ldsm_x4_b16_trans(fx, xh + (kk * 16 + bk) * LDX + p0 + bn);
+#pragma unroll
+    for (int si = 0; si < 2; ++si) {
+      if (kk * 16 > r0[si]) continue;
+      uint32_t fa[4];
+      ldsm_x4_b16(fa, mh + (r0[si] + ar) * LDM + kk * 16 + ak);
+      mma_bf16(y1[si][0], fa, fx[0], fx[1]);
+      mma_bf16(y1[si][1], fa, fx[2], fx[3]);
+    }
+    // C·Sᵀ over state columns 32·kk + [0, 32): B[n][p] = S[p][n], n-major in sh.
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int k0 = kk * 32 + hh * 16;
+      uint32_t fs[4];  // p rows p0 + [0, 8): fs[0..1]; p0 + [8, 16): fs[2..3]
+      ldsm_x4_b16(fs, sh + (p0 + (lane & 7) + bn) * LDN + k0 + (lane & 8));
+#pragma unroll
+      for (int si = 0; si < 2; ++si) {
+        uint32_t fa[4];
+        ldsm_x4_b16(fa, ch + (r0[si] + ar) * LDN + k0 + ak);
+        mma_bf16(y2[si][0], fa, fs[0], fs[1]);
+        mma_bf16(y2[si][1], fa, fs[2], fs[3]);
+      }
+    }
+    // (w∘x)ᵀ·B over positions 16·kk + [0, 16) into the state.
+    state_kstep_bf16<LDX, LDN>(S, wxh, bh, kk, pm, nn, lane);
+  }
+  store_y_seq(a, y1, y2, eA, eB, r0, p0, b, h, l0, g, q);
+}
+
+// The warp's state tile (state_store's layout) into S's bf16 rows (n-major, LDN apart).
+__device__ __forceinline__ void store_state_bf16(uint16_t* sh, const float (&S)[2][4][4], int pm, int nn, int g,
+                                                 int q) {
+  using seq3::LDN;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) {
+      const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
+      *reinterpret_cast<uint32_t*>(sh + r * LDN + n) = pack_bf16(S[mi][ni][0], S[mi][ni][1]);
+      *reinterpret_cast<uint32_t*>(sh + (r + 8) * LDN + n) = pack_bf16(S[mi][ni][2], S[mi][ni][3]);
+    }
+}
+
 __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a) {
   using namespace seq3;
   const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
@@ -479,17 +550,7 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a
   const int64_t PN = int64_t(P_) * N_;
   float S[2][4][4];
   state_load(S, a.init ? a.init + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
-  auto store_state_bf16 = [&] {
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-        const int r = pm + mi * 16 + g, n = nn + ni * 8 + 2 * q;
-        *reinterpret_cast<uint32_t*>(sh + r * LDN + n) = pack_bf16(S[mi][ni][0], S[mi][ni][1]);
-        *reinterpret_cast<uint32_t*>(sh + (r + 8) * LDN + n) = pack_bf16(S[mi][ni][2], S[mi][ni][3]);
-      }
-  };
-  store_state_bf16();
+  store_state_bf16(sh, S, pm, nn, g, q);
 
   for (int64_t c = 0; c < nc; ++c) {
     const int64_t l0 = c * T;
@@ -537,60 +598,219 @@ __global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16_kernel(SsdScanArgs a
       cp_async_commit();
     __syncthreads();  // the bf16 operands
 
-    // ---- 2 and 3: y = M·x + exp(acs)∘(C·Sᵀ) and S = exp(acs_T-1)·S + (w∘x)ᵀ·B, as version 2
-    // (warp w: y columns 16·(w % 4) + [0, 16) in strips {0, 3} or {1, 2}; the state tile (w / 4,
-    // w % 4)), in k-steps of 16: positions 16·kk + [0, 16) for M·x and the state update, state
-    // columns 32·kk + [0, 32) for C·Sᵀ. ----
-    {
-      const int p0 = (warp & 3) * 16, sp = warp >> 2;
-      const int r0[2] = {sp * 16, (3 - sp) * 16};
-      // ldmatrix row addresses: A row-major (rows 0-15 by lane & 15 in matrices 0-1 / 2-3, k
-      // half by lane / 16); k-major operands (.trans): k row lane & 7 (+8 for matrices 1, 3),
-      // column half by lane / 16.
-      const int ar = (lane & 7) + (lane & 8), ak = (lane >> 4) * 8;
-      const int bk = (lane & 7) + (lane & 8), bn = (lane >> 4) * 8;
-      float eA[2], eB[2];
-#pragma unroll
-      for (int si = 0; si < 2; ++si) eA[si] = __expf(acs[r0[si] + g]), eB[si] = __expf(acs[r0[si] + g + 8]);
-      state_scale(S, expf(tot));
-      float y1[2][2][4] = {}, y2[2][2][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < T / 16; ++kk) {
-        // M·x over source positions 16·kk + [0, 16), up to each strip's diagonal block.
-        uint32_t fx[4];  // x's k-major tiles: columns p0 + [0, 8) in fx[0..1], p0 + [8, 16) in fx[2..3]
-        ldsm_x4_b16_trans(fx, xh + (kk * 16 + bk) * LDX + p0 + bn);
-#pragma unroll
-        for (int si = 0; si < 2; ++si) {
-          if (kk * 16 > r0[si]) continue;
-          uint32_t fa[4];
-          ldsm_x4_b16(fa, mh + (r0[si] + ar) * LDM + kk * 16 + ak);
-          mma_bf16(y1[si][0], fa, fx[0], fx[1]);
-          mma_bf16(y1[si][1], fa, fx[2], fx[3]);
-        }
-        // C·Sᵀ over state columns 32·kk + [0, 32): B[n][p] = S[p][n], n-major in sh.
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int k0 = kk * 32 + hh * 16;
-          uint32_t fs[4];  // p rows p0 + [0, 8): fs[0..1]; p0 + [8, 16): fs[2..3]
-          ldsm_x4_b16(fs, sh + (p0 + (lane & 7) + bn) * LDN + k0 + (lane & 8));
-#pragma unroll
-          for (int si = 0; si < 2; ++si) {
-            uint32_t fa[4];
-            ldsm_x4_b16(fa, ch + (r0[si] + ar) * LDN + k0 + ak);
-            mma_bf16(y2[si][0], fa, fs[0], fs[1]);
-            mma_bf16(y2[si][1], fa, fs[2], fs[3]);
-          }
-        }
-        // (w∘x)ᵀ·B over positions 16·kk + [0, 16) into the state.
-        state_kstep_bf16<LDX, LDN>(S, wxh, bh, kk, pm, nn, lane);
-      }
-      store_y_seq(a, y1, y2, eA, eB, r0, p0, b, h, l0, g, q);
-    }
+    // ---- 2 and 3: y and the state update ----
+    seq_bf16_products(a, S, xh, wxh, bh, ch, mh, sh, acs, tot, b, h, l0);
     __syncthreads();  // every read of sh is done
-    store_state_bf16();
+    store_state_bf16(sh, S, pm, nn, g, q);
   }
   cp_async_wait<0>();
   state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
+}
+
+// ---- Version 4: version 3 on bf16 inputs (a.x_bf16; DFSSM_SSD_SEQ_VERSION=4 makes the model's
+// no-grad passes take it; not the default until measured) -------------------------------------
+// The conv writes x, B and C in bf16 for passes without a backward (conv_train.h), so their rows
+// land by cp.async straight in version 3's padded bf16 operand tiles: no fp32 staging and no
+// conversion of them. What is left of step 1 makes w∘x from the bf16 x and M from CB, which
+// chunk_cb_bf16_kernel computes from the bf16 B and C. Why: version 3 converts 27K elements per
+// chunk and head, 60% of them B and C, which every head of a group converts again; here 6.6K. x,
+// B and C cost half the HBM and L2 bytes (the conv writes half as many too). Numerics: version
+// 3's operands, but w∘x is rounded from the already rounded x (one more bf16 rounding).
+// Shared memory (137 KB): CB's fp32 staging (as version 3), then two chunk buffers of bf16 x, B,
+// C rows (the next chunk's rows are issued at the top of this chunk's step 0), then w∘x, M, S.
+namespace seq4 {
+constexpr int T = seq::T, LDX = seq3::LDX, LDN = seq3::LDN, LDM = seq3::LDM;
+constexpr int kX = T * LDX, kB = T * LDN, kM = T * LDM, kS = P_ * LDN;  // bf16 elements
+constexpr int kBuf = kX + 2 * kB;                                       // one chunk's x, B, C
+constexpr int kHalfs = 2 * kBuf + kX + kM + kS;
+constexpr int kSmemBytes = T * T * 4 + kHalfs * 2;
+static_assert(kSmemBytes <= 226 * 1024 && (kX * 2) % 16 == 0 && (kB * 2) % 16 == 0 && (kM * 2) % 16 == 0,
+              "16-byte aligned buffers for cp.async and ldmatrix");
+}  // namespace seq4
+
+// Chunk rows l0 + [0, T) of bf16 x (P_ per row: 8 pieces of 16 bytes) and B, C (N_: 16 pieces)
+// into the padded tiles, zero-filled at or past `valid` (their source stays row l0); thread t
+// takes x piece t % 8 of rows t / 8 + 32j and B, C piece t % 16 of rows t / 16 + 16j. No commit.
+__device__ __forceinline__ void load_rows_bf16(uint16_t* xs, uint16_t* bs, uint16_t* cs, const uint16_t* xg,
+                                               const uint16_t* Bg, const uint16_t* Cg, int64_t x_row, int64_t bc_row,
+                                               int64_t l0, int64_t valid) {
+  using seq4::LDN;
+  using seq4::LDX;
+  const int t = threadIdx.x;
+  {
+    const int e = (t & 7) * 8, r0 = t >> 3;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int r = r0 + 32 * j;
+      const bool ok = r < valid;
+      cp_async16(xs + r * LDX + e, xg + (ok ? l0 + r : l0) * x_row + e, ok);
+    }
+  }
+  const int e = (t & 15) * 8, r0 = t >> 4;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int r = r0 + 16 * j;
+    const bool ok = r < valid;
+    const int64_t o = (ok ? l0 + r : l0) * bc_row + e;
+    cp_async16(bs + r * LDN + e, Bg + o, ok);
+    cp_async16(cs + r * LDN + e, Cg + o, ok);
+  }
+}
+
+// Eight bf16 (16 bytes) times f, rounded to bf16 again: the bf16 values are exact in fp32.
+struct alignas(16) U32x4 {
+  uint32_t v[4];
+};
+__device__ __forceinline__ float bf16_bits_to_float(uint32_t hi_bits) {
+#ifndef DFSSM_CUDA_EMULATE
+  return __uint_as_float(hi_bits);
+#else
+  float f;
+  std::memcpy(&f, &hi_bits, 4);
+  return f;
+#endif
+}
+__device__ __forceinline__ void scale8_bf16(uint16_t* dst, const uint16_t* src, float f) {
+  const U32x4 u = *reinterpret_cast<const U32x4*>(src);
+  U32x4 o;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    o.v[i] = pack_bf16(bf16_bits_to_float(u.v[i] << 16) * f, bf16_bits_to_float(u.v[i] & 0xffff0000u) * f);
+  *reinterpret_cast<U32x4*>(dst) = o;
+}
+
+__global__ void __launch_bounds__(kThreads, 1) ssd_seq_bf16in_kernel(SsdScanArgs a) {
+  using namespace seq4;
+  const int h = blockIdx.x, t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+  const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
+  const int gi = h / (a.H / a.G);
+  DFSSM_DYN_SMEM(smem, kSmemBytes / 4);
+  float* const stcb = smem;  // CB's staging
+  uint16_t* const buf = reinterpret_cast<uint16_t*>(smem + T * T);  // two chunks of x, B, C rows
+  uint16_t* const wxh = buf + 2 * kBuf;
+  uint16_t* const mh = wxh + kX;
+  uint16_t* const sh = mh + kM;
+  __shared__ float acs[T], dts[T], warp_tot[kWarps], total;
+
+  const uint16_t* xg = a.x_bf16 + (b * a.L) * a.x_row + int64_t(h) * P_;
+  const uint16_t* Bg = a.B_bf16 + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  const uint16_t* Cg = a.C_bf16 + (b * a.L) * a.bc_row + int64_t(gi) * N_;
+  const float* cbg = a.workspace + (b * nc * a.G + gi) * int64_t(T) * T;
+  auto load_rows = [&](int64_t c) {
+    uint16_t* x = buf + (c & 1) * kBuf;
+    load_rows_bf16(x, x + kX, x + kX + kB, xg, Bg, Cg, a.x_row, a.bc_row, c * T, a.L - c * T);
+  };
+  // Commit groups in order: {rows 0, CB 0}, then per chunk c: rows c + 1 (step 0), CB c + 1 (after
+  // step 1; empty past the last chunk), so that step 0's wait<1> leaves only rows c + 1 in flight.
+  load_rows(0);
+  load_cb_seq(stcb, T, cbg);
+  cp_async_commit();
+  float dt_next = dt_seq(a, b, h, 0, nc);
+  const float Ah = a.A[h], D = a.D ? a.D[h] : 0.f;
+
+  const int pm = (warp >> 2) * 32, nn = (warp & 3) * 32;
+  const int64_t PN = int64_t(P_) * N_;
+  float S[2][4][4];
+  state_load(S, a.init ? a.init + (b * a.H + h) * PN : nullptr, pm, nn, g, q);
+  store_state_bf16(sh, S, pm, nn, g, q);
+
+  for (int64_t c = 0; c < nc; ++c) {
+    const int64_t l0 = c * T;
+    const uint16_t* xh = buf + (c & 1) * kBuf;
+    // ---- 0. the next chunk's rows into the other buffer (read last in the previous chunk's
+    // steps 2-3, which ended at a barrier); acs and dt; this chunk's rows and CB landed ----
+    if (c + 1 < nc) load_rows(c + 1);
+    cp_async_commit();
+    const float dtc = dt_next;
+    dt_next = dt_seq(a, b, h, c + 1, nc);
+    const float cum = block_scan(Ah * dtc, warp_tot);  // threads >= T add 0
+    if (t < T) acs[t] = cum, dts[t] = dtc;
+    if (t == T - 1) total = cum;
+    cp_async_wait<1>();
+    __syncthreads();  // acs, dts, total, this chunk's rows; the previous chunk's reads are done
+
+    // ---- 1. w∘x (w_l = exp(acs_T-1 - acs_l)·dt_l) from the bf16 x, and M = L∘CB∘dt + D·I from
+    // each thread's own staged CB pieces (strip-diagonal blocks and below, as version 3); then
+    // the next chunk's CB into the staging just read. ----
+    const float tot = total;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int r = (t >> 3) + 32 * j, e = (t & 7) * 8;
+      scale8_bf16(wxh + r * LDX + e, xh + r * LDX + e, __expf(tot - acs[r]) * dts[r]);
+    }
+    {
+      const int e = (t & 15) * 4;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = (t >> 4) + 16 * j;
+        if (e > (r | 15)) continue;
+        const float4 u = ld4(stcb + r * T + e);
+        auto m = [&](int s, float cb) { return m_seq<true>(acs, dts, r, s, cb, D); };
+        st4_bf16(mh + r * LDM + e, m(e, u.x), m(e + 1, u.y), m(e + 2, u.z), m(e + 3, u.w));
+      }
+    }
+    if (c + 1 < nc) load_cb_seq(stcb, T, cbg + (c + 1) * a.G * int64_t(T) * T);
+    cp_async_commit();
+    __syncthreads();  // w∘x and M
+
+    // ---- 2 and 3 (version 3's) ----
+    seq_bf16_products(a, S, xh, wxh, xh + kX, xh + kX + kB, mh, sh, acs, tot, b, h, l0);
+    __syncthreads();  // every read of sh and of this chunk's rows is done
+    store_state_bf16(sh, S, pm, nn, g, q);
+  }
+  cp_async_wait<0>();
+  state_store<false>(a.final_state + (b * a.H + h) * PN, N_, S, pm, nn, g, q);
+}
+
+// CB = C·Bᵀ per 64-position chunk and group from bf16 B and C (version 4's), fp32 out (the
+// workspace layout of chunk_cb: (batch, chunks, G, 64, 64)); rows past L are zero. Grid (chunks
+// x G, batch), 8 warps; warp w computes rows 16·(w % 4) + [0, 16), columns 32·(w / 4) + [0, 32)
+// on bf16 m16n8k16 mma with fp32 accumulation (C row-major as A; B's rows, n-major, as the
+// column operand, the layout version 3's C·Sᵀ reads S in).
+__global__ void __launch_bounds__(kThreads) chunk_cb_bf16_kernel(SsdScanArgs a, float* cb) {
+  using namespace seq4;
+  __shared__ __align__(16) uint16_t cs[T * LDN], bs[T * LDN];
+  const int t = threadIdx.x, warp = t >> 5, lane = t & 31, g = lane >> 2, q = lane & 3;
+  const int64_t b = blockIdx.y, nc = (a.L + T - 1) / T;
+  const int c = int(blockIdx.x) / a.G, gi = int(blockIdx.x) % a.G;
+  const int64_t l0 = int64_t(c) * T, valid = a.L - l0;
+  {
+    const int e = (t & 15) * 8, r0 = t >> 4;
+    const int64_t base = (b * a.L) * a.bc_row + int64_t(gi) * N_;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = r0 + 16 * j;
+      const bool ok = r < valid;
+      const int64_t o = base + (ok ? l0 + r : l0) * a.bc_row + e;
+      cp_async16(cs + r * LDN + e, a.C_bf16 + o, ok);
+      cp_async16(bs + r * LDN + e, a.B_bf16 + o, ok);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+  }
+  const int m0 = (warp & 3) * 16, n0 = (warp >> 2) * 32;
+  const int ar = (lane & 7) + (lane & 8), ak = (lane >> 4) * 8, bn = (lane >> 4) * 8;
+  float acc[4][4] = {};
+#pragma unroll
+  for (int kk = 0; kk < N_ / 16; ++kk) {
+    uint32_t fa[4];
+    ldsm_x4_b16(fa, cs + (m0 + ar) * LDN + kk * 16 + ak);
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      uint32_t fb[4];  // B rows n0 + 16·np + [0, 8): fb[0..1]; + [8, 16): fb[2..3]
+      ldsm_x4_b16(fb, bs + (n0 + np * 16 + (lane & 7) + bn) * LDN + kk * 16 + (lane & 8));
+      mma_bf16(acc[2 * np], fa, fb[0], fb[1]);
+      mma_bf16(acc[2 * np + 1], fa, fb[2], fb[3]);
+    }
+  }
+  float* out = cb + ((b * nc + c) * a.G + gi) * int64_t(T) * T;
+#pragma unroll
+  for (int ni = 0; ni < 4; ++ni) {
+    const int col = n0 + ni * 8 + 2 * q;
+    st2(out + (m0 + g) * T + col, acc[ni][0], acc[ni][1]);
+    st2(out + (m0 + g + 8) * T + col, acc[ni][2], acc[ni][3]);
+  }
 }
 
 // ---- The backward's workspace in the same sequential form --------------------------------------
@@ -885,14 +1105,15 @@ bool states_bf16() {
 }
 
 int g_seq = -1;  // -1: not read yet
-// ssd_scan_fwd_seq_cuda's kernel: version 1, 2 (the default) or 3 (bf16 operands); -1: not read yet.
+// ssd_scan_fwd_seq_cuda's kernel: version 1, 2 (the default), 3 (bf16 operands) or 4 (version 3 on
+// bf16 inputs: the model then gives it bf16 x, B, C; fp32 inputs run version 3); -1: not read yet.
 int g_seq_version = -1;
 int seq_version() {
   if (g_seq_version < 0) {
     const char* v = std::getenv("DFSSM_SSD_SEQ_VERSION");
     const char* v1 = std::getenv("DFSSM_SSD_SEQ_V1");  // the older switch, still honoured
     const std::string s = v ? v : "";
-    g_seq_version = s == "1" || s == "3" ? s[0] - '0' : v1 && std::string(v1) == "1" ? 1 : 2;
+    g_seq_version = s == "1" || s == "3" || s == "4" ? s[0] - '0' : v1 && std::string(v1) == "1" ? 1 : 2;
   }
   return g_seq_version;
 }
@@ -910,7 +1131,8 @@ bool ssd_scan_seq_enabled() {
 }
 void ssd_scan_set_seq(int on) { g_seq = on < 0 ? -1 : on ? 1 : 0; }
 void ssd_scan_set_states_bf16(int on) { g_states_bf16 = on < 0 ? -1 : on ? 1 : 0; }
-void ssd_scan_set_seq_version(int v) { g_seq_version = v < 0 ? -1 : v == 1 || v == 3 ? v : 2; }
+void ssd_scan_set_seq_version(int v) { g_seq_version = v < 0 ? -1 : v == 1 || v == 3 || v == 4 ? v : 2; }
+int ssd_scan_seq_version() { return seq_version(); }
 
 bool ssd_scan_states_seq_supported(const SsdScanArgs& a) {
   return ssd_scan_inputs_ok(a) && a.T == seq::T && a.final_state && aligned_to(a.init, 8) &&
@@ -941,19 +1163,29 @@ cudaError_t ssd_scan_dstates_seq_cuda(const SsdScanArgs& a, const SsdScanGrads& 
 }
 
 bool ssd_scan_seq_supported(const SsdScanArgs& a) {
+  // fp32 inputs: rows of 16-byte pieces; bf16 inputs (version 4): the same with 8 elements.
+  const bool in_ok = a.x_bf16 ? a.B_bf16 && a.C_bf16 && a.x_row % 8 == 0 && a.bc_row % 8 == 0 &&
+                                    aligned_to(a.x_bf16, 16) && aligned_to(a.B_bf16, 16) && aligned_to(a.C_bf16, 16)
+                              : a.x && a.B && a.C && a.x_row % 4 == 0 && a.bc_row % 4 == 0 && aligned_to(a.x, 16) &&
+                                    aligned_to(a.B, 16) && aligned_to(a.C, 16);
   return a.P == P_ && a.N == N_ && a.G > 0 && a.H > 0 && a.H % a.G == 0 && a.batch > 0 && a.batch <= 65535 &&
-         a.L > 0 && a.x_row % 4 == 0 && a.bc_row % 4 == 0 && a.x && a.dt && a.A && a.B && a.C && (a.y || a.y_bf16) &&
-         a.final_state && a.workspace && (a.L + 63) / 64 * a.G <= 65535 && aligned_to(a.workspace, 16) &&
-         aligned_to(a.x, 16) && aligned_to(a.B, 16) && aligned_to(a.C, 16) &&
-         aligned_to(a.init, 8) && aligned_to(a.y, 8) && aligned_to(a.y_bf16, 4) && aligned_to(a.final_state, 8);
+         a.L > 0 && in_ok && a.dt && a.A && (a.y || a.y_bf16) && a.final_state && a.workspace &&
+         (a.L + 63) / 64 * a.G <= 65535 && aligned_to(a.workspace, 16) && aligned_to(a.init, 8) &&
+         aligned_to(a.y, 8) && aligned_to(a.y_bf16, 4) && aligned_to(a.final_state, 8);
 }
 
 cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   if (!ssd_scan_seq_supported(a)) return cudaErrorInvalidValue;
   SsdScanArgs a64 = a;  // the kernels' own chunking
   a64.T = seq::T;
-  if (const auto e = ssd_chunk_cb64_cuda(a64, a.workspace, stream); e != cudaSuccess) return e;
   const dim3 grid(unsigned(a.H), unsigned(a.batch));
+  if (a.x_bf16) {  // bf16 inputs: version 4 whatever the version switch says
+    const dim3 cb_grid(unsigned(a64.chunks() * a.G), unsigned(a.batch));
+    if (const auto e = launch_dyn(chunk_cb_bf16_kernel, cb_grid, 0, stream, a64, a.workspace); e != cudaSuccess)
+      return e;
+    return launch_dyn(ssd_seq_bf16in_kernel, grid, seq4::kSmemBytes, stream, a64);
+  }
+  if (const auto e = ssd_chunk_cb64_cuda(a64, a.workspace, stream); e != cudaSuccess) return e;
   switch (seq_version()) {
     case 1: return launch_dyn(ssd_seq_kernel<false>, grid, seq::kSmemBytes, stream, a64);
     case 3: return launch_dyn(ssd_seq_bf16_kernel, grid, seq3::kSmemBytes, stream, a64);
