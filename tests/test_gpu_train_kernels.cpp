@@ -18,6 +18,7 @@
 //   ops, and against the full-logits loss (lm_loss_reference).
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -80,9 +81,9 @@ double mean_ms(const std::function<void()>& f, int reps) {
 }
 
 // Two layers at the Mamba-2 1.3B widths (vocab 1000), random fp32 weights on the GPU.
-Mamba2Model two_layer_13b(uint64_t seed, int64_t chunk = 0) {
+Mamba2Model two_layer_13b(uint64_t seed, int64_t chunk = 0, int64_t n_layer = 2) {
   auto cfg = Mamba2Config::geometry("mamba2-1.3b");
-  cfg.n_layer = 2;
+  cfg.n_layer = n_layer;
   if (chunk > 0) cfg.chunk_size = chunk;
   cfg.vocab_size = 1000;
   Mamba2Model m(cfg, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
@@ -1345,6 +1346,57 @@ TEST_CASE("activation checkpointing that keeps the SSD output == no checkpointin
   WARN("checkpointed fwd+bwd keeping the SSD output vs no checkpointing (fp32), worst over hidden + "
        << params.size() << " grads: fp32 " << worst32 << ", bf16 autocast " << worst16 << " (recomputed, bf16 "
        << worst16n << ")");
+}
+
+// DFSSM_CKPT_STREAM_PAIRS: every second checkpointed block saves the add's operands (the previous
+// block's saved stream and block i-1's bf16 output) instead of the fp32 stream, and adds them again
+// in the backward. The forward is unchanged (bit for bit); the gradients equal the stream-saving
+// run's up to the backward's run-to-run atomics; the peak memory is lower by about a half stream
+// per such block but one (the first backward recreates its stream). 8 layers at 1.3B widths.
+TEST_CASE("checkpointed blocks saving the add's operands == saving the stream: values, gradients, peak memory",
+          "[gpu][recompute]") {
+  REQUIRE(torch::cuda::is_available());
+  const int64_t layers = 8, b = 2, l = 2048;
+  auto m = two_layer_13b(17, 0, layers);
+  const auto& cfg = m.config();
+  auto g = gen(18);
+  const auto ids = at::randint(cfg.vocab_size, {b, l}, g, at::kLong).cuda();
+  const auto wts = at::randn({b, l, cfg.d_model}, g).cuda();
+  auto params = m.named_parameters();
+  for (auto& [k, p] : params) p.requires_grad_(true);
+  m.recompute_layers.assign(size_t(layers), true);
+  m.keep_ssd_output = true;
+  auto run = [&](int pairs, bool autocast, int64_t* peak) {
+    Mamba2Model::set_stream_pairs(pairs);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+    const auto r = hidden_and_grads(m, params, ids, wts, autocast);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    *peak = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak;
+    Mamba2Model::set_stream_pairs(-1);
+    return r;
+  };
+  int64_t p0 = 0, p1 = 0, p2 = 0, p3 = 0;
+  const auto base = run(0, true, &p0), pairs = run(1, true, &p1), base2 = run(0, true, &p2);
+  CHECK(at::equal(pairs[0], base[0]));  // the forward is the same
+  double worst = 0, noise = 0;
+  for (size_t i = 1; i < base.size(); ++i) {
+    INFO(params[i - 1].first);
+    const double e = rel_err(pairs[i], base[i]);
+    CHECK(e < 2e-3);  // run to run: the backward's atomics, amplified by bf16 roundings
+    worst = std::max(worst, e), noise = std::max(noise, rel_err(base2[i], base[i]));
+  }
+  // Blocks 1, 3, 5, 7 save operands: 4 half streams, one of which block 7's backward recreates.
+  const double half = double(b * l * cfg.d_model) * 2, saved = double(p0 - p1);
+  WARN("stream pairs, " << layers << " layers, 2 x 2048, bf16 autocast: gradients vs saving the stream " << worst
+                        << " (stream-saving run to run " << noise << "); peak " << p1 / 1048576.0 << " MiB vs " << p0 / 1048576.0
+                        << " MiB (" << saved / half << " half streams less)");
+  CHECK(saved >= 2.5 * half);
+  // Without autocast block outputs are fp32, as large as the stream: nothing to gain, nothing changes.
+  const auto f0 = run(0, false, &p2), f1 = run(1, false, &p3);
+  CHECK(at::equal(f1[0], f0[0]));
+  CHECK(p3 == p2);
+  m.recompute_layers = {}, m.keep_ssd_output = false;
 }
 
 TEST_CASE("2-layer 1.3B-width model, forward + backward: residual add fused into the norms == add, then norm",

@@ -343,6 +343,45 @@ TEST_CASE("--dry-run memory estimate counts kept SSD and in_proj outputs", "[tra
   CHECK(contains(errors[0], "activation_checkpointing_keep_in_proj must be none, all, auto or a list of layer indices"));
 }
 
+TEST_CASE("--dry-run memory estimate under DFSSM_CKPT_STREAM_PAIRS: half a stream less per operand-saving block",
+          "[trainer][config]") {
+  const auto job = tmp("mempairs/job.yaml");
+  write(job, "run_dir: " + tmp("mempairs/run") + "\ndevice: cuda\nmodel: {geometry: mamba2-1.3b}\n"
+             "data: {seq_len: 2048}\ndistill: {batch_size: 16, activation_checkpointing: all}\n");
+  auto load = [&](const std::vector<std::pair<std::string, std::string>>& ov) {
+    std::vector<std::string> errors;
+    auto j = load_job(job, ov, &errors);
+    INFO((errors.empty() ? std::string() : errors[0]));
+    REQUIRE(errors.empty());
+    return j;
+  };
+  auto activations = [&](const dfssm::distill::JobConfig& j) {
+    const auto est = memory_estimate(j, Mode::Distill);
+    const auto at = est.find("activations");
+    REQUIRE(at != std::string::npos);
+    return std::stod(est.substr(at + std::string("activations").size()));
+  };
+  const double gib = double(1ull << 30), half = 16.0 * 2048 * 2048 * 2 / gib;  // block i-1's bf16 output
+  const auto all = load({}), three = load({{"distill.activation_checkpointing", "0,1,2"}}),
+             gaps = load({{"distill.activation_checkpointing", "0,2,3,4,5"}}), mse = load({{"distill.hidden_mse", "0.5"}});
+  const double a0 = activations(all), t0 = activations(three), g0 = activations(gaps), m0 = activations(mse);
+  dfssm::Mamba2Model::set_stream_pairs(1);
+  const double a1 = activations(all), t1 = activations(three), g1 = activations(gaps), m1 = activations(mse);
+  const auto cfg = dfssm::Mamba2Config::geometry("mamba2-1.3b");
+  const auto budget = load({{"distill.activation_checkpointing_keep_in_proj", "auto"}, {"distill.memory_budget_gib", "59"}});
+  const auto kin1 = keep_in_proj_for(budget, Mode::Distill, cfg);
+  dfssm::Mamba2Model::set_stream_pairs(-1);
+  const auto kin0 = keep_in_proj_for(budget, Mode::Distill, cfg);
+  CHECK(a0 - a1 == Approx(24 * half).margin(2e-3));  // blocks 1, 3, ..., 47
+  CHECK(t0 - t1 == Approx(half).margin(2e-3));       // block 1 (block 2 follows one that saved operands)
+  CHECK(g0 - g1 == Approx(2 * half).margin(2e-3));   // blocks 3 and 5 (block 2 follows an unsaved stream)
+  CHECK(m1 == Approx(m0).margin(1e-6));              // hidden_mse keeps every stream anyway
+  // The budget left over goes to kept in_proj outputs: 3 GiB is 5 more of them (0.52 GiB each).
+  // (This job's settings, not distill_1.3b.yaml's, hence 7 at 59 GiB.)
+  CHECK(std::count(kin0.begin(), kin0.end(), true) == 7);
+  CHECK(std::count(kin1.begin(), kin1.end(), true) == 12);
+}
+
 TEST_CASE("the shipped job configs parse, and the 1.3B one keeps 12 in_proj outputs within its budget",
           "[trainer][config]") {
   const std::string root = dfssm::test::source_dir() + "/configs/";

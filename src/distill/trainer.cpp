@@ -679,6 +679,20 @@ Mamba2Config estimate_config(const JobConfig& job, Mode mode) {
   return cfg;
 }
 
+// How many recomputed layers save the add's operands under Mamba2Model::stream_pairs (its
+// forward_hidden's rule: layer 0 saves its stream; a later recomputed layer saves operands when
+// the previous one saved its stream, and then passes on an unsaved one).
+int64_t operand_layers(const std::vector<bool>& rec) {
+  int64_t n = 0;
+  bool saved = false;
+  for (size_t i = 0; i < rec.size(); ++i) {
+    const bool operands = rec[i] && i > 0 && saved;
+    n += operands;
+    saved = rec[i] && !operands;
+  }
+  return n;
+}
+
 // kept_in: the recomputed layers that keep their in_proj output.
 MemoryParts estimate_parts(const JobConfig& job, Mode mode, const Mamba2Config& cfg, const std::vector<bool>& kept_in_layers) {
   const auto& tc = mode == Mode::Pretrain ? job.pretrain : job.distill;
@@ -707,8 +721,13 @@ MemoryParts estimate_parts(const JobConfig& job, Mode mode, const Mamba2Config& 
   const double kept_in = job.device == "cuda" ? double(std::count(kp.begin(), kp.end(), true)) * tok *
                                                     double(cfg.d_in_proj()) * 2
                                               : 0.0;
-  const double act = (double(cfg.n_layer) - n_rec) * per_layer +
-                     (n_rec > 0 ? n_rec * (stream + kept_y) + kept_in + per_layer + 2 * stream : 0.0);
+  // DFSSM_CKPT_STREAM_PAIRS=1 (Mamba2Model::stream_pairs): a recomputed layer after one that saved
+  // its stream holds block i-1's bf16 output instead (half a stream) under the CUDA autocast.
+  const bool pairs = job.device == "cuda" && Mamba2Model::stream_pairs() && !(mode == Mode::Distill && tc.hidden_mse > 0);
+  const double half_streams = pairs ? double(operand_layers(rec)) : 0.0;
+  const double act =
+      (double(cfg.n_layer) - n_rec) * per_layer +
+      (n_rec > 0 ? n_rec * (stream + kept_y) - half_streams * stream / 2 + kept_in + per_layer + 2 * stream : 0.0);
   const double head = double(std::min<int64_t>(tc.kl_chunk, int64_t(tok))) * double(cfg.padded_vocab()) * 4 * 6;
   MemoryParts m;
   m.act = act, m.head = head;

@@ -6,7 +6,9 @@
 #include <ATen/record_function.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "core/error.h"
@@ -386,6 +388,18 @@ at::Tensor add_residual(const at::Tensor& residual, const at::Tensor& hidden, at
 }
 }  // namespace
 
+namespace {
+int g_stream_pairs = -1;  // -1: DFSSM_CKPT_STREAM_PAIRS not read yet
+}  // namespace
+bool Mamba2Model::stream_pairs() {
+  if (g_stream_pairs < 0) {
+    const char* e = std::getenv("DFSSM_CKPT_STREAM_PAIRS");
+    g_stream_pairs = e && std::string(e) == "1" ? 1 : 0;
+  }
+  return g_stream_pairs == 1;
+}
+void Mamba2Model::set_stream_pairs(int on) { g_stream_pairs = on < 0 ? -1 : on ? 1 : 0; }
+
 bool Mamba2Model::add_norm_fused(const at::Tensor& residual, const at::Tensor& hidden) const {
   return cfg_.residual_in_fp32 && add_rms_norm_fused_available(residual, hidden);
 }
@@ -412,12 +426,19 @@ at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* st
   auto hidden = embed(ids);
   at::Tensor residual;
   if (residuals) residuals->clear();
+  // stream_pairs(): whether the previous block's checkpoint saved the stream it passed on (not
+  // with `residuals`, which keep every stream anyway).
+  bool stream_saved = false;
+  const bool pairs = stream_pairs() && !residuals;
   for (size_t i = 0; i < layers.size(); ++i) {
     const bool recompute = !state && i < recompute_layers.size() && recompute_layers[i] && at::GradMode::is_enabled();
     if (residual.defined() && add_norm_fused(residual, hidden)) {  // the add fused into block i's norm
       if (recompute) {  // the add inside the checkpoint: its backward sums the stream's two gradients
-        std::tie(residual, hidden) = recomputed_add_block(*this, i, residual, hidden);
+        const bool operands = pairs && stream_saved && hidden.element_size() < residual.element_size();
+        std::tie(residual, hidden) = recomputed_add_block(*this, i, residual, hidden, operands);
+        stream_saved = !operands;
       } else {
+        stream_saved = false;
         at::Tensor normed;
         std::tie(residual, normed) = add_norm(i, residual, hidden);
         hidden = mixer_forward(layers[i].mixer, normed, state ? &state->layers[i] : nullptr);
@@ -427,6 +448,7 @@ at::Tensor Mamba2Model::forward_hidden(const at::Tensor& ids, InferenceState* st
     }
     residual = residual.defined() ? add_residual(residual, hidden, res_dtype) : hidden.to(res_dtype);
     if (residuals && i > 0) residuals->push_back(residual);  // the stream after block i-1
+    stream_saved = recompute;  // recomputed_block saves its input, the stream
     hidden = recompute ? recomputed_block(*this, i, residual)
                        : mixer_forward(layers[i].mixer, rmsnorm(residual, layers[i].norm_w, true),
                                        state ? &state->layers[i] : nullptr);

@@ -157,6 +157,14 @@ class Mamba2Model {
   // Recomputed layers that also keep their in_proj output (SsdOutputKeep::zxbcdt): memory for
   // the recomputation's in_proj product. Indexed like recompute_layers; empty = none.
   std::vector<bool> keep_in_proj_layers;
+  // Checkpointed blocks with the add inside (recomputed_add_block) that follow one which saved its
+  // stream save the add's operands instead of its sum: the previous stream (already saved by the
+  // previous block: no new memory) and block i-1's output (bf16 under autocast: half the fp32
+  // stream's bytes); the backward adds them again (the same fp32 add: the same stream bit for
+  // bit). Every second such block then holds half a stream. From DFSSM_CKPT_STREAM_PAIRS=1 (opt-in
+  // until measured on a GPU).
+  static bool stream_pairs();
+  static void set_stream_pairs(int on);  // tests: 1 / 0, -1 re-reads the environment
 
   // One token per sequence with the recurrent form. ids: (b) int64. Returns logits (b, vocab).
   at::Tensor step(const at::Tensor& ids, InferenceState& state) const;

@@ -68,11 +68,13 @@ SsdOutputKeep begin_first_pass(AutogradContext* ctx, int64_t model_addr, int64_t
 // under the forward pass's autocast state, then the gradients of its output (times dout) with respect to x and the
 // layer's parameters, in that order.
 using BlockFn = std::function<at::Tensor(const Mamba2Model&, size_t, const at::Tensor&, SsdOutputKeep*)>;
-variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const at::Tensor& dout) {
+// x_value (optional): x's values where saved[0] is not x itself (RecomputeAddFn's saved operands).
+variable_list recompute_grads(AutogradContext* ctx, const BlockFn& block, const at::Tensor& dout,
+                              const at::Tensor& x_value = at::Tensor()) {
   const auto* model = reinterpret_cast<const Mamba2Model*>(ctx->saved_data["model"].toInt());
   const auto layer = size_t(ctx->saved_data["layer"].toInt());
   const auto saved = ctx->get_saved_variables();
-  const auto x = saved[0].detach().requires_grad_(true);
+  const auto x = (x_value.defined() ? x_value : saved[0]).detach().requires_grad_(true);
   SsdOutputKeep keep;
   keep.y = saved[1];        // undefined when nothing was kept
   keep.zxbcdt = saved[2];   // likewise
@@ -144,20 +146,33 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
 // gradient from above is added inside the recomputed norm's backward kernel, which also writes
 // the previous block output's gradient in its dtype (rms_norm_fused_add_grad): no separate add,
 // accumulation or cast.
+// save_operands (Mamba2Model::stream_pairs): it saves {the stream before, block i-1's output}
+// instead of their sum (the stream before is the previous block's saved stream: the same storage),
+// and its backward adds them again. The fused forward's add is one fp32 add per element (stream +
+// float(output)), so ATen's add gives the same stream bit for bit.
 struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
-  static variable_list forward(AutogradContext* ctx, int64_t model_addr, int64_t layer, at::TensorList inputs) {
+  static variable_list forward(AutogradContext* ctx, int64_t model_addr, int64_t layer, bool save_operands,
+                               at::TensorList inputs) {
     auto keep = begin_first_pass(ctx, model_addr, layer);
     ctx->saved_data["hidden_dtype"] = int64_t(inputs[1].scalar_type());
+    ctx->saved_data["operands"] = save_operands;
     at::NoGradGuard ng;
     const auto* model = reinterpret_cast<const Mamba2Model*>(model_addr);
     auto [residual, normed] = model->add_norm(size_t(layer), inputs[0], inputs[1]);
     auto out = model->block_on_normed(size_t(layer), normed, keep.capture || keep.capture_in_proj ? &keep : nullptr);
-    ctx->save_for_backward({residual, keep.y, keep.zxbcdt});
+    if (save_operands)
+      ctx->save_for_backward({inputs[0], keep.y, keep.zxbcdt, inputs[1]});
+    else
+      ctx->save_for_backward({residual, keep.y, keep.zxbcdt});
     return {residual, out};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto like = ctx->get_saved_variables()[0];  // a copy: the vector is a temporary
+    const auto saved = ctx->get_saved_variables();
+    const auto& like = saved[0];  // the stream, or the stream before it: the same shape and dtype
+    // With saved operands, the stream after the add again: the forward's fp32 add (ATen promotes
+    // the bf16 operand element by element; no fp32 copy of it).
+    const auto stream = ctx->saved_data["operands"].toBool() ? saved[0] + saved[3] : at::Tensor();
     const auto dres = grad_out[0].defined() ? grad_out[0] : at::zeros(like.sizes(), like.options());
     auto dh = at::empty(like.sizes(), like.options().dtype(at::ScalarType(ctx->saved_data["hidden_dtype"].toInt())));
     const auto grads = recompute_grads(
@@ -165,8 +180,8 @@ struct RecomputeAddFn : public torch::autograd::Function<RecomputeAddFn> {
         [&](const Mamba2Model& m, size_t i, const at::Tensor& x, SsdOutputKeep* keep) {
           return m.block_on_normed(i, m.block_norm_add_grad(i, x, dres, dh), keep);
         },
-        grad_out[1]);
-    variable_list result = {at::Tensor(), at::Tensor()};  // model_addr, layer
+        grad_out[1], stream);
+    variable_list result = {at::Tensor(), at::Tensor(), at::Tensor()};  // model_addr, layer, save_operands
     result.push_back(grads[0]);  // the stream before: x's gradient, dres included
     result.push_back(dh);        // block i-1's output: the same, in its dtype (written by the norm's backward)
     for (size_t j = 1; j < grads.size(); ++j) result.push_back(grads[j]);
@@ -210,10 +225,11 @@ at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor
 }
 
 std::pair<at::Tensor, at::Tensor> recomputed_add_block(const Mamba2Model& model, size_t i, const at::Tensor& residual,
-                                                       const at::Tensor& hidden) {
+                                                       const at::Tensor& hidden, bool save_operands) {
   variable_list inputs = {residual, hidden};
   for (auto& p : model.layer_parameters(i)) inputs.push_back(p);
-  const auto r = RecomputeAddFn::apply(int64_t(reinterpret_cast<intptr_t>(&model)), int64_t(i), at::TensorList(inputs));
+  const auto r = RecomputeAddFn::apply(int64_t(reinterpret_cast<intptr_t>(&model)), int64_t(i), save_operands,
+                                       at::TensorList(inputs));
   return {r[0], r[1]};
 }
 

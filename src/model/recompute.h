@@ -26,7 +26,9 @@ at::Tensor linear_graph_only(const at::Tensor& x, const at::Tensor& W, const at:
 at::Tensor recomputed_block(const Mamba2Model& model, size_t i, const at::Tensor& residual);
 // {residual + hidden, block(i, residual + hidden)}, the add fused into the norm (Mamba2Model::
 // add_norm_fused), both recomputed in the backward pass.
+// save_operands: save residual and hidden (residual already saved by the previous block) instead
+// of their sum, and add them again in the backward (Mamba2Model::stream_pairs).
 std::pair<at::Tensor, at::Tensor> recomputed_add_block(const Mamba2Model& model, size_t i, const at::Tensor& residual,
-                                                       const at::Tensor& hidden);
+                                                       const at::Tensor& hidden, bool save_operands = false);
 
 }  // namespace dfssm
