@@ -93,12 +93,16 @@ Mamba2Model two_layer_13b(uint64_t seed, int64_t chunk = 0, int64_t n_layer = 2)
 
 // One forward + backward of m on ids with the loss Σ h·wts (bf16 autocast when asked); returns the
 // hidden output and every parameter's gradient (zeros where none), on the CPU. Clears the grads first.
+// kept_bytes: the CUDA memory the forward leaves allocated (the output and what autograd saved).
 std::vector<at::Tensor> hidden_and_grads(const Mamba2Model& m, NamedTensors& params, const at::Tensor& ids,
-                                         const at::Tensor& wts, bool autocast) {
+                                         const at::Tensor& wts, bool autocast, int64_t* kept_bytes = nullptr) {
   for (auto& [k, p] : params) p.mutable_grad() = at::Tensor();
+  auto allocated = [] { return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].current; };
+  const int64_t before = kept_bytes ? allocated() : 0;
   at::autocast::set_autocast_enabled(at::kCUDA, autocast);
   at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
   const auto h = m.forward_hidden(ids);
+  if (kept_bytes) *kept_bytes = allocated() - before;
   at::autocast::set_autocast_enabled(at::kCUDA, false);
   at::autocast::clear_cache();
   (h.to(at::kFloat) * wts).sum().backward();
@@ -1366,13 +1370,13 @@ TEST_CASE("checkpointed blocks saving the add's operands == saving the stream: v
   for (auto& [k, p] : params) p.requires_grad_(true);
   m.recompute_layers.assign(size_t(layers), true);
   m.keep_ssd_output = true;
-  auto run = [&](int pairs, bool autocast, int64_t* peak) {
+  // kept: what the forward leaves allocated for the backward. (The whole pass's peak is no measure
+  // here: at 8 layers it comes at the end of the backward, with every gradient allocated and the
+  // saved tensors freed; on the GPU run of 2026-12-05 it moved by 0.02 half streams.)
+  auto run = [&](int pairs, bool autocast, int64_t* kept) {
     Mamba2Model::set_stream_pairs(pairs);
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-    c10::cuda::CUDACachingAllocator::resetPeakStats(0);
-    const auto r = hidden_and_grads(m, params, ids, wts, autocast);
-    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-    *peak = c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak;
+    const auto r = hidden_and_grads(m, params, ids, wts, autocast, kept);
     Mamba2Model::set_stream_pairs(-1);
     return r;
   };
@@ -1382,20 +1386,23 @@ TEST_CASE("checkpointed blocks saving the add's operands == saving the stream: v
   double worst = 0, noise = 0;
   for (size_t i = 1; i < base.size(); ++i) {
     INFO(params[i - 1].first);
-    const double e = rel_err(pairs[i], base[i]);
-    CHECK(e < 2e-3);  // run to run: the backward's atomics, amplified by bf16 roundings
-    worst = std::max(worst, e), noise = std::max(noise, rel_err(base2[i], base[i]));
+    // Run to run, the backward's atomics differ, amplified by bf16 roundings (the stream-saving
+    // runs differed by up to 7.5e-3 from each other on the GPU): the two ways must differ no more.
+    worst = std::max(worst, rel_err(pairs[i], base[i])), noise = std::max(noise, rel_err(base2[i], base[i]));
   }
-  // Blocks 1, 3, 5, 7 save operands: 4 half streams, one of which block 7's backward recreates.
+  CHECK(worst < 2 * noise + 2e-3);
+  CHECK(worst < 3e-2);
+  // Blocks 1, 3, 5, 7 save operands: each keeps a bf16 block output instead of an fp32 stream.
   const double half = double(b * l * cfg.d_model) * 2, saved = double(p0 - p1);
   WARN("stream pairs, " << layers << " layers, 2 x 2048, bf16 autocast: gradients vs saving the stream " << worst
-                        << " (stream-saving run to run " << noise << "); peak " << p1 / 1048576.0 << " MiB vs " << p0 / 1048576.0
-                        << " MiB (" << saved / half << " half streams less)");
-  CHECK(saved >= 2.5 * half);
+                        << " (stream-saving run to run " << noise << "); kept after the forward " << p1 / 1048576.0
+                        << " MiB vs " << p0 / 1048576.0 << " MiB (" << saved / half << " half streams less)");
+  CHECK(saved > 3.5 * half);
+  CHECK(saved < 4.5 * half);
   // Without autocast block outputs are fp32, as large as the stream: nothing to gain, nothing changes.
   const auto f0 = run(0, false, &p2), f1 = run(1, false, &p3);
   CHECK(at::equal(f1[0], f0[0]));
-  CHECK(p3 == p2);
+  CHECK(std::abs(double(p3 - p2)) < 0.1 * half);
   m.recompute_layers = {}, m.keep_ssd_output = false;
 }
 
