@@ -1240,13 +1240,18 @@ TEST_CASE("2-layer 1.3B-width model, no-grad forward: version 4 (bf16 conv outpu
   const auto& cfg = m.config();
   const auto ids = at::randint(cfg.vocab_size, {2, 700}, gen(6), at::kLong).cuda();
   at::NoGradGuard ng;
+  // Under bf16 autocast: the conv writes bf16 only where in_proj's output is bf16.
+  at::autocast::set_autocast_enabled(at::kCUDA, true);
+  at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
   kernels::ssd_scan_set_seq_version(3);
   CHECK_FALSE(ssd_scan_bf16_inputs_wanted());
-  const auto v3 = m.forward_hidden(ids);
+  const auto v3 = m.forward_hidden(ids).to(at::kFloat);
   kernels::ssd_scan_set_seq_version(4);
   CHECK(ssd_scan_bf16_inputs_wanted());
-  const auto v4 = m.forward_hidden(ids);
+  const auto v4 = m.forward_hidden(ids).to(at::kFloat);
   kernels::ssd_scan_set_seq_version(-1);
+  at::autocast::set_autocast_enabled(at::kCUDA, false);
+  at::autocast::clear_cache();
   const double e = rel_err(v4, v3);
   WARN("2-layer no-grad hidden, SSD version 4 (bf16 conv output) vs version 3: " << e);
   CHECK(e < 3e-3);

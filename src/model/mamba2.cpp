@@ -227,9 +227,11 @@ at::Tensor Mamba2Model::mixer_forward(const Mamba2Mixer& m, const at::Tensor& u,
   const auto split = split_columns(zxbcdt, {di, c.conv_dim(), h});
   const auto &z = split.parts[0], &xBC_raw = split.parts[1], &dt_raw = split.parts[2];
   const bool fused_conv = st == nullptr && conv_fused_available(u, c.d_conv);
-  // DFSSM_SSD_SEQ_VERSION=4: a pass without gradients has the conv write x, B and C in bf16 for
-  // the SSD forward's bf16-input kernel (half the bytes; the kernel rounds them to bf16 anyway).
-  const bool conv_bf16 = fused_conv && !at::GradMode::is_enabled() && ssd_scan_bf16_inputs_wanted();
+  // SSD forward version 4 (the default): a pass without gradients whose in_proj output is bf16
+  // (autocast, a bf16 model) has the conv write x, B and C in bf16 for the SSD forward's bf16-input
+  // kernel (half the bytes). An fp32 pass keeps fp32 inputs (version 2's accuracy).
+  const bool conv_bf16 = fused_conv && !at::GradMode::is_enabled() && zxbcdt.scalar_type() == at::kBFloat16 &&
+                         ssd_scan_bf16_inputs_wanted();
   const auto xBC = conv_bf16    ? conv_silu_fused_bf16(xBC_raw, m.conv_w, m.conv_b)
                    : fused_conv ? conv_silu_fused(xBC_raw, m.conv_w, m.conv_b, split.into[1])  // fp32, read in place
                                 : conv_silu_aten(xBC_raw, m, st);

@@ -522,9 +522,9 @@ bool prefetch() { return g_prefetch.on(); }
 LaunchSwitch g_pairs{"DFSSM_NORM_FWD_PAIRS", true};
 bool pairs() { return g_pairs.on(); }
 
-// The gated forward's row pipeline (gated_norm_fwd_pipe_kernel): off unless
-// DFSSM_NORM_FWD_PIPE=1 or set_norm_fwd_pipe(1) (not yet timed on a GPU).
-LaunchSwitch g_pipe{"DFSSM_NORM_FWD_PIPE", false};
+// The gated forward's row pipeline (gated_norm_fwd_pipe_kernel). On by default since the H200 A/B of 2026-12-05 (docs/benchmarks.md: the 1.3B step 26,535 -> 26,939
+// tokens/s with both pipelines; bit-identical output); DFSSM_NORM_FWD_PIPE=0 or set_norm_fwd_pipe(0) turns it off.
+LaunchSwitch g_pipe{"DFSSM_NORM_FWD_PIPE", true};
 
 // The current device's SM count (the pipelines' grids: two blocks per SM); 2 under the emulator.
 int sm_count() {
@@ -565,9 +565,9 @@ cudaError_t run_pipe(const NormArgs& a, int J, int threads, cudaStream_t stream)
   return launch_pipe(k, a, a.R, threads, kPipe * pipe_stage_bytes<Y>(J, threads), stream, a);
 }
 
-// The gated backward's pipeline (gated_norm_bwd_pipe_kernel): off unless DFSSM_NORM_BWD_PIPE=1
-// or set_norm_bwd_pipe(1) (not yet timed on a GPU).
-LaunchSwitch g_pipe_b{"DFSSM_NORM_BWD_PIPE", false};
+// The gated backward's pipeline (gated_norm_bwd_pipe_kernel): on by default (the same A/B);
+// DFSSM_NORM_BWD_PIPE=0 or set_norm_bwd_pipe(0) turns it off.
+LaunchSwitch g_pipe_b{"DFSSM_NORM_BWD_PIPE", true};
 
 template <typename Y>
 cudaError_t run_pipe_bwd(const NormArgs& a, int J, int threads, cudaStream_t stream) {

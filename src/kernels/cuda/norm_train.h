@@ -46,11 +46,11 @@ void set_norm_prefetch(int mode);
 // DFSSM_NORM_FWD_PAIRS (A/B switch; 0 turns it off). Not thread-safe.
 void set_norm_fwd_pairs(int mode);
 // The gated forward with bf16 z as a cp.async pipeline of rows through shared memory (the same
-// result bit for bit): 1, 0 (default), -1 re-reads DFSSM_NORM_FWD_PIPE (A/B switch; 1 turns it
-// on). Not thread-safe.
+// result bit for bit): 1 (default: faster on the H200), 0, -1 re-reads DFSSM_NORM_FWD_PIPE (A/B
+// switch; 0 turns it off). Not thread-safe.
 void set_norm_fwd_pipe(int mode);
 // The gated backward with bf16 z and dout as the same kind of pipeline (dy and dz bit for bit; dw
-// summed over other row sets, so its last bits differ): 1, 0 (default), -1 re-reads
+// summed over other row sets, so its last bits differ): 1 (default), 0, -1 re-reads
 // DFSSM_NORM_BWD_PIPE. Not thread-safe.
 void set_norm_bwd_pipe(int mode);
 

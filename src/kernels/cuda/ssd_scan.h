@@ -81,8 +81,9 @@ void ssd_scan_set_seq(int on);
 // chunk_scan with bf16 inputs: y within ~3e-3 relative instead of ~4e-4), from
 // DFSSM_SSD_SEQ_VERSION (or DFSSM_SSD_SEQ_V1=1); set here for A/B benches and tests; -1 re-reads
 // the environment. Version 4 is version 3 on bf16 x, B and C (a.x_bf16, ssd_scan_args.h): inputs
-// in bf16 always run it (CB then from chunk_cb_bf16, not ssd_chunk_cb64_cuda); at version 4 the
-// model's no-grad passes have the conv write bf16 for it (fp32 inputs then run version 3).
+// in bf16 always run it (CB then from chunk_cb_bf16, not ssd_chunk_cb64_cuda); at version 4 (the
+// default) the model's no-grad passes whose in_proj output is bf16 have the conv write bf16 for it;
+// fp32 inputs then run version 2.
 void ssd_scan_set_seq_version(int v);
 int ssd_scan_seq_version();
 // The sequential states kernel and reverse state pass with bf16 operands (1, from

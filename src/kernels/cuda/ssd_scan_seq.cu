@@ -1105,15 +1105,17 @@ bool states_bf16() {
 }
 
 int g_seq = -1;  // -1: not read yet
-// ssd_scan_fwd_seq_cuda's kernel: version 1, 2 (the default), 3 (bf16 operands) or 4 (version 3 on
-// bf16 inputs: the model then gives it bf16 x, B, C; fp32 inputs run version 3); -1: not read yet.
+// ssd_scan_fwd_seq_cuda's kernel: version 1, 2, 3 (bf16 operands) or 4 (the default: version 3 on
+// bf16 inputs, which the model gives it where in_proj's output is bf16; fp32 inputs run version 2,
+// so an fp32 pass keeps fp32-class accuracy); -1: not read yet. Version 4 became the default after
+// the H200 A/B of 2026-12-05 (docs/benchmarks.md: the 1.3B step 25,541 -> 26,939 tokens/s).
 int g_seq_version = -1;
 int seq_version() {
   if (g_seq_version < 0) {
     const char* v = std::getenv("DFSSM_SSD_SEQ_VERSION");
     const char* v1 = std::getenv("DFSSM_SSD_SEQ_V1");  // the older switch, still honoured
     const std::string s = v ? v : "";
-    g_seq_version = s == "1" || s == "3" || s == "4" ? s[0] - '0' : v1 && std::string(v1) == "1" ? 1 : 2;
+    g_seq_version = s == "1" || s == "2" || s == "3" || s == "4" ? s[0] - '0' : v1 && std::string(v1) == "1" ? 1 : 4;
   }
   return g_seq_version;
 }
@@ -1189,7 +1191,7 @@ cudaError_t ssd_scan_fwd_seq_cuda(const SsdScanArgs& a, cudaStream_t stream) {
   switch (seq_version()) {
     case 1: return launch_dyn(ssd_seq_kernel<false>, grid, seq::kSmemBytes, stream, a64);
     case 3: return launch_dyn(ssd_seq_bf16_kernel, grid, seq3::kSmemBytes, stream, a64);
-    default: return launch_dyn(ssd_seq_kernel<true>, grid, seq::kSmemBytes, stream, a64);
+    default: return launch_dyn(ssd_seq_kernel<true>, grid, seq::kSmemBytes, stream, a64);  // 2, and 4 on fp32
   }
 }
 
