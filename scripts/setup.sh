@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian/Ubuntu machine:
-#   1. Debian packages (compiler, CMake, SentencePiece, HDF5, nlohmann-json, yaml-cpp, Catch2, ccache);
+#   1. Debian packages (compiler, CMake, SentencePiece, HDF5, nlohmann-json, yaml-cpp, Catch2, ccache;
+#      optionally Gloo's headers, for CPU data parallelism over c10d's ProcessGroupGloo);
 #   2. a project-local venv (.venv) with the pinned torch wheel (its LibTorch is what dfssm links)
 #      plus transformers/safetensors/numpy (reference data in tests) and matplotlib (plots);
 #   3. configure and build into build/.
@@ -23,17 +24,28 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO="sudo"
 fi
 PKGS="build-essential cmake pkg-config ccache git libsentencepiece-dev libhdf5-dev nlohmann-json3-dev libyaml-cpp-dev catch2"
+# Optional: without it CPU data parallelism uses the TCP-store all-reduce (slower, same results).
+OPT_PKGS="libgloo-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing="$missing python3-venv"; fi
+opt_missing=""
+for p in $OPT_PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || opt_missing="$opt_missing $p"
+done
+if [ -n "$missing$opt_missing" ]; then $SUDO apt-get update -qq; fi
 if [ -n "$missing" ]; then
   log "installing Debian packages:$missing"
-  $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 else
   log "Debian packages present"
+fi
+if [ -n "$opt_missing" ]; then
+  log "installing optional Debian packages:$opt_missing"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $opt_missing \
+    || log "could not install$opt_missing; continuing without (see README, Build)"
 fi
 
 # ---- 2. Python venv with the pinned torch wheel -------------------------------------------

@@ -18,6 +18,7 @@
 #include "core/safetensors.h"
 #include "distill/data/config.h"
 #include "distill/data/prepare.h"
+#include "distill/dist.h"
 #include "distill/job_config.h"
 #include "distill/loss.h"
 #include "distill/optim.h"
@@ -119,6 +120,17 @@ int run_dfssm(const std::vector<std::string>& args, const std::string& kill_at =
   return WEXITSTATUS(status);
 }
 
+// The run's {"event": "start"} record from metrics.jsonl.
+nlohmann::json start_event(const std::string& metrics) {
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("event", "") == "start") return j;
+  }
+  FAIL("no start event in " << metrics);
+  return {};
+}
+
 // step -> the JSON text of its logged loss (exact digits), from metrics.jsonl.
 std::map<int64_t, std::string> losses(const std::string& metrics) {
   std::map<int64_t, std::string> out;
@@ -201,6 +213,16 @@ TEST_CASE("job config: every error at once, includes, overrides", "[trainer][con
   load_job(job, {}, &errors);
   REQUIRE(errors.size() == 1);
   REQUIRE(contains(errors[0], "missing.yaml: job file not found"));
+  // dp_backend: a known name the device or the build cannot run.
+  write(job, "include: base.yaml\ndistill:\n  dp_backend: nccl\n");
+  errors.clear();
+  load_job(job, {}, &errors);
+  REQUIRE(errors.size() == 1);
+  REQUIRE(contains(errors[0], "distill.dp_backend nccl needs device: cuda"));
+  errors.clear();
+  load_job(job, {{"distill.dp_backend", "mpi"}}, &errors);
+  REQUIRE(errors.size() == 1);
+  REQUIRE(contains(errors[0], "'distill.dp_backend' must be one of auto, nccl, gloo, store, got 'mpi'"));
 }
 
 TEST_CASE("job files: missing dataset and teacher, vocab mismatch", "[trainer][config]") {
@@ -501,6 +523,15 @@ TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch
                      "--nproc", "2"}) == 0);
   CHECK(losses(fx.root + "/dp3/student/metrics.jsonl") == b);
   CHECK(losses(fx.root + "/dp4/student/metrics.jsonl") == b);
+  // auto is c10d's Gloo where built; the TCP-store all-reduce sums in rank order. With 2 ranks
+  // both compute a + b for every element: bit-identical.
+  const bool gloo = (" " + Comm::backends_built() + " ").find(" gloo ") != std::string::npos;
+  CHECK(start_event(fx.root + "/dp2/student/metrics.jsonl").at("dp_backend") == (gloo ? "gloo" : "store"));
+  CHECK(start_event(fx.root + "/dp2/student/metrics.jsonl").at("world") == 2);
+  REQUIRE(run_dfssm({"distill", fx.job("dps"), "distill.batch_size=2", "distill.steps=4", "distill.dp_backend=store",
+                     "--nproc", "2"}) == 0);
+  CHECK(start_event(fx.root + "/dps/student/metrics.jsonl").at("dp_backend") == "store");
+  CHECK(losses(fx.root + "/dps/student/metrics.jsonl") == b);
   // With gradient accumulation only the last micro-batch's backward is bucketed.
   for (const char* mb : {"0.002", "0"})
     REQUIRE(run_dfssm({"distill", fx.job(std::string("dpa") + mb), "distill.batch_size=1", "distill.grad_accum=2",

@@ -20,6 +20,29 @@ namespace dfssm::distill {
 #ifdef DFSSM_HAVE_NCCL
 std::unique_ptr<Comm> make_nccl_comm(int rank, int world, int local_rank, c10::intrusive_ptr<c10d::Store> store);
 #endif
+#ifdef DFSSM_HAVE_GLOO
+std::unique_ptr<Comm> make_gloo_comm(int rank, int world, int local_rank, c10::intrusive_ptr<c10d::Store> store,
+                                     const std::string& master_addr);
+#endif
+
+namespace detail {
+
+at::Tensor flatten_fp32_cpu(const std::vector<at::Tensor>& ts) {
+  std::vector<at::Tensor> parts;
+  for (const auto& t : ts) parts.push_back(t.detach().to(at::kCPU, at::kFloat).reshape({-1}));
+  return parts.empty() ? at::empty({0}, at::kFloat) : at::cat(parts);
+}
+
+void unflatten_into(const at::Tensor& flat, const std::vector<at::Tensor>& ts) {
+  int64_t off = 0;
+  for (const auto& t : ts) {
+    const int64_t n = t.numel();
+    t.detach().copy_(flat.narrow(0, off, n).view(t.sizes()));
+    off += n;
+  }
+}
+
+}  // namespace detail
 
 namespace {
 struct DoneWork : CommWork {
@@ -41,22 +64,6 @@ class SingleComm : public Comm {
   void barrier() override {}
 };
 
-// Flattens `ts` (any devices/dtypes) into one contiguous fp32 CPU buffer, and back.
-at::Tensor flatten_cpu(const std::vector<at::Tensor>& ts) {
-  std::vector<at::Tensor> parts;
-  for (const auto& t : ts) parts.push_back(t.detach().to(at::kCPU, at::kFloat).reshape({-1}));
-  return parts.empty() ? at::empty({0}, at::kFloat) : at::cat(parts);
-}
-
-void unflatten_into(const at::Tensor& flat, const std::vector<at::Tensor>& ts) {
-  int64_t off = 0;
-  for (const auto& t : ts) {
-    const int64_t n = t.numel();
-    t.detach().copy_(flat.narrow(0, off, n).view(t.sizes()));
-    off += n;
-  }
-}
-
 class StoreComm : public Comm {
  public:
   StoreComm(int rank, int world, int local_rank, c10::intrusive_ptr<c10d::Store> store) : store_(std::move(store)) {
@@ -65,7 +72,7 @@ class StoreComm : public Comm {
   std::string backend() const override { return "store"; }
 
   void allreduce_mean(const std::vector<at::Tensor>& ts) override {
-    const auto flat = flatten_cpu(ts).contiguous();
+    const auto flat = detail::flatten_fp32_cpu(ts).contiguous();
     const auto* p = reinterpret_cast<const uint8_t*>(flat.data_ptr());
     const std::string tag = "ar/" + std::to_string(call_) + "/";
     store_->set(tag + std::to_string(rank_), std::vector<uint8_t>(p, p + flat.nbytes()));
@@ -77,7 +84,7 @@ class StoreComm : public Comm {
                    flat.nbytes(), " (do all ranks have the same model?)");
       sum += at::from_blob(bytes.data(), flat.sizes(), at::kFloat);
     }
-    unflatten_into(sum / double(world_), ts);
+    detail::unflatten_into(sum / double(world_), ts);
     // Every rank has read all keys of call n-1 before it could finish call n: drop ours of n-1.
     if (call_ >= 1) store_->deleteKey("ar/" + std::to_string(call_ - 1) + "/" + std::to_string(rank_));
     ++call_;
@@ -121,9 +128,27 @@ int free_port() {
 
 }  // namespace
 
-std::unique_ptr<Comm> Comm::from_env(bool cuda) {
+std::string Comm::backends_built() {
+  std::string s;
+#ifdef DFSSM_HAVE_NCCL
+  s += "nccl ";
+#endif
+#ifdef DFSSM_HAVE_GLOO
+  s += "gloo ";
+#endif
+  return s + "store";
+}
+
+std::unique_ptr<Comm> Comm::from_env(bool cuda, const std::string& backend) {
   const int world = env_int("WORLD_SIZE", 1);
   if (world <= 1) return std::make_unique<SingleComm>();
+  const std::string built = " " + backends_built() + " ";
+  DFSSM_CHECK(backend == "auto" || built.find(" " + backend + " ") != std::string::npos, "dp_backend: ", backend,
+              " is not in this build (it has:", built, "); ",
+              backend == "gloo"  ? "install the Gloo headers (Debian: libgloo-dev) and re-run cmake"
+              : backend == "nccl" ? "build with CUDA and NCCL"
+                                  : "use auto, nccl, gloo or store");
+  DFSSM_CHECK(backend != "nccl" || cuda, "dp_backend: nccl needs device: cuda");
   const int rank = env_int("RANK", -1), local = env_int("LOCAL_RANK", rank);
   DFSSM_CHECK(rank >= 0 && rank < world, "RANK must be in [0, WORLD_SIZE) (got RANK=", rank, ", WORLD_SIZE=", world, ")");
   const char* addr = std::getenv("MASTER_ADDR");
@@ -136,7 +161,12 @@ std::unique_ptr<Comm> Comm::from_env(bool cuda) {
   o.timeout = std::chrono::minutes(10);
   auto store = c10::make_intrusive<c10d::TCPStore>(addr ? addr : "127.0.0.1", o);
 #ifdef DFSSM_HAVE_NCCL
-  if (cuda) return make_nccl_comm(rank, world, local, store);
+  if (cuda && (backend == "auto" || backend == "nccl")) return make_nccl_comm(rank, world, local, store);
+#endif
+#ifdef DFSSM_HAVE_GLOO
+  // auto on CUDA without NCCL takes the store: Gloo here is built for CPU tensors only.
+  if ((backend == "auto" && !cuda) || backend == "gloo")
+    return make_gloo_comm(rank, world, local, store, addr ? addr : "127.0.0.1");
 #endif
   return std::make_unique<StoreComm>(rank, world, local, store);
 }

@@ -3,12 +3,15 @@
 // WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); `dfssm distill --nproc N` sets them and
 // launches the N processes itself (launch_local).
 //
-// Backends:
-//   * CUDA: NCCL all-reduce (ncclUniqueId exchanged through a c10d TCPStore), when dfssm was
+// Backends (`dp_backend`; auto picks the first that applies):
+//   * nccl: CUDA, NCCL all-reduce (ncclUniqueId exchanged through a c10d TCPStore), when dfssm was
 //     built with NCCL (DFSSM_HAVE_NCCL);
-//   * CPU (and CUDA without NCCL): an all-reduce through the TCPStore itself. Every rank
-//     publishes its flattened gradients and sums all ranks' buffers in rank order, so every rank
-//     computes bit-identical sums. This is for correctness tests and small models, not speed.
+//   * gloo: CPU, LibTorch's c10d::ProcessGroupGloo (ring all-reduce on Gloo's own threads, so a
+//     bucket's all-reduce overlaps the rest of the backward pass), when dfssm was built with the
+//     Gloo headers (DFSSM_HAVE_GLOO; Debian's libgloo-dev, the torch wheel ships the library);
+//   * store: an all-reduce through the TCPStore itself. Every rank publishes its flattened
+//     gradients and sums all ranks' buffers in rank order, so every rank computes bit-identical
+//     sums for any world size. For correctness checks and machines without Gloo, not speed.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -47,7 +50,11 @@ class Comm {
   virtual void barrier() = 0;
 
   // World of one when RANK/WORLD_SIZE are unset; otherwise connects to MASTER_ADDR:MASTER_PORT.
-  static std::unique_ptr<Comm> from_env(bool cuda);
+  // `backend`: auto, nccl, gloo or store (see above); one this build or device cannot run is an
+  // error that says why.
+  static std::unique_ptr<Comm> from_env(bool cuda, const std::string& backend = "auto");
+  // The backends this build has, in auto's order of preference ("nccl gloo store").
+  static std::string backends_built();
 
  protected:
   int rank_ = 0, world_ = 1, local_rank_ = 0;
@@ -58,5 +65,11 @@ class Comm {
 // fails, the others are stopped.
 // `args` is the full command line to run in each process (argv[0] onwards, without --nproc).
 int launch_local(int nproc, const std::vector<std::string>& args);
+
+namespace detail {
+// `ts` (any devices/dtypes) flattened into one contiguous fp32 CPU buffer, and back.
+at::Tensor flatten_fp32_cpu(const std::vector<at::Tensor>& ts);
+void unflatten_into(const at::Tensor& flat, const std::vector<at::Tensor>& ts);
+}  // namespace detail
 
 }  // namespace dfssm::distill

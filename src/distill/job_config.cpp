@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "distill/dist.h"
 #include "model/checkpoint_files.h"
 
 namespace fs = std::filesystem;
@@ -77,6 +78,10 @@ void add_train_keys(std::vector<KeySpec>& s, const std::string& sec, bool distil
   k("kl_chunk", 'i', "1024", "tokens per LM-head chunk: B·L·V fp32 logits never exist at once", 1, 1e9);
   k("dp_bucket_mb", 'f', "25", "data parallel: gradients all-reduced in buckets of this many MB as backward produces "
     "them (0 = one all-reduce after backward)", 0, 1e6);
+  k("dp_backend", 's', "auto",
+    "data parallel collectives: auto (nccl on CUDA, gloo on CPU, where built; else store), nccl, gloo (c10d "
+    "ProcessGroupGloo), or store (through the rendezvous TCP store: slow, summed in rank order on every rank)",
+    0, 0, {"auto", "nccl", "gloo", "store"});
   k("log_every", 'i', "10", "print and log metrics every N steps", 1, 1e9);
   k("eval_every", 'i', "100", "held-out evaluation every N steps (0 = only at the end; a fresh distillation with N > 0 also evaluates at step 0: the init-only student)", 0, 1e12);
   k("eval_batches", 'i', "8", "batches of the validation split per evaluation (0 = all)", 0, 1e9);
@@ -263,6 +268,7 @@ TrainConfig train_from(const std::map<std::string, std::string>& m, const std::s
   t.kl_chunk = I("kl_chunk");
   t.ssd_chunk = I("ssd_chunk");
   t.dp_bucket_mb = F("dp_bucket_mb");
+  t.dp_backend = m.at(sec + ".dp_backend");
   t.activation_checkpointing = m.at(sec + ".activation_checkpointing");
   t.activation_checkpointing_keep = m.at(sec + ".activation_checkpointing_keep");
   t.activation_checkpointing_keep_in_proj = m.at(sec + ".activation_checkpointing_keep_in_proj");
@@ -383,7 +389,14 @@ JobConfig load_job(const std::string& path, const std::vector<std::pair<std::str
   if (j.device == "cpu" && j.teacher_dtype != "fp32")
     errors->push_back(str(path, ": teacher.dtype ", j.teacher_dtype, " needs device: cuda (CPU runs the teacher in fp32)"));
   if (j.run_dir.empty()) errors->push_back(str(path, ": run_dir must not be empty"));
+  const std::string dp_built = " " + Comm::backends_built() + " ";
   for (const auto* t : {&j.pretrain, &j.distill}) {
+    const std::string sec = t == &j.pretrain ? "pretrain" : "distill";
+    if (t->dp_backend == "nccl" && j.device != "cuda")
+      errors->push_back(str(path, ": ", sec, ".dp_backend nccl needs device: cuda"));
+    else if (t->dp_backend != "auto" && dp_built.find(" " + t->dp_backend + " ") == std::string::npos)
+      errors->push_back(str(path, ": ", sec, ".dp_backend ", t->dp_backend, " is not in this build (it has:", dp_built,
+                            ")", t->dp_backend == "gloo" ? "; install libgloo-dev and re-run cmake" : ""));
     if (!is_layer_list(t->activation_checkpointing))
       errors->push_back(str(path, ": activation_checkpointing must be none, all or a list of layer indices like 0,1,2 (got '",
                             t->activation_checkpointing, "')"));

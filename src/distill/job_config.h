@@ -44,6 +44,7 @@ struct TrainConfig {
   int64_t kl_chunk = 1024;                        // tokens per LM-head chunk
   int64_t ssd_chunk = 0;                          // chunked-SSD length in training (0 = the model's)
   double dp_bucket_mb = 25;                       // gradient all-reduce buckets (grad_buckets.h); 0 = one shot
+  std::string dp_backend = "auto";                // auto | nccl | gloo | store (dist.h)
   std::string activation_checkpointing = "none";  // none | all | "0,1,2"
   std::string activation_checkpointing_keep = "ssd_output";  // ssd_output | none (Mamba2Model::keep_ssd_output)
   std::string activation_checkpointing_keep_in_proj = "none";  // none | all | auto | "0,1,2" (keep_in_proj_layers)

@@ -177,7 +177,7 @@ struct Run {
 };
 
 void Run::setup() {
-  comm = Comm::from_env(job.device == "cuda");
+  comm = Comm::from_env(job.device == "cuda", tc.dp_backend);
   device = job.device == "cuda" ? at::Device(at::kCUDA, c10::DeviceIndex(comm->local_rank())) : at::Device(at::kCPU);
 #ifdef DFSSM_TORCH_CUDA
   if (device.is_cuda()) c10::cuda::set_device(device.index());
@@ -305,7 +305,7 @@ void Run::resume() {
   }
   if (from.empty())
     log({{"event", "start"}, {"mode", distill() ? "distill" : "pretrain"}, {"loss_definition", kLossDefinition},
-         {"config", job.flat}, {"git", DFSSM_GIT_REV}});
+         {"config", job.flat}, {"git", DFSSM_GIT_REV}, {"world", comm->world()}, {"dp_backend", comm->backend()}});
 }
 
 at::Tensor Run::to_ids(const data::Batch& b, bool inputs) const {
