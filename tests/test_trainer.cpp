@@ -528,6 +528,12 @@ TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch
   const bool gloo = (" " + Comm::backends_built() + " ").find(" gloo ") != std::string::npos;
   CHECK(start_event(fx.root + "/dp2/student/metrics.jsonl").at("dp_backend") == (gloo ? "gloo" : "store"));
   CHECK(start_event(fx.root + "/dp2/student/metrics.jsonl").at("world") == 2);
+  // With threads: 0, two CPU ranks on one host share its cores.
+  REQUIRE(run_dfssm({"distill", fx.job("dpt1"), "threads=0", "distill.steps=1"}) == 0);
+  REQUIRE(run_dfssm({"distill", fx.job("dpt2"), "threads=0", "distill.steps=1", "--nproc", "2"}) == 0);
+  const int all_threads = start_event(fx.root + "/dpt1/student/metrics.jsonl").at("threads");
+  CHECK(start_event(fx.root + "/dpt2/student/metrics.jsonl").at("threads") == std::max(1, all_threads / 2));
+  CHECK(start_event(fx.root + "/dp2/student/metrics.jsonl").at("threads") == 1);  // the job's threads: 1
   REQUIRE(run_dfssm({"distill", fx.job("dps"), "distill.batch_size=2", "distill.steps=4", "distill.dp_backend=store",
                      "--nproc", "2"}) == 0);
   CHECK(start_event(fx.root + "/dps/student/metrics.jsonl").at("dp_backend") == "store");

@@ -8,6 +8,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 #include <cstdlib>
@@ -150,6 +151,7 @@ std::unique_ptr<Comm> Comm::from_env(bool cuda, const std::string& backend) {
                                   : "use auto, nccl, gloo or store");
   DFSSM_CHECK(backend != "nccl" || cuda, "dp_backend: nccl needs device: cuda");
   const int rank = env_int("RANK", -1), local = env_int("LOCAL_RANK", rank);
+  const int local_world = env_int("LOCAL_WORLD_SIZE", world);
   DFSSM_CHECK(rank >= 0 && rank < world, "RANK must be in [0, WORLD_SIZE) (got RANK=", rank, ", WORLD_SIZE=", world, ")");
   const char* addr = std::getenv("MASTER_ADDR");
   const int port = env_int("MASTER_PORT", 29500);
@@ -160,15 +162,18 @@ std::unique_ptr<Comm> Comm::from_env(bool cuda, const std::string& backend) {
   o.waitWorkers = true;
   o.timeout = std::chrono::minutes(10);
   auto store = c10::make_intrusive<c10d::TCPStore>(addr ? addr : "127.0.0.1", o);
+  std::unique_ptr<Comm> c;
 #ifdef DFSSM_HAVE_NCCL
-  if (cuda && (backend == "auto" || backend == "nccl")) return make_nccl_comm(rank, world, local, store);
+  if (cuda && (backend == "auto" || backend == "nccl")) c = make_nccl_comm(rank, world, local, store);
 #endif
 #ifdef DFSSM_HAVE_GLOO
   // auto on CUDA without NCCL takes the store: Gloo here is built for CPU tensors only.
-  if ((backend == "auto" && !cuda) || backend == "gloo")
-    return make_gloo_comm(rank, world, local, store, addr ? addr : "127.0.0.1");
+  if (!c && ((backend == "auto" && !cuda) || backend == "gloo"))
+    c = make_gloo_comm(rank, world, local, store, addr ? addr : "127.0.0.1");
 #endif
-  return std::make_unique<StoreComm>(rank, world, local, store);
+  if (!c) c = std::make_unique<StoreComm>(rank, world, local, store);
+  c->local_world_ = std::max(1, local_world);
+  return c;
 }
 
 int launch_local(int nproc, const std::vector<std::string>& args) {
@@ -182,6 +187,7 @@ int launch_local(int nproc, const std::vector<std::string>& args) {
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
+      ::setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       std::vector<char*> argv;

@@ -1,6 +1,6 @@
 // Data parallelism: one process per device, gradients averaged across processes after the
 // backward pass. Processes find each other through torchrun-style environment variables (RANK,
-// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); `dfssm distill --nproc N` sets them and
+// WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT); `dfssm distill --nproc N` sets them and
 // launches the N processes itself (launch_local).
 //
 // Backends (`dp_backend`; auto picks the first that applies):
@@ -36,6 +36,8 @@ class Comm {
   int rank() const { return rank_; }
   int world() const { return world_; }
   int local_rank() const { return local_rank_; }
+  // Ranks on this host (LOCAL_WORLD_SIZE as torchrun and --nproc set it; else the world).
+  int local_world() const { return local_world_; }
   bool is_root() const { return rank_ == 0; }
   virtual std::string backend() const = 0;
   // Replaces every tensor by the mean of that tensor over all ranks (same shapes and dtypes on
@@ -57,7 +59,7 @@ class Comm {
   static std::string backends_built();
 
  protected:
-  int rank_ = 0, world_ = 1, local_rank_ = 0;
+  int rank_ = 0, world_ = 1, local_rank_ = 0, local_world_ = 1;
 };
 
 // `--nproc N`: re-executes this program N times with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* set

@@ -95,7 +95,7 @@ std::vector<KeySpec> build_schema() {
       {"run_dir", 's', "runs/job", "directory of every output of the job (data, teacher, student, packed file, logs)"},
       {"seed", 'i', "0", "seeds model init, data order and the student's SVD sketch", 0, 9.2e18},
       {"device", 's', "cpu", "cpu or cuda", 0, 0, {"cpu", "cuda"}},
-      {"threads", 'i', "0", "CPU threads for LibTorch (0 = all cores)", 0, 4096},
+      {"threads", 'i', "0", "CPU threads for LibTorch (0 = all cores; CPU data-parallel ranks on one host share them out)", 0, 4096},
       {"data.dir", 's', "", "prepared dataset (manifest.json); empty = <run_dir>/data"},
       {"data.prepare", 's', "", "data config that `dfssm run` prepares into data.dir when it has no manifest"},
       {"data.seq_len", 'i', "256", "training window length in tokens", 2, 1e7},

@@ -182,7 +182,13 @@ void Run::setup() {
 #ifdef DFSSM_TORCH_CUDA
   if (device.is_cuda()) c10::cuda::set_device(device.index());
 #endif
-  if (job.threads > 0) at::set_num_threads(int(job.threads));
+  if (job.threads > 0) {
+    at::set_num_threads(int(job.threads));
+  } else if (!device.is_cuda() && comm->local_world() > 1) {
+    // CPU ranks on one host share its cores: each taking all of them oversubscribes the cores
+    // (and OpenMP's waits spin), so each takes its share.
+    at::set_num_threads(std::max(1, at::get_num_threads() / comm->local_world()));
+  }
   out_dir = stage_dir(job, mode);
   ckpt_dir = out_dir + "/checkpoints";
   metrics_path = out_dir + "/metrics.jsonl";
@@ -305,7 +311,8 @@ void Run::resume() {
   }
   if (from.empty())
     log({{"event", "start"}, {"mode", distill() ? "distill" : "pretrain"}, {"loss_definition", kLossDefinition},
-         {"config", job.flat}, {"git", DFSSM_GIT_REV}, {"world", comm->world()}, {"dp_backend", comm->backend()}});
+         {"config", job.flat}, {"git", DFSSM_GIT_REV}, {"world", comm->world()}, {"dp_backend", comm->backend()},
+         {"threads", at::get_num_threads()}});
 }
 
 at::Tensor Run::to_ids(const data::Batch& b, bool inputs) const {
