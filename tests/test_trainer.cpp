@@ -538,6 +538,13 @@ TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch
                      "--nproc", "2"}) == 0);
   CHECK(start_event(fx.root + "/dps/student/metrics.jsonl").at("dp_backend") == "store");
   CHECK(losses(fx.root + "/dps/student/metrics.jsonl") == b);
+  // Resume is exact under data parallelism too: both ranks killed after step 3 (last checkpoint 2),
+  // then resumed, give the uninterrupted run's losses bit for bit.
+  const std::vector<std::string> dpk = {"distill", fx.job("dpk"), "distill.batch_size=2", "distill.steps=4",
+                                        "distill.checkpoint_every=2", "--nproc", "2"};
+  REQUIRE(run_dfssm(dpk, "3") == 128 + SIGKILL);
+  REQUIRE(run_dfssm(dpk) == 0);
+  CHECK(losses(fx.root + "/dpk/student/metrics.jsonl") == b);
   // With gradient accumulation only the last micro-batch's backward is bucketed.
   for (const char* mb : {"0.002", "0"})
     REQUIRE(run_dfssm({"distill", fx.job(std::string("dpa") + mb), "distill.batch_size=1", "distill.grad_accum=2",
