@@ -100,6 +100,7 @@ struct Fixture {
 
 int run_dfssm(const std::vector<std::string>& args, const std::string& kill_at = "",
               const std::vector<std::pair<std::string, std::string>>& env = {}) {
+  std::fflush(stdout);  // or the child's freopen writes the parent's buffered output again
   const pid_t pid = fork();
   if (pid == 0) {
     if (!kill_at.empty()) setenv("DFSSM_DEBUG_KILL_AT_STEP", kill_at.c_str(), 1);
@@ -563,6 +564,47 @@ TEST_CASE("data parallel: 2 processes equal 1 process with the same global batch
     for (int64_t i = 0; i < t.numel(); ++i) num += double(x[i] - y[i]) * (x[i] - y[i]), den += double(x[i]) * x[i];
   }
   REQUIRE(std::sqrt(num / den) < 1e-4);
+}
+
+TEST_CASE("dfssm run: every stage, a re-run after a crash continues, a finished run skips all", "[trainer][pipeline]") {
+  Fixture fx;
+  // No teacher: the pipeline pretrains one into <run_dir>/teacher first.
+  const std::vector<std::string> run = {"run", fx.job("pl"), "teacher.path=", "eval.limit=4"};
+  const std::string dir = fx.root + "/pl";
+  REQUIRE(run_dfssm(run, "3") == 128 + SIGKILL);  // killed in the pretrain stage after step 3
+  REQUIRE(fs::exists(dir + "/teacher/checkpoints"));
+  REQUIRE(!fs::exists(dir + "/teacher/DONE"));
+  REQUIRE(run_dfssm(run) == 0);  // continues: pretrain resumes from step 2, then the later stages
+  for (const char* f : {"/teacher/DONE", "/student/DONE", "/student/final", "/eval.json"}) {
+    INFO(f);
+    CHECK(fs::exists(dir + f));
+  }
+  JobConfig job;
+  {
+    std::vector<std::string> errors;
+    job = load_job(fx.job("pl"), {{"teacher.path", ""}}, &errors);
+    REQUIRE(errors.empty());
+  }
+  REQUIRE(fs::exists(job.packed_path()));
+  // The resumed pretraining logged every step once, with the uninterrupted run's losses.
+  REQUIRE(run_dfssm({"pretrain", fx.job("plref"), "teacher.path="}) == 0);
+  CHECK(losses(dir + "/teacher/metrics.jsonl") == losses(fx.root + "/plref/teacher/metrics.jsonl"));
+  // A finished run: every stage skipped, nothing rewritten.
+  const auto packed_time = fs::last_write_time(job.packed_path());
+  const auto teacher_metrics = losses(dir + "/teacher/metrics.jsonl");
+  const auto student_metrics = losses(dir + "/student/metrics.jsonl");
+  REQUIRE(run_dfssm(run) == 0);
+  CHECK(fs::last_write_time(job.packed_path()) == packed_time);
+  CHECK(losses(dir + "/teacher/metrics.jsonl") == teacher_metrics);
+  CHECK(losses(dir + "/student/metrics.jsonl") == student_metrics);
+  // --nproc 2: the training stages as two data-parallel processes each.
+  REQUIRE(run_dfssm({"run", fx.job("pl2"), "teacher.path=", "eval.limit=4", "pretrain.batch_size=2",
+                     "distill.batch_size=2", "--nproc", "2"}) == 0);
+  CHECK(start_event(fx.root + "/pl2/teacher/metrics.jsonl").at("world") == 2);
+  CHECK(start_event(fx.root + "/pl2/student/metrics.jsonl").at("world") == 2);
+  CHECK(fs::exists(fx.root + "/pl2/eval.json"));
+  // run under a launcher's WORLD_SIZE would run the pipeline in every rank: refused.
+  CHECK(run_dfssm(run, "", {{"WORLD_SIZE", "2"}, {"RANK", "0"}}) == 1);
 }
 
 TEST_CASE("hidden-state MSE: value, layer selection, no gradient into the teacher", "[trainer][loss]") {

@@ -15,9 +15,9 @@
 namespace dfssm::cli {
 
 const char* const kTrainUsage =
-    "usage: dfssm pretrain <job.yaml> [key.sub=value ...] [--dry-run]\n"
+    "usage: dfssm pretrain <job.yaml> [key.sub=value ...] [--dry-run] [--nproc N]\n"
     "       dfssm distill  <job.yaml> [key.sub=value ...] [--dry-run] [--nproc N]\n"
-    "       dfssm run      <job.yaml> [key.sub=value ...]\n"
+    "       dfssm run      <job.yaml> [key.sub=value ...] [--nproc N]\n"
     "       dfssm validate <job.yaml> [key.sub=value ...]\n"
     "       dfssm validate --schema      (every key, type, default: the table in docs/config.md)\n\n"
     "pretrain  trains a full-precision Mamba-2 teacher with cross-entropy (into teacher.path or <run_dir>/teacher)\n"
@@ -28,8 +28,9 @@ const char* const kTrainUsage =
     "--dry-run prints the memory estimate for the job and stops (exit status 1, after the estimate,\n"
     "          when the run would not start: e.g. no prepared data or teacher yet).\n"
     "--nproc N runs N data-parallel processes on this machine (one per GPU with device: cuda;\n"
-    "          NCCL on CUDA, a TCP-store all-reduce on CPU). torchrun-style RANK, WORLD_SIZE,\n"
-    "          LOCAL_RANK, MASTER_ADDR and MASTER_PORT work too. distill.batch_size is per process.\n"
+    "          NCCL on CUDA, Gloo on CPU: dp_backend). torchrun-style RANK, WORLD_SIZE, LOCAL_RANK,\n"
+    "          LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT work too. batch_size is per process.\n"
+    "          With run, the pretrain and distill stages run as N processes.\n"
     "Checkpoints resume automatically (distill.resume=auto|none|DIR). Example:\n"
     "  dfssm run configs/quickstart.yaml distill.steps=600 run_dir=runs/qs2\n";
 
@@ -109,7 +110,14 @@ int cmd_distill(int argc, char** argv) { return train_cmd(argc, argv, distill::M
 
 int cmd_run(int argc, char** argv) {
   const auto p = parse(argc, argv);
-  return distill::run_pipeline(distill::load_job_or_throw(p.job, p.overrides, "run"));
+  DFSSM_CHECK(!p.dry_run, "dfssm run has no --dry-run: use dfssm distill <job.yaml> --dry-run (or pretrain)");
+  const char* ws = std::getenv("WORLD_SIZE");
+  DFSSM_CHECK(!ws || std::atoi(ws) <= 1, "dfssm run starts its own data-parallel processes: run it once with --nproc N, "
+              "not under a launcher (WORLD_SIZE=", ws ? ws : "", ")");
+  distill::PipelineOptions opt;
+  opt.nproc = p.nproc;
+  opt.train_args = p.rest;  // the job file and the overrides
+  return distill::run_pipeline(distill::load_job_or_throw(p.job, p.overrides, "run"), opt);
 }
 
 int cmd_validate(int argc, char** argv) {

@@ -17,6 +17,7 @@
 #include "distill/data/manifest.h"
 #include "distill/data/prepare.h"
 #include "distill/data/tokenizer.h"
+#include "distill/dist.h"
 #include "distill/loss.h"
 #include "distill/trainer.h"
 #include "eval/make_task.h"
@@ -62,9 +63,27 @@ using Clock = std::chrono::steady_clock;
 
 void stage(const char* name, const std::string& what) { std::printf("\n== %s: %s\n", name, what.c_str()), std::fflush(stdout); }
 
+// A training stage, in this process or as opt.nproc data-parallel ones (which print their own
+// summary line).
+void train_stage(const JobConfig& job, Mode mode, const PipelineOptions& opt) {
+  const char* name = mode == Mode::Pretrain ? "pretrain" : "distill";
+  if (opt.nproc > 1) {
+    std::vector<std::string> args = {"dfssm", name};
+    args.insert(args.end(), opt.train_args.begin(), opt.train_args.end());
+    std::fflush(stdout);
+    const int rc = launch_local(opt.nproc, args);
+    DFSSM_CHECK(rc == 0, "the ", name, " stage's ", opt.nproc, " processes failed (exit status ", rc,
+                "); its checkpoints are kept: re-run to continue");
+    return;
+  }
+  const auto s = train(job, mode);
+  std::printf("%s %lld steps, %lld tokens in %.1f s\n", mode == Mode::Pretrain ? "pretrained" : "distilled",
+              (long long)s.steps, (long long)s.tokens, s.seconds);
+}
+
 }  // namespace
 
-int run_pipeline(const JobConfig& job) {
+int run_pipeline(const JobConfig& job, const PipelineOptions& opt) {
   const auto t0 = Clock::now();
   const at::Device dev = job.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   if (job.threads > 0) at::set_num_threads(int(job.threads));
@@ -86,8 +105,7 @@ int run_pipeline(const JobConfig& job) {
     stage("pretrain", "teacher " + job.teacher_dir() + " exists, skipped");
   } else {
     stage("pretrain", "no teacher given: pretraining a " + job.geometry + " Mamba-2 -> " + job.teacher_dir());
-    const auto s = train(job, Mode::Pretrain);
-    std::printf("pretrained %lld steps, %lld tokens in %.1f s\n", (long long)s.steps, (long long)s.tokens, s.seconds);
+    train_stage(job, Mode::Pretrain, opt);
   }
   // 3. Distill.
   if (stage_done(job, Mode::Distill)) {
@@ -95,8 +113,7 @@ int run_pipeline(const JobConfig& job) {
   } else {
     stage("distill", "1-bit student (" + job.quant.format + ", rank " + std::to_string(job.quant.effective_rank()) +
                          ") -> " + job.student_dir());
-    const auto s = train(job, Mode::Distill);
-    std::printf("distilled %lld steps, %lld tokens in %.1f s\n", (long long)s.steps, (long long)s.tokens, s.seconds);
+    train_stage(job, Mode::Distill, opt);
   }
   // 4. Export.
   auto student = quant::load_student(job.student_dir() + "/final", dev);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "distill/job_config.h"
 #include "model/mamba2.h"
@@ -15,6 +16,14 @@ namespace dfssm::distill {
 std::string sample_text(const Mamba2Model& model, const std::string& dataset_dir, const std::string& prompt, int64_t n,
                         uint64_t seed);
 
-int run_pipeline(const JobConfig& job);
+// nproc > 1: the pretrain and distill stages run as nproc data-parallel processes
+// (launch_local: `dfssm pretrain|distill <train_args...>`, where train_args are the job file and
+// the command line's overrides); the other stages run in this process.
+struct PipelineOptions {
+  int nproc = 1;
+  std::vector<std::string> train_args;
+};
+
+int run_pipeline(const JobConfig& job, const PipelineOptions& opt = {});
 
 }  // namespace dfssm::distill
