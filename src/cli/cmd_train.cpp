@@ -88,14 +88,14 @@ int dry_run(const Parsed& p, distill::Mode mode, const char* stage) {
 
 int train_cmd(int argc, char** argv, distill::Mode mode) {
   const auto p = parse(argc, argv);
+  const char* stage = mode == distill::Mode::Pretrain ? "pretrain" : "distill";
+  if (p.dry_run) return dry_run(p, mode, stage);  // per process (batch_size is per process)
   if (p.nproc > 1 && !std::getenv("WORLD_SIZE")) {  // launcher: validate once, then start the ranks
     distill::load_job_or_throw(p.job, p.overrides, mode == distill::Mode::Pretrain ? "pretrain" : "distill");
     std::vector<std::string> args = {"dfssm", mode == distill::Mode::Pretrain ? "pretrain" : "distill"};
     args.insert(args.end(), p.rest.begin(), p.rest.end());
     return distill::launch_local(p.nproc, args);
   }
-  const char* stage = mode == distill::Mode::Pretrain ? "pretrain" : "distill";
-  if (p.dry_run) return dry_run(p, mode, stage);
   const auto job = distill::load_job_or_throw(p.job, p.overrides, stage);
   const auto s = distill::train(job, mode);
   std::printf("done: %lld steps, %lld tokens in %.1f s -> %s\n", (long long)s.steps, (long long)s.tokens, s.seconds,
