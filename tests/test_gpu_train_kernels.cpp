@@ -1240,6 +1240,7 @@ TEST_CASE("2-layer 1.3B-width model, no-grad forward: version 4 (bf16 conv outpu
   const auto& cfg = m.config();
   const auto ids = at::randint(cfg.vocab_size, {2, 700}, gen(6), at::kLong).cuda();
   at::NoGradGuard ng;
+  const auto ref = m.forward_hidden(ids);  // fp32 (version 2 runs fp32 inputs)
   // Under bf16 autocast: the conv writes bf16 only where in_proj's output is bf16.
   at::autocast::set_autocast_enabled(at::kCUDA, true);
   at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
@@ -1252,9 +1253,14 @@ TEST_CASE("2-layer 1.3B-width model, no-grad forward: version 4 (bf16 conv outpu
   kernels::ssd_scan_set_seq_version(-1);
   at::autocast::set_autocast_enabled(at::kCUDA, false);
   at::autocast::clear_cache();
-  const double e = rel_err(v4, v3);
-  WARN("2-layer no-grad hidden, SSD version 4 (bf16 conv output) vs version 3: " << e);
-  CHECK(e < 3e-3);
+  // Both are bf16-autocast passes: their distance is bf16 noise (3.7e-3 on the H100, 2026-12-05),
+  // so each is measured against the fp32 pass, and version 4's one extra bf16 rounding (the conv's
+  // output) may not make it much worse than version 3's.
+  const double e = rel_err(v4, v3), e3 = rel_err(v3, ref), e4 = rel_err(v4, ref);
+  WARN("2-layer no-grad hidden under bf16 autocast vs fp32: SSD version 3 " << e3 << ", version 4 (bf16 conv output) "
+                                                                            << e4 << "; v4 vs v3 " << e);
+  CHECK(e4 < 1.5 * e3 + 1e-3);
+  CHECK(e4 < 3e-2);
   CHECK(e > 0);  // the conv's output was rounded to bf16 before w∘x: the bf16 path ran
 }
 
