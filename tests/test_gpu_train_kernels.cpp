@@ -762,9 +762,19 @@ struct WsCase {
 };
 }  // namespace
 
+namespace {
+// Pins the SSD's two optional roundings off (the TF32 baselines these tests compare against) and
+// gives them back to their defaults (on since 2026-12-05) at the end.
+struct PinSsdRoundingsOff {
+  PinSsdRoundingsOff() { kernels::ssd_scan_set_states_bf16(0), kernels::ssd_scan_set_bwd_trunc(0); }
+  ~PinSsdRoundingsOff() { kernels::ssd_scan_set_states_bf16(-1), kernels::ssd_scan_set_bwd_trunc(-1); }
+};
+}  // namespace
+
 TEST_CASE("sequential states kernel == chunk_state + state_pass (the recomputation's workspace), 2 x 2000",
           "[gpu][ssd_scan][recompute]") {
   REQUIRE(torch::cuda::is_available());
+  const PinSsdRoundingsOff pin;
   const WsCase wc(2, 2000, 99);  // a partial last chunk
   wc.run(false);
   const auto w4 = wc.ws.clone(), f4 = wc.fin.clone();
@@ -781,7 +791,7 @@ TEST_CASE("sequential states kernel == chunk_state + state_pass (the recomputati
   // The states kernel on bf16 operands (DFSSM_SSD_STATES_BF16=1): acs and CB still bit for bit.
   kernels::ssd_scan_set_states_bf16(1);
   wc.run(true);
-  kernels::ssd_scan_set_states_bf16(-1);
+  kernels::ssd_scan_set_states_bf16(0);
   CHECK(at::equal(ws.narrow(0, 0, na), w4.narrow(0, 0, na)));
   CHECK(at::equal(ws.narrow(0, na + ns, ws.numel() - na - ns), w4.narrow(0, na + ns, w4.numel() - na - ns)));
   const double esb = rel_err(ws.narrow(0, na, ns).cpu(), w4.narrow(0, na, ns).cpu()), efb = rel_err(fs.cpu(), f4.cpu());
@@ -793,11 +803,12 @@ TEST_CASE("sequential states kernel == chunk_state + state_pass (the recomputati
 
 TEST_CASE("bench: the recomputation's SSD workspace, 16 x 2048, 64 heads, T = 64", "[.][bench][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
+  const PinSsdRoundingsOff pin;
   const WsCase wc(16, 2048, 98);
   const double t4 = mean_ms([&] { wc.run(false); }, 10), ts = mean_ms([&] { wc.run(true); }, 10);
   kernels::ssd_scan_set_states_bf16(1);
   const double tb = mean_ms([&] { wc.run(true); }, 10);
-  kernels::ssd_scan_set_states_bf16(-1);
+  kernels::ssd_scan_set_states_bf16(0);
   WARN("bench ssd workspace 16x2048 T=64: chunk_state + state_pass + chunk_cb " << t4 << " ms, sequential " << ts
                                                                                 << " ms, sequential on bf16 operands "
                                                                                 << tb << " ms");
@@ -839,6 +850,7 @@ struct BwdCase : WsCase {
 TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: dstates and gradients, 2 x 2000",
           "[gpu][ssd_scan][dstates]") {
   REQUIRE(torch::cuda::is_available());
+  const PinSsdRoundingsOff pin;
   const BwdCase bc(2, 2000, 97);  // a partial last chunk, an initial state and its gradient
   const auto a = bc.args();
   const int64_t ns = a.states_floats();
@@ -861,7 +873,7 @@ TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: dstates 
   // chunk_bwd and dB/dC with truncated TF32 operands (DFSSM_SSD_BWD_TF32_TRUNC=1) against rounded.
   kernels::ssd_scan_set_bwd_trunc(1);
   bc.bwd(true);
-  kernels::ssd_scan_set_bwd_trunc(-1);
+  kernels::ssd_scan_set_bwd_trunc(0);
   const auto gt = bc.grads();
   for (size_t i = 0; i < gt.size(); ++i) {
     const double e = rel_err(gt[i].cpu(), gs[i].cpu());
@@ -872,7 +884,7 @@ TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: dstates 
   // The reverse pass on bf16 operands (DFSSM_SSD_STATES_BF16=1) against the TF32 one.
   kernels::ssd_scan_set_states_bf16(1);
   bc.bwd(true);
-  kernels::ssd_scan_set_states_bf16(-1);
+  kernels::ssd_scan_set_states_bf16(0);
   const auto gb = bc.grads();
   const double edb = rel_err(bc.bws.narrow(0, 0, ns).cpu(), ds4.cpu());
   WARN("reverse state pass on bf16 operands vs dstate_local + dstate_pass: dstates " << edb);
@@ -887,14 +899,15 @@ TEST_CASE("sequential reverse state pass == dstate_local + dstate_pass: dstates 
 
 TEST_CASE("bench: the SSD backward, 16 x 2048, 64 heads, T = 64", "[.][bench][ssd_scan]") {
   REQUIRE(torch::cuda::is_available());
+  const PinSsdRoundingsOff pin;
   const BwdCase bc(16, 2048, 96);
   const double t4 = mean_ms([&] { bc.bwd(false); }, 10), ts = mean_ms([&] { bc.bwd(true); }, 10);
   kernels::ssd_scan_set_states_bf16(1);
   const double tb = mean_ms([&] { bc.bwd(true); }, 10);
-  kernels::ssd_scan_set_states_bf16(-1);
+  kernels::ssd_scan_set_states_bf16(0);
   kernels::ssd_scan_set_bwd_trunc(1);
   const double tt = mean_ms([&] { bc.bwd(true); }, 10);
-  kernels::ssd_scan_set_bwd_trunc(-1);
+  kernels::ssd_scan_set_bwd_trunc(0);
   WARN("bench ssd backward 16x2048 T=64, sequential reverse pass on bf16 operands: " << tb
                                                                                      << " ms; truncated TF32 operands: "
                                                                                      << tt << " ms");

@@ -86,9 +86,9 @@ void ssd_scan_set_seq(int on);
 // fp32 inputs then run version 2.
 void ssd_scan_set_seq_version(int v);
 int ssd_scan_seq_version();
-// The sequential states kernel and reverse state pass with bf16 operands (1, from
-// DFSSM_SSD_STATES_BF16=1: the stored states stay fp32, within ~3e-3 relative instead of ~4e-4)
-// or TF32 (0, the default); -1 re-reads the environment.
+// The sequential states kernel and reverse state pass with bf16 operands (1, the default since
+// 2026-12-05: the stored states stay fp32, within ~3e-3 relative instead of ~4e-4) or TF32 (0,
+// from DFSSM_SSD_STATES_BF16=0); -1 re-reads the environment.
 void ssd_scan_set_states_bf16(int on);
 
 // The backward (ssd_scan_bwd.cu): T in {64, 128}; `a` as given to the forward, whose workspace
@@ -97,8 +97,9 @@ void ssd_scan_set_states_bf16(int on);
 // per-chunk atomics: their last bits vary from run to run.
 bool ssd_scan_bwd_supported(const SsdScanArgs& a, const SsdScanGrads& g);
 // Version 2's chunk_bwd and dB/dC kernels with their TF32 operands truncated by the tensor cores
-// instead of rounded by cvt.rna first (1, from DFSSM_SSD_BWD_TF32_TRUNC=1: fewer instructions,
-// about twice the rounding error) or rounded (0, the default); -1 re-reads the environment.
+// instead of rounded by cvt.rna first (1, the default since 2026-12-05: fewer instructions, about
+// twice the rounding error) or rounded (0, from DFSSM_SSD_BWD_TF32_TRUNC=0); -1 re-reads the
+// environment.
 bool ssd_scan_bwd_trunc();
 void ssd_scan_set_bwd_trunc(int on);
 cudaError_t ssd_scan_bwd_cuda(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t stream);

@@ -161,7 +161,7 @@ struct BwdSmem {  // chunk_bwd's dynamic shared memory, in floats (offsets keep 
 // loads (frag_a_rows & co.); version 1 on WMMA fragments, whose loads nvcc emits on generic
 // addresses (ncu at 16 x 2048 x 64 heads, T = 64, H200: 3.77 ms and 2.08G instructions per call
 // in version 1, 3.09 ms and 1.58G in version 2).
-// TR (DFSSM_SSD_BWD_TF32_TRUNC=1, version 2 only; opt-in until timed): the fragments take the
+// TR (DFSSM_SSD_BWD_TF32_TRUNC, version 2 only; the default since 2026-12-05): the fragments take the
 // fp32 values as they are, without cvt.rna.tf32 (two SASS instructions per element, most of this
 // kernel's instructions by the per-instruction profile): the tensor cores read a .tf32 operand's
 // top 19 bits, i.e. round toward zero instead of to nearest (~2x the rounding error, still at
@@ -888,12 +888,14 @@ cudaError_t launch_bwd(const SsdScanArgs& a, const SsdScanGrads& g, cudaStream_t
 }  // namespace
 
 namespace {
+// Truncated TF32 operands: the default since the H100 run of 2026-12-05 (see states_bf16 in
+// ssd_scan_seq.cu; +383 tokens/s alone on the H200); DFSSM_SSD_BWD_TF32_TRUNC=0 rounds them.
 int g_bwd_trunc = -1;  // -1: not read yet
 }  // namespace
 bool ssd_scan_bwd_trunc() {
   if (g_bwd_trunc < 0) {
     const char* e = std::getenv("DFSSM_SSD_BWD_TF32_TRUNC");
-    g_bwd_trunc = e && e[0] == '1' ? 1 : 0;
+    g_bwd_trunc = e && e[0] == '0' ? 0 : 1;
   }
   return g_bwd_trunc == 1;
 }
