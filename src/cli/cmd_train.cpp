@@ -91,8 +91,8 @@ int train_cmd(int argc, char** argv, distill::Mode mode) {
   const char* stage = mode == distill::Mode::Pretrain ? "pretrain" : "distill";
   if (p.dry_run) return dry_run(p, mode, stage);  // per process (batch_size is per process)
   if (p.nproc > 1 && !std::getenv("WORLD_SIZE")) {  // launcher: validate once, then start the ranks
-    distill::load_job_or_throw(p.job, p.overrides, mode == distill::Mode::Pretrain ? "pretrain" : "distill");
-    std::vector<std::string> args = {"dfssm", mode == distill::Mode::Pretrain ? "pretrain" : "distill"};
+    distill::load_job_or_throw(p.job, p.overrides, stage);
+    std::vector<std::string> args = {"dfssm", stage};
     args.insert(args.end(), p.rest.begin(), p.rest.end());
     return distill::launch_local(p.nproc, args);
   }

@@ -140,16 +140,21 @@ std::string Comm::backends_built() {
   return s + "store";
 }
 
+std::string Comm::backend_problem(const std::string& backend, bool cuda) {
+  if (backend == "nccl" && !cuda) return "dp_backend nccl needs device: cuda";
+  const std::string built = " " + backends_built() + " ";
+  if (backend == "auto" || built.find(" " + backend + " ") != std::string::npos) return "";
+  return str("dp_backend ", backend, " is not in this build (it has:", built, ")",
+             backend == "gloo"  ? "; install the Gloo headers (Debian: libgloo-dev) and re-run cmake"
+             : backend == "nccl" ? "; build with CUDA and NCCL"
+                                 : "; use auto, nccl, gloo or store");
+}
+
 std::unique_ptr<Comm> Comm::from_env(bool cuda, const std::string& backend) {
   const int world = env_int("WORLD_SIZE", 1);
   if (world <= 1) return std::make_unique<SingleComm>();
-  const std::string built = " " + backends_built() + " ";
-  DFSSM_CHECK(backend == "auto" || built.find(" " + backend + " ") != std::string::npos, "dp_backend: ", backend,
-              " is not in this build (it has:", built, "); ",
-              backend == "gloo"  ? "install the Gloo headers (Debian: libgloo-dev) and re-run cmake"
-              : backend == "nccl" ? "build with CUDA and NCCL"
-                                  : "use auto, nccl, gloo or store");
-  DFSSM_CHECK(backend != "nccl" || cuda, "dp_backend: nccl needs device: cuda");
+  const std::string problem = backend_problem(backend, cuda);
+  DFSSM_CHECK(problem.empty(), problem);
   const int rank = env_int("RANK", -1), local = env_int("LOCAL_RANK", rank);
   const int local_world = env_int("LOCAL_WORLD_SIZE", world);
   DFSSM_CHECK(rank >= 0 && rank < world, "RANK must be in [0, WORLD_SIZE) (got RANK=", rank, ", WORLD_SIZE=", world, ")");

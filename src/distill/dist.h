@@ -57,6 +57,9 @@ class Comm {
   static std::unique_ptr<Comm> from_env(bool cuda, const std::string& backend = "auto");
   // The backends this build has, in auto's order of preference ("nccl gloo store").
   static std::string backends_built();
+  // Why `backend` cannot run in this build on this device ("" when it can): the one check that
+  // both `dfssm validate` and from_env apply.
+  static std::string backend_problem(const std::string& backend, bool cuda);
 
  protected:
   int rank_ = 0, world_ = 1, local_rank_ = 0, local_world_ = 1;

@@ -389,14 +389,9 @@ JobConfig load_job(const std::string& path, const std::vector<std::pair<std::str
   if (j.device == "cpu" && j.teacher_dtype != "fp32")
     errors->push_back(str(path, ": teacher.dtype ", j.teacher_dtype, " needs device: cuda (CPU runs the teacher in fp32)"));
   if (j.run_dir.empty()) errors->push_back(str(path, ": run_dir must not be empty"));
-  const std::string dp_built = " " + Comm::backends_built() + " ";
   for (const auto* t : {&j.pretrain, &j.distill}) {
-    const std::string sec = t == &j.pretrain ? "pretrain" : "distill";
-    if (t->dp_backend == "nccl" && j.device != "cuda")
-      errors->push_back(str(path, ": ", sec, ".dp_backend nccl needs device: cuda"));
-    else if (t->dp_backend != "auto" && dp_built.find(" " + t->dp_backend + " ") == std::string::npos)
-      errors->push_back(str(path, ": ", sec, ".dp_backend ", t->dp_backend, " is not in this build (it has:", dp_built,
-                            ")", t->dp_backend == "gloo" ? "; install libgloo-dev and re-run cmake" : ""));
+    const std::string dp = Comm::backend_problem(t->dp_backend, j.device == "cuda");
+    if (!dp.empty()) errors->push_back(str(path, ": ", t == &j.pretrain ? "pretrain." : "distill.", dp));
     if (!is_layer_list(t->activation_checkpointing))
       errors->push_back(str(path, ": activation_checkpointing must be none, all or a list of layer indices like 0,1,2 (got '",
                             t->activation_checkpointing, "')"));
